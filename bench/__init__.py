@@ -1,0 +1,1 @@
+"""Benchmarks of leek against its peers (`make bench`, see docs/benchmarks.md)."""

@@ -1,0 +1,421 @@
+"""What every runner shares: worker processes, the stamp file, and the workloads.
+
+A runner subclasses `Runner` and supplies five hooks: `setup`, `reset` (empty its
+queue while no worker runs), `client` (a push function for the calling thread),
+`start_workers` and `stop_workers`. The workloads (`enqueue`, `drain`,
+`latency`, `mixed`) are written once here on top of those hooks, so every system
+is measured by the same code. `main()` is the command line of a runner module:
+it runs the suite `--repeat` times and writes one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.tasks import STAMP_LEN
+
+REPO = Path(__file__).resolve().parent.parent
+Push = Callable[[], object]
+
+
+class Skip(Exception):  # noqa: N818 - "skip this system", not an error
+    """The system cannot run here (its server is unreachable); says why."""
+
+
+class Stamps:
+    """The stamp file that bench.tasks.noop appends to: one line per task started."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def clear(self) -> None:
+        with open(self.path, "wb"):
+            pass
+
+    def count(self) -> int:
+        try:
+            return os.stat(self.path).st_size // STAMP_LEN
+        except FileNotFoundError:
+            return 0
+
+    def read(self) -> list[float]:
+        data = self.path.read_bytes()
+        return [float(line) for line in data.split(b"\n") if line]
+
+    def last(self) -> float:
+        with open(self.path, "rb") as f:
+            f.seek(-STAMP_LEN, os.SEEK_END)
+            return float(f.read(STAMP_LEN))
+
+    def wait(self, count: int, timeout: float) -> None:
+        """Block until `count` tasks have started; raise TimeoutError with the count seen."""
+        deadline = time.monotonic() + timeout
+        while self.count() < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.count()} of {count} tasks ran in {timeout:.0f}s")
+            time.sleep(0.0002)
+
+
+class Proc:
+    """A worker or broker process in its own session, so its children die with it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.argv = argv
+        self.log = log
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, sig)
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(step)
+
+
+def deadline_for(n: int) -> float:
+    """A generous limit for n tasks: no system here is slower than 25 tasks/s."""
+    return 60.0 + n / 25.0
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of one process, from /proc (0 where there is no /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Runner:
+    """One system under test. Subclasses fill in the hooks below."""
+
+    name = "system"
+    #: What is being run, in a line: versions, workers, storage.
+    config = ""
+    #: How the system's own durability is set, in a line.
+    durability = ""
+    #: Worker processes or threads the system gets (the same everywhere: 2).
+    workers = 2
+    #: Scale of N for drain and mixed on systems far slower than the rest.
+    slow_scale = 1.0
+
+    def __init__(self, variant: str, workdir: Path) -> None:
+        self.variant = variant
+        self.workdir = workdir
+        self.stamps = Stamps(workdir / f"stamps-{self.name}.txt")
+        os.environ["BENCH_STAMP_FILE"] = str(self.stamps.path)
+        self.procs: list[Proc] = []
+
+    # ---- hooks -------------------------------------------------------------
+    def setup(self) -> None:
+        """Check the system's server, create its storage; raise Skip if it cannot run."""
+
+    def reset(self) -> None:
+        """Empty the queue and results (no worker is running)."""
+        raise NotImplementedError
+
+    def client(self) -> Push:
+        """A function that pushes one noop and returns once it is acknowledged."""
+        raise NotImplementedError
+
+    def start_workers(self) -> None:
+        raise NotImplementedError
+
+    def stop_workers(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+        self.procs = []
+
+    def before_enqueue(self) -> None:
+        """Called before a timed enqueue with no worker running (leek starts its broker)."""
+
+    def after_enqueue(self) -> None:
+        """Called after it (leek stops its broker, leaving the queue in the database)."""
+
+    def close_client(self) -> None:
+        """Called in each client thread when it is done (close database connections)."""
+
+    def teardown(self) -> None:
+        self.stop_workers()
+
+    def extra(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Figures only this system has (leek's backlog and recovery)."""
+        return {}
+
+    def versions(self) -> dict[str, str]:
+        return {}
+
+    # ---- helpers -----------------------------------------------------------
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env.update(extra)
+        return env
+
+    def spawn(self, argv: list[str], tag: str, **env: str) -> Proc:
+        proc = Proc(argv, self.env(**env), self.workdir / f"{self.name}-{tag}.log")
+        self.procs.append(proc)
+        return proc
+
+    def check_workers(self) -> None:
+        for proc in self.procs:
+            if not proc.alive():
+                raise RuntimeError(f"{' '.join(proc.argv)} exited:\n{proc.tail()}")
+
+    # ---- workloads ---------------------------------------------------------
+    def enqueue(self, n: int, threads: int = 1) -> dict[str, Any]:
+        """n pushes, each acknowledged, from `threads` client threads; no worker runs."""
+        self.before_enqueue()
+        try:
+            elapsed = _timed_pushes(self, n, threads)
+        finally:
+            self.after_enqueue()
+        return {"rate": n / elapsed, "n": n, "threads": threads, "seconds": elapsed}
+
+    def drain(self, n: int, prefilled: bool = False) -> dict[str, Any]:
+        """n tasks queued first, then the workers start: tasks/s from first start to last.
+
+        The rate is counted from the first task's start, so a system's start-up
+        time is not in it; the wall time from launching the workers is kept too.
+        """
+        if not prefilled:
+            self.stamps.clear()
+            self.enqueue(n, 1)
+        self.stamps.clear()
+        launched = time.time()
+        self.start_workers()
+        try:
+            self.stamps.wait(n, deadline_for(n))
+        except TimeoutError:
+            self.check_workers()
+            raise
+        stamps = self.stamps.read()
+        span = max(stamps[-1] - stamps[0], 1e-9)
+        return {"rate": n / span, "n": n, "seconds": span,
+                "wall_from_launch": max(stamps) - launched,
+                "first_task_after": min(stamps) - launched}
+
+    def latency(self, n: int) -> dict[str, Any]:
+        """n tasks one after another with idle workers: enqueue -> task start, ms."""
+        push = self.client()
+        try:
+            base = self.stamps.count()
+            push()
+            self.stamps.wait(base + 1, 30)
+            samples = []
+            for _ in range(n):
+                time.sleep(0.005)  # let the worker that ran the last one go idle
+                base = self.stamps.count()
+                start = time.time()
+                push()
+                self.stamps.wait(base + 1, 30)
+                samples.append((self.stamps.last() - start) * 1000)
+        finally:
+            self.close_client()
+        samples.sort()
+        return {"p50": statistics.median(samples),
+                "p99": samples[min(len(samples) - 1, round(0.99 * len(samples)) - 1)],
+                "mean": statistics.fmean(samples), "max": samples[-1], "n": n}
+
+    def mixed(self, n: int, threads: int = 4) -> dict[str, Any]:
+        """`threads` clients push n tasks while the workers run: end-to-end tasks/s."""
+        base = self.stamps.count()
+        start = time.time()
+        _timed_pushes(self, n, threads)
+        try:
+            self.stamps.wait(base + n, deadline_for(n))
+        except TimeoutError:
+            self.check_workers()
+            raise
+        span = self.stamps.last() - start
+        return {"rate": n / span, "n": n, "threads": threads, "seconds": span}
+
+
+def _timed_pushes(runner: Runner, n: int, threads: int) -> float:
+    """Push n tasks from `threads` threads at once; seconds from go to the last ack."""
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+    share = [n // threads + (1 if i < n % threads else 0) for i in range(threads)]
+
+    def work(count: int) -> None:
+        try:
+            push = runner.client()
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+            return
+        try:
+            barrier.wait()
+            for _ in range(count):
+                push()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            runner.close_client()
+
+    pool = [threading.Thread(target=work, args=(c,), daemon=True) for c in share]
+    for t in pool:
+        t.start()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
+    start = time.perf_counter()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{len(errors)} client thread(s) failed") from errors[0]
+    return elapsed
+
+
+# ---- the command line of a runner module -----------------------------------------
+
+FIGURES = {  # name -> (workload, key in its result)
+    "enqueue_1": ("enqueue_1", "rate"),
+    "enqueue_4": ("enqueue_4", "rate"),
+    "drain": ("drain", "rate"),
+    "latency_p50": ("latency", "p50"),
+    "latency_p99": ("latency", "p99"),
+    "mixed": ("mixed", "rate"),
+}
+
+
+def _suite(runner: Runner, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """One repetition of every workload, in an order that reuses each queue it fills."""
+    n = args.n
+    slow_n = max(200, int(n * runner.slow_scale))
+    runs: dict[str, list[dict[str, Any]]] = {}
+    errors: list[str] = []
+
+    def step(key: str, fn: Callable[[], dict[str, Any]]) -> bool:
+        try:
+            runs.setdefault(key, []).append(fn())
+            return True
+        except Exception as exc:  # one workload failing must not sink the others
+            errors.append(f"{key}: {exc!r}")
+            traceback.print_exc()
+            return False
+
+    runner.stop_workers()
+    runner.reset()
+    runner.stamps.clear()
+    if step("enqueue_1", lambda: runner.enqueue(n, 1)):
+        # the drain takes the first slow_n of the n just queued when a system is slow
+        if slow_n < n:
+            runner.reset()
+            runner.enqueue(slow_n, 1)
+        step("drain", lambda: runner.drain(slow_n, prefilled=True))
+    else:
+        step("drain", lambda: runner.drain(slow_n))
+    if not runner.procs:
+        runner.start_workers()
+    step("latency", lambda: runner.latency(args.latency_n))
+    step("mixed", lambda: runner.mixed(slow_n, args.threads))
+    runner.stop_workers()
+    runner.reset()
+    step(f"enqueue_{args.threads}", lambda: runner.enqueue(n, args.threads))
+    runner.reset()
+    if errors:
+        runs.setdefault("errors", []).append({"messages": errors})
+    return runs
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for figure, (workload, key) in FIGURES.items():
+        values = [r[key] for r in runs.get(workload, [])]
+        if values:
+            figures[figure] = {"median": statistics.median(values), "runs": values}
+    return figures
+
+
+def main(factory: Callable[[str, Path], Runner], variants: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="Run one system's benchmark suite.")
+    parser.add_argument("--variant", choices=variants, default=variants[0])
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--latency-n", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    FIGURES[f"enqueue_{args.threads}"] = (f"enqueue_{args.threads}", "rate")
+
+    runner = factory(args.variant, args.workdir)
+    doc: dict[str, Any] = {"system": runner.name, "variant": args.variant}
+
+    def write() -> None:
+        args.out.write_text(json.dumps(doc, indent=2))
+
+    def on_term(signum: int, frame: object) -> None:
+        runner.teardown()
+        sys.exit(1)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        runner.setup()
+    except Skip as exc:
+        doc["skipped"] = str(exc)
+        write()
+        return
+    doc.update(config=runner.config, durability=runner.durability, versions=runner.versions(),
+               n=args.n, drain_n=max(200, int(args.n * runner.slow_scale)))
+    all_runs: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for i in range(args.repeat):
+            print(f"  {runner.name}: run {i + 1} of {args.repeat}", file=sys.stderr, flush=True)
+            for key, value in _suite(runner, args).items():
+                all_runs.setdefault(key, []).extend(value)
+            doc.update(runs=all_runs, figures=summarize(all_runs))
+            write()
+        extra = runner.extra(args)
+        if extra:
+            doc["extra"] = extra
+    finally:
+        runner.teardown()
+    doc.update(runs=all_runs, figures=summarize(all_runs))
+    write()

@@ -1,0 +1,57 @@
+"""System checks for the LEEK settings (`manage.py check`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core import checks
+
+from . import conf
+
+
+@checks.register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from .apps import SYNCHRONOUS_MODES
+
+    errors: list[checks.CheckMessage] = []
+    for key in conf.unknown_keys():
+        errors.append(
+            checks.Error(
+                f"LEEK has an unknown key {key!r}.",
+                hint=f"Known keys: {', '.join(sorted(conf.DEFAULTS))}.",
+                id="leek.E001",
+            )
+        )
+    settings = conf.get_settings()
+    for key in ("WORKERS", "PORT", "MAX_FRAME"):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            errors.append(
+                checks.Error(
+                    f"LEEK[{key!r}] must be a whole number of at least 1, got {settings[key]!r}.",
+                    id="leek.E002",
+                )
+            )
+    if str(settings["SQLITE_SYNCHRONOUS"]).upper() not in SYNCHRONOUS_MODES:
+        errors.append(
+            checks.Error(
+                f"LEEK['SQLITE_SYNCHRONOUS'] is {settings['SQLITE_SYNCHRONOUS']!r}.",
+                hint=f"Use one of {', '.join(SYNCHRONOUS_MODES)}.",
+                id="leek.E003",
+            )
+        )
+    if settings["FALLBACK"] not in ("database", "raise"):
+        errors.append(
+            checks.Error(
+                f"LEEK['FALLBACK'] is {settings['FALLBACK']!r}.",
+                hint='Use "database" or "raise".',
+                id="leek.E004",
+            )
+        )
+    if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:
+        errors.append(
+            checks.Error(
+                f"LEEK['MAX_RETRIES'] must be zero or more, got {settings['MAX_RETRIES']!r}.",
+                id="leek.E005",
+            )
+        )
+    return errors

@@ -1,0 +1,20 @@
+"""What a Django process imports to push tasks and follow them."""
+
+from .api import (
+    TaskHandle,
+    cancel,
+    enqueue,
+    enqueue_many,
+    handled,
+    ping,
+    push_task_to_queue,
+    stats,
+    stop,
+    waiting,
+)
+from .decorator import TaskFunction, task
+
+__all__ = [
+    "TaskFunction", "TaskHandle", "cancel", "enqueue", "enqueue_many", "handled", "ping",
+    "push_task_to_queue", "stats", "stop", "task", "waiting",
+]  # fmt: skip

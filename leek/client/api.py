@@ -1,0 +1,240 @@
+"""What a Django process calls: push tasks, follow them, ask the broker how it is."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+
+from .. import conf
+from ..exceptions import BrokerUnavailable, LeekError, TaskCancelled, TaskFailed, TaskNotReady
+from ..protocol import dump_task, load_value, task_name
+from . import connection
+from .spool import spool
+
+logger = logging.getLogger(__name__)
+
+TaskCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class TaskHandle:
+    """A pushed task: its id at once, its status and result from the database."""
+
+    def __init__(self, task_id: uuid.UUID | str) -> None:
+        self.id = task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(str(task_id))
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskHandle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _task(self) -> Any:
+        from ..models import Task
+
+        return Task.objects.filter(pk=self.id).only(
+            "status", "progress", "progress_note").first()  # fmt: skip
+
+    def status(self) -> str | None:
+        """queued, running, succeeded, failed or cancelled; None while the push
+        waits for its transaction to commit."""
+        task = self._task()
+        return None if task is None else str(task.status)
+
+    def ready(self) -> bool:
+        """True once the task has finished, whichever way."""
+        return self.status() in ("succeeded", "failed", "cancelled")
+
+    def progress(self) -> tuple[float | None, str]:
+        """The percentage and note the task last set with set_progress()."""
+        task = self._task()
+        return (None, "") if task is None else (task.progress, task.progress_note)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's return value, waiting up to `timeout` seconds (None: forever).
+
+        Raises TaskFailed (with the remote type, message and traceback) when it
+        failed for good, TaskCancelled when cancelled, TaskNotReady on timeout.
+        """
+        from ..models import FailedTask, SuccessTask
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            status = self.status()
+            if status == "succeeded":
+                success = SuccessTask.objects.filter(task_id=self.id).order_by("-id").first()
+                return load_value(success.result if success else None)
+            if status == "failed":
+                failure = FailedTask.objects.filter(task_id=self.id).order_by("-id").first()
+                if failure is None:
+                    raise TaskFailed("failed, and no failure was recorded")
+                raise TaskFailed(failure.exc_message, remote_type=failure.exc_type,
+                                 traceback=failure.traceback)  # fmt: skip
+            if status == "cancelled":
+                raise TaskCancelled(f"task {self.id} was cancelled")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TaskNotReady(f"task {self.id} is {status or 'not pushed yet'} "
+                                   f"after {timeout} s")  # fmt: skip
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started; True when it was cancelled."""
+        return cancel(self.id)
+
+
+def _describe(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = 2000) -> str:
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _run_after(delay: float | timedelta | None, run_at: datetime | None) -> float | None:
+    if delay is not None and run_at is not None:
+        raise ValueError("give delay or run_at, not both")
+    if run_at is not None:
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise ValueError(f"run_at must be timezone-aware, got naive {run_at.isoformat()}; "
+                             "use django.utils.timezone.now() + timedelta(...)")  # fmt: skip
+        return run_at.timestamp()
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise ValueError(f"delay must be zero or more seconds, got {seconds}")
+        return time.time() + seconds if seconds > 0 else None
+    return None
+
+
+def _message(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             queue: str, priority: int, run_after: float | None, max_retries: int | None,
+             timeout: float | None) -> dict[str, Any]:  # fmt: skip
+    if not callable(fn):
+        raise TypeError(f"a task must be callable, got {type(fn).__name__}")
+    if max_retries is not None and max_retries < 0:
+        raise ValueError(f"max_retries must be zero or more, got {max_retries}")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be more than zero seconds, got {timeout}")
+    return {
+        "id": str(uuid.uuid4()), "name": task_name(fn), "queue": queue, "priority": int(priority),
+        "payload": dump_task(fn, args, kwargs), "args_repr": _describe(args, kwargs),
+        "max_retries": max_retries, "timeout": timeout, "run_after": run_after,
+        "code_version": conf.get("CODE_VERSION"),
+    }  # fmt: skip
+
+
+def _send(messages: list[dict[str, Any]], using: str | None = None) -> None:
+    """Send now, or when the surrounding transaction commits (ON_COMMIT)."""
+    if conf.get("ON_COMMIT"):
+        connection_ = transaction.get_connection(using)
+        if connection_.in_atomic_block:
+            transaction.on_commit(lambda: _deliver(messages), using=using, robust=False)
+            return
+    _deliver(messages)
+
+
+def _deliver(messages: list[dict[str, Any]]) -> None:
+    try:
+        if len(messages) == 1:
+            connection.call("enqueue", messages[0])
+        else:
+            connection.call("enqueue_many", messages)
+    except BrokerUnavailable as exc:
+        if conf.get("FALLBACK") != "database":
+            raise
+        try:
+            spool(messages)
+        except Exception as db_exc:
+            raise BrokerUnavailable(f"{exc}; and the database fallback failed: "
+                                    f"{type(db_exc).__name__}: {db_exc}") from db_exc  # fmt: skip
+        logger.warning("broker unreachable, task written to the database count=%s error=%s",
+                       len(messages), exc, extra={"action": "task_spooled"})  # fmt: skip
+
+
+def enqueue(fn: Callable[..., Any], args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+            *, queue: str = "default", priority: int = 0, delay: float | timedelta | None = None,
+            run_at: datetime | None = None, max_retries: int | None = None,
+            timeout: float | None = None) -> TaskHandle:  # fmt: skip
+    """Push fn(*args, **kwargs) to the broker; returns once it is committed
+    (or, inside transaction.atomic(), at once: it is sent on commit)."""
+    message = _message(fn, tuple(args), dict(kwargs or {}), queue=queue, priority=priority,
+                       run_after=_run_after(delay, run_at), max_retries=max_retries,
+                       timeout=timeout)  # fmt: skip
+    _send([message])
+    return TaskHandle(message["id"])
+
+
+def push_task_to_queue(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskHandle:
+    """Push fn(*args, **kwargs) with the default options."""
+    return enqueue(fn, args, kwargs)
+
+
+def enqueue_many(calls: Iterable[TaskCall | tuple[Callable[..., Any], tuple[Any, ...]]], *,
+                 queue: str = "default", priority: int = 0, max_retries: int | None = None,
+                 timeout: float | None = None) -> list[TaskHandle]:  # fmt: skip
+    """Push many (fn, args[, kwargs]) calls in one frame and one commit."""
+    messages = []
+    for call in calls:
+        fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call  # type: ignore[misc]
+        messages.append(_message(fn, tuple(args), dict(kwargs), queue=queue, priority=priority,
+                                 run_after=None, max_retries=max_retries, timeout=timeout))  # fmt: skip
+    if messages:
+        _send(messages)
+    return [TaskHandle(m["id"]) for m in messages]
+
+
+def cancel(task_id: uuid.UUID | str) -> bool:
+    """Cancel a task that has not started, through the broker or, when none
+    answers, in the database; True when it was cancelled."""
+    try:
+        return bool(connection.call("cancel", {"id": str(task_id)}))
+    except BrokerUnavailable:
+        from django.utils import timezone
+
+        from ..models import Task
+
+        return bool(Task.objects.filter(pk=task_id, status="queued").update(
+            status="cancelled", finished_at=timezone.now()))  # fmt: skip
+
+
+def _ask(verb: str, data: Any = None) -> tuple[bool, Any]:
+    try:
+        return True, connection.call(verb, data)
+    except LeekError as exc:
+        return False, str(exc)
+
+
+def ping() -> tuple[bool, str]:
+    """(True, "I'm OK") when the broker and all its worker threads are healthy."""
+    ok, value = _ask("ping", {})
+    if not ok:
+        return False, value
+    return bool(value["ok"]), str(value["message"])
+
+
+def waiting(queue: str | None = None) -> tuple[bool, Any]:
+    """(True, number of tasks waiting), for one queue or all."""
+    return _ask("waiting", {"queue": queue})
+
+
+def handled(queue: str | None = None) -> tuple[bool, Any]:
+    """(True, number of tasks handled since the broker started)."""
+    return _ask("handled", {"queue": queue})
+
+
+def stats() -> tuple[bool, Any]:
+    """(True, dict of the broker's figures)."""
+    return _ask("stats", {})
+
+
+def stop() -> tuple[bool, Any]:
+    """Ask the broker to stop gracefully."""
+    return _ask("stop", {})

@@ -1,0 +1,156 @@
+"""The tables: tasks, their outcomes, periodic tasks, broker nodes and events.
+
+The broker's hot path writes these tables with prepared SQL (server/store.py);
+the models stay the schema and what the admin shows.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
+
+
+UNFINISHED = (Status.QUEUED, Status.RUNNING)
+FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+
+class Task(models.Model):
+    """One pushed task, from its push to its last outcome."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=255, db_index=True)
+    queue = models.CharField(max_length=64, default="default")
+    priority = models.IntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    payload = models.BinaryField()
+    args_repr = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    max_retries = models.PositiveIntegerField(default=3)
+    timeout = models.FloatField(null=True, blank=True)
+    queued_at = models.DateTimeField()
+    run_after = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    broker = models.CharField(max_length=255, blank=True, default="")
+    spooled = models.BooleanField(default=False)
+    code_version = models.CharField(max_length=64, blank=True, default="")
+    progress = models.FloatField(null=True, blank=True)
+    progress_note = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "queue"], name="leek_task_status_queue"),
+            models.Index(fields=["broker", "status"], name="leek_task_broker_status"),
+            models.Index(fields=["-queued_at"], name="leek_task_queued_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} [{self.id}]"
+
+
+class SuccessTask(models.Model):
+    """A task's successful run."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="successes")
+    name = models.CharField(max_length=255)
+    attempt = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(db_index=True)
+    duration = models.FloatField(help_text="seconds")
+    result = models.BinaryField(null=True)
+    result_repr = models.TextField(blank=True, default="")
+    stdout = models.TextField(blank=True, default="")
+    stderr = models.TextField(blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.name} succeeded in {self.duration:.3f}s"
+
+
+class FailedTask(models.Model):
+    """One failed attempt of a task; `final` when it will not be retried."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="failures")
+    name = models.CharField(max_length=255)
+    attempt = models.PositiveIntegerField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(db_index=True)
+    exc_type = models.CharField(max_length=255)
+    exc_message = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    final = models.BooleanField(default=False)
+    requeued_at = models.DateTimeField(null=True, blank=True)
+    stdout = models.TextField(blank=True, default="")
+    stderr = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["final", "requeued_at"], name="leek_failed_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.name} attempt {self.attempt}: {self.exc_type}"
+
+
+class PeriodicTask(models.Model):
+    """A task pushed on a schedule: a cron expression or a fixed interval."""
+
+    name = models.CharField(max_length=255, unique=True)
+    task = models.CharField(max_length=255, help_text="dotted path of the callable")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    cron = models.CharField(max_length=255, blank=True, default="")
+    every = models.FloatField(null=True, blank=True, help_text="seconds between runs")
+    queue = models.CharField(max_length=64, default="default")
+    priority = models.IntegerField(default=0)
+    enabled = models.BooleanField(default=True)
+    catch_up = models.BooleanField(
+        default=True, help_text="run once for runs missed while no broker was up"
+    )
+    from_settings = models.BooleanField(default=False, editable=False)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BrokerNode(models.Model):
+    """A broker process, as its heartbeat last described it."""
+
+    name = models.CharField(max_length=255, unique=True)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField()
+    pid = models.PositiveIntegerField()
+    version = models.CharField(max_length=32)
+    code_version = models.CharField(max_length=64, blank=True, default="")
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField()
+    workers = models.PositiveIntegerField(default=0)
+    workers_alive = models.PositiveIntegerField(default=0)
+    handled = models.PositiveBigIntegerField(default=0)
+    healthy = models.BooleanField(default=True)
+    stopped = models.BooleanField(default=False)
+    note = models.CharField(max_length=255, blank=True, default="")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Event(models.Model):
+    """A one-line business event (a booking, a log-in) for the admin's log."""
+
+    kind = models.CharField(max_length=64, db_index=True)
+    message = models.CharField(max_length=1024)
+    actor = models.CharField(max_length=255, blank=True, default="")
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"

@@ -1,0 +1,1 @@
+"""The broker process: TCP server, database writer, worker threads, scheduler."""

@@ -1,0 +1,386 @@
+"""The broker process: a threaded TCP server in front of the store and the workers.
+
+`Broker` wires the parts together and owns the process's life: recovery at
+start, serving, and the graceful stop on SIGTERM, SIGINT or the `stop` verb.
+`Server` fills the hooks `socketserver.BaseServer` documents (``verify_request``
+for the address allowlist, ``handle_error`` so errors are logged rather than
+printed) and `Handler` serves one persistent client connection: it reads frames
+(protocol.py checks size and signature before anything is unpickled),
+dispatches each verb, and writes each reply in one call.
+
+Verbs: ``enqueue``, ``enqueue_many``, ``cancel``, ``ping``, ``waiting``,
+``handled``, ``stats``, ``sweep`` (adopt spooled tasks now) and ``stop``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from django.db import connection
+
+from .. import __version__, conf
+from ..exceptions import LeekError, ProtocolError
+from ..protocol import encode, read_frame
+from ..runtime import install_capture
+from .dispatch import Dispatcher
+from .scheduler import Delayed, Duties, adopt, interrupt_running
+from .store import Dialect, NewTask, Ready, Store
+from .workers import Pool
+
+logger = logging.getLogger(__name__)
+security = logging.getLogger("leek.security")
+
+
+class Handler(socketserver.StreamRequestHandler):
+    """One client connection: frames in, replies out, until the client leaves."""
+
+    disable_nagle_algorithm = True
+    server: Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.broker.idle_timeout)
+        self.server.track(self.connection)
+
+    def handle(self) -> None:
+        broker = self.server.broker
+        key, limit = broker.key, broker.max_frame
+        frame_timeout = broker.frame_timeout
+
+        def arm() -> None:
+            self.connection.settimeout(frame_timeout)
+
+        while True:
+            try:
+                message = read_frame(self.rfile, key, limit, on_start=arm)  # type: ignore[arg-type]
+            except (TimeoutError, ConnectionError, OSError):
+                return
+            except ProtocolError as exc:
+                broker.rejected += 1
+                security.warning(
+                    "frame rejected client=%s error=%s", self.client_address[0], exc,
+                    extra={"action": "frame_rejected"},
+                )  # fmt: skip
+                self._reply((0, False, {"error": type(exc).__name__, "message": str(exc)}))
+                return
+            if message is None:
+                return
+            self.connection.settimeout(broker.idle_timeout)
+            request_id, verb, data = message
+            try:
+                reply = (request_id, True, broker.answer(verb, data))
+            except (LeekError, ValueError, TypeError, KeyError) as exc:
+                reply = (request_id, False, {"error": type(exc).__name__, "message": str(exc)})
+            except Exception as exc:
+                logger.exception("request failed verb=%s", verb, extra={"action": "request_failed"})
+                reply = (request_id, False, {"error": type(exc).__name__, "message": str(exc)})
+            if not self._reply(reply):
+                return
+
+    def _reply(self, message: tuple[Any, ...]) -> bool:
+        try:
+            self.wfile.write(encode(self.server.broker.key, message))
+        except OSError:
+            return False
+        return True
+
+    def finish(self) -> None:
+        self.server.untrack(self.connection)
+        try:
+            super().finish()
+        finally:
+            connection.close()
+
+
+class Server(socketserver.ThreadingTCPServer):
+    """ThreadingTCPServer with the hooks a long-running broker needs."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], broker: Broker) -> None:
+        self.broker = broker
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, Handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        allowed = self.broker.allowed_clients
+        if allowed and client_address[0] not in allowed:
+            security.warning("connection refused client=%s", client_address[0],
+                             extra={"action": "client_refused"})  # fmt: skip
+            return False
+        return True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.exception("connection failed client=%s", client_address,
+                         extra={"action": "connection_failed"})  # fmt: skip
+
+    def track(self, sock: socket.socket) -> None:
+        with self._open_lock:
+            self._open.add(sock)
+
+    def untrack(self, sock: socket.socket) -> None:
+        with self._open_lock:
+            self._open.discard(sock)
+
+    def close_clients(self) -> None:
+        """Shut every open client connection, so their threads end."""
+        with self._open_lock:
+            for sock in self._open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    logger.debug("client socket already closed")
+            self._open.clear()
+
+
+class Broker:
+    """One broker process: server, writer, workers, delayed tasks and duties."""
+
+    def __init__(self, host: str | None = None, port: int | None = None,
+                 workers: int | None = None) -> None:  # fmt: skip
+        settings = conf.get_settings()
+        self.host = host or str(settings["HOST"])
+        self.port = int(settings["PORT"] if port is None else port)
+        self.node = str(settings["NODE_NAME"])
+        self.key = str(settings["SECRET"]).encode()
+        self.max_frame = int(settings["MAX_FRAME"])
+        self.idle_timeout = float(settings["IDLE_TIMEOUT"])
+        self.frame_timeout = float(settings["FRAME_TIMEOUT"])
+        self.allowed_clients = set(settings["ALLOWED_CLIENTS"])
+        self.grace = float(settings["SHUTDOWN_GRACE"])
+        self.code_version = str(settings["CODE_VERSION"])
+        self.max_retries = int(settings["MAX_RETRIES"])
+        self.started = time.time()
+        self.rejected = 0
+        self.drift: Counter[str] = Counter()
+        self.stopping = threading.Event()
+        self.dispatcher = Dispatcher(int(settings["MEMORY_PAYLOADS"]))
+        self.delayed = Delayed(self.dispatcher.push)
+        self.store = Store(self.node, self.route)
+        size = int(settings["WORKERS"] if workers is None else workers)
+        self.pool = Pool(self.store, self.dispatcher, size, self.delayed.add)
+        self.duties = Duties()
+        self.server = Server((self.host, self.port), self)
+        self.port = self.server.server_address[1]
+        self.heartbeat_interval = float(settings["HEARTBEAT_INTERVAL"])
+        self.dead_after = float(settings["HEARTBEAT_TIMEOUT"])
+        self.sweep_interval = float(settings["SWEEP_INTERVAL"])
+
+    # -- life ----------------------------------------------------------------
+
+    def route(self, items: list[Ready]) -> None:
+        """Send ready tasks to the workers and future ones to the delayed heap."""
+        now = time.time()
+        due = [i for i in items if i.run_after is None or i.run_after <= now]
+        if len(due) != len(items):
+            self.delayed.add([i for i in items if i.run_after is not None and i.run_after > now])
+        if due:
+            self.dispatcher.push(due)
+
+    def serve(self) -> None:
+        """Recover, serve until asked to stop, then stop gracefully."""
+        install_capture()
+        self.store.start()
+        self.heartbeat()
+        interrupted = interrupt_running(self.store, "interrupted: broker stopped")
+        self.pool.start()
+        self.delayed.start()
+        recovered = 0
+        for page in self.store.owned():
+            recovered += len(page)
+            self.route(page)
+        recovered += len(self._sweep())
+        self.duties.every(0, self.pool.watch)
+        self.duties.every(self.sweep_interval, self._sweep)
+        self.duties.every(self.heartbeat_interval, self.heartbeat)
+        self.duties.start()
+        thread = threading.Thread(target=self.server.serve_forever, name="leek-server",
+                                  kwargs={"poll_interval": 0.2}, daemon=True)  # fmt: skip
+        thread.start()
+        logger.info(
+            "broker started node=%s address=%s:%s workers=%s recovered=%s interrupted=%s pid=%s",
+            self.node, self.host, self.port, self.pool.size, recovered, interrupted, os.getpid(),
+            extra={"action": "broker_started"},
+        )  # fmt: skip
+        self.stopping.wait()
+        self._stop(thread)
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    def install_signals(self) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
+            logger.info("stopping on signal=%s", signal.Signals(signum).name,
+                        extra={"action": "broker_stopping"})  # fmt: skip
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _stop(self, thread: threading.Thread) -> None:
+        self.server.shutdown()
+        self.server.close_clients()
+        self.server.server_close()
+        thread.join(5)
+        self.duties.stop()
+        self.delayed.stop()
+        left = self.pool.stop(self.grace)
+        for run in left:
+            logger.warning("task still running at the deadline task=%s name=%s; it will be "
+                           "requeued on the next start", run.task_id, run.name,
+                           extra={"action": "task_interrupted"})  # fmt: skip
+        self.heartbeat(stopped=True)
+        self.store.stop()
+        logger.info("broker stopped node=%s handled=%s", self.node, sum(self.pool.handled.values()),
+                    extra={"action": "broker_stopped"})  # fmt: skip
+
+    def _sweep(self) -> list[Ready]:
+        found = adopt(self.store, self.dead_after)
+        if found:
+            logger.info("adopted tasks count=%s", len(found), extra={"action": "tasks_adopted"})
+            self.route(found)
+        return found
+
+    def heartbeat(self, stopped: bool = False) -> None:
+        """Write this broker's BrokerNode row."""
+        alive, size = self.pool.alive(), self.pool.size
+        values = {
+            "host": self.host, "port": self.port, "pid": os.getpid(), "version": __version__,
+            "code_version": self.code_version, "workers": size, "workers_alive": alive,
+            "handled": sum(self.pool.handled.values()), "healthy": self.healthy()[0],
+            "stopped": stopped, "note": self.healthy()[1][:255],
+        }  # fmt: skip
+
+        def write(cursor: Any, d: Dialect) -> None:
+            now = d.time(time.time())
+            names = ", ".join(f"{k} = %s" for k in values)
+            cursor.execute(d.sql(f"UPDATE leek_brokernode SET {names}, heartbeat_at = %s "  # noqa: S608
+                                 "WHERE name = %s"), (*values.values(), now, self.node))  # fmt: skip
+            if cursor.rowcount == 0:
+                cols = ", ".join(values)
+                marks = ", ".join(["%s"] * (len(values) + 3))
+                cursor.execute(d.sql(f"INSERT INTO leek_brokernode ({cols}, heartbeat_at, "  # noqa: S608
+                                     f"started_at, name) VALUES ({marks})"),
+                               (*values.values(), now, d.time(self.started), self.node))  # fmt: skip
+
+        self.store.call(write).wait(30)
+
+    # -- verbs ---------------------------------------------------------------
+
+    def healthy(self) -> tuple[bool, str]:
+        alive, size = self.pool.alive(), self.pool.size
+        if alive < size:
+            return False, f"{size - alive} of {size} worker threads are dead"
+        if not self.store.healthy:
+            return False, f"database unavailable: {self.store.last_error}"
+        return True, "I'm OK"
+
+    def answer(self, verb: str, data: Any) -> Any:
+        if verb == "enqueue":
+            return self.enqueue([data])[0]
+        if verb == "enqueue_many":
+            return self.enqueue(list(data))
+        if verb == "ping":
+            ok, message = self.healthy()
+            return {"ok": ok, "message": message}
+        if verb == "waiting":
+            return self.waiting(data.get("queue"))
+        if verb == "handled":
+            queue = data.get("queue")
+            handled = self.pool.handled
+            return handled[queue] if queue else sum(handled.values())
+        if verb == "cancel":
+            return self.cancel(uuid.UUID(str(data["id"])))
+        if verb == "stats":
+            return self.stats()
+        if verb == "sweep":
+            return len(self._sweep())
+        if verb == "stop":
+            threading.Timer(0.05, self.request_stop).start()
+            return "stopping"
+        raise ValueError(f"unknown verb {verb!r}: expected enqueue, enqueue_many, cancel, "
+                         "ping, waiting, handled, stats, sweep or stop")  # fmt: skip
+
+    def enqueue(self, items: list[dict[str, Any]]) -> list[str]:
+        tasks = [self._new_task(item) for item in items]
+        self.store.insert(tasks).wait(60)
+        return [str(t.id) for t in tasks]
+
+    def _new_task(self, item: dict[str, Any]) -> NewTask:
+        code = str(item.get("code_version") or "")
+        if code and self.code_version and code != self.code_version:
+            if not self.drift[code]:
+                logger.warning("client code differs client_version=%s broker_version=%s",
+                               code, self.code_version, extra={"action": "code_drift"})  # fmt: skip
+            self.drift[code] += 1
+        retries = item.get("max_retries")
+        return NewTask(
+            id=uuid.UUID(str(item["id"])), name=str(item["name"])[:255],
+            queue=str(item.get("queue") or "default")[:64], priority=int(item.get("priority", 0)),
+            payload=bytes(item["payload"]), args_repr=str(item.get("args_repr", "")),
+            max_retries=self.max_retries if retries is None else int(retries),
+            timeout=None if item.get("timeout") is None else float(item["timeout"]),
+            run_after=None if item.get("run_after") is None else float(item["run_after"]),
+            code_version=code[:64],
+        )  # fmt: skip
+
+    def cancel(self, task_id: uuid.UUID) -> bool:
+        """Cancel a task that has not started; False when it has, or is unknown."""
+
+        def mark(cursor: Any, d: Dialect) -> str | None:
+            cursor.execute(
+                d.sql("UPDATE leek_task SET status = 'cancelled', finished_at = %s "
+                      "WHERE id = %s AND status = 'queued' RETURNING queue"),
+                (d.time(time.time()), d.uuid(task_id)),
+            )  # fmt: skip
+            row = cursor.fetchone()
+            return None if row is None else str(row[0])
+
+        queue = self.store.call(mark).wait(30)
+        if queue is None:
+            return False
+        if not self.delayed.cancel(task_id):
+            self.dispatcher.cancel(task_id, queue)
+        return True
+
+    def waiting(self, queue: str | None = None) -> int:
+        counts = Counter(self.dispatcher.counts()) + Counter(self.delayed.counts())
+        return counts[queue] if queue else sum(counts.values())
+
+    def stats(self) -> dict[str, Any]:
+        ok, message = self.healthy()
+        waiting = Counter(self.dispatcher.counts()) + Counter(self.delayed.counts())
+        return {
+            "node": self.node, "version": __version__, "code_version": self.code_version,
+            "healthy": ok, "message": message, "uptime": round(time.time() - self.started, 3),
+            "workers": self.pool.size, "workers_alive": self.pool.alive(),
+            "running": len(self.pool.busy()), "waiting": dict(waiting),
+            "handled": dict(self.pool.handled), "rejected_frames": self.rejected,
+            "commits": self.store.commits, "code_drift": dict(self.drift),
+            "database": self.database_counts(),
+        }  # fmt: skip
+
+    def database_counts(self) -> dict[str, dict[str, int]]:
+        """Tasks per status and queue, as the database has them."""
+        from django.db.models import Count
+
+        from ..models import Task
+
+        counts: dict[str, dict[str, int]] = {}
+        rows = Task.objects.order_by().values("status", "queue").annotate(n=Count("id"))
+        for row in rows:
+            counts.setdefault(row["status"], {})[row["queue"]] = row["n"]
+        return counts

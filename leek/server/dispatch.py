@@ -1,0 +1,98 @@
+"""The in-memory ready queue: task ids by priority, then first in, first out.
+
+It holds ids, priorities and queue names; payloads only for the newest tasks
+(up to MEMORY_PAYLOADS), so a million waiting tasks stay small. Workers load
+the other payloads from the database in pages as they take tasks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import uuid
+from collections import Counter, deque
+from itertools import islice
+
+from .store import Job, Ready
+
+
+class Dispatcher:
+    """Ready tasks for the worker threads, highest priority first."""
+
+    def __init__(self, memory_payloads: int) -> None:
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._lanes: dict[int, deque[tuple[bytes, str]]] = {}
+        self._order: list[int] = []  # priorities with a lane, ascending
+        self._jobs: dict[bytes, Job] = {}
+        self._memory_payloads = memory_payloads
+        self._cancelled: set[bytes] = set()
+        self.waiting: Counter[str] = Counter()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return sum(self.waiting.values())
+
+    def push(self, items: list[Ready]) -> None:
+        with self._lock:
+            for item in items:
+                key = item.id.bytes
+                lane = self._lanes.get(item.priority)
+                if lane is None:
+                    lane = self._lanes[item.priority] = deque()
+                    bisect.insort(self._order, item.priority)
+                lane.append((key, item.queue))
+                self.waiting[item.queue] += 1
+                if item.job is not None and len(self._jobs) < self._memory_payloads:
+                    self._jobs[key] = item.job
+            self._ready.notify(len(items))
+
+    def take(self, timeout: float | None = None) -> tuple[Ready, list[uuid.UUID]] | None:
+        """The next task, and the ids after it whose payloads are not in memory
+        (so the caller can load a page of them at once); None when closed or idle."""
+        with self._lock:
+            while True:
+                if self._closed:
+                    return None
+                while self._order:
+                    priority = self._order[-1]
+                    lane = self._lanes[priority]
+                    if not lane:
+                        del self._lanes[priority]
+                        self._order.pop()
+                        continue
+                    key, queue = lane.popleft()
+                    if key in self._cancelled:
+                        self._cancelled.discard(key)
+                        continue
+                    self.waiting[queue] -= 1
+                    job = self._jobs.pop(key, None)
+                    ahead: list[uuid.UUID] = []
+                    if job is None:
+                        ahead = [uuid.UUID(bytes=k) for k, _ in islice(lane, 99)
+                                 if k not in self._jobs]  # fmt: skip
+                    return Ready(uuid.UUID(bytes=key), priority, queue, None, job), ahead
+                if not self._ready.wait(timeout):
+                    return None
+
+    def keep(self, jobs: dict[uuid.UUID, Job]) -> None:
+        """Jobs loaded from the database ahead of their turn."""
+        with self._lock:
+            for task_id, job in jobs.items():
+                self._jobs[task_id.bytes] = job
+
+    def cancel(self, task_id: uuid.UUID, queue: str) -> None:
+        """Skip this task, which the database shows cancelled while it waited here."""
+        with self._lock:
+            self._cancelled.add(task_id.bytes)
+            self.waiting[queue] -= 1
+            self._jobs.pop(task_id.bytes, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._ready.notify_all()
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {queue: n for queue, n in self.waiting.items() if n > 0}

@@ -1,0 +1,195 @@
+"""Delayed tasks, and the broker's periodic duties: sweeps, heartbeat, watchdog.
+
+Delayed tasks wait in a heap in memory ordered by their time; one thread sleeps
+until the earliest is due (or a new, earlier one arrives), so nothing polls the
+database. The duties run on a second thread every half second:
+
+* the workers' watchdog (time limits, dead threads);
+* every SWEEP_INTERVAL, adopt spooled tasks (written by clients while no broker
+  answered) and the unfinished tasks of brokers that stopped or went silent;
+* every HEARTBEAT_INTERVAL, the broker's BrokerNode row.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from .store import Dialect, Ready, Store
+
+logger = logging.getLogger(__name__)
+
+
+class Delayed:
+    """Tasks whose run_after is in the future, released to `release` when due."""
+
+    def __init__(self, release: Callable[[list[Ready]], None]) -> None:
+        self.release = release
+        self._heap: list[tuple[float, int, Ready]] = []
+        self._held: dict[uuid.UUID, Ready] = {}
+        self._seq = 0
+        self._wake = threading.Condition()
+        self._stopped = False
+        self.waiting: Counter[str] = Counter()
+        self._thread = threading.Thread(target=self._loop, name="leek-delayed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+
+    def add(self, items: list[Ready]) -> None:
+        with self._wake:
+            for item in items:
+                self._seq += 1
+                heapq.heappush(self._heap, (item.run_after or 0.0, self._seq, item))
+                self._held[item.id] = item
+                self.waiting[item.queue] += 1
+            self._wake.notify()
+
+    def cancel(self, task_id: uuid.UUID) -> bool:
+        """Drop a held task; False when it is not held here."""
+        with self._wake:
+            item = self._held.pop(task_id, None)
+            if item is None:
+                return False
+            self.waiting[item.queue] -= 1
+            return True
+
+    def counts(self) -> dict[str, int]:
+        with self._wake:
+            return {queue: n for queue, n in self.waiting.items() if n > 0}
+
+    def _loop(self) -> None:
+        while True:
+            due: list[Ready] = []
+            with self._wake:
+                if self._stopped:
+                    return
+                now = time.time()
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, item = heapq.heappop(self._heap)
+                    if self._held.pop(item.id, None) is item:
+                        self.waiting[item.queue] -= 1
+                        due.append(item)
+                if not due:
+                    wait = self._heap[0][0] - now if self._heap else None
+                    self._wake.wait(wait)
+                    continue
+            self.release(due)
+
+
+def adopt(store: Store, dead_after: float) -> list[Ready]:
+    """Claim spooled tasks and the unfinished tasks of stopped or silent brokers.
+
+    Each row is claimed with a conditional update, so when several brokers sweep
+    at once every task goes to exactly one of them.
+    """
+
+    def claim(cursor: Any, d: Dialect) -> list[Ready]:
+        silent = d.time(time.time() - dead_after)
+        cursor.execute(
+            d.sql(
+                "SELECT name FROM leek_brokernode WHERE name <> %s "
+                "AND (stopped OR heartbeat_at < %s)"
+            ),
+            (store.node, silent),
+        )
+        gone = [row[0] for row in cursor.fetchall()]
+        marks = ", ".join([d.ph] * (len(gone) + 1))
+        cursor.execute(
+            d.sql(
+                "UPDATE leek_task SET broker = %s, spooled = %s "
+                "WHERE status IN ('queued', 'running') "  # noqa: S608
+                f"AND (spooled OR broker IN ({marks})) "
+                "RETURNING id, priority, queue, run_after, status, name, attempts, started_at"
+            ),
+            (store.node, False, "", *gone),
+        )
+        rows = cursor.fetchall()
+        running = [r for r in rows if r[4] == "running"]
+        if running:
+            cursor.executemany(
+                d.sql("UPDATE leek_task SET status = 'queued' WHERE id = %s"),
+                [(r[0],) for r in running],
+            )
+            _interrupted(cursor, d, [(r[0], r[5], r[6], r[7]) for r in running],
+                         "interrupted: its broker stopped")  # fmt: skip
+        return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
+
+    return list(store.call(claim).wait(60))
+
+
+def interrupt_running(store: Store, reason: str) -> int:
+    """Requeue the tasks this broker's last life left running, each with a
+    FailedTask row saying why; the attempt counts."""
+
+    def requeue(cursor: Any, d: Dialect) -> int:
+        cursor.execute(
+            d.sql(
+                "UPDATE leek_task SET status = 'queued' WHERE broker = %s AND status = 'running' "
+                "RETURNING id, name, attempts, started_at"
+            ),
+            (store.node,),
+        )
+        rows = cursor.fetchall()
+        _interrupted(cursor, d, rows, reason)
+        return len(rows)
+
+    return int(store.call(requeue).wait(60))
+
+
+def _interrupted(cursor: Any, d: Dialect, rows: list[Any], reason: str) -> None:
+    """A FailedTask row for each (id, name, attempts, started_at) cut short."""
+    now = d.time(time.time())
+    cursor.executemany(
+        d.sql(
+            "INSERT INTO leek_failedtask (task_id, name, attempt, started_at, failed_at, "
+            "exc_type, exc_message, traceback, final, requeued_at, stdout, stderr) "
+            "VALUES (%s, %s, %s, %s, %s, 'leek.Interrupted', %s, '', %s, NULL, '', '')"
+        ),
+        [(r[0], r[1], max(int(r[2]), 1), r[3], now, reason, False) for r in rows],
+    )
+
+
+class Duties:
+    """The broker's periodic work, on a thread of its own."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self._jobs: list[tuple[float, Callable[[], None], list[float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="leek-duties", daemon=True)
+
+    def every(self, seconds: float, job: Callable[[], None]) -> None:
+        self._jobs.append((seconds, job, [0.0]))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            for seconds, job, last in self._jobs:
+                if now - last[0] < seconds:
+                    continue
+                last[0] = now
+                try:
+                    job()
+                except Exception:
+                    logger.exception("broker duty failed duty=%s", getattr(job, "__name__", job),
+                                     extra={"action": "duty_failed"})  # fmt: skip
