@@ -16,6 +16,7 @@ _EXPORTS = {
     "ping": "leek.client",
     "push_task_to_queue": "leek.client",
     "stats": "leek.client",
+    "stop": "leek.client",
     "task": "leek.client",
     "waiting": "leek.client",
     "current_task": "leek.runtime",

@@ -1,0 +1,49 @@
+# Every target works on a fresh clone; CI runs `make test` through .ci/run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PG_URL ?= $(or $(LEEK_TEST_POSTGRES_URL),postgres://postgres@127.0.0.1:5432/leek)
+
+.PHONY: install run migrate test test-sqlite test-postgres lint typecheck bench clean
+
+$(BIN)/leek: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/leek
+
+install: $(BIN)/leek
+
+migrate: install
+	$(BIN)/python manage.py migrate --verbosity 1
+
+## run: the broker on 127.0.0.1:8002 and the bundled project's SQLite database, in the foreground
+run: migrate
+	$(BIN)/leek start
+
+## test: the whole suite on SQLite, then on PostgreSQL when one is reachable
+test: test-sqlite test-postgres
+
+test-sqlite: install
+	$(BIN)/pytest
+
+test-postgres: install
+	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect('$(PG_URL)'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then \
+		echo "== PostgreSQL run: $(PG_URL)"; \
+		DATABASE_URL='$(PG_URL)' $(BIN)/pytest; \
+	else \
+		echo "== PostgreSQL not reachable at $(PG_URL): skipped the PostgreSQL run"; \
+	fi
+
+lint: install
+	$(BIN)/ruff check leek tests scripts settings bench
+	$(BIN)/ruff format --check leek tests scripts settings
+
+typecheck: install
+	$(BIN)/mypy leek
+
+bench:
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) .venv-bench db.sqlite3* test-artifacts

@@ -1,0 +1,148 @@
+"""Fixtures: real broker processes on real sockets and a real database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+REPO = Path(__file__).resolve().parent.parent
+
+for _name in list(os.environ):
+    if _name.startswith("LEEK_") and _name != "LEEK_TEST_POSTGRES_URL":
+        del os.environ[_name]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class BrokerProcess:
+    """A `leek start` subprocess on its own port, logging to a file."""
+
+    def __init__(self, port: int, env: dict[str, str], log: Path) -> None:
+        self.port = port
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> BrokerProcess:
+        handle = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "leek.cli", "start"], cwd=REPO, env=self.env,
+            stdout=handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        handle.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until a ping over the protocol answers (no fixed sleep)."""
+        from leek.client import connection as client
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                client.call("ping", {})
+                return
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError(f"broker did not answer within {timeout} s:\n{self.output()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def broker_env(port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEEK_")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        PYTHONPATH=str(REPO),
+        LEEK_BROKER_TEST_DB=str(connection.settings_dict["NAME"]),
+        LEEK_PORT=str(port),
+        LEEK_WORKERS="2",
+        LEEK_SWEEP_INTERVAL="0.2",
+        LEEK_HEARTBEAT_INTERVAL="0.5",
+        LEEK_RETRY_BACKOFF="0.1",
+        LEEK_SHUTDOWN_GRACE="5",
+    )  # fmt: skip
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def leek_settings(settings: Any) -> Callable[..., None]:
+    """Set LEEK keys for the test process (the client side)."""
+
+    def apply(**values: Any) -> None:
+        settings.LEEK = {**getattr(settings, "LEEK", {}), **values}
+
+    return apply
+
+
+@pytest.fixture
+def broker_factory(
+    transactional_db: None, tmp_path: Path, leek_settings: Callable[..., None]
+) -> Iterator[Callable[..., BrokerProcess]]:
+    """Start real brokers; the test's client talks to the last one started."""
+    started: list[BrokerProcess] = []
+
+    def start(wait: bool = True, port: int | None = None, **env: str) -> BrokerProcess:
+        port = port or free_port()
+        leek_settings(PORT=port)
+        process = BrokerProcess(port, broker_env(port, env), tmp_path / f"broker-{port}.log")
+        started.append(process)
+        return process.start(wait=wait)
+
+    yield start
+    from leek.client import connection as client
+
+    client.close()
+    for process in started:
+        process.kill()
+    for process in started:
+        if process.output() and os.environ.get("LEEK_TEST_SHOW_LOGS"):
+            sys.stderr.write(process.output())
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
+    """One running broker."""
+    return broker_factory()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
+    """Poll until `predicate()` is truthy; its value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {predicate}")
+        time.sleep(interval)

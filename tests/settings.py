@@ -1,0 +1,24 @@
+"""The bundled project, set up for the test suite.
+
+The test database lives in a file (SQLite) or a real server (PostgreSQL, when
+DATABASE_URL names one), because the brokers under test are other processes.
+A broker started by the tests gets LEEK_BROKER_TEST_DB: the name of the test
+database the test process created, which it then uses as its own.
+"""
+
+import os
+import tempfile
+
+from settings import *  # noqa: F403
+from settings import DATABASES
+
+_default = DATABASES["default"]
+if _default["ENGINE"] == "django.db.backends.sqlite3":
+    _default["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"leek-test-{os.getpid()}.sqlite3")
+    }
+if os.environ.get("LEEK_BROKER_TEST_DB"):
+    _default["NAME"] = os.environ["LEEK_BROKER_TEST_DB"]
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

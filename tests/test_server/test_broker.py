@@ -1,0 +1,161 @@
+"""A real broker process on a real socket and a real database."""
+
+from __future__ import annotations
+
+import operator
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import leek
+from leek.client import connection as client
+from leek.models import FailedTask, SuccessTask, Task
+from tests import tasks
+from tests.conftest import BrokerProcess, wait_for
+
+
+def test_results_round_trip(broker: BrokerProcess) -> None:
+    handle = leek.push_task_to_queue(tasks.add, 2, 3)
+    assert handle.result(timeout=10) == 5
+    assert handle.status() == "succeeded"
+    assert handle.ready()
+    success = SuccessTask.objects.get(task_id=handle.id)
+    assert success.duration >= 0 and success.result_repr == "5"
+
+
+def test_lambdas_and_kwargs_run(broker: BrokerProcess) -> None:
+    base = 40
+    handle = leek.enqueue(lambda x, *, y: base + x + y, (1,), {"y": 1})
+    assert handle.result(timeout=10) == 42
+    assert leek.push_task_to_queue(tasks.echo, 1, k="v").result(timeout=10) == {
+        "args": [1], "kwargs": {"k": "v"}}  # fmt: skip
+
+
+def test_exceptions_round_trip_with_the_remote_traceback(broker: BrokerProcess) -> None:
+    handle = leek.enqueue(tasks.fail, ("kaput",), max_retries=0)
+    with pytest.raises(leek.TaskFailed) as caught:
+        handle.result(timeout=10)
+    assert caught.value.remote_type == "builtins.ValueError"
+    assert caught.value.remote_message == "kaput"
+    assert 'tests/tasks.py", line' in caught.value.traceback
+    assert handle.status() == "failed"
+    failure = FailedTask.objects.get(task_id=handle.id)
+    assert failure.final and failure.attempt == 1
+
+
+def test_an_unpicklable_return_value_is_kept_as_its_repr(broker: BrokerProcess) -> None:
+    handle = leek.push_task_to_queue(tasks.return_unpicklable)
+    assert "Unpicklable object" in handle.result(timeout=10)
+
+
+def test_output_is_captured_per_task(broker: BrokerProcess) -> None:
+    handle = leek.push_task_to_queue(tasks.chatty, "hello from the task")
+    handle.result(timeout=10)
+    success = SuccessTask.objects.get(task_id=handle.id)
+    assert success.stdout == "hello from the task\n"
+    assert success.stderr == "to stderr\n"
+
+
+def test_progress_and_current_task(broker: BrokerProcess) -> None:
+    handle = leek.push_task_to_queue(tasks.progress_steps)
+    wait_for(lambda: handle.progress()[0] == 50)
+    assert handle.progress() == (50, "half way")
+    assert handle.result(timeout=10) == str(handle.id)
+
+
+def test_a_thousand_tasks_from_four_threads_run_exactly_once(broker: BrokerProcess) -> None:
+    handles: list[leek.TaskHandle] = []
+    lock = threading.Lock()
+
+    def push(start: int) -> None:
+        mine = [leek.push_task_to_queue(tasks.add, i, 0) for i in range(start, start + 250)]
+        with lock:
+            handles.extend(mine)
+        client.close()
+
+    threads = [threading.Thread(target=push, args=(n * 250,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({h.id for h in handles}) == 1000
+    wait_for(lambda: Task.objects.filter(status="succeeded").count() == 1000, timeout=60)
+    assert SuccessTask.objects.count() == 1000  # one run each
+    values = sorted(h.result(timeout=1) for h in handles)
+    assert values == list(range(1000))
+    assert leek.handled() == (True, 1000)
+    assert leek.waiting() == (True, 0)
+
+
+def test_priority_then_fifo(broker_factory: Callable[..., BrokerProcess], tmp_path: Any) -> None:
+    broker_factory(LEEK_WORKERS="1")
+    log = tmp_path / "order"
+    gate = leek.push_task_to_queue(tasks.sleep, 0.5)  # holds the one worker
+    wait_for(lambda: gate.status() == "running")
+    for name, priority in [("low-1", 0), ("high-1", 5), ("low-2", 0), ("high-2", 5)]:
+        leek.enqueue(tasks.append_line, (str(log), name), priority=priority)
+    wait_for(lambda: log.exists() and len(log.read_text().split()) == 4)
+    assert log.read_text().split() == ["high-1", "high-2", "low-1", "low-2"]
+
+
+def test_waiting_and_handled_per_queue(broker_factory: Callable[..., BrokerProcess]) -> None:
+    broker_factory(LEEK_WORKERS="1")
+    gate = leek.push_task_to_queue(tasks.sleep, 0.6)
+    wait_for(lambda: gate.status() == "running")
+    for _ in range(3):
+        leek.enqueue(tasks.noop, queue="emails")
+    leek.enqueue(tasks.noop, queue="pdfs")
+    assert leek.waiting("emails") == (True, 3)
+    assert leek.waiting() == (True, 4)
+    wait_for(lambda: leek.waiting() == (True, 0))
+    wait_for(lambda: leek.handled() == (True, 5))
+    assert leek.handled("emails") == (True, 3)
+    assert leek.handled("pdfs") == (True, 1)
+
+
+def test_cancel_a_task_that_has_not_started(broker_factory: Callable[..., BrokerProcess]) -> None:
+    broker_factory(LEEK_WORKERS="1")
+    gate = leek.push_task_to_queue(tasks.sleep, 0.5)
+    wait_for(lambda: gate.status() == "running")
+    handle = leek.push_task_to_queue(tasks.add, 1, 1)
+    assert handle.cancel() is True
+    assert handle.status() == "cancelled"
+    assert gate.cancel() is False  # already running
+    with pytest.raises(leek.TaskCancelled):
+        handle.result(timeout=5)
+    gate.result(timeout=10)
+    assert leek.waiting() == (True, 0)
+    assert not SuccessTask.objects.filter(task_id=handle.id).exists()
+
+
+def test_stats(broker: BrokerProcess) -> None:
+    leek.push_task_to_queue(tasks.add, 1, 2).result(timeout=10)
+    ok, stats = leek.stats()
+    assert ok
+    assert stats["healthy"] and stats["workers_alive"] == stats["workers"] == 2
+    assert stats["database"]["succeeded"] == {"default": 1}
+    assert stats["version"] == leek.__version__
+
+
+def test_enqueue_many_is_one_frame(broker: BrokerProcess) -> None:
+    handles = leek.enqueue_many([(operator.add, (i, i)) for i in range(50)])
+    assert [h.result(timeout=10) for h in handles] == [2 * i for i in range(50)]
+    assert leek.stats()[1]["commits"] < 50
+
+
+def test_stop_is_graceful(broker: BrokerProcess) -> None:
+    assert leek.ping() == (True, "I'm OK")
+    assert leek.stop() == (True, "stopping")
+    assert broker.proc is not None and broker.proc.wait(20) == 0
+    ok, reason = leek.ping()
+    assert not ok and f"127.0.0.1:{broker.port}" in reason
+
+
+def test_sigterm_is_graceful(broker: BrokerProcess) -> None:
+    handle = leek.push_task_to_queue(tasks.sleep, 0.5)
+    wait_for(lambda: handle.status() == "running")
+    assert broker.kill(signal.SIGTERM) == 0
+    assert handle.status() == "succeeded"  # it was let finish
