@@ -1,0 +1,38 @@
+"""Accepted means committed: SIGKILL right after the acknowledgements loses none."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import leek
+from leek.client import connection
+from leek.models import Task
+from tests import tasks
+from tests.conftest import BrokerProcess
+
+
+def test_sigkill_after_acknowledging_loses_no_task(broker_factory: Any) -> None:
+    broker: BrokerProcess = broker_factory(LEEK_WORKERS="1")
+    gate = leek.push_task_to_queue(tasks.sleep, 30)  # keeps the rest waiting
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+
+    def push() -> None:
+        for _ in range(100):
+            handle = leek.push_task_to_queue(tasks.noop)
+            with lock:
+                acknowledged.append(str(handle.id))
+        connection.close()
+
+    threads = [threading.Thread(target=push) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    broker.kill(signal.SIGKILL)
+    stored = {str(i) for i in Task.objects.values_list("id", flat=True)}
+    assert set(acknowledged) <= stored
+    assert len(acknowledged) == 300
+    assert str(gate.id) in stored

@@ -1,0 +1,149 @@
+"""Bad input on a real socket: refused before pickle, and the broker keeps serving."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import leek
+from leek import conf
+from leek.models import Task
+from leek.protocol import HEADER, MAGIC, encode, read_frame
+from tests import tasks
+from tests.conftest import BrokerProcess
+
+
+class Mark:
+    """Unpickling this leaves a file: proof that bytes reached pickle."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> Any:
+        return (tasks.append_line, (self.path, "unpickled"))
+
+
+def exchange(port: int, data: bytes, half_close: bool = True) -> bytes:
+    """Send raw bytes; everything the broker answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_of(reply: bytes) -> str:
+    import io
+
+    message = read_frame(io.BytesIO(reply), str(conf.get("SECRET")).encode(), 1 << 20)
+    assert message is not None
+    request_id, ok, value = message
+    assert (request_id, ok) == (0, False)
+    return str(value["error"])
+
+
+def still_serving() -> None:
+    assert leek.push_task_to_queue(tasks.add, 20, 22).result(timeout=10) == 42
+
+
+def test_a_bad_signature_is_refused_and_never_unpickled(broker: BrokerProcess,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    mark = tmp_path / "mark"
+    frame = encode(b"not-the-secret", (1, "enqueue", Mark(mark)))
+    assert error_of(exchange(broker.port, frame)) == "BadSignature"
+    assert not mark.exists()
+    still_serving()
+    assert "frame rejected" in broker.output()
+
+
+def test_a_truncated_frame_closes_the_connection(broker: BrokerProcess, tmp_path: Path) -> None:
+    mark = tmp_path / "mark"
+    frame = encode(str(conf.get("SECRET")).encode(), (1, "enqueue", Mark(mark)))
+    assert error_of(exchange(broker.port, frame[: len(frame) // 2])) == "ProtocolError"
+    assert not mark.exists()
+    still_serving()
+
+
+def test_an_oversized_length_is_refused_unread(broker_factory: Any, tmp_path: Path) -> None:
+    broker = broker_factory(LEEK_MAX_FRAME="1024")
+    header = HEADER.pack(MAGIC, 1 << 31)
+    assert error_of(exchange(broker.port, header + os.urandom(64), half_close=False)) \
+        == "FrameTooLarge"  # fmt: skip
+    still_serving()
+
+
+def test_random_bytes_are_refused(broker: BrokerProcess) -> None:
+    for _ in range(5):
+        assert error_of(exchange(broker.port, os.urandom(200))) == "ProtocolError"
+    still_serving()
+    assert leek.stats()[1]["rejected_frames"] == 5
+
+
+def test_a_silent_half_frame_is_dropped_at_the_frame_deadline(broker_factory: Any) -> None:
+    broker = broker_factory(LEEK_FRAME_TIMEOUT="0.5")
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as sock:
+        sock.sendall(MAGIC + struct.pack(">I", 10))
+        assert sock.recv(100) == b""  # closed by the broker, not by us
+    still_serving()
+
+
+def test_an_unknown_verb_is_an_error_reply(broker: BrokerProcess) -> None:
+    from leek.client import connection
+
+    with pytest.raises(leek.LeekError, match="unknown verb 'dance'"):
+        connection.call("dance", {})
+    still_serving()
+
+
+def test_sending_the_same_frame_twice_makes_one_task(broker: BrokerProcess) -> None:
+    from leek.client.api import _message
+
+    message = _message(tasks.add, (1, 2), {}, queue="default", priority=0, run_after=None,
+                       max_retries=None, timeout=None)  # fmt: skip
+    frame = encode(str(conf.get("SECRET")).encode(), (1, "enqueue", message))
+    first = exchange(broker.port, frame)
+    second = exchange(broker.port, frame)
+    assert first == second  # same reply: the id, accepted
+    handle = leek.TaskHandle(message["id"])
+    assert handle.result(timeout=10) == 3
+    assert Task.objects.count() == 1
+    assert leek.handled() == (True, 1)
+
+
+def test_a_client_with_the_wrong_secret_gets_a_clear_error(broker: BrokerProcess,
+                                                           leek_settings: Any) -> None:  # fmt: skip
+    from leek.client import connection
+
+    connection.close()
+    leek_settings(SECRET="a-different-secret")
+    with pytest.raises(leek.AuthenticationFailed, match="LEEK_SECRET"):
+        leek.push_task_to_queue(tasks.add, 1, 1)
+    assert Task.objects.count() == 0  # not spooled around a misconfiguration
+    ok, reason = leek.ping()
+    assert not ok and "LEEK_SECRET" in reason
+
+
+def test_a_missing_module_fails_the_task_without_retrying(broker: BrokerProcess) -> None:
+    import pickle
+
+    from leek.client.api import _message
+
+    message = _message(tasks.add, (1, 2), {}, queue="default", priority=0, run_after=None,
+                       max_retries=3, timeout=None)  # fmt: skip
+    message["payload"] = pickle.dumps((tasks.add, (1, 2), {})).replace(
+        b"tests.tasks", b"gone.module")  # fmt: skip
+    from leek.client import connection
+
+    connection.call("enqueue", message)
+    with pytest.raises(leek.TaskFailed, match="gone") as caught:
+        leek.TaskHandle(message["id"]).result(timeout=10)
+    assert caught.value.remote_type == "leek.exceptions.PayloadError"
+    assert Task.objects.get().attempts == 1  # not retried blindly
