@@ -193,6 +193,9 @@ class Broker:
     def serve(self) -> None:
         """Recover, serve until asked to stop, then stop gracefully."""
         install_capture()
+        if os.environ.get("LEEK_SWITCH"):
+            import sys
+            sys.setswitchinterval(float(os.environ["LEEK_SWITCH"]))
         self.store.start()
         self.heartbeat()
         interrupted = interrupt_running(self.store, "interrupted: broker stopped")

@@ -33,6 +33,8 @@ TASK_COLUMNS = (
     "broker", "spooled", "code_version", "progress", "progress_note",
 )  # fmt: skip
 INSERT_CHUNK = 500
+#: Seconds the writer waits for an insert to share the commit of outcomes.
+LINGER = 0.002
 
 
 @dataclass(slots=True)
@@ -176,6 +178,7 @@ class Store:
         self.commits = 0
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="leek-writer", daemon=True)
+        self._raw_cursor: Any = None
         d = self.dialect
         self._insert_row = "(" + ", ".join([d.ph] * len(TASK_COLUMNS)) + ")"
         self._sql_mark = d.sql(
@@ -183,8 +186,8 @@ class Store:
             "WHERE id = %s AND status = 'queued'"
         )
         self._sql_finish = d.sql(
-            "UPDATE leek_task SET status = %s, finished_at = %s, attempts = %s, run_after = %s "
-            "WHERE id = %s"
+            "UPDATE leek_task SET status = %s, started_at = %s, finished_at = %s, attempts = %s, "
+            "run_after = %s WHERE id = %s"
         )
         self._sql_success = d.sql(
             "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "
@@ -237,15 +240,20 @@ class Store:
                 first = self._ops.get()
                 pending.append(first) if first is not None else None
                 stopping = first is None
-            while True:
+            stopping = self._drain(pending) or stopping
+            if pending and not stopping and all(op.waiter is None for op in pending):
+                # Nobody waits on these (marks, outcomes): linger a moment so they
+                # share the commit of the next insert instead of paying their own.
                 try:
-                    op = self._ops.get_nowait()
+                    op = self._ops.get(timeout=LINGER)
                 except queue.Empty:
-                    break
-                if op is None:
-                    stopping = True
+                    op = None
                 else:
-                    pending.append(op)
+                    if op is None:
+                        stopping = True
+                    else:
+                        pending.append(op)
+                    stopping = self._drain(pending) or stopping
             if pending:
                 retry = self._write(pending)
                 pending = retry
@@ -262,7 +270,34 @@ class Store:
                 delay = 0.05
             if stopping and not pending:
                 break
-        close_old_connections()
+        self._close()
+
+    def _drain(self, pending: list[_Op]) -> bool:
+        """Move every waiting op into `pending`; True when the stop mark was among them."""
+        stopping = False
+        while True:
+            try:
+                op = self._ops.get_nowait()
+            except queue.Empty:
+                return stopping
+            if op is None:
+                stopping = True
+            else:
+                pending.append(op)
+
+    def _cursor(self) -> Any:
+        """The writer's own raw cursor, opened once and kept."""
+        if self._raw_cursor is None:
+            self._raw_cursor = raw_cursor()
+        return self._raw_cursor
+
+    def _close(self) -> None:
+        if self._raw_cursor is not None:
+            try:
+                self._raw_cursor.close()
+            except Exception:
+                logger.debug("closing the writer's cursor failed", exc_info=True)
+            self._raw_cursor = None
         connection.close()
 
     def _write(self, ops: list[_Op]) -> list[_Op]:
@@ -290,18 +325,21 @@ class Store:
         return []
 
     def _transaction(self, ops: list[_Op]) -> list[Any]:
-        cursor = raw_cursor()
+        cursor = self._cursor()
         d = self.dialect
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
         try:
             inserts = [op for op in ops if op.kind == "insert"]
             inserted = self._insert_tasks(cursor, [t for op in inserts for t in op.data])
-            marks = [op.data for op in ops if op.kind == "mark"]
+            outcomes = [op.data for op in ops if op.kind == "outcome"]
+            finished = {o.task_id for o in outcomes}
+            # A task whose outcome is in this batch needs no running mark.
+            marks = [op.data for op in ops if op.kind == "mark" and op.data[2] not in finished]
             if marks:
                 cursor.executemany(
                     self._sql_mark, [(d.time(s), a, d.uuid(i)) for s, a, i in marks]
                 )
-            self._write_outcomes(cursor, [op.data for op in ops if op.kind == "outcome"])
+            self._write_outcomes(cursor, outcomes)
             results: list[Any] = []
             for op in ops:
                 if op.kind == "insert":
@@ -317,8 +355,6 @@ class Store:
             except Exception:  # noqa: S110 - the first error is the one raised
                 logger.debug("rollback failed", exc_info=True)
             raise
-        finally:
-            cursor.close()
         self.commits += 1
         return results
 
@@ -363,15 +399,16 @@ class Store:
             else:
                 status = "failed" if o.final else "queued"
             finished = d.time(o.finished)
-            finishes.append((status, finished, o.attempt, d.time(o.retry_at), tid))
+            started = d.time(o.started)
+            finishes.append((status, started, finished, o.attempt, d.time(o.retry_at), tid))
             if o.succeeded:
                 successes.append(
-                    (tid, o.name, o.attempt, d.time(o.started), finished, o.finished - o.started,
+                    (tid, o.name, o.attempt, started, finished, o.finished - o.started,
                      o.result, o.result_repr, o.stdout, o.stderr)
                 )  # fmt: skip
             else:
                 failures.append(
-                    (tid, o.name, o.attempt, d.time(o.started), finished, o.exc_type,
+                    (tid, o.name, o.attempt, started, finished, o.exc_type,
                      o.exc_message, o.traceback, o.final, o.stdout, o.stderr)
                 )  # fmt: skip
         cursor.executemany(self._sql_finish, finishes)
@@ -388,7 +425,7 @@ class Store:
             )
         self.healthy, self.last_error = False, message
         try:
-            connection.close()
+            self._close()
         except Exception:
             logger.debug("closing the broken connection failed", exc_info=True)
 
