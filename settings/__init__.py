@@ -59,7 +59,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE takes the write lock at BEGIN, so two writers queue on the busy
     # timeout instead of failing with "database is locked" on lock upgrade.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"transaction_mode": "IMMEDIATE", "timeout": 20}
+        {"transaction_mode": "IMMEDIATE", "timeout": env.float("SQLITE_TIMEOUT", default=20)}
     )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -17,6 +17,9 @@ if _default["ENGINE"] == "django.db.backends.sqlite3":
     _default["TEST"] = {
         "NAME": os.path.join(tempfile.gettempdir(), f"leek-test-{os.getpid()}.sqlite3")
     }
+else:
+    # One test database per run, so runs side by side on one server never meet.
+    _default["TEST"] = {"NAME": f"test_{_default['NAME']}_{os.getpid()}"}
 if os.environ.get("LEEK_BROKER_TEST_DB"):
     _default["NAME"] = os.environ["LEEK_BROKER_TEST_DB"]
 

@@ -80,3 +80,32 @@ class Unpicklable:
 
 def return_unpicklable() -> Unpicklable:
     return Unpicklable()
+
+
+def retry_later(path: str) -> str:
+    """Ask to be run again after 0.3 s once, then succeed."""
+    import leek
+
+    runs = Path(path)
+    if not runs.exists():
+        runs.write_text(str(time.time()))
+        raise leek.Retry(countdown=0.3)
+    return runs.read_text()
+
+
+def hook_to_file(task_id: Any, name: str, outcome: Any) -> None:
+    """An ON_FAILURE hook: writes what it was given to LEEK_TEST_HOOK_FILE."""
+    with open(os.environ["LEEK_TEST_HOOK_FILE"], "a") as handle:
+        handle.write(f"{task_id} {name} {outcome.exc_type} {outcome.attempt}\n")
+
+
+def broken_hook(task_id: Any, name: str, outcome: Any) -> None:
+    raise RuntimeError("the hook itself is broken")
+
+
+def log_mark(mark: str) -> str:
+    """Write an Event row: the tasks of the fault test leave one per run."""
+    from leek.models import Event
+
+    Event.objects.create(kind="mark", message=mark)
+    return mark

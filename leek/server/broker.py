@@ -33,7 +33,7 @@ from ..protocol import encode, read_frame
 from ..runtime import install_capture
 from .dispatch import Dispatcher
 from .scheduler import Delayed, Duties, adopt, interrupt_running
-from .store import Dialect, NewTask, Ready, Store
+from .store import DATABASE_ERRORS, Dialect, NewTask, Ready, Store
 from .workers import Pool
 
 logger = logging.getLogger(__name__)
@@ -193,9 +193,6 @@ class Broker:
     def serve(self) -> None:
         """Recover, serve until asked to stop, then stop gracefully."""
         install_capture()
-        if os.environ.get("LEEK_SWITCH"):
-            import sys
-            sys.setswitchinterval(float(os.environ["LEEK_SWITCH"]))
         self.store.start()
         self.heartbeat()
         interrupted = interrupt_running(self.store, "interrupted: broker stopped")
@@ -279,7 +276,10 @@ class Broker:
                                      f"started_at, name) VALUES ({marks})"),
                                (*values.values(), now, d.time(self.started), self.node))  # fmt: skip
 
-        self.store.call(write).wait(30)
+        try:
+            self.store.call(write).wait(30)
+        except (*DATABASE_ERRORS, TimeoutError):
+            pass  # the store logged it and reports the database unhealthy
 
     # -- verbs ---------------------------------------------------------------
 

@@ -27,6 +27,13 @@ from django.db import DatabaseError, InterfaceError, close_old_connections, conn
 
 logger = logging.getLogger(__name__)
 
+#: What a write can raise when the database fails: Django's wrapped errors and,
+#: from the raw cursor the hot path uses, the driver's own.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    DatabaseError, InterfaceError, *(
+        [connection.Database.Error] if hasattr(connection, "Database") else []),
+)  # fmt: skip
+
 TASK_COLUMNS = (
     "id", "name", "queue", "priority", "status", "payload", "args_repr", "attempts",
     "max_retries", "timeout", "queued_at", "run_after", "started_at", "finished_at",
@@ -304,7 +311,7 @@ class Store:
         """Write `ops` in one transaction; return the ops to try again."""
         try:
             results = self._transaction(ops)
-        except (DatabaseError, InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             self._failed(exc)
             if len(ops) > 1 and self._reachable():
                 retry: list[_Op] = []

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from django.db import connection as db
+
 import leek
 from leek.client import connection as client
 from leek.models import FailedTask, SuccessTask, Task
@@ -75,6 +77,7 @@ def test_a_thousand_tasks_from_four_threads_run_exactly_once(broker: BrokerProce
         with lock:
             handles.extend(mine)
         client.close()
+        db.close()
 
     threads = [threading.Thread(target=push, args=(n * 250,)) for n in range(4)]
     for thread in threads:

@@ -6,6 +6,8 @@ import signal
 import threading
 from typing import Any
 
+from django.db import connection as db
+
 import leek
 from leek.client import connection
 from leek.models import Task
@@ -25,6 +27,7 @@ def test_sigkill_after_acknowledging_loses_no_task(broker_factory: Any) -> None:
             with lock:
                 acknowledged.append(str(handle.id))
         connection.close()
+        db.close()
 
     threads = [threading.Thread(target=push) for _ in range(3)]
     for thread in threads:

@@ -1,0 +1,70 @@
+"""The database going away under a running broker, and coming back."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from django.db import connection
+
+import leek
+from tests import tasks
+from tests.conftest import REPO, BrokerProcess, broker_env, wait_for
+
+
+@contextmanager
+def outage() -> Iterator[None]:
+    """Make the test database refuse the broker's writes, then give it back."""
+    name = str(connection.settings_dict["NAME"])
+    if connection.vendor == "sqlite":
+        holder = sqlite3.connect(name, timeout=5, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # every other writer now times out
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        return
+    import psycopg
+
+    params = connection.settings_dict
+    admin = psycopg.connect(dbname="postgres", host=params["HOST"] or None,
+                            port=params["PORT"] or None, user=params["USER"] or None,
+                            password=params["PASSWORD"] or None, autocommit=True)  # fmt: skip
+    connection.close()  # ours goes too; Django reconnects after the outage
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')  # type: ignore[arg-type]
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                      [name])  # fmt: skip
+        yield
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')  # type: ignore[arg-type]
+        admin.close()
+
+
+def ping_status(port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "leek.cli", "ping"], cwd=REPO,
+                          env=broker_env(port), capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> None:
+    broker: BrokerProcess = broker_factory(SQLITE_TIMEOUT="0.2", LEEK_HEARTBEAT_INTERVAL="0.2")
+    assert leek.push_task_to_queue(tasks.add, 1, 1).result(timeout=10) == 2
+    with outage():
+        wait_for(lambda: leek.ping()[0] is False, timeout=20)
+        ok, reason = leek.ping()
+        assert reason.startswith("database unavailable")
+        down = ping_status(broker.port)
+        assert down.returncode == 1 and "database unavailable" in down.stdout
+        with pytest.raises(leek.LeekError, match="refused enqueue"):
+            leek.push_task_to_queue(tasks.add, 2, 2)  # a clear error: nothing silently lost
+        assert broker.alive
+    wait_for(lambda: leek.ping() == (True, "I'm OK"), timeout=30)
+    assert ping_status(broker.port).returncode == 0
+    assert leek.push_task_to_queue(tasks.add, 3, 3).result(timeout=10) == 6
+    assert "database write failed" in broker.output()

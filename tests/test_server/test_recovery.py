@@ -1,0 +1,179 @@
+"""Nothing accepted is lost: restarts, the database fallback, the cron retry."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from django.db import connection as db
+
+import leek
+from leek.client import connection
+from leek.models import Event, FailedTask, Task
+from tests import tasks
+from tests.conftest import REPO, BrokerProcess, broker_env, free_port, wait_for
+
+
+def test_a_task_running_at_sigkill_runs_again_at_restart(broker_factory: Any) -> None:
+    port = free_port()
+    broker: BrokerProcess = broker_factory(port=port)
+    handle = leek.push_task_to_queue(tasks.sleep, 1.0)
+    wait_for(lambda: handle.status() == "running")
+    broker.kill(signal.SIGKILL)
+    assert handle.status() == "running"
+    broker_factory(port=port)
+    assert handle.result(timeout=20) == 1.0
+    failure = FailedTask.objects.get(task_id=handle.id)
+    assert failure.exc_type == "leek.Interrupted"
+    assert failure.exc_message == "interrupted: broker stopped"
+    assert Task.objects.get().attempts == 2
+
+
+def test_sigterm_leaves_queued_tasks_for_the_next_start(broker_factory: Any) -> None:
+    port = free_port()
+    broker: BrokerProcess = broker_factory(port=port, LEEK_WORKERS="1")
+    gate = leek.push_task_to_queue(tasks.sleep, 0.5)
+    wait_for(lambda: gate.status() == "running")
+    later = [leek.push_task_to_queue(tasks.add, i, i) for i in range(5)]
+    assert broker.kill(signal.SIGTERM) == 0
+    assert gate.status() == "succeeded"
+    assert [h.status() for h in later] == ["queued"] * 5
+    broker_factory(port=port)
+    assert [h.result(timeout=20) for h in later] == [0, 2, 4, 6, 8]
+
+
+def test_pushes_without_a_broker_are_spooled_and_run_at_start(broker_factory: Any,
+                                                              leek_settings: Any) -> None:  # fmt: skip
+    port = free_port()
+    leek_settings(PORT=port, CONNECT_TIMEOUT=0.5)
+    handles = [leek.push_task_to_queue(tasks.add, i, 1) for i in range(100)]
+    assert Task.objects.filter(spooled=True, status="queued").count() == 100
+    started = time.monotonic()
+    broker_factory(port=port)
+    assert [h.result(timeout=20) for h in handles] == [i + 1 for i in range(100)]
+    assert time.monotonic() - started < 10
+    assert not Task.objects.filter(spooled=True).exists()
+
+
+def test_spooled_rows_are_swept_while_the_broker_runs(broker: BrokerProcess,
+                                                      leek_settings: Any) -> None:  # fmt: skip
+    from leek.client.api import _message
+    from leek.client.spool import spool
+
+    message = _message(tasks.add, (5, 5), {}, queue="default", priority=0, run_after=None,
+                       max_retries=None, timeout=None)  # fmt: skip
+    spool([message])
+    assert leek.TaskHandle(message["id"]).result(timeout=10) == 10
+
+
+def test_fallback_raise_names_the_address(transactional_db: Any, leek_settings: Any) -> None:
+    port = free_port()
+    leek_settings(PORT=port, FALLBACK="raise")
+    with pytest.raises(leek.BrokerUnavailable, match=f"127.0.0.1:{port}.*refused"):
+        leek.push_task_to_queue(tasks.noop)
+    assert not Task.objects.exists()
+
+
+def test_a_client_fails_over_to_the_next_broker(broker_factory: Any, leek_settings: Any) -> None:
+    broker = broker_factory()
+    leek_settings(PORT=free_port(), BROKERS=[f"127.0.0.1:{broker.port}"])
+    assert leek.push_task_to_queue(tasks.add, 2, 2).result(timeout=10) == 4
+    assert not Task.objects.filter(spooled=True).exists()
+
+
+def test_retry_failed_with_the_broker_up_and_down(broker_factory: Any) -> None:
+    port = free_port()
+    broker: BrokerProcess = broker_factory(port=port)
+    handle = leek.enqueue(tasks.fail, ("first",), max_retries=0)
+    with pytest.raises(leek.TaskFailed):
+        handle.result(timeout=10)
+
+    def retry_failed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "run_failed_tasks"), *args], cwd=REPO,
+            env=broker_env(port), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    dry = retry_failed("--dry-run")
+    assert (dry.returncode, dry.stdout) == (0, "would requeue 1 failed tasks\n")
+    done = retry_failed()
+    assert (done.returncode, done.stdout) == (0, "requeued 1 failed tasks\n")
+    wait_for(lambda: FailedTask.objects.filter(task_id=handle.id).count() == 2)
+    wait_for(lambda: handle.status() == "failed")
+
+    broker.kill(signal.SIGTERM)  # and with no broker at all
+    assert retry_failed().stdout == "requeued 1 failed tasks\n"
+    assert retry_failed().stdout == "requeued 0 failed tasks\n"  # not twice
+    assert handle.status() == "queued"
+    broker_factory(port=port)
+    wait_for(lambda: FailedTask.objects.filter(task_id=handle.id).count() == 3)
+    assert FailedTask.objects.filter(task_id=handle.id, requeued_at__isnull=False).count() == 2
+
+
+def test_purge_deletes_old_finished_tasks(broker: BrokerProcess) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from leek.repair import purge
+
+    old = leek.push_task_to_queue(tasks.add, 1, 1)
+    new = leek.push_task_to_queue(tasks.add, 2, 2)
+    old.result(timeout=10), new.result(timeout=10)
+    Task.objects.filter(pk=old.id).update(finished_at=timezone.now() - timedelta(days=40))
+    assert purge("30d", dry_run=True) == 1
+    assert purge("30d") == 1
+    assert list(Task.objects.values_list("id", flat=True)) == [new.id]
+    with pytest.raises(ValueError, match="only finished tasks"):
+        purge("30d", statuses=["queued"])
+    with pytest.raises(ValueError, match="like 30d"):
+        purge("thirty days")
+
+
+@pytest.mark.slow
+def test_random_sigkills_lose_no_acknowledged_task(broker_factory: Any) -> None:
+    port = free_port()
+    broker_factory(port=port)
+    acknowledged: list[str] = []
+    done = threading.Event()
+
+    def push() -> None:
+        try:
+            for i in range(2000):
+                acknowledged.append(leek.push_task_to_queue(tasks.log_mark, f"m{i}").id.hex)
+        finally:
+            connection.close()
+            db.close()
+            done.set()
+
+    pusher = threading.Thread(target=push)
+    pusher.start()
+    rng = random.Random(7)
+    kills = 0
+    while not done.is_set() and kills < 4:
+        time.sleep(rng.uniform(0.2, 0.8))
+        for process in list(_running(broker_factory)):
+            process.kill(signal.SIGKILL)
+        kills += 1
+        broker_factory(port=port)
+    pusher.join()
+    assert kills >= 2 and len(acknowledged) == 2000
+    wait_for(lambda: Task.objects.filter(status="succeeded").count() == 2000, timeout=120)
+    marks = list(Event.objects.filter(kind="mark").values_list("message", flat=True))
+    assert set(marks) == {f"m{i}" for i in range(2000)}
+    duplicates = len(marks) - len(set(marks))
+    sys.stderr.write(f"\nrandom SIGKILLs: kills={kills} duplicate runs={duplicates}\n")
+
+
+def _running(factory: Any) -> list[BrokerProcess]:
+    # the factory keeps its processes in a closure; walk it to find the live ones
+    cells = [c.cell_contents for c in (factory.__closure__ or ())]
+    started = next(c for c in cells if isinstance(c, list))
+    return [p for p in started if p.alive]
