@@ -68,6 +68,8 @@ class Pool:
         self.capture_limit = int(settings["CAPTURE_LIMIT"])
         self.no_retry = tuple(import_string(path) for path in settings["NO_RETRY"])
         self.hooks = [import_string(path) for path in settings["ON_FAILURE"]]
+        if settings["NOTIFY_ADMINS_ON_FAILURE"]:
+            self.hooks.append(import_string("leek.notify.notify_admins"))
 
     def start(self) -> None:
         for _ in range(self.size):
