@@ -14,10 +14,10 @@ commit it waits for.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -183,9 +183,14 @@ class Store:
         self.healthy = True
         self.last_error = ""
         self.commits = 0
-        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._pending: deque[_Op] = deque()
+        self._lock = threading.Lock()  # held by the thread writing a batch
+        self._wake = threading.Condition()  # the writer thread sleeps on it
+        self._idle = False
+        self._stopping = False
+        self._retry = False
+        self._local = threading.local()
         self._thread = threading.Thread(target=self._loop, name="leek-writer", daemon=True)
-        self._raw_cursor: Any = None
         d = self.dialect
         self._insert_row = "(" + ", ".join([d.ph] * len(TASK_COLUMNS)) + ")"
         self._sql_mark = d.sql(
@@ -213,98 +218,128 @@ class Store:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is waiting, then end the writer."""
-        self._ops.put(None)
+        """Write what is waiting, then end the writer thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
         self._thread.join(timeout)
 
     def insert(self, tasks: Sequence[NewTask]) -> Waiter:
         """Insert `tasks` (once each: a replayed id is ignored); the waiter
         completes after the commit."""
-        waiter = Waiter()
-        self._ops.put(_Op("insert", tasks, waiter))
-        return waiter
+        return self._lead(_Op("insert", tasks, Waiter()))
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it."""
-        self._ops.put(_Op("mark", (started, attempt, task_id)))
+        self._later(_Op("mark", (started, attempt, task_id)))
 
     def record(self, outcome: Outcome) -> None:
         """Write an attempt's outcome in the next batch."""
-        self._ops.put(_Op("outcome", outcome))
+        self._later(_Op("outcome", outcome))
 
     def call(self, fn: Callable[[Any, Dialect], Any]) -> Waiter:
         """Run fn(cursor, dialect) inside the next batch's transaction."""
-        waiter = Waiter()
-        self._ops.put(_Op("call", fn, waiter))
-        return waiter
+        return self._lead(_Op("call", fn, Waiter()))
+
+    # -- group commit -------------------------------------------------------
+    #
+    # A thread that waits for its write (a client's insert) queues it and, when
+    # no other thread is writing, writes every queued op itself: no hand-off to
+    # another thread on the hot path. When another thread is writing, that one
+    # takes the op: a writer checks the queue again after letting go of the lock,
+    # so nothing queued before a failed try is left behind. Ops nobody waits for
+    # (running marks, outcomes) go to the writer thread, which lets them linger a
+    # moment so they share the commit of the next insert.
+
+    def _lead(self, op: _Op) -> Waiter:
+        self._pending.append(op)
+        self._flush_all(blocking=False)
+        assert op.waiter is not None
+        return op.waiter
+
+    def _later(self, op: _Op) -> None:
+        self._pending.append(op)
+        if self._idle:
+            with self._wake:
+                self._wake.notify()
+
+    def _flush_all(self, blocking: bool) -> bool:
+        """Write queued ops until none are left or another thread writes;
+        True when some ops failed and wait to be tried again."""
+        failed = False
+        while self._pending:
+            if not self._lock.acquire(blocking=blocking):
+                return failed
+            try:
+                failed = self._flush() or failed
+            finally:
+                self._lock.release()
+            if failed:
+                self._later_retry()
+                return True
+        return failed
+
+    def _flush(self) -> bool:
+        batch: list[_Op] = []
+        pending = self._pending
+        while pending:
+            batch.append(pending.popleft())
+        if not batch:
+            return False
+        retry = self._write(batch)
+        if retry:
+            pending.extendleft(reversed(retry))
+        return bool(retry)
+
+    def _later_retry(self) -> None:
+        with self._wake:
+            self._retry = True
+            self._wake.notify()
 
     def _loop(self) -> None:
-        pending: list[_Op] = []
-        stopping = False
         delay = 0.05
         while True:
-            if not pending and not stopping:
-                first = self._ops.get()
-                pending.append(first) if first is not None else None
-                stopping = first is None
-            stopping = self._drain(pending) or stopping
-            if pending and not stopping and all(op.waiter is None for op in pending):
-                # Nobody waits on these (marks, outcomes): linger a moment so they
-                # share the commit of the next insert instead of paying their own.
-                try:
-                    op = self._ops.get(timeout=LINGER)
-                except queue.Empty:
-                    op = None
-                else:
-                    if op is None:
-                        stopping = True
-                    else:
-                        pending.append(op)
-                    stopping = self._drain(pending) or stopping
-            if pending:
-                retry = self._write(pending)
-                pending = retry
-                if retry:
-                    if stopping and retry[0].tries > 5:
-                        logger.error(
-                            "writer stopping with unwritten outcomes count=%s", len(retry),
-                            extra={"action": "writer_gave_up"},
-                        )
-                        break
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                delay = 0.05
-            if stopping and not pending:
+            with self._wake:
+                self._idle = True
+                while not (self._pending or self._stopping):
+                    self._wake.wait()
+                self._idle = False
+                stopping, retrying = self._stopping, self._retry
+                self._retry = False
+            if stopping and not self._pending:
                 break
+            if retrying:
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            elif not stopping and not any(op.waiter for op in list(self._pending)):
+                time.sleep(LINGER)  # let the next insert carry these
+            if self._flush_all(blocking=True):
+                if stopping and self._pending and self._pending[0].tries > 5:
+                    logger.error("writer stopping with unwritten outcomes count=%s",
+                                 len(self._pending), extra={"action": "writer_gave_up"})  # fmt: skip
+                    break
+                with self._wake:
+                    self._retry = True
+            else:
+                delay = 0.05
         self._close()
 
-    def _drain(self, pending: list[_Op]) -> bool:
-        """Move every waiting op into `pending`; True when the stop mark was among them."""
-        stopping = False
-        while True:
-            try:
-                op = self._ops.get_nowait()
-            except queue.Empty:
-                return stopping
-            if op is None:
-                stopping = True
-            else:
-                pending.append(op)
-
     def _cursor(self) -> Any:
-        """The writer's own raw cursor, opened once and kept."""
-        if self._raw_cursor is None:
-            self._raw_cursor = raw_cursor()
-        return self._raw_cursor
+        """This thread's raw cursor, opened once and kept."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = raw_cursor()
+        return cursor
 
     def _close(self) -> None:
-        if self._raw_cursor is not None:
+        """Close this thread's cursor and connection."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is not None:
             try:
-                self._raw_cursor.close()
+                cursor.close()
             except Exception:
-                logger.debug("closing the writer's cursor failed", exc_info=True)
-            self._raw_cursor = None
+                logger.debug("closing a writer cursor failed", exc_info=True)
+            self._local.cursor = None
         connection.close()
 
     def _write(self, ops: list[_Op]) -> list[_Op]:
@@ -468,7 +503,7 @@ class Store:
                 (percent, note, d.uuid(task_id)),
             )
 
-        self._ops.put(_Op("call", write))
+        self._later(_Op("call", write))
 
     def jobs(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, tuple[str, Job]]:
         """Status and job of each task in `ids` that still exists."""
