@@ -14,25 +14,20 @@ commit it waits for.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, close_old_connections, connection
+from django.db import connection
+
+from .writer import DATABASE_ERRORS, GroupCommit, Op, Waiter, raw_cursor
+
+__all__ = ["DATABASE_ERRORS", "Dialect", "Job", "NewTask", "Outcome", "Ready", "Store", "Waiter"]
 
 logger = logging.getLogger(__name__)
-
-#: What a write can raise when the database fails: Django's wrapped errors and,
-#: from the raw cursor the hot path uses, the driver's own.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    DatabaseError, InterfaceError, *(
-        [connection.Database.Error] if hasattr(connection, "Database") else []),
-)  # fmt: skip
 
 TASK_COLUMNS = (
     "id", "name", "queue", "priority", "status", "payload", "args_repr", "attempts",
@@ -40,8 +35,6 @@ TASK_COLUMNS = (
     "broker", "spooled", "code_version", "progress", "progress_note",
 )  # fmt: skip
 INSERT_CHUNK = 500
-#: Seconds the writer waits for an insert to share the commit of outcomes.
-LINGER = 0.002
 
 
 @dataclass(slots=True)
@@ -103,36 +96,6 @@ class Outcome:
     retry_at: float | None = None
 
 
-class Waiter:
-    """Completes when the writer has committed an operation, or failed it."""
-
-    __slots__ = ("_done", "value", "error")
-
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-        self._done.set()
-
-    def wait(self, timeout: float | None = None) -> Any:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"database write not committed within {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-@dataclass(slots=True)
-class _Op:
-    kind: str  # "insert", "mark", "outcome", "call"
-    data: Any
-    waiter: Waiter | None = None
-    tries: int = 0
-
-
 class Dialect:
     """How values and placeholders look on this connection's database."""
 
@@ -167,30 +130,14 @@ class Dialect:
         return text.replace("%s", self.ph)
 
 
-def raw_cursor() -> Any:
-    """A DB-API cursor on this thread's Django connection."""
-    connection.ensure_connection()
-    return connection.connection.cursor()  # type: ignore[union-attr]
-
-
-class Store:
-    """The broker's database: a group-commit writer plus reads on the caller's thread."""
+class Store(GroupCommit):
+    """The broker's database: group-committed writes, and reads on the caller's thread."""
 
     def __init__(self, node: str, on_ready: Callable[[list[Ready]], None]) -> None:
         self.node = node
         self.on_ready = on_ready
         self.dialect = Dialect(connection.vendor)
-        self.healthy = True
-        self.last_error = ""
-        self.commits = 0
-        self._pending: deque[_Op] = deque()
-        self._lock = threading.Lock()  # held by the thread writing a batch
-        self._wake = threading.Condition()  # the writer thread sleeps on it
-        self._idle = False
-        self._stopping = False
-        self._retry = False
-        self._local = threading.local()
-        self._thread = threading.Thread(target=self._loop, name="leek-writer", daemon=True)
+        super().__init__()
         d = self.dialect
         self._insert_row = "(" + ", ".join([d.ph] * len(TASK_COLUMNS)) + ")"
         self._sql_mark = d.sql(
@@ -212,161 +159,33 @@ class Store:
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s)"
         )
 
-    # -- the writer ---------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write what is waiting, then end the writer thread."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join(timeout)
+    # -- writes, through the group commit ------------------------------------
 
     def insert(self, tasks: Sequence[NewTask]) -> Waiter:
         """Insert `tasks` (once each: a replayed id is ignored); the waiter
         completes after the commit."""
-        return self._lead(_Op("insert", tasks, Waiter()))
+        return self._lead("insert", tasks)
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it."""
-        self._later(_Op("mark", (started, attempt, task_id)))
+        self._later(Op("mark", (started, attempt, task_id)))
 
     def record(self, outcome: Outcome) -> None:
         """Write an attempt's outcome in the next batch."""
-        self._later(_Op("outcome", outcome))
+        self._later(Op("outcome", outcome))
 
     def call(self, fn: Callable[[Any, Dialect], Any]) -> Waiter:
         """Run fn(cursor, dialect) inside the next batch's transaction."""
-        return self._lead(_Op("call", fn, Waiter()))
+        return self._lead("call", fn)
 
-    # -- group commit -------------------------------------------------------
-    #
-    # A thread that waits for its write (a client's insert) queues it and, when
-    # no other thread is writing, writes every queued op itself: no hand-off to
-    # another thread on the hot path. When another thread is writing, that one
-    # takes the op: a writer checks the queue again after letting go of the lock,
-    # so nothing queued before a failed try is left behind. Ops nobody waits for
-    # (running marks, outcomes) go to the writer thread, which lets them linger a
-    # moment so they share the commit of the next insert.
-
-    def _lead(self, op: _Op) -> Waiter:
-        self._pending.append(op)
-        self._flush_all(blocking=False)
-        assert op.waiter is not None
-        return op.waiter
-
-    def _later(self, op: _Op) -> None:
-        self._pending.append(op)
-        if self._idle:
-            with self._wake:
-                self._wake.notify()
-
-    def _flush_all(self, blocking: bool) -> bool:
-        """Write queued ops until none are left or another thread writes;
-        True when some ops failed and wait to be tried again."""
-        failed = False
-        while self._pending:
-            if not self._lock.acquire(blocking=blocking):
-                return failed
-            try:
-                failed = self._flush() or failed
-            finally:
-                self._lock.release()
-            if failed:
-                self._later_retry()
-                return True
-        return failed
-
-    def _flush(self) -> bool:
-        batch: list[_Op] = []
-        pending = self._pending
-        while pending:
-            batch.append(pending.popleft())
-        if not batch:
-            return False
-        retry = self._write(batch)
-        if retry:
-            pending.extendleft(reversed(retry))
-        return bool(retry)
-
-    def _later_retry(self) -> None:
-        with self._wake:
-            self._retry = True
-            self._wake.notify()
-
-    def _loop(self) -> None:
-        delay = 0.05
-        while True:
-            with self._wake:
-                self._idle = True
-                while not (self._pending or self._stopping):
-                    self._wake.wait()
-                self._idle = False
-                stopping, retrying = self._stopping, self._retry
-                self._retry = False
-            if stopping and not self._pending:
-                break
-            if retrying:
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            elif not stopping and not any(op.waiter for op in list(self._pending)):
-                time.sleep(LINGER)  # let the next insert carry these
-            if self._flush_all(blocking=True):
-                if stopping and self._pending and self._pending[0].tries > 5:
-                    logger.error("writer stopping with unwritten outcomes count=%s",
-                                 len(self._pending), extra={"action": "writer_gave_up"})  # fmt: skip
-                    break
-                with self._wake:
-                    self._retry = True
-            else:
-                delay = 0.05
-        self._close()
-
-    def _cursor(self) -> Any:
-        """This thread's raw cursor, opened once and kept."""
-        cursor = getattr(self._local, "cursor", None)
-        if cursor is None:
-            cursor = self._local.cursor = raw_cursor()
-        return cursor
-
-    def _close(self) -> None:
-        """Close this thread's cursor and connection."""
-        cursor = getattr(self._local, "cursor", None)
-        if cursor is not None:
-            try:
-                cursor.close()
-            except Exception:
-                logger.debug("closing a writer cursor failed", exc_info=True)
-            self._local.cursor = None
-        connection.close()
-
-    def _write(self, ops: list[_Op]) -> list[_Op]:
-        """Write `ops` in one transaction; return the ops to try again."""
-        try:
-            results = self._transaction(ops)
-        except DATABASE_ERRORS as exc:
-            self._failed(exc)
-            if len(ops) > 1 and self._reachable():
-                retry: list[_Op] = []
-                for op in ops:  # isolate the op that fails
-                    retry.extend(self._write([op]))
-                return retry
-            return self._after_failure(ops, exc)
-        self.healthy, self.last_error = True, ""
-        ready: list[Ready] = []
-        for op, result in zip(ops, results, strict=True):
-            if op.kind == "insert":
-                ready.extend(result)
-                op.waiter.resolve(None)  # type: ignore[union-attr]
-            elif op.waiter is not None:
-                op.waiter.resolve(result)
+    def committed(self, ops: list[Op], results: list[Any]) -> None:
+        """Send the tasks just inserted to the broker's queues."""
+        ready = [r for op, result in zip(ops, results, strict=True) if op.kind == "insert"
+                 for r in result]  # fmt: skip
         if ready:
             self.on_ready(ready)
-        return []
 
-    def _transaction(self, ops: list[_Op]) -> list[Any]:
+    def _transaction(self, ops: list[Op]) -> list[Any]:
         cursor = self._cursor()
         d = self.dialect
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
@@ -459,39 +278,6 @@ class Store:
         if failures:
             cursor.executemany(self._sql_failure, failures)
 
-    def _failed(self, exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}".strip()
-        if self.healthy or message != self.last_error:
-            logger.error(
-                "database write failed error=%s", message, extra={"action": "db_write_failed"}
-            )
-        self.healthy, self.last_error = False, message
-        try:
-            self._close()
-        except Exception:
-            logger.debug("closing the broken connection failed", exc_info=True)
-
-    def _reachable(self) -> bool:
-        try:
-            cursor = raw_cursor()
-            cursor.execute("SELECT 1")
-            cursor.close()
-        except Exception:
-            connection.close()
-            return False
-        return True
-
-    def _after_failure(self, ops: list[_Op], exc: BaseException) -> list[_Op]:
-        """Fail what a client waits for; keep outcomes to write later."""
-        retry: list[_Op] = []
-        for op in ops:
-            op.tries += 1
-            if op.kind == "outcome" and op.tries < 1000:
-                retry.append(op)
-            elif op.waiter is not None:
-                op.waiter.resolve(error=exc)
-        return retry
-
     # -- reads on the caller's connection -------------------------------------
 
     def progress(self, task_id: uuid.UUID, percent: float, note: str) -> None:
@@ -503,7 +289,7 @@ class Store:
                 (percent, note, d.uuid(task_id)),
             )
 
-        self._later(_Op("call", write))
+        self._later(Op("call", write))
 
     def jobs(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, tuple[str, Job]]:
         """Status and job of each task in `ids` that still exists."""

@@ -1,0 +1,248 @@
+"""Group commit: many threads' writes in one transaction, with no hand-off on the hot path.
+
+A thread that waits for its write (a client's insert) queues it and, when no
+other thread is writing, writes every queued op itself in one transaction, so
+one client pushing alone pays one commit and no thread switch. When another
+thread is writing, that one takes the op: a writer checks the queue again after
+letting go of the lock, so nothing queued before a failed try is left behind.
+Ops nobody waits for (running marks, outcomes) go to the writer thread, which
+lets them linger a moment so they share the commit of the next insert, and which
+retries them with a backoff while the database is away.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, connection
+
+logger = logging.getLogger("leek.server.store")
+
+#: What a write can raise when the database fails: Django's wrapped errors and,
+#: from the raw cursor the hot path uses, the driver's own.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    DatabaseError, InterfaceError, *(
+        [connection.Database.Error] if hasattr(connection, "Database") else []),
+)  # fmt: skip
+
+#: Seconds the writer waits for an insert to share the commit of outcomes.
+LINGER = 0.002
+
+
+class Waiter:
+    """Completes when the writer has committed an operation, or failed it."""
+
+    __slots__ = ("_done", "value", "error")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self._done.set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"database write not committed within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclass(slots=True)
+class Op:
+    kind: str  # "insert", "mark", "outcome", "call"
+    data: Any
+    waiter: Waiter | None = None
+    tries: int = 0
+
+
+def raw_cursor() -> Any:
+    """A DB-API cursor on this thread's Django connection."""
+    connection.ensure_connection()
+    return connection.connection.cursor()  # type: ignore[union-attr]
+
+
+class GroupCommit:
+    """The queue, the lock and the writer thread; a subclass writes a batch."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.last_error = ""
+        self.commits = 0
+        self._pending: deque[Op] = deque()
+        self._lock = threading.Lock()  # held by the thread writing a batch
+        self._wake = threading.Condition()  # the writer thread sleeps on it
+        self._idle = False
+        self._stopping = False
+        self._retry = False
+        self._local = threading.local()
+        self._thread = threading.Thread(target=self._loop, name="leek-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is waiting, then end the writer thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    def _lead(self, kind: str, data: Any) -> Waiter:
+        """Queue an op someone waits for, and write the queue now if nobody is."""
+        waiter = Waiter()
+        self._pending.append(Op(kind, data, waiter))
+        self._flush_all(blocking=False)
+        return waiter
+
+    def _later(self, op: Op) -> None:
+        self._pending.append(op)
+        if self._idle:
+            with self._wake:
+                self._wake.notify()
+
+    def _flush_all(self, blocking: bool) -> bool:
+        """Write queued ops until none are left or another thread writes;
+        True when some ops failed and wait to be tried again."""
+        failed = False
+        while self._pending:
+            if not self._lock.acquire(blocking=blocking):
+                return failed
+            try:
+                failed = self._flush() or failed
+            finally:
+                self._lock.release()
+            if failed:
+                self._later_retry()
+                return True
+        return failed
+
+    def _flush(self) -> bool:
+        batch: list[Op] = []
+        pending = self._pending
+        while pending:
+            batch.append(pending.popleft())
+        if not batch:
+            return False
+        retry = self._write(batch)
+        if retry:
+            pending.extendleft(reversed(retry))
+        return bool(retry)
+
+    def _later_retry(self) -> None:
+        with self._wake:
+            self._retry = True
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        delay = 0.05
+        while True:
+            with self._wake:
+                self._idle = True
+                while not (self._pending or self._stopping):
+                    self._wake.wait()
+                self._idle = False
+                stopping, retrying = self._stopping, self._retry
+                self._retry = False
+            if stopping and not self._pending:
+                break
+            if retrying:
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            elif not stopping and not any(op.waiter for op in list(self._pending)):
+                time.sleep(LINGER)  # let the next insert carry these
+            if self._flush_all(blocking=True):
+                if stopping and self._pending and self._pending[0].tries > 5:
+                    logger.error("writer stopping with unwritten outcomes count=%s",
+                                 len(self._pending), extra={"action": "writer_gave_up"})  # fmt: skip
+                    break
+                with self._wake:
+                    self._retry = True
+            else:
+                delay = 0.05
+        self._close()
+
+    def _cursor(self) -> Any:
+        """This thread's raw cursor, opened once and kept."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = raw_cursor()
+        return cursor
+
+    def _close(self) -> None:
+        """Close this thread's cursor and connection."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is not None:
+            try:
+                cursor.close()
+            except Exception:
+                logger.debug("closing a writer cursor failed", exc_info=True)
+            self._local.cursor = None
+        connection.close()
+
+    def _write(self, ops: list[Op]) -> list[Op]:
+        """Write `ops` in one transaction; return the ops to try again."""
+        try:
+            results = self._transaction(ops)
+        except DATABASE_ERRORS as exc:
+            self._failed(exc)
+            if len(ops) > 1 and self._reachable():
+                retry: list[Op] = []
+                for op in ops:  # isolate the op that fails
+                    retry.extend(self._write([op]))
+                return retry
+            return self._after_failure(ops, exc)
+        self.healthy, self.last_error = True, ""
+        for op, result in zip(ops, results, strict=True):
+            if op.waiter is not None:
+                op.waiter.resolve(None if op.kind == "insert" else result)
+        self.committed(ops, results)
+        return []
+
+    def _transaction(self, ops: list[Op]) -> list[Any]:
+        """Write `ops` in one transaction; one result per op."""
+        raise NotImplementedError
+
+    def committed(self, ops: list[Op], results: list[Any]) -> None:
+        """Called after each commit, on the thread that wrote it."""
+
+    def _failed(self, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}".strip()
+        if self.healthy or message != self.last_error:
+            logger.error(
+                "database write failed error=%s", message, extra={"action": "db_write_failed"}
+            )
+        self.healthy, self.last_error = False, message
+        try:
+            self._close()
+        except Exception:
+            logger.debug("closing the broken connection failed", exc_info=True)
+
+    def _reachable(self) -> bool:
+        try:
+            cursor = raw_cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception:
+            connection.close()
+            return False
+        return True
+
+    def _after_failure(self, ops: list[Op], exc: BaseException) -> list[Op]:
+        """Fail what a client waits for; keep outcomes to write later."""
+        retry: list[Op] = []
+        for op in ops:
+            op.tries += 1
+            if op.kind == "outcome" and op.tries < 1000:
+                retry.append(op)
+            elif op.waiter is not None:
+                op.waiter.resolve(error=exc)
+        return retry
