@@ -100,7 +100,8 @@ def read_frame(
 def dump_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The payload of a task: importable callables by reference, others by value."""
     try:
-        return cloudpickle.dumps((fn, args, kwargs), protocol=PICKLE_PROTOCOL)
+        payload: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=PICKLE_PROTOCOL)
+        return payload
     except Exception as exc:
         raise PayloadError(f"cannot pickle task {task_name(fn)}: {exc}") from exc
 

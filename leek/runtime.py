@@ -71,7 +71,7 @@ class _ThreadStream(io.TextIOBase):
         self.real = real
         self.which = which
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         output: CapturedOutput | None = getattr(_local, "output", None)
         if output is None:
             return self.real.write(text)

@@ -183,7 +183,7 @@ def enqueue_many(calls: Iterable[TaskCall | tuple[Callable[..., Any], tuple[Any,
     """Push many (fn, args[, kwargs]) calls in one frame and one commit."""
     messages = []
     for call in calls:
-        fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call  # type: ignore[misc]
+        fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call
         messages.append(_message(fn, tuple(args), dict(kwargs), queue=queue, priority=priority,
                                  run_after=None, max_retries=max_retries, timeout=timeout))  # fmt: skip
     if messages:

@@ -38,6 +38,7 @@ from .workers import Pool
 
 logger = logging.getLogger(__name__)
 security = logging.getLogger("leek.security")
+HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
 
 
 class Handler(socketserver.StreamRequestHandler):
@@ -202,7 +203,7 @@ class Broker:
         for page in self.store.owned():
             recovered += len(page)
             self.route(page)
-        recovered += len(self._sweep())
+        recovered += self._sweep()
         self.duties.every(0, self.pool.watch)
         self.duties.every(self.sweep_interval, self._sweep)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
@@ -247,12 +248,12 @@ class Broker:
         logger.info("broker stopped node=%s handled=%s", self.node, sum(self.pool.handled.values()),
                     extra={"action": "broker_stopped"})  # fmt: skip
 
-    def _sweep(self) -> list[Ready]:
+    def _sweep(self) -> int:
         found = adopt(self.store, self.dead_after)
         if found:
             logger.info("adopted tasks count=%s", len(found), extra={"action": "tasks_adopted"})
             self.route(found)
-        return found
+        return len(found)
 
     def heartbeat(self, stopped: bool = False) -> None:
         """Write this broker's BrokerNode row."""
@@ -278,7 +279,7 @@ class Broker:
 
         try:
             self.store.call(write).wait(30)
-        except (*DATABASE_ERRORS, TimeoutError):
+        except HEARTBEAT_ERRORS:
             pass  # the store logged it and reports the database unhealthy
 
     # -- verbs ---------------------------------------------------------------
@@ -310,7 +311,7 @@ class Broker:
         if verb == "stats":
             return self.stats()
         if verb == "sweep":
-            return len(self._sweep())
+            return self._sweep()
         if verb == "stop":
             threading.Timer(0.05, self.request_stop).start()
             return "stopping"
@@ -347,7 +348,7 @@ class Broker:
             cursor.execute(
                 d.sql("UPDATE leek_task SET status = 'cancelled', finished_at = %s "
                       "WHERE id = %s AND status = 'queued' RETURNING queue"),
-                (d.time(time.time()), d.uuid(task_id)),
+                (d.time(time.time()), d.pk(task_id)),
             )  # fmt: skip
             row = cursor.fetchone()
             return None if row is None else str(row[0])

@@ -166,11 +166,11 @@ class Duties:
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self._jobs: list[tuple[float, Callable[[], None], list[float]]] = []
+        self._jobs: list[tuple[float, Callable[[], object], list[float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="leek-duties", daemon=True)
 
-    def every(self, seconds: float, job: Callable[[], None]) -> None:
+    def every(self, seconds: float, job: Callable[[], object]) -> None:
         self._jobs.append((seconds, job, [0.0]))
 
     def start(self) -> None:

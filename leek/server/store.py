@@ -104,7 +104,7 @@ class Dialect:
         self.sqlite = vendor == "sqlite"
         self.ph = "?" if self.sqlite else "%s"
 
-    def uuid(self, value: uuid.UUID) -> Any:
+    def pk(self, value: uuid.UUID) -> Any:
         return value.hex if self.sqlite else value
 
     def time(self, ts: float | None) -> Any:
@@ -198,7 +198,7 @@ class Store(GroupCommit):
             marks = [op.data for op in ops if op.kind == "mark" and op.data[2] not in finished]
             if marks:
                 cursor.executemany(
-                    self._sql_mark, [(d.time(s), a, d.uuid(i)) for s, a, i in marks]
+                    self._sql_mark, [(d.time(s), a, d.pk(i)) for s, a, i in marks]
                 )
             self._write_outcomes(cursor, outcomes)
             results: list[Any] = []
@@ -232,7 +232,7 @@ class Store(GroupCommit):
             values: list[Any] = []
             for t in chunk:
                 values += (
-                    d.uuid(t.id), t.name, t.queue, t.priority, "queued", t.payload, t.args_repr,
+                    d.pk(t.id), t.name, t.queue, t.priority, "queued", t.payload, t.args_repr,
                     0, t.max_retries, t.timeout, now, d.time(t.run_after), None, None,
                     self.node, False, t.code_version, None, "",
                 )  # fmt: skip
@@ -254,7 +254,7 @@ class Store(GroupCommit):
         d = self.dialect
         finishes, successes, failures = [], [], []
         for o in outcomes:
-            tid = d.uuid(o.task_id)
+            tid = d.pk(o.task_id)
             if o.succeeded:
                 status = "succeeded"
             else:
@@ -286,7 +286,7 @@ class Store(GroupCommit):
         def write(cursor: Any, d: Dialect) -> None:
             cursor.execute(
                 d.sql("UPDATE leek_task SET progress = %s, progress_note = %s WHERE id = %s"),
-                (percent, note, d.uuid(task_id)),
+                (percent, note, d.pk(task_id)),
             )
 
         self._later(Op("call", write))
@@ -294,7 +294,7 @@ class Store(GroupCommit):
     def jobs(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, tuple[str, Job]]:
         """Status and job of each task in `ids` that still exists."""
         d = self.dialect
-        keys = [d.uuid(i) for i in ids]
+        keys = [d.pk(i) for i in ids]
         if not keys:
             return {}
         cursor = raw_cursor()
@@ -321,7 +321,7 @@ class Store(GroupCommit):
             "ORDER BY queued_at, id LIMIT %s"
         )
         last_at: Any = d.time(0.0)
-        last_id: Any = d.uuid(uuid.UUID(int=0))
+        last_id: Any = d.pk(uuid.UUID(int=0))
         while True:
             cursor = raw_cursor()
             try:

@@ -231,7 +231,8 @@ def backoff(attempt: int) -> float:
     settings = conf.get_settings()
     base = min(float(settings["RETRY_BACKOFF"]) * 2 ** (attempt - 1),
                float(settings["RETRY_BACKOFF_MAX"]))  # fmt: skip
-    return base + base * float(settings["RETRY_JITTER"]) * random.random()  # noqa: S311
+    jitter = float(settings["RETRY_JITTER"]) * random.random()  # noqa: S311 - not for secrets
+    return float(base * (1 + jitter))
 
 
 def _short_repr(value: Any, limit: int = 2000) -> str:

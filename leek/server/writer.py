@@ -67,7 +67,7 @@ class Op:
 def raw_cursor() -> Any:
     """A DB-API cursor on this thread's Django connection."""
     connection.ensure_connection()
-    return connection.connection.cursor()  # type: ignore[union-attr]
+    return connection.connection.cursor()
 
 
 class GroupCommit:

@@ -49,4 +49,4 @@ def test_options_are_checked_before_sending() -> None:
     with pytest.raises(ValueError, match="max_retries must be zero or more"):
         leek.enqueue(tasks.noop, max_retries=-1)
     with pytest.raises(TypeError, match="must be callable"):
-        leek.enqueue("tests.tasks.noop")  # type: ignore[arg-type]
+        leek.enqueue("tests.tasks.noop")

@@ -38,12 +38,12 @@ def outage() -> Iterator[None]:
                             password=params["PASSWORD"] or None, autocommit=True)  # fmt: skip
     connection.close()  # ours goes too; Django reconnects after the outage
     try:
-        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')  # type: ignore[arg-type]
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                       [name])  # fmt: skip
         yield
     finally:
-        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')  # type: ignore[arg-type]
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         admin.close()
 
 
