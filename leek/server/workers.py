@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
 from .. import conf
@@ -145,17 +145,18 @@ class Pool:
                 except TaskTimeout:
                     pass  # the watchdog recorded it; this thread is no longer counted
                 except Exception:
-                    # A fault of leek's own (the database away while loading a
-                    # payload): the task stays unfinished and is run again by
-                    # the next broker start; this worker goes on.
+                    # A fault of leek's own, such as the database going away while
+                    # a payload loads: try the task again in a second, on a fresh
+                    # connection; this worker goes on.
                     logger.exception("worker could not run task=%s", ready.id,
                                      extra={"action": "worker_error"})  # fmt: skip
+                    connection.close()
+                    self.retry_later([Ready(ready.id, ready.priority, ready.queue,
+                                            time.time() + 1.0, ready.job)])  # fmt: skip
                 if me not in self.running:
                     return
         finally:
             close_old_connections()
-            from django.db import connection
-
             connection.close()
 
     def _run(self, me: threading.Thread, ready: Ready, ahead: list[uuid.UUID]) -> None:

@@ -36,17 +36,33 @@ def test_a_task_running_at_sigkill_runs_again_at_restart(broker_factory: Any) ->
     assert Task.objects.get().attempts == 2
 
 
-def test_sigterm_leaves_queued_tasks_for_the_next_start(broker_factory: Any) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_leaves_queued_tasks_for_the_next_start(broker_factory: Any,
+                                                              sig: int) -> None:  # fmt: skip
     port = free_port()
     broker: BrokerProcess = broker_factory(port=port, LEEK_WORKERS="1")
     gate = leek.push_task_to_queue(tasks.sleep, 0.5)
     wait_for(lambda: gate.status() == "running")
     later = [leek.push_task_to_queue(tasks.add, i, i) for i in range(5)]
-    assert broker.kill(signal.SIGTERM) == 0
+    assert broker.kill(sig) == 0
     assert gate.status() == "succeeded"
     assert [h.status() for h in later] == ["queued"] * 5
     broker_factory(port=port)
     assert [h.result(timeout=20) for h in later] == [0, 2, 4, 6, 8]
+
+
+def test_a_task_still_running_at_the_grace_deadline_is_requeued(broker_factory: Any) -> None:
+    port = free_port()
+    broker: BrokerProcess = broker_factory(port=port, LEEK_SHUTDOWN_GRACE="0.3")
+    handle = leek.push_task_to_queue(tasks.sleep, 2.0)
+    wait_for(lambda: handle.status() == "running")
+    started = time.monotonic()
+    assert broker.kill(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 1.8  # it did not wait for the task
+    assert "still running at the deadline" in broker.output()
+    broker_factory(port=port)
+    assert handle.result(timeout=20) == 2.0
+    assert FailedTask.objects.get(task_id=handle.id).exc_type == "leek.Interrupted"
 
 
 def test_pushes_without_a_broker_are_spooled_and_run_at_start(broker_factory: Any,
