@@ -105,33 +105,45 @@ def leek_settings(settings: Any) -> Callable[..., None]:
     return apply
 
 
+class BrokerFactory:
+    """Starts real brokers; the test's client talks to the last one started."""
+
+    def __init__(self, tmp_path: Path, leek_settings: Callable[..., None]) -> None:
+        self.tmp_path = tmp_path
+        self.leek_settings = leek_settings
+        self.processes: list[BrokerProcess] = []
+
+    def __call__(self, wait: bool = True, port: int | None = None, **env: str) -> BrokerProcess:
+        port = port or free_port()
+        self.leek_settings(PORT=port)
+        log = self.tmp_path / f"broker-{port}.log"
+        process = BrokerProcess(port, broker_env(port, env), log)
+        self.processes.append(process)
+        return process.start(wait=wait)
+
+    def running(self) -> list[BrokerProcess]:
+        return [p for p in self.processes if p.alive]
+
+
 @pytest.fixture
 def broker_factory(
     transactional_db: None, tmp_path: Path, leek_settings: Callable[..., None]
-) -> Iterator[Callable[..., BrokerProcess]]:
-    """Start real brokers; the test's client talks to the last one started."""
-    started: list[BrokerProcess] = []
-
-    def start(wait: bool = True, port: int | None = None, **env: str) -> BrokerProcess:
-        port = port or free_port()
-        leek_settings(PORT=port)
-        process = BrokerProcess(port, broker_env(port, env), tmp_path / f"broker-{port}.log")
-        started.append(process)
-        return process.start(wait=wait)
-
-    yield start
+) -> Iterator[BrokerFactory]:
+    """Start real brokers; every one is killed at teardown."""
+    factory = BrokerFactory(tmp_path, leek_settings)
+    yield factory
     from leek.client import connection as client
 
     client.close()
-    for process in started:
+    for process in factory.processes:
         process.kill()
-    for process in started:
-        if process.output() and os.environ.get("LEEK_TEST_SHOW_LOGS"):
+    if os.environ.get("LEEK_TEST_SHOW_LOGS"):
+        for process in factory.processes:
             sys.stderr.write(process.output())
 
 
 @pytest.fixture
-def broker(broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
+def broker(broker_factory: BrokerFactory) -> BrokerProcess:
     """One running broker."""
     return broker_factory()
 

@@ -175,7 +175,7 @@ def test_random_sigkills_lose_no_acknowledged_task(broker_factory: Any) -> None:
     kills = 0
     while not done.is_set() and kills < 4:
         time.sleep(rng.uniform(0.2, 0.8))
-        for process in list(_running(broker_factory)):
+        for process in broker_factory.running():
             process.kill(signal.SIGKILL)
         kills += 1
         broker_factory(port=port)
@@ -186,10 +186,3 @@ def test_random_sigkills_lose_no_acknowledged_task(broker_factory: Any) -> None:
     assert set(marks) == {f"m{i}" for i in range(2000)}
     duplicates = len(marks) - len(set(marks))
     sys.stderr.write(f"\nrandom SIGKILLs: kills={kills} duplicate runs={duplicates}\n")
-
-
-def _running(factory: Any) -> list[BrokerProcess]:
-    # the factory keeps its processes in a closure; walk it to find the live ones
-    cells = [c.cell_contents for c in (factory.__closure__ or ())]
-    started = next(c for c in cells if isinstance(c, list))
-    return [p for p in started if p.alive]
