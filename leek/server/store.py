@@ -216,7 +216,6 @@ class Store(GroupCommit):
             except Exception:  # noqa: S110 - the first error is the one raised
                 logger.debug("rollback failed", exc_info=True)
             raise
-        self.commits += 1
         return results
 
     def _insert_tasks(self, cursor: Any, tasks: list[NewTask]) -> dict[uuid.UUID, Ready]:

@@ -30,8 +30,10 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
         [connection.Database.Error] if hasattr(connection, "Database") else []),
 )  # fmt: skip
 
-#: Seconds the writer waits for an insert to share the commit of outcomes.
-LINGER = 0.002
+#: Seconds the writer thread waits for an insert to share the commit of ops
+#: nobody waits for: twice the recent commit time, within these bounds.
+LINGER_MIN = 0.002
+LINGER_MAX = 0.05
 
 
 class Waiter:
@@ -77,6 +79,7 @@ class GroupCommit:
         self.healthy = True
         self.last_error = ""
         self.commits = 0
+        self.commit_time = 0.0  # seconds, a moving average
         self._pending: deque[Op] = deque()
         self._lock = threading.Lock()  # held by the thread writing a batch
         self._wake = threading.Condition()  # the writer thread sleeps on it
@@ -158,7 +161,12 @@ class GroupCommit:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
             elif not stopping and not any(op.waiter for op in list(self._pending)):
-                time.sleep(LINGER)  # let the next insert carry these
+                # Let the next insert carry these; while inserts keep coming,
+                # every one of their commits does, and this thread writes nothing.
+                before = self.commits
+                time.sleep(min(max(2 * self.commit_time, LINGER_MIN), LINGER_MAX))
+                if self.commits != before:
+                    continue
             if self._flush_all(blocking=True):
                 if stopping and self._pending and self._pending[0].tries > 5:
                     logger.error("writer stopping with unwritten outcomes count=%s",
@@ -190,6 +198,7 @@ class GroupCommit:
 
     def _write(self, ops: list[Op]) -> list[Op]:
         """Write `ops` in one transaction; return the ops to try again."""
+        started = time.perf_counter()
         try:
             results = self._transaction(ops)
         except DATABASE_ERRORS as exc:
@@ -201,6 +210,8 @@ class GroupCommit:
                 return retry
             return self._after_failure(ops, exc)
         self.healthy, self.last_error = True, ""
+        self.commits += 1
+        self.commit_time = 0.8 * self.commit_time + 0.2 * (time.perf_counter() - started)
         for op, result in zip(ops, results, strict=True):
             if op.waiter is not None:
                 op.waiter.resolve(None if op.kind == "insert" else result)
