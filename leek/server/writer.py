@@ -113,19 +113,28 @@ class GroupCommit:
                 self._wake.notify()
 
     def _flush_all(self, blocking: bool) -> bool:
-        """Write queued ops until none are left or another thread writes;
-        True when some ops failed and wait to be tried again."""
+        """Write queued ops; True when some failed and wait to be tried again.
+
+        Not blocking (a thread that waits for its own op): write one batch if
+        nobody else is writing, then leave what came meanwhile to the writer
+        thread, so this thread can answer its client at once. Blocking (the
+        writer thread): write until nothing is left."""
         failed = False
         while self._pending:
             if not self._lock.acquire(blocking=blocking):
                 return failed
             try:
-                failed = self._flush() or failed
+                failed = self._flush()
             finally:
                 self._lock.release()
             if failed:
                 self._later_retry()
                 return True
+            if not blocking:
+                if self._pending:  # queued while we wrote, by threads that could not lead
+                    with self._wake:
+                        self._wake.notify()
+                return False
         return failed
 
     def _flush(self) -> bool:
