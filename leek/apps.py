@@ -5,7 +5,6 @@ from typing import Any
 from django.apps import AppConfig
 from django.db.backends.signals import connection_created
 
-
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 

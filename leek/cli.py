@@ -22,11 +22,17 @@ Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
 
 
-def command(name: str, help: str, module: str = "leek.commands") -> Callable[[Callable[[argparse.ArgumentParser], None]], Callable[[argparse.ArgumentParser], None]]:  # noqa: A002, E501
+def command(
+    name: str, help: str, module: str = "leek.commands"
+) -> Callable[
+    [Callable[[argparse.ArgumentParser], None]], Callable[[argparse.ArgumentParser], None]
+]:  # noqa: A002, E501
     """Register a subcommand: the decorated function adds its arguments; the
     handler is `run_<name>` in `module`."""
 
-    def register(add_arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[[argparse.ArgumentParser], None]:  # noqa: E501
+    def register(
+        add_arguments: Callable[[argparse.ArgumentParser], None],
+    ) -> Callable[[argparse.ArgumentParser], None]:  # noqa: E501
         COMMANDS[name] = (help, add_arguments, module)
         return add_arguments
 
@@ -55,8 +61,11 @@ def _retry(parser: argparse.ArgumentParser) -> None:
 
 def _purge(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--older-than", required=True, help="age such as 30d, 12h, 90m")
-    parser.add_argument("--status", action="append",
-                        help="only this status (repeatable); default: every finished status")
+    parser.add_argument(
+        "--status",
+        action="append",
+        help="only this status (repeatable); default: every finished status",
+    )
     parser.add_argument("--dry-run", action="store_true", help="count, delete nothing")
 
 
@@ -71,7 +80,9 @@ command("purge", "delete old finished tasks and their outcomes")(_purge)
 
 
 def build_parser(prog: str = "leek") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="leek: a durable task broker for Django")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="leek: a durable task broker for Django"
+    )
     add_common(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():

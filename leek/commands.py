@@ -53,8 +53,11 @@ def _count(options: argparse.Namespace, verb: str) -> int:
     status, value = _call(options, verb, {"queue": options.queue})
     if status == OK:
         where = f" in queue {options.queue}" if options.queue else ""
-        emit(options, f"{value} tasks {verb}{where}", {"ok": True, verb: value,
-                                                       "queue": options.queue})  # fmt: skip
+        emit(
+            options,
+            f"{value} tasks {verb}{where}",
+            {"ok": True, verb: value, "queue": options.queue},
+        )
     return status
 
 
@@ -84,8 +87,11 @@ def run_retry_failed(options: argparse.Namespace) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return UNHEALTHY
     verb = "would requeue" if options.dry_run else "requeued"
-    emit(options, f"{verb} {count} failed tasks", {"ok": True, "count": count,
-                                                    "dry_run": options.dry_run})  # fmt: skip
+    emit(
+        options,
+        f"{verb} {count} failed tasks",
+        {"ok": True, "count": count, "dry_run": options.dry_run},
+    )
     return OK
 
 
@@ -98,6 +104,5 @@ def run_purge(options: argparse.Namespace) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return UNHEALTHY
     verb = "would delete" if options.dry_run else "deleted"
-    emit(options, f"{verb} {count} tasks", {"ok": True, "count": count,
-                                             "dry_run": options.dry_run})  # fmt: skip
+    emit(options, f"{verb} {count} tasks", {"ok": True, "count": count, "dry_run": options.dry_run})
     return OK

@@ -56,7 +56,11 @@ class TaskFailed(LeekError):
         self.traceback = traceback
 
     def __str__(self) -> str:
-        head = f"{self.remote_type}: {self.remote_message}" if self.remote_type else self.remote_message
+        head = (
+            f"{self.remote_type}: {self.remote_message}"
+            if self.remote_type
+            else self.remote_message
+        )
         return f"{head}\n\nRemote traceback:\n{self.traceback}" if self.traceback else head
 
 

@@ -53,8 +53,9 @@ class Task(models.Model):
             models.Index(fields=["status", "queue"], name="leek_task_status_queue"),
             models.Index(fields=["-queued_at"], name="leek_task_queued_at"),
             # Only spooled rows are in it, so the broker's inserts never touch it.
-            models.Index(fields=["spooled"], name="leek_task_spooled",
-                         condition=models.Q(spooled=True)),
+            models.Index(
+                fields=["spooled"], name="leek_task_spooled", condition=models.Q(spooled=True)
+            ),
         ]
 
     def __str__(self) -> str:

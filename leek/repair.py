@@ -38,8 +38,9 @@ def parse_since(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ValueError(f"--since {text!r} is neither an age like 2h nor a date like "
-                         "2026-01-31") from exc  # fmt: skip
+        raise ValueError(
+            f"--since {text!r} is neither an age like 2h nor a date like 2026-01-31"
+        ) from exc
     return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
 
 
@@ -48,8 +49,9 @@ def retry_failed(queue: str | None = None, since: str | None = None, dry_run: bo
     mark its final failure requeued. Returns how many tasks."""
     from .models import FailedTask
 
-    failures = FailedTask.objects.filter(final=True, requeued_at__isnull=True,
-                                         task__status="failed")  # fmt: skip
+    failures = FailedTask.objects.filter(
+        final=True, requeued_at__isnull=True, task__status="failed"
+    )
     if queue:
         failures = failures.filter(task__queue=queue)
     if since:
@@ -70,10 +72,18 @@ def requeue(ids: list[uuid.UUID]) -> int:
         chunk = ids[start : start + BATCH]
         with transaction.atomic():
             rows = Task.objects.filter(pk__in=chunk).exclude(status__in=["queued", "running"])
-            count = rows.update(status="queued", attempts=0, run_after=None, finished_at=None,
-                                started_at=None, spooled=True, broker="")  # fmt: skip
-            FailedTask.objects.filter(task_id__in=chunk, final=True,
-                                      requeued_at__isnull=True).update(requeued_at=timezone.now())  # fmt: skip
+            count = rows.update(
+                status="queued",
+                attempts=0,
+                run_after=None,
+                finished_at=None,
+                started_at=None,
+                spooled=True,
+                broker="",
+            )
+            FailedTask.objects.filter(
+                task_id__in=chunk, final=True, requeued_at__isnull=True
+            ).update(requeued_at=timezone.now())
         done += count
     try:
         connection.call("sweep", {})  # adopt them now rather than at the next sweep
@@ -91,8 +101,10 @@ def purge(older_than: str, statuses: list[str] | None = None, dry_run: bool = Fa
     chosen = statuses or allowed
     unknown = sorted(set(chosen) - set(allowed))
     if unknown:
-        raise ValueError(f"cannot purge status {', '.join(unknown)}: only finished tasks "
-                         f"({', '.join(allowed)}) can be purged")  # fmt: skip
+        raise ValueError(
+            f"cannot purge status {', '.join(unknown)}: only finished tasks "
+            f"({', '.join(allowed)}) can be purged"
+        )
     cutoff = timezone.now() - parse_age(older_than)
     old = Task.objects.filter(status__in=chosen, finished_at__lt=cutoff)
     if dry_run:

@@ -40,9 +40,12 @@ class BrokerProcess:
     def start(self, wait: bool = True) -> BrokerProcess:
         handle = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leek.cli", "start"], cwd=REPO, env=self.env,
-            stdout=handle, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-m", "leek.cli", "start"],
+            cwd=REPO,
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
         handle.close()
         if wait:
             self.wait_ready()
@@ -90,7 +93,7 @@ def broker_env(port: int, extra: dict[str, str] | None = None) -> dict[str, str]
         LEEK_HEARTBEAT_INTERVAL="0.5",
         LEEK_RETRY_BACKOFF="0.1",
         LEEK_SHUTDOWN_GRACE="5",
-    )  # fmt: skip
+    )
     env.update(extra or {})
     return env
 

@@ -59,8 +59,8 @@ def flaky(path: str, failures: int) -> int:
 
 
 def chatty(text: str) -> str:
-    print(text)
-    print("to stderr", file=sys.stderr)
+    print(text)  # noqa: T201 - the test reads the captured stdout
+    print("to stderr", file=sys.stderr)  # noqa: T201
     return text
 
 

@@ -15,6 +15,16 @@ from .api import (
 from .decorator import TaskFunction, task
 
 __all__ = [
-    "TaskFunction", "TaskHandle", "cancel", "enqueue", "enqueue_many", "handled", "ping",
-    "push_task_to_queue", "stats", "stop", "task", "waiting",
-]  # fmt: skip
+    "TaskFunction",
+    "TaskHandle",
+    "cancel",
+    "enqueue",
+    "enqueue_many",
+    "handled",
+    "ping",
+    "push_task_to_queue",
+    "stats",
+    "stop",
+    "task",
+    "waiting",
+]

@@ -40,8 +40,7 @@ class TaskHandle:
     def _task(self) -> Any:
         from ..models import Task
 
-        return Task.objects.filter(pk=self.id).only(
-            "status", "progress", "progress_note").first()  # fmt: skip
+        return Task.objects.filter(pk=self.id).only("status", "progress", "progress_note").first()
 
     def status(self) -> str | None:
         """queued, running, succeeded, failed or cancelled; None while the push
@@ -77,13 +76,15 @@ class TaskHandle:
                 failure = FailedTask.objects.filter(task_id=self.id).order_by("-id").first()
                 if failure is None:
                     raise TaskFailed("failed, and no failure was recorded")
-                raise TaskFailed(failure.exc_message, remote_type=failure.exc_type,
-                                 traceback=failure.traceback)  # fmt: skip
+                raise TaskFailed(
+                    failure.exc_message, remote_type=failure.exc_type, traceback=failure.traceback
+                )
             if status == "cancelled":
                 raise TaskCancelled(f"task {self.id} was cancelled")
             if deadline is not None and time.monotonic() >= deadline:
-                raise TaskNotReady(f"task {self.id} is {status or 'not pushed yet'} "
-                                   f"after {timeout} s")  # fmt: skip
+                raise TaskNotReady(
+                    f"task {self.id} is {status or 'not pushed yet'} after {timeout} s"
+                )
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
 
@@ -103,8 +104,10 @@ def _run_after(delay: float | timedelta | None, run_at: datetime | None) -> floa
         raise ValueError("give delay or run_at, not both")
     if run_at is not None:
         if run_at.tzinfo is None or run_at.utcoffset() is None:
-            raise ValueError(f"run_at must be timezone-aware, got naive {run_at.isoformat()}; "
-                             "use django.utils.timezone.now() + timedelta(...)")  # fmt: skip
+            raise ValueError(
+                f"run_at must be timezone-aware, got naive {run_at.isoformat()}; "
+                "use django.utils.timezone.now() + timedelta(...)"
+            )
         return run_at.timestamp()
     if delay is not None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
@@ -114,9 +117,17 @@ def _run_after(delay: float | timedelta | None, run_at: datetime | None) -> floa
     return None
 
 
-def _message(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
-             queue: str, priority: int, run_after: float | None, max_retries: int | None,
-             timeout: float | None) -> dict[str, Any]:  # fmt: skip
+def _message(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    queue: str,
+    priority: int,
+    run_after: float | None,
+    max_retries: int | None,
+    timeout: float | None,
+) -> dict[str, Any]:
     if not callable(fn):
         raise TypeError(f"a task must be callable, got {type(fn).__name__}")
     if max_retries is not None and max_retries < 0:
@@ -124,11 +135,17 @@ def _message(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be more than zero seconds, got {timeout}")
     return {
-        "id": str(uuid.uuid4()), "name": task_name(fn), "queue": queue, "priority": int(priority),
-        "payload": dump_task(fn, args, kwargs), "args_repr": _describe(args, kwargs),
-        "max_retries": max_retries, "timeout": timeout, "run_after": run_after,
+        "id": str(uuid.uuid4()),
+        "name": task_name(fn),
+        "queue": queue,
+        "priority": int(priority),
+        "payload": dump_task(fn, args, kwargs),
+        "args_repr": _describe(args, kwargs),
+        "max_retries": max_retries,
+        "timeout": timeout,
+        "run_after": run_after,
         "code_version": conf.get("CODE_VERSION"),
-    }  # fmt: skip
+    }
 
 
 def _send(messages: list[dict[str, Any]], using: str | None = None) -> None:
@@ -153,21 +170,41 @@ def _deliver(messages: list[dict[str, Any]]) -> None:
         try:
             spool(messages)
         except Exception as db_exc:
-            raise BrokerUnavailable(f"{exc}; and the database fallback failed: "
-                                    f"{type(db_exc).__name__}: {db_exc}") from db_exc  # fmt: skip
-        logger.warning("broker unreachable, task written to the database count=%s error=%s",
-                       len(messages), exc, extra={"action": "task_spooled"})  # fmt: skip
+            raise BrokerUnavailable(
+                f"{exc}; and the database fallback failed: {type(db_exc).__name__}: {db_exc}"
+            ) from db_exc
+        logger.warning(
+            "broker unreachable, task written to the database count=%s error=%s",
+            len(messages),
+            exc,
+            extra={"action": "task_spooled"},
+        )
 
 
-def enqueue(fn: Callable[..., Any], args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-            *, queue: str = "default", priority: int = 0, delay: float | timedelta | None = None,
-            run_at: datetime | None = None, max_retries: int | None = None,
-            timeout: float | None = None) -> TaskHandle:  # fmt: skip
+def enqueue(
+    fn: Callable[..., Any],
+    args: Iterable[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    delay: float | timedelta | None = None,
+    run_at: datetime | None = None,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+) -> TaskHandle:
     """Push fn(*args, **kwargs) to the broker; returns once it is committed
     (or, inside transaction.atomic(), at once: it is sent on commit)."""
-    message = _message(fn, tuple(args), dict(kwargs or {}), queue=queue, priority=priority,
-                       run_after=_run_after(delay, run_at), max_retries=max_retries,
-                       timeout=timeout)  # fmt: skip
+    message = _message(
+        fn,
+        tuple(args),
+        dict(kwargs or {}),
+        queue=queue,
+        priority=priority,
+        run_after=_run_after(delay, run_at),
+        max_retries=max_retries,
+        timeout=timeout,
+    )
     _send([message])
     return TaskHandle(message["id"])
 
@@ -177,15 +214,30 @@ def push_task_to_queue(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Tas
     return enqueue(fn, args, kwargs)
 
 
-def enqueue_many(calls: Iterable[TaskCall | tuple[Callable[..., Any], tuple[Any, ...]]], *,
-                 queue: str = "default", priority: int = 0, max_retries: int | None = None,
-                 timeout: float | None = None) -> list[TaskHandle]:  # fmt: skip
+def enqueue_many(
+    calls: Iterable[TaskCall | tuple[Callable[..., Any], tuple[Any, ...]]],
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+) -> list[TaskHandle]:
     """Push many (fn, args[, kwargs]) calls in one frame and one commit."""
     messages = []
     for call in calls:
         fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call
-        messages.append(_message(fn, tuple(args), dict(kwargs), queue=queue, priority=priority,
-                                 run_after=None, max_retries=max_retries, timeout=timeout))  # fmt: skip
+        messages.append(
+            _message(
+                fn,
+                tuple(args),
+                dict(kwargs),
+                queue=queue,
+                priority=priority,
+                run_after=None,
+                max_retries=max_retries,
+                timeout=timeout,
+            )
+        )
     if messages:
         _send(messages)
     return [TaskHandle(m["id"]) for m in messages]
@@ -201,8 +253,11 @@ def cancel(task_id: uuid.UUID | str) -> bool:
 
         from ..models import Task
 
-        return bool(Task.objects.filter(pk=task_id, status="queued").update(
-            status="cancelled", finished_at=timezone.now()))  # fmt: skip
+        return bool(
+            Task.objects.filter(pk=task_id, status="queued").update(
+                status="cancelled", finished_at=timezone.now()
+            )
+        )
 
 
 def _ask(verb: str, data: Any = None) -> tuple[bool, Any]:

@@ -23,8 +23,14 @@ _local = threading.local()
 class Connection:
     """A socket to one broker; frames out in one write, replies read in order."""
 
-    def __init__(self, address: tuple[str, int], key: bytes, connect_timeout: float,
-                 reply_timeout: float, max_frame: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        address: tuple[str, int],
+        key: bytes,
+        connect_timeout: float,
+        reply_timeout: float,
+        max_frame: int,
+    ) -> None:
         self.address = address
         self.key = key
         self.max_frame = max_frame
@@ -65,9 +71,12 @@ class Connection:
 def _connect(address: tuple[str, int]) -> Connection:
     settings = conf.get_settings()
     return Connection(
-        address, str(settings["SECRET"]).encode(), float(settings["CONNECT_TIMEOUT"]),
-        float(settings["REPLY_TIMEOUT"]), int(settings["MAX_FRAME"]),
-    )  # fmt: skip
+        address,
+        str(settings["SECRET"]).encode(),
+        float(settings["CONNECT_TIMEOUT"]),
+        float(settings["REPLY_TIMEOUT"]),
+        int(settings["MAX_FRAME"]),
+    )
 
 
 def call(verb: str, data: Any = None) -> Any:
@@ -86,8 +95,11 @@ def call(verb: str, data: Any = None) -> Any:
         candidates.insert(0, current.address)
     for address in candidates:
         for attempt in range(2):
-            conn = current if (attempt == 0 and current is not None
-                               and current.address == address) else None  # fmt: skip
+            conn = (
+                current
+                if (attempt == 0 and current is not None and current.address == address)
+                else None
+            )
             try:
                 if conn is None:
                     conn = _connect(address)
@@ -106,8 +118,10 @@ def call(verb: str, data: Any = None) -> Any:
                 continue
             _local.connection = conn
             if not ok:
-                raise BrokerError(f"broker {conn.where} refused {verb}: {value.get('error')}: "
-                                  f"{value.get('message')}")  # fmt: skip
+                raise BrokerError(
+                    f"broker {conn.where} refused {verb}: {value.get('error')}: "
+                    f"{value.get('message')}"
+                )
             return value
     raise BrokerUnavailable("no broker answered: tried " + "; ".join(tried))
 

@@ -19,8 +19,15 @@ registry: dict[str, TaskFunction[Any, Any]] = {}
 class TaskFunction(Generic[P, R]):
     """A function decorated with @task: call it to run it here, `.delay()` to push it."""
 
-    def __init__(self, fn: Callable[P, R], *, queue: str, priority: int,
-                 max_retries: int | None, timeout: float | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        queue: str,
+        priority: int,
+        max_retries: int | None,
+        timeout: float | None,
+    ) -> None:
         self.fn = fn
         self.queue, self.priority = queue, priority
         self.max_retries, self.timeout = max_retries, timeout
@@ -33,33 +40,66 @@ class TaskFunction(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Push the function with these arguments and the decorator's options."""
-        return enqueue(self.fn, args, kwargs, queue=self.queue, priority=self.priority,
-                       max_retries=self.max_retries, timeout=self.timeout)  # fmt: skip
+        return enqueue(
+            self.fn,
+            args,
+            kwargs,
+            queue=self.queue,
+            priority=self.priority,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+        )
 
-    def enqueue(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
-                queue: str | None = None, priority: int | None = None,
-                delay: float | timedelta | None = None, run_at: datetime | None = None,
-                max_retries: int | None = None, timeout: float | None = None) -> TaskHandle:  # fmt: skip
+    def enqueue(
+        self,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> TaskHandle:
         """Push with options that override the decorator's."""
         return enqueue(
-            self.fn, args, kwargs, queue=queue or self.queue,
-            priority=self.priority if priority is None else priority, delay=delay, run_at=run_at,
+            self.fn,
+            args,
+            kwargs,
+            queue=queue or self.queue,
+            priority=self.priority if priority is None else priority,
+            delay=delay,
+            run_at=run_at,
             max_retries=self.max_retries if max_retries is None else max_retries,
             timeout=self.timeout if timeout is None else timeout,
-        )  # fmt: skip
+        )
 
 
 @overload
 def task(fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
 @overload
-def task(*, queue: str = ..., priority: int = ..., max_retries: int | None = ...,
-         timeout: float | None = ...) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...  # fmt: skip
-def task(fn: Callable[P, R] | None = None, /, *, queue: str = "default", priority: int = 0,
-         max_retries: int | None = None, timeout: float | None = None) -> Any:  # fmt: skip
+def task(
+    *,
+    queue: str = ...,
+    priority: int = ...,
+    max_retries: int | None = ...,
+    timeout: float | None = ...,
+) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+def task(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+) -> Any:
     """Decorate a function so it gains `.delay(...)` and `.enqueue(...)`."""
 
     def wrap(f: Callable[P, R]) -> TaskFunction[P, R]:
-        return TaskFunction(f, queue=queue, priority=priority, max_retries=max_retries,
-                            timeout=timeout)  # fmt: skip
+        return TaskFunction(
+            f, queue=queue, priority=priority, max_retries=max_retries, timeout=timeout
+        )
 
     return wrap(fn) if fn is not None else wrap

@@ -18,16 +18,25 @@ def spool(messages: list[dict[str, Any]]) -> None:
     Task.objects.bulk_create(
         [
             Task(
-                id=uuid.UUID(m["id"]), name=m["name"][:255], queue=m["queue"],
-                priority=m["priority"], status="queued", payload=m["payload"],
-                args_repr=m["args_repr"], max_retries=_retries(m["max_retries"]),
-                timeout=m["timeout"], queued_at=now, run_after=_time(m["run_after"]),
-                broker="", spooled=True, code_version=(m["code_version"] or "")[:64],
+                id=uuid.UUID(m["id"]),
+                name=m["name"][:255],
+                queue=m["queue"],
+                priority=m["priority"],
+                status="queued",
+                payload=m["payload"],
+                args_repr=m["args_repr"],
+                max_retries=_retries(m["max_retries"]),
+                timeout=m["timeout"],
+                queued_at=now,
+                run_after=_time(m["run_after"]),
+                broker="",
+                spooled=True,
+                code_version=(m["code_version"] or "")[:64],
             )
             for m in messages
         ],
         ignore_conflicts=True,
-    )  # fmt: skip
+    )
 
 
 def _retries(value: int | None) -> int:

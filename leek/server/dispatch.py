@@ -69,8 +69,9 @@ class Dispatcher:
                     job = self._jobs.pop(key, None)
                     ahead: list[uuid.UUID] = []
                     if job is None:
-                        ahead = [uuid.UUID(bytes=k) for k, _ in islice(lane, 99)
-                                 if k not in self._jobs]  # fmt: skip
+                        ahead = [
+                            uuid.UUID(bytes=k) for k, _ in islice(lane, 99) if k not in self._jobs
+                        ]
                     return Ready(uuid.UUID(bytes=key), priority, queue, None, job), ahead
                 if not self._ready.wait(timeout):
                     return None

@@ -105,25 +105,39 @@ def adopt(store: Store, dead_after: float) -> list[Ready]:
             (store.node, silent),
         )
         gone = [row[0] for row in cursor.fetchall()]
-        marks = ", ".join([d.ph] * (len(gone) + 1))
+        returning = "RETURNING id, priority, queue, run_after, status, name, attempts, started_at"
+        # "WHERE spooled" is the partial index's own condition, so this is cheap
+        # however many tasks wait; the broker's own inserts are never in it.
         cursor.execute(
             d.sql(
                 "UPDATE leek_task SET broker = %s, spooled = %s "
-                "WHERE status IN ('queued', 'running') "  # noqa: S608
-                f"AND (spooled OR broker IN ({marks})) "
-                "RETURNING id, priority, queue, run_after, status, name, attempts, started_at"
+                f"WHERE spooled AND status = 'queued' {returning}"
             ),
-            (store.node, False, "", *gone),
+            (store.node, False),
         )
         rows = cursor.fetchall()
+        if gone:  # rare: a full look at the unfinished tasks of brokers that are gone
+            marks = ", ".join([d.ph] * len(gone))
+            cursor.execute(
+                d.sql(
+                    "UPDATE leek_task SET broker = %s "  # noqa: S608 - placeholders only
+                    f"WHERE broker IN ({marks}) AND status IN ('queued', 'running') {returning}"
+                ),
+                (store.node, *gone),
+            )
+            rows += cursor.fetchall()
         running = [r for r in rows if r[4] == "running"]
         if running:
             cursor.executemany(
                 d.sql("UPDATE leek_task SET status = 'queued' WHERE id = %s"),
                 [(r[0],) for r in running],
             )
-            _interrupted(cursor, d, [(r[0], r[5], r[6], r[7]) for r in running],
-                         "interrupted: its broker stopped")  # fmt: skip
+            _interrupted(
+                cursor,
+                d,
+                [(r[0], r[5], r[6], r[7]) for r in running],
+                "interrupted: its broker stopped",
+            )
         return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
 
     return list(store.call(claim).wait(60))
@@ -191,5 +205,8 @@ class Duties:
                 try:
                     job()
                 except Exception:
-                    logger.exception("broker duty failed duty=%s", getattr(job, "__name__", job),
-                                     extra={"action": "duty_failed"})  # fmt: skip
+                    logger.exception(
+                        "broker duty failed duty=%s",
+                        getattr(job, "__name__", job),
+                        extra={"action": "duty_failed"},
+                    )

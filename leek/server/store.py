@@ -30,10 +30,26 @@ __all__ = ["DATABASE_ERRORS", "Dialect", "Job", "NewTask", "Outcome", "Ready", "
 logger = logging.getLogger(__name__)
 
 TASK_COLUMNS = (
-    "id", "name", "queue", "priority", "status", "payload", "args_repr", "attempts",
-    "max_retries", "timeout", "queued_at", "run_after", "started_at", "finished_at",
-    "broker", "spooled", "code_version", "progress", "progress_note",
-)  # fmt: skip
+    "id",
+    "name",
+    "queue",
+    "priority",
+    "status",
+    "payload",
+    "args_repr",
+    "attempts",
+    "max_retries",
+    "timeout",
+    "queued_at",
+    "run_after",
+    "started_at",
+    "finished_at",
+    "broker",
+    "spooled",
+    "code_version",
+    "progress",
+    "progress_note",
+)
 INSERT_CHUNK = 500
 
 
@@ -180,8 +196,12 @@ class Store(GroupCommit):
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Send the tasks just inserted to the broker's queues."""
-        ready = [r for op, result in zip(ops, results, strict=True) if op.kind == "insert"
-                 for r in result]  # fmt: skip
+        ready = [
+            r
+            for op, result in zip(ops, results, strict=True)
+            if op.kind == "insert"
+            for r in result
+        ]
         if ready:
             self.on_ready(ready)
 
@@ -197,9 +217,7 @@ class Store(GroupCommit):
             # A task whose outcome is in this batch needs no running mark.
             marks = [op.data for op in ops if op.kind == "mark" and op.data[2] not in finished]
             if marks:
-                cursor.executemany(
-                    self._sql_mark, [(d.time(s), a, d.pk(i)) for s, a, i in marks]
-                )
+                cursor.executemany(self._sql_mark, [(d.time(s), a, d.pk(i)) for s, a, i in marks])
             self._write_outcomes(cursor, outcomes)
             results: list[Any] = []
             for op in ops:
@@ -231,10 +249,26 @@ class Store(GroupCommit):
             values: list[Any] = []
             for t in chunk:
                 values += (
-                    d.pk(t.id), t.name, t.queue, t.priority, "queued", t.payload, t.args_repr,
-                    0, t.max_retries, t.timeout, now, d.time(t.run_after), None, None,
-                    self.node, False, t.code_version, None, "",
-                )  # fmt: skip
+                    d.pk(t.id),
+                    t.name,
+                    t.queue,
+                    t.priority,
+                    "queued",
+                    t.payload,
+                    t.args_repr,
+                    0,
+                    t.max_retries,
+                    t.timeout,
+                    now,
+                    d.time(t.run_after),
+                    None,
+                    None,
+                    self.node,
+                    False,
+                    t.code_version,
+                    None,
+                    "",
+                )
             cursor.execute(
                 f"INSERT INTO leek_task ({', '.join(TASK_COLUMNS)}) VALUES "  # noqa: S608
                 + ", ".join([self._insert_row] * len(chunk))
@@ -263,14 +297,35 @@ class Store(GroupCommit):
             finishes.append((status, started, finished, o.attempt, d.time(o.retry_at), tid))
             if o.succeeded:
                 successes.append(
-                    (tid, o.name, o.attempt, started, finished, o.finished - o.started,
-                     o.result, o.result_repr, o.stdout, o.stderr)
-                )  # fmt: skip
+                    (
+                        tid,
+                        o.name,
+                        o.attempt,
+                        started,
+                        finished,
+                        o.finished - o.started,
+                        o.result,
+                        o.result_repr,
+                        o.stdout,
+                        o.stderr,
+                    )
+                )
             else:
                 failures.append(
-                    (tid, o.name, o.attempt, started, finished, o.exc_type,
-                     o.exc_message, o.traceback, o.final, o.stdout, o.stderr)
-                )  # fmt: skip
+                    (
+                        tid,
+                        o.name,
+                        o.attempt,
+                        started,
+                        finished,
+                        o.exc_type,
+                        o.exc_message,
+                        o.traceback,
+                        o.final,
+                        o.stdout,
+                        o.stderr,
+                    )
+                )
         cursor.executemany(self._sql_finish, finishes)
         if successes:
             cursor.executemany(self._sql_success, successes)

@@ -42,8 +42,9 @@ class Running:
 
     __slots__ = ("task_id", "name", "started", "deadline", "attempt", "abandoned")
 
-    def __init__(self, task_id: uuid.UUID, name: str, started: float, deadline: float | None,
-                 attempt: int) -> None:  # fmt: skip
+    def __init__(
+        self, task_id: uuid.UUID, name: str, started: float, deadline: float | None, attempt: int
+    ) -> None:
         self.task_id, self.name, self.started = task_id, name, started
         self.deadline, self.attempt = deadline, attempt
         self.abandoned = False
@@ -52,8 +53,13 @@ class Running:
 class Pool:
     """WORKERS threads serving the dispatcher; a worker that dies or overruns is replaced."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher, size: int,
-                 retry_later: Callable[[list[Ready]], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        size: int,
+        retry_later: Callable[[list[Ready]], None],
+    ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.size = size
@@ -78,14 +84,17 @@ class Pool:
     def _spawn(self) -> None:
         with self._lock:
             self._seq += 1
-            thread = threading.Thread(target=self._loop, name=f"leek-worker-{self._seq}",
-                                      daemon=True)  # fmt: skip
+            thread = threading.Thread(
+                target=self._loop, name=f"leek-worker-{self._seq}", daemon=True
+            )
             self.running[thread] = None
         thread.start()
 
     def alive(self) -> int:
         with self._lock:
-            return sum(1 for t, r in self.running.items() if t.is_alive() and not (r and r.abandoned))
+            return sum(
+                1 for t, r in self.running.items() if t.is_alive() and not (r and r.abandoned)
+            )
 
     def busy(self) -> list[Running]:
         with self._lock:
@@ -109,24 +118,39 @@ class Pool:
             elif not thread.is_alive() and not self._stopping:
                 with self._lock:
                     self.running.pop(thread, None)
-                logger.error("worker thread died thread=%s", thread.name,
-                             extra={"action": "worker_died"})  # fmt: skip
+                logger.error(
+                    "worker thread died thread=%s", thread.name, extra={"action": "worker_died"}
+                )
                 self._spawn()
 
     def _time_out(self, thread: threading.Thread, run: Running) -> None:
         run.abandoned = True
         limit = (run.deadline or 0) - run.started
-        logger.warning("task timed out task=%s name=%s limit=%.1fs", run.task_id, run.name, limit,
-                       extra={"action": "task_timed_out"})  # fmt: skip
+        logger.warning(
+            "task timed out task=%s name=%s limit=%.1fs",
+            run.task_id,
+            run.name,
+            limit,
+            extra={"action": "task_timed_out"},
+        )
         # Raise TaskTimeout inside the thread: pure-Python code stops at its next
         # bytecode; a blocking C call (socket read, sleep) only when it returns.
         ctypes.pythonapi.PyThreadState_SetAsyncExc(
             ctypes.c_ulong(thread.ident or 0), ctypes.py_object(TaskTimeout)
         )
-        self.store.record(Outcome(
-            run.task_id, run.name, run.attempt, run.started, time.time(), False,
-            exc_type="leek.TaskTimeout", exc_message=f"timed out after {limit:g} s", final=True,
-        ))  # fmt: skip
+        self.store.record(
+            Outcome(
+                run.task_id,
+                run.name,
+                run.attempt,
+                run.started,
+                time.time(),
+                False,
+                exc_type="leek.TaskTimeout",
+                exc_message=f"timed out after {limit:g} s",
+                final=True,
+            )
+        )
         with self._lock:
             self.running.pop(thread, None)
         if not self._stopping:
@@ -148,11 +172,13 @@ class Pool:
                     # A fault of leek's own, such as the database going away while
                     # a payload loads: try the task again in a second, on a fresh
                     # connection; this worker goes on.
-                    logger.exception("worker could not run task=%s", ready.id,
-                                     extra={"action": "worker_error"})  # fmt: skip
+                    logger.exception(
+                        "worker could not run task=%s", ready.id, extra={"action": "worker_error"}
+                    )
                     connection.close()
-                    self.retry_later([Ready(ready.id, ready.priority, ready.queue,
-                                            time.time() + 1.0, ready.job)])  # fmt: skip
+                    self.retry_later(
+                        [Ready(ready.id, ready.priority, ready.queue, time.time() + 1.0, ready.job)]
+                    )
                 if me not in self.running:
                     return
         finally:
@@ -163,8 +189,9 @@ class Pool:
         job = ready.job
         if job is None:
             found = self.store.jobs([ready.id, *ahead])
-            self.dispatcher.keep({i: j for i, (s, j) in found.items()
-                                  if i != ready.id and s == "queued"})  # fmt: skip
+            self.dispatcher.keep(
+                {i: j for i, (s, j) in found.items() if i != ready.id and s == "queued"}
+            )
             if ready.id not in found or found[ready.id][0] not in ("queued", "running"):
                 return  # cancelled or deleted while it waited
             job = found[ready.id][1]
@@ -181,8 +208,16 @@ class Pool:
             fn, args, kwargs = load_task(job.payload)
             with bind_context(TaskContext(ready.id, name, attempt, self.store), output):
                 value = fn(*args, **kwargs)
-            outcome = Outcome(ready.id, name, attempt, started, time.time(), True,
-                              result=dump_value(value), result_repr=_short_repr(value))  # fmt: skip
+            outcome = Outcome(
+                ready.id,
+                name,
+                attempt,
+                started,
+                time.time(),
+                True,
+                result=dump_value(value),
+                result_repr=_short_repr(value),
+            )
         except TaskTimeout:
             raise
         except Exception as exc:
@@ -199,39 +234,56 @@ class Pool:
         if not outcome.succeeded and outcome.final:
             self._run_hooks(ready, name, outcome)
 
-    def _failure(self, ready: Ready, job: Job, attempt: int, started: float,
-                 exc: Exception) -> Outcome:  # fmt: skip
+    def _failure(
+        self, ready: Ready, job: Job, attempt: int, started: float, exc: Exception
+    ) -> Outcome:
         name = job.name
         retryable = not isinstance(exc, (PayloadError, *self.no_retry))
         final = not retryable or attempt > job.max_retries
         retry_at = None
         if not final:
-            countdown = exc.countdown if isinstance(exc, Retry) and exc.countdown is not None \
-                else backoff(attempt)  # fmt: skip
+            countdown = (
+                exc.countdown
+                if isinstance(exc, Retry) and exc.countdown is not None
+                else backoff(attempt)
+            )
             retry_at = time.time() + countdown
             retry = Job(job.payload, name, attempt, job.max_retries, job.timeout)
             self.retry_later([Ready(ready.id, ready.priority, ready.queue, retry_at, retry)])
         remote = type(exc)
         return Outcome(
-            ready.id, name, attempt, started, time.time(), False,
-            exc_type=f"{remote.__module__}.{remote.__qualname__}", exc_message=str(exc),
-            traceback="".join(traceback.format_exception(exc)), final=final, retry_at=retry_at,
-        )  # fmt: skip
+            ready.id,
+            name,
+            attempt,
+            started,
+            time.time(),
+            False,
+            exc_type=f"{remote.__module__}.{remote.__qualname__}",
+            exc_message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            final=final,
+            retry_at=retry_at,
+        )
 
     def _run_hooks(self, ready: Ready, name: str, outcome: Outcome) -> None:
         for hook in self.hooks:
             try:
                 hook(ready.id, name, outcome)
             except Exception:
-                logger.exception("failure hook raised hook=%s task=%s", hook, ready.id,
-                                 extra={"action": "hook_failed"})  # fmt: skip
+                logger.exception(
+                    "failure hook raised hook=%s task=%s",
+                    hook,
+                    ready.id,
+                    extra={"action": "hook_failed"},
+                )
 
 
 def backoff(attempt: int) -> float:
     """Seconds before retry number `attempt`: exponential, capped, with jitter."""
     settings = conf.get_settings()
-    base = min(float(settings["RETRY_BACKOFF"]) * 2 ** (attempt - 1),
-               float(settings["RETRY_BACKOFF_MAX"]))  # fmt: skip
+    base = min(
+        float(settings["RETRY_BACKOFF"]) * 2 ** (attempt - 1), float(settings["RETRY_BACKOFF_MAX"])
+    )
     jitter = float(settings["RETRY_JITTER"]) * random.random()  # noqa: S311 - not for secrets
     return float(base * (1 + jitter))
 

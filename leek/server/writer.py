@@ -26,9 +26,10 @@ logger = logging.getLogger("leek.server.store")
 #: What a write can raise when the database fails: Django's wrapped errors and,
 #: from the raw cursor the hot path uses, the driver's own.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    DatabaseError, InterfaceError, *(
-        [connection.Database.Error] if hasattr(connection, "Database") else []),
-)  # fmt: skip
+    DatabaseError,
+    InterfaceError,
+    *([connection.Database.Error] if hasattr(connection, "Database") else []),
+)
 
 #: Seconds the writer thread waits for an insert to share the commit of ops
 #: nobody waits for: twice the recent commit time, within these bounds.
@@ -178,8 +179,11 @@ class GroupCommit:
                     continue
             if self._flush_all(blocking=True):
                 if stopping and self._pending and self._pending[0].tries > 5:
-                    logger.error("writer stopping with unwritten outcomes count=%s",
-                                 len(self._pending), extra={"action": "writer_gave_up"})  # fmt: skip
+                    logger.error(
+                        "writer stopping with unwritten outcomes count=%s",
+                        len(self._pending),
+                        extra={"action": "writer_gave_up"},
+                    )
                     break
                 with self._wake:
                     self._retry = True

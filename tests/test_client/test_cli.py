@@ -14,9 +14,13 @@ from tests.conftest import REPO, BrokerProcess, broker_env, free_port, wait_for
 
 def leek_cmd(port: int, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "leek.cli", *args], cwd=REPO, env=broker_env(port),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "leek.cli", *args],
+        cwd=REPO,
+        env=broker_env(port),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_ping_waiting_handled_stats(broker: BrokerProcess) -> None:
@@ -33,9 +37,13 @@ def test_ping_waiting_handled_stats(broker: BrokerProcess) -> None:
 
 def test_manage_py_has_the_same_verbs(broker: BrokerProcess) -> None:
     done = subprocess.run(
-        [sys.executable, "manage.py", "leek", "ping"], cwd=REPO, env=broker_env(broker.port),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "manage.py", "leek", "ping"],
+        cwd=REPO,
+        env=broker_env(broker.port),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (done.returncode, done.stdout) == (0, "I'm OK\n")
 
 
@@ -60,8 +68,11 @@ def test_a_broker_on_all_interfaces_serves_a_client_it_did_not_start(
     broker_factory(port=port, LEEK_HOST="0.0.0.0", LEEK_SECRET="shared-secret")
     assert leek.push_task_to_queue(tasks.add, 3, 4).result(timeout=10) == 7
     wrong = subprocess.run(
-        [sys.executable, "-m", "leek.cli", "ping"], cwd=REPO,
-        env={**broker_env(port), "LEEK_SECRET": "wrong"}, capture_output=True, text=True,
+        [sys.executable, "-m", "leek.cli", "ping"],
+        cwd=REPO,
+        env={**broker_env(port), "LEEK_SECRET": "wrong"},
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
     assert wrong.returncode == 1 and "LEEK_SECRET" in wrong.stdout

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from django.db import connection as db
 
 import leek
@@ -33,7 +32,9 @@ def test_lambdas_and_kwargs_run(broker: BrokerProcess) -> None:
     handle = leek.enqueue(lambda x, *, y: base + x + y, (1,), {"y": 1})
     assert handle.result(timeout=10) == 42
     assert leek.push_task_to_queue(tasks.echo, 1, k="v").result(timeout=10) == {
-        "args": [1], "kwargs": {"k": "v"}}  # fmt: skip
+        "args": [1],
+        "kwargs": {"k": "v"},
+    }
 
 
 def test_exceptions_round_trip_with_the_remote_traceback(broker: BrokerProcess) -> None:

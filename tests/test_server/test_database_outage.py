@@ -33,14 +33,20 @@ def outage() -> Iterator[None]:
     import psycopg
 
     params = connection.settings_dict
-    admin = psycopg.connect(dbname="postgres", host=params["HOST"] or None,
-                            port=params["PORT"] or None, user=params["USER"] or None,
-                            password=params["PASSWORD"] or None, autocommit=True)  # fmt: skip
+    admin = psycopg.connect(
+        dbname="postgres",
+        host=params["HOST"] or None,
+        port=params["PORT"] or None,
+        user=params["USER"] or None,
+        password=params["PASSWORD"] or None,
+        autocommit=True,
+    )
     connection.close()  # ours goes too; Django reconnects after the outage
     try:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                      [name])  # fmt: skip
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+        )
         yield
     finally:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
@@ -48,8 +54,14 @@ def outage() -> Iterator[None]:
 
 
 def ping_status(port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "leek.cli", "ping"], cwd=REPO,
-                          env=broker_env(port), capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "leek.cli", "ping"],
+        cwd=REPO,
+        env=broker_env(port),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> None:

@@ -54,8 +54,9 @@ def still_serving() -> None:
     assert leek.push_task_to_queue(tasks.add, 20, 22).result(timeout=10) == 42
 
 
-def test_a_bad_signature_is_refused_and_never_unpickled(broker: BrokerProcess,
-                                                        tmp_path: Path) -> None:  # fmt: skip
+def test_a_bad_signature_is_refused_and_never_unpickled(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
     mark = tmp_path / "mark"
     frame = encode(b"not-the-secret", (1, "enqueue", Mark(mark)))
     assert error_of(exchange(broker.port, frame)) == "BadSignature"
@@ -75,8 +76,10 @@ def test_a_truncated_frame_closes_the_connection(broker: BrokerProcess, tmp_path
 def test_an_oversized_length_is_refused_unread(broker_factory: Any, tmp_path: Path) -> None:
     broker = broker_factory(LEEK_MAX_FRAME="1024")
     header = HEADER.pack(MAGIC, 1 << 31)
-    assert error_of(exchange(broker.port, header + os.urandom(64), half_close=False)) \
-        == "FrameTooLarge"  # fmt: skip
+    assert (
+        error_of(exchange(broker.port, header + os.urandom(64), half_close=False))
+        == "FrameTooLarge"
+    )
     still_serving()
 
 
@@ -106,8 +109,16 @@ def test_an_unknown_verb_is_an_error_reply(broker: BrokerProcess) -> None:
 def test_sending_the_same_frame_twice_makes_one_task(broker: BrokerProcess) -> None:
     from leek.client.api import _message
 
-    message = _message(tasks.add, (1, 2), {}, queue="default", priority=0, run_after=None,
-                       max_retries=None, timeout=None)  # fmt: skip
+    message = _message(
+        tasks.add,
+        (1, 2),
+        {},
+        queue="default",
+        priority=0,
+        run_after=None,
+        max_retries=None,
+        timeout=None,
+    )
     frame = encode(str(conf.get("SECRET")).encode(), (1, "enqueue", message))
     first = exchange(broker.port, frame)
     second = exchange(broker.port, frame)
@@ -118,8 +129,9 @@ def test_sending_the_same_frame_twice_makes_one_task(broker: BrokerProcess) -> N
     assert leek.handled() == (True, 1)
 
 
-def test_a_client_with_the_wrong_secret_gets_a_clear_error(broker: BrokerProcess,
-                                                           leek_settings: Any) -> None:  # fmt: skip
+def test_a_client_with_the_wrong_secret_gets_a_clear_error(
+    broker: BrokerProcess, leek_settings: Any
+) -> None:
     from leek.client import connection
 
     connection.close()
@@ -136,10 +148,19 @@ def test_a_missing_module_fails_the_task_without_retrying(broker: BrokerProcess)
 
     from leek.client.api import _message
 
-    message = _message(tasks.add, (1, 2), {}, queue="default", priority=0, run_after=None,
-                       max_retries=3, timeout=None)  # fmt: skip
+    message = _message(
+        tasks.add,
+        (1, 2),
+        {},
+        queue="default",
+        priority=0,
+        run_after=None,
+        max_retries=3,
+        timeout=None,
+    )
     message["payload"] = pickle.dumps((tasks.add, (1, 2), {})).replace(
-        b"tests.tasks", b"gone.module")  # fmt: skip
+        b"tests.tasks", b"gone.module"
+    )
     from leek.client import connection
 
     connection.call("enqueue", message)

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-
 from django.db import connection as db
 
 import leek
@@ -37,8 +36,9 @@ def test_a_task_running_at_sigkill_runs_again_at_restart(broker_factory: Any) ->
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_leaves_queued_tasks_for_the_next_start(broker_factory: Any,
-                                                              sig: int) -> None:  # fmt: skip
+def test_a_stop_signal_leaves_queued_tasks_for_the_next_start(
+    broker_factory: Any, sig: int
+) -> None:
     port = free_port()
     broker: BrokerProcess = broker_factory(port=port, LEEK_WORKERS="1")
     gate = leek.push_task_to_queue(tasks.sleep, 0.5)
@@ -65,8 +65,9 @@ def test_a_task_still_running_at_the_grace_deadline_is_requeued(broker_factory: 
     assert FailedTask.objects.get(task_id=handle.id).exc_type == "leek.Interrupted"
 
 
-def test_pushes_without_a_broker_are_spooled_and_run_at_start(broker_factory: Any,
-                                                              leek_settings: Any) -> None:  # fmt: skip
+def test_pushes_without_a_broker_are_spooled_and_run_at_start(
+    broker_factory: Any, leek_settings: Any
+) -> None:
     port = free_port()
     leek_settings(PORT=port, CONNECT_TIMEOUT=0.5)
     handles = [leek.push_task_to_queue(tasks.add, i, 1) for i in range(100)]
@@ -78,13 +79,22 @@ def test_pushes_without_a_broker_are_spooled_and_run_at_start(broker_factory: An
     assert not Task.objects.filter(spooled=True).exists()
 
 
-def test_spooled_rows_are_swept_while_the_broker_runs(broker: BrokerProcess,
-                                                      leek_settings: Any) -> None:  # fmt: skip
+def test_spooled_rows_are_swept_while_the_broker_runs(
+    broker: BrokerProcess, leek_settings: Any
+) -> None:
     from leek.client.api import _message
     from leek.client.spool import spool
 
-    message = _message(tasks.add, (5, 5), {}, queue="default", priority=0, run_after=None,
-                       max_retries=None, timeout=None)  # fmt: skip
+    message = _message(
+        tasks.add,
+        (5, 5),
+        {},
+        queue="default",
+        priority=0,
+        run_after=None,
+        max_retries=None,
+        timeout=None,
+    )
     spool([message])
     assert leek.TaskHandle(message["id"]).result(timeout=10) == 10
 
@@ -113,9 +123,13 @@ def test_retry_failed_with_the_broker_up_and_down(broker_factory: Any) -> None:
 
     def retry_failed(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "run_failed_tasks"), *args], cwd=REPO,
-            env=broker_env(port), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [sys.executable, str(REPO / "scripts" / "run_failed_tasks"), *args],
+            cwd=REPO,
+            env=broker_env(port),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     dry = retry_failed("--dry-run")
     assert (dry.returncode, dry.stdout) == (0, "would requeue 1 failed tasks\n")

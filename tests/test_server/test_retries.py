@@ -21,7 +21,9 @@ def test_failing_twice_then_succeeding(broker_factory: Any, tmp_path: Path) -> N
     assert (task.status, task.attempts) == ("succeeded", 3)
     failures = list(FailedTask.objects.order_by("attempt"))
     assert [(f.attempt, f.final, f.exc_type) for f in failures] == [
-        (1, False, "builtins.RuntimeError"), (2, False, "builtins.RuntimeError")]  # fmt: skip
+        (1, False, "builtins.RuntimeError"),
+        (2, False, "builtins.RuntimeError"),
+    ]
     assert "flaky run 2" in failures[1].traceback
     assert SuccessTask.objects.get().attempt == 3
 
@@ -33,7 +35,10 @@ def test_always_failing_ends_failed_after_max_retries_plus_one(broker_factory: A
         handle.result(timeout=20)
     assert Task.objects.get().attempts == 3
     assert list(FailedTask.objects.order_by("attempt").values_list("attempt", "final")) == [
-        (1, False), (2, False), (3, True)]  # fmt: skip
+        (1, False),
+        (2, False),
+        (3, True),
+    ]
 
 
 def test_backoff_grows_as_configured(broker_factory: Any) -> None:
@@ -42,8 +47,10 @@ def test_backoff_grows_as_configured(broker_factory: Any) -> None:
     with pytest.raises(leek.TaskFailed):
         handle.result(timeout=20)
     failures = list(FailedTask.objects.order_by("attempt"))
-    gaps = [(b.started_at - a.failed_at).total_seconds()  # type: ignore[operator]
-            for a, b in zip(failures, failures[1:], strict=False)]  # fmt: skip
+    gaps = [
+        (b.started_at - a.failed_at).total_seconds()  # type: ignore[operator]
+        for a, b in zip(failures, failures[1:], strict=False)
+    ]
     # 0.2, 0.4, then capped at 0.5; the sweep of delayed tasks is exact to ~10 ms.
     for gap, expected in zip(gaps, [0.2, 0.4, 0.5], strict=True):
         assert expected - 0.01 <= gap <= expected + 0.15, gaps
@@ -87,8 +94,9 @@ def test_a_time_limit_fails_the_task_and_keeps_the_pool(broker: Any) -> None:
     assert FailedTask.objects.filter(task_id=handle.id).count() == 1
 
 
-def test_failure_hooks_run_once_and_a_broken_one_is_contained(broker_factory: Any,
-                                                              tmp_path: Path) -> None:  # fmt: skip
+def test_failure_hooks_run_once_and_a_broken_one_is_contained(
+    broker_factory: Any, tmp_path: Path
+) -> None:
     hook_file = tmp_path / "hook"
     broker = broker_factory(
         LEEK_ON_FAILURE="tests.tasks.broken_hook,tests.tasks.hook_to_file",
