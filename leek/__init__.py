@@ -21,6 +21,7 @@ _EXPORTS = {
     "waiting": "leek.client",
     "current_task": "leek.runtime",
     "set_progress": "leek.runtime",
+    "log_event": "leek.events",
     "LeekError": "leek.exceptions",
     "BrokerUnavailable": "leek.exceptions",
     "AuthenticationFailed": "leek.exceptions",

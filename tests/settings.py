@@ -9,6 +9,8 @@ database the test process created, which it then uses as its own.
 import os
 import tempfile
 
+import django
+
 from settings import *  # noqa: F403
 from settings import DATABASES
 
@@ -25,3 +27,8 @@ if os.environ.get("LEEK_BROKER_TEST_DB"):
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# Django 6.0 takes plain addresses and deprecates (name, address) pairs.
+ADMINS = ["admins@example.com"] if django.VERSION >= (6,) else [("admins", "admins@example.com")]
+if os.environ.get("EMAIL_FILE_PATH"):  # a broker under test writes its mail there
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = os.environ["EMAIL_FILE_PATH"]
