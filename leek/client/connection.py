@@ -67,6 +67,12 @@ class Connection:
         finally:
             self.sock.close()
 
+    def __del__(self) -> None:
+        # A thread that ends drops its connection with its thread-local storage
+        # (runserver and other servers start a thread per request): close it.
+        if hasattr(self, "rfile"):
+            self.close()
+
 
 def _connect(address: tuple[str, int]) -> Connection:
     settings = conf.get_settings()
