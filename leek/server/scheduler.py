@@ -110,7 +110,7 @@ def adopt(store: Store, dead_after: float) -> list[Ready]:
         # however many tasks wait; the broker's own inserts are never in it.
         cursor.execute(
             d.sql(
-                "UPDATE leek_task SET broker = %s, spooled = %s "
+                "UPDATE leek_task SET broker = %s, spooled = %s "  # noqa: S608 - constants only
                 f"WHERE spooled AND status = 'queued' {returning}"
             ),
             (store.node, False),
