@@ -77,6 +77,7 @@ command("handled", "how many tasks the broker handled since it started")(_queue)
 command("stats", "the broker's figures")(_none)
 command("retry-failed", "requeue the tasks that failed for good and were not retried")(_retry)
 command("purge", "delete old finished tasks and their outcomes")(_purge)
+command("schedule", "the periodic tasks and their next run", module="leek.schedule_cli")(_none)
 
 
 def build_parser(prog: str = "leek") -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ from ..exceptions import LeekError, ProtocolError
 from ..protocol import encode, read_frame
 from ..runtime import install_capture
 from .dispatch import Dispatcher
+from .periodic import Periodic
 from .scheduler import Delayed, Duties, adopt, interrupt_running
 from .store import DATABASE_ERRORS, Dialect, NewTask, Ready, Store
 from .workers import Pool
@@ -171,6 +172,7 @@ class Broker:
         self.dispatcher = Dispatcher(int(settings["MEMORY_PAYLOADS"]))
         self.delayed = Delayed(self.dispatcher.push)
         self.store = Store(self.node, self.route)
+        self.periodic = Periodic(self.store, self.route)
         size = int(settings["WORKERS"] if workers is None else workers)
         self.pool = Pool(self.store, self.dispatcher, size, self.delayed.add)
         self.duties = Duties()
@@ -207,6 +209,7 @@ class Broker:
         self.duties.every(0, self.pool.watch)
         self.duties.every(self.sweep_interval, self._sweep)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
+        self.duties.every(0.2, self.periodic.tick)
         self.duties.start()
         thread = threading.Thread(target=self.server.serve_forever, name="leek-server",
                                   kwargs={"poll_interval": 0.2}, daemon=True)  # fmt: skip

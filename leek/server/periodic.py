@@ -1,0 +1,444 @@
+"""Periodic tasks: PeriodicTask rows pushed on a cron expression or a fixed interval.
+
+Rows come from ``LEEK["SCHEDULE"]`` (synced at broker start, ``from_settings``)
+and from the admin. Every broker reads the rows about once a second and keeps
+``next_run_at`` right: it is computed for a new row, recomputed when a row's
+schedule changes, and cleared while a row is disabled.
+
+A run is claimed with a conditional update of its row::
+
+    UPDATE leek_periodictask SET last_run_at = <due>, next_run_at = <next>
+    WHERE id = <id> AND next_run_at = <due> ...
+
+in the store's writer transaction, together with the insert of its task, so
+when several brokers share a database exactly one of them wins each run, and a
+claimed run always has its task committed. Runs are claimed up to LOOKAHEAD
+seconds before they are due and wait in the delayed heap, so they start on time.
+
+Runs missed while no broker was up follow the row's ``catch_up``: run once,
+or skip to the next time in the future. Cron expressions are read in Django's
+TIME_ZONE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from cronsim import CronSim, CronSimError
+from django.db import connection
+from django.utils.module_loading import import_string
+
+from .. import conf
+from ..protocol import dump_task
+from .store import Dialect, NewTask, Ready, Store
+from .writer import DATABASE_ERRORS, raw_cursor
+
+logger = logging.getLogger(__name__)
+
+#: Seconds before its time a run is claimed and handed to the delayed heap.
+LOOKAHEAD = 1.0
+#: Seconds between reads of the PeriodicTask rows.
+RELOAD = 1.0
+#: A run claimed more than this many seconds late was missed (catch_up decides).
+MISSED_AFTER = 5.0
+#: Cron shorthands accepted in "cron".
+SHORTHANDS = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 0",
+              "monthly": "0 0 1 * *"}  # fmt: skip
+ENTRY_KEYS = {"task", "cron", "every", "args", "kwargs", "queue", "priority", "catch_up", "enabled"}
+
+#: What pauses the periodic tasks until the database answers again.
+TICK_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
+COLUMNS = ("id", "name", "task", "args", "kwargs", "cron", "every", "queue", "priority",
+           "enabled", "catch_up", "last_run_at", "next_run_at")  # fmt: skip
+
+
+def zone() -> tzinfo:
+    """Django's TIME_ZONE, in which cron expressions are read."""
+    from django.conf import settings
+
+    name = settings.TIME_ZONE or "UTC"
+    return UTC if name == "UTC" else ZoneInfo(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a periodic task runs: a cron expression or a fixed interval in seconds."""
+
+    cron: str = ""
+    every: float | None = None
+
+    @classmethod
+    def parse(cls, cron: str | None, every: float | timedelta | None) -> Schedule:
+        """A checked schedule; ValueError says what is wrong with it."""
+        cron = (cron or "").strip()
+        if isinstance(every, timedelta):
+            every = every.total_seconds()
+        if cron and every is not None:
+            raise ValueError(f"give cron or every, not both (cron={cron!r}, every={every!r})")
+        if every is not None:
+            if isinstance(every, bool) or not isinstance(every, int | float) or every <= 0:
+                raise ValueError(f"every must be a timedelta or a number of seconds greater than "
+                                 f"zero, got {every!r}")  # fmt: skip
+            return cls(every=float(every))
+        if not cron:
+            raise ValueError("a schedule needs cron (an expression, hourly or daily) or every")
+        expression = SHORTHANDS.get(cron.lower(), cron)
+        try:
+            CronSim(expression, datetime.now(UTC))
+        except CronSimError as exc:
+            raise ValueError(f"cron {cron!r} is not a valid cron expression: {exc}") from exc
+        return cls(cron=cron)
+
+    def after(self, moment: float, anchor: float | None = None) -> float | None:
+        """The first run time strictly after `moment` (seconds since the epoch),
+        on the interval's phase set by `anchor` when given; None for never."""
+        if self.every is not None:
+            if anchor is None:
+                return moment + self.every
+            steps = max(1, math.floor((moment - anchor) / self.every) + 1)
+            return anchor + steps * self.every
+        expression = SHORTHANDS.get(self.cron.lower(), self.cron)
+        try:
+            return next(CronSim(expression, datetime.fromtimestamp(moment, zone()))).timestamp()
+        except StopIteration:
+            return None
+
+    def describe(self) -> str:
+        if self.every is not None:
+            return f"every {self.every:g} s"
+        return self.cron
+
+
+@dataclass(slots=True)
+class Row:
+    """A PeriodicTask row as last read; `*_raw` are the values as the database has them."""
+
+    id: int
+    name: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    cron: str
+    every: float | None
+    queue: str
+    priority: int
+    enabled: bool
+    catch_up: bool
+    last_run_at: float | None
+    next_run_at: float | None
+    next_raw: Any = None
+    schedule: Schedule | None = field(default=None)
+
+    @property
+    def fingerprint(self) -> tuple[str, float | None, bool]:
+        return self.cron, self.every, self.enabled
+
+
+def parse_entries(schedule: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The valid LEEK["SCHEDULE"] entries as row values, and a message per invalid one."""
+    entries: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    if not isinstance(schedule, Mapping):
+        kind = type(schedule).__name__
+        return {}, [f'LEEK["SCHEDULE"] must be a dict of name to entry, got {kind}']
+    for name, entry in schedule.items():
+        try:
+            entries[str(name)] = _entry(str(name), entry)
+        except (ValueError, TypeError) as exc:
+            errors.append(f"periodic task {name!r}: {exc}")
+    return entries, errors
+
+
+def _entry(name: str, entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"expected a dict with task and cron or every, got {type(entry).__name__}")
+    unknown = set(entry) - ENTRY_KEYS
+    if unknown:
+        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(ENTRY_KEYS))}")  # fmt: skip
+    if len(name) > 255:
+        raise ValueError("the name is longer than 255 characters")
+    path = entry.get("task")
+    if callable(path):
+        path = f"{path.__module__}.{path.__qualname__}"
+    if not isinstance(path, str) or "." not in path:
+        raise ValueError(f"task must be the dotted path of a callable, got {path!r}")
+    schedule = Schedule.parse(entry.get("cron"), entry.get("every"))
+    args, kwargs = list(entry.get("args") or ()), dict(entry.get("kwargs") or {})
+    json.dumps([args, kwargs])  # TypeError for values a JSONField cannot hold
+    return {
+        "task": path, "args": args, "kwargs": kwargs, "cron": schedule.cron,
+        "every": schedule.every, "queue": str(entry.get("queue") or "default")[:64],
+        "priority": int(entry.get("priority", 0)), "enabled": bool(entry.get("enabled", True)),
+        "catch_up": bool(entry.get("catch_up", True)),
+    }  # fmt: skip
+
+
+def run_path(path: str, *args: Any, **kwargs: Any) -> Any:
+    """Import the callable at `path` and call it: what a periodic run executes.
+
+    Importing at run time makes a wrong path a visible task failure."""
+    target = import_string(path)
+    if callable(target):
+        return target(*args, **kwargs)
+    if hasattr(target, "func") and hasattr(target, "takes_context"):  # a tasks-framework Task
+        from ..backends import TaskCall
+
+        return TaskCall(path, str(target.backend), bool(target.takes_context))(*args, **kwargs)
+    raise TypeError(f"{path} is a {type(target).__name__}, not a callable")
+
+
+class Periodic:
+    """Keeps the PeriodicTask rows' times right and pushes their runs (a broker duty)."""
+
+    def __init__(self, store: Store, route: Callable[[list[Ready]], None]) -> None:
+        settings = conf.get_settings()
+        self.store = store
+        self.route = route
+        self.schedule: Mapping[str, Any] = settings["SCHEDULE"] or {}
+        self.max_retries = int(settings["MAX_RETRIES"])
+        self.code_version = str(settings["CODE_VERSION"])[:64]
+        self.rows: dict[int, Row] = {}
+        self.fired = 0
+        self._synced = False
+        self._read_at = -math.inf
+        self._stale = True
+        self._seen: dict[int, tuple[str, float | None, bool]] = {}
+        self._reported: set[tuple[int, str]] = set()
+        self._last_error = ""
+
+    def tick(self) -> None:
+        """Sync the settings once, re-read the rows every RELOAD seconds, claim due runs."""
+        try:
+            if not self._synced:
+                self.sync()
+                self._synced = True
+            now = time.time()
+            if self._stale or now - self._read_at >= RELOAD:
+                self.reload(now)
+            for row in list(self.rows.values()):
+                self._fire_due(row, now)
+        except TICK_ERRORS as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:
+                logger.error("periodic tasks paused error=%s", message,
+                             extra={"action": "periodic_failed"})  # fmt: skip
+            self._last_error = message
+            self._stale = True
+            connection.close()
+            return
+        self._last_error = ""
+
+    # -- settings -----------------------------------------------------------
+
+    def sync(self) -> None:
+        """Write LEEK["SCHEDULE"] into PeriodicTask rows marked from_settings;
+        delete the from_settings rows whose name left the settings."""
+        entries, errors = parse_entries(self.schedule)
+        for message in errors:
+            logger.error("%s; it is not scheduled", message, extra={"action": "schedule_invalid"})
+        for name, values in entries.items():
+            try:
+                import_string(values["task"])
+            except ImportError as exc:
+                logger.warning("periodic task %s: cannot import %s now: %s", name, values["task"],
+                               exc, extra={"action": "schedule_import"})  # fmt: skip
+        keep = list(entries) + [str(n) for n in self.schedule if str(n) not in entries]
+
+        def write(cursor: Any, d: Dialect) -> None:
+            for name, v in entries.items():
+                row = (json.dumps(v["args"]), json.dumps(v["kwargs"]), v["cron"], v["every"],
+                       v["queue"], v["priority"], v["enabled"], v["catch_up"])  # fmt: skip
+                cursor.execute(d.sql(
+                    "INSERT INTO leek_periodictask (name, task, args, kwargs, cron, every, queue, "
+                    "priority, enabled, catch_up, from_settings, last_run_at, next_run_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, NULL) "
+                    "ON CONFLICT (name) DO NOTHING"), (name, v["task"], *row, True))  # fmt: skip
+                cursor.execute(d.sql(
+                    "UPDATE leek_periodictask SET next_run_at = CASE WHEN cron <> %s "
+                    "OR COALESCE(every, -1) <> %s OR enabled <> %s THEN NULL "
+                    "ELSE next_run_at END, task = %s, args = %s, kwargs = %s, cron = %s, "
+                    "every = %s, queue = %s, priority = %s, enabled = %s, catch_up = %s, "
+                    "from_settings = %s WHERE name = %s"),
+                    (v["cron"], -1 if v["every"] is None else v["every"], v["enabled"], v["task"],
+                     *row, True, name))  # fmt: skip
+            marks = ", ".join([d.ph] * len(keep))
+            where = f" AND name NOT IN ({marks})" if keep else ""
+            cursor.execute(f"DELETE FROM leek_periodictask WHERE from_settings{where}", keep)  # noqa: S608
+
+        self.store.call(write).wait(30)
+        self._stale = True
+        if entries or errors:
+            logger.info("periodic tasks synced from settings count=%s invalid=%s", len(entries),
+                        len(errors), extra={"action": "schedule_synced"})  # fmt: skip
+
+    # -- rows ---------------------------------------------------------------
+
+    def reload(self, now: float) -> None:
+        """Read every row; give new, changed and re-enabled rows their next time."""
+        d = self.store.dialect
+        cursor = raw_cursor()
+        try:
+            cursor.execute(f"SELECT {', '.join(COLUMNS)} FROM leek_periodictask")  # noqa: S608
+            fetched = cursor.fetchall()
+        finally:
+            cursor.close()
+        rows: dict[int, Row] = {}
+        fixes: list[tuple[Row, float | None]] = []
+        for raw in fetched:
+            row = _row(raw, d)
+            rows[row.id] = row
+            changed = self._seen.get(row.id, row.fingerprint) != row.fingerprint
+            self._seen[row.id] = row.fingerprint
+            if not row.enabled:
+                if row.next_run_at is not None:
+                    fixes.append((row, None))
+                continue
+            try:
+                row.schedule = Schedule.parse(row.cron, row.every)
+            except ValueError as exc:
+                self._report(row, str(exc))
+                continue
+            if changed or not self._consistent(row, now):
+                nxt = row.schedule.after(now)
+                if changed or nxt != row.next_run_at:
+                    fixes.append((row, nxt))
+        self.rows = rows
+        for gone in set(self._seen) - set(rows):
+            del self._seen[gone]
+        self._read_at, self._stale = now, False
+        if fixes:
+            self._set_next(fixes)
+
+    def _consistent(self, row: Row, now: float) -> bool:
+        """Whether next_run_at is the next time of the row's schedule as it is now."""
+        nxt, schedule = row.next_run_at, row.schedule
+        if nxt is None or schedule is None:
+            return False
+        since = max(now, row.last_run_at or now)
+        if schedule.every is not None:
+            return nxt <= since + schedule.every + 0.001
+        if schedule.after(nxt - 0.5) != nxt:
+            return False  # not a time of this cron expression
+        return nxt <= now or nxt == schedule.after(since)
+
+    def _report(self, row: Row, message: str) -> None:
+        key = (row.id, f"{row.cron}|{row.every}")
+        if key not in self._reported:
+            self._reported.add(key)
+            logger.error("periodic task %s has a bad schedule: %s", row.name, message,
+                         extra={"action": "schedule_invalid"})  # fmt: skip
+
+    def _set_next(self, fixes: list[tuple[Row, float | None]]) -> None:
+        def write(cursor: Any, d: Dialect) -> list[bool]:
+            done = []
+            for row, nxt in fixes:
+                same = "next_run_at IS NULL" if row.next_raw is None else "next_run_at = %s"
+                old = () if row.next_raw is None else (row.next_raw,)
+                cursor.execute(d.sql(f"UPDATE leek_periodictask SET next_run_at = %s "  # noqa: S608
+                                     f"WHERE id = %s AND {same}"),
+                               (d.time(nxt), row.id, *old))  # fmt: skip
+                done.append(cursor.rowcount == 1)
+            return done
+
+        for (row, nxt), ok in zip(fixes, self.store.call(write).wait(30), strict=True):
+            if ok:
+                row.next_run_at, row.next_raw = nxt, self.store.dialect.time(nxt)
+            else:
+                self._stale = True
+
+    # -- runs ---------------------------------------------------------------
+
+    def _fire_due(self, row: Row, now: float) -> None:
+        for _ in range(100):  # bounded: a short interval can have a few runs in LOOKAHEAD
+            if (row.schedule is None or not row.enabled or row.next_run_at is None
+                    or row.next_run_at > now + LOOKAHEAD):  # fmt: skip
+                return
+            if not self._claim(row, now):
+                self._stale = True
+                return
+
+    def _claim(self, row: Row, now: float) -> bool:
+        """Claim the run due at row.next_run_at and insert its task; False when
+        another broker claimed it first or the row changed."""
+        due, schedule = row.next_run_at, row.schedule
+        if due is None or schedule is None:
+            return False
+        nxt = schedule.after(due, anchor=due)
+        if nxt is not None and nxt <= now:  # runs were missed: resume in the future
+            nxt = schedule.after(now, anchor=due)
+        missed = due < now - MISSED_AFTER
+        run = row.catch_up or not missed
+        task = self._task(row, due, now) if run else None
+        d = self.store.dialect
+
+        def write(cursor: Any, d: Dialect) -> list[Ready] | None:
+            last = "%s" if run else "last_run_at"
+            cursor.execute(d.sql(
+                f"UPDATE leek_periodictask SET last_run_at = {last}, next_run_at = %s "  # noqa: S608
+                "WHERE id = %s AND next_run_at = %s AND enabled AND cron = %s "
+                "AND COALESCE(every, -1) = %s"),
+                (*((d.time(due),) if run else ()), d.time(nxt), row.id, row.next_raw, row.cron,
+                 -1 if row.every is None else row.every))  # fmt: skip
+            if cursor.rowcount != 1:
+                return None
+            if task is None:
+                return []
+            return list(self.store._insert_tasks(cursor, [task]).values())
+
+        ready = self.store.call(write).wait(30)
+        if ready is None:
+            return False
+        row.next_run_at, row.next_raw = nxt, d.time(nxt)
+        if run:
+            row.last_run_at = due
+            self.fired += 1
+            logger.info("periodic task pushed name=%s task=%s due=%s late=%.3fs", row.name,
+                        row.task, _iso(due), max(0.0, now - due),
+                        extra={"action": "periodic_pushed"})  # fmt: skip
+            self.route(ready)
+        else:
+            logger.info("periodic run skipped name=%s due=%s (catch_up is off)", row.name,
+                        _iso(due), extra={"action": "periodic_skipped"})  # fmt: skip
+        return True
+
+    def _task(self, row: Row, due: float, now: float) -> NewTask:
+        return NewTask(
+            id=uuid.uuid4(), name=row.task[:255], queue=row.queue[:64], priority=row.priority,
+            payload=dump_task(run_path, (row.task, *row.args), dict(row.kwargs)),
+            args_repr=_describe(tuple(row.args), row.kwargs), max_retries=self.max_retries,
+            timeout=None, run_after=due if due > now else None, code_version=self.code_version,
+        )  # fmt: skip
+
+
+def _row(raw: tuple[Any, ...], d: Dialect) -> Row:
+    values = dict(zip(COLUMNS, raw, strict=True))
+    args, kwargs = (json.loads(v) if isinstance(v, str | bytes) else v
+                    for v in (values["args"], values["kwargs"]))  # fmt: skip
+    return Row(
+        id=int(values["id"]), name=str(values["name"]), task=str(values["task"]),
+        args=list(args or []), kwargs=dict(kwargs or {}), cron=str(values["cron"] or ""),
+        every=None if values["every"] is None else float(values["every"]),
+        queue=str(values["queue"]), priority=int(values["priority"]),
+        enabled=bool(values["enabled"]), catch_up=bool(values["catch_up"]),
+        last_run_at=d.read_time(values["last_run_at"]),
+        next_run_at=d.read_time(values["next_run_at"]), next_raw=values["next_run_at"],
+    )  # fmt: skip
+
+
+def _describe(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = 2000) -> str:
+    text = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()

@@ -1,0 +1,32 @@
+"""Fixtures: leek as the tasks framework's backend, here and in the brokers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.conftest import BrokerProcess
+
+SETTINGS = "tests.test_backends.settings"
+
+
+@pytest.fixture
+def jobs(settings: Any) -> ModuleType:
+    """The framework tasks of tests/test_backends/tasks.py, with TASKS set as the brokers
+    have it (the @task decorator checks its options against the backend)."""
+    from . import settings as backend_settings
+
+    settings.TASKS = backend_settings.TASKS
+    from . import tasks
+
+    return tasks
+
+
+@pytest.fixture
+def framework_broker(
+    broker_factory: Callable[..., BrokerProcess], jobs: ModuleType
+) -> BrokerProcess:
+    return broker_factory(DJANGO_SETTINGS_MODULE=SETTINGS)
