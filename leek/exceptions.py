@@ -64,6 +64,14 @@ class TaskFailed(LeekError):
         return f"{head}\n\nRemote traceback:\n{self.traceback}" if self.traceback else head
 
 
+class TaskTimeout(LeekError):
+    """The task ran past its time limit."""
+
+
+class Interrupted(LeekError):
+    """The task's broker stopped while the task ran; it runs again."""
+
+
 class PayloadError(LeekError):
     """A task's payload could not be pickled or unpickled."""
 

@@ -51,8 +51,9 @@ class Task(models.Model):
         # 10% of the single-row commit rate. Add one only for a query that needs it.
         indexes = [
             # queued_at last: the admin finds each queue's oldest waiting task in it.
-            models.Index(fields=["status", "queue", "queued_at"],
-                         name="leek_task_status_queued_at"),
+            models.Index(
+                fields=["status", "queue", "queued_at"], name="leek_task_status_queued_at"
+            ),
             models.Index(fields=["-queued_at"], name="leek_task_queued_at"),
             # Only spooled rows are in it, so the broker's inserts never touch it.
             models.Index(

@@ -96,9 +96,13 @@ def call(verb: str, data: Any = None) -> Any:
     current: Connection | None = getattr(_local, "connection", None)
     tried: list[str] = []
     candidates = conf.brokers()
-    if current is not None and current.address in candidates:
-        candidates.remove(current.address)
-        candidates.insert(0, current.address)
+    if current is not None:
+        if current.address in candidates:
+            candidates.remove(current.address)
+            candidates.insert(0, current.address)
+        else:  # the settings no longer name its broker
+            _drop(current)
+            current = None
     for address in candidates:
         for attempt in range(2):
             conn = (

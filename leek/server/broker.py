@@ -69,9 +69,11 @@ class Handler(socketserver.StreamRequestHandler):
             except ProtocolError as exc:
                 broker.rejected += 1
                 security.warning(
-                    "frame rejected client=%s error=%s", self.client_address[0], exc,
+                    "frame rejected client=%s error=%s",
+                    self.client_address[0],
+                    exc,
                     extra={"action": "frame_rejected"},
-                )  # fmt: skip
+                )
                 self._reply((0, False, {"error": type(exc).__name__, "message": str(exc)}))
                 return
             if message is None:
@@ -120,14 +122,18 @@ class Server(socketserver.ThreadingTCPServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         allowed = self.broker.allowed_clients
         if allowed and client_address[0] not in allowed:
-            security.warning("connection refused client=%s", client_address[0],
-                             extra={"action": "client_refused"})  # fmt: skip
+            security.warning(
+                "connection refused client=%s",
+                client_address[0],
+                extra={"action": "client_refused"},
+            )
             return False
         return True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.exception("connection failed client=%s", client_address,
-                         extra={"action": "connection_failed"})  # fmt: skip
+        logger.exception(
+            "connection failed client=%s", client_address, extra={"action": "connection_failed"}
+        )
 
     def track(self, sock: socket.socket) -> None:
         with self._open_lock:
@@ -151,8 +157,9 @@ class Server(socketserver.ThreadingTCPServer):
 class Broker:
     """One broker process: server, writer, workers, delayed tasks and duties."""
 
-    def __init__(self, host: str | None = None, port: int | None = None,
-                 workers: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, host: str | None = None, port: int | None = None, workers: int | None = None
+    ) -> None:
         settings = conf.get_settings()
         self.host = host or str(settings["HOST"])
         self.port = int(settings["PORT"] if port is None else port)
@@ -211,14 +218,24 @@ class Broker:
         self.duties.every(self.heartbeat_interval, self.heartbeat)
         self.duties.every(0.2, self.periodic.tick)
         self.duties.start()
-        thread = threading.Thread(target=self.server.serve_forever, name="leek-server",
-                                  kwargs={"poll_interval": 0.2}, daemon=True)  # fmt: skip
+        thread = threading.Thread(
+            target=self.server.serve_forever,
+            name="leek-server",
+            kwargs={"poll_interval": 0.2},
+            daemon=True,
+        )
         thread.start()
         logger.info(
             "broker started node=%s address=%s:%s workers=%s recovered=%s interrupted=%s pid=%s",
-            self.node, self.host, self.port, self.pool.size, recovered, interrupted, os.getpid(),
+            self.node,
+            self.host,
+            self.port,
+            self.pool.size,
+            recovered,
+            interrupted,
+            os.getpid(),
             extra={"action": "broker_started"},
-        )  # fmt: skip
+        )
         self.stopping.wait()
         self._stop(thread)
 
@@ -227,8 +244,11 @@ class Broker:
 
     def install_signals(self) -> None:
         def on_signal(signum: int, frame: Any) -> None:
-            logger.info("stopping on signal=%s", signal.Signals(signum).name,
-                        extra={"action": "broker_stopping"})  # fmt: skip
+            logger.info(
+                "stopping on signal=%s",
+                signal.Signals(signum).name,
+                extra={"action": "broker_stopping"},
+            )
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -243,13 +263,21 @@ class Broker:
         self.delayed.stop()
         left = self.pool.stop(self.grace)
         for run in left:
-            logger.warning("task still running at the deadline task=%s name=%s; it will be "
-                           "requeued on the next start", run.task_id, run.name,
-                           extra={"action": "task_interrupted"})  # fmt: skip
+            logger.warning(
+                "task still running at the deadline task=%s name=%s; it will be "
+                "requeued on the next start",
+                run.task_id,
+                run.name,
+                extra={"action": "task_interrupted"},
+            )
         self.heartbeat(stopped=True)
         self.store.stop()
-        logger.info("broker stopped node=%s handled=%s", self.node, sum(self.pool.handled.values()),
-                    extra={"action": "broker_stopped"})  # fmt: skip
+        logger.info(
+            "broker stopped node=%s handled=%s",
+            self.node,
+            sum(self.pool.handled.values()),
+            extra={"action": "broker_stopped"},
+        )
 
     def _sweep(self) -> int:
         found = adopt(self.store, self.dead_after)
@@ -262,23 +290,39 @@ class Broker:
         """Write this broker's BrokerNode row."""
         alive, size = self.pool.alive(), self.pool.size
         values = {
-            "host": self.host, "port": self.port, "pid": os.getpid(), "version": __version__,
-            "code_version": self.code_version, "workers": size, "workers_alive": alive,
-            "handled": sum(self.pool.handled.values()), "healthy": self.healthy()[0],
-            "stopped": stopped, "note": self.healthy()[1][:255],
-        }  # fmt: skip
+            "host": self.host,
+            "port": self.port,
+            "pid": os.getpid(),
+            "version": __version__,
+            "code_version": self.code_version,
+            "workers": size,
+            "workers_alive": alive,
+            "handled": sum(self.pool.handled.values()),
+            "healthy": self.healthy()[0],
+            "stopped": stopped,
+            "note": self.healthy()[1][:255],
+        }
 
         def write(cursor: Any, d: Dialect) -> None:
             now = d.time(time.time())
             names = ", ".join(f"{k} = %s" for k in values)
-            cursor.execute(d.sql(f"UPDATE leek_brokernode SET {names}, heartbeat_at = %s "  # noqa: S608
-                                 "WHERE name = %s"), (*values.values(), now, self.node))  # fmt: skip
+            cursor.execute(
+                d.sql(
+                    f"UPDATE leek_brokernode SET {names}, heartbeat_at = %s "  # noqa: S608
+                    "WHERE name = %s"
+                ),
+                (*values.values(), now, self.node),
+            )
             if cursor.rowcount == 0:
                 cols = ", ".join(values)
                 marks = ", ".join(["%s"] * (len(values) + 3))
-                cursor.execute(d.sql(f"INSERT INTO leek_brokernode ({cols}, heartbeat_at, "  # noqa: S608
-                                     f"started_at, name) VALUES ({marks})"),
-                               (*values.values(), now, d.time(self.started), self.node))  # fmt: skip
+                cursor.execute(
+                    d.sql(
+                        f"INSERT INTO leek_brokernode ({cols}, heartbeat_at, "  # noqa: S608
+                        f"started_at, name) VALUES ({marks})"
+                    ),
+                    (*values.values(), now, d.time(self.started), self.node),
+                )
 
         try:
             self.store.call(write).wait(30)
@@ -318,8 +362,10 @@ class Broker:
         if verb == "stop":
             threading.Timer(0.05, self.request_stop).start()
             return "stopping"
-        raise ValueError(f"unknown verb {verb!r}: expected enqueue, enqueue_many, cancel, "
-                         "ping, waiting, handled, stats, sweep or stop")  # fmt: skip
+        raise ValueError(
+            f"unknown verb {verb!r}: expected enqueue, enqueue_many, cancel, "
+            "ping, waiting, handled, stats, sweep or stop"
+        )
 
     def enqueue(self, items: list[dict[str, Any]]) -> list[str]:
         tasks = [self._new_task(item) for item in items]
@@ -330,29 +376,38 @@ class Broker:
         code = str(item.get("code_version") or "")
         if code and self.code_version and code != self.code_version:
             if not self.drift[code]:
-                logger.warning("client code differs client_version=%s broker_version=%s",
-                               code, self.code_version, extra={"action": "code_drift"})  # fmt: skip
+                logger.warning(
+                    "client code differs client_version=%s broker_version=%s",
+                    code,
+                    self.code_version,
+                    extra={"action": "code_drift"},
+                )
             self.drift[code] += 1
         retries = item.get("max_retries")
         return NewTask(
-            id=uuid.UUID(str(item["id"])), name=str(item["name"])[:255],
-            queue=str(item.get("queue") or "default")[:64], priority=int(item.get("priority", 0)),
-            payload=bytes(item["payload"]), args_repr=str(item.get("args_repr", "")),
+            id=uuid.UUID(str(item["id"])),
+            name=str(item["name"])[:255],
+            queue=str(item.get("queue") or "default")[:64],
+            priority=int(item.get("priority", 0)),
+            payload=bytes(item["payload"]),
+            args_repr=str(item.get("args_repr", "")),
             max_retries=self.max_retries if retries is None else int(retries),
             timeout=None if item.get("timeout") is None else float(item["timeout"]),
             run_after=None if item.get("run_after") is None else float(item["run_after"]),
             code_version=code[:64],
-        )  # fmt: skip
+        )
 
     def cancel(self, task_id: uuid.UUID) -> bool:
         """Cancel a task that has not started; False when it has, or is unknown."""
 
         def mark(cursor: Any, d: Dialect) -> str | None:
             cursor.execute(
-                d.sql("UPDATE leek_task SET status = 'cancelled', finished_at = %s "
-                      "WHERE id = %s AND status = 'queued' RETURNING queue"),
+                d.sql(
+                    "UPDATE leek_task SET status = 'cancelled', finished_at = %s "
+                    "WHERE id = %s AND status = 'queued' RETURNING queue"
+                ),
                 (d.time(time.time()), d.pk(task_id)),
-            )  # fmt: skip
+            )
             row = cursor.fetchone()
             return None if row is None else str(row[0])
 
@@ -371,14 +426,22 @@ class Broker:
         ok, message = self.healthy()
         waiting = Counter(self.dispatcher.counts()) + Counter(self.delayed.counts())
         return {
-            "node": self.node, "version": __version__, "code_version": self.code_version,
-            "healthy": ok, "message": message, "uptime": round(time.time() - self.started, 3),
-            "workers": self.pool.size, "workers_alive": self.pool.alive(),
-            "running": len(self.pool.busy()), "waiting": dict(waiting),
-            "handled": dict(self.pool.handled), "rejected_frames": self.rejected,
-            "commits": self.store.commits, "code_drift": dict(self.drift),
+            "node": self.node,
+            "version": __version__,
+            "code_version": self.code_version,
+            "healthy": ok,
+            "message": message,
+            "uptime": round(time.time() - self.started, 3),
+            "workers": self.pool.size,
+            "workers_alive": self.pool.alive(),
+            "running": len(self.pool.busy()),
+            "waiting": dict(waiting),
+            "handled": dict(self.pool.handled),
+            "rejected_frames": self.rejected,
+            "commits": self.store.commits,
+            "code_drift": dict(self.drift),
             "database": self.database_counts(),
-        }  # fmt: skip
+        }
 
     def database_counts(self) -> dict[str, dict[str, int]]:
         """Tasks per status and queue, as the database has them."""

@@ -169,7 +169,7 @@ def _interrupted(cursor: Any, d: Dialect, rows: list[Any], reason: str) -> None:
         d.sql(
             "INSERT INTO leek_failedtask (task_id, name, attempt, started_at, failed_at, "
             "exc_type, exc_message, traceback, final, requeued_at, stdout, stderr) "
-            "VALUES (%s, %s, %s, %s, %s, 'leek.Interrupted', %s, '', %s, NULL, '', '')"
+            "VALUES (%s, %s, %s, %s, %s, 'leek.exceptions.Interrupted', %s, '', %s, NULL, '', '')"
         ),
         [(r[0], r[1], max(int(r[2]), 1), r[3], now, reason, False) for r in rows],
     )
@@ -178,7 +178,7 @@ def _interrupted(cursor: Any, d: Dialect, rows: list[Any], reason: str) -> None:
 class Duties:
     """The broker's periodic work, on a thread of its own."""
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
         self._jobs: list[tuple[float, Callable[[], object], list[float]]] = []
         self._stop = threading.Event()

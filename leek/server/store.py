@@ -162,7 +162,7 @@ class Store(GroupCommit):
         )
         self._sql_finish = d.sql(
             "UPDATE leek_task SET status = %s, started_at = %s, finished_at = %s, attempts = %s, "
-            "run_after = %s WHERE id = %s"
+            "run_after = COALESCE(%s, run_after) WHERE id = %s"
         )
         self._sql_success = d.sql(
             "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "

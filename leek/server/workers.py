@@ -24,17 +24,13 @@ from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
 from .. import conf
-from ..exceptions import PayloadError, Retry
+from ..exceptions import PayloadError, Retry, TaskTimeout
 from ..protocol import dump_value, load_task
 from ..runtime import CapturedOutput, TaskContext, bind_context
 from .dispatch import Dispatcher
 from .store import Job, Outcome, Ready, Store
 
 logger = logging.getLogger(__name__)
-
-
-class TaskTimeout(Exception):  # noqa: N818 - raised inside the task, read as "task timeout"
-    """Raised inside a task that ran past its time limit."""
 
 
 class Running:
@@ -146,7 +142,7 @@ class Pool:
                 run.started,
                 time.time(),
                 False,
-                exc_type="leek.TaskTimeout",
+                exc_type="leek.exceptions.TaskTimeout",
                 exc_message=f"timed out after {limit:g} s",
                 final=True,
             )

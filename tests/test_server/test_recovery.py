@@ -30,7 +30,7 @@ def test_a_task_running_at_sigkill_runs_again_at_restart(broker_factory: Any) ->
     broker_factory(port=port)
     assert handle.result(timeout=20) == 1.0
     failure = FailedTask.objects.get(task_id=handle.id)
-    assert failure.exc_type == "leek.Interrupted"
+    assert failure.exc_type == "leek.exceptions.Interrupted"
     assert failure.exc_message == "interrupted: broker stopped"
     assert Task.objects.get().attempts == 2
 
@@ -62,7 +62,7 @@ def test_a_task_still_running_at_the_grace_deadline_is_requeued(broker_factory: 
     assert "still running at the deadline" in broker.output()
     broker_factory(port=port)
     assert handle.result(timeout=20) == 2.0
-    assert FailedTask.objects.get(task_id=handle.id).exc_type == "leek.Interrupted"
+    assert FailedTask.objects.get(task_id=handle.id).exc_type == "leek.exceptions.Interrupted"
 
 
 def test_pushes_without_a_broker_are_spooled_and_run_at_start(
