@@ -4,22 +4,18 @@ A runner subclasses `Runner` and supplies five hooks: `setup`, `reset` (empty it
 queue while no worker runs), `client` (a push function for the calling thread),
 `start_workers` and `stop_workers`. The workloads (`enqueue`, `drain`,
 `latency`, `mixed`) are written once here on top of those hooks, so every system
-is measured by the same code. `main()` is the command line of a runner module:
-it runs the suite `--repeat` times and writes one JSON document.
+is measured by the same code; bench/suite.py runs them as a runner's command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,9 +72,16 @@ class Proc:
         self.log = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            argv, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            argv,
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
+        with open(log.parent / "pids.txt", "a") as pids:  # run.py reaps leftovers
+            pids.write(f"{self.popen.pid}\n")
 
     @property
     def pid(self) -> int:
@@ -117,11 +120,11 @@ def deadline_for(n: int) -> float:
     return 60.0 + n / 25.0
 
 
-def rss_kb(pid: int) -> int:
-    """Resident memory of one process, from /proc (0 where there is no /proc)."""
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of one process (VmHWM: its peak), from /proc; 0 without /proc."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -180,7 +183,7 @@ class Runner:
     def teardown(self) -> None:
         self.stop_workers()
 
-    def extra(self, args: argparse.Namespace) -> dict[str, Any]:
+    def own_figures(self, args: argparse.Namespace) -> dict[str, Any]:
         """Figures only this system has (leek's backlog and recovery)."""
         return {}
 
@@ -232,10 +235,14 @@ class Runner:
             self.check_workers()
             raise
         stamps = self.stamps.read()
-        span = max(stamps[-1] - stamps[0], 1e-9)
-        return {"rate": n / span, "n": n, "seconds": span,
-                "wall_from_launch": max(stamps) - launched,
-                "first_task_after": min(stamps) - launched}
+        span = max(max(stamps) - min(stamps), 1e-9)
+        return {
+            "rate": n / span,
+            "n": n,
+            "seconds": span,
+            "wall_from_launch": max(stamps) - launched,
+            "first_task_after": min(stamps) - launched,
+        }
 
     def latency(self, n: int) -> dict[str, Any]:
         """n tasks one after another with idle workers: enqueue -> task start, ms."""
@@ -246,7 +253,7 @@ class Runner:
             self.stamps.wait(base + 1, 30)
             samples = []
             for _ in range(n):
-                time.sleep(0.005)  # let the worker that ran the last one go idle
+                time.sleep(0.002)  # let the worker that ran the last one go idle
                 base = self.stamps.count()
                 start = time.time()
                 push()
@@ -255,9 +262,13 @@ class Runner:
         finally:
             self.close_client()
         samples.sort()
-        return {"p50": statistics.median(samples),
-                "p99": samples[min(len(samples) - 1, round(0.99 * len(samples)) - 1)],
-                "mean": statistics.fmean(samples), "max": samples[-1], "n": n}
+        return {
+            "p50": statistics.median(samples),
+            "p99": samples[min(len(samples) - 1, round(0.99 * len(samples)) - 1)],
+            "mean": statistics.fmean(samples),
+            "max": samples[-1],
+            "n": n,
+        }
 
     def mixed(self, n: int, threads: int = 4) -> dict[str, Any]:
         """`threads` clients push n tasks while the workers run: end-to-end tasks/s."""
@@ -269,7 +280,7 @@ class Runner:
         except TimeoutError:
             self.check_workers()
             raise
-        span = self.stamps.last() - start
+        span = max(self.stamps.read()[base:]) - start
         return {"rate": n / span, "n": n, "threads": threads, "seconds": span}
 
 
@@ -307,115 +318,8 @@ def _timed_pushes(runner: Runner, n: int, threads: int) -> float:
         t.join()
     elapsed = time.perf_counter() - start
     if errors:
-        raise RuntimeError(f"{len(errors)} client thread(s) failed") from errors[0]
+        first = errors[0]
+        raise RuntimeError(
+            f"{len(errors)} client thread(s) failed; first: {type(first).__name__}: {first}"
+        ) from first
     return elapsed
-
-
-# ---- the command line of a runner module -----------------------------------------
-
-FIGURES = {  # name -> (workload, key in its result)
-    "enqueue_1": ("enqueue_1", "rate"),
-    "enqueue_4": ("enqueue_4", "rate"),
-    "drain": ("drain", "rate"),
-    "latency_p50": ("latency", "p50"),
-    "latency_p99": ("latency", "p99"),
-    "mixed": ("mixed", "rate"),
-}
-
-
-def _suite(runner: Runner, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
-    """One repetition of every workload, in an order that reuses each queue it fills."""
-    n = args.n
-    slow_n = max(200, int(n * runner.slow_scale))
-    runs: dict[str, list[dict[str, Any]]] = {}
-    errors: list[str] = []
-
-    def step(key: str, fn: Callable[[], dict[str, Any]]) -> bool:
-        try:
-            runs.setdefault(key, []).append(fn())
-            return True
-        except Exception as exc:  # one workload failing must not sink the others
-            errors.append(f"{key}: {exc!r}")
-            traceback.print_exc()
-            return False
-
-    runner.stop_workers()
-    runner.reset()
-    runner.stamps.clear()
-    if step("enqueue_1", lambda: runner.enqueue(n, 1)):
-        # the drain takes the first slow_n of the n just queued when a system is slow
-        if slow_n < n:
-            runner.reset()
-            runner.enqueue(slow_n, 1)
-        step("drain", lambda: runner.drain(slow_n, prefilled=True))
-    else:
-        step("drain", lambda: runner.drain(slow_n))
-    if not runner.procs:
-        runner.start_workers()
-    step("latency", lambda: runner.latency(args.latency_n))
-    step("mixed", lambda: runner.mixed(slow_n, args.threads))
-    runner.stop_workers()
-    runner.reset()
-    step(f"enqueue_{args.threads}", lambda: runner.enqueue(n, args.threads))
-    runner.reset()
-    if errors:
-        runs.setdefault("errors", []).append({"messages": errors})
-    return runs
-
-
-def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    figures: dict[str, Any] = {}
-    for figure, (workload, key) in FIGURES.items():
-        values = [r[key] for r in runs.get(workload, [])]
-        if values:
-            figures[figure] = {"median": statistics.median(values), "runs": values}
-    return figures
-
-
-def main(factory: Callable[[str, Path], Runner], variants: list[str]) -> None:
-    parser = argparse.ArgumentParser(description="Run one system's benchmark suite.")
-    parser.add_argument("--variant", choices=variants, default=variants[0])
-    parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--latency-n", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--backlog", type=int, default=100_000)
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    FIGURES[f"enqueue_{args.threads}"] = (f"enqueue_{args.threads}", "rate")
-
-    runner = factory(args.variant, args.workdir)
-    doc: dict[str, Any] = {"system": runner.name, "variant": args.variant}
-
-    def write() -> None:
-        args.out.write_text(json.dumps(doc, indent=2))
-
-    def on_term(signum: int, frame: object) -> None:
-        runner.teardown()
-        sys.exit(1)
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        runner.setup()
-    except Skip as exc:
-        doc["skipped"] = str(exc)
-        write()
-        return
-    doc.update(config=runner.config, durability=runner.durability, versions=runner.versions(),
-               n=args.n, drain_n=max(200, int(args.n * runner.slow_scale)))
-    all_runs: dict[str, list[dict[str, Any]]] = {}
-    try:
-        for i in range(args.repeat):
-            print(f"  {runner.name}: run {i + 1} of {args.repeat}", file=sys.stderr, flush=True)
-            for key, value in _suite(runner, args).items():
-                all_runs.setdefault(key, []).extend(value)
-            doc.update(runs=all_runs, figures=summarize(all_runs))
-            write()
-        extra = runner.extra(args)
-        if extra:
-            doc["extra"] = extra
-    finally:
-        runner.teardown()
-    doc.update(runs=all_runs, figures=summarize(all_runs))
-    write()

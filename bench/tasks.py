@@ -23,9 +23,7 @@ def _stamp_fd() -> int:
     global _fd, _pid
     pid = os.getpid()
     if _fd is None or _pid != pid:  # a forked worker opens its own descriptor
-        _fd = os.open(
-            os.environ["BENCH_STAMP_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
-        )
+        _fd = os.open(os.environ["BENCH_STAMP_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         _pid = pid
     return _fd
 

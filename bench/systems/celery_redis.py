@@ -14,7 +14,8 @@ from pathlib import Path
 from celery import Celery
 
 from bench import tasks
-from bench.common import Push, Runner, main
+from bench.common import Push, Runner
+from bench.suite import main
 from bench.systems import redis_util
 
 app = Celery("bench", broker=redis_util.REDIS_URL)
@@ -26,18 +27,21 @@ app.conf.update(
 )
 
 
-@app.task(name="bench.noop")
+@app.task(name="bench.noop")  # type: ignore[untyped-decorator]
 def noop() -> None:
     tasks.noop()
 
 
 class CeleryRunner(Runner):
     name = "celery-redis"
+    slow_scale = 0.5  # drain and mixed on half of N, to keep `make bench` short
 
     def setup(self) -> None:
         server = redis_util.require_redis()
-        self.config = (f"Celery {version('celery')}, kombu {version('kombu')}, Redis {server}; "
-                       f"prefork worker, concurrency {self.workers}, results off")
+        self.config = (
+            f"Celery {version('celery')}, kombu {version('kombu')}, Redis {server}; "
+            f"prefork worker, concurrency {self.workers}, results off"
+        )
         self.durability = redis_util.redis_durability() + "; acks on receipt (Celery default)"
 
     def versions(self) -> dict[str, str]:
@@ -47,12 +51,34 @@ class CeleryRunner(Runner):
         redis_util.flush()
 
     def client(self) -> Push:
-        return noop.delay
+        def push() -> object:
+            return noop.delay()
+
+        return push
 
     def start_workers(self) -> None:
-        self.spawn([sys.executable, "-m", "celery", "-A", "bench.systems.celery_redis", "worker",
-                    "-P", "prefork", "-c", str(self.workers), "-Q", "bench", "-l", "warning",
-                    "--without-gossip", "--without-mingle", "--without-heartbeat"], "worker")
+        self.spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.systems.celery_redis",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                str(self.workers),
+                "-Q",
+                "bench",
+                "-l",
+                "warning",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            "worker",
+        )
 
 
 def make(variant: str, workdir: Path) -> Runner:

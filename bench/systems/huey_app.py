@@ -23,6 +23,6 @@ else:
     huey = RedisHuey("bench", url=REDIS_URL)
 
 
-@huey.task(name="bench_noop")
+@huey.task(name="bench_noop")  # type: ignore[untyped-decorator]
 def noop() -> None:
     tasks.noop()

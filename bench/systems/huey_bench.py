@@ -14,7 +14,8 @@ from importlib.metadata import version
 from pathlib import Path
 from types import ModuleType
 
-from bench.common import Push, Runner, main
+from bench.common import Push, Runner
+from bench.suite import main
 from bench.systems import redis_util
 
 POLL = os.environ.get("BENCH_POLL_INTERVAL", "0.01")
@@ -65,9 +66,25 @@ class HueyRunner(Runner):
         return self.app.noop  # type: ignore[no-any-return]
 
     def start_workers(self) -> None:
-        self.spawn([sys.executable, "-m", "huey.bin.huey_consumer",
-                    "bench.systems.huey_app.huey", "-w", str(self.workers), "-k", "thread",
-                    "-d", POLL, "-m", POLL, "-C", "-q"], "consumer")
+        self.spawn(
+            [
+                sys.executable,
+                "-m",
+                "huey.bin.huey_consumer",
+                "bench.systems.huey_app.huey",
+                "-w",
+                str(self.workers),
+                "-k",
+                "thread",
+                "-d",
+                POLL,
+                "-m",
+                POLL,
+                "-C",
+                "-q",
+            ],
+            "consumer",
+        )
 
 
 def make(variant: str, workdir: Path) -> Runner:

@@ -41,7 +41,8 @@ def require_database(database: str) -> str:
             row = conn.execute("SHOW server_version").fetchone()
             return str(row[0]) if row else "?"
     where = f"{url.hostname}:{url.port or 5432}"
-    raise Skip(f"PostgreSQL is not reachable at {where} ({last})")
+    reason = str(last).strip().splitlines()[0] if last else "no maintenance database"
+    raise Skip(f"PostgreSQL is not reachable at {where} ({reason})")
 
 
 def synchronous_commit(database: str) -> str:

@@ -14,7 +14,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from bench.common import Push, Runner, main
+from bench.common import Push, Runner
+from bench.suite import main
 from bench.systems import pg_util
 
 POLL = os.environ.get("BENCH_POLL_INTERVAL", "0.01")
@@ -24,6 +25,7 @@ PG_DATABASE = "bench_tasks_db"
 class TasksDBRunner(Runner):
     def __init__(self, variant: str, workdir: Path) -> None:
         self.name = f"tasks-db-{variant}"
+        self.slow_scale = 0.2 if variant == "sqlite" else 0.05  # drain/mixed: a few seconds
         super().__init__(variant, workdir)
         self.sqlite = workdir / "tasks-db-bench.sqlite3"
         if variant == "sqlite":
@@ -41,17 +43,23 @@ class TasksDBRunner(Runner):
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.sqlite}{suffix}").unlink(missing_ok=True)
             store = "SQLite (WAL, synchronous=NORMAL)"
-        subprocess.run([sys.executable, "-m", "django", "migrate", "-v", "0"],
-                       env=self.env(), check=True, cwd=self.workdir)
+        subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "-v", "0"],
+            env=self.env(),
+            check=True,
+            cwd=self.workdir,
+        )
         import django
 
         django.setup()
         from bench.systems import tasks_db_app
 
         self.task = tasks_db_app.noop
-        self.config = (f"django-tasks-db {version('django-tasks-db')} (django-tasks "
-                       f"{version('django-tasks')}, Django {version('django')}); {store}; "
-                       f"{self.workers} db_worker processes, poll {POLL} s")
+        self.config = (
+            f"django-tasks-db {version('django-tasks-db')} (django-tasks "
+            f"{version('django-tasks')}, Django {version('django')}); {store}; "
+            f"{self.workers} db_worker processes, poll {POLL} s"
+        )
         if self.variant == "pg":
             self.durability = pg_util.synchronous_commit(PG_DATABASE)
         else:
@@ -76,9 +84,21 @@ class TasksDBRunner(Runner):
 
     def start_workers(self) -> None:
         for i in range(self.workers):
-            self.spawn([sys.executable, "-m", "django", "db_worker", "--interval", POLL,
-                        "--no-startup-delay", "--no-reload", "--worker-id", f"bench-{i}"],
-                       f"worker{i}")
+            self.spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "django",
+                    "db_worker",
+                    "--interval",
+                    POLL,
+                    "--no-startup-delay",
+                    "--no-reload",
+                    "--worker-id",
+                    f"bench-{i}",
+                ],
+                f"worker{i}",
+            )
 
 
 def make(variant: str, workdir: Path) -> Runner:

@@ -1,0 +1,221 @@
+"""Tables from bench/results.json: plain text for the terminal, Markdown for the docs.
+
+python -m bench.report            print the tables of the last run
+python -m bench.report --docs     also rewrite docs/benchmarks.md between its markers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+START = "<!-- bench:results:start -->"
+END = "<!-- bench:results:end -->"
+
+#: figure -> (column title, higher is better)
+COLUMNS = {
+    "enqueue_1": ("enqueue 1 client/s", True),
+    "enqueue_4": ("enqueue 4 clients/s", True),
+    "drain": ("drain/s", True),
+    "mixed": ("mixed/s", True),
+    "latency_p50": ("p50 ms", False),
+    "latency_p99": ("p99 ms", False),
+}
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _fmt(figure: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if figure.startswith("latency") else f"{value:,.0f}"
+
+
+def _median(doc: dict[str, Any], figure: str) -> float | None:
+    found = doc.get("figures", {}).get(figure)
+    return float(found["median"]) if found else None
+
+
+def measured(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [d for d in results["systems"] if d.get("figures")]
+
+
+def figures_table(results: dict[str, Any]) -> Table:
+    head = ["system", *(title for title, _ in COLUMNS.values()), "drain/mixed N"]
+    rows = []
+    for doc in measured(results):
+        cells = [_fmt(f, _median(doc, f)) for f in COLUMNS]
+        rows.append([doc["system"], *cells, f"{doc.get('drain_n', '?'):,}"])
+    return head, rows
+
+
+def ratio_tables(results: dict[str, Any]) -> list[tuple[str, Table]]:
+    """For each leek variant: how many times better than each peer (above 1: leek ahead)."""
+    docs = measured(results)
+    leeks = [d for d in docs if d["system"].startswith("leek")]
+    peers = [d for d in docs if not d["system"].startswith("leek")]
+    tables = []
+    for leek in leeks:
+        rows = []
+        for peer in peers:
+            cells = []
+            for figure, (_, higher) in COLUMNS.items():
+                mine, theirs = _median(leek, figure), _median(peer, figure)
+                if not mine or not theirs:
+                    cells.append("-")
+                else:
+                    cells.append(f"{(mine / theirs if higher else theirs / mine):.2f}x")
+            rows.append([peer["system"], *cells])
+        if rows:
+            head = ["vs peer", *(t for t, _ in COLUMNS.values())]
+            tables.append((leek["system"], (head, rows)))
+    return tables
+
+
+def extras_table(results: dict[str, Any]) -> Table | None:
+    head = [
+        "leek",
+        "backlog",
+        "enqueue_many/s",
+        "enqueue 1 client/s",
+        "RSS empty MiB",
+        "RSS backlog MiB",
+        "peak RSS restarting MiB",
+        "first task after s",
+        "ready after s",
+        "backlog run after s",
+    ]
+    rows = []
+    for doc in measured(results):
+        extra = doc.get("extra")
+        if not extra:
+            continue
+        rows.append(
+            [
+                doc["system"],
+                f"{extra['backlog']:,}",
+                f"{extra['enqueue_many_rate']:,.0f}",
+                f"{extra['enqueue_1_rate_with_backlog']:,.0f}",
+                f"{extra['rss_empty_kb'] / 1024:.0f}",
+                f"{extra['rss_backlog_kb'] / 1024:.0f}",
+                f"{extra['rss_recovered_kb'] / 1024:.0f}",
+                f"{extra['recovery_first_task_s']['median']:.2f}",
+                f"{extra['recovery_ready_s']['median']:.2f}",
+                f"{extra.get('recovery_drained_s', {}).get('median', float('nan')):.2f}",
+            ]
+        )
+    return (head, rows) if rows else None
+
+
+def problems(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for doc in results["systems"]:
+        if doc.get("skipped"):
+            lines.append(f"{doc['system']}: skipped: {doc['skipped']}")
+        elif doc.get("error"):
+            lines.append(f"{doc['system']}: {doc['error']}")
+        if doc.get("extra_error"):
+            lines.append(f"{doc['system']}: backlog/recovery: {doc['extra_error']}")
+        for err in doc.get("runs", {}).get("errors", []):
+            lines.extend(f"{doc['system']}: {m}" for m in err["messages"])
+    return list(dict.fromkeys(lines))  # each problem once, in order
+
+
+def _plain(table: Table) -> str:
+    head, rows = table
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [head, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _markdown(table: Table) -> str:
+    head, rows = table
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _header(results: dict[str, Any]) -> str:
+    m, s = results["machine"], results["settings"]
+    return (
+        f"{results['generated']} on {m.get('cpu', '?')}, {m.get('cores')} cores, "
+        f"{m.get('memory_gib', '?')} GiB, Python {m.get('python')}, leek {m.get('leek_commit')}"
+        f"; N={s['n']:,}, {s['latency_n']} latency samples, {s['threads']} client threads, "
+        f"median of {s['repeat']} run(s)"
+    )
+
+
+def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
+    out = [_header(results), "", fmt(figures_table(results))]
+    note = "ratios: throughput leek / peer, latency peer / leek; above 1 means leek is ahead"
+    for leek, table in ratio_tables(results):
+        out += [
+            "",
+            f"**{leek}** against each peer ({note}):" if md else f"{leek} ({note}):",
+            "",
+            fmt(table),
+        ]
+    extras = extras_table(results)
+    if extras:
+        out += ["", "leek with a backlog waiting, and restarting with it:", "", fmt(extras)]
+    configs = measured(results)
+    if md and configs:
+        out += ["", "What ran:", ""]
+        out += [
+            f"- **{d['system']}**: {d.get('config', '')}. {d.get('durability', '')}."
+            for d in configs
+        ]
+    issues = problems(results)
+    if issues:
+        out += ["", "Not measured or failed:" if md else "Problems:", ""]
+        out += [f"- {line}" for line in issues]
+    return "\n".join(out)
+
+
+def text(results: dict[str, Any]) -> str:
+    return _render(results, _plain, md=False)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    return _render(results, _markdown, md=True)
+
+
+def update_docs(results: dict[str, Any], path: Path) -> None:
+    """Replace what lies between the markers of docs/benchmarks.md with the new tables."""
+    if not path.exists():
+        return
+    doc = path.read_text()
+    if START not in doc or END not in doc:
+        return
+    before, rest = doc.split(START, 1)
+    after = rest.split(END, 1)[1]
+    path.write_text(f"{before}{START}\n{markdown(results)}\n{END}{after}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Print the tables of bench/results.json.")
+    parser.add_argument(
+        "--results", type=Path, default=Path(__file__).resolve().parent / "results.json"
+    )
+    parser.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md too")
+    args = parser.parse_args()
+    results = json.loads(args.results.read_text())
+    print(text(results))
+    if args.docs:
+        update_docs(results, Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()

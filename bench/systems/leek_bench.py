@@ -1,0 +1,257 @@
+"""leek: one broker (`leek start`) with 2 worker threads, on SQLite or PostgreSQL.
+
+Variants: sqlite-normal and sqlite-full (LEEK_SQLITE_SYNCHRONOUS), pg. The
+timed enqueue runs against a broker started with LEEK_WORKERS=0, which accepts
+and commits tasks but runs none; the drain stops it (SIGTERM leaves the queue in
+the database) and starts a broker with 2 workers, which recovers the queue and
+runs it: the same path a restarted production broker takes.
+
+Beyond the shared workloads, leek also measures:
+  backlog   enqueue rate and broker memory (RSS) with --backlog tasks waiting
+  recovery  seconds from launching a broker with that backlog to its first task
+            starting, to its answering ping, and to the backlog having run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench import tasks
+from bench.common import REPO, Proc, Push, Runner, deadline_for, rss_kb, wait_until
+from bench.suite import main
+from bench.systems import pg_util
+
+PG_DATABASE = "leek_bench"
+PORT = os.environ.get("BENCH_LEEK_PORT", "8102")
+VARIANTS = ["sqlite-normal", "sqlite-full", "pg"]
+
+
+class LeekRunner(Runner):
+    def __init__(self, variant: str, workdir: Path) -> None:
+        self.name = f"leek-{variant}"
+        super().__init__(variant, workdir)
+        self.sqlite = workdir / f"leek-bench-{variant}.sqlite3"
+        if variant == "pg":
+            url = pg_util.url_for(PG_DATABASE)
+        else:
+            url = f"sqlite:///{self.sqlite}"
+        os.environ.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "settings",
+                "DATABASE_URL": url,
+                "LEEK_PORT": PORT,
+                "LEEK_HOST": "127.0.0.1",
+                "LEEK_SQLITE_SYNCHRONOUS": "FULL" if variant == "sqlite-full" else "NORMAL",
+                "LEEK_FALLBACK": "raise",  # a timed push must reach the broker, never spool
+                "LEEK_LOG_LEVEL": "WARNING",
+                "LEEK_MAX_RETRIES": "0",
+            }
+        )
+        self.broker: Proc | None = None
+
+    # ---- hooks -------------------------------------------------------------
+    def setup(self) -> None:
+        if self.variant == "pg":
+            server = pg_util.require_database(PG_DATABASE)
+            store = f"PostgreSQL {server}"
+            self.durability = pg_util.synchronous_commit(PG_DATABASE)
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.sqlite}{suffix}").unlink(missing_ok=True)
+            sync = os.environ["LEEK_SQLITE_SYNCHRONOUS"]
+            store = f"SQLite (WAL, synchronous={sync})"
+            self.durability = f"SQLite WAL, synchronous={sync}; acknowledged = committed"
+        if self.variant == "pg":
+            self.durability += "; acknowledged = committed"
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v", "0"],
+            env=self.env(),
+            cwd=REPO,
+            check=True,
+        )
+        import django
+
+        django.setup()
+        self.config = (
+            f"leek {version('leek')} (Django {version('django')}); {store}; "
+            f"one broker, {self.workers} worker threads"
+        )
+
+    def versions(self) -> dict[str, str]:
+        names = ["leek", "django"] + (["psycopg"] if self.variant == "pg" else [])
+        return {p: version(p) for p in names}
+
+    def reset(self) -> None:
+        from django.core.management import call_command
+
+        call_command("flush", interactive=False, verbosity=0)
+
+    def client(self) -> Push:
+        from leek import push_task_to_queue
+
+        def push() -> object:
+            return push_task_to_queue(tasks.noop)
+
+        return push
+
+    def close_client(self) -> None:
+        from django.db import connections
+
+        from leek.client import connection
+
+        connection.close()
+        connections.close_all()
+
+    def start_broker(self, workers: int, wait: bool = True) -> Proc:
+        """Launch `leek start`; return once it answers ping (unless wait is False)."""
+        if self.broker is not None:
+            self.stop_workers()
+        from leek import ping
+
+        if ping()[0]:  # a stray broker would answer for the one about to start
+            raise RuntimeError(f"a broker already answers on port {PORT}; stop it first")
+        leek = Path(sys.executable).with_name("leek")
+        argv = [str(leek)] if leek.exists() else [sys.executable, "-m", "leek.cli"]
+        self.broker = self.spawn([*argv, "start"], f"broker{workers}", LEEK_WORKERS=str(workers))
+        if wait:
+            self.wait_ready(self.broker)
+        return self.broker
+
+    def wait_ready(self, broker: Proc, timeout: float = 120) -> None:
+        from leek import ping
+
+        def ready() -> bool:
+            if not broker.alive():
+                raise RuntimeError(f"leek start exited:\n{broker.tail()}")
+            return bool(ping()[0])
+
+        wait_until(ready, timeout, "the broker to answer ping", step=0.005)
+
+    def start_workers(self) -> None:
+        self.start_broker(self.workers)
+
+    def stop_workers(self) -> None:
+        from leek.client import connection
+
+        connection.close()
+        super().stop_workers()
+        self.broker = None
+
+    def before_enqueue(self) -> None:
+        self.start_broker(0)
+
+    def after_enqueue(self) -> None:
+        self.stop_workers()
+
+    # ---- workloads ---------------------------------------------------------
+    def drain(self, n: int, prefilled: bool = False) -> dict[str, Any]:
+        """The shared drain, plus the time until every outcome is committed."""
+        from leek.models import Task
+
+        result = super().drain(n, prefilled)
+        first = min(self.stamps.read())
+
+        def recorded() -> bool:
+            return bool(Task.objects.filter(status="succeeded").count() >= n)
+
+        wait_until(recorded, 60, f"{n} succeeded Task rows", step=0.01)
+        result["all_recorded_after"] = time.time() - first
+        return result
+
+    def own_figures(self, args: argparse.Namespace) -> dict[str, Any]:
+        if args.backlog <= 0:
+            return {}
+        try:
+            return self._backlog(args.backlog, args.recovery_repeat)
+        finally:
+            self.stop_workers()
+            self.reset()
+
+    def _fill(self, count: int) -> float:
+        """Queue `count` noops with enqueue_many (broker running, no workers); tasks/s."""
+        from leek import enqueue_many
+
+        batch = 1000
+        start = time.perf_counter()
+        for done in range(0, count, batch):
+            enqueue_many([(tasks.noop, ())] * min(batch, count - done))
+        return count / max(time.perf_counter() - start, 1e-9)
+
+    def _backlog(self, size: int, repeat: int) -> dict[str, Any]:
+        from leek import push_task_to_queue, waiting
+        from leek.models import Task
+
+        print(f"  {self.name}: backlog of {size:,} tasks", file=sys.stderr, flush=True)
+        self.stop_workers()
+        self.reset()
+        broker = self.start_broker(0)
+        out: dict[str, Any] = {"backlog": size, "rss_empty_kb": _tree_rss(broker.pid)}
+        out["enqueue_many_rate"] = self._fill(size)
+        out["waiting"] = waiting()[1]
+        out["rss_backlog_kb"] = _tree_rss(broker.pid)
+        pushes = 2000
+        start = time.perf_counter()
+        for _ in range(pushes):
+            push_task_to_queue(tasks.noop)
+        out["enqueue_1_rate_with_backlog"] = pushes / (time.perf_counter() - start)
+        out["rss_after_pushes_kb"] = _tree_rss(broker.pid)
+        stopping = time.perf_counter()
+        self.stop_workers()
+        out["stop_seconds"] = time.perf_counter() - stopping
+
+        # A broker started on the backlog: until it answers ping, until its first
+        # task starts, until the whole backlog has run. Each run needs the backlog
+        # back, since the one before ran it all.
+        ready, first, drained, peak = [], [], [], []
+        unfinished = Task.objects.filter(status__in=["queued", "running"])
+        for i in range(repeat):
+            print(f"  {self.name}: recovery {i + 1} of {repeat}", file=sys.stderr, flush=True)
+            missing = size - unfinished.count()
+            if missing > 0:
+                self.start_broker(0)
+                self._fill(missing)
+                self.stop_workers()
+            waiting_now = unfinished.count()
+            self.stamps.clear()
+            launched = time.time()
+            self.start_broker(self.workers, wait=False)
+            assert self.broker is not None
+            self.wait_ready(self.broker, timeout=600)
+            ready.append(time.time() - launched)
+            self.stamps.wait(waiting_now, deadline_for(waiting_now))
+            stamps = self.stamps.read()
+            first.append(min(stamps) - launched)
+            drained.append(max(stamps) - launched)
+            peak.append(_tree_rss(self.broker.pid, "VmHWM"))
+            self.stop_workers()
+        out["recovery_ready_s"] = {"median": statistics.median(ready), "runs": ready}
+        out["recovery_first_task_s"] = {"median": statistics.median(first), "runs": first}
+        out["recovery_drained_s"] = {"median": statistics.median(drained), "runs": drained}
+        out["rss_recovered_kb"] = max(peak)
+        return out
+
+
+def _tree_rss(pid: int, field: str = "VmRSS") -> int:
+    """RSS (or its peak, VmHWM) of a process and its children, in KiB."""
+    total = rss_kb(pid, field)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(_tree_rss(int(c), field) for c in children)
+
+
+def make(variant: str, workdir: Path) -> Runner:
+    return LeekRunner(variant, workdir)
+
+
+if __name__ == "__main__":
+    main(make, VARIANTS)
