@@ -23,11 +23,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     settings = conf.get_settings()
-    for key in ("WORKERS", "PORT", "MAX_FRAME"):
-        if not isinstance(settings[key], int) or settings[key] < 1:
+    for key, least in (("WORKERS", 0), ("PORT", 1), ("MAX_FRAME", 1)):
+        if not isinstance(settings[key], int) or settings[key] < least:
             errors.append(
                 checks.Error(
-                    f"LEEK[{key!r}] must be a whole number of at least 1, got {settings[key]!r}.",
+                    f"LEEK[{key!r}] must be a whole number of at least {least}, "
+                    f"got {settings[key]!r}.",
                     id="leek.E002",
                 )
             )

@@ -30,7 +30,8 @@ DEFAULTS: dict[str, Any] = {
     # Shared secret that signs every frame (HMAC-SHA256). Empty: derived from
     # Django's SECRET_KEY, so a client and broker of the same project agree.
     "SECRET": "",
-    # Worker threads per broker.
+    # Worker threads per broker. 0: the broker accepts and commits tasks but runs
+    # none (another broker on the same database, or a later start, runs them).
     "WORKERS": 4,
     # How many times a task that raises is run again (0 = run once).
     "MAX_RETRIES": 3,

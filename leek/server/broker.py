@@ -208,13 +208,9 @@ class Broker:
         interrupted = interrupt_running(self.store, "interrupted: broker stopped")
         self.pool.start()
         self.delayed.start()
-        recovered = 0
-        for page in self.store.owned():
-            recovered += len(page)
-            self.route(page)
-        recovered += self._sweep()
+        pages = self.store.owned()
+        next(pages)  # the snapshot of the tasks to recover is taken; serve meanwhile
         self.duties.every(0, self.pool.watch)
-        self.duties.every(self.sweep_interval, self._sweep)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
         self.duties.every(0.2, self.periodic.tick)
         self.duties.start()
@@ -226,15 +222,23 @@ class Broker:
         )
         thread.start()
         logger.info(
-            "broker started node=%s address=%s:%s workers=%s recovered=%s interrupted=%s pid=%s",
+            "broker listening node=%s address=%s:%s workers=%s interrupted=%s pid=%s",
             self.node,
             self.host,
             self.port,
             self.pool.size,
-            recovered,
             interrupted,
             os.getpid(),
             extra={"action": "broker_started"},
+        )
+        recovered = 0
+        for page in pages:
+            recovered += len(page)
+            self.route(page)
+        recovered += self._sweep()
+        self.duties.every(self.sweep_interval, self._sweep)
+        logger.info(
+            "tasks recovered node=%s count=%s", self.node, recovered, extra={"action": "recovered"}
         )
         self.stopping.wait()
         self._stop(thread)

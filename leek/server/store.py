@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -365,27 +365,24 @@ class Store(GroupCommit):
         finally:
             cursor.close()
 
-    def owned(self, page: int = 5000) -> Iterable[list[Ready]]:
-        """Every unfinished task this broker owns, oldest first, in pages."""
+    def owned(self, page: int = 5000) -> Iterator[list[Ready]]:
+        """Every unfinished task this broker owns, oldest first, in pages.
+
+        One query: its snapshot is taken when the generator is first advanced,
+        so tasks inserted or adopted after that are not in it (they reach the
+        queues on their own), and the broker can serve while the pages load."""
         d = self.dialect
-        sql = d.sql(
-            "SELECT id, priority, queue, run_after, queued_at FROM leek_task "
-            "WHERE broker = %s AND status IN ('queued', 'running') "
-            "AND (queued_at > %s OR (queued_at = %s AND id > %s)) "
-            "ORDER BY queued_at, id LIMIT %s"
-        )
-        last_at: Any = d.time(0.0)
-        last_id: Any = d.pk(uuid.UUID(int=0))
-        while True:
-            cursor = raw_cursor()
-            try:
-                cursor.execute(sql, (self.node, last_at, last_at, last_id, page))
-                rows = cursor.fetchall()
-            finally:
-                cursor.close()
-            if not rows:
-                return
-            yield [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
-            last_at, last_id = rows[-1][4], rows[-1][0]
-            if len(rows) < page:
-                return
+        cursor = raw_cursor()
+        try:
+            cursor.execute(
+                d.sql(
+                    "SELECT id, priority, queue, run_after FROM leek_task "
+                    "WHERE broker = %s AND status IN ('queued', 'running') ORDER BY queued_at"
+                ),
+                (self.node,),
+            )
+            yield []  # the snapshot is taken: the caller may start serving
+            while rows := cursor.fetchmany(page):
+                yield [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
+        finally:
+            cursor.close()
