@@ -41,10 +41,10 @@ test-django6:
 
 lint: install
 	$(BIN)/ruff check leek tests scripts settings bench
-	$(BIN)/ruff format --check leek tests scripts settings
+	$(BIN)/ruff format --check leek tests settings bench
 
 typecheck: install
-	$(BIN)/mypy leek
+	$(BIN)/mypy leek tests
 
 bench:
 	bash bench/run.sh
