@@ -98,6 +98,34 @@ def broker_env(port: int, extra: dict[str, str] | None = None) -> dict[str, str]
     return env
 
 
+def leek_cli(port: int, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the `leek` command against the broker on `port`, as a shell user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "leek.cli", *args],
+        cwd=REPO,
+        env={**broker_env(port), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def task_message(fn: Callable[..., Any], *args: Any, max_retries: int | None = None) -> Any:
+    """The enqueue message a client would send for fn(*args)."""
+    from leek.client.api import _message
+
+    return _message(
+        fn,
+        args,
+        {},
+        queue="default",
+        priority=0,
+        run_after=None,
+        max_retries=max_retries,
+        timeout=None,
+    )
+
+
 @pytest.fixture
 def leek_settings(settings: Any) -> Callable[..., None]:
     """Set LEEK keys for the test process (the client side)."""

@@ -9,29 +9,18 @@ from typing import Any
 
 import leek
 from tests import tasks
-from tests.conftest import REPO, BrokerProcess, broker_env, free_port, wait_for
-
-
-def leek_cmd(port: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "leek.cli", *args],
-        cwd=REPO,
-        env=broker_env(port),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.conftest import REPO, BrokerProcess, broker_env, free_port, leek_cli, wait_for
 
 
 def test_ping_waiting_handled_stats(broker: BrokerProcess) -> None:
-    done = leek_cmd(broker.port, "ping")
+    done = leek_cli(broker.port, "ping")
     assert (done.returncode, done.stdout) == (0, "I'm OK\n")
     leek.push_task_to_queue(tasks.add, 1, 1).result(timeout=10)
-    handled = leek_cmd(broker.port, "handled")
+    handled = leek_cli(broker.port, "handled")
     assert (handled.returncode, handled.stdout) == (0, "1 tasks handled\n")
-    waiting = leek_cmd(broker.port, "--json", "waiting", "--queue", "emails")
+    waiting = leek_cli(broker.port, "--json", "waiting", "--queue", "emails")
     assert json.loads(waiting.stdout) == {"ok": True, "waiting": 0, "queue": "emails"}
-    stats = leek_cmd(broker.port, "--json", "stats")
+    stats = leek_cli(broker.port, "--json", "stats")
     assert stats.returncode == 0 and json.loads(stats.stdout)["workers_alive"] == 2
 
 
@@ -49,15 +38,15 @@ def test_manage_py_has_the_same_verbs(broker: BrokerProcess) -> None:
 
 def test_unreachable_exits_2_naming_the_address(db: Any) -> None:
     port = free_port()
-    done = leek_cmd(port, "ping")
+    done = leek_cli(port, "ping")
     assert done.returncode == 2
     assert f"127.0.0.1:{port}" in done.stdout and "refused" in done.stdout
 
 
 def test_stop_then_ping(broker: BrokerProcess) -> None:
-    assert leek_cmd(broker.port, "stop").returncode == 0
+    assert leek_cli(broker.port, "stop").returncode == 0
     wait_for(lambda: not broker.alive)
-    assert leek_cmd(broker.port, "ping").returncode == 2
+    assert leek_cli(broker.port, "ping").returncode == 2
 
 
 def test_a_broker_on_all_interfaces_serves_a_client_it_did_not_start(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,7 +12,7 @@ from django.db import connection
 
 import leek
 from tests import tasks
-from tests.conftest import REPO, BrokerProcess, broker_env, wait_for
+from tests.conftest import BrokerProcess, leek_cli, wait_for
 
 
 @contextmanager
@@ -53,17 +51,6 @@ def outage() -> Iterator[None]:
         admin.close()
 
 
-def ping_status(port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "leek.cli", "ping"],
-        cwd=REPO,
-        env=broker_env(port),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> None:
     broker: BrokerProcess = broker_factory(SQLITE_TIMEOUT="0.2", LEEK_HEARTBEAT_INTERVAL="0.2")
     assert leek.push_task_to_queue(tasks.add, 1, 1).result(timeout=10) == 2
@@ -71,12 +58,12 @@ def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> Non
         wait_for(lambda: leek.ping()[0] is False, timeout=20)
         ok, reason = leek.ping()
         assert reason.startswith("database unavailable")
-        down = ping_status(broker.port)
+        down = leek_cli(broker.port, "ping")
         assert down.returncode == 1 and "database unavailable" in down.stdout
         with pytest.raises(leek.LeekError, match="refused enqueue"):
             leek.push_task_to_queue(tasks.add, 2, 2)  # a clear error: nothing silently lost
         assert broker.alive
     wait_for(lambda: leek.ping() == (True, "I'm OK"), timeout=30)
-    assert ping_status(broker.port).returncode == 0
+    assert leek_cli(broker.port, "ping").returncode == 0
     assert leek.push_task_to_queue(tasks.add, 3, 3).result(timeout=10) == 6
     assert "database write failed" in broker.output()

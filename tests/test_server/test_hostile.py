@@ -15,7 +15,7 @@ from leek import conf
 from leek.models import Task
 from leek.protocol import HEADER, MAGIC, encode, read_frame
 from tests import tasks
-from tests.conftest import BrokerProcess
+from tests.conftest import BrokerProcess, task_message
 
 
 class Mark:
@@ -107,18 +107,7 @@ def test_an_unknown_verb_is_an_error_reply(broker: BrokerProcess) -> None:
 
 
 def test_sending_the_same_frame_twice_makes_one_task(broker: BrokerProcess) -> None:
-    from leek.client.api import _message
-
-    message = _message(
-        tasks.add,
-        (1, 2),
-        {},
-        queue="default",
-        priority=0,
-        run_after=None,
-        max_retries=None,
-        timeout=None,
-    )
+    message = task_message(tasks.add, 1, 2)
     frame = encode(str(conf.get("SECRET")).encode(), (1, "enqueue", message))
     first = exchange(broker.port, frame)
     second = exchange(broker.port, frame)
@@ -146,18 +135,7 @@ def test_a_client_with_the_wrong_secret_gets_a_clear_error(
 def test_a_missing_module_fails_the_task_without_retrying(broker: BrokerProcess) -> None:
     import pickle
 
-    from leek.client.api import _message
-
-    message = _message(
-        tasks.add,
-        (1, 2),
-        {},
-        queue="default",
-        priority=0,
-        run_after=None,
-        max_retries=3,
-        timeout=None,
-    )
+    message = task_message(tasks.add, 1, 2, max_retries=3)
     message["payload"] = pickle.dumps((tasks.add, (1, 2), {})).replace(
         b"tests.tasks", b"gone.module"
     )

@@ -17,7 +17,7 @@ import leek
 from leek.client import connection
 from leek.models import Event, FailedTask, Task
 from tests import tasks
-from tests.conftest import REPO, BrokerProcess, broker_env, free_port, wait_for
+from tests.conftest import REPO, BrokerProcess, broker_env, free_port, task_message, wait_for
 
 
 def test_a_task_running_at_sigkill_runs_again_at_restart(broker_factory: Any) -> None:
@@ -82,19 +82,9 @@ def test_pushes_without_a_broker_are_spooled_and_run_at_start(
 def test_spooled_rows_are_swept_while_the_broker_runs(
     broker: BrokerProcess, leek_settings: Any
 ) -> None:
-    from leek.client.api import _message
     from leek.client.spool import spool
 
-    message = _message(
-        tasks.add,
-        (5, 5),
-        {},
-        queue="default",
-        priority=0,
-        run_after=None,
-        max_retries=None,
-        timeout=None,
-    )
+    message = task_message(tasks.add, 5, 5)
     spool([message])
     assert leek.TaskHandle(message["id"]).result(timeout=10) == 10
 
