@@ -19,7 +19,6 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", "cancelled"
 
 
-UNFINISHED = (Status.QUEUED, Status.RUNNING)
 FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
 
