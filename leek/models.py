@@ -6,9 +6,9 @@ the models stay the schema and what the admin shows.
 
 from __future__ import annotations
 
-import uuid
-
 from django.db import models
+
+from .protocol import new_task_id
 
 
 class Status(models.TextChoices):
@@ -25,7 +25,7 @@ FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 class Task(models.Model):
     """One pushed task, from its push to its last outcome."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=new_task_id, editable=False)
     name = models.CharField(max_length=255)
     queue = models.CharField(max_length=64, default="default")
     priority = models.IntegerField(default=0)

@@ -19,14 +19,26 @@ is unpickled. The body is a pickled tuple:
 Request ids let a client keep one connection open and match each reply to its
 request. A task's own payload (callable, args, kwargs) is a cloudpickle blob
 inside ``data``; it is unpickled only on a worker, by :func:`load_task`.
+
+:class:`FrameSocket` carries frames over a connected socket, for the client and
+the broker alike: frames are cut from one receive buffer and each is written in
+one call. The socket stays blocking and the kernel enforces its timeouts
+(``SO_RCVTIMEO``/``SO_SNDTIMEO``), so a read or a write is one system call,
+where Python's own socket timeouts add a ``poll`` to each and an ``ioctl`` to
+each change of timeout.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import pickle
+import socket
 import struct
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -71,7 +83,7 @@ def read_frame(
     Raises ProtocolError for a bad magic or a truncated frame, FrameTooLarge for
     a length above `max_size` (the body is never read) and BadSignature for a
     tag that does not match (the body is never unpickled). `on_start` runs once
-    the first byte of a frame has arrived (the broker arms its frame deadline).
+    the first byte of a frame has arrived.
     """
     first = stream.read(1)
     if not first:
@@ -79,13 +91,24 @@ def read_frame(
     if on_start is not None:
         on_start()
     header = first + read_exact(stream, HEADER.size - 1)
+    length = body_length(header, max_size)
+    tag = read_exact(stream, TAG_SIZE)
+    body = read_exact(stream, length)
+    return open_frame(key, header, tag, body)
+
+
+def body_length(header: bytes, max_size: int) -> int:
+    """The body length a frame header announces, once its magic and size are checked."""
     magic, length = HEADER.unpack(header)
     if magic != MAGIC:
         raise ProtocolError(f"not a leek frame: expected magic {MAGIC!r}, got {magic!r}")
     if length > max_size:
         raise FrameTooLarge(f"frame of {length} bytes is over the limit of {max_size} bytes")
-    tag = read_exact(stream, TAG_SIZE)
-    body = read_exact(stream, length)
+    return int(length)
+
+
+def open_frame(key: bytes, header: bytes, tag: bytes, body: bytes) -> tuple[Any, ...]:
+    """The message in a whole frame: the tag is checked before the body is unpickled."""
     if not hmac.compare_digest(tag, sign(key, header, body)):
         raise BadSignature()
     try:
@@ -95,6 +118,93 @@ def read_frame(
     if not isinstance(message, tuple) or len(message) != 3:
         raise ProtocolError("signed frame holds no (id, verb, data) triple")
     return message
+
+
+PREFIX = HEADER.size + TAG_SIZE
+RECV_SIZE = 65536
+
+
+class FrameSocket:
+    """Frames over one connected socket: read from one buffer, each written in one call.
+
+    `timeout` bounds every receive and send (the kernel's SO_RCVTIMEO and
+    SO_SNDTIMEO); :meth:`read` turns it into two deadlines: a frame must finish
+    within `timeout` of its first byte, and a connection may sit idle between
+    frames for `idle` seconds (None: one `timeout`). Writes from several threads
+    are serialised, so each frame goes out whole.
+    """
+
+    def __init__(self, sock: socket.socket, key: bytes, max_size: int, timeout: float) -> None:
+        self.sock = sock
+        self.key = key
+        self.max_size = max_size
+        self.timeout = timeout
+        self._buf = bytearray()
+        self._write_lock = threading.Lock()
+        sock.settimeout(None)
+        seconds = max(timeout, 0.001)
+        limit = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+
+    def read(self, idle: float | None = None) -> tuple[Any, ...] | None:
+        """The next message, or None when the peer closes between frames.
+
+        Raises TimeoutError at either deadline, and what :func:`read_frame`
+        raises for a bad frame."""
+        buf = self._buf
+        since = time.monotonic()  # idle since, or the frame's start once bytes arrive
+        while True:
+            if len(buf) >= HEADER.size:
+                end = PREFIX + body_length(bytes(buf[: HEADER.size]), self.max_size)
+                if len(buf) >= end:
+                    frame = bytes(buf[:end])
+                    del buf[:end]
+                    return open_frame(
+                        self.key, frame[: HEADER.size], frame[HEADER.size : PREFIX], frame[PREFIX:]
+                    )
+            if buf and time.monotonic() - since >= self.timeout:
+                raise TimeoutError(f"frame not finished within {self.timeout:g} s of its start")
+            try:
+                chunk = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:  # the kernel's receive timeout
+                waited = time.monotonic() - since
+                if buf or waited >= (self.timeout if idle is None else idle):
+                    raise TimeoutError(
+                        f"frame not finished within {self.timeout:g} s of its start"
+                        if buf
+                        else f"nothing received for {waited:.1f} s"
+                    ) from None
+                continue
+            if not chunk:
+                if buf:
+                    raise ProtocolError(
+                        f"connection closed mid-frame: {len(buf)} bytes of a frame received"
+                    )
+                return None
+            if not buf:
+                since = time.monotonic()
+            buf += chunk
+
+    def write(self, message: tuple[Any, ...]) -> None:
+        """Send one frame; OSError when the peer is gone or stops reading."""
+        frame = encode(self.key, message)
+        with self._write_lock:
+            self.sock.sendall(frame)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def new_task_id() -> uuid.UUID:
+    """A UUID version 7 (RFC 9562): milliseconds since the epoch, then random bits.
+
+    Ids made one after another sort together, so a task's row lands beside the
+    last one in the primary-key index instead of on a random page."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10
+    return uuid.UUID(int=value)
 
 
 def dump_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

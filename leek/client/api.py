@@ -13,7 +13,7 @@ from django.db import transaction
 
 from .. import conf
 from ..exceptions import BrokerUnavailable, LeekError, TaskCancelled, TaskFailed, TaskNotReady
-from ..protocol import dump_task, load_value, task_name
+from ..protocol import dump_task, load_value, new_task_id, task_name
 from . import connection
 from .spool import spool
 
@@ -135,7 +135,7 @@ def _message(
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be more than zero seconds, got {timeout}")
     return {
-        "id": str(uuid.uuid4()),
+        "id": str(new_task_id()),
         "name": task_name(fn),
         "queue": queue,
         "priority": int(priority),

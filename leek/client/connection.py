@@ -15,13 +15,13 @@ from ..exceptions import (
     BrokerUnavailable,
     ProtocolError,
 )
-from ..protocol import encode, read_frame
+from ..protocol import FrameSocket
 
 _local = threading.local()
 
 
 class Connection:
-    """A socket to one broker; frames out in one write, replies read in order."""
+    """A socket to one broker; one frame out, its reply read back."""
 
     def __init__(
         self,
@@ -32,24 +32,23 @@ class Connection:
         max_frame: int,
     ) -> None:
         self.address = address
-        self.key = key
-        self.max_frame = max_frame
-        self.sock = socket.create_connection(address, timeout=connect_timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(reply_timeout)
-        self.rfile = self.sock.makefile("rb")
+        sock = socket.create_connection(address, timeout=connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.frames = FrameSocket(sock, key, max_frame, reply_timeout)
         self.ids = itertools.count(1)
 
     def request(self, verb: str, data: Any) -> tuple[bool, Any]:
         request_id = next(self.ids)
-        self.sock.sendall(encode(self.key, (request_id, verb, data)))
+        self.frames.write((request_id, verb, data))
         try:
-            reply = read_frame(self.rfile, self.key, self.max_frame)
+            reply = self.frames.read()
         except BadSignature as exc:
             raise AuthenticationFailed(
                 f"broker {self.where} answered with a signature this client cannot verify: "
                 "LEEK_SECRET (or SECRET_KEY) differs between client and broker"
             ) from exc
+        except TimeoutError as exc:
+            raise TimeoutError(f"broker {self.where} did not answer {verb}: {exc}") from exc
         if reply is None:
             raise ConnectionResetError(f"broker {self.where} closed the connection")
         got_id, ok, value = reply
@@ -62,15 +61,12 @@ class Connection:
         return f"{self.address[0]}:{self.address[1]}"
 
     def close(self) -> None:
-        try:
-            self.rfile.close()
-        finally:
-            self.sock.close()
+        self.frames.close()
 
     def __del__(self) -> None:
         # A thread that ends drops its connection with its thread-local storage
         # (runserver and other servers start a thread per request): close it.
-        if hasattr(self, "rfile"):
+        if hasattr(self, "frames"):
             self.close()
 
 

@@ -23,13 +23,14 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connection
 
 from .. import __version__, conf
 from ..exceptions import LeekError, ProtocolError
-from ..protocol import encode, read_frame
+from ..protocol import FrameSocket
 from ..runtime import install_capture
 from .dispatch import Dispatcher
 from .periodic import Periodic
@@ -42,30 +43,27 @@ security = logging.getLogger("leek.security")
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
 
 
-class Handler(socketserver.StreamRequestHandler):
-    """One client connection: frames in, replies out, until the client leaves."""
+class Handler(socketserver.BaseRequestHandler):
+    """One client connection: frames in, replies out, until the client leaves.
 
-    disable_nagle_algorithm = True
+    An enqueue's reply is sent by the thread that commits it (see writer.py),
+    so this thread goes back to reading as soon as the task is queued for the
+    commit; every other verb is answered here."""
+
     server: Server
+    request: socket.socket
 
     def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.broker.idle_timeout)
-        self.server.track(self.connection)
+        broker = self.server.broker
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.frames = FrameSocket(self.request, broker.key, broker.max_frame, broker.frame_timeout)
+        self.server.track(self.request)
 
     def handle(self) -> None:
         broker = self.server.broker
-        key, limit = broker.key, broker.max_frame
-        frame_timeout = broker.frame_timeout
-
-        def arm() -> None:
-            self.connection.settimeout(frame_timeout)
-
         while True:
             try:
-                message = read_frame(self.rfile, key, limit, on_start=arm)  # type: ignore[arg-type]
-            except (TimeoutError, ConnectionError, OSError):
-                return
+                message = self.frames.read(idle=broker.idle_timeout)
             except ProtocolError as exc:
                 broker.rejected += 1
                 security.warning(
@@ -76,33 +74,52 @@ class Handler(socketserver.StreamRequestHandler):
                 )
                 self._reply((0, False, {"error": type(exc).__name__, "message": str(exc)}))
                 return
+            except OSError:  # timed out, reset, or shut by the broker's stop
+                return
             if message is None:
                 return
-            self.connection.settimeout(broker.idle_timeout)
             request_id, verb, data = message
             try:
+                if verb in ("enqueue", "enqueue_many"):
+                    broker.enqueue(
+                        data if verb == "enqueue_many" else [data],
+                        self._answer(request_id, many=verb == "enqueue_many"),
+                    )
+                    continue
                 reply = (request_id, True, broker.answer(verb, data))
             except (LeekError, ValueError, TypeError, KeyError) as exc:
-                reply = (request_id, False, {"error": type(exc).__name__, "message": str(exc)})
+                reply = (request_id, False, _error(exc))
             except Exception as exc:
                 logger.exception("request failed verb=%s", verb, extra={"action": "request_failed"})
-                reply = (request_id, False, {"error": type(exc).__name__, "message": str(exc)})
+                reply = (request_id, False, _error(exc))
             if not self._reply(reply):
                 return
 
+    def _answer(self, request_id: int, many: bool) -> Callable[[Any, BaseException | None], None]:
+        """The reply to an enqueue, once its tasks are committed."""
+
+        def done(ids: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self._reply((request_id, False, _error(error)))
+            else:
+                self._reply((request_id, True, ids if many else ids[0]))
+
+        return done
+
     def _reply(self, message: tuple[Any, ...]) -> bool:
         try:
-            self.wfile.write(encode(self.server.broker.key, message))
+            self.frames.write(message)
         except OSError:
             return False
         return True
 
     def finish(self) -> None:
-        self.server.untrack(self.connection)
-        try:
-            super().finish()
-        finally:
-            connection.close()
+        self.server.untrack(self.request)
+        connection.close()
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    return {"error": type(exc).__name__, "message": str(exc)}
 
 
 class Server(socketserver.ThreadingTCPServer):
@@ -211,6 +228,7 @@ class Broker:
         pages = self.store.owned()
         next(pages)  # the snapshot of the tasks to recover is taken; serve meanwhile
         self.duties.every(0, self.pool.watch)
+        self.duties.every(0, self.store.checkpoint)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
         self.duties.every(0.2, self.periodic.tick)
         self.duties.start()
@@ -344,10 +362,7 @@ class Broker:
         return True, "I'm OK"
 
     def answer(self, verb: str, data: Any) -> Any:
-        if verb == "enqueue":
-            return self.enqueue([data])[0]
-        if verb == "enqueue_many":
-            return self.enqueue(list(data))
+        """The value of any verb but enqueue and enqueue_many (see `enqueue`)."""
         if verb == "ping":
             ok, message = self.healthy()
             return {"ok": ok, "message": message}
@@ -371,10 +386,17 @@ class Broker:
             "ping, waiting, handled, stats, sweep or stop"
         )
 
-    def enqueue(self, items: list[dict[str, Any]]) -> list[str]:
+    def enqueue(
+        self, items: list[dict[str, Any]], done: Callable[[Any, BaseException | None], None]
+    ) -> None:
+        """Insert the tasks; `done` gets their ids once they are committed, or the error."""
         tasks = [self._new_task(item) for item in items]
-        self.store.insert(tasks).wait(60)
-        return [str(t.id) for t in tasks]
+        ids = [str(t.id) for t in tasks]
+
+        def committed(inserted: Any, error: BaseException | None) -> None:
+            done(None if error is not None else ids, error)
+
+        self.store.insert(tasks, committed)
 
     def _new_task(self, item: dict[str, Any]) -> NewTask:
         code = str(item.get("code_version") or "")

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -38,7 +37,7 @@ from django.db import connection
 from django.utils.module_loading import import_string
 
 from .. import conf
-from ..protocol import dump_task
+from ..protocol import dump_task, new_task_id
 from .store import Dialect, NewTask, Ready, Store
 from .writer import DATABASE_ERRORS, raw_cursor
 
@@ -393,7 +392,7 @@ class Periodic:
                 return None
             if task is None:
                 return []
-            return list(self.store._insert_tasks(cursor, [task]).values())
+            return list(self.store.insert_tasks(cursor, [task]))
 
         ready = self.store.call(write).wait(30)
         if ready is None:
@@ -413,7 +412,7 @@ class Periodic:
 
     def _task(self, row: Row, due: float, now: float) -> NewTask:
         return NewTask(
-            id=uuid.uuid4(), name=row.task[:255], queue=row.queue[:64], priority=row.priority,
+            id=new_task_id(), name=row.task[:255], queue=row.queue[:64], priority=row.priority,
             payload=dump_task(run_path, (row.task, *row.args), dict(row.kwargs)),
             args_repr=_describe(tuple(row.args), row.kwargs), max_retries=self.max_retries,
             timeout=None, run_after=due if due > now else None, code_version=self.code_version,

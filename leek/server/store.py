@@ -23,9 +23,19 @@ from typing import Any
 
 from django.db import connection
 
-from .writer import DATABASE_ERRORS, GroupCommit, Op, Waiter, raw_cursor
+from .writer import DATABASE_ERRORS, Done, GroupCommit, Op, Waiter, raw_cursor
 
-__all__ = ["DATABASE_ERRORS", "Dialect", "Job", "NewTask", "Outcome", "Ready", "Store", "Waiter"]
+__all__ = [
+    "DATABASE_ERRORS",
+    "Dialect",
+    "Done",
+    "Job",
+    "NewTask",
+    "Outcome",
+    "Ready",
+    "Store",
+    "Waiter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +163,11 @@ class Store(GroupCommit):
         self.node = node
         self.on_ready = on_ready
         self.dialect = Dialect(connection.vendor)
+        self._checkpointed = 0
         super().__init__()
         d = self.dialect
         self._insert_row = "(" + ", ".join([d.ph] * len(TASK_COLUMNS)) + ")"
+        self._inserts: dict[tuple[int, bool], str] = {}
         self._sql_mark = d.sql(
             "UPDATE leek_task SET status = 'running', started_at = %s, attempts = %s "
             "WHERE id = %s AND status = 'queued'"
@@ -175,12 +187,34 @@ class Store(GroupCommit):
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s)"
         )
 
+    def prepare(self, cursor: Any) -> None:
+        if self.dialect.sqlite:
+            # The duties thread checkpoints (see checkpoint), so no commit of
+            # a client's task pays for copying the log and its fsync.
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy SQLite's write-ahead log into the database file, off the commit path.
+
+        A broker's writing connections never checkpoint on commit; the duties
+        thread calls this every tick, and it runs when anything was committed
+        since the last time. PASSIVE: it never blocks a writer or a reader."""
+        if not self.dialect.sqlite or self.commits == self._checkpointed:
+            return
+        self._checkpointed = self.commits
+        cursor = raw_cursor()
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            cursor.close()
+
     # -- writes, through the group commit ------------------------------------
 
-    def insert(self, tasks: Sequence[NewTask]) -> Waiter:
-        """Insert `tasks` (once each: a replayed id is ignored); the waiter
-        completes after the commit."""
-        return self._lead("insert", tasks)
+    def insert(self, tasks: Sequence[NewTask], done: Done) -> None:
+        """Insert `tasks` (once each: a replayed id is ignored); after the
+        commit, `done` is called on the committing thread with the tasks
+        inserted (as Ready), or with the error."""
+        self._lead("insert", tasks, done)
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it."""
@@ -192,7 +226,7 @@ class Store(GroupCommit):
 
     def call(self, fn: Callable[[Any, Dialect], Any]) -> Waiter:
         """Run fn(cursor, dialect) inside the next batch's transaction."""
-        return self._lead("call", fn)
+        return self._wait_for("call", fn)
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Send the tasks just inserted to the broker's queues."""
@@ -208,10 +242,17 @@ class Store(GroupCommit):
     def _transaction(self, ops: list[Op]) -> list[Any]:
         cursor = self._cursor()
         d = self.dialect
+        if len(ops) == 1 and ops[0].kind == "insert" and len(ops[0].data) <= INSERT_CHUNK:
+            # One statement is a transaction of its own (the connection is in
+            # autocommit): no BEGIN and COMMIT to send, which on PostgreSQL
+            # are two round trips.
+            return [self.insert_tasks(cursor, ops[0].data)]
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
         try:
-            inserts = [op for op in ops if op.kind == "insert"]
-            inserted = self._insert_tasks(cursor, [t for op in inserts for t in op.data])
+            results: list[Any] = [None] * len(ops)
+            for i, op in enumerate(ops):
+                if op.kind == "insert":
+                    results[i] = self.insert_tasks(cursor, op.data)
             outcomes = [op.data for op in ops if op.kind == "outcome"]
             finished = {o.task_id for o in outcomes}
             # A task whose outcome is in this batch needs no running mark.
@@ -219,14 +260,9 @@ class Store(GroupCommit):
             if marks:
                 cursor.executemany(self._sql_mark, [(d.time(s), a, d.pk(i)) for s, a, i in marks])
             self._write_outcomes(cursor, outcomes)
-            results: list[Any] = []
-            for op in ops:
-                if op.kind == "insert":
-                    results.append([inserted[t.id] for t in op.data if t.id in inserted])
-                elif op.kind == "call":
-                    results.append(op.data(cursor, d))
-                else:
-                    results.append(None)
+            for i, op in enumerate(ops):
+                if op.kind == "call":
+                    results[i] = op.data(cursor, d)
             cursor.execute("COMMIT")
         except BaseException:
             try:
@@ -236,50 +272,71 @@ class Store(GroupCommit):
             raise
         return results
 
-    def _insert_tasks(self, cursor: Any, tasks: list[NewTask]) -> dict[uuid.UUID, Ready]:
-        """Insert the tasks not already there; the ones inserted, as Ready."""
-        if not tasks:
-            return {}
+    def insert_tasks(self, cursor: Any, tasks: Sequence[NewTask]) -> list[Ready]:
+        """Insert the tasks not already there, on `cursor`; the ones inserted, as Ready."""
         d = self.dialect
         now = d.time(time.time())
-        inserted: dict[uuid.UUID, Ready] = {}
-        by_id = {t.id: t for t in tasks}
-        for start in range(0, len(tasks), INSERT_CHUNK):
-            chunk = tasks[start : start + INSERT_CHUNK]
-            values: list[Any] = []
-            for t in chunk:
-                values += (
-                    d.pk(t.id),
-                    t.name,
-                    t.queue,
-                    t.priority,
-                    "queued",
-                    t.payload,
-                    t.args_repr,
-                    0,
-                    t.max_retries,
-                    t.timeout,
-                    now,
-                    d.time(t.run_after),
-                    None,
-                    None,
-                    self.node,
-                    False,
-                    t.code_version,
-                    None,
-                    "",
-                )
-            cursor.execute(
-                f"INSERT INTO leek_task ({', '.join(TASK_COLUMNS)}) VALUES "  # noqa: S608
-                + ", ".join([self._insert_row] * len(chunk))
-                + " ON CONFLICT (id) DO NOTHING RETURNING id",
-                values,
+        node = self.node
+        rows = [
+            (
+                d.pk(t.id),
+                t.name,
+                t.queue,
+                t.priority,
+                "queued",
+                t.payload,
+                t.args_repr,
+                0,
+                t.max_retries,
+                t.timeout,
+                now,
+                None if t.run_after is None else d.time(t.run_after),
+                None,
+                None,
+                node,
+                False,
+                t.code_version,
+                None,
+                "",
             )
-            for (raw_id,) in cursor.fetchall():
-                t = by_id[d.read_uuid(raw_id)]
-                job = Job(t.payload, t.name, 0, t.max_retries, t.timeout)
-                inserted[t.id] = Ready(t.id, t.priority, t.queue, t.run_after, job)
-        return inserted
+            for t in tasks
+        ]
+        if len(rows) == 1:  # the rowcount says whether it was new
+            cursor.execute(self._insert_sql(1, returning=False), rows[0])
+            fresh: Sequence[NewTask] = tasks if cursor.rowcount == 1 else ()
+        else:
+            new: set[Any] = set()
+            for start in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[start : start + INSERT_CHUNK]
+                cursor.execute(
+                    self._insert_sql(len(chunk), returning=True),
+                    [value for row in chunk for value in row],
+                )
+                new.update(key for (key,) in cursor.fetchall())
+            fresh = [t for t, row in zip(tasks, rows, strict=True) if row[0] in new]
+        return [
+            Ready(
+                t.id,
+                t.priority,
+                t.queue,
+                t.run_after,
+                Job(t.payload, t.name, 0, t.max_retries, t.timeout),
+            )
+            for t in fresh
+        ]
+
+    def _insert_sql(self, rows: int, returning: bool) -> str:
+        """INSERT of `rows` tasks that skips ids already there; built once per shape."""
+        key = (rows, returning)
+        sql = self._inserts.get(key)
+        if sql is None:
+            sql = self._inserts[key] = (
+                f"INSERT INTO leek_task ({', '.join(TASK_COLUMNS)}) VALUES "  # noqa: S608
+                + ", ".join([self._insert_row] * rows)
+                + " ON CONFLICT (id) DO NOTHING"
+                + (" RETURNING id" if returning else "")
+            )
+        return sql
 
     def _write_outcomes(self, cursor: Any, outcomes: list[Outcome]) -> None:
         if not outcomes:

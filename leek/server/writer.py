@@ -1,13 +1,17 @@
 """Group commit: many threads' writes in one transaction, with no hand-off on the hot path.
 
-A thread that waits for its write (a client's insert) queues it and, when no
-other thread is writing, writes every queued op itself in one transaction, so
-one client pushing alone pays one commit and no thread switch. When another
-thread is writing, that one takes the op: a writer checks the queue again after
-letting go of the lock, so nothing queued before a failed try is left behind.
-Ops nobody waits for (running marks, outcomes) go to the writer thread, which
-lets them linger a moment so they share the commit of the next insert, and which
-retries them with a backoff while the database is away.
+An op someone waits for (a client's insert) carries a `done` callback, run by
+whichever thread commits it: for an insert, the callback sends the client its
+reply. The thread that queues such an op writes every queued op itself in one
+transaction when no other thread is writing, so one client pushing alone pays
+one commit and no thread switch. When another thread is writing, the op rides
+in that thread's next batch and the queuing thread goes back to its client
+socket: nobody sleeps on the op and nobody has to be woken for it. A writer
+checks the queue again after letting go of the lock, so nothing queued before a
+failed try is left behind. Ops nobody waits for (running marks, outcomes) go to
+the writer thread, which lets them linger a moment so they share the commit of
+the next insert, and which retries them with a backoff while the database is
+away.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,23 +42,29 @@ LINGER_MIN = 0.002
 LINGER_MAX = 0.05
 
 
+#: Called once an op is committed, with its result, or failed, with the error.
+Done = Callable[[Any, BaseException | None], None]
+
+
 class Waiter:
     """Completes when the writer has committed an operation, or failed it."""
 
-    __slots__ = ("_done", "value", "error")
+    __slots__ = ("_lock", "value", "error")
 
     def __init__(self) -> None:
-        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._lock.acquire()  # released by resolve()
         self.value: Any = None
         self.error: BaseException | None = None
 
     def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
         self.value, self.error = value, error
-        self._done.set()
+        self._lock.release()
 
     def wait(self, timeout: float | None = None) -> Any:
-        if not self._done.wait(timeout):
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
             raise TimeoutError(f"database write not committed within {timeout} s")
+        self._lock.release()  # a second wait() returns at once
         if self.error is not None:
             raise self.error
         return self.value
@@ -63,7 +74,7 @@ class Waiter:
 class Op:
     kind: str  # "insert", "mark", "outcome", "call"
     data: Any
-    waiter: Waiter | None = None
+    done: Done | None = None
     tries: int = 0
 
 
@@ -100,11 +111,15 @@ class GroupCommit:
             self._wake.notify()
         self._thread.join(timeout)
 
-    def _lead(self, kind: str, data: Any) -> Waiter:
+    def _lead(self, kind: str, data: Any, done: Done) -> None:
         """Queue an op someone waits for, and write the queue now if nobody is."""
-        waiter = Waiter()
-        self._pending.append(Op(kind, data, waiter))
+        self._pending.append(Op(kind, data, done))
         self._flush_all(blocking=False)
+
+    def _wait_for(self, kind: str, data: Any) -> Waiter:
+        """Queue an op as _lead does; the Waiter completes when it is committed."""
+        waiter = Waiter()
+        self._lead(kind, data, waiter.resolve)
         return waiter
 
     def _later(self, op: Op) -> None:
@@ -116,10 +131,10 @@ class GroupCommit:
     def _flush_all(self, blocking: bool) -> bool:
         """Write queued ops; True when some failed and wait to be tried again.
 
-        Not blocking (a thread that waits for its own op): write one batch if
-        nobody else is writing, then leave what came meanwhile to the writer
-        thread, so this thread can answer its client at once. Blocking (the
-        writer thread): write until nothing is left."""
+        Not blocking (a client's thread): write one batch if nobody else is
+        writing, then leave what came meanwhile to the writer thread, so this
+        thread goes back to its own client at once. Blocking (the writer
+        thread): write until nothing is left."""
         failed = False
         while self._pending:
             if not self._lock.acquire(blocking=blocking):
@@ -170,7 +185,7 @@ class GroupCommit:
             if retrying:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            elif not stopping and not any(op.waiter for op in list(self._pending)):
+            elif not stopping and not any(op.done for op in list(self._pending)):
                 # Let the next insert carry these; while inserts keep coming,
                 # every one of their commits does, and this thread writes nothing.
                 before = self.commits
@@ -196,7 +211,11 @@ class GroupCommit:
         cursor = getattr(self._local, "cursor", None)
         if cursor is None:
             cursor = self._local.cursor = raw_cursor()
+            self.prepare(cursor)
         return cursor
+
+    def prepare(self, cursor: Any) -> None:
+        """Set up a writing thread's new cursor."""
 
     def _close(self) -> None:
         """Close this thread's cursor and connection."""
@@ -225,10 +244,10 @@ class GroupCommit:
         self.healthy, self.last_error = True, ""
         self.commits += 1
         self.commit_time = 0.8 * self.commit_time + 0.2 * (time.perf_counter() - started)
-        for op, result in zip(ops, results, strict=True):
-            if op.waiter is not None:
-                op.waiter.resolve(None if op.kind == "insert" else result)
         self.committed(ops, results)
+        for op, result in zip(ops, results, strict=True):
+            if op.done is not None:
+                _finish(op.done, result, None)
         return []
 
     def _transaction(self, ops: list[Op]) -> list[Any]:
@@ -267,6 +286,14 @@ class GroupCommit:
             op.tries += 1
             if op.kind == "outcome" and op.tries < 1000:
                 retry.append(op)
-            elif op.waiter is not None:
-                op.waiter.resolve(error=exc)
+            elif op.done is not None:
+                _finish(op.done, None, exc)
         return retry
+
+
+def _finish(done: Done, value: Any, error: BaseException | None) -> None:
+    """Run a done callback; one that fails must not stop the batch's others."""
+    try:
+        done(value, error)
+    except Exception:
+        logger.exception("a committed write's callback failed", extra={"action": "done_failed"})
