@@ -117,6 +117,44 @@ def _run_after(delay: float | timedelta | None, run_at: datetime | None) -> floa
     return None
 
 
+def _options(
+    *,
+    queue: str,
+    priority: int,
+    run_after: float | None,
+    max_retries: int | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    """The checked options of a push, shared by every task in it."""
+    if max_retries is not None and max_retries < 0:
+        raise ValueError(f"max_retries must be zero or more, got {max_retries}")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be more than zero seconds, got {timeout}")
+    return {
+        "queue": queue,
+        "priority": int(priority),
+        "max_retries": max_retries,
+        "timeout": timeout,
+        "run_after": run_after,
+        "code_version": conf.get("CODE_VERSION"),
+    }
+
+
+def _task(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+) -> dict[str, Any]:
+    """The message of one task, with its own id."""
+    if not callable(fn):
+        raise TypeError(f"a task must be callable, got {type(fn).__name__}")
+    return {
+        "id": str(new_task_id()),
+        "name": task_name(fn),
+        "payload": dump_task(fn, args, kwargs),
+        "args_repr": _describe(args, kwargs),
+        **options,
+    }
+
+
 def _message(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -128,24 +166,14 @@ def _message(
     max_retries: int | None,
     timeout: float | None,
 ) -> dict[str, Any]:
-    if not callable(fn):
-        raise TypeError(f"a task must be callable, got {type(fn).__name__}")
-    if max_retries is not None and max_retries < 0:
-        raise ValueError(f"max_retries must be zero or more, got {max_retries}")
-    if timeout is not None and timeout <= 0:
-        raise ValueError(f"timeout must be more than zero seconds, got {timeout}")
-    return {
-        "id": str(new_task_id()),
-        "name": task_name(fn),
-        "queue": queue,
-        "priority": int(priority),
-        "payload": dump_task(fn, args, kwargs),
-        "args_repr": _describe(args, kwargs),
-        "max_retries": max_retries,
-        "timeout": timeout,
-        "run_after": run_after,
-        "code_version": conf.get("CODE_VERSION"),
-    }
+    options = _options(
+        queue=queue,
+        priority=priority,
+        run_after=run_after,
+        max_retries=max_retries,
+        timeout=timeout,
+    )
+    return _task(fn, args, kwargs, options)
 
 
 def _send(messages: list[dict[str, Any]], using: str | None = None) -> None:
@@ -223,21 +251,13 @@ def enqueue_many(
     timeout: float | None = None,
 ) -> list[TaskHandle]:
     """Push many (fn, args[, kwargs]) calls in one frame and one commit."""
+    options = _options(
+        queue=queue, priority=priority, run_after=None, max_retries=max_retries, timeout=timeout
+    )
     messages = []
     for call in calls:
         fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call
-        messages.append(
-            _message(
-                fn,
-                tuple(args),
-                dict(kwargs),
-                queue=queue,
-                priority=priority,
-                run_after=None,
-                max_retries=max_retries,
-                timeout=timeout,
-            )
-        )
+        messages.append(_task(fn, tuple(args), dict(kwargs), options))
     if messages:
         _send(messages)
     return [TaskHandle(m["id"]) for m in messages]

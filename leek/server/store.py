@@ -197,14 +197,17 @@ class Store(GroupCommit):
         """Copy SQLite's write-ahead log into the database file, off the commit path.
 
         A broker's writing connections never checkpoint on commit; the duties
-        thread calls this every tick, and it runs when anything was committed
-        since the last time. PASSIVE: it never blocks a writer or a reader."""
+        thread calls this every tick when anything was committed since the
+        last time. It runs between two batches, so the whole log is copied and
+        the next commit starts the log again from its beginning (a checkpoint
+        racing the writes would never catch up, and the log would only grow);
+        the tasks that come meanwhile wait and share the next commit."""
         if not self.dialect.sqlite or self.commits == self._checkpointed:
             return
         self._checkpointed = self.commits
         cursor = raw_cursor()
         try:
-            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self.between_batches(lambda: cursor.execute("PRAGMA wal_checkpoint(PASSIVE)"))
         finally:
             cursor.close()
 

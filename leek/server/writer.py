@@ -40,6 +40,9 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 #: nobody waits for: twice the recent commit time, within these bounds.
 LINGER_MIN = 0.002
 LINGER_MAX = 0.05
+#: Batches a client's thread writes, its own and what queued meanwhile, before
+#: it leaves the rest to the writer thread and goes back to its own client.
+LEAD_ROUNDS = 3
 
 
 #: Called once an op is committed, with its result, or failed, with the error.
@@ -122,6 +125,16 @@ class GroupCommit:
         self._lead(kind, data, waiter.resolve)
         return waiter
 
+    def between_batches(self, fn: Callable[[], Any]) -> Any:
+        """Run fn() while no batch is being written; ops queued meanwhile
+        wait and go in the next batch, written by the writer thread."""
+        with self._lock:
+            result = fn()
+        if self._pending:
+            with self._wake:
+                self._wake.notify()
+        return result
+
     def _later(self, op: Op) -> None:
         self._pending.append(op)
         if self._idle:
@@ -131,11 +144,12 @@ class GroupCommit:
     def _flush_all(self, blocking: bool) -> bool:
         """Write queued ops; True when some failed and wait to be tried again.
 
-        Not blocking (a client's thread): write one batch if nobody else is
-        writing, then leave what came meanwhile to the writer thread, so this
-        thread goes back to its own client at once. Blocking (the writer
-        thread): write until nothing is left."""
+        Not blocking (a client's thread): if nobody else is writing, write
+        up to LEAD_ROUNDS batches, then leave what came meanwhile to the writer
+        thread, so this thread goes back to its own client soon. Blocking (the
+        writer thread): write until nothing is left."""
         failed = False
+        rounds = 0
         while self._pending:
             if not self._lock.acquire(blocking=blocking):
                 return failed
@@ -146,7 +160,8 @@ class GroupCommit:
             if failed:
                 self._later_retry()
                 return True
-            if not blocking:
+            rounds += 1
+            if not blocking and rounds >= LEAD_ROUNDS:
                 if self._pending:  # queued while we wrote, by threads that could not lead
                     with self._wake:
                         self._wake.notify()

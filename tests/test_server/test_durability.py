@@ -39,3 +39,18 @@ def test_sigkill_after_acknowledging_loses_no_task(broker_factory: Any) -> None:
     assert set(acknowledged) <= stored
     assert len(acknowledged) == 300
     assert str(gate.id) in stored
+
+
+def test_the_sqlite_log_stays_bounded_under_a_stream_of_commits(broker: BrokerProcess) -> None:
+    import os
+
+    import pytest
+
+    if db.vendor != "sqlite":
+        pytest.skip("SQLite's write-ahead log")
+    wal = f"{db.settings_dict['NAME']}-wal"
+    for _ in range(3000):  # one commit each: unchecked, the log would pass 100 MB
+        leek.push_task_to_queue(tasks.noop)
+    connection.close()
+    assert os.path.getsize(wal) < 40 * 1024 * 1024
+    assert "database write failed" not in broker.output()
