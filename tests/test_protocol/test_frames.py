@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import operator
 import pickle
 import struct
 from pathlib import Path
@@ -114,3 +115,30 @@ def test_header_layout() -> None:
     assert frame[:4] == b"LK01"
     (length,) = struct.unpack(">I", frame[4:8])
     assert len(frame) == 8 + 32 + length
+
+
+def test_a_function_named_in_main_is_pickled_by_value() -> None:
+    import __main__
+
+    def triple(x: int) -> int:
+        return 3 * x
+
+    triple.__module__ = "__main__"
+    triple.__qualname__ = "leek_test_triple"
+    __main__.leek_test_triple = triple  # type: ignore[attr-defined]
+    try:
+        payload = dump_task(triple, (5,), {})  # the standard pickler could name it
+    finally:
+        del __main__.leek_test_triple  # type: ignore[attr-defined]
+    fn, args, kwargs = load_task(payload)  # a broker has no such name in its __main__
+    assert fn(*args, **kwargs) == 15
+
+
+def test_importable_functions_and_closures_both_round_trip() -> None:
+    base = 10
+    for fn, expected in ((operator.add, 3), (lambda a, b: base + a + b, 13)):
+        fn_, args, kwargs = load_task(dump_task(fn, (1, 2), {}))
+        assert fn_(*args, **kwargs) == expected
+    assert pickle.dumps((operator.add, (1, 2), {}), protocol=5) == dump_task(
+        operator.add, (1, 2), {}
+    )
