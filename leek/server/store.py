@@ -61,6 +61,9 @@ TASK_COLUMNS = (
     "progress_note",
 )
 INSERT_CHUNK = 500
+#: Pages in SQLite's write-ahead log past which the checkpoint is run between
+#: two batches, so the log starts over (see Store.checkpoint).
+CHECKPOINT_FRAMES = 4000
 
 
 @dataclass(slots=True)
@@ -196,18 +199,24 @@ class Store(GroupCommit):
     def checkpoint(self) -> None:
         """Copy SQLite's write-ahead log into the database file, off the commit path.
 
-        A broker's writing connections never checkpoint on commit; the duties
-        thread calls this every tick when anything was committed since the
-        last time. It runs between two batches, so the whole log is copied and
-        the next commit starts the log again from its beginning (a checkpoint
-        racing the writes would never catch up, and the log would only grow);
-        the tasks that come meanwhile wait and share the next commit."""
+        The broker's writing connection never checkpoints on commit; the
+        duties thread calls this every tick when anything was committed since
+        the last time. The copy runs beside the commits. But SQLite starts the
+        log over only after a checkpoint that no commit raced, so once the log
+        passes CHECKPOINT_FRAMES pages, the checkpoint runs again between two
+        batches: it has little left to copy, and the next commit starts the
+        log from its beginning (tasks that come meanwhile wait and share the
+        next commit). The log stays bounded, and most of the copying is off
+        the commit path."""
         if not self.dialect.sqlite or self.commits == self._checkpointed:
             return
         self._checkpointed = self.commits
         cursor = raw_cursor()
         try:
-            self.between_batches(lambda: cursor.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            ((_, frames, _),) = cursor.fetchall()
+            if frames > CHECKPOINT_FRAMES:
+                self.between_batches(lambda: cursor.execute("PRAGMA wal_checkpoint(PASSIVE)"))
         finally:
             cursor.close()
 

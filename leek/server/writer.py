@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, connection, connections
 
 logger = logging.getLogger("leek.server.store")
 
@@ -101,7 +101,8 @@ class GroupCommit:
         self._idle = False
         self._stopping = False
         self._retry = False
-        self._local = threading.local()
+        self._db: Any = None  # a DatabaseWrapper of the writer's own
+        self._db_cursor: Any = None
         self._thread = threading.Thread(target=self._loop, name="leek-writer", daemon=True)
 
     def start(self) -> None:
@@ -222,26 +223,34 @@ class GroupCommit:
         self._close()
 
     def _cursor(self) -> Any:
-        """This thread's raw cursor, opened once and kept."""
-        cursor = getattr(self._local, "cursor", None)
-        if cursor is None:
-            cursor = self._local.cursor = raw_cursor()
-            self.prepare(cursor)
-        return cursor
+        """The cursor every batch is written on, whichever thread writes it.
+
+        One connection of its own, used only under the lock: on SQLite a
+        connection that did not write the last commit finds its page cache
+        stale and reads the pages again, so several writing connections would
+        each pay for the others' commits."""
+        if self._db_cursor is None:
+            if self._db is None:
+                self._db = connections.create_connection(DEFAULT_DB_ALIAS)
+                self._db.inc_thread_sharing()
+            self._db.ensure_connection()
+            self._db_cursor = self._db.connection.cursor()
+            self.prepare(self._db_cursor)
+        return self._db_cursor
 
     def prepare(self, cursor: Any) -> None:
-        """Set up a writing thread's new cursor."""
+        """Set up the writing connection's new cursor."""
 
     def _close(self) -> None:
-        """Close this thread's cursor and connection."""
-        cursor = getattr(self._local, "cursor", None)
-        if cursor is not None:
+        """Close the writing cursor and connection; the next batch opens them again."""
+        if self._db_cursor is not None:
             try:
-                cursor.close()
+                self._db_cursor.close()
             except Exception:
-                logger.debug("closing a writer cursor failed", exc_info=True)
-            self._local.cursor = None
-        connection.close()
+                logger.debug("closing the writing cursor failed", exc_info=True)
+            self._db_cursor = None
+        if self._db is not None:
+            self._db.close()
 
     def _write(self, ops: list[Op]) -> list[Op]:
         """Write `ops` in one transaction; return the ops to try again."""
@@ -286,11 +295,9 @@ class GroupCommit:
 
     def _reachable(self) -> bool:
         try:
-            cursor = raw_cursor()
-            cursor.execute("SELECT 1")
-            cursor.close()
+            self._cursor().execute("SELECT 1")
         except Exception:
-            connection.close()
+            self._close()
             return False
         return True
 

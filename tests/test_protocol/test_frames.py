@@ -125,11 +125,11 @@ def test_a_function_named_in_main_is_pickled_by_value() -> None:
 
     triple.__module__ = "__main__"
     triple.__qualname__ = "leek_test_triple"
-    __main__.leek_test_triple = triple  # type: ignore[attr-defined]
+    __main__.leek_test_triple = triple
     try:
         payload = dump_task(triple, (5,), {})  # the standard pickler could name it
     finally:
-        del __main__.leek_test_triple  # type: ignore[attr-defined]
+        del __main__.leek_test_triple
     fn, args, kwargs = load_task(payload)  # a broker has no such name in its __main__
     assert fn(*args, **kwargs) == 15
 
