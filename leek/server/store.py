@@ -61,6 +61,17 @@ TASK_COLUMNS = (
     "progress_note",
 )
 INSERT_CHUNK = 500
+#: PostgreSQL inserts a batch from one array per column (the others are fixed).
+PG_ARRAY_COLUMNS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 16)
+PG_INSERT_MANY = (
+    "INSERT INTO leek_task (id, name, queue, priority, payload, args_repr, max_retries, "
+    "timeout, run_after, code_version, status, attempts, queued_at, started_at, finished_at, "
+    "broker, spooled, progress, progress_note) "
+    "SELECT u.*, 'queued', 0, %s, NULL, NULL, %s, false, NULL, '' FROM unnest("
+    "%s::uuid[], %s::varchar[], %s::varchar[], %s::integer[], %s::bytea[], %s::text[], "
+    "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[]) AS u "
+    "ON CONFLICT (id) DO NOTHING RETURNING id"
+)
 #: Pages in SQLite's write-ahead log past which the checkpoint is run between
 #: two batches, so the log starts over (see Store.checkpoint).
 CHECKPOINT_FRAMES = 4000
@@ -167,6 +178,7 @@ class Store(GroupCommit):
         self.on_ready = on_ready
         self.dialect = Dialect(connection.vendor)
         self._checkpointed = 0
+        self._bound: Any = None  # the writing cursor that sends parameters apart (prepare)
         super().__init__()
         d = self.dialect
         self._insert_row = "(" + ", ".join([d.ph] * len(TASK_COLUMNS)) + ")"
@@ -195,6 +207,14 @@ class Store(GroupCommit):
             # The duties thread checkpoints (see checkpoint), so no commit of
             # a client's task pays for copying the log and its fsync.
             cursor.execute("PRAGMA wal_autocheckpoint=0")
+            self._bound = cursor
+        else:
+            # Django's psycopg cursors quote every parameter into the SQL text
+            # in Python; the hot path's statements send them apart instead
+            # (and psycopg prepares a statement once it has run five times).
+            import psycopg
+
+            self._bound = psycopg.Cursor(cursor.connection)
 
     def checkpoint(self) -> None:
         """Copy SQLite's write-ahead log into the database file, off the commit path.
@@ -253,25 +273,26 @@ class Store(GroupCommit):
 
     def _transaction(self, ops: list[Op]) -> list[Any]:
         cursor = self._cursor()
+        bound = self._bound  # the same cursor on SQLite
         d = self.dialect
         if len(ops) == 1 and ops[0].kind == "insert" and len(ops[0].data) <= INSERT_CHUNK:
             # One statement is a transaction of its own (the connection is in
             # autocommit): no BEGIN and COMMIT to send, which on PostgreSQL
             # are two round trips.
-            return [self.insert_tasks(cursor, ops[0].data)]
+            return [self.insert_tasks(bound, ops[0].data)]
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
         try:
             results: list[Any] = [None] * len(ops)
             for i, op in enumerate(ops):
                 if op.kind == "insert":
-                    results[i] = self.insert_tasks(cursor, op.data)
+                    results[i] = self.insert_tasks(bound, op.data)
             outcomes = [op.data for op in ops if op.kind == "outcome"]
             finished = {o.task_id for o in outcomes}
             # A task whose outcome is in this batch needs no running mark.
             marks = [op.data for op in ops if op.kind == "mark" and op.data[2] not in finished]
             if marks:
-                cursor.executemany(self._sql_mark, [(d.time(s), a, d.pk(i)) for s, a, i in marks])
-            self._write_outcomes(cursor, outcomes)
+                bound.executemany(self._sql_mark, [(d.time(s), a, d.pk(i)) for s, a, i in marks])
+            self._write_outcomes(bound, outcomes)
             for i, op in enumerate(ops):
                 if op.kind == "call":
                     results[i] = op.data(cursor, d)
@@ -316,6 +337,13 @@ class Store(GroupCommit):
         if len(rows) == 1:  # the rowcount says whether it was new
             cursor.execute(self._insert_sql(1, returning=False), rows[0])
             fresh: Sequence[NewTask] = tasks if cursor.rowcount == 1 else ()
+        elif not d.sqlite:
+            # One array per column: psycopg parses a statement of thousands of
+            # placeholders anew in Python on each call, but not ten of them.
+            columns = list(zip(*[[r[i] for i in PG_ARRAY_COLUMNS] for r in rows], strict=True))
+            cursor.execute(PG_INSERT_MANY, (now, node, *map(list, columns)))
+            ids = {key for (key,) in cursor.fetchall()}
+            fresh = [t for t in tasks if t.id in ids]
         else:
             new: set[Any] = set()
             for start in range(0, len(rows), INSERT_CHUNK):

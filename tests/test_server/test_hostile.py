@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from leek import conf
 from leek.models import Task
 from leek.protocol import HEADER, MAGIC, encode, read_frame
 from tests import tasks
-from tests.conftest import BrokerProcess, task_message
+from tests.conftest import BrokerProcess, task_message, wait_for
 
 
 class Mark:
@@ -116,6 +117,21 @@ def test_sending_the_same_frame_twice_makes_one_task(broker: BrokerProcess) -> N
     assert handle.result(timeout=10) == 3
     assert Task.objects.count() == 1
     assert leek.handled() == (True, 1)
+
+
+def test_a_replayed_batch_runs_only_its_new_tasks(broker: BrokerProcess) -> None:
+    key = str(conf.get("SECRET")).encode()
+    old = [task_message(tasks.add, i, 1) for i in range(3)]
+    exchange(broker.port, encode(key, (1, "enqueue_many", old)))
+    new = [task_message(tasks.add, i, 100) for i in range(3)]
+    batch = old[:2] + new + old[2:]  # a resent batch, with new tasks among the old
+    exchange(broker.port, encode(key, (1, "enqueue_many", batch)))
+    results = [leek.TaskHandle(m["id"]).result(timeout=10) for m in batch]
+    assert results == [1, 2, 100, 101, 102, 3]
+    assert Task.objects.count() == 6
+    wait_for(lambda: leek.handled() == (True, 6))
+    time.sleep(0.3)  # a task run twice would show here
+    assert leek.handled() == (True, 6)
 
 
 def test_a_client_with_the_wrong_secret_gets_a_clear_error(
