@@ -41,6 +41,9 @@ from .workers import Pool
 logger = logging.getLogger(__name__)
 security = logging.getLogger("leek.security")
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
+#: Seconds a connection's thread waits for its last enqueue to be committed
+#: before it reads on regardless (a write fails well before: see writer.py).
+ENQUEUE_TIMEOUT = 60.0
 
 
 class Handler(socketserver.BaseRequestHandler):
@@ -56,12 +59,23 @@ class Handler(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         broker = self.server.broker
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.frames = FrameSocket(self.request, broker.key, broker.max_frame, broker.frame_timeout)
+        self.frames = FrameSocket(
+            self.request, broker.key, broker.max_frame, broker.frame_timeout, never_wait=True
+        )
         self.server.track(self.request)
+        # Set while no enqueue of this connection waits for its commit: one at
+        # a time per connection, so a client that pipelines requests cannot keep
+        # this thread busy (and the GIL from the others') without pause.
+        self.settled = threading.Event()
+        self.settled.set()
 
     def handle(self) -> None:
         broker = self.server.broker
         while True:
+            if not self.settled.is_set():
+                self.settled.wait(ENQUEUE_TIMEOUT)
+            if not self.frames.caught_up():  # sends, but does not read its replies
+                return
             try:
                 message = self.frames.read(idle=broker.idle_timeout)
             except ProtocolError as exc:
@@ -81,6 +95,7 @@ class Handler(socketserver.BaseRequestHandler):
             request_id, verb, data = message
             try:
                 if verb in ("enqueue", "enqueue_many"):
+                    self.settled.clear()
                     broker.enqueue(
                         data if verb == "enqueue_many" else [data],
                         self._answer(request_id, many=verb == "enqueue_many"),
@@ -92,6 +107,7 @@ class Handler(socketserver.BaseRequestHandler):
             except Exception as exc:
                 logger.exception("request failed verb=%s", verb, extra={"action": "request_failed"})
                 reply = (request_id, False, _error(exc))
+            self.settled.set()  # nothing of this request waits for a commit
             if not self._reply(reply):
                 return
 
@@ -103,6 +119,7 @@ class Handler(socketserver.BaseRequestHandler):
                 self._reply((request_id, False, _error(error)))
             else:
                 self._reply((request_id, True, ids if many else ids[0]))
+            self.settled.set()
 
         return done
 

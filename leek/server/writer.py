@@ -101,6 +101,7 @@ class GroupCommit:
         self._idle = False
         self._stopping = False
         self._retry = False
+        self._finished: list[tuple[Done, Any, BaseException | None]] = []  # under the lock
         self._db: Any = None  # a DatabaseWrapper of the writer's own
         self._db_cursor: Any = None
         self._thread = threading.Thread(target=self._loop, name="leek-writer", daemon=True)
@@ -157,7 +158,10 @@ class GroupCommit:
             try:
                 failed = self._flush()
             finally:
+                finished, self._finished = self._finished, []
                 self._lock.release()
+            for done, value, error in finished:  # replies go out with the lock free
+                _finish(done, value, error)
             if failed:
                 self._later_retry()
                 return True
@@ -269,9 +273,9 @@ class GroupCommit:
         self.commits += 1
         self.commit_time = 0.8 * self.commit_time + 0.2 * (time.perf_counter() - started)
         self.committed(ops, results)
-        for op, result in zip(ops, results, strict=True):
-            if op.done is not None:
-                _finish(op.done, result, None)
+        self._finished.extend(
+            (op.done, result, None) for op, result in zip(ops, results, strict=True) if op.done
+        )
         return []
 
     def _transaction(self, ops: list[Op]) -> list[Any]:
@@ -309,7 +313,7 @@ class GroupCommit:
             if op.kind == "outcome" and op.tries < 1000:
                 retry.append(op)
             elif op.done is not None:
-                _finish(op.done, None, exc)
+                self._finished.append((op.done, None, exc))
         return retry
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,35 @@ def test_a_missing_module_fails_the_task_without_retrying(broker: BrokerProcess)
         leek.TaskHandle(message["id"]).result(timeout=10)
     assert caught.value.remote_type == "leek.exceptions.PayloadError"
     assert Task.objects.get().attempts == 1  # not retried blindly
+
+
+def test_a_client_that_never_reads_its_replies_stalls_nobody(broker_factory: Any) -> None:
+    broker = broker_factory(LEEK_FRAME_TIMEOUT="60", LEEK_WORKERS="0")
+    frame = encode(str(conf.get("SECRET")).encode(), (1, "enqueue", task_message(tasks.noop)))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # its replies pile up soon
+    sock.connect(("127.0.0.1", broker.port))
+    stop = threading.Event()
+
+    def flood() -> None:  # the same task again and again, never reading a reply
+        try:
+            while not stop.is_set():
+                sock.sendall(frame * 50)
+        except OSError:
+            pass  # the broker gave up on it
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        time.sleep(1.0)  # the broker's replies to it have filled every buffer
+        started = time.monotonic()
+        handles = [leek.push_task_to_queue(tasks.noop) for _ in range(50)]
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a send blocked on the full socket
+        sock.close()
+        flooder.join()
+    assert took < 20, f"50 pushes took {took:.1f} s beside a client that does not read"
+    assert Task.objects.filter(pk__in=[h.id for h in handles]).count() == 50
+    assert leek.ping() == (True, "I'm OK")
