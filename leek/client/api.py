@@ -156,24 +156,10 @@ def _task(
 
 
 def _message(
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    queue: str,
-    priority: int,
-    run_after: float | None,
-    max_retries: int | None,
-    timeout: float | None,
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any
 ) -> dict[str, Any]:
-    options = _options(
-        queue=queue,
-        priority=priority,
-        run_after=run_after,
-        max_retries=max_retries,
-        timeout=timeout,
-    )
-    return _task(fn, args, kwargs, options)
+    """The message of one task pushed alone; `options` as `_options` takes them."""
+    return _task(fn, args, kwargs, _options(**options))
 
 
 def _send(messages: list[dict[str, Any]], using: str | None = None) -> None:
