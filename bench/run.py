@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = _kept_systems(results["settings"], names) if args.only or args.skip else []
     if kept:
         print(f"bench: keeping {', '.join(d['system'] for d in kept)} from the last run")
+    ran: list[dict[str, Any]] = []
     for name in names:
         service = SYSTEMS[name][2]
         if service and services[service]:
@@ -282,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"!! {name}: {doc['error']}")
             else:
                 print(f"   done in {doc['seconds']:.0f}s", flush=True)
-        results["systems"].append(doc)
+        ran.append(doc)
         order = list(SYSTEMS)
-        results["systems"] = sorted(
-            [d for d in kept if d["system"] not in names] + results["systems"],
+        results["systems"] = sorted(  # the kept ones once, however many ran
+            [d for d in kept if d["system"] not in names] + ran,
             key=lambda d: order.index(d["system"]) if d["system"] in order else len(order),
         )
         RESULTS.write_text(json.dumps(results, indent=2))
