@@ -192,7 +192,7 @@ class FrameSocket:
                 chunk = self.sock.recv(RECV_SIZE)
             except BlockingIOError:  # the kernel's receive timeout
                 waited = time.monotonic() - since
-                if buf or waited >= (self.timeout if idle is None else idle):
+                if buf or idle is None or waited >= idle:
                     raise TimeoutError(
                         f"frame not finished within {self.timeout:g} s of its start"
                         if buf

@@ -190,3 +190,22 @@ def test_random_sigkills_lose_no_acknowledged_task(broker_factory: Any) -> None:
     assert set(marks) == {f"m{i}" for i in range(2000)}
     duplicates = len(marks) - len(set(marks))
     sys.stderr.write(f"\nrandom SIGKILLs: kills={kills} duplicate runs={duplicates}\n")
+
+
+def test_a_broker_that_accepts_but_never_answers_times_out(
+    transactional_db: Any, leek_settings: Any
+) -> None:
+    import socket
+
+    from leek.client import connection
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, reads nothing
+        port = silent.getsockname()[1]
+        connection.close()
+        leek_settings(PORT=port, FALLBACK="raise", REPLY_TIMEOUT=0.5)
+        started = time.monotonic()
+        with pytest.raises(leek.BrokerUnavailable, match=f"127.0.0.1:{port}.*did not answer"):
+            leek.push_task_to_queue(tasks.noop)
+        took = time.monotonic() - started
+    assert took < 5, f"a 0.5 s reply timeout took {took:.1f} s"  # not one per retry of 30 s
+    assert not Task.objects.exists()
