@@ -479,6 +479,7 @@ class Broker:
             "workers_alive": self.pool.alive(),
             "running": len(self.pool.busy()),
             "waiting": dict(waiting),
+            "payloads_in_memory": self.dispatcher.held(),
             "handled": dict(self.pool.handled),
             "rejected_frames": self.rejected,
             "commits": self.store.commits,

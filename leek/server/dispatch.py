@@ -15,6 +15,10 @@ from itertools import islice
 
 from .store import Job, Ready
 
+#: Tasks at the front of a lane whose payloads a worker may keep loaded: twice
+#: the page a worker loads ahead (see `take`).
+KEEP_WINDOW = 200
+
 
 class Dispatcher:
     """Ready tasks for the worker threads, highest priority first."""
@@ -77,10 +81,22 @@ class Dispatcher:
                     return None
 
     def keep(self, jobs: dict[uuid.UUID, Job]) -> None:
-        """Jobs loaded from the database ahead of their turn."""
+        """Jobs loaded from the database ahead of their turn.
+
+        Only for tasks still waiting near the front of their lane: another
+        worker may have taken some of them while these loaded, and a job kept
+        for a task already taken would stay in memory for good."""
         with self._lock:
+            near = {key for lane in self._lanes.values() for key, _ in islice(lane, KEEP_WINDOW)}
             for task_id, job in jobs.items():
-                self._jobs[task_id.bytes] = job
+                key = task_id.bytes
+                if key in near and len(self._jobs) < self._memory_payloads:
+                    self._jobs[key] = job
+
+    def held(self) -> int:
+        """Payloads held in memory."""
+        with self._lock:
+            return len(self._jobs)
 
     def cancel(self, task_id: uuid.UUID, queue: str) -> None:
         """Skip this task, which the database shows cancelled while it waited here."""

@@ -156,6 +156,8 @@ class Pool:
         me = threading.current_thread()
         try:
             while not self._stopping:
+                while not self.store.room() and not self._stopping:
+                    pass  # outcomes wait to be written: take no task meanwhile
                 taken = self.dispatcher.take(timeout=1.0)
                 if taken is None:
                     continue

@@ -40,6 +40,8 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 #: nobody waits for: twice the recent commit time, within these bounds.
 LINGER_MIN = 0.002
 LINGER_MAX = 0.05
+#: Ops waiting to be written past which workers wait before their next task.
+BACKLOG_LIMIT = 10_000
 #: Batches a client's thread writes, its own and what queued meanwhile, before
 #: it leaves the rest to the writer thread and goes back to its own client.
 LEAD_ROUNDS = 3
@@ -98,6 +100,7 @@ class GroupCommit:
         self._pending: deque[Op] = deque()
         self._lock = threading.Lock()  # held by the thread writing a batch
         self._wake = threading.Condition()  # the writer thread sleeps on it
+        self._room = threading.Condition()  # workers wait on it while the queue is long
         self._idle = False
         self._stopping = False
         self._retry = False
@@ -137,6 +140,22 @@ class GroupCommit:
                 self._wake.notify()
         return result
 
+    def room(self, timeout: float = 1.0) -> bool:
+        """Wait until fewer than BACKLOG_LIMIT ops wait to be written; False at
+        the timeout. Workers call it before their next task, so they run no
+        faster than their outcomes can be written and the queue of unwritten
+        outcomes stays bounded in memory (while the database is away too)."""
+        if len(self._pending) < BACKLOG_LIMIT:
+            return True
+        deadline = time.monotonic() + timeout
+        with self._room:
+            while len(self._pending) >= BACKLOG_LIMIT // 2:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    return False
+                self._room.wait(left)
+        return True
+
     def _later(self, op: Op) -> None:
         self._pending.append(op)
         if self._idle:
@@ -162,6 +181,9 @@ class GroupCommit:
                 self._lock.release()
             for done, value, error in finished:  # replies go out with the lock free
                 _finish(done, value, error)
+            if len(self._pending) < BACKLOG_LIMIT // 2:
+                with self._room:
+                    self._room.notify_all()
             if failed:
                 self._later_retry()
                 return True

@@ -54,3 +54,22 @@ def test_the_sqlite_log_stays_bounded_under_a_stream_of_commits(broker: BrokerPr
     connection.close()
     assert os.path.getsize(wal) < 40 * 1024 * 1024
     assert "database write failed" not in broker.output()
+
+
+def test_workers_wait_while_too_many_outcomes_wait_to_be_written(transactional_db: Any) -> None:
+    import time
+    import uuid
+
+    from leek.server import writer
+    from leek.server.store import Store
+
+    store = Store("test-node", lambda ready: None)
+    for _ in range(writer.BACKLOG_LIMIT):  # a drain faster than its writes
+        store.mark_running(uuid.uuid4(), 1, time.time())
+    assert not store.room(timeout=0.2)  # the writer thread has not started
+    store.start()
+    try:
+        assert store.room(timeout=30)
+        assert len(store._pending) < writer.BACKLOG_LIMIT // 2
+    finally:
+        store.stop()

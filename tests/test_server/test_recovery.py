@@ -209,3 +209,15 @@ def test_a_broker_that_accepts_but_never_answers_times_out(
         took = time.monotonic() - started
     assert took < 5, f"a 0.5 s reply timeout took {took:.1f} s"  # not one per retry of 30 s
     assert not Task.objects.exists()
+
+
+def test_payloads_loaded_ahead_are_not_kept_for_tasks_already_taken(
+    broker_factory: Any,
+) -> None:
+    first = broker_factory(LEEK_WORKERS="0")
+    handles = leek.enqueue_many([(tasks.noop, ()) for _ in range(3000)])
+    assert first.kill(signal.SIGTERM) == 0
+    broker_factory(port=first.port, LEEK_WORKERS="4")  # loads payloads ahead, in pages
+    wait_for(lambda: leek.handled() == (True, 3000), timeout=60)
+    assert leek.stats()[1]["payloads_in_memory"] == 0
+    assert handles[-1].result(timeout=10) is None
