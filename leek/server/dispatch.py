@@ -1,7 +1,9 @@
 """The in-memory ready queue: task ids by priority, then first in, first out.
 
 It holds ids, priorities and queue names; payloads only for the newest tasks
-(up to MEMORY_PAYLOADS), so a million waiting tasks stay small. Workers load
+(up to MEMORY_PAYLOADS), so a million waiting tasks stay small: an entry of a
+lane is the id's 16 bytes alone for a task of the default queue (most of
+them), or (id, queue) for the others. Workers load
 the other payloads from the database in pages as they take tasks.
 """
 
@@ -18,6 +20,13 @@ from .store import Job, Ready
 #: Tasks at the front of a lane whose payloads a worker may keep loaded: twice
 #: the page a worker loads ahead (see `take`).
 KEEP_WINDOW = 200
+DEFAULT_QUEUE = "default"
+
+Entry = bytes | tuple[bytes, str]
+
+
+def _key(entry: Entry) -> bytes:
+    return entry if isinstance(entry, bytes) else entry[0]
 
 
 class Dispatcher:
@@ -26,7 +35,7 @@ class Dispatcher:
     def __init__(self, memory_payloads: int) -> None:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
-        self._lanes: dict[int, deque[tuple[bytes, str]]] = {}
+        self._lanes: dict[int, deque[Entry]] = {}
         self._order: list[int] = []  # priorities with a lane, ascending
         self._jobs: dict[bytes, Job] = {}
         self._memory_payloads = memory_payloads
@@ -45,7 +54,7 @@ class Dispatcher:
                 if lane is None:
                     lane = self._lanes[item.priority] = deque()
                     bisect.insort(self._order, item.priority)
-                lane.append((key, item.queue))
+                lane.append(key if item.queue == DEFAULT_QUEUE else (key, item.queue))
                 self.waiting[item.queue] += 1
                 if item.job is not None and len(self._jobs) < self._memory_payloads:
                     self._jobs[key] = item.job
@@ -65,7 +74,11 @@ class Dispatcher:
                         del self._lanes[priority]
                         self._order.pop()
                         continue
-                    key, queue = lane.popleft()
+                    entry = lane.popleft()
+                    if isinstance(entry, bytes):
+                        key, queue = entry, DEFAULT_QUEUE
+                    else:
+                        key, queue = entry
                     if key in self._cancelled:
                         self._cancelled.discard(key)
                         continue
@@ -73,9 +86,8 @@ class Dispatcher:
                     job = self._jobs.pop(key, None)
                     ahead: list[uuid.UUID] = []
                     if job is None:
-                        ahead = [
-                            uuid.UUID(bytes=k) for k, _ in islice(lane, 99) if k not in self._jobs
-                        ]
+                        keys = (_key(e) for e in islice(lane, 99))
+                        ahead = [uuid.UUID(bytes=k) for k in keys if k not in self._jobs]
                     return Ready(uuid.UUID(bytes=key), priority, queue, None, job), ahead
                 if not self._ready.wait(timeout):
                     return None
@@ -87,7 +99,7 @@ class Dispatcher:
         worker may have taken some of them while these loaded, and a job kept
         for a task already taken would stay in memory for good."""
         with self._lock:
-            near = {key for lane in self._lanes.values() for key, _ in islice(lane, KEEP_WINDOW)}
+            near = {_key(e) for lane in self._lanes.values() for e in islice(lane, KEEP_WINDOW)}
             for task_id, job in jobs.items():
                 key = task_id.bytes
                 if key in near and len(self._jobs) < self._memory_payloads:
