@@ -16,8 +16,8 @@ claimed run always has its task committed. Runs are claimed up to LOOKAHEAD
 seconds before they are due and wait in the delayed heap, so they start on time.
 
 Runs missed while no broker was up follow the row's ``catch_up``: run once,
-or skip to the next time in the future. Cron expressions are read in Django's
-TIME_ZONE.
+or skip to the next time in the future. Schedules themselves (cron
+expressions, read in Django's TIME_ZONE, and intervals) are schedules.py's.
 """
 
 from __future__ import annotations
@@ -28,16 +28,15 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from cronsim import CronSim, CronSimError
 from django.db import connection
 from django.utils.module_loading import import_string
 
 from .. import conf
 from ..protocol import dump_task, new_task_id
+from .schedules import Schedule, parse_entries
 from .store import Dialect, NewTask, Ready, Store
 from .writer import DATABASE_ERRORS, raw_cursor
 
@@ -49,72 +48,11 @@ LOOKAHEAD = 1.0
 RELOAD = 1.0
 #: A run claimed more than this many seconds late was missed (catch_up decides).
 MISSED_AFTER = 5.0
-#: Cron shorthands accepted in "cron".
-SHORTHANDS = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 0",
-              "monthly": "0 0 1 * *"}  # fmt: skip
-ENTRY_KEYS = {"task", "cron", "every", "args", "kwargs", "queue", "priority", "catch_up", "enabled"}
 
 #: What pauses the periodic tasks until the database answers again.
 TICK_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
 COLUMNS = ("id", "name", "task", "args", "kwargs", "cron", "every", "queue", "priority",
            "enabled", "catch_up", "last_run_at", "next_run_at")  # fmt: skip
-
-
-def zone() -> tzinfo:
-    """Django's TIME_ZONE, in which cron expressions are read."""
-    from django.conf import settings
-
-    name = settings.TIME_ZONE or "UTC"
-    return UTC if name == "UTC" else ZoneInfo(name)
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """When a periodic task runs: a cron expression or a fixed interval in seconds."""
-
-    cron: str = ""
-    every: float | None = None
-
-    @classmethod
-    def parse(cls, cron: str | None, every: float | timedelta | None) -> Schedule:
-        """A checked schedule; ValueError says what is wrong with it."""
-        cron = (cron or "").strip()
-        if isinstance(every, timedelta):
-            every = every.total_seconds()
-        if cron and every is not None:
-            raise ValueError(f"give cron or every, not both (cron={cron!r}, every={every!r})")
-        if every is not None:
-            if isinstance(every, bool) or not isinstance(every, int | float) or every <= 0:
-                raise ValueError(f"every must be a timedelta or a number of seconds greater than "
-                                 f"zero, got {every!r}")  # fmt: skip
-            return cls(every=float(every))
-        if not cron:
-            raise ValueError("a schedule needs cron (an expression, hourly or daily) or every")
-        expression = SHORTHANDS.get(cron.lower(), cron)
-        try:
-            CronSim(expression, datetime.now(UTC))
-        except CronSimError as exc:
-            raise ValueError(f"cron {cron!r} is not a valid cron expression: {exc}") from exc
-        return cls(cron=cron)
-
-    def after(self, moment: float, anchor: float | None = None) -> float | None:
-        """The first run time strictly after `moment` (seconds since the epoch),
-        on the interval's phase set by `anchor` when given; None for never."""
-        if self.every is not None:
-            if anchor is None:
-                return moment + self.every
-            steps = max(1, math.floor((moment - anchor) / self.every) + 1)
-            return anchor + steps * self.every
-        expression = SHORTHANDS.get(self.cron.lower(), self.cron)
-        try:
-            return next(CronSim(expression, datetime.fromtimestamp(moment, zone()))).timestamp()
-        except StopIteration:
-            return None
-
-    def describe(self) -> str:
-        if self.every is not None:
-            return f"every {self.every:g} s"
-        return self.cron
 
 
 @dataclass(slots=True)
@@ -140,46 +78,6 @@ class Row:
     @property
     def fingerprint(self) -> tuple[str, float | None, bool]:
         return self.cron, self.every, self.enabled
-
-
-def parse_entries(schedule: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """The valid LEEK["SCHEDULE"] entries as row values, and a message per invalid one."""
-    entries: dict[str, dict[str, Any]] = {}
-    errors: list[str] = []
-    if not isinstance(schedule, Mapping):
-        kind = type(schedule).__name__
-        return {}, [f'LEEK["SCHEDULE"] must be a dict of name to entry, got {kind}']
-    for name, entry in schedule.items():
-        try:
-            entries[str(name)] = _entry(str(name), entry)
-        except (ValueError, TypeError) as exc:
-            errors.append(f"periodic task {name!r}: {exc}")
-    return entries, errors
-
-
-def _entry(name: str, entry: Any) -> dict[str, Any]:
-    if not isinstance(entry, Mapping):
-        raise TypeError(f"expected a dict with task and cron or every, got {type(entry).__name__}")
-    unknown = set(entry) - ENTRY_KEYS
-    if unknown:
-        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(sorted(ENTRY_KEYS))}")  # fmt: skip
-    if len(name) > 255:
-        raise ValueError("the name is longer than 255 characters")
-    path = entry.get("task")
-    if callable(path):
-        path = f"{path.__module__}.{path.__qualname__}"
-    if not isinstance(path, str) or "." not in path:
-        raise ValueError(f"task must be the dotted path of a callable, got {path!r}")
-    schedule = Schedule.parse(entry.get("cron"), entry.get("every"))
-    args, kwargs = list(entry.get("args") or ()), dict(entry.get("kwargs") or {})
-    json.dumps([args, kwargs])  # TypeError for values a JSONField cannot hold
-    return {
-        "task": path, "args": args, "kwargs": kwargs, "cron": schedule.cron,
-        "every": schedule.every, "queue": str(entry.get("queue") or "default")[:64],
-        "priority": int(entry.get("priority", 0)), "enabled": bool(entry.get("enabled", True)),
-        "catch_up": bool(entry.get("catch_up", True)),
-    }  # fmt: skip
 
 
 def run_path(path: str, *args: Any, **kwargs: Any) -> Any:
