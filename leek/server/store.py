@@ -467,9 +467,17 @@ class Store(GroupCommit):
 
         One query: its snapshot is taken when the generator is first advanced,
         so tasks inserted or adopted after that are not in it (they reach the
-        queues on their own), and the broker can serve while the pages load."""
+        queues on their own), and the broker can serve while the pages load.
+        On PostgreSQL the rows stay on the server (a cursor WITH HOLD) until
+        their page is fetched, rather than all arriving in the broker at once."""
         d = self.dialect
-        cursor = raw_cursor()
+        if d.sqlite:
+            cursor = raw_cursor()
+        else:
+            import psycopg
+
+            connection.ensure_connection()
+            cursor = psycopg.ServerCursor(connection.connection, "leek_owned", withhold=True)
         try:
             cursor.execute(
                 d.sql(
