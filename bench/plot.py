@@ -29,6 +29,28 @@ def _value(doc: dict[str, Any], figure: str) -> float:
     return float(found["median"]) if found else 0.0
 
 
+def _panel(
+    axes: Any,
+    docs: list[dict[str, Any]],
+    figures: dict[str, str],
+    ylabel: str,
+    title: str,
+    ncols: int,
+) -> None:
+    """One chart: a group of bars per system, one bar per figure, on a log scale."""
+    width = 0.8 / len(figures)
+    for i, (figure, label) in enumerate(figures.items()):
+        xs = [x + (i - (len(figures) - 1) / 2) * width for x in range(len(docs))]
+        axes.bar(xs, [_value(d, figure) for d in docs], width, label=label)
+    axes.set_yscale("log")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.set_xticks(range(len(docs)), [d["system"] for d in docs], rotation=20, ha="right")
+    _bold_leek(axes)
+    axes.legend(ncols=ncols, fontsize="small")
+    axes.grid(axis="y", which="both", alpha=0.3)
+
+
 def _bold_leek(axes: Any) -> None:
     for label in axes.get_xticklabels():
         if label.get_text().startswith("leek"):
@@ -39,31 +61,11 @@ def plot(results: dict[str, Any], out: Path) -> None:
     docs = [d for d in results["systems"] if d.get("figures")]
     if not docs:
         return
-    names = [d["system"] for d in docs]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 9), constrained_layout=True)
-    width = 0.8 / len(THROUGHPUT)
-    for i, (figure, label) in enumerate(THROUGHPUT.items()):
-        xs = [x + (i - (len(THROUGHPUT) - 1) / 2) * width for x in range(len(docs))]
-        top.bar(xs, [_value(d, figure) for d in docs], width, label=label)
-    top.set_yscale("log")
-    top.set_ylabel("tasks per second (log scale)")
-    top.set_title("Throughput: higher is better")
-    top.set_xticks(range(len(docs)), names, rotation=20, ha="right")
-    _bold_leek(top)
-    top.legend(ncols=4, fontsize="small")
-    top.grid(axis="y", which="both", alpha=0.3)
-
-    width = 0.8 / len(LATENCY)
-    for i, (figure, label) in enumerate(LATENCY.items()):
-        xs = [x + (i - (len(LATENCY) - 1) / 2) * width for x in range(len(docs))]
-        bottom.bar(xs, [_value(d, figure) for d in docs], width, label=label)
-    bottom.set_yscale("log")
-    bottom.set_ylabel("ms from enqueue to task start (log scale)")
-    bottom.set_title("Latency with idle workers: lower is better")
-    bottom.set_xticks(range(len(docs)), names, rotation=20, ha="right")
-    _bold_leek(bottom)
-    bottom.legend(fontsize="small")
-    bottom.grid(axis="y", which="both", alpha=0.3)
+    _panel(top, docs, THROUGHPUT, "tasks per second (log scale)",
+           "Throughput: higher is better", ncols=4)  # fmt: skip
+    _panel(bottom, docs, LATENCY, "ms from enqueue to task start (log scale)",
+           "Latency with idle workers: lower is better", ncols=1)  # fmt: skip
 
     s, m = results["settings"], results["machine"]
     fig.suptitle(

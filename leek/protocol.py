@@ -77,21 +77,16 @@ def read_exact(stream: BinaryIO, size: int) -> bytes:
     return data
 
 
-def read_frame(
-    stream: BinaryIO, key: bytes, max_size: int, on_start: Callable[[], None] | None = None
-) -> tuple[Any, ...] | None:
+def read_frame(stream: BinaryIO, key: bytes, max_size: int) -> tuple[Any, ...] | None:
     """The next message from `stream`, or None at a clean end of stream.
 
     Raises ProtocolError for a bad magic or a truncated frame, FrameTooLarge for
     a length above `max_size` (the body is never read) and BadSignature for a
-    tag that does not match (the body is never unpickled). `on_start` runs once
-    the first byte of a frame has arrived.
+    tag that does not match (the body is never unpickled).
     """
     first = stream.read(1)
     if not first:
         return None
-    if on_start is not None:
-        on_start()
     header = first + read_exact(stream, HEADER.size - 1)
     length = body_length(header, max_size)
     tag = read_exact(stream, TAG_SIZE)

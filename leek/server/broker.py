@@ -86,7 +86,7 @@ class Handler(socketserver.BaseRequestHandler):
                     exc,
                     extra={"action": "frame_rejected"},
                 )
-                self._reply((0, False, {"error": type(exc).__name__, "message": str(exc)}))
+                self._reply((0, False, _error(exc)))
                 return
             except OSError:  # timed out, reset, or shut by the broker's stop
                 return
