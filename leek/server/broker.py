@@ -309,7 +309,7 @@ class Broker:
                 run.name,
                 extra={"action": "task_interrupted"},
             )
-        self.heartbeat(stopped=True)
+        self.heartbeat(stopped=True, timeout=5.0)  # best effort: stop within the grace
         self.store.stop()
         logger.info(
             "broker stopped node=%s handled=%s",
@@ -325,8 +325,8 @@ class Broker:
             self.route(found)
         return len(found)
 
-    def heartbeat(self, stopped: bool = False) -> None:
-        """Write this broker's BrokerNode row."""
+    def heartbeat(self, stopped: bool = False, timeout: float = 30.0) -> None:
+        """Write this broker's BrokerNode row, waiting up to `timeout` seconds."""
         alive, size = self.pool.alive(), self.pool.size
         values = {
             "host": self.host,
@@ -364,7 +364,7 @@ class Broker:
                 )
 
         try:
-            self.store.call(write).wait(30)
+            self.store.call(write).wait(timeout)
         except HEARTBEAT_ERRORS:
             pass  # the store logged it and reports the database unhealthy
 
