@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
-from .. import conf
+from .. import conf, fields
 from ..exceptions import BrokerUnavailable, LeekError, TaskCancelled, TaskFailed, TaskNotReady
 from ..protocol import dump_task, load_value, new_task_id, task_name
 from . import connection
@@ -126,16 +126,12 @@ def _options(
     timeout: float | None,
 ) -> dict[str, Any]:
     """The checked options of a push, shared by every task in it."""
-    if max_retries is not None and max_retries < 0:
-        raise ValueError(f"max_retries must be zero or more, got {max_retries}")
-    if timeout is not None and timeout <= 0:
-        raise ValueError(f"timeout must be more than zero seconds, got {timeout}")
     return {
         "queue": queue,
-        "priority": int(priority),
-        "max_retries": max_retries,
-        "timeout": timeout,
-        "run_after": run_after,
+        "priority": fields.priority(priority),
+        "max_retries": fields.max_retries(max_retries),
+        "timeout": fields.timeout(timeout),
+        "run_after": fields.run_after(run_after),
         "code_version": conf.get("CODE_VERSION"),
     }
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from django.db import connection
 
-from .. import __version__, conf
+from .. import __version__, conf, fields
 from ..exceptions import LeekError, ProtocolError
 from ..protocol import FrameSocket
 from ..runtime import install_capture
@@ -426,17 +426,17 @@ class Broker:
                     extra={"action": "code_drift"},
                 )
             self.drift[code] += 1
-        retries = item.get("max_retries")
+        retries = fields.max_retries(item.get("max_retries"))
         return NewTask(
             id=uuid.UUID(str(item["id"])),
             name=str(item["name"])[:255],
             queue=str(item.get("queue") or "default")[:64],
-            priority=int(item.get("priority", 0)),
+            priority=fields.priority(item.get("priority", 0)),
             payload=bytes(item["payload"]),
             args_repr=str(item.get("args_repr", "")),
-            max_retries=self.max_retries if retries is None else int(retries),
-            timeout=None if item.get("timeout") is None else float(item["timeout"]),
-            run_after=None if item.get("run_after") is None else float(item["run_after"]),
+            max_retries=self.max_retries if retries is None else retries,
+            timeout=fields.timeout(item.get("timeout")),
+            run_after=fields.run_after(item.get("run_after")),
             code_version=code[:64],
         )
 

@@ -291,10 +291,18 @@ class GroupCommit:
                     retry.extend(self._write([op]))
                 return retry
             return self._after_failure(ops, exc)
+        except Exception as exc:  # not the database: a value it was never sent, or a bug
+            if len(ops) > 1:  # the others are fine: write them without it
+                return [op for alone in ops for op in self._write([alone])]
+            self._refused(ops[0], exc)
+            return []
         self.healthy, self.last_error = True, ""
         self.commits += 1
         self.commit_time = 0.8 * self.commit_time + 0.2 * (time.perf_counter() - started)
-        self.committed(ops, results)
+        try:
+            self.committed(ops, results)
+        except Exception:  # committed all the same: the clients get their replies
+            logger.exception("handling a commit failed", extra={"action": "committed_failed"})
         self._finished.extend(
             (op.done, result, None) for op, result in zip(ops, results, strict=True) if op.done
         )
@@ -326,6 +334,21 @@ class GroupCommit:
             self._close()
             return False
         return True
+
+    def _refused(self, op: Op, exc: Exception) -> None:
+        """An op that fails for a reason of its own: writing it again would fail
+        again, so whoever waits gets the error and an op nobody waits for is
+        dropped, loudly. Recovery requeues a task whose outcome this was."""
+        logger.error(
+            "write refused kind=%s error=%s: %s",
+            op.kind,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+            extra={"action": "write_refused"},
+        )
+        if op.done is not None:
+            self._finished.append((op.done, None, exc))
 
     def _after_failure(self, ops: list[Op], exc: BaseException) -> list[Op]:
         """Fail what a client waits for; keep outcomes to write later."""

@@ -46,7 +46,11 @@ def test_options_are_checked_before_sending() -> None:
 
     with pytest.raises(ValueError, match="timezone-aware"):
         leek.enqueue(tasks.noop, run_at=datetime(2030, 1, 1))  # noqa: DTZ001
-    with pytest.raises(ValueError, match="max_retries must be zero or more"):
+    with pytest.raises(ValueError, match="max_retries must be between 0"):
         leek.enqueue(tasks.noop, max_retries=-1)
+    with pytest.raises(ValueError, match="priority must be between"):
+        leek.enqueue(tasks.noop, priority=2**40)
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
+        leek.enqueue(tasks.noop, timeout=float("inf"))
     with pytest.raises(TypeError, match="must be callable"):
         leek.enqueue("tests.tasks.noop")

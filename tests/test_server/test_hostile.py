@@ -135,6 +135,35 @@ def test_a_replayed_batch_runs_only_its_new_tasks(broker: BrokerProcess) -> None
     assert leek.handled() == (True, 6)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("priority", 2**70),
+        ("max_retries", -1),
+        ("timeout", float("nan")),
+        ("run_after", float("inf")),
+    ],
+)
+def test_a_field_out_of_range_is_refused_and_loses_no_other_task(
+    broker: BrokerProcess, field: str, value: Any
+) -> None:
+    import io
+
+    key = str(conf.get("SECRET")).encode()
+    good, bad = task_message(tasks.add, 1, 2), task_message(tasks.add, 3, 4)
+    bad[field] = value
+    frames = encode(key, (1, "enqueue", bad)) + encode(key, (2, "enqueue", good))
+    stream = io.BytesIO(exchange(broker.port, frames))
+    request_id, ok, reply = read_frame(stream, key, 1 << 20)
+    assert (request_id, ok) == (1, False)
+    assert reply["error"] == "ValueError"
+    assert f"{field} must be" in reply["message"]
+    assert read_frame(stream, key, 1 << 20) == (2, True, good["id"])
+    assert leek.TaskHandle(good["id"]).result(timeout=10) == 3
+    assert not Task.objects.filter(pk=bad["id"]).exists()
+    still_serving()
+
+
 def test_a_client_with_the_wrong_secret_gets_a_clear_error(
     broker: BrokerProcess, leek_settings: Any
 ) -> None:

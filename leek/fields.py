@@ -1,0 +1,50 @@
+"""The checked fields of a task message.
+
+The client checks them when it builds a push, so a mistake fails at the call;
+the broker checks them again when a message arrives, since it trusts no client.
+Each returns the value to store or raises ValueError naming the field. The
+bounds are the columns' (32-bit integers), so no database refuses what passed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+INT_MIN = -(2**31)
+INT_MAX = 2**31 - 1
+
+
+def priority(value: Any) -> int:
+    number = int(value)
+    if not INT_MIN <= number <= INT_MAX:
+        raise ValueError(f"priority must be between {INT_MIN} and {INT_MAX}, got {number}")
+    return number
+
+
+def max_retries(value: Any) -> int | None:
+    if value is None:
+        return None
+    number = int(value)
+    if not 0 <= number <= INT_MAX:
+        raise ValueError(f"max_retries must be between 0 and {INT_MAX}, got {number}")
+    return number
+
+
+def timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = float(value)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"timeout must be a finite number of seconds above zero, got {value}")
+    return seconds
+
+
+def run_after(value: Any) -> float | None:
+    """A Unix time to run at, None for now; within the years a datetime holds."""
+    if value is None:
+        return None
+    moment = float(value)
+    if not 0 <= moment < 253_402_300_000:  # 9999-12-31
+        raise ValueError(f"run_after must be a Unix time from 1970 to 9999, got {value}")
+    return moment
