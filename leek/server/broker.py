@@ -14,6 +14,7 @@ Verbs: ``enqueue``, ``enqueue_many``, ``cancel``, ``ping``, ``waiting``,
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -237,6 +238,8 @@ class Broker:
     def serve(self) -> None:
         """Recover, serve until asked to stop, then stop gracefully."""
         install_capture()
+        gc.collect()
+        gc.freeze()  # what setup made lives as long as the broker: never scan it again
         self.store.start()
         self.heartbeat()
         interrupted = interrupt_running(self.store, "interrupted: broker stopped")
