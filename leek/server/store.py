@@ -72,6 +72,8 @@ PG_INSERT_MANY = (
     "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[]) AS u "
     "ON CONFLICT (id) DO NOTHING RETURNING id"
 )
+#: Runs of one statement after which the writing connection prepares it.
+PG_PREPARE_THRESHOLD = 5
 #: Pages in SQLite's write-ahead log past which the checkpoint is run between
 #: two batches, so the log starts over (see Store.checkpoint).
 CHECKPOINT_FRAMES = 4000
@@ -210,10 +212,14 @@ class Store(GroupCommit):
             self._bound = cursor
         else:
             # Django's psycopg cursors quote every parameter into the SQL text
-            # in Python; the hot path's statements send them apart instead
-            # (and psycopg prepares a statement once it has run five times).
+            # in Python; the hot path's statements send them apart instead,
+            # and psycopg prepares a statement once it has run five times:
+            # unless the database's OPTIONS choose (None: never, for a
+            # connection pooler that cannot hold prepared statements).
             import psycopg
 
+            if "prepare_threshold" not in self._db.settings_dict.get("OPTIONS", {}):
+                cursor.connection.prepare_threshold = PG_PREPARE_THRESHOLD
             self._bound = psycopg.Cursor(cursor.connection)
 
     def checkpoint(self) -> None:
@@ -275,17 +281,17 @@ class Store(GroupCommit):
         cursor = self._cursor()
         bound = self._bound  # the same cursor on SQLite
         d = self.dialect
-        if len(ops) == 1 and ops[0].kind == "insert" and len(ops[0].data) <= INSERT_CHUNK:
+        inserts = [op for op in ops if op.kind == "insert"]
+        # Every insert of the batch, from however many clients, is one statement.
+        tasks = inserts[0].data if len(inserts) == 1 else [t for op in inserts for t in op.data]
+        if len(inserts) == len(ops) and (len(tasks) <= INSERT_CHUNK or not d.sqlite):
             # One statement is a transaction of its own (the connection is in
             # autocommit): no BEGIN and COMMIT to send, which on PostgreSQL
             # are two round trips.
-            return [self.insert_tasks(bound, ops[0].data)]
+            return _per_op(ops, self.insert_tasks(bound, tasks))
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
         try:
-            results: list[Any] = [None] * len(ops)
-            for i, op in enumerate(ops):
-                if op.kind == "insert":
-                    results[i] = self.insert_tasks(bound, op.data)
+            results = _per_op(ops, self.insert_tasks(bound, tasks) if tasks else [])
             outcomes = [op.data for op in ops if op.kind == "outcome"]
             finished = {o.task_id for o in outcomes}
             # A task whose outcome is in this batch needs no running mark.
@@ -343,7 +349,7 @@ class Store(GroupCommit):
             columns = list(zip(*[[r[i] for i in PG_ARRAY_COLUMNS] for r in rows], strict=True))
             cursor.execute(PG_INSERT_MANY, (now, node, *map(list, columns)))
             ids = {key for (key,) in cursor.fetchall()}
-            fresh = [t for t in tasks if t.id in ids]
+            fresh = _once(tasks, [t.id for t in tasks], ids)
         else:
             new: set[Any] = set()
             for start in range(0, len(rows), INSERT_CHUNK):
@@ -353,7 +359,7 @@ class Store(GroupCommit):
                     [value for row in chunk for value in row],
                 )
                 new.update(key for (key,) in cursor.fetchall())
-            fresh = [t for t, row in zip(tasks, rows, strict=True) if row[0] in new]
+            fresh = _once(tasks, [row[0] for row in rows], new)
         return [
             Ready(
                 t.id,
@@ -491,3 +497,27 @@ class Store(GroupCommit):
                 yield [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
         finally:
             cursor.close()
+
+
+def _per_op(ops: list[Op], inserted: list[Ready]) -> list[Any]:
+    """One result per op: for an insert, the Ready of its tasks that were new."""
+    if len(ops) == 1:
+        return [inserted]
+    fresh = {r.id: r for r in inserted}
+    return [
+        [r for t in op.data if (r := fresh.pop(t.id, None)) is not None]
+        if op.kind == "insert"
+        else None
+        for op in ops
+    ]
+
+
+def _once(tasks: Sequence[NewTask], keys: list[Any], inserted: set[Any]) -> list[NewTask]:
+    """The tasks whose key is among those inserted, each key once: a batch
+    that names one id twice inserts it once, and it must run once."""
+    fresh = []
+    for task, key in zip(tasks, keys, strict=True):
+        if key in inserted:
+            inserted.discard(key)
+            fresh.append(task)
+    return fresh

@@ -135,6 +135,17 @@ def test_a_replayed_batch_runs_only_its_new_tasks(broker: BrokerProcess) -> None
     assert leek.handled() == (True, 6)
 
 
+def test_a_batch_that_names_one_id_twice_runs_it_once(broker: BrokerProcess) -> None:
+    key = str(conf.get("SECRET")).encode()
+    message = task_message(tasks.add, 2, 3)
+    exchange(broker.port, encode(key, (1, "enqueue_many", [message, message])))
+    assert leek.TaskHandle(message["id"]).result(timeout=10) == 5
+    wait_for(lambda: leek.handled() == (True, 1))
+    time.sleep(0.3)  # a second run would show here
+    assert leek.handled() == (True, 1)
+    assert Task.objects.count() == 1
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

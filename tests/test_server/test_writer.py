@@ -91,3 +91,62 @@ def test_a_failing_commit_handler_still_sends_the_replies(transactional_db: Any)
     value, error = replies.got["task"]
     assert error is None and [r.id for r in value] == [task.id]
     assert Task.objects.filter(pk=task.id).exists()
+
+
+def test_inserts_of_one_batch_share_a_statement_and_a_replayed_id_runs_once(
+    transactional_db: Any,
+) -> None:
+    routed: list[Any] = []
+    store = Store("test-node", routed.extend)
+    store.start()
+    first, second, again = new_task(), new_task(), new_task()
+    replay = new_task(id=first.id)  # a client that resent its frame
+    replies = Replies()
+
+    def queue_one_batch() -> None:
+        store.insert([first], replies.to("first", 3))
+        store.insert([second, again], replies.to("second", 3))
+        store.insert([replay, replay], replies.to("replay", 3))
+
+    try:
+        commits = store.commits
+        store.between_batches(queue_one_batch)
+        assert replies.all_in.wait(10), replies.got
+    finally:
+        store.stop()
+    assert store.commits == commits + 1  # the three clients' inserts, one commit
+    assert [r.id for r in replies.got["first"][0]] == [first.id]
+    assert [r.id for r in replies.got["second"][0]] == [second.id, again.id]
+    assert replies.got["replay"] == ([], None)  # accepted, and nothing new to run
+    assert sorted(r.id for r in routed) == sorted([first.id, second.id, again.id])
+    assert Task.objects.count() == 3
+
+
+@pytest.mark.parametrize("options", [{}, {"prepare_threshold": None}])
+def test_postgresql_prepares_the_insert_unless_the_options_say_not_to(
+    transactional_db: Any, options: dict[str, Any]
+) -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's prepared statements")
+    saved = connection.settings_dict.get("OPTIONS", {})
+    connection.settings_dict["OPTIONS"] = {**saved, **options}
+    store = Store("test-node", lambda ready: None)
+    store.start()
+    try:
+        for _ in range(8):
+            replies = Replies()
+            store.insert([new_task()], replies.to("task", 1))
+            assert replies.all_in.wait(10)
+
+        def prepared(cursor: Any, dialect: Any) -> list[str]:
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            return [row[0] for row in cursor.fetchall()]
+
+        statements = store.call(prepared).wait(10)
+    finally:
+        store.stop()
+        connection.settings_dict["OPTIONS"] = saved
+    inserts = [s for s in statements if s.startswith("INSERT INTO leek_task")]
+    assert len(inserts) == (0 if options else 1)
