@@ -165,7 +165,9 @@ def test_a_field_out_of_range_is_refused_and_loses_no_other_task(
     bad[field] = value
     frames = encode(key, (1, "enqueue", bad)) + encode(key, (2, "enqueue", good))
     stream = io.BytesIO(exchange(broker.port, frames))
-    request_id, ok, reply = read_frame(stream, key, 1 << 20)
+    refused = read_frame(stream, key, 1 << 20)
+    assert refused is not None
+    request_id, ok, reply = refused
     assert (request_id, ok) == (1, False)
     assert reply["error"] == "ValueError"
     assert f"{field} must be" in reply["message"]
