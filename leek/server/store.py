@@ -1,10 +1,10 @@
 """Every database read and write the broker makes.
 
-One writer thread owns the writes of the hot path. It takes every operation
-waiting at that moment (task inserts, running marks, outcomes, sweeps), writes
-them in one transaction, commits, and only then releases the waiters of the
-inserts it committed: accepted means committed, and concurrent clients share a
-commit. Reads run on the calling thread's own Django connection.
+Writes go through the group commit (writer.py): each batch is one transaction,
+or one statement when it holds only inserts, whichever threads queued them;
+every insert of a batch is a single multi-row statement, and a client's reply
+is sent only after the commit that holds its task. Reads run on the calling
+thread's own Django connection.
 
 The SQL is prepared by hand on the raw DB-API cursor: the models in
 leek/models.py are the schema, and the ORM's per-object cost would dominate the
@@ -17,12 +17,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
 
+from .rows import Dialect, Job, NewTask, Outcome, Ready
 from .writer import DATABASE_ERRORS, Done, GroupCommit, Op, Waiter, raw_cursor
 
 __all__ = [
@@ -77,99 +76,6 @@ PG_PREPARE_THRESHOLD = 5
 #: Pages in SQLite's write-ahead log past which the checkpoint is run between
 #: two batches, so the log starts over (see Store.checkpoint).
 CHECKPOINT_FRAMES = 4000
-
-
-@dataclass(slots=True)
-class NewTask:
-    """A task as a client sends it, before its insert."""
-
-    id: uuid.UUID
-    name: str
-    queue: str
-    priority: int
-    payload: bytes
-    args_repr: str
-    max_retries: int
-    timeout: float | None
-    run_after: float | None
-    code_version: str
-
-
-@dataclass(slots=True)
-class Job:
-    """What a worker needs to run a task."""
-
-    payload: bytes
-    name: str
-    attempts: int
-    max_retries: int
-    timeout: float | None
-
-
-@dataclass(slots=True)
-class Ready:
-    """A task the broker owns and must run: what the in-memory queues hold."""
-
-    id: uuid.UUID
-    priority: int
-    queue: str
-    run_after: float | None
-    job: Job | None = None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """The end of one attempt: a success, a failure to retry, or a final failure."""
-
-    task_id: uuid.UUID
-    name: str
-    attempt: int
-    started: float
-    finished: float
-    succeeded: bool
-    result: bytes | None = None
-    result_repr: str = ""
-    stdout: str = ""
-    stderr: str = ""
-    exc_type: str = ""
-    exc_message: str = ""
-    traceback: str = ""
-    final: bool = True
-    retry_at: float | None = None
-
-
-class Dialect:
-    """How values and placeholders look on this connection's database."""
-
-    def __init__(self, vendor: str) -> None:
-        self.vendor = vendor
-        self.sqlite = vendor == "sqlite"
-        self.ph = "?" if self.sqlite else "%s"
-
-    def pk(self, value: uuid.UUID) -> Any:
-        return value.hex if self.sqlite else value
-
-    def time(self, ts: float | None) -> Any:
-        if ts is None:
-            return None
-        moment = datetime.fromtimestamp(ts, UTC)
-        return moment.replace(tzinfo=None).isoformat(" ") if self.sqlite else moment
-
-    def read_uuid(self, value: Any) -> uuid.UUID:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-    def read_time(self, value: Any) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value).replace(tzinfo=UTC)
-        elif value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return float(value.timestamp())
-
-    def sql(self, text: str) -> str:
-        """`text` written with %s placeholders, in this database's style."""
-        return text.replace("%s", self.ph)
 
 
 class Store(GroupCommit):
