@@ -79,7 +79,8 @@ def extras_table(results: dict[str, Any]) -> Table | None:
         "leek",
         "backlog",
         "enqueue_many/s",
-        "enqueue 1 client/s",
+        "enqueue 1 client/s, empty",
+        "enqueue 1 client/s, backlog",
         "RSS empty MiB",
         "RSS backlog MiB",
         "peak RSS restarting MiB",
@@ -97,6 +98,7 @@ def extras_table(results: dict[str, Any]) -> Table | None:
                 doc["system"],
                 f"{extra['backlog']:,}",
                 f"{extra['enqueue_many_rate']:,.0f}",
+                _rate(extra.get("enqueue_1_rate_empty")),
                 f"{extra['enqueue_1_rate_with_backlog']:,.0f}",
                 f"{extra['rss_empty_kb'] / 1024:.0f}",
                 f"{extra['rss_backlog_kb'] / 1024:.0f}",
@@ -107,6 +109,10 @@ def extras_table(results: dict[str, Any]) -> Table | None:
             ]
         )
     return (head, rows) if rows else None
+
+
+def _rate(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f}"
 
 
 def problems(results: dict[str, Any]) -> list[str]:
