@@ -26,9 +26,17 @@ if os.environ.get("LEEK_BROKER_TEST_DB"):
     _default["NAME"] = os.environ["LEEK_BROKER_TEST_DB"]
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # Django 6.0 takes plain addresses and deprecates (name, address) pairs.
 ADMINS = ["admins@example.com"] if django.VERSION >= (6,) else [("admins", "admins@example.com")]
+_mail = {"BACKEND": "django.core.mail.backends.locmem.EmailBackend", "OPTIONS": {}}
 if os.environ.get("EMAIL_FILE_PATH"):  # a broker under test writes its mail there
-    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
-    EMAIL_FILE_PATH = os.environ["EMAIL_FILE_PATH"]
+    _mail = {
+        "BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "OPTIONS": {"file_path": os.environ["EMAIL_FILE_PATH"]},
+    }
+if django.VERSION >= (6, 1):  # MAILERS replaces EMAIL_BACKEND and EMAIL_FILE_PATH
+    MAILERS = {"default": _mail}
+else:
+    EMAIL_BACKEND = _mail["BACKEND"]
+    if _mail["OPTIONS"]:
+        EMAIL_FILE_PATH = _mail["OPTIONS"]["file_path"]
