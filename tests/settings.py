@@ -8,6 +8,7 @@ database the test process created, which it then uses as its own.
 
 import os
 import tempfile
+from typing import Any
 
 import django
 
@@ -28,7 +29,7 @@ if os.environ.get("LEEK_BROKER_TEST_DB"):
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Django 6.0 takes plain addresses and deprecates (name, address) pairs.
 ADMINS = ["admins@example.com"] if django.VERSION >= (6,) else [("admins", "admins@example.com")]
-_mail = {"BACKEND": "django.core.mail.backends.locmem.EmailBackend", "OPTIONS": {}}
+_mail: dict[str, Any] = {"BACKEND": "django.core.mail.backends.locmem.EmailBackend", "OPTIONS": {}}
 if os.environ.get("EMAIL_FILE_PATH"):  # a broker under test writes its mail there
     _mail = {
         "BACKEND": "django.core.mail.backends.filebased.EmailBackend",
