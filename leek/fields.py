@@ -16,19 +16,11 @@ INT_MAX = 2**31 - 1
 
 
 def priority(value: Any) -> int:
-    number = int(value)
-    if not INT_MIN <= number <= INT_MAX:
-        raise ValueError(f"priority must be between {INT_MIN} and {INT_MAX}, got {number}")
-    return number
+    return _integer("priority", value, INT_MIN)
 
 
 def max_retries(value: Any) -> int | None:
-    if value is None:
-        return None
-    number = int(value)
-    if not 0 <= number <= INT_MAX:
-        raise ValueError(f"max_retries must be between 0 and {INT_MAX}, got {number}")
-    return number
+    return None if value is None else _integer("max_retries", value, 0)
 
 
 def timeout(value: Any) -> float | None:
@@ -48,3 +40,10 @@ def run_after(value: Any) -> float | None:
     if not 0 <= moment < 253_402_300_000:  # 9999-12-31
         raise ValueError(f"run_after must be a Unix time from 1970 to 9999, got {value}")
     return moment
+
+
+def _integer(name: str, value: Any, low: int) -> int:
+    number = int(value)
+    if not low <= number <= INT_MAX:
+        raise ValueError(f"{name} must be between {low} and {INT_MAX}, got {number}")
+    return number

@@ -189,7 +189,7 @@ class Store(GroupCommit):
         d = self.dialect
         inserts = [op for op in ops if op.kind == "insert"]
         # Every insert of the batch, from however many clients, is one statement.
-        tasks = inserts[0].data if len(inserts) == 1 else [t for op in inserts for t in op.data]
+        tasks = [t for op in inserts for t in op.data]
         if len(inserts) == len(ops) and (len(tasks) <= INSERT_CHUNK or not d.sqlite):
             # One statement is a transaction of its own (the connection is in
             # autocommit): no BEGIN and COMMIT to send, which on PostgreSQL

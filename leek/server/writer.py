@@ -283,17 +283,16 @@ class GroupCommit:
         started = time.perf_counter()
         try:
             results = self._transaction(ops)
-        except DATABASE_ERRORS as exc:
-            self._failed(exc)
-            if len(ops) > 1 and self._reachable():
-                retry: list[Op] = []
-                for op in ops:  # isolate the op that fails
-                    retry.extend(self._write([op]))
-                return retry
-            return self._after_failure(ops, exc)
-        except Exception as exc:  # not the database: a value it was never sent, or a bug
-            if len(ops) > 1:  # the others are fine: write them without it
+        except Exception as exc:
+            # The database's own errors, and a value it was never sent or a bug.
+            database = isinstance(exc, DATABASE_ERRORS)
+            if database:
+                self._failed(exc)
+            if len(ops) > 1 and (not database or self._reachable()):
+                # Isolate the op that fails: the others are written without it.
                 return [op for alone in ops for op in self._write([alone])]
+            if database:
+                return self._after_failure(ops, exc)
             self._refused(ops[0], exc)
             return []
         self.healthy, self.last_error = True, ""
