@@ -81,6 +81,7 @@ def extras_table(results: dict[str, Any]) -> Table | None:
         "enqueue_many/s",
         "enqueue 1 client/s, empty",
         "enqueue 1 client/s, backlog",
+        "backlog/empty",
         "RSS empty MiB",
         "RSS backlog MiB",
         "peak RSS restarting MiB",
@@ -100,6 +101,7 @@ def extras_table(results: dict[str, Any]) -> Table | None:
                 f"{extra['enqueue_many_rate']:,.0f}",
                 _rate(extra.get("enqueue_1_rate_empty")),
                 f"{extra['enqueue_1_rate_with_backlog']:,.0f}",
+                _share(extra["enqueue_1_rate_with_backlog"], extra.get("enqueue_1_rate_empty")),
                 f"{extra['rss_empty_kb'] / 1024:.0f}",
                 f"{extra['rss_backlog_kb'] / 1024:.0f}",
                 f"{extra['rss_recovered_kb'] / 1024:.0f}",
@@ -109,6 +111,10 @@ def extras_table(results: dict[str, Any]) -> Table | None:
             ]
         )
     return (head, rows) if rows else None
+
+
+def _share(part: float, whole: float | None) -> str:
+    return "" if not whole else f"{part / whole:.0%}"
 
 
 def _rate(value: float | None) -> str:

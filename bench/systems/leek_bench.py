@@ -31,6 +31,7 @@ from bench.systems import pg_util
 
 PG_DATABASE = "leek_bench"
 PORT = os.environ.get("BENCH_LEEK_PORT", "8102")
+TWIN_PORT = str(int(PORT) + 1)  # the empty-queue broker the backlog is compared with
 VARIANTS = ["sqlite-normal", "sqlite-full", "pg"]
 
 
@@ -39,6 +40,7 @@ class LeekRunner(Runner):
         self.name = f"leek-{variant}"
         super().__init__(variant, workdir)
         self.sqlite = workdir / f"leek-bench-{variant}.sqlite3"
+        self.twin_sqlite = workdir / f"leek-bench-{variant}-empty.sqlite3"
         if variant == "pg":
             url = pg_util.url_for(PG_DATABASE)
         else:
@@ -185,6 +187,74 @@ class LeekRunner(Runner):
             enqueue_many([(tasks.noop, ())] * min(batch, count - done))
         return count / max(time.perf_counter() - start, 1e-9)
 
+    @property
+    def database(self) -> str:
+        return str(os.environ["DATABASE_URL"])
+
+    @staticmethod
+    def _use_port(port: int | str) -> None:
+        """Point this process's client at the broker on `port`."""
+        from leek import conf
+        from leek.client import connection
+
+        os.environ["LEEK_PORT"] = str(port)
+        conf.get_settings.cache_clear()
+        connection.close()
+
+    def _twin(self) -> Proc:
+        """A broker like the measured one, on an empty database of its own, on TWIN_PORT."""
+        if self.variant == "pg":
+            pg_util.require_database(PG_DATABASE + "_empty")
+            url = pg_util.url_for(PG_DATABASE + "_empty")
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.twin_sqlite}{suffix}").unlink(missing_ok=True)
+            url = f"sqlite:///{self.twin_sqlite}"
+        env = {"DATABASE_URL": url, "LEEK_PORT": TWIN_PORT}
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v", "0"],
+            env=self.env(**env),
+            cwd=REPO,
+            check=True,
+        )
+        subprocess.run(
+            [sys.executable, "manage.py", "flush", "--no-input", "-v", "0"],
+            env=self.env(**env),
+            cwd=REPO,
+            check=True,
+        )
+        self._settle(url)
+        leek = Path(sys.executable).with_name("leek")
+        argv = [str(leek)] if leek.exists() else [sys.executable, "-m", "leek.cli"]
+        twin = self.spawn([*argv, "start"], "twin", LEEK_WORKERS="0", **env)
+        try:
+            self._use_port(TWIN_PORT)
+            self.wait_ready(twin)
+        finally:
+            self._use_port(PORT)
+        return twin
+
+    def _settle(self, url: str) -> None:
+        """Let the database finish the upkeep a large write sets off, as it
+        would before long in production: on SQLite the copy of the
+        write-ahead log into the database file, on PostgreSQL the vacuum and
+        statistics that autovacuum would otherwise run in the middle of the
+        timed pushes."""
+        if url.startswith("sqlite"):
+            import sqlite3
+            from contextlib import closing
+
+            with closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)) as db:
+                while True:
+                    busy, log, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if log == copied:
+                        return
+                    time.sleep(0.1)
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute("VACUUM ANALYZE leek_task")
+
     def _backlog(self, size: int, repeat: int) -> dict[str, Any]:
         from leek import waiting
         from leek.models import Task
@@ -194,13 +264,23 @@ class LeekRunner(Runner):
         self.reset()
         broker = self.start_broker(0)
         out: dict[str, Any] = {"backlog": size, "rss_empty_kb": _tree_rss(broker.pid)}
-        # Single pushes on the empty queue and on the backlog, measured alike
-        # on the same broker: the median of 3 runs of 1,000.
-        out["enqueue_1_rate_empty"] = _push_rate()
         out["enqueue_many_rate"] = self._fill(size - waiting()[1])
         out["waiting"] = waiting()[1]
         out["rss_backlog_kb"] = _tree_rss(broker.pid)
-        out["enqueue_1_rate_with_backlog"] = _push_rate()
+        # Single pushes on the backlog against pushes on an empty queue: a
+        # second broker, started alike on an empty database of its own, and
+        # the two measured in turns, so that both see the same moments of a
+        # machine whose speed drifts from one minute to the next.
+        self._settle(self.database)
+        twin = self._twin()
+        try:
+            rates = _push_rates({"backlog": PORT, "empty": TWIN_PORT})
+        finally:
+            self._use_port(PORT)
+            twin.stop()
+        out["enqueue_1_rate_empty"] = statistics.median(rates["empty"])
+        out["enqueue_1_rate_with_backlog"] = statistics.median(rates["backlog"])
+        out["enqueue_1_runs"] = rates
         out["rss_after_pushes_kb"] = _tree_rss(broker.pid)
         stopping = time.perf_counter()
         self.stop_workers()
@@ -238,16 +318,22 @@ class LeekRunner(Runner):
         return out
 
 
-def _push_rate(pushes: int = 1000, runs: int = 3) -> float:
-    from leek import push_task_to_queue
+def _push_rates(
+    ports: dict[str, int | str], pushes: int = 1000, rounds: int = 5
+) -> dict[str, list[float]]:
+    """Single pushes to each broker in turn: `rounds` runs of `pushes` each; tasks/s."""
+    from leek import ping, push_task_to_queue
 
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(pushes):
-            push_task_to_queue(tasks.noop)
-        rates.append(pushes / (time.perf_counter() - start))
-    return statistics.median(rates)
+    rates: dict[str, list[float]] = {name: [] for name in ports}
+    for _ in range(rounds):
+        for name, port in ports.items():
+            LeekRunner._use_port(port)
+            ping()  # connected before the clock starts
+            start = time.perf_counter()
+            for _ in range(pushes):
+                push_task_to_queue(tasks.noop)
+            rates[name].append(pushes / (time.perf_counter() - start))
+    return rates
 
 
 def _tree_rss(pid: int, field: str = "VmRSS") -> int:
