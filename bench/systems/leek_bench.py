@@ -65,6 +65,7 @@ class LeekRunner(Runner):
             server = pg_util.require_database(PG_DATABASE)
             store = f"PostgreSQL {server}"
             self.durability = pg_util.synchronous_commit(PG_DATABASE)
+            pg_util.checkpoint(PG_DATABASE)
         else:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.sqlite}{suffix}").unlink(missing_ok=True)
@@ -239,21 +240,23 @@ class LeekRunner(Runner):
         would before long in production: on SQLite the copy of the
         write-ahead log into the database file, on PostgreSQL the vacuum and
         statistics that autovacuum would otherwise run in the middle of the
-        timed pushes."""
+        timed pushes, and the checkpoint of what the fill wrote."""
         if url.startswith("sqlite"):
             import sqlite3
             from contextlib import closing
 
-            with closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)) as db:
-                while True:
-                    busy, log, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if log == copied:
-                        return
-                    time.sleep(0.1)
+            def copied() -> bool:
+                with closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)) as db:
+                    _, log, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                return bool(log == done)
+
+            wait_until(copied, 300, "SQLite's checkpoint", step=0.1)
+            return
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as db:
             db.execute("VACUUM ANALYZE leek_task")
+        pg_util.checkpoint(url.rsplit("/", 1)[1])
 
     def _backlog(self, size: int, repeat: int) -> dict[str, Any]:
         from leek import waiting

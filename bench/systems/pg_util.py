@@ -51,3 +51,16 @@ def synchronous_commit(database: str) -> str:
     with psycopg.connect(url_for(database)) as conn:
         row = conn.execute("SHOW synchronous_commit").fetchone()
     return f"PostgreSQL synchronous_commit={row[0] if row else '?'}"
+
+
+def checkpoint(database: str) -> None:
+    """Write out what earlier work left in PostgreSQL's buffers now, so the
+    system measured next does not pay for it (a checkpoint that the time or
+    the write-ahead log's size sets off spreads its writes over minutes)."""
+    import psycopg
+
+    with psycopg.connect(url_for(database), autocommit=True) as conn:
+        try:
+            conn.execute("CHECKPOINT")
+        except psycopg.errors.InsufficientPrivilege:
+            pass  # not a superuser: the server checkpoints on its own schedule

@@ -62,6 +62,7 @@ class TasksDBRunner(Runner):
         )
         if self.variant == "pg":
             self.durability = pg_util.synchronous_commit(PG_DATABASE)
+            pg_util.checkpoint(PG_DATABASE)
         else:
             self.durability = "SQLite WAL, synchronous=NORMAL"
 
