@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import __version__, conf, fields
 from ..runtime import install_capture
+from . import reads
 from .dispatch import Dispatcher
 from .periodic import Periodic
 from .scheduler import Delayed, Duties, adopt, interrupt_running
@@ -90,7 +91,7 @@ class Broker:
         interrupted = interrupt_running(self.store, "interrupted: broker stopped")
         self.pool.start()
         self.delayed.start()
-        pages = self.store.owned()
+        pages = reads.owned(self.store.dialect, self.node)
         next(pages)  # the snapshot of the tasks to recover is taken; serve meanwhile
         self.duties.every(0, self.pool.watch)
         self.duties.every(0, self.store.checkpoint)

@@ -1,10 +1,9 @@
-"""Every database read and write the broker makes.
+"""Every database write the broker makes (its reads are in reads.py).
 
 Writes go through the group commit (writer.py): each batch is one transaction,
 or one statement when it holds only inserts, whichever threads queued them;
 every insert of a batch is a single multi-row statement, and a client's reply
-is sent only after the commit that holds its task. Reads run on the calling
-thread's own Django connection.
+is sent only after the commit that holds its task.
 
 The SQL is prepared by hand on the raw DB-API cursor: the models in
 leek/models.py are the schema, and the ORM's per-object cost would dominate the
@@ -16,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import connection
@@ -341,8 +340,6 @@ class Store(GroupCommit):
         if failures:
             cursor.executemany(self._sql_failure, failures)
 
-    # -- reads on the caller's connection -------------------------------------
-
     def progress(self, task_id: uuid.UUID, percent: float, note: str) -> None:
         """Record a running task's progress in the next batch."""
 
@@ -353,56 +350,6 @@ class Store(GroupCommit):
             )
 
         self._later(Op("call", write))
-
-    def jobs(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, tuple[str, Job]]:
-        """Status and job of each task in `ids` that still exists."""
-        d = self.dialect
-        keys = [d.pk(i) for i in ids]
-        if not keys:
-            return {}
-        cursor = raw_cursor()
-        try:
-            cursor.execute(
-                "SELECT id, status, payload, name, attempts, max_retries, timeout "  # noqa: S608
-                "FROM leek_task WHERE id IN (" + ", ".join([d.ph] * len(keys)) + ")",
-                keys,
-            )
-            return {
-                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t))
-                for i, s, p, n, a, m, t in cursor.fetchall()
-            }
-        finally:
-            cursor.close()
-
-    def owned(self, page: int = 5000) -> Iterator[list[Ready]]:
-        """Every unfinished task this broker owns, oldest first, in pages.
-
-        One query: its snapshot is taken when the generator is first advanced,
-        so tasks inserted or adopted after that are not in it (they reach the
-        queues on their own), and the broker can serve while the pages load.
-        On PostgreSQL the rows stay on the server (a cursor WITH HOLD) until
-        their page is fetched, rather than all arriving in the broker at once."""
-        d = self.dialect
-        if d.sqlite:
-            cursor = raw_cursor()
-        else:
-            import psycopg
-
-            connection.ensure_connection()
-            cursor = psycopg.ServerCursor(connection.connection, "leek_owned", withhold=True)
-        try:
-            cursor.execute(
-                d.sql(
-                    "SELECT id, priority, queue, run_after FROM leek_task "
-                    "WHERE broker = %s AND status IN ('queued', 'running') ORDER BY queued_at"
-                ),
-                (self.node,),
-            )
-            yield []  # the snapshot is taken: the caller may start serving
-            while rows := cursor.fetchmany(page):
-                yield [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
-        finally:
-            cursor.close()
 
 
 def _per_op(ops: list[Op], inserted: list[Ready]) -> list[Any]:

@@ -27,6 +27,7 @@ from .. import conf
 from ..exceptions import PayloadError, Retry, TaskTimeout
 from ..protocol import dump_value, load_task
 from ..runtime import CapturedOutput, TaskContext, bind_context
+from . import reads
 from .dispatch import Dispatcher
 from .store import Job, Outcome, Ready, Store
 
@@ -186,7 +187,7 @@ class Pool:
     def _run(self, me: threading.Thread, ready: Ready, ahead: list[uuid.UUID]) -> None:
         job = ready.job
         if job is None:
-            found = self.store.jobs([ready.id, *ahead])
+            found = reads.jobs(self.store.dialect, [ready.id, *ahead])
             self.dispatcher.keep(
                 {i: j for i, (s, j) in found.items() if i != ready.id and s == "queued"}
             )
