@@ -223,8 +223,9 @@ class Broker:
         alive, size = self.pool.alive(), self.pool.size
         if alive < size:
             return False, f"{size - alive} of {size} worker threads are dead"
-        if not self.store.healthy:
-            return False, f"database unavailable: {self.store.last_error}"
+        written, error = self.store.health()
+        if not written:
+            return False, f"database unavailable: {error}"
         return True, "I'm OK"
 
     def answer(self, verb: str, data: Any) -> Any:
@@ -331,7 +332,7 @@ class Broker:
             "payloads_in_memory": self.dispatcher.held(),
             "handled": dict(self.pool.handled),
             "rejected_frames": self.rejected,
-            "commits": self.store.commits,
+            "commits": self.store.all_commits(),
             "code_drift": dict(self.drift),
             "database": self.database_counts(),
         }

@@ -80,13 +80,21 @@ CHECKPOINT_FRAMES = 4000
 class Store(GroupCommit):
     """The broker's database: group-committed writes, and reads on the caller's thread."""
 
-    def __init__(self, node: str, on_ready: Callable[[list[Ready]], None]) -> None:
+    def __init__(
+        self, node: str, on_ready: Callable[[list[Ready]], None], lane: bool = False
+    ) -> None:
         self.node = node
         self.on_ready = on_ready
         self.dialect = Dialect(connection.vendor)
         self._checkpointed = 0
         self._bound: Any = None  # the writing cursor that sends parameters apart (prepare)
         super().__init__()
+        # What nobody waits for (running marks, outcomes, progress) is written
+        # on PostgreSQL by a lane of its own, on a second connection: a
+        # client's acknowledgement never waits behind a batch of outcomes, and
+        # a slow outcome (a locked row) holds no client. SQLite takes one
+        # writer at a time, so there one connection writes everything.
+        self.results = None if lane or self.dialect.sqlite else Store(node, on_ready, lane=True)
         d = self.dialect
         self._insert_row = "(" + ", ".join([d.ph] * len(TASK_COLUMNS)) + ")"
         self._inserts: dict[tuple[int, bool], str] = {}
@@ -151,6 +159,35 @@ class Store(GroupCommit):
         finally:
             cursor.close()
 
+    def start(self) -> None:
+        super().start()
+        if self.results is not None:
+            self.results.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.results is not None:  # the workers have stopped: their last outcomes
+            self.results.stop(timeout)
+        super().stop(timeout)
+
+    def room(self, timeout: float = 1.0) -> bool:
+        if self.results is not None:  # where the outcomes wait
+            return self.results.room(timeout)
+        return super().room(timeout)
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the last writes of every lane reached the database, and
+        the error when one did not."""
+        for lane in (self, self.results):
+            if lane is not None and not lane.healthy:
+                return False, lane.last_error
+        return True, ""
+
+    def all_commits(self) -> int:
+        return self.commits + (self.results.commits if self.results is not None else 0)
+
+    def _unwaited(self, op: Op) -> None:
+        (self.results or self)._later(op)
+
     # -- writes, through the group commit ------------------------------------
 
     def insert(self, tasks: Sequence[NewTask], done: Done) -> None:
@@ -161,11 +198,11 @@ class Store(GroupCommit):
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it."""
-        self._later(Op("mark", (started, attempt, task_id)))
+        self._unwaited(Op("mark", (started, attempt, task_id)))
 
     def record(self, outcome: Outcome) -> None:
         """Write an attempt's outcome in the next batch."""
-        self._later(Op("outcome", outcome))
+        self._unwaited(Op("outcome", outcome))
 
     def call(self, fn: Callable[[Any, Dialect], Any]) -> Waiter:
         """Run fn(cursor, dialect) inside the next batch's transaction."""
@@ -349,7 +386,7 @@ class Store(GroupCommit):
                 (percent, note, d.pk(task_id)),
             )
 
-        self._later(Op("call", write))
+        self._unwaited(Op("call", write))
 
 
 def _per_op(ops: list[Op], inserted: list[Ready]) -> list[Any]:

@@ -11,7 +11,7 @@ checks the queue again after letting go of the lock, so nothing queued before a
 failed try is left behind. Ops nobody waits for (running marks, outcomes) go to
 the writer thread, which lets them linger a moment so they share the commit of
 the next insert, and which retries them with a backoff while the database is
-away.
+away. (On PostgreSQL they go to a second GroupCommit of their own: see store.py.)
 """
 
 from __future__ import annotations
@@ -230,6 +230,8 @@ class GroupCommit:
             elif not stopping and not any(op.done for op in list(self._pending)):
                 # Let the next insert carry these; while inserts keep coming,
                 # every one of their commits does, and this thread writes nothing.
+                # (Where no insert comes, as on PostgreSQL's lane of outcomes,
+                # more gather meanwhile, and one commit writes them all.)
                 before = self.commits
                 time.sleep(min(max(2 * self.commit_time, LINGER_MIN), LINGER_MAX))
                 if self.commits != before:

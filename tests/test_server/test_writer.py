@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
 
 from leek.models import Task
 from leek.protocol import new_task_id
-from leek.server.store import NewTask, Store
+from leek.server.store import NewTask, Outcome, Store
 
 
 def new_task(**changes: Any) -> NewTask:
@@ -150,3 +151,55 @@ def test_postgresql_prepares_the_insert_unless_the_options_say_not_to(
         connection.settings_dict["OPTIONS"] = saved
     inserts = [s for s in statements if s.startswith("INSERT INTO leek_task")]
     assert len(inserts) == (0 if options else 1)
+
+
+def test_on_postgresql_an_outcome_held_up_never_holds_up_an_acknowledgement(
+    transactional_db: Any,
+) -> None:
+    from django.db import DEFAULT_DB_ALIAS, connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite writes with one connection at a time")
+    store = Store("test-node", lambda ready: None)
+    store.start()
+    first, second = new_task(), new_task()
+    other = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        replies = Replies()
+        store.insert([first], replies.to("first", 1))
+        assert replies.all_in.wait(10)
+        other.ensure_connection()
+        with other.connection.transaction():
+            # Another session holds the task's row: its outcome waits for it.
+            other.connection.execute(
+                "SELECT id FROM leek_task WHERE id = %s FOR UPDATE", (first.id,)
+            )
+            now = time.time()
+            store.record(Outcome(first.id, first.name, 1, now, now, succeeded=True))
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            deadline = time.monotonic() + 10
+            while _one(waiting) != 1:  # seen from a third session, outside this transaction
+                assert time.monotonic() < deadline, "the outcome never reached the lock"
+                time.sleep(0.01)
+            replies = Replies()
+            store.insert([second], replies.to("second", 1))
+            assert replies.all_in.wait(5), "the acknowledgement waited for the outcome"
+            assert replies.got["second"][1] is None
+        deadline = time.monotonic() + 10
+        while Task.objects.get(pk=first.id).status != "succeeded":
+            assert time.monotonic() < deadline, "the outcome was lost"
+            time.sleep(0.01)
+    finally:
+        store.stop()
+        other.close()
+
+
+def _one(sql: str) -> Any:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
