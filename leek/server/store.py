@@ -88,7 +88,7 @@ class Store(GroupCommit):
         self.dialect = Dialect(connection.vendor)
         self._checkpointed = 0
         self._bound: Any = None  # the writing cursor that sends parameters apart (prepare)
-        super().__init__()
+        super().__init__("leek-outcomes" if lane else "leek-writer")
         # What nobody waits for (running marks, outcomes, progress) is written
         # on PostgreSQL by a lane of its own, on a second connection: a
         # client's acknowledgement never waits behind a batch of outcomes, and

@@ -92,7 +92,7 @@ def raw_cursor() -> Any:
 class GroupCommit:
     """The queue, the lock and the writer thread; a subclass writes a batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "leek-writer") -> None:
         self.healthy = True
         self.last_error = ""
         self.commits = 0
@@ -107,7 +107,7 @@ class GroupCommit:
         self._finished: list[tuple[Done, Any, BaseException | None]] = []  # under the lock
         self._db: Any = None  # a DatabaseWrapper of the writer's own
         self._db_cursor: Any = None
-        self._thread = threading.Thread(target=self._loop, name="leek-writer", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
