@@ -78,7 +78,7 @@ CHECKPOINT_FRAMES = 4000
 
 
 class Store(GroupCommit):
-    """The broker's database: group-committed writes, and reads on the caller's thread."""
+    """The broker's database writes, group-committed (on PostgreSQL, in two lanes)."""
 
     def __init__(
         self, node: str, on_ready: Callable[[list[Ready]], None], lane: bool = False
@@ -165,7 +165,7 @@ class Store(GroupCommit):
             self.results.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.results is not None:  # the workers have stopped: their last outcomes
+        if self.results is not None:  # the workers have stopped: write their last outcomes
             self.results.stop(timeout)
         super().stop(timeout)
 
