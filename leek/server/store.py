@@ -185,8 +185,11 @@ class Store(GroupCommit):
     def all_commits(self) -> int:
         return self.commits + (self.results.commits if self.results is not None else 0)
 
-    def _unwaited(self, op: Op) -> None:
-        (self.results or self)._later(op)
+    def _later(self, op: Op) -> None:
+        if self.results is not None:  # nobody waits for it: the lane of outcomes
+            self.results._later(op)
+        else:
+            super()._later(op)
 
     # -- writes, through the group commit ------------------------------------
 
@@ -198,11 +201,11 @@ class Store(GroupCommit):
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it."""
-        self._unwaited(Op("mark", (started, attempt, task_id)))
+        self._later(Op("mark", (started, attempt, task_id)))
 
     def record(self, outcome: Outcome) -> None:
         """Write an attempt's outcome in the next batch."""
-        self._unwaited(Op("outcome", outcome))
+        self._later(Op("outcome", outcome))
 
     def call(self, fn: Callable[[Any, Dialect], Any]) -> Waiter:
         """Run fn(cursor, dialect) inside the next batch's transaction."""
@@ -386,7 +389,7 @@ class Store(GroupCommit):
                 (percent, note, d.pk(task_id)),
             )
 
-        self._unwaited(Op("call", write))
+        self._later(Op("call", write))
 
 
 def _per_op(ops: list[Op], inserted: list[Ready]) -> list[Any]:
