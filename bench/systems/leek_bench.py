@@ -33,6 +33,10 @@ PG_DATABASE = "leek_bench"
 PORT = os.environ.get("BENCH_LEEK_PORT", "8102")
 TWIN_PORT = str(int(PORT) + 1)  # the empty-queue broker the backlog is compared with
 VARIANTS = ["sqlite-normal", "sqlite-full", "pg"]
+_LEEK = Path(sys.executable).with_name("leek")
+LEEK_START = (
+    [str(_LEEK), "start"] if _LEEK.exists() else [sys.executable, "-m", "leek.cli", "start"]
+)
 
 
 class LeekRunner(Runner):
@@ -67,19 +71,13 @@ class LeekRunner(Runner):
             self.durability = pg_util.synchronous_commit(PG_DATABASE)
             pg_util.checkpoint(PG_DATABASE)
         else:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.sqlite}{suffix}").unlink(missing_ok=True)
+            _remove_sqlite(self.sqlite)
             sync = os.environ["LEEK_SQLITE_SYNCHRONOUS"]
             store = f"SQLite (WAL, synchronous={sync})"
             self.durability = f"SQLite WAL, synchronous={sync}; acknowledged = committed"
         if self.variant == "pg":
             self.durability += "; acknowledged = committed"
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v", "0"],
-            env=self.env(),
-            cwd=REPO,
-            check=True,
-        )
+        self._manage("migrate")
         import django
 
         django.setup()
@@ -121,9 +119,7 @@ class LeekRunner(Runner):
 
         if ping()[0]:  # a stray broker would answer for the one about to start
             raise RuntimeError(f"a broker already answers on port {PORT}; stop it first")
-        leek = Path(sys.executable).with_name("leek")
-        argv = [str(leek)] if leek.exists() else [sys.executable, "-m", "leek.cli"]
-        self.broker = self.spawn([*argv, "start"], f"broker{workers}", LEEK_WORKERS=str(workers))
+        self.broker = self.spawn(LEEK_START, f"broker{workers}", LEEK_WORKERS=str(workers))
         if wait:
             self.wait_ready(self.broker)
         return self.broker
@@ -188,19 +184,14 @@ class LeekRunner(Runner):
             enqueue_many([(tasks.noop, ())] * min(batch, count - done))
         return count / max(time.perf_counter() - start, 1e-9)
 
-    @property
-    def database(self) -> str:
-        return str(os.environ["DATABASE_URL"])
-
-    @staticmethod
-    def _use_port(port: int | str) -> None:
-        """Point this process's client at the broker on `port`."""
-        from leek import conf
-        from leek.client import connection
-
-        os.environ["LEEK_PORT"] = str(port)
-        conf.get_settings.cache_clear()
-        connection.close()
+    def _manage(self, *command: str, **env: str) -> None:
+        """`manage.py` of the bundled project, on this variant's database unless `env` says."""
+        subprocess.run(
+            [sys.executable, "manage.py", *command, "-v", "0"],
+            env=self.env(**env),
+            cwd=REPO,
+            check=True,
+        )
 
     def _twin(self) -> Proc:
         """A broker like the measured one, on an empty database of its own, on TWIN_PORT."""
@@ -208,31 +199,18 @@ class LeekRunner(Runner):
             pg_util.require_database(PG_DATABASE + "_empty")
             url = pg_util.url_for(PG_DATABASE + "_empty")
         else:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.twin_sqlite}{suffix}").unlink(missing_ok=True)
+            _remove_sqlite(self.twin_sqlite)
             url = f"sqlite:///{self.twin_sqlite}"
         env = {"DATABASE_URL": url, "LEEK_PORT": TWIN_PORT}
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v", "0"],
-            env=self.env(**env),
-            cwd=REPO,
-            check=True,
-        )
-        subprocess.run(
-            [sys.executable, "manage.py", "flush", "--no-input", "-v", "0"],
-            env=self.env(**env),
-            cwd=REPO,
-            check=True,
-        )
+        self._manage("migrate", **env)
+        self._manage("flush", "--no-input", **env)
         self._settle(url)
-        leek = Path(sys.executable).with_name("leek")
-        argv = [str(leek)] if leek.exists() else [sys.executable, "-m", "leek.cli"]
-        twin = self.spawn([*argv, "start"], "twin", LEEK_WORKERS="0", **env)
+        twin = self.spawn(LEEK_START, "twin", LEEK_WORKERS="0", **env)
         try:
-            self._use_port(TWIN_PORT)
+            _use_port(TWIN_PORT)
             self.wait_ready(twin)
         finally:
-            self._use_port(PORT)
+            _use_port(PORT)
         return twin
 
     def _settle(self, url: str) -> None:
@@ -274,12 +252,12 @@ class LeekRunner(Runner):
         # second broker, started alike on an empty database of its own, and
         # the two measured in turns, so that both see the same moments of a
         # machine whose speed drifts from one minute to the next.
-        self._settle(self.database)
+        self._settle(os.environ["DATABASE_URL"])
         twin = self._twin()
         try:
             rates = _push_rates({"backlog": PORT, "empty": TWIN_PORT})
         finally:
-            self._use_port(PORT)
+            _use_port(PORT)
             twin.stop()
         out["enqueue_1_rate_empty"] = statistics.median(rates["empty"])
         out["enqueue_1_rate_with_backlog"] = statistics.median(rates["backlog"])
@@ -321,6 +299,21 @@ class LeekRunner(Runner):
         return out
 
 
+def _use_port(port: int | str) -> None:
+    """Point this process's client at the broker on `port`."""
+    from leek import conf
+    from leek.client import connection
+
+    os.environ["LEEK_PORT"] = str(port)
+    conf.get_settings.cache_clear()
+    connection.close()
+
+
+def _remove_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def _push_rates(
     ports: dict[str, int | str], pushes: int = 1000, rounds: int = 5
 ) -> dict[str, list[float]]:
@@ -330,7 +323,7 @@ def _push_rates(
     rates: dict[str, list[float]] = {name: [] for name in ports}
     for _ in range(rounds):
         for name, port in ports.items():
-            LeekRunner._use_port(port)
+            _use_port(port)
             ping()  # connected before the clock starts
             start = time.perf_counter()
             for _ in range(pushes):
