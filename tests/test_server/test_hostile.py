@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import struct
@@ -158,8 +159,6 @@ def test_a_batch_that_names_one_id_twice_runs_it_once(broker: BrokerProcess) -> 
 def test_a_field_out_of_range_is_refused_and_loses_no_other_task(
     broker: BrokerProcess, field: str, value: Any
 ) -> None:
-    import io
-
     key = str(conf.get("SECRET")).encode()
     good, bad = task_message(tasks.add, 1, 2), task_message(tasks.add, 3, 4)
     bad[field] = value
