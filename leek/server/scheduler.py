@@ -88,6 +88,18 @@ class Delayed:
             self.release(due)
 
 
+RETURNING = "RETURNING id, priority, queue, run_after, status, name, attempts, started_at"
+#: The sweep's claim of spooled tasks. "WHERE spooled" is the partial index's
+#: own condition and the broker's own inserts are never in it, so the claim
+#: reads only the few spooled rows however many tasks wait; `status || ''`
+#: keeps the planner off the status index, which SQLite (no statistics) would
+#: otherwise walk through every queued task, at every sweep, in a write.
+CLAIM_SPOOLED = (
+    "UPDATE leek_task SET broker = %s, spooled = %s "  # noqa: S608 - constants only
+    f"WHERE spooled AND status || '' = 'queued' {RETURNING}"
+)
+
+
 def adopt(store: Store, dead_after: float) -> list[Ready]:
     """Claim spooled tasks and the unfinished tasks of stopped or silent brokers.
 
@@ -105,23 +117,14 @@ def adopt(store: Store, dead_after: float) -> list[Ready]:
             (store.node, silent),
         )
         gone = [row[0] for row in cursor.fetchall()]
-        returning = "RETURNING id, priority, queue, run_after, status, name, attempts, started_at"
-        # "WHERE spooled" is the partial index's own condition, so this is cheap
-        # however many tasks wait; the broker's own inserts are never in it.
-        cursor.execute(
-            d.sql(
-                "UPDATE leek_task SET broker = %s, spooled = %s "  # noqa: S608 - constants only
-                f"WHERE spooled AND status = 'queued' {returning}"
-            ),
-            (store.node, False),
-        )
+        cursor.execute(d.sql(CLAIM_SPOOLED), (store.node, False))
         rows = cursor.fetchall()
         if gone:  # rare: a full look at the unfinished tasks of brokers that are gone
             marks = ", ".join([d.ph] * len(gone))
             cursor.execute(
                 d.sql(
                     "UPDATE leek_task SET broker = %s "  # noqa: S608 - placeholders only
-                    f"WHERE broker IN ({marks}) AND status IN ('queued', 'running') {returning}"
+                    f"WHERE broker IN ({marks}) AND status IN ('queued', 'running') {RETURNING}"
                 ),
                 (store.node, *gone),
             )

@@ -89,6 +89,28 @@ def test_spooled_rows_are_swept_while_the_broker_runs(
     assert leek.TaskHandle(message["id"]).result(timeout=10) == 10
 
 
+def test_a_sweep_reads_only_the_spooled_rows_however_many_wait(transactional_db: Any) -> None:
+    # A sweep runs every SWEEP_INTERVAL inside a write: were its claim to walk
+    # the queued tasks, a large backlog would hold every enqueue up each time.
+    from django.utils import timezone
+
+    from leek.server.scheduler import CLAIM_SPOOLED
+
+    now = timezone.now()
+    rows = [Task(name="t", payload=b"", queued_at=now, spooled=i < 5) for i in range(20_000)]
+    Task.objects.bulk_create(rows, batch_size=2_000)
+    with db.cursor() as cursor:
+        if db.vendor == "sqlite":  # a broker's SQLite file has no statistics
+            cursor.execute("EXPLAIN QUERY PLAN " + CLAIM_SPOOLED, ("me", False))
+            plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+        else:
+            cursor.execute("ANALYZE leek_task")
+            cursor.execute("EXPLAIN " + CLAIM_SPOOLED, ("me", False))
+            plan = " ".join(row[0] for row in cursor.fetchall())
+    assert "leek_task_spooled" in plan, plan
+    assert "status_queued_at" not in plan and "Seq Scan" not in plan, plan
+
+
 def test_fallback_raise_names_the_address(transactional_db: Any, leek_settings: Any) -> None:
     port = free_port()
     leek_settings(PORT=port, FALLBACK="raise")
