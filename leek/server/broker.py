@@ -26,7 +26,7 @@ from ..runtime import install_capture
 from . import reads
 from .dispatch import Dispatcher
 from .periodic import Periodic
-from .scheduler import Delayed, Duties, adopt, interrupt_running
+from .scheduler import Adopter, Delayed, Duties, interrupt_running
 from .store import DATABASE_ERRORS, Dialect, NewTask, Ready, Store
 from .tcp import Server
 from .workers import Pool
@@ -67,7 +67,7 @@ class Broker:
         self.server = Server((self.host, self.port), self)
         self.port = self.server.server_address[1]
         self.heartbeat_interval = float(settings["HEARTBEAT_INTERVAL"])
-        self.dead_after = float(settings["HEARTBEAT_TIMEOUT"])
+        self.adopt = Adopter(self.store, float(settings["HEARTBEAT_TIMEOUT"]))
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
 
     # -- life ----------------------------------------------------------------
@@ -168,7 +168,7 @@ class Broker:
         )
 
     def _sweep(self) -> int:
-        found = adopt(self.store, self.dead_after)
+        found = self.adopt()
         if found:
             logger.info("adopted tasks count=%s", len(found), extra={"action": "tasks_adopted"})
             self.route(found)

@@ -100,33 +100,59 @@ CLAIM_SPOOLED = (
 )
 
 
-def adopt(store: Store, dead_after: float) -> list[Ready]:
-    """Claim spooled tasks and the unfinished tasks of stopped or silent brokers.
+#: Seconds after which the tasks of a broker already adopted from are looked
+#: for again though its row has not changed (a broker that was paused past
+#: DEAD_AFTER may have committed a task on waking, before it died for good).
+LOOK_AGAIN_AFTER = 300.0
+
+
+class Adopter:
+    """Claims spooled tasks and the unfinished tasks of stopped or silent brokers.
 
     Each row is claimed with a conditional update, so when several brokers sweep
-    at once every task goes to exactly one of them.
+    at once every task goes to exactly one of them. A gone broker's tasks are
+    found only by walking the unfinished tasks (nothing indexes `broker`), so
+    that walk runs once per gone broker: again when its row changes (it came
+    back and went again) or LOOK_AGAIN_AFTER later, not at every sweep while
+    its row stays in the table.
     """
 
-    def claim(cursor: Any, d: Dialect) -> list[Ready]:
-        silent = d.time(time.time() - dead_after)
+    def __init__(self, store: Store, dead_after: float) -> None:
+        self.store = store
+        self.dead_after = dead_after
+        self._taken: dict[str, Any] = {}  # gone broker -> its heartbeat when adopted from
+        self._looked_at = time.monotonic()
+
+    def __call__(self) -> list[Ready]:
+        again = time.monotonic() - self._looked_at >= LOOK_AGAIN_AFTER
+        found: list[Ready]
+        found, self._taken = self.store.call(lambda c, d: self._claim(c, d, again)).wait(60)
+        if again:  # committed: what was found is ours
+            self._looked_at = time.monotonic()
+        return found
+
+    def _claim(self, cursor: Any, d: Dialect, again: bool) -> tuple[list[Ready], dict[str, Any]]:
+        node = self.store.node
+        silent = d.time(time.time() - self.dead_after)
         cursor.execute(
             d.sql(
-                "SELECT name FROM leek_brokernode WHERE name <> %s "
+                "SELECT name, heartbeat_at FROM leek_brokernode WHERE name <> %s "
                 "AND (stopped OR heartbeat_at < %s)"
             ),
-            (store.node, silent),
+            (node, silent),
         )
-        gone = [row[0] for row in cursor.fetchall()]
-        cursor.execute(d.sql(CLAIM_SPOOLED), (store.node, False))
+        gone = dict(cursor.fetchall())
+        cursor.execute(d.sql(CLAIM_SPOOLED), (node, False))
         rows = cursor.fetchall()
-        if gone:  # rare: a full look at the unfinished tasks of brokers that are gone
-            marks = ", ".join([d.ph] * len(gone))
+        walk = [name for name, beat in gone.items() if again or self._taken.get(name) != beat]
+        if walk:
+            marks = ", ".join([d.ph] * len(walk))
             cursor.execute(
                 d.sql(
                     "UPDATE leek_task SET broker = %s "  # noqa: S608 - placeholders only
                     f"WHERE broker IN ({marks}) AND status IN ('queued', 'running') {RETURNING}"
                 ),
-                (store.node, *gone),
+                (node, *walk),
             )
             rows += cursor.fetchall()
         running = [r for r in rows if r[4] == "running"]
@@ -141,9 +167,7 @@ def adopt(store: Store, dead_after: float) -> list[Ready]:
                 [(r[0], r[5], r[6], r[7]) for r in running],
                 "interrupted: its broker stopped",
             )
-        return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
-
-    return list(store.call(claim).wait(60))
+        return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows], gone
 
 
 def interrupt_running(store: Store, reason: str) -> int:

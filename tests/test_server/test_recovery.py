@@ -111,6 +111,47 @@ def test_a_sweep_reads_only_the_spooled_rows_however_many_wait(transactional_db:
     assert "status_queued_at" not in plan and "Seq Scan" not in plan, plan
 
 
+def test_a_gone_brokers_tasks_are_walked_for_again_only_when_its_row_changes(
+    transactional_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing indexes Task.broker: a walk for a gone broker's tasks reads every
+    # unfinished task, so it must not run at every sweep while the row stays.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from leek.models import BrokerNode
+    from leek.server import scheduler
+    from leek.server.store import Store
+
+    now = timezone.now()
+    BrokerNode.objects.create(
+        name="gone:1", host="gone", port=1, pid=1, version="1", started_at=now,
+        heartbeat_at=now, stopped=True,
+    )  # fmt: skip
+
+    def queued() -> Any:
+        return Task.objects.create(name="t", payload=b"", queued_at=now, broker="gone:1").id
+
+    store = Store("me:1", lambda ready: None)
+    store.start()
+    adopt = scheduler.Adopter(store, dead_after=60)
+    try:
+        first = queued()
+        assert [r.id for r in adopt()] == [first]
+        late = queued()  # committed by the gone broker after the walk: its row is unchanged
+        assert adopt() == []
+        BrokerNode.objects.update(heartbeat_at=now + timedelta(seconds=1))  # it lived again
+        assert [r.id for r in adopt()] == [late]
+        last = queued()
+        assert adopt() == []
+        monkeypatch.setattr(scheduler, "LOOK_AGAIN_AFTER", 0.0)  # the look at long intervals
+        assert [r.id for r in adopt()] == [last]
+    finally:
+        store.stop()
+    assert set(Task.objects.values_list("broker", flat=True)) == {"me:1"}
+
+
 def test_fallback_raise_names_the_address(transactional_db: Any, leek_settings: Any) -> None:
     port = free_port()
     leek_settings(PORT=port, FALLBACK="raise")
