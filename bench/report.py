@@ -82,6 +82,7 @@ def extras_table(results: dict[str, Any]) -> Table | None:
         "enqueue 1 client/s, empty",
         "enqueue 1 client/s, backlog",
         "backlog/empty",
+        "slowest push ms, backlog / empty",
         "RSS empty MiB",
         "RSS backlog MiB",
         "peak RSS restarting MiB",
@@ -102,6 +103,7 @@ def extras_table(results: dict[str, Any]) -> Table | None:
                 _rate(extra.get("enqueue_1_rate_empty")),
                 f"{extra['enqueue_1_rate_with_backlog']:,.0f}",
                 _share(extra["enqueue_1_rate_with_backlog"], extra.get("enqueue_1_rate_empty")),
+                _slowest(extra.get("slowest_push_s")),
                 f"{extra['rss_empty_kb'] / 1024:.0f}",
                 f"{extra['rss_backlog_kb'] / 1024:.0f}",
                 f"{extra['rss_recovered_kb'] / 1024:.0f}",
@@ -115,6 +117,12 @@ def extras_table(results: dict[str, Any]) -> Table | None:
 
 def _share(part: float, whole: float | None) -> str:
     return "" if not whole else f"{part / whole:.0%}"
+
+
+def _slowest(seconds: dict[str, float] | None) -> str:
+    if not seconds:
+        return ""
+    return f"{seconds['backlog'] * 1e3:.1f} / {seconds['empty'] * 1e3:.1f}"
 
 
 def _rate(value: float | None) -> str:
