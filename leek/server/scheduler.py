@@ -102,7 +102,7 @@ CLAIM_SPOOLED = (
 
 #: Seconds after which the tasks of a broker already adopted from are looked
 #: for again though its row has not changed (a broker that was paused past
-#: DEAD_AFTER may have committed a task on waking, before it died for good).
+#: HEARTBEAT_TIMEOUT may have committed a task on waking, before it died for good).
 LOOK_AGAIN_AFTER = 300.0
 
 
@@ -126,8 +126,9 @@ class Adopter:
     def __call__(self) -> list[Ready]:
         again = time.monotonic() - self._looked_at >= LOOK_AGAIN_AFTER
         found: list[Ready]
+        # Once committed, the tasks found, and those of every broker in _taken, are ours.
         found, self._taken = self.store.call(lambda c, d: self._claim(c, d, again)).wait(60)
-        if again:  # committed: what was found is ours
+        if again:
             self._looked_at = time.monotonic()
         return found
 
