@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -67,7 +68,9 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_TIMEOUT": 30.0,
     # Seconds running tasks get to finish after SIGTERM or `leek stop`.
     "SHUTDOWN_GRACE": 30.0,
-    # Name of this broker in the database (empty: "host:port").
+    # Name of this broker in the database, unique among the brokers sharing it:
+    # a broker recovers the unfinished tasks under its name when it starts.
+    # Empty: "<this machine's hostname>:<PORT>".
     "NODE_NAME": "",
     # Version of the deployed code, compared between clients and brokers.
     # Empty: read from the environment's LEEK_CODE_VERSION or left unknown.
@@ -124,7 +127,9 @@ def get_settings() -> dict[str, Any]:
     if not merged["CODE_VERSION"]:
         merged["CODE_VERSION"] = os.environ.get("LEEK_CODE_VERSION", "")
     if not merged["NODE_NAME"]:
-        merged["NODE_NAME"] = f"{merged['HOST']}:{merged['PORT']}"
+        # Not HOST: brokers on several machines often listen on the same
+        # address (0.0.0.0, or 127.0.0.1 for a broker per web server).
+        merged["NODE_NAME"] = f"{socket.gethostname()}:{merged['PORT']}"
     return merged
 
 

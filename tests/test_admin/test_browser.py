@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def test_the_admin_in_a_browser(live_server: Any, admin_user: Any,
 
     # The dashboard sees the live broker.
     page.click("text=Task dashboard")
-    page.wait_for_selector(f"tr.leek-node-alive >> text=127.0.0.1:{broker.port}")
+    page.wait_for_selector(f"tr.leek-node-alive >> text={socket.gethostname()}:{broker.port}")
     assert page.locator("#leek-problems").count() == 0
     shot(page, "dashboard")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -49,7 +50,7 @@ def test_a_task_runs_and_reports_its_return_value(
     assert result.status == TaskResultStatus.SUCCESSFUL
     assert result.return_value == 5
     assert result.errors == [] and result.attempts == 1
-    assert result.worker_ids == [f"127.0.0.1:{framework_broker.port}"]
+    assert result.worker_ids == [f"{socket.gethostname()}:{framework_broker.port}"]
     assert result.enqueued_at <= result.started_at <= result.finished_at
     assert result.last_attempted_at == result.started_at
     again = jobs.add.get_result(result.id)
