@@ -111,6 +111,22 @@ def test_a_sweep_reads_only_the_spooled_rows_however_many_wait(transactional_db:
     assert "status_queued_at" not in plan and "Seq Scan" not in plan, plan
 
 
+def test_a_broker_under_a_new_name_runs_the_tasks_left_under_the_old_one(
+    broker_factory: Any,
+) -> None:
+    # The upgrade from names of HOST:PORT: the old name's row says stopped, and
+    # the first sweep of the broker under the new name adopts its queue.
+    port = free_port()
+    old: BrokerProcess = broker_factory(
+        port=port, LEEK_NODE_NAME=f"127.0.0.1:{port}", LEEK_WORKERS="0"
+    )
+    handles = [leek.push_task_to_queue(tasks.add, i, 1) for i in range(20)]
+    assert old.kill(signal.SIGTERM) == 0
+    broker_factory(port=port)
+    assert [h.result(timeout=20) for h in handles] == [i + 1 for i in range(20)]
+    assert not Task.objects.filter(broker=f"127.0.0.1:{port}").exists()
+
+
 def test_a_gone_brokers_tasks_are_walked_for_again_only_when_its_row_changes(
     transactional_db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
