@@ -89,15 +89,23 @@ class Delayed:
 
 
 RETURNING = "RETURNING id, priority, queue, run_after, status, name, attempts, started_at"
-#: The sweep's claim of spooled tasks. "WHERE spooled" is the partial index's
-#: own condition and the broker's own inserts are never in it, so the claim
-#: reads only the few spooled rows however many tasks wait; `status || ''`
-#: keeps the planner off the status index, which SQLite (no statistics) would
-#: otherwise walk through every queued task, at every sweep, in a write.
-CLAIM_SPOOLED = (
-    "UPDATE leek_task SET broker = %s, spooled = %s "  # noqa: S608 - constants only
-    f"WHERE spooled AND status || '' = 'queued' {RETURNING}"
-)
+
+
+def claim_spooled(d: Dialect) -> str:
+    """The sweep's claim of spooled tasks, in `d`'s SQL.
+
+    The claim must read only the partial index of spooled rows (the broker's
+    own inserts are never in it), however many tasks wait. SQLite, which keeps
+    no statistics, uses a partial index only for a query that repeats its
+    condition, and Django writes that condition as "spooled" (5.2) or
+    "spooled" = 1 (6.x): the claim repeats both. `status || ''` keeps the
+    planner off the status index, which would otherwise walk every queued
+    task, at every sweep, inside a write."""
+    spooled = "spooled AND spooled = 1" if d.sqlite else "spooled"
+    return d.sql(
+        "UPDATE leek_task SET broker = %s, spooled = %s "  # noqa: S608 - constants only
+        f"WHERE {spooled} AND status || '' = 'queued' {RETURNING}"
+    )
 
 
 #: Seconds after which the tasks of a broker already adopted from are looked
@@ -143,7 +151,7 @@ class Adopter:
             (node, silent),
         )
         gone = dict(cursor.fetchall())
-        cursor.execute(d.sql(CLAIM_SPOOLED), (node, False))
+        cursor.execute(claim_spooled(d), (node, False))
         rows = cursor.fetchall()
         walk = [name for name, beat in gone.items() if again or self._taken.get(name) != beat]
         if walk:

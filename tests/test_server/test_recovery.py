@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -94,19 +95,22 @@ def test_a_sweep_reads_only_the_spooled_rows_however_many_wait(transactional_db:
     # the queued tasks, a large backlog would hold every enqueue up each time.
     from django.utils import timezone
 
-    from leek.server.scheduler import CLAIM_SPOOLED
+    from leek.server.rows import Dialect
+    from leek.server.scheduler import claim_spooled
+    from leek.server.writer import raw_cursor
 
     now = timezone.now()
     rows = [Task(name="t", payload=b"", queued_at=now, spooled=i < 5) for i in range(20_000)]
     Task.objects.bulk_create(rows, batch_size=2_000)
-    with db.cursor() as cursor:
+    claim = claim_spooled(Dialect(db.vendor))
+    with closing(raw_cursor()) as raw:  # the claim is in the driver's own placeholders
         if db.vendor == "sqlite":  # a broker's SQLite file has no statistics
-            cursor.execute("EXPLAIN QUERY PLAN " + CLAIM_SPOOLED, ("me", False))
-            plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+            raw.execute("EXPLAIN QUERY PLAN " + claim, ("me", False))
+            plan = " ".join(str(row[-1]) for row in raw.fetchall())
         else:
-            cursor.execute("ANALYZE leek_task")
-            cursor.execute("EXPLAIN " + CLAIM_SPOOLED, ("me", False))
-            plan = " ".join(row[0] for row in cursor.fetchall())
+            raw.execute("ANALYZE leek_task")
+            raw.execute("EXPLAIN " + claim, ("me", False))
+            plan = " ".join(row[0] for row in raw.fetchall())
     assert "leek_task_spooled" in plan, plan
     assert "status_queued_at" not in plan and "Seq Scan" not in plan, plan
 
