@@ -76,7 +76,7 @@ command("waiting", "how many tasks wait")(_queue)
 command("handled", "how many tasks the broker handled since it started")(_queue)
 command("stats", "the broker's figures")(_none)
 command("retry-failed", "requeue the tasks that failed for good and were not retried")(_retry)
-command("purge", "delete old finished tasks and their outcomes")(_purge)
+command("purge", "delete old finished tasks, their outcomes, and rows of brokers long gone")(_purge)
 command("schedule", "the periodic tasks and their next run", module="leek.schedule_cli")(_none)
 
 

@@ -94,13 +94,18 @@ def run_retry_failed(options: argparse.Namespace) -> int:
 
 
 def run_purge(options: argparse.Namespace) -> int:
-    from .repair import purge
+    from .repair import forget_brokers, purge
 
     try:
         count = purge(options.older_than, statuses=options.status, dry_run=options.dry_run)
+        brokers = forget_brokers(options.older_than, dry_run=options.dry_run)
     except (LeekError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return UNHEALTHY
     verb = "would delete" if options.dry_run else "deleted"
-    emit(options, f"{verb} {count} tasks", {"ok": True, "count": count, "dry_run": options.dry_run})
+    emit(
+        options,
+        f"{verb} {count} tasks and {brokers} rows of gone brokers",
+        {"ok": True, "count": count, "brokers": brokers, "dry_run": options.dry_run},
+    )
     return OK

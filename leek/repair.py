@@ -119,3 +119,20 @@ def purge(older_than: str, statuses: list[str] | None = None, dry_run: bool = Fa
             FailedTask.objects.filter(task_id__in=batch).delete()
             Task.objects.filter(pk__in=batch).delete()
         deleted += len(batch)
+
+
+def forget_brokers(older_than: str, dry_run: bool = False) -> int:
+    """Delete the rows of brokers silent since before now minus `older_than`
+    (stopped or gone) that own no unfinished task. Returns how many.
+
+    A gone broker's row is what leads the others to adopt its tasks, so a row
+    that still owns any stays until they have. A broker that turns out to be
+    alive writes its row again at its next heartbeat."""
+    from .models import BrokerNode, Status, Task
+
+    cutoff = timezone.now() - parse_age(older_than)
+    owners = Task.objects.filter(status__in=[Status.QUEUED, Status.RUNNING]).values("broker")
+    old = BrokerNode.objects.filter(heartbeat_at__lt=cutoff).exclude(name__in=owners)
+    if dry_run:
+        return old.count()
+    return int(old.delete()[0])

@@ -240,6 +240,38 @@ def test_purge_deletes_old_finished_tasks(broker: BrokerProcess) -> None:
         purge("thirty days")
 
 
+def test_purge_forgets_brokers_long_gone_once_they_own_no_unfinished_task(
+    transactional_db: Any,
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from leek.models import BrokerNode
+    from leek.repair import forget_brokers
+    from tests.test_admin.factories import make_node
+
+    long_ago = timezone.now() - timedelta(days=40)
+    make_node("gone:1", seen=long_ago, stopped=True)
+    make_node("silent:1", seen=long_ago)
+    make_node("owner:1", seen=long_ago, stopped=True)  # its task waits to be adopted
+    make_node("recent:1", seen=timezone.now() - timedelta(days=2), stopped=True)
+    make_node("alive:1")
+    Task.objects.create(name="t", payload=b"", queued_at=long_ago, broker="owner:1")
+    Task.objects.create(name="t", payload=b"", queued_at=long_ago, broker="gone:1",
+                        status="succeeded")  # fmt: skip
+    assert forget_brokers("30d", dry_run=True) == 2
+    assert forget_brokers("30d") == 2
+    names = set(BrokerNode.objects.values_list("name", flat=True))
+    assert names == {"owner:1", "recent:1", "alive:1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "leek.cli", "purge", "--older-than", "1d"],
+        env=broker_env(free_port()), cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.strip() == "deleted 0 tasks and 1 rows of gone brokers"
+    assert set(BrokerNode.objects.values_list("name", flat=True)) == {"owner:1", "alive:1"}
+
+
 @pytest.mark.slow
 def test_random_sigkills_lose_no_acknowledged_task(broker_factory: Any) -> None:
     port = free_port()
