@@ -326,8 +326,9 @@ class FailedTaskAdmin(ReadOnly, BigList):
 
 @admin.register(BrokerNode)
 class BrokerNodeAdmin(ReadOnly, ModelAdmin):
-    list_display = ["name", "alive", "healthy", "workers_text", "handled", "heartbeat_at",
-                    "started_at", "version", "code_version", "pid", "note"]  # fmt: skip
+    list_display = ["name", "hostname", "alive", "healthy", "workers_text", "handled",
+                    "heartbeat_at", "started_at", "version", "code_version", "pid",
+                    "note"]  # fmt: skip
     ordering = ["name"]
 
     @admin.display(description="alive", boolean=True)

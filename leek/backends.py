@@ -116,7 +116,8 @@ class TaskCall:
         task = import_task(self.path, self.alias)
         context = current_task()
         result = _running(task, context.id if context else None,
-                          context.attempt if context else 1, args, kwargs, self.alias)  # fmt: skip
+                          context.attempt if context else 1, args, kwargs, self.alias,
+                          context.node if context else "")  # fmt: skip
         task_started.send(LeekBackend, task_result=result)
         try:
             if self.takes_context:
@@ -249,10 +250,10 @@ def load_result(result_id: str, running_attempt: int | None = None) -> TaskResul
 
 
 def _running(task: Task[..., Any], task_id: uuid.UUID | None, attempt: int, args: tuple[Any, ...],
-             kwargs: dict[str, Any], alias: str) -> TaskResult[..., Any]:  # fmt: skip
-    """The TaskResult of the attempt running on this worker."""
+             kwargs: dict[str, Any], alias: str, node: str) -> TaskResult[..., Any]:  # fmt: skip
+    """The TaskResult of the attempt running on this worker (of broker `node`)."""
     now = timezone.now()
-    node = str(conf.get("NODE_NAME"))
+    node = node or conf.node_name()
     if task_id is not None:
         try:
             loaded = load_result(str(task_id), running_attempt=attempt)

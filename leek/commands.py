@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from .cli import OK, UNHEALTHY, UNREACHABLE, emit
-from .exceptions import BrokerUnavailable, LeekError
+from .exceptions import BrokerUnavailable, LeekError, NodeNameInUse
 
 
 def _call(options: argparse.Namespace, verb: str, data: Any) -> tuple[int, Any]:
@@ -24,11 +24,22 @@ def _call(options: argparse.Namespace, verb: str, data: Any) -> tuple[int, Any]:
 
 
 def run_start(options: argparse.Namespace) -> int:
+    from . import conf
     from .server.broker import Broker
 
-    broker = Broker(options.host, options.port, options.workers)
+    try:
+        broker = Broker(options.host, options.port, options.workers)
+    except OSError as exc:  # the address is taken, or not this machine's
+        host = options.host or conf.get("HOST")
+        port = conf.get("PORT") if options.port is None else options.port
+        sys.stderr.write(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
+        return UNHEALTHY
     broker.install_signals()
-    broker.serve()
+    try:
+        broker.serve()
+    except NodeNameInUse as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return UNHEALTHY
     return OK
 
 

@@ -126,11 +126,18 @@ def get_settings() -> dict[str, Any]:
         ).hexdigest()
     if not merged["CODE_VERSION"]:
         merged["CODE_VERSION"] = os.environ.get("LEEK_CODE_VERSION", "")
-    if not merged["NODE_NAME"]:
-        # Not HOST: brokers on several machines often listen on the same
-        # address (0.0.0.0, or 127.0.0.1 for a broker per web server).
-        merged["NODE_NAME"] = f"{socket.gethostname()}:{merged['PORT']}"
     return merged
+
+
+def node_name(port: int | None = None) -> str:
+    """The name of the broker listening on `port` (None: PORT) of this machine.
+
+    NODE_NAME when set, else "<hostname>:<port>": not HOST, as brokers on
+    several machines often listen on the same address (0.0.0.0, or 127.0.0.1
+    for a broker per web server)."""
+    settings = get_settings()
+    explicit = str(settings["NODE_NAME"])
+    return explicit or f"{socket.gethostname()}:{settings['PORT'] if port is None else port}"
 
 
 def get(key: str) -> Any:

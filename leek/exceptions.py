@@ -32,6 +32,10 @@ class AuthenticationFailed(LeekError):
     """The broker rejected this client's signature: LEEK_SECRET differs between them."""
 
 
+class NodeNameInUse(LeekError):
+    """A live broker already runs under this node name: give each broker its own LEEK_NODE_NAME."""
+
+
 class BrokerError(LeekError):
     """The broker answered with an error."""
 

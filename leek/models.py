@@ -132,6 +132,8 @@ class BrokerNode(models.Model):
     """A broker process, as its heartbeat last described it."""
 
     name = models.CharField(max_length=255, unique=True)
+    #: The machine the broker runs on, and `host` the address it listens on.
+    hostname = models.CharField(max_length=255, blank=True, default="")
     host = models.CharField(max_length=255)
     port = models.PositiveIntegerField()
     pid = models.PositiveIntegerField()

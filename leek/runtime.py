@@ -24,6 +24,7 @@ class TaskContext:
     name: str
     attempt: int
     sink: _ProgressSink | None = None
+    node: str = ""  # the broker running it
 
 
 _local = threading.local()

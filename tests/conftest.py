@@ -31,16 +31,19 @@ def free_port() -> int:
 class BrokerProcess:
     """A `leek start` subprocess on its own port, logging to a file."""
 
-    def __init__(self, port: int, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, port: int, env: dict[str, str], log: Path, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port
         self.env = env
         self.log = log
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> BrokerProcess:
         handle = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leek.cli", "start"],
+            [sys.executable, "-m", "leek.cli", "start", *self.args],
             cwd=REPO,
             env=self.env,
             stdout=handle,
@@ -144,11 +147,14 @@ class BrokerFactory:
         self.leek_settings = leek_settings
         self.processes: list[BrokerProcess] = []
 
-    def __call__(self, wait: bool = True, port: int | None = None, **env: str) -> BrokerProcess:
+    def __call__(
+        self, wait: bool = True, port: int | None = None, args: tuple[str, ...] = (), **env: str
+    ) -> BrokerProcess:
+        """A broker on `port`; `args` follow `leek start` on its command line."""
         port = port or free_port()
         self.leek_settings(PORT=port)
         log = self.tmp_path / f"broker-{port}.log"
-        process = BrokerProcess(port, broker_env(port, env), log)
+        process = BrokerProcess(port, broker_env(port, env), log, args)
         self.processes.append(process)
         return process.start(wait=wait)
 

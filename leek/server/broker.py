@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from .. import __version__, conf, fields
 from ..runtime import install_capture
 from . import reads
 from .dispatch import Dispatcher
+from .node import Conflict, ensure_free
 from .periodic import Periodic
 from .scheduler import Adopter, Delayed, Duties, interrupt_running
 from .store import DATABASE_ERRORS, Dialect, NewTask, Ready, Store
@@ -44,7 +46,7 @@ class Broker:
         settings = conf.get_settings()
         self.host = host or str(settings["HOST"])
         self.port = int(settings["PORT"] if port is None else port)
-        self.node = str(settings["NODE_NAME"])
+        self.node = conf.node_name(self.port)
         self.key = str(settings["SECRET"]).encode()
         self.max_frame = int(settings["MAX_FRAME"])
         self.idle_timeout = float(settings["IDLE_TIMEOUT"])
@@ -67,7 +69,10 @@ class Broker:
         self.server = Server((self.host, self.port), self)
         self.port = self.server.server_address[1]
         self.heartbeat_interval = float(settings["HEARTBEAT_INTERVAL"])
-        self.adopt = Adopter(self.store, float(settings["HEARTBEAT_TIMEOUT"]))
+        self.heartbeat_timeout = float(settings["HEARTBEAT_TIMEOUT"])
+        self.hostname = socket.gethostname()
+        self.conflict = Conflict(self.node, self.hostname, self.heartbeat_timeout)
+        self.adopt = Adopter(self.store, self.heartbeat_timeout)
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
 
     # -- life ----------------------------------------------------------------
@@ -82,7 +87,15 @@ class Broker:
             self.dispatcher.push(due)
 
     def serve(self) -> None:
-        """Recover, serve until asked to stop, then stop gracefully."""
+        """Recover, serve until asked to stop, then stop gracefully.
+
+        Raises NodeNameInUse, before touching any task, when a live broker
+        already runs under this one's name."""
+        try:
+            ensure_free(self.node, self.hostname, self.heartbeat_interval, self.heartbeat_timeout)
+        except BaseException:
+            self.server.server_close()
+            raise
         install_capture()
         gc.collect()
         gc.freeze()  # what setup made lives as long as the broker: never scan it again
@@ -178,6 +191,7 @@ class Broker:
         """Write this broker's BrokerNode row, waiting up to `timeout` seconds."""
         alive, size = self.pool.alive(), self.pool.size
         values = {
+            "hostname": self.hostname,
             "host": self.host,
             "port": self.port,
             "pid": os.getpid(),
@@ -192,6 +206,8 @@ class Broker:
         }
 
         def write(cursor: Any, d: Dialect) -> None:
+            if self.conflict.check(cursor, d):
+                logger.error("%s", self.conflict.message, extra={"action": "node_name_conflict"})
             now = d.time(time.time())
             names = ", ".join(f"{k} = %s" for k in values)
             cursor.execute(
@@ -226,6 +242,8 @@ class Broker:
         written, error = self.store.health()
         if not written:
             return False, f"database unavailable: {error}"
+        if self.conflict.message:
+            return False, self.conflict.message
         return True, "I'm OK"
 
     def answer(self, verb: str, data: Any) -> Any:

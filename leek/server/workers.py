@@ -205,7 +205,8 @@ class Pool:
         outcome: Outcome
         try:
             fn, args, kwargs = load_task(job.payload)
-            with bind_context(TaskContext(ready.id, name, attempt, self.store), output):
+            context = TaskContext(ready.id, name, attempt, self.store, self.store.node)
+            with bind_context(context, output):
                 value = fn(*args, **kwargs)
             outcome = Outcome(
                 ready.id,
