@@ -74,6 +74,39 @@ def ratio_tables(results: dict[str, Any]) -> list[tuple[str, Table]]:
     return tables
 
 
+def floor_table(results: dict[str, Any]) -> Table | None:
+    """Each leek's pushes against its round-trip floor, ping, measured alike."""
+    rows = []
+    threads = 4
+    for doc in measured(results):
+        floor = doc.get("extra", {}).get("floor")
+        if not floor:
+            continue
+        threads = floor["threads"]
+        one, many = _median(doc, "enqueue_1"), _median(doc, f"enqueue_{threads}")
+        rows.append(
+            [
+                doc["system"],
+                _rate(floor["ping_1_rate"]),
+                _rate(one),
+                _share(one or 0.0, floor["ping_1_rate"]),
+                _rate(floor["ping_many_rate"]),
+                _rate(many),
+                _share(many or 0.0, floor["ping_many_rate"]),
+            ]
+        )
+    head = [
+        "leek",
+        "ping 1 client/s",
+        "enqueue 1 client/s",
+        "enqueue/ping",
+        f"ping {threads} clients/s",
+        f"enqueue {threads} clients/s",
+        "enqueue/ping",
+    ]
+    return (head, rows) if rows else None
+
+
 def extras_table(results: dict[str, Any]) -> Table | None:
     head = [
         "leek",
@@ -93,7 +126,7 @@ def extras_table(results: dict[str, Any]) -> Table | None:
     rows = []
     for doc in measured(results):
         extra = doc.get("extra")
-        if not extra:
+        if not extra or "backlog" not in extra:
             continue
         rows.append(
             [
@@ -186,6 +219,15 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             f"**{leek}** against each peer ({note}):" if md else f"{leek} ({note}):",
             "",
             fmt(table),
+        ]
+    floor = floor_table(results)
+    if floor:
+        out += [
+            "",
+            "leek's pushes against the round trip with no work behind it (ping, no "
+            "database write), measured alike in the same run:",
+            "",
+            fmt(floor),
         ]
     extras = extras_table(results)
     if extras:

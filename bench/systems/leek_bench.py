@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import tasks
-from bench.common import REPO, Proc, Push, Runner, deadline_for, rss_kb, wait_until
+from bench.common import (
+    REPO,
+    Proc,
+    Push,
+    Runner,
+    _timed_pushes,
+    deadline_for,
+    rss_kb,
+    wait_until,
+)
 from bench.suite import main
 from bench.systems import pg_util
 
@@ -166,13 +175,29 @@ class LeekRunner(Runner):
         return result
 
     def own_figures(self, args: argparse.Namespace) -> dict[str, Any]:
+        figures = {"floor": self._floor(args.n, args.threads)}
         if args.backlog <= 0:
-            return {}
+            return figures
         try:
-            return self._backlog(args.backlog, args.recovery_repeat)
+            return {**figures, **self._backlog(args.backlog, args.recovery_repeat)}
         finally:
             self.stop_workers()
             self.reset()
+
+    def _floor(self, n: int, threads: int) -> dict[str, Any]:
+        """The protocol's round trip with no work behind it: `ping`, answered
+        by the connection's thread with no database write, from one client and
+        from `threads`, one request at a time each, as the timed pushes go. No
+        push can be faster than this on the same machine."""
+        print(f"  {self.name}: round-trip floor (ping)", file=sys.stderr, flush=True)
+        self.start_broker(0)
+        try:
+            pinger = _Pinger(self)
+            one = n / _timed_pushes(pinger, n, 1)
+            many = n / _timed_pushes(pinger, n, threads)
+        finally:
+            self.stop_workers()
+        return {"ping_1_rate": one, "ping_many_rate": many, "threads": threads}
 
     def _fill(self, count: int) -> float:
         """Queue `count` noops with enqueue_many (broker running, no workers); tasks/s."""
@@ -298,6 +323,21 @@ class LeekRunner(Runner):
         out["recovery_drained_s"] = {"median": statistics.median(drained), "runs": drained}
         out["rss_recovered_kb"] = max(peak)
         return out
+
+
+class _Pinger:
+    """A runner for `_timed_pushes` whose clients ping instead of pushing."""
+
+    def __init__(self, runner: LeekRunner) -> None:
+        self.runner = runner
+
+    def client(self) -> Push:
+        from leek import ping
+
+        return ping
+
+    def close_client(self) -> None:
+        self.runner.close_client()
 
 
 def _use_port(port: int | str) -> None:
