@@ -108,6 +108,7 @@ class Broker:
         next(pages)  # the snapshot of the tasks to recover is taken; serve meanwhile
         self.duties.every(0, self.pool.watch)
         self.duties.every(0, self.store.checkpoint)
+        self.duties.every(0, self.store.nudge)  # the running marks (see Store.mark_running)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
         self.duties.every(0.2, self.periodic.tick)
         self.duties.start()

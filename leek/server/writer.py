@@ -156,9 +156,17 @@ class GroupCommit:
                 self._room.wait(left)
         return True
 
-    def _later(self, op: Op) -> None:
+    def _later(self, op: Op, wake: bool = True) -> None:
+        """Queue an op nobody waits for; `wake` False leaves it for the next
+        commit or the next `nudge`, without waking the writer thread now."""
         self._pending.append(op)
-        if self._idle:
+        if wake and self._idle:
+            with self._wake:
+                self._wake.notify()
+
+    def nudge(self) -> None:
+        """Wake the writer thread for ops queued without waking it."""
+        if self._pending and self._idle:
             with self._wake:
                 self._wake.notify()
 
@@ -166,8 +174,9 @@ class GroupCommit:
         """Write queued ops; True when some failed and wait to be tried again.
 
         Not blocking (a client's thread): if nobody else is writing, write
-        up to LEAD_ROUNDS batches, then leave what came meanwhile to the writer
-        thread, so this thread goes back to its own client soon. Blocking (the
+        up to LEAD_ROUNDS batches while ops someone waits for keep coming, then
+        leave the rest to the writer thread, so this thread goes back to its
+        own client soon. Blocking (the
         writer thread): write until nothing is left."""
         failed = False
         rounds = 0
@@ -188,6 +197,12 @@ class GroupCommit:
                 self._later_retry()
                 return True
             rounds += 1
+            if not blocking and not any(op.done for op in self._pending):
+                # What came meanwhile waits for no client (running marks and
+                # outcomes): the writer thread or the next commit takes it,
+                # while this thread goes back to its client, and the task it
+                # just queued starts without a commit competing for the CPU.
+                return False
             if not blocking and rounds >= LEAD_ROUNDS:
                 if self._pending:  # queued while we wrote, by threads that could not lead
                     with self._wake:

@@ -150,6 +150,17 @@ def test_enqueue_many_is_one_frame(broker: BrokerProcess) -> None:
     assert leek.stats()[1]["commits"] < 50
 
 
+def test_a_task_shows_running_while_nothing_else_is_written(broker_factory: Any) -> None:
+    # Its running mark wakes no thread; with no heartbeat, sweep or push to
+    # carry it (the task starts two seconds after the broker's start-up writes),
+    # the duties' nudge writes it while the task runs.
+    broker_factory(LEEK_HEARTBEAT_INTERVAL="600", LEEK_SWEEP_INTERVAL="600")
+    handle = leek.enqueue(tasks.sleep, (2.0,), delay=2.0)
+    wait_for(lambda: handle.status() != "queued")
+    assert handle.status() == "running"
+    assert handle.result(timeout=20) == 2.0
+
+
 def test_stop_is_graceful(broker: BrokerProcess) -> None:
     assert leek.ping() == (True, "I'm OK")
     assert leek.stop() == (True, "stopping")
