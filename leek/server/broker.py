@@ -231,6 +231,7 @@ class Broker:
 
         try:
             self.store.call(write).wait(timeout)
+            self.conflict.written = True  # the row is ours from here on
         except HEARTBEAT_ERRORS:
             pass  # the store logged it and reports the database unhealthy
 

@@ -62,7 +62,7 @@ class Conflict:
         self.timeout = timeout
         self._message = ""
         self._seen = 0.0  # time.monotonic() of the last foreign write seen
-        self._beaten = False
+        self.written = False  # set once a heartbeat of this broker is committed
 
     @property
     def message(self) -> str:
@@ -75,7 +75,7 @@ class Conflict:
         """Read the row inside the heartbeat's transaction, before it is
         written; True when a conflict is found that was not known."""
         known = bool(self.message)
-        if self._beaten:
+        if self.written:
             cursor.execute(
                 d.sql(
                     "SELECT hostname, pid, host, port, stopped FROM leek_brokernode WHERE name = %s"
@@ -89,7 +89,6 @@ class Conflict:
                     f"another broker also runs as node {self.node!r} (machine {row[0] or '?'}, "
                     f"address {row[2]}:{row[3]}, pid {row[1]}): give each its own LEEK_NODE_NAME"
                 )
-        self._beaten = True
         return bool(self.message) and not known
 
 

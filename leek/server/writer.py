@@ -160,9 +160,8 @@ class GroupCommit:
         """Queue an op nobody waits for; `wake` False leaves it for the next
         commit or the next `nudge`, without waking the writer thread now."""
         self._pending.append(op)
-        if wake and self._idle:
-            with self._wake:
-                self._wake.notify()
+        if wake:
+            self.nudge()
 
     def nudge(self) -> None:
         """Wake the writer thread for ops queued without waking it."""
