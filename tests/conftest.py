@@ -129,6 +129,14 @@ def task_message(fn: Callable[..., Any], *args: Any, max_retries: int | None = N
     )
 
 
+def task_batch(*calls: tuple[Callable[..., Any], tuple[Any, ...]], **options: Any) -> Any:
+    """The ids and the enqueue_batch data a client would send for `calls`."""
+    from leek.client.api import _batch, _options
+
+    defaults = {"queue": "default", "priority": 0, "max_retries": None, "timeout": None}
+    return _batch(calls, _options(run_after=None, **{**defaults, **options}))
+
+
 @pytest.fixture
 def leek_settings(settings: Any) -> Callable[..., None]:
     """Set LEEK keys for the test process (the client side)."""

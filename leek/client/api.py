@@ -13,7 +13,7 @@ from django.db import transaction
 
 from .. import conf, fields
 from ..exceptions import BrokerUnavailable, LeekError, TaskCancelled, TaskFailed, TaskNotReady
-from ..protocol import dump_task, load_value, new_task_id, task_name
+from ..protocol import dump_task, load_value, new_task_id, new_task_ids, task_name
 from . import connection
 from .spool import spool
 
@@ -158,25 +158,23 @@ def _message(
     return _task(fn, args, kwargs, _options(**options))
 
 
-def _send(messages: list[dict[str, Any]], using: str | None = None) -> None:
+def _send(verb: str, data: Any, using: str | None = None) -> None:
     """Send now, or when the surrounding transaction commits (ON_COMMIT)."""
     if conf.get("ON_COMMIT"):
         connection_ = transaction.get_connection(using)
         if connection_.in_atomic_block:
-            transaction.on_commit(lambda: _deliver(messages), using=using, robust=False)
+            transaction.on_commit(lambda: _deliver(verb, data), using=using, robust=False)
             return
-    _deliver(messages)
+    _deliver(verb, data)
 
 
-def _deliver(messages: list[dict[str, Any]]) -> None:
+def _deliver(verb: str, data: Any) -> None:
     try:
-        if len(messages) == 1:
-            connection.call("enqueue", messages[0])
-        else:
-            connection.call("enqueue_many", messages)
+        connection.call(verb, data)
     except BrokerUnavailable as exc:
         if conf.get("FALLBACK") != "database":
             raise
+        messages = [data] if verb == "enqueue" else _unbatch(data)
         try:
             spool(messages)
         except Exception as db_exc:
@@ -189,6 +187,21 @@ def _deliver(messages: list[dict[str, Any]]) -> None:
             exc,
             extra={"action": "task_spooled"},
         )
+
+
+def _unbatch(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tasks of an enqueue_batch as `enqueue` sends each: what the database
+    fallback writes."""
+    return [
+        {
+            "id": str(uuid.UUID(bytes=task_id)),
+            "name": name,
+            "payload": payload,
+            "args_repr": args_repr,
+            **batch["options"],
+        }
+        for task_id, name, payload, args_repr in batch["tasks"]
+    ]
 
 
 def enqueue(
@@ -215,7 +228,7 @@ def enqueue(
         max_retries=max_retries,
         timeout=timeout,
     )
-    _send([message])
+    _send("enqueue", message)
     return TaskHandle(message["id"])
 
 
@@ -232,17 +245,36 @@ def enqueue_many(
     max_retries: int | None = None,
     timeout: float | None = None,
 ) -> list[TaskHandle]:
-    """Push many (fn, args[, kwargs]) calls in one frame and one commit."""
+    """Push many (fn, args[, kwargs]) calls in one frame and one commit.
+
+    The options travel once for the whole batch and each task as a short
+    tuple (the ``enqueue_batch`` verb of docs/protocol.md)."""
     options = _options(
         queue=queue, priority=priority, run_after=None, max_retries=max_retries, timeout=timeout
     )
-    messages = []
-    for call in calls:
+    ids, batch = _batch(calls, options)
+    if ids:
+        _send("enqueue_batch", batch)
+    return [TaskHandle(task_id) for task_id in ids]
+
+
+def _batch(
+    calls: Iterable[TaskCall | tuple[Callable[..., Any], tuple[Any, ...]]],
+    options: dict[str, Any],
+) -> tuple[list[uuid.UUID], dict[str, Any]]:
+    """The ids of `calls` and the data of their enqueue_batch."""
+    calls = list(calls)
+    ids = new_task_ids(len(calls))
+    tasks = []
+    for task_id, call in zip(ids, calls, strict=True):
         fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call
-        messages.append(_task(fn, tuple(args), dict(kwargs), options))
-    if messages:
-        _send(messages)
-    return [TaskHandle(m["id"]) for m in messages]
+        if not callable(fn):
+            raise TypeError(f"a task must be callable, got {type(fn).__name__}")
+        args, kwargs = tuple(args), dict(kwargs)
+        tasks.append(
+            (task_id.bytes, task_name(fn), dump_task(fn, args, kwargs), _describe(args, kwargs))
+        )
+    return ids, {"options": options, "tasks": tasks}
 
 
 def cancel(task_id: uuid.UUID | str) -> bool:

@@ -4,8 +4,9 @@
 start, serving, and the graceful stop on SIGTERM, SIGINT or the `stop` verb.
 It answers each verb; tcp.py holds the server and the connections.
 
-Verbs: ``enqueue``, ``enqueue_many``, ``cancel``, ``ping``, ``waiting``,
-``handled``, ``stats``, ``sweep`` (adopt spooled tasks now) and ``stop``.
+Verbs: ``enqueue``, ``enqueue_batch``, ``enqueue_many``, ``cancel``, ``ping``,
+``waiting``, ``handled``, ``stats``, ``sweep`` (adopt spooled tasks now) and
+``stop``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from .workers import Pool
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
+#: A task's queue, priority, max_retries, timeout, run_after and code_version.
+Options = tuple[str, int, int, float | None, float | None, str]
 
 
 class Broker:
@@ -249,7 +252,7 @@ class Broker:
         return True, "I'm OK"
 
     def answer(self, verb: str, data: Any) -> Any:
-        """The value of any verb but enqueue and enqueue_many (see `enqueue`)."""
+        """The value of any verb but the pushes (tcp.PUSHES; see `enqueue`)."""
         if verb == "ping":
             ok, message = self.healthy()
             return {"ok": ok, "message": message}
@@ -269,23 +272,62 @@ class Broker:
             threading.Timer(0.05, self.request_stop).start()
             return "stopping"
         raise ValueError(
-            f"unknown verb {verb!r}: expected enqueue, enqueue_many, cancel, "
-            "ping, waiting, handled, stats, sweep or stop"
+            f"unknown verb {verb!r}: expected enqueue, enqueue_batch, enqueue_many, "
+            "cancel, ping, waiting, handled, stats, sweep or stop"
         )
 
     def enqueue(
-        self, items: list[dict[str, Any]], done: Callable[[Any, BaseException | None], None]
+        self, verb: str, data: Any, done: Callable[[Any, BaseException | None], None]
     ) -> None:
-        """Insert the tasks; `done` gets their ids once they are committed, or the error."""
-        tasks = [self._new_task(item) for item in items]
-        ids = [str(t.id) for t in tasks]
+        """Insert the tasks of one of tcp.PUSHES; once they are committed, `done`
+        gets the reply's value (enqueue: the id; enqueue_many: the ids;
+        enqueue_batch: how many), or the error."""
+        if verb == "enqueue":
+            tasks = [self._new_task(data)]
+            value: Any = str(tasks[0].id)
+        elif verb == "enqueue_batch":
+            tasks = self._batch(data)
+            value = len(tasks)
+        else:
+            tasks = [self._new_task(item) for item in data]
+            value = [str(t.id) for t in tasks]
 
         def committed(inserted: Any, error: BaseException | None) -> None:
-            done(None if error is not None else ids, error)
+            done(None if error is not None else value, error)
 
         self.store.insert(tasks, committed)
 
     def _new_task(self, item: dict[str, Any]) -> NewTask:
+        return NewTask(
+            uuid.UUID(str(item["id"])),
+            str(item["name"])[:255],
+            bytes(item["payload"]),
+            str(item.get("args_repr", "")),
+            *self._options(item),
+        )
+
+    def _batch(self, batch: dict[str, Any]) -> list[NewTask]:
+        """The tasks of an enqueue_batch: options once, then (id, name,
+        payload, args_repr) for each task, its id as 16 bytes."""
+        options = self._options(batch["options"])
+        tasks = []
+        for task_id, name, payload, args_repr in batch["tasks"]:
+            if len(task_id) != 16:
+                raise ValueError(f"a task id in a batch is 16 bytes, got {len(task_id)}")
+            tasks.append(
+                NewTask(
+                    uuid.UUID(int=int.from_bytes(task_id, "big")),
+                    str(name)[:255],
+                    bytes(payload),
+                    str(args_repr),
+                    *options,
+                )
+            )
+        return tasks
+
+    def _options(self, item: dict[str, Any]) -> Options:
+        """The checked queue, priority, max_retries, timeout, run_after and
+        code_version of a task or a batch (NewTask's fields in that order)."""
         code = str(item.get("code_version") or "")
         if code and self.code_version and code != self.code_version:
             if not self.drift[code]:
@@ -297,17 +339,13 @@ class Broker:
                 )
             self.drift[code] += 1
         retries = fields.max_retries(item.get("max_retries"))
-        return NewTask(
-            id=uuid.UUID(str(item["id"])),
-            name=str(item["name"])[:255],
-            queue=str(item.get("queue") or "default")[:64],
-            priority=fields.priority(item.get("priority", 0)),
-            payload=bytes(item["payload"]),
-            args_repr=str(item.get("args_repr", "")),
-            max_retries=self.max_retries if retries is None else retries,
-            timeout=fields.timeout(item.get("timeout")),
-            run_after=fields.run_after(item.get("run_after")),
-            code_version=code[:64],
+        return (
+            str(item.get("queue") or "default")[:64],
+            fields.priority(item.get("priority", 0)),
+            self.max_retries if retries is None else retries,
+            fields.timeout(item.get("timeout")),
+            fields.run_after(item.get("run_after")),
+            code[:64],
         )
 
     def cancel(self, task_id: uuid.UUID) -> bool:

@@ -20,10 +20,10 @@ class NewTask:
 
     id: uuid.UUID
     name: str
-    queue: str
-    priority: int
     payload: bytes
     args_repr: str
+    queue: str
+    priority: int
     max_retries: int
     timeout: float | None
     run_after: float | None

@@ -37,30 +37,34 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TASK_COLUMNS = (
-    "id",
-    "name",
-    "queue",
-    "priority",
-    "status",
-    "payload",
-    "args_repr",
-    "attempts",
-    "max_retries",
-    "timeout",
-    "queued_at",
-    "run_after",
-    "started_at",
-    "finished_at",
-    "broker",
-    "spooled",
-    "code_version",
-    "progress",
-    "progress_note",
+#: The columns of a new task's row, each with what the insert puts there: a
+#: placeholder for a value it binds (in `Store.insert_tasks`' order), or the SQL
+#: of a value every new row shares, which costs no binding.
+TASK_ROW = (
+    ("id", "%s"),
+    ("name", "%s"),
+    ("queue", "%s"),
+    ("priority", "%s"),
+    ("status", "'queued'"),
+    ("payload", "%s"),
+    ("args_repr", "%s"),
+    ("attempts", "0"),
+    ("max_retries", "%s"),
+    ("timeout", "%s"),
+    ("queued_at", "%s"),
+    ("run_after", "%s"),
+    ("started_at", "NULL"),
+    ("finished_at", "NULL"),
+    ("broker", "%s"),
+    ("spooled", "FALSE"),
+    ("code_version", "%s"),
+    ("progress", "NULL"),
+    ("progress_note", "''"),
 )
 INSERT_CHUNK = 500
-#: PostgreSQL inserts a batch from one array per column (the others are fixed).
-PG_ARRAY_COLUMNS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 16)
+#: PostgreSQL inserts a batch from one array per bound column (the queue time
+#: and the broker are one value for all).
+PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11)
 PG_INSERT_MANY = (
     "INSERT INTO leek_task (id, name, queue, priority, payload, args_repr, max_retries, "
     "timeout, run_after, code_version, status, attempts, queued_at, started_at, finished_at, "
@@ -96,7 +100,7 @@ class Store(GroupCommit):
         # writer at a time, so there one connection writes everything.
         self.results = None if lane or self.dialect.sqlite else Store(node, on_ready, lane=True)
         d = self.dialect
-        self._insert_row = "(" + ", ".join([d.ph] * len(TASK_COLUMNS)) + ")"
+        self._insert_row = d.sql("(" + ", ".join(value for _, value in TASK_ROW) + ")")
         self._inserts: dict[tuple[int, bool], str] = {}
         self._sql_mark = d.sql(
             "UPDATE leek_task SET status = 'running', started_at = %s, attempts = %s "
@@ -271,27 +275,20 @@ class Store(GroupCommit):
         d = self.dialect
         now = d.time(time.time())
         node = self.node
-        rows = [
+        rows = [  # the bound values of TASK_ROW, in its order
             (
                 d.pk(t.id),
                 t.name,
                 t.queue,
                 t.priority,
-                "queued",
                 t.payload,
                 t.args_repr,
-                0,
                 t.max_retries,
                 t.timeout,
                 now,
                 None if t.run_after is None else d.time(t.run_after),
-                None,
-                None,
                 node,
-                False,
                 t.code_version,
-                None,
-                "",
             )
             for t in tasks
         ]
@@ -332,7 +329,7 @@ class Store(GroupCommit):
         sql = self._inserts.get(key)
         if sql is None:
             sql = self._inserts[key] = (
-                f"INSERT INTO leek_task ({', '.join(TASK_COLUMNS)}) VALUES "  # noqa: S608
+                f"INSERT INTO leek_task ({', '.join(c for c, _ in TASK_ROW)}) VALUES "  # noqa: S608
                 + ", ".join([self._insert_row] * rows)
                 + " ON CONFLICT (id) DO NOTHING"
                 + (" RETURNING id" if returning else "")

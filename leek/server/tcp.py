@@ -24,6 +24,9 @@ from ..protocol import FrameSocket
 if TYPE_CHECKING:
     from .broker import Broker
 
+#: The verbs that insert tasks, each answered once its tasks are committed.
+PUSHES = ("enqueue", "enqueue_batch", "enqueue_many")
+
 logger = logging.getLogger(__name__)
 security = logging.getLogger("leek.security")
 #: Seconds a connection's thread waits for its last enqueue to be committed
@@ -79,12 +82,9 @@ class Handler(socketserver.BaseRequestHandler):
                 return
             request_id, verb, data = message
             try:
-                if verb in ("enqueue", "enqueue_many"):
+                if verb in PUSHES:
                     self.settled.clear()
-                    broker.enqueue(
-                        data if verb == "enqueue_many" else [data],
-                        self._answer(request_id, many=verb == "enqueue_many"),
-                    )
+                    broker.enqueue(verb, data, self._answer(request_id))
                     continue
                 reply = (request_id, True, broker.answer(verb, data))
             except (LeekError, ValueError, TypeError, KeyError) as exc:
@@ -96,14 +96,14 @@ class Handler(socketserver.BaseRequestHandler):
             if not self._reply(reply):
                 return
 
-    def _answer(self, request_id: int, many: bool) -> Callable[[Any, BaseException | None], None]:
-        """The reply to an enqueue, once its tasks are committed."""
+    def _answer(self, request_id: int) -> Callable[[Any, BaseException | None], None]:
+        """The reply to a push, once its tasks are committed."""
 
-        def done(ids: Any, error: BaseException | None) -> None:
+        def done(value: Any, error: BaseException | None) -> None:
             if error is not None:
                 self._reply((request_id, False, _error(error)))
             else:
-                self._reply((request_id, True, ids if many else ids[0]))
+                self._reply((request_id, True, value))
             self.settled.set()
 
         return done

@@ -18,7 +18,7 @@ from leek import conf
 from leek.models import Task
 from leek.protocol import HEADER, MAGIC, encode, read_frame
 from tests import tasks
-from tests.conftest import BrokerProcess, task_message, wait_for
+from tests.conftest import BrokerProcess, task_batch, task_message, wait_for
 
 
 class Mark:
@@ -145,6 +145,51 @@ def test_a_batch_that_names_one_id_twice_runs_it_once(broker: BrokerProcess) -> 
     time.sleep(0.3)  # a second run would show here
     assert leek.handled() == (True, 1)
     assert Task.objects.count() == 1
+
+
+def test_a_replayed_enqueue_batch_makes_its_tasks_once(broker: BrokerProcess) -> None:
+    key = str(conf.get("SECRET")).encode()
+    ids, batch = task_batch((tasks.add, (1, 2)), (tasks.add, (3, 4)))
+    frame = encode(key, (1, "enqueue_batch", batch))
+    first = exchange(broker.port, frame)
+    assert first == exchange(broker.port, frame)  # the same reply: both accepted
+    assert read_frame(io.BytesIO(first), key, 1 << 20) == (1, True, 2)
+    assert [leek.TaskHandle(i).result(timeout=10) for i in ids] == [3, 7]
+    wait_for(lambda: leek.handled() == (True, 2))
+    time.sleep(0.3)  # a task run twice would show here
+    assert leek.handled() == (True, 2)
+    assert Task.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda b: b["tasks"].__setitem__(1, (b"\x01" * 15, *b["tasks"][1][1:])), "16 bytes"),
+        (lambda b: b["tasks"].__setitem__(1, b["tasks"][1][:3]), "not enough values"),
+        (lambda b: b["options"].__setitem__("priority", 2**40), "priority must be"),
+        (lambda b: b.pop("options"), "options"),
+    ],
+    ids=["short id", "short task", "option out of range", "no options"],
+)
+def test_a_bad_enqueue_batch_is_refused_whole(
+    broker: BrokerProcess, change: Any, error: str
+) -> None:
+    key = str(conf.get("SECRET")).encode()
+    ids, batch = task_batch((tasks.add, (1, 2)), (tasks.add, (3, 4)), (tasks.add, (5, 6)))
+    change(batch)
+    good = task_message(tasks.add, 7, 8)
+    frames = encode(key, (1, "enqueue_batch", batch)) + encode(key, (2, "enqueue", good))
+    stream = io.BytesIO(exchange(broker.port, frames))
+    refused = read_frame(stream, key, 1 << 20)
+    assert refused is not None
+    assert refused[:2] == (1, False)
+    assert error in refused[2]["message"]
+    assert read_frame(stream, key, 1 << 20) == (2, True, good["id"])  # the connection goes on
+    assert leek.TaskHandle(good["id"]).result(timeout=10) == 15
+    assert not Task.objects.filter(
+        pk__in=ids
+    ).exists()  # none of the batch, not even its good tasks
+    still_serving()
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,21 @@ def test_pushes_without_a_broker_are_spooled_and_run_at_start(
     assert not Task.objects.filter(spooled=True).exists()
 
 
+def test_a_batch_pushed_without_a_broker_is_spooled_with_its_options(
+    broker_factory: Any, leek_settings: Any
+) -> None:
+    port = free_port()
+    leek_settings(PORT=port, CONNECT_TIMEOUT=0.5)
+    calls = [(tasks.add, (i, 1)) for i in range(20)]
+    handles = leek.enqueue_many(calls, queue="mail", priority=3, max_retries=2, timeout=9.0)
+    rows = Task.objects.filter(spooled=True, status="queued")
+    assert {r.id for r in rows} == {h.id for h in handles}
+    assert {(r.queue, r.priority, r.max_retries, r.timeout) for r in rows} == {("mail", 3, 2, 9.0)}
+    assert {r.name for r in rows} == {"tests.tasks.add"}
+    broker_factory(port=port)
+    assert [h.result(timeout=20) for h in handles] == [i + 1 for i in range(20)]
+
+
 def test_spooled_rows_are_swept_while_the_broker_runs(
     broker: BrokerProcess, leek_settings: Any
 ) -> None:
