@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from .cli import OK, UNHEALTHY, UNREACHABLE, emit
-from .exceptions import BrokerUnavailable, LeekError, NodeNameInUse
+from .exceptions import BrokerUnavailable, DatabaseUnavailable, LeekError, NodeNameInUse
 
 
 def _call(options: argparse.Namespace, verb: str, data: Any) -> tuple[int, Any]:
@@ -39,6 +39,9 @@ def run_start(options: argparse.Namespace) -> int:
         broker.serve()
     except NodeNameInUse as exc:
         sys.stderr.write(f"error: {exc}\n")
+        return UNHEALTHY
+    except DatabaseUnavailable as exc:
+        sys.stderr.write(f"error: database unavailable at start: {exc}\n")
         return UNHEALTHY
     return OK
 

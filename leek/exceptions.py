@@ -36,6 +36,10 @@ class NodeNameInUse(LeekError):
     """A live broker already runs under this node name: give each broker its own LEEK_NODE_NAME."""
 
 
+class DatabaseUnavailable(LeekError):
+    """The broker cannot reach its database."""
+
+
 class BrokerError(LeekError):
     """The broker answered with an error."""
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__, conf, fields
+from ..exceptions import DatabaseUnavailable
 from ..runtime import install_capture
 from . import reads
 from .dispatch import Dispatcher
@@ -93,9 +94,13 @@ class Broker:
         """Recover, serve until asked to stop, then stop gracefully.
 
         Raises NodeNameInUse, before touching any task, when a live broker
-        already runs under this one's name."""
+        already runs under this one's name, and DatabaseUnavailable when the
+        database cannot be read at all (its first read is that check)."""
         try:
             ensure_free(self.node, self.hostname, self.heartbeat_interval, self.heartbeat_timeout)
+        except DATABASE_ERRORS as exc:
+            self.server.server_close()
+            raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}".strip()) from exc
         except BaseException:
             self.server.server_close()
             raise

@@ -5,8 +5,10 @@ from __future__ import annotations
 import signal
 import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from django.db import connection as db
 from django.utils import timezone
 
 import leek
@@ -105,6 +107,16 @@ def test_start_on_an_address_in_use_says_so(broker: BrokerProcess) -> None:
         result.stderr
         == f"error: cannot listen on 127.0.0.1:{broker.port}: Address already in use\n"
     )
+
+
+def test_start_without_a_database_says_so(tmp_path: Path) -> None:
+    # A file in a directory that does not exist (SQLite), or a database the
+    # server does not have (PostgreSQL): either way nothing can be read.
+    gone = str(tmp_path / "gone" / "leek.sqlite3") if db.vendor == "sqlite" else "leek_gone"
+    result = leek_cli(free_port(), "start", LEEK_BROKER_TEST_DB=gone)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: database unavailable at start: OperationalError: ")
+    assert result.stderr.count("\n") == 1  # one line, no traceback
 
 
 def test_start_with_a_port_option_names_the_broker_after_that_port(
