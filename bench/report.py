@@ -207,6 +207,11 @@ def _header(results: dict[str, Any]) -> str:
         f"{m.get('memory_gib', '?')} GiB, Python {m.get('python')}, leek {m.get('leek_commit')}"
         f"; N={s['n']:,}, {s['latency_n']} latency samples, {s['threads']} client threads, "
         f"median of {s['repeat']} run(s)"
+        + (
+            f"; a bare Python TCP round trip on 127.0.0.1 takes {m['round_trip_us']:g} µs (p50)"
+            if m.get("round_trip_us")
+            else ""
+        )
     )
 
 
