@@ -296,6 +296,9 @@ class Broker:
         else:
             tasks = [self._new_task(item) for item in data]
             value = [str(t.id) for t in tasks]
+        if not tasks:  # nothing to write
+            done(value, None)
+            return
 
         def committed(inserted: Any, error: BaseException | None) -> None:
             done(None if error is not None else value, error)

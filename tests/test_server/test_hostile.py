@@ -161,6 +161,17 @@ def test_a_replayed_enqueue_batch_makes_its_tasks_once(broker: BrokerProcess) ->
     assert Task.objects.count() == 2
 
 
+def test_an_empty_batch_is_answered(broker: BrokerProcess) -> None:
+    key = str(conf.get("SECRET")).encode()
+    frames = encode(key, (1, "enqueue_many", [])) + encode(
+        key, (2, "enqueue_batch", task_batch()[1])
+    )
+    stream = io.BytesIO(exchange(broker.port, frames))
+    replies = [read_frame(stream, key, 1 << 20), read_frame(stream, key, 1 << 20)]
+    assert replies == [(1, True, []), (2, True, 0)]
+    still_serving()
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [
