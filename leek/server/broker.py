@@ -23,22 +23,21 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .. import __version__, conf, fields
+from .. import __version__, conf
 from ..exceptions import DatabaseUnavailable
 from ..runtime import install_capture
 from . import reads
 from .dispatch import Dispatcher
+from .intake import Intake
 from .node import Conflict, ensure_free
 from .periodic import Periodic
 from .scheduler import Adopter, Delayed, Duties, interrupt_running
-from .store import DATABASE_ERRORS, Dialect, NewTask, Ready, Store
+from .store import DATABASE_ERRORS, Dialect, Ready, Store
 from .tcp import Server
 from .workers import Pool
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
-#: A task's queue, priority, max_retries, timeout, run_after and code_version.
-Options = tuple[str, int, int, float | None, float | None, str]
 
 
 class Broker:
@@ -58,10 +57,9 @@ class Broker:
         self.allowed_clients = set(settings["ALLOWED_CLIENTS"])
         self.grace = float(settings["SHUTDOWN_GRACE"])
         self.code_version = str(settings["CODE_VERSION"])
-        self.max_retries = int(settings["MAX_RETRIES"])
+        self.intake = Intake(int(settings["MAX_RETRIES"]), self.code_version)
         self.started = time.time()
         self.rejected = 0
-        self.drift: Counter[str] = Counter()
         self.stopping = threading.Event()
         self.dispatcher = Dispatcher(int(settings["MEMORY_PAYLOADS"]))
         self.delayed = Delayed(self.dispatcher.push)
@@ -285,17 +283,8 @@ class Broker:
         self, verb: str, data: Any, done: Callable[[Any, BaseException | None], None]
     ) -> None:
         """Insert the tasks of one of tcp.PUSHES; once they are committed, `done`
-        gets the reply's value (enqueue: the id; enqueue_many: the ids;
-        enqueue_batch: how many), or the error."""
-        if verb == "enqueue":
-            tasks = [self._new_task(data)]
-            value: Any = str(tasks[0].id)
-        elif verb == "enqueue_batch":
-            tasks = self._batch(data)
-            value = len(tasks)
-        else:
-            tasks = [self._new_task(item) for item in data]
-            value = [str(t.id) for t in tasks]
+        gets the reply's value (see Intake.tasks), or the error."""
+        tasks, value = self.intake.tasks(verb, data)
         if not tasks:  # nothing to write
             done(value, None)
             return
@@ -304,57 +293,6 @@ class Broker:
             done(None if error is not None else value, error)
 
         self.store.insert(tasks, committed)
-
-    def _new_task(self, item: dict[str, Any]) -> NewTask:
-        return NewTask(
-            uuid.UUID(str(item["id"])),
-            str(item["name"])[:255],
-            bytes(item["payload"]),
-            str(item.get("args_repr", "")),
-            *self._options(item),
-        )
-
-    def _batch(self, batch: dict[str, Any]) -> list[NewTask]:
-        """The tasks of an enqueue_batch: options once, then (id, name,
-        payload, args_repr) for each task, its id as 16 bytes."""
-        options = self._options(batch["options"])
-        tasks = []
-        for task_id, name, payload, args_repr in batch["tasks"]:
-            if len(task_id) != 16:
-                raise ValueError(f"a task id in a batch is 16 bytes, got {len(task_id)}")
-            tasks.append(
-                NewTask(
-                    uuid.UUID(int=int.from_bytes(task_id, "big")),
-                    str(name)[:255],
-                    bytes(payload),
-                    str(args_repr),
-                    *options,
-                )
-            )
-        return tasks
-
-    def _options(self, item: dict[str, Any]) -> Options:
-        """The checked queue, priority, max_retries, timeout, run_after and
-        code_version of a task or a batch (NewTask's fields in that order)."""
-        code = str(item.get("code_version") or "")
-        if code and self.code_version and code != self.code_version:
-            if not self.drift[code]:
-                logger.warning(
-                    "client code differs client_version=%s broker_version=%s",
-                    code,
-                    self.code_version,
-                    extra={"action": "code_drift"},
-                )
-            self.drift[code] += 1
-        retries = fields.max_retries(item.get("max_retries"))
-        return (
-            str(item.get("queue") or "default")[:64],
-            fields.priority(item.get("priority", 0)),
-            self.max_retries if retries is None else retries,
-            fields.timeout(item.get("timeout")),
-            fields.run_after(item.get("run_after")),
-            code[:64],
-        )
 
     def cancel(self, task_id: uuid.UUID) -> bool:
         """Cancel a task that has not started; False when it has, or is unknown."""
@@ -399,7 +337,7 @@ class Broker:
             "handled": dict(self.pool.handled),
             "rejected_frames": self.rejected,
             "commits": self.store.all_commits(),
-            "code_drift": dict(self.drift),
+            "code_drift": dict(self.intake.drift),
             "database": self.database_counts(),
         }
 

@@ -150,6 +150,18 @@ def test_enqueue_many_is_one_frame(broker: BrokerProcess) -> None:
     assert leek.stats()[1]["commits"] < 50
 
 
+def test_pushes_from_other_code_are_counted_and_logged_once(
+    broker_factory: Any, leek_settings: Any
+) -> None:
+    broker = broker_factory(LEEK_CODE_VERSION="v1")
+    leek_settings(CODE_VERSION="v2")
+    leek.enqueue(tasks.noop)
+    leek.enqueue_many([(tasks.noop, ())] * 3)
+    ok, stats = leek.stats()
+    assert ok and stats["code_drift"] == {"v2": 4}  # tasks, whether pushed alone or in a batch
+    assert broker.output().count("client code differs client_version=v2 broker_version=v1") == 1
+
+
 def test_a_task_shows_running_while_nothing_else_is_written(broker_factory: Any) -> None:
     # Its running mark wakes no thread; with no heartbeat, sweep or push to
     # carry it (the task starts two seconds after the broker's start-up writes),

@@ -1,0 +1,98 @@
+"""What a client pushes, checked and turned into the tasks the broker inserts.
+
+The client checks a task's fields when it builds a push (leek/fields.py); the
+broker checks them again here, since it trusts no client: a field out of range
+refuses the whole push with a ValueError, which the client gets as its reply.
+The three push verbs (docs/protocol.md) carry their tasks in two shapes: whole
+task dicts (``enqueue``, ``enqueue_many``) and a batch whose tasks share their
+options (``enqueue_batch``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from typing import Any
+
+from .. import fields
+from .rows import NewTask
+
+logger = logging.getLogger("leek.server.broker")
+
+#: A task's queue, priority, max_retries, timeout, run_after and code_version.
+Options = tuple[str, int, int, float | None, float | None, str]
+
+
+class Intake:
+    """Turns a push's data into NewTasks, and counts the pushes of other code versions."""
+
+    def __init__(self, max_retries: int, code_version: str) -> None:
+        self.max_retries = max_retries  # for a task that names none
+        self.code_version = code_version
+        self.drift: Counter[str] = Counter()  # pushes per client code version unlike ours
+
+    def tasks(self, verb: str, data: Any) -> tuple[list[NewTask], Any]:
+        """The tasks of a push, and the value of its reply once they are
+        committed: enqueue, the id; enqueue_many, the ids; enqueue_batch, how many."""
+        if verb == "enqueue":
+            task = self.task(data)
+            return [task], str(task.id)
+        if verb == "enqueue_batch":
+            tasks = self.batch(data)
+            return tasks, len(tasks)
+        tasks = [self.task(item) for item in data]
+        return tasks, [str(t.id) for t in tasks]
+
+    def task(self, item: dict[str, Any]) -> NewTask:
+        """A whole task, as enqueue and enqueue_many send each."""
+        return NewTask(
+            uuid.UUID(str(item["id"])),
+            str(item["name"])[:255],
+            bytes(item["payload"]),
+            str(item.get("args_repr", "")),
+            *self.options(item),
+        )
+
+    def batch(self, batch: dict[str, Any]) -> list[NewTask]:
+        """The tasks of an enqueue_batch: options once, then (id, name,
+        payload, args_repr) for each task, its id as 16 bytes."""
+        options = self.options(batch["options"], len(batch["tasks"]))
+        tasks = []
+        for task_id, name, payload, args_repr in batch["tasks"]:
+            if len(task_id) != 16:
+                raise ValueError(f"a task id in a batch is 16 bytes, got {len(task_id)}")
+            tasks.append(
+                NewTask(
+                    uuid.UUID(int=int.from_bytes(task_id, "big")),
+                    str(name)[:255],
+                    bytes(payload),
+                    str(args_repr),
+                    *options,
+                )
+            )
+        return tasks
+
+    def options(self, item: dict[str, Any], count: int = 1) -> Options:
+        """The checked queue, priority, max_retries, timeout, run_after and
+        code_version of a task or of a batch of `count` tasks (NewTask's
+        fields in that order)."""
+        code = str(item.get("code_version") or "")
+        if code and self.code_version and code != self.code_version:
+            if not self.drift[code]:
+                logger.warning(
+                    "client code differs client_version=%s broker_version=%s",
+                    code,
+                    self.code_version,
+                    extra={"action": "code_drift"},
+                )
+            self.drift[code] += count
+        retries = fields.max_retries(item.get("max_retries"))
+        return (
+            str(item.get("queue") or "default")[:64],
+            fields.priority(item.get("priority", 0)),
+            self.max_retries if retries is None else retries,
+            fields.timeout(item.get("timeout")),
+            fields.run_after(item.get("run_after")),
+            code[:64],
+        )
