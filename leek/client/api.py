@@ -136,26 +136,27 @@ def _options(
     }
 
 
-def _task(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
-) -> dict[str, Any]:
-    """The message of one task, with its own id."""
+def _parts(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, bytes, str]:
+    """The name, payload and args_repr of a call: what differs between the tasks of a push."""
     if not callable(fn):
         raise TypeError(f"a task must be callable, got {type(fn).__name__}")
-    return {
-        "id": str(new_task_id()),
-        "name": task_name(fn),
-        "payload": dump_task(fn, args, kwargs),
-        "args_repr": _describe(args, kwargs),
-        **options,
-    }
+    return task_name(fn), dump_task(fn, args, kwargs), _describe(args, kwargs)
+
+
+def _whole(
+    task_id: str, name: str, payload: bytes, args_repr: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    """One task as `enqueue` sends it (and the database fallback writes it)."""
+    return {"id": task_id, "name": name, "payload": payload, "args_repr": args_repr, **options}
 
 
 def _message(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any
 ) -> dict[str, Any]:
     """The message of one task pushed alone; `options` as `_options` takes them."""
-    return _task(fn, args, kwargs, _options(**options))
+    return _whole(str(new_task_id()), *_parts(fn, args, kwargs), _options(**options))
 
 
 def _send(verb: str, data: Any, using: str | None = None) -> None:
@@ -193,13 +194,7 @@ def _unbatch(batch: dict[str, Any]) -> list[dict[str, Any]]:
     """The tasks of an enqueue_batch as `enqueue` sends each: what the database
     fallback writes."""
     return [
-        {
-            "id": str(uuid.UUID(bytes=task_id)),
-            "name": name,
-            "payload": payload,
-            "args_repr": args_repr,
-            **batch["options"],
-        }
+        _whole(str(uuid.UUID(bytes=task_id)), name, payload, args_repr, batch["options"])
         for task_id, name, payload, args_repr in batch["tasks"]
     ]
 
@@ -268,12 +263,7 @@ def _batch(
     tasks = []
     for task_id, call in zip(ids, calls, strict=True):
         fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call
-        if not callable(fn):
-            raise TypeError(f"a task must be callable, got {type(fn).__name__}")
-        args, kwargs = tuple(args), dict(kwargs)
-        tasks.append(
-            (task_id.bytes, task_name(fn), dump_task(fn, args, kwargs), _describe(args, kwargs))
-        )
+        tasks.append((task_id.bytes, *_parts(fn, tuple(args), dict(kwargs))))
     return ids, {"options": options, "tasks": tasks}
 
 

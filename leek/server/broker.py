@@ -285,9 +285,6 @@ class Broker:
         """Insert the tasks of one of tcp.PUSHES; once they are committed, `done`
         gets the reply's value (see Intake.tasks), or the error."""
         tasks, value = self.intake.tasks(verb, data)
-        if not tasks:  # nothing to write
-            done(value, None)
-            return
 
         def committed(inserted: Any, error: BaseException | None) -> None:
             done(None if error is not None else value, error)

@@ -46,12 +46,12 @@ class Intake:
 
     def task(self, item: dict[str, Any]) -> NewTask:
         """A whole task, as enqueue and enqueue_many send each."""
-        return NewTask(
+        return _new(
             uuid.UUID(str(item["id"])),
-            str(item["name"])[:255],
-            bytes(item["payload"]),
-            str(item.get("args_repr", "")),
-            *self.options(item),
+            item["name"],
+            item["payload"],
+            item.get("args_repr", ""),
+            self.options(item),
         )
 
     def batch(self, batch: dict[str, Any]) -> list[NewTask]:
@@ -62,15 +62,8 @@ class Intake:
         for task_id, name, payload, args_repr in batch["tasks"]:
             if len(task_id) != 16:
                 raise ValueError(f"a task id in a batch is 16 bytes, got {len(task_id)}")
-            tasks.append(
-                NewTask(
-                    uuid.UUID(int=int.from_bytes(task_id, "big")),
-                    str(name)[:255],
-                    bytes(payload),
-                    str(args_repr),
-                    *options,
-                )
-            )
+            task_id = uuid.UUID(int=int.from_bytes(task_id, "big"))
+            tasks.append(_new(task_id, name, payload, args_repr, options))
         return tasks
 
     def options(self, item: dict[str, Any], count: int = 1) -> Options:
@@ -96,3 +89,8 @@ class Intake:
             fields.run_after(item.get("run_after")),
             code[:64],
         )
+
+
+def _new(task_id: uuid.UUID, name: Any, payload: Any, args_repr: Any, options: Options) -> NewTask:
+    """A NewTask from a task's own fields, as their columns take them, and its checked options."""
+    return NewTask(task_id, str(name)[:255], bytes(payload), str(args_repr), *options)

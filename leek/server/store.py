@@ -250,7 +250,7 @@ class Store(GroupCommit):
             return _per_op(ops, self.insert_tasks(bound, tasks))
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
         try:
-            results = _per_op(ops, self.insert_tasks(bound, tasks) if tasks else [])
+            results = _per_op(ops, self.insert_tasks(bound, tasks))
             outcomes = [op.data for op in ops if op.kind == "outcome"]
             finished = {o.task_id for o in outcomes}
             # A task whose outcome is in this batch needs no running mark.
@@ -272,6 +272,8 @@ class Store(GroupCommit):
 
     def insert_tasks(self, cursor: Any, tasks: Sequence[NewTask]) -> list[Ready]:
         """Insert the tasks not already there, on `cursor`; the ones inserted, as Ready."""
+        if not tasks:  # an empty push: no statement (PostgreSQL's takes no empty arrays)
+            return []
         d = self.dialect
         now = d.time(time.time())
         node = self.node
