@@ -6,6 +6,7 @@ import pytest
 from django.db import transaction
 
 import leek
+from leek.exceptions import PayloadError
 from leek.models import Task
 from tests import tasks
 from tests.conftest import BrokerProcess
@@ -54,3 +55,14 @@ def test_options_are_checked_before_sending() -> None:
         leek.enqueue(tasks.noop, timeout=float("inf"))
     with pytest.raises(TypeError, match="must be callable"):
         leek.enqueue("tests.tasks.noop")
+
+
+def test_a_batch_with_one_bad_call_sends_none_of_it(transactional_db: object) -> None:
+    import threading
+
+    # No broker answers here, so a batch that went out would be spooled as rows.
+    with pytest.raises(PayloadError, match="cannot pickle task tests.tasks.add"):
+        leek.enqueue_many([(tasks.add, (1, 2)), (tasks.add, (threading.Lock(), 1))])
+    with pytest.raises(TypeError, match="must be callable"):
+        leek.enqueue_many([(tasks.add, (1, 2)), ("tests.tasks.noop", ())])
+    assert Task.objects.count() == 0
