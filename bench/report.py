@@ -107,6 +107,47 @@ def floor_table(results: dict[str, Any]) -> Table | None:
     return (head, rows) if rows else None
 
 
+#: leek's variant -> its database's floors in results["machine"]["floors"] (bench/floors.py)
+FLOOR_KEYS = {
+    "leek-sqlite-normal": "sqlite_normal",
+    "leek-sqlite-full": "sqlite_full",
+    "leek-pg": "pg",
+}
+
+
+def ceiling_table(results: dict[str, Any]) -> Table | None:
+    """Each leek's one-client pushes against the most one can reach on the
+    machine: a round trip, then leek's write of one task (bench/floors.py)."""
+    floors = results["machine"].get("floors") or {}
+    trip = floors.get("round_trip_us")
+    rows = []
+    for doc in measured(results):
+        write = floors.get(FLOOR_KEYS.get(doc["system"], ""), {}).get("commit_us")
+        one = _median(doc, "enqueue_1")
+        if not trip or not write or not one:
+            continue
+        ceiling = 1e6 / (trip + write)
+        rows.append(
+            [
+                doc["system"],
+                f"{trip:g}",
+                f"{write:g}",
+                _rate(ceiling),
+                _rate(one),
+                _share(one, ceiling),
+            ]
+        )
+    head = [
+        "leek",
+        "round trip µs",
+        "write of a task µs",
+        "1 client at most/s",
+        "enqueue 1 client/s",
+        "of that",
+    ]
+    return (head, rows) if rows else None
+
+
 def extras_table(results: dict[str, Any]) -> Table | None:
     head = [
         "leek",
@@ -233,6 +274,35 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "database write), measured alike in the same run:",
             "",
             fmt(floor),
+        ]
+    ceiling = ceiling_table(results)
+    if ceiling:
+        out += [
+            "",
+            "leek's one-client pushes against the most a push can reach on this machine: "
+            "a round trip, then leek's write of one task alone (one commit, from plain "
+            "Python, no socket; bench/floors.py):",
+            "",
+            fmt(ceiling),
+        ]
+    floors = results["machine"].get("floors") or {}
+    normal = floors.get("sqlite_normal", {})
+    nap, trip = normal.get("commit_after_nap_us"), floors.get("round_trip_us")
+    if ceiling and nap and trip:
+        out += [
+            "",
+            f"The same write on SQLite NORMAL takes {nap:g} µs when it comes right after "
+            f"a 0.3 ms sleep, as a broker's does between one client's pushes, against "
+            f"{normal['commit_us']:g} µs one after another: with that, one client could "
+            f"push at most {_rate(1e6 / (trip + nap))} tasks a second here.",
+        ]
+    batch = normal.get("batch_row_us")
+    if batch:
+        out += [
+            "",
+            f"leek's write of 1,000 tasks in one transaction (SQLite NORMAL, alone) takes "
+            f"{batch:g} µs a task: at most {_rate(1e6 / batch)} tasks a second for "
+            "enqueue_many, before any decoding, checking or queueing.",
         ]
     extras = extras_table(results)
     if extras:

@@ -18,8 +18,6 @@ import json
 import os
 import platform
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import floors, report
 from bench.common import REPO, Skip
 from bench.systems import pg_util, redis_util
 
@@ -151,34 +149,9 @@ def machine() -> dict[str, Any]:
         )
     except OSError:
         info["leek_commit"] = "?"
-    info["round_trip_us"] = round_trip_us()
+    info["floors"] = floors.measure()
+    info["round_trip_us"] = info["floors"]["round_trip_us"]
     return info
-
-
-def round_trip_us(n: int = 5000) -> float:
-    """The median round trip of one byte between two Python processes over TCP
-    on 127.0.0.1, in microseconds: the floor under every one-at-a-time push
-    of every system here, which no queue's own work is in."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        child = os.fork()
-        if child == 0:  # the echo: no leek, no queue, nothing but the sockets
-            try:
-                peer, _ = server.accept()
-                peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                while data := peer.recv(64):
-                    peer.sendall(data)
-            finally:
-                os._exit(0)
-        with socket.create_connection(server.getsockname()) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            samples = []
-            for _ in range(n):
-                start = time.perf_counter()
-                sock.sendall(b"x")
-                sock.recv(64)
-                samples.append(time.perf_counter() - start)
-        os.waitpid(child, 0)
-    return round(statistics.median(samples) * 1e6, 1)
 
 
 def run_system(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -1,0 +1,161 @@
+"""The floors under leek's targets, measured on the machine of the run.
+
+Beside the systems, each run measures what no queue's own work is in:
+
+  round trip   one byte there and back between two Python processes over TCP
+               on 127.0.0.1 (p50): under every one-at-a-time push of every system
+  commit       leek's write of one task, one transaction each, from plain Python
+               on leek's schema, with no socket and no thread around it: SQLite
+               with synchronous=NORMAL and FULL, and PostgreSQL when it answers;
+               on SQLite NORMAL also each after a 0.3 ms sleep, as a broker's
+               write comes after it waited for the push
+  batch        the same write of 1,000 tasks in one transaction (SQLite NORMAL):
+               under each task of an enqueue_many
+
+A push from one client waits for a round trip and a commit one after the
+other, so it cannot beat 1 / (round trip + commit) a second on that machine.
+
+    python -m bench.floors DATABASE_URL SYNCHRONOUS   # one database; prints JSON
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, Skip
+from bench.systems import pg_util
+
+#: Commits timed one task at a time, and tasks in each batch and how many batches.
+COMMITS = {"NORMAL": 3000, "FULL": 1000, "pg": 1000}
+BATCH, BATCHES = 1000, 20
+#: Seconds the thread sleeps before each write of the "after a nap" figure.
+NAP = 0.0003
+PG_DATABASE = "leek_bench_floor"
+
+
+def measure() -> dict[str, Any]:
+    """Every floor this machine offers; a database that cannot be measured is left out."""
+    floors: dict[str, Any] = {"round_trip_us": round_trip_us()}
+    with tempfile.TemporaryDirectory(prefix="leek-floor-") as tmp:
+        for sync in ("NORMAL", "FULL"):
+            found = _writes(f"sqlite:///{Path(tmp) / sync.lower()}.sqlite3", sync)
+            if found:
+                floors[f"sqlite_{sync.lower()}"] = found
+    try:
+        pg_util.require_database(PG_DATABASE)
+    except Skip:
+        return floors
+    found = _writes(pg_util.url_for(PG_DATABASE), "pg")
+    if found:
+        floors["pg"] = found
+    return floors
+
+
+def round_trip_us(n: int = 5000) -> float:
+    """The median round trip of one byte between two Python processes over TCP
+    on 127.0.0.1, in microseconds."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        child = os.fork()
+        if child == 0:  # the echo: no leek, no queue, nothing but the sockets
+            try:
+                peer, _ = server.accept()
+                peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                while data := peer.recv(64):
+                    peer.sendall(data)
+            finally:
+                os._exit(0)
+        with socket.create_connection(server.getsockname()) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            samples = []
+            for _ in range(n):
+                start = time.perf_counter()
+                sock.sendall(b"x")
+                sock.recv(64)
+                samples.append(time.perf_counter() - start)
+        os.waitpid(child, 0)
+    return round(statistics.median(samples) * 1e6, 1)
+
+
+def _writes(url: str, sync: str) -> dict[str, float] | None:
+    """The write floors of one database, measured in a process of their own
+    (Django's settings name one database per process)."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "DATABASE_URL": url}
+    env["LEEK_SQLITE_SYNCHRONOUS"] = "NORMAL" if sync == "pg" else sync
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.floors", url, sync],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        print(f"!! floor of {url} not measured: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    found: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def _time_writes(sync: str) -> dict[str, float]:
+    """In a process set up for one database: leek's schema, then its writes."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("flush", interactive=False, verbosity=0)
+    from bench import tasks
+    from leek.protocol import dump_task, new_task_ids
+    from leek.server.store import NewTask, Op, Store
+
+    payload = dump_task(tasks.noop, (), {})
+    store = Store("bench-floor", lambda ready: None)
+
+    def write(count: int) -> None:
+        new = [
+            NewTask(i, "bench.tasks.noop", payload, "", "default", 0, 0, None, None, "")
+            for i in new_task_ids(count)
+        ]
+        store._write([Op("insert", new)])  # the writer's own write of one batch
+        if not store.healthy:
+            raise RuntimeError(f"the write failed: {store.last_error}")
+
+    write(1)  # the connection, and the statement's first compile
+    n = COMMITS[sync]
+    start = time.perf_counter()
+    for _ in range(n):
+        write(1)
+    found = {"commit_us": round((time.perf_counter() - start) / n * 1e6, 1)}
+    if sync == "NORMAL":
+        # The same write right after the thread slept, as a broker's does
+        # between one client's pushes: on a machine whose idle cores sleep
+        # deeply, the first work after a wakeup runs slower.
+        spent = 0.0
+        for _ in range(n // 3):
+            time.sleep(NAP)
+            start = time.perf_counter()
+            write(1)
+            spent += time.perf_counter() - start
+        found["commit_after_nap_us"] = round(spent / (n // 3) * 1e6, 1)
+        write(BATCH)
+        start = time.perf_counter()
+        for _ in range(BATCHES):
+            write(BATCH)
+        found["batch_row_us"] = round((time.perf_counter() - start) / BATCHES / BATCH * 1e6, 2)
+    store._close()
+    return found
+
+
+if __name__ == "__main__":
+    print(json.dumps(_time_writes(sys.argv[2])))
