@@ -284,18 +284,23 @@ def new_task_id() -> uuid.UUID:
 
     Ids made one after another sort together, so a task's row lands beside the
     last one in the primary-key index instead of on a random page."""
-    return new_task_ids(1)[0]
+    return uuid.UUID(int=_stamp() | int.from_bytes(os.urandom(10), "big") & _RANDOM_BITS)
 
 
 def new_task_ids(count: int) -> list[uuid.UUID]:
     """`count` version 7 UUIDs (see `new_task_id`), from one read of the system's
     random source: a batch of a thousand pays for one system call, not a thousand."""
-    stamp = (time.time_ns() // 1_000_000) << 80 | _VERSION_7
+    stamp = _stamp()
     noise = os.urandom(10 * count)
     return [
         uuid.UUID(int=stamp | int.from_bytes(noise[i : i + 10], "big") & _RANDOM_BITS)
         for i in range(0, 10 * count, 10)
     ]
+
+
+def _stamp() -> int:
+    """The time and version bits of a version 7 UUID made now."""
+    return (time.time_ns() // 1_000_000) << 80 | _VERSION_7
 
 
 def dump_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

@@ -153,10 +153,15 @@ def _whole(
 
 
 def _message(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    task_id: uuid.UUID | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """The message of one task pushed alone; `options` as `_options` takes them."""
-    return _whole(str(new_task_id()), *_parts(fn, args, kwargs), _options(**options))
+    task_id = task_id or new_task_id()
+    return _whole(str(task_id), *_parts(fn, args, kwargs), _options(**options))
 
 
 def _send(verb: str, data: Any, using: str | None = None) -> None:
@@ -213,10 +218,12 @@ def enqueue(
 ) -> TaskHandle:
     """Push fn(*args, **kwargs) to the broker; returns once it is committed
     (or, inside transaction.atomic(), at once: it is sent on commit)."""
+    task_id = new_task_id()
     message = _message(
         fn,
         tuple(args),
         dict(kwargs or {}),
+        task_id,
         queue=queue,
         priority=priority,
         run_after=_run_after(delay, run_at),
@@ -224,7 +231,7 @@ def enqueue(
         timeout=timeout,
     )
     _send("enqueue", message)
-    return TaskHandle(message["id"])
+    return TaskHandle(task_id)
 
 
 def push_task_to_queue(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskHandle:
