@@ -37,7 +37,9 @@ class Dispatcher:
         self._ready = threading.Condition(self._lock)
         self._lanes: dict[int, deque[Entry]] = {}
         self._order: list[int] = []  # priorities with a lane, ascending
-        self._jobs: dict[bytes, Job] = {}
+        # Payloads held in memory, each with its task's id as the UUID it came
+        # as: a worker taking a held task builds no UUID from the key.
+        self._jobs: dict[bytes, tuple[uuid.UUID, Job]] = {}
         self._memory_payloads = memory_payloads
         self._cancelled: set[bytes] = set()
         self.waiting: Counter[str] = Counter()
@@ -57,7 +59,7 @@ class Dispatcher:
                 lane.append(key if item.queue == DEFAULT_QUEUE else (key, item.queue))
                 self.waiting[item.queue] += 1
                 if item.job is not None and len(self._jobs) < self._memory_payloads:
-                    self._jobs[key] = item.job
+                    self._jobs[key] = (item.id, item.job)
             self._ready.notify(len(items))
 
     def take(self, timeout: float | None = None) -> tuple[Ready, list[uuid.UUID]] | None:
@@ -83,12 +85,12 @@ class Dispatcher:
                         self._cancelled.discard(key)
                         continue
                     self.waiting[queue] -= 1
-                    job = self._jobs.pop(key, None)
-                    ahead: list[uuid.UUID] = []
-                    if job is None:
-                        keys = (_key(e) for e in islice(lane, 99))
-                        ahead = [uuid.UUID(bytes=k) for k in keys if k not in self._jobs]
-                    return Ready(uuid.UUID(bytes=key), priority, queue, None, job), ahead
+                    held = self._jobs.pop(key, None)
+                    if held is not None:
+                        return Ready(held[0], priority, queue, None, held[1]), []
+                    keys = (_key(e) for e in islice(lane, 99))
+                    ahead = [uuid.UUID(bytes=k) for k in keys if k not in self._jobs]
+                    return Ready(uuid.UUID(bytes=key), priority, queue, None, None), ahead
                 if not self._ready.wait(timeout):
                     return None
 
@@ -103,7 +105,7 @@ class Dispatcher:
             for task_id, job in jobs.items():
                 key = task_id.bytes
                 if key in near and len(self._jobs) < self._memory_payloads:
-                    self._jobs[key] = job
+                    self._jobs[key] = (task_id, job)
 
     def held(self) -> int:
         """Payloads held in memory."""
