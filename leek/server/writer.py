@@ -101,6 +101,7 @@ class GroupCommit:
         self._lock = threading.Lock()  # held by the thread writing a batch
         self._wake = threading.Condition()  # the writer thread sleeps on it
         self._room = threading.Condition()  # workers wait on it while the queue is long
+        self._crowded = False  # set (under _room) while a worker waits for room
         self._idle = False
         self._stopping = False
         self._retry = False
@@ -149,12 +150,16 @@ class GroupCommit:
             return True
         deadline = time.monotonic() + timeout
         with self._room:
-            while len(self._pending) >= BACKLOG_LIMIT // 2:
+            while True:
+                # Set before each check, so that a writer which shortens the
+                # queue after it sees the flag, and wakes this worker.
+                self._crowded = True
+                if len(self._pending) < BACKLOG_LIMIT // 2:
+                    return True
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stopping:
                     return False
                 self._room.wait(left)
-        return True
 
     def _later(self, op: Op, wake: bool = True) -> None:
         """Queue an op nobody waits for; `wake` False leaves it for the next
@@ -189,8 +194,9 @@ class GroupCommit:
                 self._lock.release()
             for done, value, error in finished:  # replies go out with the lock free
                 _finish(done, value, error)
-            if len(self._pending) < BACKLOG_LIMIT // 2:
+            if self._crowded and len(self._pending) < BACKLOG_LIMIT // 2:
                 with self._room:
+                    self._crowded = False
                     self._room.notify_all()
             if failed:
                 self._later_retry()
