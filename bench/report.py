@@ -243,16 +243,13 @@ def _markdown(table: Table) -> str:
 
 def _header(results: dict[str, Any]) -> str:
     m, s = results["machine"], results["settings"]
+    trip = (m.get("floors") or {}).get("round_trip_us")
     return (
         f"{results['generated']} on {m.get('cpu', '?')}, {m.get('cores')} cores, "
         f"{m.get('memory_gib', '?')} GiB, Python {m.get('python')}, leek {m.get('leek_commit')}"
         f"; N={s['n']:,}, {s['latency_n']} latency samples, {s['threads']} client threads, "
         f"median of {s['repeat']} run(s)"
-        + (
-            f"; a bare Python TCP round trip on 127.0.0.1 takes {m['round_trip_us']:g} µs (p50)"
-            if m.get("round_trip_us")
-            else ""
-        )
+        + (f"; a bare Python TCP round trip on 127.0.0.1 takes {trip:g} µs (p50)" if trip else "")
     )
 
 
