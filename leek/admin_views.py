@@ -29,7 +29,7 @@ from . import conf
 from .admin_actions import broker_calls
 from .client import TaskHandle, enqueue
 from .client.decorator import registry
-from .commands_task import run_command
+from .calls import run_command
 from .events import log_event
 from .exceptions import LeekError
 from .models import BrokerNode, FailedTask, Status, SuccessTask, Task

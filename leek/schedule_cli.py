@@ -28,7 +28,7 @@ def rows() -> list[dict[str, Any]]:
 
     from . import conf
     from .models import PeriodicTask
-    from .server.schedules import Schedule, parse_entries
+    from .schedules import Schedule, parse_entries
 
     found: list[dict[str, Any]] = []
     for task in PeriodicTask.objects.order_by("name"):

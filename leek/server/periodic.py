@@ -35,8 +35,9 @@ from django.db import connection
 from django.utils.module_loading import import_string
 
 from .. import conf
+from ..calls import run_path  # also importable here: stored rows name this path
 from ..protocol import dump_task, new_task_id
-from .schedules import Schedule, parse_entries
+from ..schedules import Schedule, parse_entries
 from .store import Dialect, NewTask, Ready, Store
 from .writer import DATABASE_ERRORS, raw_cursor
 
@@ -78,20 +79,6 @@ class Row:
     @property
     def fingerprint(self) -> tuple[str, float | None, bool]:
         return self.cron, self.every, self.enabled
-
-
-def run_path(path: str, *args: Any, **kwargs: Any) -> Any:
-    """Import the callable at `path` and call it: what a periodic run executes.
-
-    Importing at run time makes a wrong path a visible task failure."""
-    target = import_string(path)
-    if callable(target):
-        return target(*args, **kwargs)
-    if hasattr(target, "func") and hasattr(target, "takes_context"):  # a tasks-framework Task
-        from ..backends import TaskCall
-
-        return TaskCall(path, str(target.backend), bool(target.takes_context))(*args, **kwargs)
-    raise TypeError(f"{path} is a {type(target).__name__}, not a callable")
 
 
 class Periodic:

@@ -171,7 +171,7 @@ def test_create_a_management_command_task(broker: BrokerProcess, admin_client: C
     data = {"target": "command:check", "args": "[]", "kwargs": '{"deploy": false}'}
     admin_client.post(CREATE, data)
     task = Task.objects.get()
-    assert task.name == "leek.commands_task.run_command" and task.max_retries == 0
+    assert task.name == "leek.calls.run_command" and task.max_retries == 0
     assert "System check identified no issues" in leek.TaskHandle(task.id).result(timeout=20)
     assert "System check identified no issues" in SuccessTask.objects.get(task=task).stdout
 

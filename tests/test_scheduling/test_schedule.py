@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from leek.server.schedules import Schedule, parse_entries
+from leek.schedules import Schedule, parse_entries
 
 
 def ts(text: str) -> float:
