@@ -116,7 +116,8 @@ def _time_writes(sync: str) -> dict[str, float]:
     call_command("migrate", verbosity=0)
     call_command("flush", interactive=False, verbosity=0)
     from bench import tasks
-    from leek.protocol import dump_task, new_task_ids
+    from leek.ids import new_task_ids
+    from leek.protocol.payload import dump_task
     from leek.server.store import NewTask, Store
 
     payload = dump_task(tasks.noop, (), {})

@@ -96,8 +96,9 @@ class TaskCall:
     the worker imports the task and calls its function (with a TaskContext
     when the task takes one)."""
 
-    def __init__(self, path: str, alias: str, takes_context: bool,
-                 func: Callable[..., Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, path: str, alias: str, takes_context: bool, func: Callable[..., Any] | None = None
+    ) -> None:
         self.path = path
         self.alias = alias
         self.takes_context = takes_context
@@ -115,9 +116,15 @@ class TaskCall:
 
         task = import_task(self.path, self.alias)
         context = current_task()
-        result = _running(task, context.id if context else None,
-                          context.attempt if context else 1, args, kwargs, self.alias,
-                          context.node if context else "")  # fmt: skip
+        result = _running(
+            task,
+            context.id if context else None,
+            context.attempt if context else 1,
+            args,
+            kwargs,
+            self.alias,
+            context.node if context else "",
+        )
         task_started.send(LeekBackend, task_result=result)
         try:
             if self.takes_context:
@@ -127,9 +134,12 @@ class TaskCall:
             value = normalize_json(value)
         except BaseException as exc:
             kind = type(exc)
-            result.errors.append(TaskError(
-                exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
-                traceback=_traceback(exc)))  # fmt: skip
+            result.errors.append(
+                TaskError(
+                    exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
+                    traceback=_traceback(exc),
+                )
+            )
             object.__setattr__(result, "status", TaskResultStatus.FAILED)
             object.__setattr__(result, "finished_at", timezone.now())
             task_finished.send(LeekBackend, task_result=result)
@@ -152,8 +162,10 @@ def import_task(path: str, alias: str) -> Task[..., Any]:
     target = import_string(path)
     if isinstance(target, Task):
         return target
-    raise TypeError(f"{path} is a {type(target).__name__}, not a task of Django's tasks "
-                    "framework: decorate it with @task")  # fmt: skip
+    raise TypeError(
+        f"{path} is a {type(target).__name__}, not a task of Django's tasks "
+        "framework: decorate it with @task"
+    )
 
 
 class LeekBackend(BaseTaskBackend):
@@ -171,8 +183,9 @@ class LeekBackend(BaseTaskBackend):
         self.max_retries: int | None = None if retries is None else int(retries)
         self.timeout: float | None = None if timeout is None else float(timeout)
 
-    def enqueue(self, task: Task[P, R], args: Sequence[Any],
-                kwargs: dict[str, Any]) -> TaskResult[P, R]:  # fmt: skip
+    def enqueue(
+        self, task: Task[P, R], args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> TaskResult[P, R]:
         """Push the task to the broker; its TaskResult is READY, with leek's task id."""
         from .client.api import enqueue
 
@@ -183,16 +196,29 @@ class LeekBackend(BaseTaskBackend):
         if run_at is not None and timezone.is_naive(run_at):
             run_at = timezone.make_aware(run_at)
         handle = enqueue(
-            TaskCall(task.module_path, self.alias, task.takes_context, task.func), values, named,
-            queue=task.queue_name, priority=task.priority, run_at=run_at,
-            max_retries=self.max_retries, timeout=self.timeout,
-        )  # fmt: skip
+            TaskCall(task.module_path, self.alias, task.takes_context, task.func),
+            values,
+            named,
+            queue=task.queue_name,
+            priority=task.priority,
+            run_at=run_at,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+        )
         result: TaskResult[P, R] = TaskResult(
-            task=task, id=str(handle.id), status=TaskResultStatus.READY,
-            enqueued_at=timezone.now(), started_at=None, finished_at=None,
-            last_attempted_at=None, args=values, kwargs=named, backend=self.alias, errors=[],
+            task=task,
+            id=str(handle.id),
+            status=TaskResultStatus.READY,
+            enqueued_at=timezone.now(),
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=values,
+            kwargs=named,
+            backend=self.alias,
+            errors=[],
             worker_ids=[],
-        )  # fmt: skip
+        )
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -206,7 +232,7 @@ def load_result(result_id: str, running_attempt: int | None = None) -> TaskResul
     """A TaskResult from the Task row and its SuccessTask and FailedTask rows."""
     from .models import FailedTask, SuccessTask
     from .models import Task as TaskRow
-    from .protocol import load_task, load_value
+    from .protocol.payload import load_task, load_value
 
     try:
         key = uuid.UUID(str(result_id))
@@ -217,18 +243,19 @@ def load_result(result_id: str, running_attempt: int | None = None) -> TaskResul
         raise TaskResultDoesNotExist(f"no task result {result_id!r}")
     fn, args, kwargs = load_task(bytes(row.payload))
     if not isinstance(fn, TaskCall):
-        raise TaskResultDoesNotExist(f"task {result_id} was pushed by leek's own API, not "
-                                     "through Django's tasks framework")  # fmt: skip
+        raise TaskResultDoesNotExist(
+            f"task {result_id} was pushed by leek's own API, not through Django's tasks framework"
+        )
     task = import_task(fn.path, fn.alias)
     try:
-        task = task.using(queue_name=row.queue, priority=row.priority, backend=fn.alias,
-                          run_after=row.run_after)  # fmt: skip
+        task = task.using(
+            queue_name=row.queue, priority=row.priority, backend=fn.alias, run_after=row.run_after
+        )
     except (InvalidTask, KeyError, ImproperlyConfigured):
         logger.debug("task %s kept its declared options", fn.path)
     failures = list(FailedTask.objects.filter(task_id=key).order_by("attempt", "id"))
     success = SuccessTask.objects.filter(task_id=key).order_by("-id").first()
-    errors = [TaskError(exception_class_path=f.exc_type, traceback=f.traceback)
-              for f in failures]  # fmt: skip
+    errors = [TaskError(exception_class_path=f.exc_type, traceback=f.traceback) for f in failures]
     if row.status == "cancelled":
         errors.append(TaskError(exception_class_path=CANCELLED, traceback=""))
     attempts = int(row.attempts) - (1 if row.status == "running" else 0)
@@ -238,19 +265,33 @@ def load_result(result_id: str, running_attempt: int | None = None) -> TaskResul
     starts += [s.started_at for s in (success,) if s] + ([row.started_at] if row.started_at else [])
     finished = row.status in ("succeeded", "failed", "cancelled")
     result: TaskResult[..., Any] = TaskResult(
-        task=task, id=str(key), status=STATUSES[str(row.status)], enqueued_at=row.queued_at,
+        task=task,
+        id=str(key),
+        status=STATUSES[str(row.status)],
+        enqueued_at=row.queued_at,
         started_at=min(starts) if starts else None,
-        finished_at=row.finished_at if finished else None, last_attempted_at=row.started_at,
-        args=list(args), kwargs=dict(kwargs), backend=fn.alias, errors=errors,
+        finished_at=row.finished_at if finished else None,
+        last_attempted_at=row.started_at,
+        args=list(args),
+        kwargs=dict(kwargs),
+        backend=fn.alias,
+        errors=errors,
         worker_ids=[row.broker or "leek"] * max(attempts, 0),
-    )  # fmt: skip
+    )
     if row.status == "succeeded" and success is not None:
         object.__setattr__(result, "_return_value", load_value(success.result))
     return result
 
 
-def _running(task: Task[..., Any], task_id: uuid.UUID | None, attempt: int, args: tuple[Any, ...],
-             kwargs: dict[str, Any], alias: str, node: str) -> TaskResult[..., Any]:  # fmt: skip
+def _running(
+    task: Task[..., Any],
+    task_id: uuid.UUID | None,
+    attempt: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    alias: str,
+    node: str,
+) -> TaskResult[..., Any]:
     """The TaskResult of the attempt running on this worker (of broker `node`)."""
     now = timezone.now()
     node = node or conf.node_name()
@@ -267,7 +308,16 @@ def _running(task: Task[..., Any], task_id: uuid.UUID | None, attempt: int, args
             object.__setattr__(loaded, "worker_ids", [node] * attempt)
             return loaded
     return TaskResult(
-        task=task, id=str(task_id or ""), status=TaskResultStatus.RUNNING, enqueued_at=None,
-        started_at=now, finished_at=None, last_attempted_at=now, args=list(args),
-        kwargs=dict(kwargs), backend=alias, errors=[], worker_ids=[node] * attempt,
-    )  # fmt: skip
+        task=task,
+        id=str(task_id or ""),
+        status=TaskResultStatus.RUNNING,
+        enqueued_at=None,
+        started_at=now,
+        finished_at=None,
+        last_attempted_at=now,
+        args=list(args),
+        kwargs=dict(kwargs),
+        backend=alias,
+        errors=[],
+        worker_ids=[node] * attempt,
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from .protocol import new_task_id
+from .ids import new_task_id
 
 
 class Status(models.TextChoices):

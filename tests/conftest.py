@@ -115,26 +115,16 @@ def leek_cli(port: int, *args: str, **env: str) -> subprocess.CompletedProcess[s
 
 def task_message(fn: Callable[..., Any], *args: Any, max_retries: int | None = None) -> Any:
     """The enqueue message a client would send for fn(*args)."""
-    from leek.client.api import _message
+    from leek.client.api import message
 
-    return _message(
-        fn,
-        args,
-        {},
-        queue="default",
-        priority=0,
-        run_after=None,
-        max_retries=max_retries,
-        timeout=None,
-    )
+    return message(fn, args, max_retries=max_retries)
 
 
 def task_batch(*calls: tuple[Callable[..., Any], tuple[Any, ...]], **options: Any) -> Any:
     """The ids and the enqueue_batch data a client would send for `calls`."""
-    from leek.client.api import _batch, _options
+    from leek.client.api import batch
 
-    defaults = {"queue": "default", "priority": 0, "max_retries": None, "timeout": None}
-    return _batch(calls, _options(run_after=None, **{**defaults, **options}))
+    return batch(calls, **options)
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from django.db import transaction
 
 from .. import conf, fields
 from ..exceptions import BrokerUnavailable, LeekError, TaskCancelled, TaskFailed, TaskNotReady
-from ..protocol import dump_task, load_value, new_task_id, new_task_ids, task_name
+from ..ids import new_task_id, new_task_ids
+from ..protocol.payload import dump_task, load_value, task_name
 from . import connection
 from .spool import spool
 
@@ -152,16 +153,33 @@ def _whole(
     return {"id": task_id, "name": name, "payload": payload, "args_repr": args_repr, **options}
 
 
-def _message(
+def message(
     fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
     task_id: uuid.UUID | None = None,
-    **options: Any,
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    run_after: float | None = None,
+    max_retries: int | None = None,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """The message of one task pushed alone; `options` as `_options` takes them."""
-    task_id = task_id or new_task_id()
-    return _whole(str(task_id), *_parts(fn, args, kwargs), _options(**options))
+    """The data of the `enqueue` verb for fn(*args, **kwargs), under `task_id` or
+    a new id: what :func:`enqueue` sends.
+
+    `run_after` is a Unix time, None for at once. Raises ValueError naming an
+    option out of range, TypeError for a `fn` that is not callable and
+    PayloadError for a call that cannot be pickled."""
+    parts = _parts(fn, args, kwargs or {})
+    options = _options(
+        queue=queue,
+        priority=priority,
+        run_after=run_after,
+        max_retries=max_retries,
+        timeout=timeout,
+    )
+    return _whole(str(task_id or new_task_id()), *parts, options)
 
 
 def _send(verb: str, data: Any, using: str | None = None) -> None:
@@ -195,12 +213,12 @@ def _deliver(verb: str, data: Any) -> None:
         )
 
 
-def _unbatch(batch: dict[str, Any]) -> list[dict[str, Any]]:
+def _unbatch(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The tasks of an enqueue_batch as `enqueue` sends each: what the database
     fallback writes."""
     return [
-        _whole(str(uuid.UUID(bytes=task_id)), name, payload, args_repr, batch["options"])
-        for task_id, name, payload, args_repr in batch["tasks"]
+        _whole(str(uuid.UUID(bytes=task_id)), name, payload, args_repr, data["options"])
+        for task_id, name, payload, args_repr in data["tasks"]
     ]
 
 
@@ -219,7 +237,7 @@ def enqueue(
     """Push fn(*args, **kwargs) to the broker; returns once it is committed
     (or, inside transaction.atomic(), at once: it is sent on commit)."""
     task_id = new_task_id()
-    message = _message(
+    data = message(
         fn,
         tuple(args),
         dict(kwargs or {}),
@@ -230,7 +248,7 @@ def enqueue(
         max_retries=max_retries,
         timeout=timeout,
     )
-    _send("enqueue", message)
+    _send("enqueue", data)
     return TaskHandle(task_id)
 
 
@@ -251,20 +269,29 @@ def enqueue_many(
 
     The options travel once for the whole batch and each task as a short
     tuple (the ``enqueue_batch`` verb of docs/protocol.md)."""
-    options = _options(
-        queue=queue, priority=priority, run_after=None, max_retries=max_retries, timeout=timeout
+    ids, data = batch(
+        calls, queue=queue, priority=priority, max_retries=max_retries, timeout=timeout
     )
-    ids, batch = _batch(calls, options)
     if ids:
-        _send("enqueue_batch", batch)
+        _send("enqueue_batch", data)
     return [TaskHandle(task_id) for task_id in ids]
 
 
-def _batch(
+def batch(
     calls: Iterable[TaskCall | tuple[Callable[..., Any], tuple[Any, ...]]],
-    options: dict[str, Any],
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    max_retries: int | None = None,
+    timeout: float | None = None,
 ) -> tuple[list[uuid.UUID], dict[str, Any]]:
-    """The ids of `calls` and the data of their enqueue_batch."""
+    """New ids for `calls`, each (fn, args) or (fn, args, kwargs), and the data
+    of the `enqueue_batch` verb that pushes them: what :func:`enqueue_many` sends.
+
+    Raises as :func:`message` does."""
+    options = _options(
+        queue=queue, priority=priority, run_after=None, max_retries=max_retries, timeout=timeout
+    )
     calls = list(calls)
     ids = new_task_ids(len(calls))
     tasks = []

@@ -15,7 +15,7 @@ from ..exceptions import (
     BrokerUnavailable,
     ProtocolError,
 )
-from ..protocol import FrameSocket
+from ..protocol.sockets import FrameSocket
 
 _local = threading.local()
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 import leek
 from leek.models import SuccessTask, Task
-from leek.protocol import load_value
+from leek.protocol.payload import load_value
 from tests import tasks as leek_tasks
 from tests.conftest import BrokerProcess, wait_for
 
@@ -45,7 +45,7 @@ def test_a_task_runs_and_reports_its_return_value(
     result = jobs.add.enqueue(2, 3)
     assert result.status == TaskResultStatus.READY and result.enqueued_at is not None
     row = Task.objects.get(pk=result.id)
-    assert row.name == "tests.test_backends.tasks.add" and row.queue == "default"
+    assert row.name == "tests.backends.tasks.add" and row.queue == "default"
     finished(result)
     assert result.status == TaskResultStatus.SUCCESSFUL
     assert result.return_value == 5
@@ -82,7 +82,7 @@ def test_failures_map_to_failed_with_their_errors(
         assert error.exception_class is ValueError
         assert error.exception_class_path == "builtins.ValueError"
         assert "ValueError: kaput" in error.traceback
-        assert 'tests/test_backends/tasks.py", line' in error.traceback
+        assert 'tests/backends/tasks.py", line' in error.traceback
     with pytest.raises(ValueError, match="Task failed"):
         _ = result.return_value
     bad = finished(jobs.not_json.enqueue())
@@ -98,9 +98,14 @@ def test_context_defer_and_async(framework_broker: BrokerProcess, jobs: ModuleTy
     assert later.status == TaskResultStatus.READY
     finished(later)
     assert later.return_value == {
-        "word": "hi", "attempt": 1, "id": later.id, "status": "RUNNING", "queue": "default",
-        "priority": 0, "enqueued": True,
-    }  # fmt: skip
+        "word": "hi",
+        "attempt": 1,
+        "id": later.id,
+        "status": "RUNNING",
+        "queue": "default",
+        "priority": 0,
+        "enqueued": True,
+    }
     assert later.started_at is not None and later.started_at.timestamp() - pushed >= 1.0
 
 
@@ -125,7 +130,7 @@ def test_results_of_unknown_and_cancelled_tasks(
 def test_a_framework_task_can_be_a_periodic_task(
     broker_factory: Callable[..., BrokerProcess], jobs: ModuleType
 ) -> None:
-    path = "tests.test_backends.tasks.describe"
+    path = "tests.backends.tasks.describe"
     schedule = {"tick": {"task": path, "every": 1, "args": ["tick"]}}
     broker_factory(DJANGO_SETTINGS_MODULE=SETTINGS, LEEK_SCHEDULE=json.dumps(schedule))
     success = wait_for(lambda: SuccessTask.objects.filter(name=path).first())

@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from leek.exceptions import BadSignature, ProtocolError
-from leek.protocol import FrameSocket, encode, new_task_id
+from leek.protocol.frame import encode
+from leek.protocol.sockets import FrameSocket
 
 KEY = b"k" * 32
 
@@ -126,14 +126,3 @@ def test_writes_from_many_threads_arrive_whole(
     expected = sorted(n * 100 + i for n in range(4) for i in range(20))
     assert sorted(m[0] for m in got if m) == expected
     assert all(m is not None and m[2] == blob for m in got)
-
-
-def test_task_ids_are_uuid7_and_sort_by_time() -> None:
-    ids = []
-    for _ in range(5):
-        ids.append(new_task_id())
-        time.sleep(0.002)
-    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
-    assert sorted(ids, key=lambda i: i.bytes) == ids
-    assert abs((ids[0].int >> 80) / 1000 - time.time()) < 5  # milliseconds since the epoch
-    assert len({new_task_id() for _ in range(10_000)}) == 10_000

@@ -10,12 +10,12 @@ import pytest
 
 from tests.conftest import BrokerProcess
 
-SETTINGS = "tests.test_backends.settings"
+SETTINGS = "tests.backends.settings"
 
 
 @pytest.fixture
 def jobs(settings: Any) -> ModuleType:
-    """The framework tasks of tests/test_backends/tasks.py, with TASKS set as the brokers
+    """The framework tasks of tests/backends/tasks.py, with TASKS set as the brokers
     have it (the @task decorator checks its options against the backend)."""
     from . import settings as backend_settings
 

@@ -32,10 +32,14 @@ def not_json() -> object:
 def describe(context: TaskContext[..., Any], word: str) -> dict[str, Any]:
     result = context.task_result
     return {
-        "word": word, "attempt": context.attempt, "id": result.id,
-        "status": str(result.status), "queue": result.task.queue_name,
-        "priority": result.task.priority, "enqueued": result.enqueued_at is not None,
-    }  # fmt: skip
+        "word": word,
+        "attempt": context.attempt,
+        "id": result.id,
+        "status": str(result.status),
+        "queue": result.task.queue_name,
+        "priority": result.task.priority,
+        "enqueued": result.enqueued_at is not None,
+    }
 
 
 @task

@@ -23,5 +23,11 @@ else:
 
 from leek.backends import LeekBackend  # noqa: E402 - needs the framework found above
 
-__all__ = ["LeekBackend", "TaskContext", "TaskResultDoesNotExist", "TaskResultStatus", "task",
-           "task_backends"]  # fmt: skip
+__all__ = [
+    "LeekBackend",
+    "TaskContext",
+    "TaskResultDoesNotExist",
+    "TaskResultStatus",
+    "task",
+    "task_backends",
+]
