@@ -73,14 +73,29 @@ FILL_RUNS = [
 
 def psql(base: str, sql: str) -> str:
     parts = urlsplit(base)
-    command = ["psql", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432),
-               "-U", parts.username or "postgres", "-d", "postgres", "-Atc", sql]  # fmt: skip
+    command = [
+        "psql",
+        "-h",
+        parts.hostname or "127.0.0.1",
+        "-p",
+        str(parts.port or 5432),
+        "-U",
+        parts.username or "postgres",
+        "-d",
+        "postgres",
+        "-Atc",
+        sql,
+    ]
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def setup_django(url: str) -> None:
-    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="settings", DEBUG="false",
-                      ALLOWED_HOSTS="testserver,127.0.0.1,localhost")  # fmt: skip
+    os.environ.update(
+        DATABASE_URL=url,
+        DJANGO_SETTINGS_MODULE="settings",
+        DEBUG="false",
+        ALLOWED_HOSTS="testserver,127.0.0.1,localhost",
+    )
     sys.path.insert(0, str(REPO))
     import django
 
@@ -108,10 +123,21 @@ def live_brokers() -> None:
 
     now = timezone.now()
     for name in ("10.0.0.1:8002", "10.0.0.2:8002"):
-        BrokerNode.objects.update_or_create(name=name, defaults={
-            "host": name.split(":")[0], "port": 8002, "pid": 100, "version": "0.1.0",
-            "code_version": "v42", "started_at": now, "heartbeat_at": now, "workers": 4,
-            "workers_alive": 4, "handled": 0})  # fmt: skip
+        BrokerNode.objects.update_or_create(
+            name=name,
+            defaults={
+                "host": name.split(":")[0],
+                "port": 8002,
+                "pid": 100,
+                "version": "0.1.0",
+                "code_version": "v42",
+                "started_at": now,
+                "heartbeat_at": now,
+                "workers": 4,
+                "workers_alive": 4,
+                "handled": 0,
+            },
+        )
 
 
 class QueryLog:
@@ -203,8 +229,10 @@ def main() -> int:
         "failure page": f"/admin/leek/failedtask/{failure}/change/",
         "dashboard": "/admin/leek/task/dashboard/",
     }
-    print(f"{Task.objects.order_by().values('pk')[:2_000_000].count():,} tasks; "
-          f"median of {args.runs} requests after a warm-up")  # fmt: skip
+    print(
+        f"{Task.objects.order_by().values('pk')[:2_000_000].count():,} tasks; "
+        f"median of {args.runs} requests after a warm-up"
+    )
     print(f"{'page':<28} {'ms':>8} {'queries':>8} {'slowest query ms':>17}")
     slow = 0
     for label, ms, log in time_pages(pages, args.runs):

@@ -62,10 +62,22 @@ def plot(results: dict[str, Any], out: Path) -> None:
     if not docs:
         return
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 9), constrained_layout=True)
-    _panel(top, docs, THROUGHPUT, "tasks per second (log scale)",
-           "Throughput: higher is better", ncols=4)  # fmt: skip
-    _panel(bottom, docs, LATENCY, "ms from enqueue to task start (log scale)",
-           "Latency with idle workers: lower is better", ncols=1)  # fmt: skip
+    _panel(
+        top,
+        docs,
+        THROUGHPUT,
+        "tasks per second (log scale)",
+        "Throughput: higher is better",
+        ncols=4,
+    )
+    _panel(
+        bottom,
+        docs,
+        LATENCY,
+        "ms from enqueue to task start (log scale)",
+        "Latency with idle workers: lower is better",
+        ncols=1,
+    )
 
     s, m = results["settings"], results["machine"]
     fig.suptitle(

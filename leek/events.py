@@ -24,8 +24,14 @@ def log_event(kind: str, message: str, actor: str = "", **data: Any) -> Event:
     if not kind:
         raise ValueError("an event needs a kind, such as 'booking.created'; got an empty one")
     stored = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
-    event = Event.objects.create(kind=kind[:64], message=str(message)[:1024],
-                                 actor=str(actor)[:255], data=stored)  # fmt: skip
-    logger.info("event kind=%s actor=%s message=%s", event.kind, event.actor, event.message,
-                extra={"action": "event_logged"})  # fmt: skip
+    event = Event.objects.create(
+        kind=kind[:64], message=str(message)[:1024], actor=str(actor)[:255], data=stored
+    )
+    logger.info(
+        "event kind=%s actor=%s message=%s",
+        event.kind,
+        event.actor,
+        event.message,
+        extra={"action": "event_logged"},
+    )
     return event

@@ -1,11 +1,11 @@
-"""Management commands run as tasks."""
+"""leek.calls: management commands run as tasks."""
 
 from __future__ import annotations
 
 import pytest
 from django.core.management import CommandError
 
-from leek.commands_task import run_command
+from leek.calls import run_command
 
 
 @pytest.mark.django_db  # `check` reads the database on newer Django versions

@@ -13,16 +13,17 @@ from django.urls import reverse
 import leek
 from leek.models import Event, FailedTask, SuccessTask, Task
 from tests import tasks
+from tests.admin import tasks as admin_tasks
+from tests.admin.factories import fail, make_task
 from tests.conftest import BrokerProcess, free_port, wait_for
-from tests.test_admin import tasks as admin_tasks
-from tests.test_admin.factories import fail, make_task
 
 CHANGELIST = reverse("admin:leek_task_changelist")
 CREATE = reverse("admin:leek_task_create")
 
 
-def act(client: Client, action: str, ids: list[Any], url: str = CHANGELIST,
-        confirm: bool = True) -> str:  # fmt: skip
+def act(
+    client: Client, action: str, ids: list[Any], url: str = CHANGELIST, confirm: bool = True
+) -> str:
     """Choose the action on the list, then answer its confirmation page."""
     data = {"action": action, "_selected_action": [str(i) for i in ids], "index": "0"}
     page = client.post(url, data)
@@ -30,8 +31,12 @@ def act(client: Client, action: str, ids: list[Any], url: str = CHANGELIST,
     text = page.content.decode()
     if not confirm:
         return text
-    data = {"action": action, "_selected_action": [str(i) for i in ids], "confirmed": "yes",
-            "select_across": "0"}  # fmt: skip
+    data = {
+        "action": action,
+        "_selected_action": [str(i) for i in ids],
+        "confirmed": "yes",
+        "select_across": "0",
+    }
     return client.post(url, data, follow=True).content.decode()
 
 
@@ -40,8 +45,9 @@ def status(task_id: Any) -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_cancel_through_the_broker_asks_first(broker_factory: Callable[..., BrokerProcess],
-                                              admin_client: Client) -> None:  # fmt: skip
+def test_cancel_through_the_broker_asks_first(
+    broker_factory: Callable[..., BrokerProcess], admin_client: Client
+) -> None:
     broker_factory(LEEK_WORKERS="1")
     later = [leek.enqueue(tasks.noop, delay=600) for _ in range(2)]
     done = leek.push_task_to_queue(tasks.add, 1, 1)
@@ -96,8 +102,9 @@ def test_actions_without_a_broker_fall_back_to_the_database(
     assert "Requeued 1 task." in act(admin_client, "retry_tasks", [failed.id])
     requeued = Task.objects.get(pk=failed.id)
     assert requeued.status == "queued" and requeued.spooled  # the next broker adopts it
-    assert "None of the selected tasks" in act(admin_client, "retry_tasks", [pending.id],
-                                               confirm=False)  # fmt: skip
+    assert "None of the selected tasks" in act(
+        admin_client, "retry_tasks", [pending.id], confirm=False
+    )
 
 
 @pytest.mark.django_db
@@ -112,54 +119,76 @@ def test_a_staff_user_without_change_permission_gets_no_actions(
     page = client.get(CHANGELIST).content.decode()
     assert "cancel_tasks" not in page and "Create a task" not in page
     task = make_task()
-    assert "Cancel this task" not in client.get(
-        reverse("admin:leek_task_change", args=[task.id])).content.decode()  # fmt: skip
+    assert (
+        "Cancel this task"
+        not in client.get(reverse("admin:leek_task_change", args=[task.id])).content.decode()
+    )
 
 
 @pytest.mark.django_db
 def test_the_create_page_offers_registered_tasks_and_commands(admin_client: Client) -> None:
     page = admin_client.get(CREATE).content.decode()
-    assert 'value="task:tests.test_admin.tasks.shout"' in page
+    assert 'value="task:tests.admin.tasks.shout"' in page
     assert 'value="command:migrate"' in page and 'value="command:leek"' in page
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("field, value, error", [
-    ("args", "{", "arguments are not valid JSON"),
-    ("args", '{"a": 1}', "must be a JSON list"),
-    ("kwargs", "[1]", "must be a JSON object"),
-    ("target", "task:nowhere.nothing", "Select a valid choice"),
-])  # fmt: skip
-def test_the_create_page_says_what_is_wrong(admin_client: Client, field: str, value: str,
-                                            error: str) -> None:  # fmt: skip
-    data = {"target": "task:tests.test_admin.tasks.shout", "args": '["x"]', "kwargs": "{}",
-            field: value}  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("args", "{", "arguments are not valid JSON"),
+        ("args", '{"a": 1}', "must be a JSON list"),
+        ("kwargs", "[1]", "must be a JSON object"),
+        ("target", "task:nowhere.nothing", "Select a valid choice"),
+    ],
+)
+def test_the_create_page_says_what_is_wrong(
+    admin_client: Client, field: str, value: str, error: str
+) -> None:
+    data = {"target": "task:tests.admin.tasks.shout", "args": '["x"]', "kwargs": "{}", field: value}
     page = admin_client.post(CREATE, data).content.decode()
     assert error in page and Task.objects.count() == 0
 
 
 @pytest.mark.django_db(transaction=True)
-def test_create_a_registered_task_and_see_it_run(broker: BrokerProcess,
-                                                 admin_client: Client) -> None:  # fmt: skip
+def test_create_a_registered_task_and_see_it_run(
+    broker: BrokerProcess, admin_client: Client
+) -> None:
     assert admin_tasks.shout.queue == "default"
-    data = {"target": "task:tests.test_admin.tasks.shout", "args": '["hi"]',
-            "kwargs": '{"times": 2}', "priority": "", "queue": "", "delay": ""}  # fmt: skip
+    data = {
+        "target": "task:tests.admin.tasks.shout",
+        "args": '["hi"]',
+        "kwargs": '{"times": 2}',
+        "priority": "",
+        "queue": "",
+        "delay": "",
+    }
     response = admin_client.post(CREATE, data, follow=True)
     task = Task.objects.get()
     assert response.redirect_chain[-1][0] == reverse("admin:leek_task_change", args=[task.id])
-    assert task.name == "tests.test_admin.tasks.shout" and task.args_repr == "'hi', times=2"
+    assert task.name == "tests.admin.tasks.shout" and task.args_repr == "'hi', times=2"
     assert leek.TaskHandle(task.id).result(timeout=10) == "HI HI"
     assert SuccessTask.objects.get(task=task).stdout == "HI HI\n"
     assert Event.objects.filter(kind="admin.create_task", data__task=str(task.id)).exists()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_create_keeps_the_task_options_unless_overridden(broker: BrokerProcess,
-                                                         admin_client: Client) -> None:  # fmt: skip
-    target = "task:tests.test_admin.tasks.report"
+def test_create_keeps_the_task_options_unless_overridden(
+    broker: BrokerProcess, admin_client: Client
+) -> None:
+    target = "task:tests.admin.tasks.report"
     admin_client.post(CREATE, {"target": target, "args": '["q3"]', "kwargs": "{}"})
-    admin_client.post(CREATE, {"target": target, "args": '["q4"]', "kwargs": "{}",
-                               "queue": "urgent", "priority": "9", "delay": "600"})  # fmt: skip
+    admin_client.post(
+        CREATE,
+        {
+            "target": target,
+            "args": '["q4"]',
+            "kwargs": "{}",
+            "queue": "urgent",
+            "priority": "9",
+            "delay": "600",
+        },
+    )
     own, chosen = Task.objects.order_by("args_repr")
     assert (own.queue, own.priority, own.max_retries) == ("reports", 3, 0)
     assert (chosen.queue, chosen.priority, chosen.status) == ("urgent", 9, "queued")
@@ -181,7 +210,7 @@ def test_create_with_no_broker_spools_the_task(
     admin_client: Client, leek_settings: Callable[..., None]
 ) -> None:
     leek_settings(PORT=free_port(), CONNECT_TIMEOUT=0.2)
-    data = {"target": "task:tests.test_admin.tasks.shout", "args": '["later"]', "kwargs": "{}"}
+    data = {"target": "task:tests.admin.tasks.shout", "args": '["later"]', "kwargs": "{}"}
     admin_client.post(CREATE, data)
     task = Task.objects.get()
     assert task.spooled and task.status == "queued"

@@ -1,4 +1,4 @@
-"""The admin's lists, task pages and dashboard, through Django's test client."""
+"""The admin's lists, task pages, dashboard and event log, through Django's test client."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from leek.models import Task
-from tests.test_admin.factories import fail, make_node, make_task, succeed
+import leek
+from leek.models import Event, Task
+from tests.admin.factories import fail, make_node, make_task, succeed
 
 pytestmark = pytest.mark.django_db
 
@@ -28,15 +29,19 @@ def test_the_task_list_shows_what_matters(admin_client: Client) -> None:
     assert "secret-payload-bytes" not in page
 
 
-@pytest.mark.parametrize("query, shown, hidden", [
-    ({"status__exact": "failed"}, "tests.tasks.fail", "tests.tasks.add"),
-    ({"queue": "emails"}, "tests.tasks.add", "tests.tasks.fail"),
-    ({"name": "tests.tasks.fail"}, "tests.tasks.fail", "tests.tasks.add"),
-    ({"q": "fail"}, "tests.tasks.fail", "tests.tasks.add"),
-    ({"q": "needle"}, "tests.tasks.add", "tests.tasks.fail"),
-])  # fmt: skip
-def test_filters_and_search(admin_client: Client, query: dict[str, str], shown: str,
-                            hidden: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "query, shown, hidden",
+    [
+        ({"status__exact": "failed"}, "tests.tasks.fail", "tests.tasks.add"),
+        ({"queue": "emails"}, "tests.tasks.add", "tests.tasks.fail"),
+        ({"name": "tests.tasks.fail"}, "tests.tasks.fail", "tests.tasks.add"),
+        ({"q": "fail"}, "tests.tasks.fail", "tests.tasks.add"),
+        ({"q": "needle"}, "tests.tasks.add", "tests.tasks.fail"),
+    ],
+)
+def test_filters_and_search(
+    admin_client: Client, query: dict[str, str], shown: str, hidden: str
+) -> None:
     make_task("succeeded", name="tests.tasks.add", queue="emails", args_repr="'needle', 3")
     make_task("failed", name="tests.tasks.fail")
     response = admin_client.get(reverse(CHANGELIST), query)
@@ -66,8 +71,13 @@ def test_the_sidebar_offers_recent_queues_and_names(admin_client: Client) -> Non
 def test_a_task_page_shows_arguments_result_output_and_each_traceback(
     admin_client: Client,
 ) -> None:
-    task = make_task("succeeded", args_repr="'report', year=2026", attempts=3,
-                     progress=100.0, progress_note="all pages")  # fmt: skip
+    task = make_task(
+        "succeeded",
+        args_repr="'report', year=2026",
+        attempts=3,
+        progress=100.0,
+        progress_note="all pages",
+    )
     fail(task, attempt=1, final=False, message="first try")
     fail(task, attempt=2, final=False, message="second try")
     succeed(task, result="{'pages': 12}", stdout="rendered 12 pages\n", stderr="a warning\n")
@@ -92,15 +102,19 @@ def test_runs_link_back_to_their_task(admin_client: Client) -> None:
     success = succeed(make_task("succeeded"), stdout="hello\n")
     page = admin_client.get(reverse("admin:leek_successtask_change", args=[success.pk]))
     assert "hello" in page.content.decode()
-    assert reverse("admin:leek_successtask_changelist") in admin_client.get(
-        reverse("admin:leek_successtask_changelist")).content.decode()  # fmt: skip
+    assert (
+        reverse("admin:leek_successtask_changelist")
+        in admin_client.get(reverse("admin:leek_successtask_changelist")).content.decode()
+    )
 
 
 def test_tasks_cannot_be_added_or_edited_by_hand(admin_client: Client) -> None:
     task = make_task()
     assert admin_client.get(reverse("admin:leek_task_add")).status_code == 403
-    response = admin_client.post(reverse("admin:leek_task_change", args=[task.id]),
-                                 {"name": "changed", "status": "succeeded"})  # fmt: skip
+    response = admin_client.post(
+        reverse("admin:leek_task_change", args=[task.id]),
+        {"name": "changed", "status": "succeeded"},
+    )
     assert response.status_code == 403
     task.refresh_from_db()
     assert task.name == "tests.tasks.add" and task.status == "queued"
@@ -139,8 +153,9 @@ def test_dashboard_with_a_live_broker_counts_and_charts(admin_client: Client) ->
     assert ">emails</a>" in counts and ">pdfs</a>" in counts and ">6</th>" in counts
 
 
-def test_dashboard_warns_when_a_broker_runs_other_code(admin_client: Client,
-                                                       leek_settings: object) -> None:  # fmt: skip
+def test_dashboard_warns_when_a_broker_runs_other_code(
+    admin_client: Client, leek_settings: object
+) -> None:
     leek_settings(CODE_VERSION="v2")  # type: ignore[operator]
     make_node("web1:8002", code_version="v1")
     page = admin_client.get(reverse("admin:leek_task_dashboard")).content.decode()
@@ -155,3 +170,21 @@ def test_staff_without_permission_cannot_see_the_dashboard(
     assert client.get(reverse("admin:leek_task_dashboard")).status_code == 403
     assert client.get(reverse("admin:leek_task_create")).status_code == 403
     assert Task.objects.count() == 0
+
+
+def test_the_event_log_is_searchable_and_filterable(admin_client: Client) -> None:
+    leek.log_event("login", "Ada logged in", actor="ada")
+    leek.log_event("booking.created", "Room 4 booked", actor="bob", room=4)
+    url = reverse("admin:leek_event_changelist")
+    page = admin_client.get(url).content.decode()
+    assert "Ada logged in" in page and "Room 4 booked" in page and "?kind=login" in page
+
+    def rows(query: dict[str, str]) -> str:
+        text = admin_client.get(url, query).content.decode()
+        return text.split('id="result_list"')[1].split("</table>")[0]
+
+    assert "Room 4" not in rows({"kind": "login"}) and "Ada" in rows({"kind": "login"})
+    assert "Ada" not in rows({"q": "bob"}) and "Room 4" in rows({"q": "bob"})
+    event = Event.objects.get(kind="booking.created")
+    detail = admin_client.get(reverse("admin:leek_event_change", args=[event.pk]))
+    assert "&quot;room&quot;: 4" in detail.content.decode()

@@ -4,10 +4,11 @@
   takes the planner's estimate (``pg_class.reltuples`` for an unfiltered table,
   the ``EXPLAIN`` row estimate for a filtered one) instead of a full COUNT(*).
 * `RecentValuesFilter` lists a column's values for the sidebar from the latest
-  rows instead of a ``SELECT DISTINCT`` over the whole table.
+  rows instead of the distinct values of the whole table.
 * `search_by_id` turns a search for a UUID into a primary-key lookup, and
   `latest` bounds a search for words to the latest SEARCH_WINDOW rows, so a
   rare word costs a range scan, not a scan of the whole table.
+* `BigList`, the ModelAdmin base of such lists, puts them together.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.functional import cached_property
 
+from ..server.store.sql import EXPLAIN, TABLE_ESTIMATE
+
 if TYPE_CHECKING:
     BasePaginator = Paginator[Any]
+    ModelAdmin = admin.ModelAdmin[Any]
 else:
-    BasePaginator = Paginator
+    BasePaginator, ModelAdmin = Paginator, admin.ModelAdmin
 
 #: Rows counted exactly before the paginator switches to an estimate.
 EXACT_COUNT_LIMIT = 10_000
@@ -50,8 +54,7 @@ def capped_count(queryset: QuerySet[Any], cap: int) -> int:
 def table_estimate(model: type[models.Model], using: str) -> int:
     """PostgreSQL's estimate of a table's rows (-1 when it was never analysed)."""
     with connections[using].cursor() as cursor:
-        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                       [model._meta.db_table])  # fmt: skip
+        cursor.execute(TABLE_ESTIMATE, [model._meta.db_table])
         row = cursor.fetchone()
     return -1 if row is None else int(row[0])
 
@@ -60,7 +63,7 @@ def planner_estimate(queryset: QuerySet[Any]) -> int:
     """PostgreSQL's planner estimate of the rows a query returns."""
     sql, params = queryset.order_by().values("pk").query.sql_with_params()
     with connections[queryset.db].cursor() as cursor:
-        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+        cursor.execute(EXPLAIN + sql, params)
         plan = cursor.fetchone()[0]
     if isinstance(plan, str):
         plan = json.loads(plan)
@@ -121,8 +124,13 @@ class OneReadChangeList(ChangeList):
             self.result_list = rows
 
 
-def recent_values(queryset: QuerySet[Any], column: str, order: str, window: int = RECENT_WINDOW,
-                  limit: int = FILTER_VALUES_LIMIT) -> list[str]:  # fmt: skip
+def recent_values(
+    queryset: QuerySet[Any],
+    column: str,
+    order: str,
+    window: int = RECENT_WINDOW,
+    limit: int = FILTER_VALUES_LIMIT,
+) -> list[str]:
     """The distinct values of `column` among the latest `window` rows by `order`
     (an indexed column): a bounded read however large the table."""
     latest = queryset.order_by(order).values_list(column, flat=True)[:window]
@@ -136,8 +144,15 @@ class RecentValuesFilter(admin.AllValuesFieldListFilter):
 
     window = RECENT_WINDOW
 
-    def __init__(self, field: Any, request: HttpRequest, params: dict[str, Any],
-                 model: type[models.Model], model_admin: Any, field_path: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        field: Any,
+        request: HttpRequest,
+        params: dict[str, Any],
+        model: type[models.Model],
+        model_admin: Any,
+        field_path: str,
+    ) -> None:
         super().__init__(field, request, params, model, model_admin, field_path)
         order = (list(model_admin.get_ordering(request)) or ["-pk"])[0]
         values = recent_values(model._default_manager.all(), field.name, order, self.window)
@@ -157,6 +172,36 @@ def search_by_id(queryset: QuerySet[Any], term: str, field: str = "pk") -> Query
 def latest(queryset: QuerySet[Any], field: str, window: int = SEARCH_WINDOW) -> QuerySet[Any]:
     """`queryset` limited to the rows whose `field` (an indexed date) is among
     the table's latest `window` values; unchanged for a smaller table."""
-    edge = list(queryset.model._default_manager.using(queryset.db).order_by(f"-{field}")
-                .values_list(field, flat=True)[window - 1 : window])  # fmt: skip
+    edge = list(
+        queryset.model._default_manager.using(queryset.db)
+        .order_by(f"-{field}")
+        .values_list(field, flat=True)[window - 1 : window]
+    )
     return queryset.filter(**{f"{field}__gte": edge[0]}) if edge else queryset
+
+
+class BigList(ModelAdmin):
+    """Lists of millions of rows: no full COUNT(*), no facets, and a search that
+    reads a task id as one, and looks for words among the latest rows by
+    `date_field` unless the list is filtered by that date."""
+
+    paginator = EstimatedPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    list_per_page = 50
+    date_field = "queued_at"
+    id_field: str | None = "task_id"
+    search_window = SEARCH_WINDOW
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[OneReadChangeList]:
+        return OneReadChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        found = search_by_id(queryset, search_term, self.id_field) if self.id_field else None
+        if found is not None:
+            return found, False
+        if search_term.strip() and not any(k.startswith(self.date_field) for k in request.GET):
+            queryset = latest(queryset, self.date_field, self.search_window)
+        return super().get_search_results(request, queryset, search_term)

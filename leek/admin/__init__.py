@@ -1,9 +1,16 @@
 """The queue in the Django admin: tasks, their runs, brokers, schedules, events.
 
+This module registers the ModelAdmins; Django's admin autodiscovery imports it.
 Tasks are read-only here except through the actions (cancel, retry, run again)
 and the "Create a task" page; the dashboard and that page hang off the Task
-admin's URLs (`admin:leek_task_dashboard`, `admin:leek_task_create`). Lists
-never run a full COUNT(*) (see admin_paging.py), and the payload is never shown.
+admin's URLs (`admin:leek_task_dashboard`, `admin:leek_task_create`). The
+payload is never shown. The package's other modules:
+
+* `actions`: cancel, retry and run again, each after a confirmation page;
+* `dashboard`: the task dashboard;
+* `create`: the "Create a task" page;
+* `paging`: lists that never run a full COUNT(*) on tables of millions of rows;
+* `display`: status badges, compact times, durations, text.
 """
 
 from __future__ import annotations
@@ -19,18 +26,12 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from . import admin_views, conf
-from .admin_actions import cancel_tasks, requeue_tasks, retry_tasks
-from .admin_display import badge, between, pre, seconds, task_link, time_column
-from .admin_paging import (
-    SEARCH_WINDOW,
-    EstimatedPaginator,
-    OneReadChangeList,
-    RecentValuesFilter,
-    latest,
-    search_by_id,
-)
-from .models import BrokerNode, Event, FailedTask, PeriodicTask, SuccessTask, Task
+from .. import conf
+from ..models import BrokerNode, Event, FailedTask, PeriodicTask, SuccessTask, Task
+from . import create, dashboard
+from .actions import cancel_tasks, requeue_tasks, retry_tasks
+from .display import badge, between, pre, seconds, task_link, time_column
+from .paging import BigList, RecentValuesFilter
 
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[Any]
@@ -38,10 +39,26 @@ if TYPE_CHECKING:
 else:
     ModelAdmin, StackedInline = admin.ModelAdmin, admin.StackedInline
 
-TASK_FIELDS = ("id", "name", "status_badge", "queue", "priority", "broker", "code_version",
-               "spooled")  # fmt: skip
-TIMING_FIELDS = ("queued_at", "run_after", "started_at", "finished_at", "duration", "attempts",
-                 "max_retries", "timeout")  # fmt: skip
+TASK_FIELDS = (
+    "id",
+    "name",
+    "status_badge",
+    "queue",
+    "priority",
+    "broker",
+    "code_version",
+    "spooled",
+)
+TIMING_FIELDS = (
+    "queued_at",
+    "run_after",
+    "started_at",
+    "finished_at",
+    "duration",
+    "attempts",
+    "max_retries",
+    "timeout",
+)
 
 if admin.site.index_template is None:
     admin.site.index_template = "admin/leek/index.html"
@@ -59,32 +76,6 @@ class ReadOnly:
     def has_steer_permission(self, request: HttpRequest) -> bool:
         """May cancel, retry and requeue tasks."""
         return bool(request.user.has_perm("leek.change_task"))
-
-
-class BigList(ModelAdmin):
-    """Lists of millions of rows: no full COUNT(*), no facets, and a search that
-    reads a task id as one, and looks for words among the latest rows by
-    `date_field` unless the list is filtered by that date."""
-
-    paginator = EstimatedPaginator
-    show_full_result_count = False
-    show_facets = admin.ShowFacets.NEVER
-    list_per_page = 50
-    date_field = "queued_at"
-    id_field: str | None = "task_id"
-    search_window = SEARCH_WINDOW
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[OneReadChangeList]:
-        return OneReadChangeList
-
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any],
-                           search_term: str) -> tuple[QuerySet[Any], bool]:  # fmt: skip
-        found = search_by_id(queryset, search_term, self.id_field) if self.id_field else None
-        if found is not None:
-            return found, False
-        if search_term.strip() and not any(k.startswith(self.date_field) for k in request.GET):
-            queryset = latest(queryset, self.date_field, self.search_window)
-        return super().get_search_results(request, queryset, search_term)
 
 
 class RunInline(ReadOnly, StackedInline):
@@ -105,8 +96,15 @@ class RunInline(ReadOnly, StackedInline):
 class SuccessInline(RunInline):
     model = SuccessTask
     verbose_name_plural = "successful runs"
-    fields = readonly_fields = ("attempt", "started_at", "finished_at", "duration_text",
-                                "result_text", "stdout_text", "stderr_text")  # fmt: skip
+    fields = readonly_fields = (
+        "attempt",
+        "started_at",
+        "finished_at",
+        "duration_text",
+        "result_text",
+        "stdout_text",
+        "stderr_text",
+    )
 
     @admin.display(description="duration")
     def duration_text(self, obj: SuccessTask) -> str:
@@ -120,8 +118,17 @@ class SuccessInline(RunInline):
 class FailureInline(RunInline):
     model = FailedTask
     verbose_name_plural = "failed attempts"
-    fields = readonly_fields = ("attempt", "started_at", "failed_at", "error", "traceback_text",
-                                "stdout_text", "stderr_text", "final", "requeued_at")  # fmt: skip
+    fields = readonly_fields = (
+        "attempt",
+        "started_at",
+        "failed_at",
+        "error",
+        "traceback_text",
+        "stdout_text",
+        "stderr_text",
+        "final",
+        "requeued_at",
+    )
 
     @admin.display(description="error")
     def error(self, obj: FailedTask) -> str:
@@ -134,16 +141,30 @@ class FailureInline(RunInline):
 
 @admin.register(Task)
 class TaskAdmin(ReadOnly, BigList):
-    list_display = ["short_id", "name", "queue", "status_badge", "attempts", "queued",
-                    "started", "finished", "duration", "broker"]  # fmt: skip
+    list_display = [
+        "short_id",
+        "name",
+        "queue",
+        "status_badge",
+        "attempts",
+        "queued",
+        "started",
+        "finished",
+        "duration",
+        "broker",
+    ]
     list_display_links = ["short_id", "name"]
     list_filter = [
-        ("status", admin.ChoicesFieldListFilter), ("queue", RecentValuesFilter),
-        ("name", RecentValuesFilter), ("queued_at", admin.DateFieldListFilter),
-    ]  # fmt: skip
+        ("status", admin.ChoicesFieldListFilter),
+        ("queue", RecentValuesFilter),
+        ("name", RecentValuesFilter),
+        ("queued_at", admin.DateFieldListFilter),
+    ]
     search_fields = ["name", "args_repr"]
-    search_help_text = ("A task id, or words of its name or arguments (among the latest "
-                        "100,000 tasks unless a date is chosen).")  # fmt: skip
+    search_help_text = (
+        "A task id, or words of its name or arguments (among the latest "
+        "100,000 tasks unless a date is chosen)."
+    )
     ordering = ["-queued_at"]
     id_field = "pk"
     sortable_by = ["queued"]
@@ -158,8 +179,16 @@ class TaskAdmin(ReadOnly, BigList):
         ("Outcome", {"fields": ["result", "error", "stdout", "stderr"]}),
         ("Timing", {"fields": TIMING_FIELDS}),
     ]
-    readonly_fields = [*TASK_FIELDS, "arguments", "progress_bar", "result", "error", "stdout",
-                       "stderr", *TIMING_FIELDS]  # fmt: skip
+    readonly_fields = [
+        *TASK_FIELDS,
+        "arguments",
+        "progress_bar",
+        "result",
+        "error",
+        "stdout",
+        "stderr",
+        *TIMING_FIELDS,
+    ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
         return super().get_queryset(request).defer("payload")
@@ -173,10 +202,10 @@ class TaskAdmin(ReadOnly, BigList):
         ]
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
-        return admin_views.dashboard(request, self.admin_site)
+        return dashboard.dashboard(request, self.admin_site)
 
     def create_view(self, request: HttpRequest) -> HttpResponse:
-        return admin_views.create_task(request, self.admin_site)
+        return create.create_task(request, self.admin_site)
 
     queued = time_column("queued_at", "queued")
     started = time_column("started_at", "started", day_of="queued_at")
@@ -210,12 +239,17 @@ class TaskAdmin(ReadOnly, BigList):
         )
 
     def _last_run(self, obj: Task) -> SuccessTask | FailedTask | None:
+        """The task's last run, successful or failed: the highest attempt, the
+        later end among runs of the same attempt; None before any run."""
         runs: list[SuccessTask | FailedTask] = [
             *obj.successes.order_by("-id")[:1],
             *obj.failures.order_by("-id")[:1],
         ]
-        return max(runs, key=lambda r: (r.attempt, r.finished_at if isinstance(r, SuccessTask)
-                                        else r.failed_at), default=None)  # fmt: skip
+        return max(
+            runs,
+            key=lambda r: (r.attempt, r.finished_at if isinstance(r, SuccessTask) else r.failed_at),
+            default=None,
+        )
 
     @admin.display(description="return value")
     def result(self, obj: Task) -> SafeString | str:
@@ -228,8 +262,7 @@ class TaskAdmin(ReadOnly, BigList):
         if failure is None:
             return "-"
         retried = " (retried)" if obj.status != "failed" else ""
-        return pre(f"attempt {failure.attempt}{retried}: {failure.exc_type}: "
-                   f"{failure.exc_message}")  # fmt: skip
+        return pre(f"attempt {failure.attempt}{retried}: {failure.exc_type}: {failure.exc_message}")
 
     @admin.display(description="stdout (last run)")
     def stdout(self, obj: Task) -> SafeString | str:
@@ -244,8 +277,17 @@ class TaskAdmin(ReadOnly, BigList):
 
 @admin.register(SuccessTask)
 class SuccessTaskAdmin(ReadOnly, BigList):
-    list_display = ["id", "task_column", "name", "queue", "attempt", "started", "finished",
-                    "duration_text", "result_short"]  # fmt: skip
+    list_display = [
+        "id",
+        "task_column",
+        "name",
+        "queue",
+        "attempt",
+        "started",
+        "finished",
+        "duration_text",
+        "result_short",
+    ]
     list_filter = [("name", RecentValuesFilter), ("finished_at", admin.DateFieldListFilter)]
     list_select_related = ["task"]
     search_fields = ["name", "result_repr"]
@@ -255,9 +297,16 @@ class SuccessTaskAdmin(ReadOnly, BigList):
     sortable_by = ["finished"]
     actions = [requeue_tasks]
     fields = readonly_fields = (
-        "task_column", "name", "attempt", "started_at", "finished_at", "duration_text",
-        "result_text", "stdout_text", "stderr_text",
-    )  # fmt: skip
+        "task_column",
+        "name",
+        "attempt",
+        "started_at",
+        "finished_at",
+        "duration_text",
+        "result_text",
+        "stdout_text",
+        "stderr_text",
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SuccessTask]:
         return super().get_queryset(request).defer("result", "task__payload")
@@ -292,10 +341,24 @@ class SuccessTaskAdmin(ReadOnly, BigList):
 
 @admin.register(FailedTask)
 class FailedTaskAdmin(ReadOnly, BigList):
-    list_display = ["id", "task_column", "name", "queue", "attempt", "exc_type", "message",
-                    "failed", "final", "requeued"]  # fmt: skip
-    list_filter = ["final", ("name", RecentValuesFilter), ("exc_type", RecentValuesFilter),
-                   ("failed_at", admin.DateFieldListFilter)]  # fmt: skip
+    list_display = [
+        "id",
+        "task_column",
+        "name",
+        "queue",
+        "attempt",
+        "exc_type",
+        "message",
+        "failed",
+        "final",
+        "requeued",
+    ]
+    list_filter = [
+        "final",
+        ("name", RecentValuesFilter),
+        ("exc_type", RecentValuesFilter),
+        ("failed_at", admin.DateFieldListFilter),
+    ]
     list_select_related = ["task"]
     search_fields = ["name", "exc_type", "exc_message"]
     search_help_text = "A task id, or words of the task's name or error."
@@ -303,9 +366,20 @@ class FailedTaskAdmin(ReadOnly, BigList):
     date_field = "failed_at"
     sortable_by = ["failed"]
     actions = [retry_tasks, requeue_tasks]
-    fields = readonly_fields = ("task_column", "name", "attempt", "started_at", "failed_at",
-                                "exc_type", "exc_message", "traceback_text", "stdout_text",
-                                "stderr_text", "final", "requeued_at")  # fmt: skip
+    fields = readonly_fields = (
+        "task_column",
+        "name",
+        "attempt",
+        "started_at",
+        "failed_at",
+        "exc_type",
+        "exc_message",
+        "traceback_text",
+        "stdout_text",
+        "stderr_text",
+        "final",
+        "requeued_at",
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[FailedTask]:
         return super().get_queryset(request).defer("task__payload")
@@ -326,9 +400,20 @@ class FailedTaskAdmin(ReadOnly, BigList):
 
 @admin.register(BrokerNode)
 class BrokerNodeAdmin(ReadOnly, ModelAdmin):
-    list_display = ["name", "hostname", "alive", "healthy", "workers_text", "handled",
-                    "heartbeat_at", "started_at", "version", "code_version", "pid",
-                    "note"]  # fmt: skip
+    list_display = [
+        "name",
+        "hostname",
+        "alive",
+        "healthy",
+        "workers_text",
+        "handled",
+        "heartbeat_at",
+        "started_at",
+        "version",
+        "code_version",
+        "pid",
+        "note",
+    ]
     ordering = ["name"]
 
     @admin.display(description="alive", boolean=True)
@@ -343,8 +428,16 @@ class BrokerNodeAdmin(ReadOnly, ModelAdmin):
 
 @admin.register(PeriodicTask)
 class PeriodicTaskAdmin(ModelAdmin):
-    list_display = ["name", "task", "cron", "every", "queue", "enabled", "last_run_at",
-                    "next_run_at"]  # fmt: skip
+    list_display = [
+        "name",
+        "task",
+        "cron",
+        "every",
+        "queue",
+        "enabled",
+        "last_run_at",
+        "next_run_at",
+    ]
     list_filter = ["enabled", "queue"]
     search_fields = ["name", "task"]
     readonly_fields = ["from_settings", "last_run_at", "next_run_at"]

@@ -11,13 +11,14 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from leek.admin import TaskAdmin
-from leek.admin_paging import EXACT_COUNT_LIMIT, EstimatedPaginator, RecentValuesFilter
+from leek.admin.paging import EXACT_COUNT_LIMIT, EstimatedPaginator, RecentValuesFilter
 from leek.models import Task
-from tests.test_admin.factories import make_task
+from tests.admin.factories import make_task
 
 pytestmark = pytest.mark.django_db
-postgres_only = pytest.mark.skipif(connection.vendor != "postgresql",
-                                   reason="estimates come from PostgreSQL's planner")  # fmt: skip
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="estimates come from PostgreSQL's planner"
+)
 CHANGELIST = reverse("admin:leek_task_changelist")
 
 

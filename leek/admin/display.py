@@ -13,12 +13,16 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 COLOURS = {
-    "queued": "#417690", "running": "#b26b00", "succeeded": "#2e7d32",
-    "failed": "#c62828", "cancelled": "#6b6b6b",
-}  # fmt: skip
+    "queued": "#417690",
+    "running": "#b26b00",
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "cancelled": "#6b6b6b",
+}
 
 
 def badge(status: str) -> SafeString:
+    """The status as a coloured label; an unknown status in grey."""
     return format_html(
         '<span class="leek-status" style="background:{};color:#fff;padding:1px 7px;'
         'border-radius:9px;white-space:nowrap">{}</span>',
@@ -49,17 +53,21 @@ def time_column(field: str, description: str, day_of: str | None = None) -> Call
 
 
 def between(start: datetime | None, end: datetime | None) -> str:
+    """The time from `start` to `end` as `seconds` shows it; "-" when either is missing."""
     return "-" if start is None or end is None else seconds((end - start).total_seconds())
 
 
 def pre(text: str) -> SafeString | str:
+    """Text as written, escaped, in a wrapping box that scrolls past 30em; "-" when empty."""
     if not text:
         return "-"
-    return format_html('<pre style="white-space:pre-wrap;margin:0;max-height:30em;'
-                       'overflow:auto">{}</pre>', text)  # fmt: skip
+    return format_html(
+        '<pre style="white-space:pre-wrap;margin:0;max-height:30em;overflow:auto">{}</pre>', text
+    )
 
 
 def task_link(task_id: Any, label: str | None = None) -> SafeString:
+    """A link to the task's page, labelled with `label` or the id."""
     url = reverse("admin:leek_task_change", args=[task_id])
     return format_html('<a href="{}">{}</a>', url, label or str(task_id))
 

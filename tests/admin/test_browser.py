@@ -20,26 +20,35 @@ from django.db import connections
 
 import leek
 from tests import tasks
+from tests.admin import tasks as admin_tasks
 from tests.conftest import REPO, BrokerProcess, wait_for
-from tests.test_admin import tasks as admin_tasks
 
 sync_api = pytest.importorskip(
     "playwright.sync_api",
     reason="Playwright is not installed (pip install playwright; the browser is Debian's "
-           "chromium, installed by .ci/browser.sh)",
-)  # fmt: skip
+    "chromium, installed by .ci/browser.sh)",
+)
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = REPO / "test-artifacts"
 
 pytestmark = [
-    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                       reason=f"no Chromium at {CHROMIUM}: run .ci/browser.sh "
-                              "(apt-get install chromium) or set CHROMIUM_PATH"),
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason=f"no Chromium at {CHROMIUM}: run .ci/browser.sh "
+        "(apt-get install chromium) or set CHROMIUM_PATH",
+    ),
     pytest.mark.django_db(transaction=True),
-]  # fmt: skip
+]
 
 
 @pytest.fixture
@@ -82,9 +91,13 @@ def reload_until(page: Any, text: str, timeout: float = 20.0) -> None:
     wait_for(shows, timeout=timeout, interval=0.2)
 
 
-def test_the_admin_in_a_browser(live_server: Any, admin_user: Any,
-                                broker_factory: Callable[..., BrokerProcess], tmp_path: Path,
-                                page: Any) -> None:  # fmt: skip
+def test_the_admin_in_a_browser(
+    live_server: Any,
+    admin_user: Any,
+    broker_factory: Callable[..., BrokerProcess],
+    tmp_path: Path,
+    page: Any,
+) -> None:
     broker = broker_factory(LEEK_WORKERS="2")
     base = live_server.url + "/admin/"
 
@@ -103,10 +116,10 @@ def test_the_admin_in_a_browser(live_server: Any, admin_user: Any,
     # Create a task from the admin, see it succeed and read its stdout.
     assert admin_tasks.shout.fn.__name__ == "shout"  # imported, so registered
     page.goto(base + "leek/task/create/")
-    page.select_option("#id_target", "task:tests.test_admin.tasks.shout")
+    page.select_option("#id_target", "task:tests.admin.tasks.shout")
     page.fill("#id_args", '["from the browser"]')
     page.click("input[name=_push]")
-    page.wait_for_selector("text=Pushed tests.test_admin.tasks.shout")
+    page.wait_for_selector("text=Pushed tests.admin.tasks.shout")
     reload_until(page, ">succeeded<")
     assert page.locator("text=FROM THE BROWSER").count() >= 2  # return value and stdout
     shot(page, "created-task")

@@ -1,5 +1,5 @@
 """@leek.task functions the admin offers in "Create a task" (the brokers under
-test import them as tests.test_admin.tasks.<name>)."""
+test import them as tests.admin.tasks.<name>)."""
 
 from __future__ import annotations
 

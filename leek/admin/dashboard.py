@@ -1,0 +1,207 @@
+"""The task dashboard.
+
+Routed by the Task admin (`admin:leek_task_dashboard`) behind
+`admin_site.admin_view`, so it needs a staff login, and view permission on tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
+from django.db.models.functions import TruncMinute
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from .. import conf
+from ..models import BrokerNode, FailedTask, Status, SuccessTask, Task
+
+#: Minutes the throughput chart covers, one bar each.
+CHART_MINUTES = 60
+#: The chart's height and each bar's width, in SVG units.
+CHART_HEIGHT = 100
+BAR_WIDTH = 10
+
+
+@dataclass
+class Node:
+    """A broker as the dashboard shows it."""
+
+    row: BrokerNode
+    alive: bool
+    drift: bool
+    seen: str
+    uptime: str
+
+
+def _age(delta: timedelta) -> str:
+    """A time span in whole units: 4 s, 3 min 13 s, 5 h 2 min, 3 d 4 h."""
+    total = int(max(delta.total_seconds(), 0.0))
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        return f"{total // 60} min {total % 60} s"
+    if total < 2 * 86400:
+        return f"{total // 3600} h {total % 3600 // 60} min"
+    return f"{total // 86400} d {total % 86400 // 3600} h"
+
+
+def broker_nodes(now: datetime) -> list[Node]:
+    """Every broker that ever sent a heartbeat, alive ones first."""
+    timeout = float(conf.get("HEARTBEAT_TIMEOUT"))
+    ours = str(conf.get("CODE_VERSION"))
+    nodes = []
+    for row in BrokerNode.objects.order_by("name"):
+        alive = not row.stopped and (now - row.heartbeat_at).total_seconds() <= timeout
+        nodes.append(
+            Node(
+                row,
+                alive,
+                alive and row.code_version != ours,
+                _age(now - row.heartbeat_at),
+                _age(now - row.started_at),
+            )
+        )
+    return sorted(nodes, key=lambda n: not n.alive)
+
+
+def problems(nodes: list[Node]) -> list[str]:
+    """What the red banner says: no live broker, code drift, sick workers."""
+    found = []
+    timeout = float(conf.get("HEARTBEAT_TIMEOUT"))
+    if not any(n.alive for n in nodes):
+        found.append(
+            f"No broker has sent a heartbeat in the last {timeout:g} seconds: tasks "
+            "are kept, but nothing runs them. Start one with `leek start`."
+        )
+    ours = str(conf.get("CODE_VERSION")) or "unknown"
+    for node in nodes:
+        if node.drift:
+            found.append(
+                f"Broker {node.row.name} runs code version "
+                f"{node.row.code_version or 'unknown'}, this site runs {ours}: "
+                "restart the broker after a deploy."
+            )
+        if node.alive and not node.row.healthy:
+            found.append(f"Broker {node.row.name} is unhealthy: {node.row.note}")
+    return found
+
+
+def status_counts() -> dict[str, Any]:
+    """Tasks per queue and status, with totals."""
+    statuses = [str(s) for s in Status]
+    per_queue: dict[str, dict[str, int]] = {}
+    # Grouped in the order of the (status, queue) index: a sorted aggregate, no hashing.
+    rows = Task.objects.order_by().values("status", "queue").annotate(n=Count("*"))
+    for row in rows:
+        per_queue.setdefault(row["queue"], {})[row["status"]] = row["n"]
+    table = [
+        (queue, [counts.get(s, 0) for s in statuses], sum(counts.values()))
+        for queue, counts in sorted(per_queue.items())
+    ]
+    totals = [sum(row[1][i] for row in table) for i in range(len(statuses))]
+    return {
+        "statuses": statuses,
+        "rows": table,
+        "totals": list(zip(statuses, totals, strict=True)),
+        "total": sum(totals),
+        "waiting_queues": [q for q, c in per_queue.items() if c.get(Status.QUEUED)],
+    }
+
+
+def oldest_waiting(now: datetime, queues: list[str]) -> dict[str, Any] | None:
+    """The queued task that is due and has waited longest: one short walk of the
+    (status, queue, queued_at) index per queue that has tasks waiting."""
+    found = None
+    for queue in queues:
+        due = Q(run_after__isnull=True) | Q(run_after__lte=now)
+        row = (
+            Task.objects.filter(due, status=Status.QUEUED, queue=queue)
+            .order_by("queued_at")
+            .values("id", "name", "queue", "queued_at")
+            .first()
+        )
+        if row is not None and (found is None or row["queued_at"] < found["queued_at"]):
+            found = row
+    return None if found is None else {**found, "age": _age(now - found["queued_at"])}
+
+
+def _per_minute(rows: Any) -> dict[int, int]:
+    """Rows of (`minute`, `n`) as counts by minute since the epoch."""
+    return {int(r["minute"].timestamp()) // 60: r["n"] for r in rows}
+
+
+def throughput(now: datetime) -> dict[str, Any]:
+    """Runs finished per minute over the last hour, as bars of an SVG chart."""
+    start = now.replace(second=0, microsecond=0) - timedelta(minutes=CHART_MINUTES - 1)
+    ok = _per_minute(
+        SuccessTask.objects.filter(finished_at__gte=start)
+        .order_by()
+        .annotate(minute=TruncMinute("finished_at"))
+        .values("minute")
+        .annotate(n=Count("*"))
+    )
+    failed = _per_minute(
+        FailedTask.objects.filter(failed_at__gte=start)
+        .order_by()
+        .annotate(minute=TruncMinute("failed_at"))
+        .values("minute")
+        .annotate(n=Count("*"))
+    )
+    first = int(start.timestamp()) // 60
+    counts = [(ok.get(first + i, 0), failed.get(first + i, 0)) for i in range(CHART_MINUTES)]
+    peak = max([a + b for a, b in counts] + [1])
+    bars = []
+    for i, (good, bad) in enumerate(counts):
+        good_h = round(good / peak * CHART_HEIGHT, 1)
+        bad_h = round(bad / peak * CHART_HEIGHT, 1)
+        minute = timezone.localtime(start + timedelta(minutes=i)).strftime("%H:%M")
+        bars.append(
+            {
+                "x": i * BAR_WIDTH,
+                "ok_y": CHART_HEIGHT - good_h,
+                "ok_h": good_h,
+                "bad_y": CHART_HEIGHT - good_h - bad_h,
+                "bad_h": bad_h,
+                "title": f"{minute}: {good} succeeded, {bad} failed",
+            }
+        )
+    return {
+        "bars": bars,
+        "peak": peak,
+        "width": CHART_MINUTES * BAR_WIDTH,
+        "height": CHART_HEIGHT,
+        "succeeded": sum(a for a, _ in counts),
+        "failed": sum(b for _, b in counts),
+    }
+
+
+def dashboard(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
+    """Brokers, counts, the oldest waiting task, the last hour, the latest failures."""
+    if not request.user.has_perm("leek.view_task"):
+        raise PermissionDenied
+    now = timezone.now()
+    nodes = broker_nodes(now)
+    counts = status_counts()
+    failures = FailedTask.objects.order_by("-failed_at").only(
+        "id", "task_id", "name", "attempt", "exc_type", "exc_message", "failed_at", "final"
+    )[:10]
+    context = {
+        **site.each_context(request),
+        "title": "Task dashboard",
+        "opts": Task._meta,
+        "nodes": nodes,
+        "problems": problems(nodes),
+        "counts": counts,
+        "oldest": oldest_waiting(now, counts["waiting_queues"]),
+        "chart": throughput(now),
+        "failures": failures,
+        "code_version": conf.get("CODE_VERSION"),
+        "heartbeat_timeout": conf.get("HEARTBEAT_TIMEOUT"),
+    }
+    return TemplateResponse(request, "admin/leek/dashboard.html", context)
