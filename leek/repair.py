@@ -1,138 +1,14 @@
-"""Repairing the queue: requeue failed tasks, purge old ones.
+"""Deprecated: the repair functions live in `leek.cli.repair`; import them from there."""
 
-Both work with or without a running broker: requeued tasks go through the
-broker when one answers, and otherwise are written back as spooled rows that
-the next broker adopts.
-"""
+import warnings
 
-from __future__ import annotations
+from .cli.repair import forget_brokers, purge, requeue, retry_failed
 
-import re
-import uuid
-from datetime import datetime, timedelta
+__all__ = ["forget_brokers", "purge", "requeue", "retry_failed"]
 
-from django.db import transaction
-from django.utils import timezone
-
-from .exceptions import BrokerUnavailable
-
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-BATCH = 1000
-
-
-def parse_age(text: str) -> timedelta:
-    """'90m', '12h', '30d', '2w' as a timedelta; ValueError names the format."""
-    match = _AGE.match(text or "")
-    if not match:
-        raise ValueError(f"age {text!r} is not a number and a unit (s, m, h, d or w), like 30d")
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-
-
-def parse_since(text: str) -> datetime:
-    """An age ('2h') or an ISO date or datetime, as an aware datetime."""
-    try:
-        return timezone.now() - parse_age(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ValueError(
-            f"--since {text!r} is neither an age like 2h nor a date like 2026-01-31"
-        ) from exc
-    return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
-
-
-def retry_failed(queue: str | None = None, since: str | None = None, dry_run: bool = False) -> int:
-    """Requeue every task that failed for good and has not been requeued since;
-    mark its final failure requeued. Returns how many tasks."""
-    from .models import FailedTask
-
-    failures = FailedTask.objects.filter(
-        final=True, requeued_at__isnull=True, task__status="failed"
-    )
-    if queue:
-        failures = failures.filter(task__queue=queue)
-    if since:
-        failures = failures.filter(failed_at__gte=parse_since(since))
-    ids = sorted({str(i) for i in failures.values_list("task_id", flat=True)})
-    if dry_run or not ids:
-        return len(ids)
-    return requeue([uuid.UUID(i) for i in ids])
-
-
-def requeue(ids: list[uuid.UUID]) -> int:
-    """Run these finished tasks again (attempts start over); returns how many."""
-    from .client import connection
-    from .models import FailedTask, Task
-
-    done = 0
-    for start in range(0, len(ids), BATCH):
-        chunk = ids[start : start + BATCH]
-        with transaction.atomic():
-            rows = Task.objects.filter(pk__in=chunk).exclude(status__in=["queued", "running"])
-            count = rows.update(
-                status="queued",
-                attempts=0,
-                run_after=None,
-                finished_at=None,
-                started_at=None,
-                spooled=True,
-                broker="",
-            )
-            FailedTask.objects.filter(
-                task_id__in=chunk, final=True, requeued_at__isnull=True
-            ).update(requeued_at=timezone.now())
-        done += count
-    try:
-        connection.call("sweep", {})  # adopt them now rather than at the next sweep
-    except BrokerUnavailable:
-        pass  # the next broker to start adopts them
-    return done
-
-
-def purge(older_than: str, statuses: list[str] | None = None, dry_run: bool = False) -> int:
-    """Delete finished tasks (and their outcomes) that finished before now minus
-    `older_than`, in batches. Returns how many tasks."""
-    from .models import FINISHED, FailedTask, SuccessTask, Task
-
-    allowed = [str(s) for s in FINISHED]
-    chosen = statuses or allowed
-    unknown = sorted(set(chosen) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"cannot purge status {', '.join(unknown)}: only finished tasks "
-            f"({', '.join(allowed)}) can be purged"
-        )
-    cutoff = timezone.now() - parse_age(older_than)
-    old = Task.objects.filter(status__in=chosen, finished_at__lt=cutoff)
-    if dry_run:
-        return old.count()
-    deleted = 0
-    while True:
-        batch = list(old.values_list("pk", flat=True)[:BATCH])
-        if not batch:
-            return deleted
-        with transaction.atomic():
-            SuccessTask.objects.filter(task_id__in=batch).delete()
-            FailedTask.objects.filter(task_id__in=batch).delete()
-            Task.objects.filter(pk__in=batch).delete()
-        deleted += len(batch)
-
-
-def forget_brokers(older_than: str, dry_run: bool = False) -> int:
-    """Delete the rows of brokers silent since before now minus `older_than`
-    (stopped or gone) that own no unfinished task. Returns how many.
-
-    A gone broker's row is what leads the others to adopt its tasks, so a row
-    that still owns any stays until they have. A broker that turns out to be
-    alive writes its row again at its next heartbeat."""
-    from .models import BrokerNode, Status, Task
-
-    cutoff = timezone.now() - parse_age(older_than)
-    owners = Task.objects.filter(status__in=[Status.QUEUED, Status.RUNNING]).values("broker")
-    old = BrokerNode.objects.filter(heartbeat_at__lt=cutoff).exclude(name__in=owners)
-    if dry_run:
-        return old.count()
-    return int(old.delete()[0])
+warnings.warn(
+    "leek.repair is deprecated: import requeue, retry_failed, purge and forget_brokers "
+    "from leek.cli.repair",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -1,4 +1,8 @@
-"""The handlers of the `leek` command's verbs (see cli.py for the parser)."""
+"""The verbs that start the broker, stop it and ask it questions.
+
+`start` runs the broker in this process; the others call a running broker over
+the protocol and exit UNREACHABLE when none answers.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,25 @@ import argparse
 import sys
 from typing import Any
 
-from .cli import OK, UNHEALTHY, UNREACHABLE, emit
-from .exceptions import BrokerUnavailable, DatabaseUnavailable, LeekError, NodeNameInUse
+from ..exceptions import BrokerUnavailable, DatabaseUnavailable, LeekError, NodeNameInUse
+from .output import OK, UNHEALTHY, UNREACHABLE, emit
+
+
+def add_start_arguments(parser: argparse.ArgumentParser) -> None:
+    """--host, --port and --workers, each overriding its LEEK setting."""
+    parser.add_argument("--host", help="address to listen on (LEEK_HOST)")
+    parser.add_argument("--port", type=int, help="port to listen on (LEEK_PORT)")
+    parser.add_argument("--workers", type=int, help="worker threads (LEEK_WORKERS)")
+
+
+def add_queue_argument(parser: argparse.ArgumentParser) -> None:
+    """--queue: one queue only."""
+    parser.add_argument("--queue", help="only this queue")
 
 
 def _call(options: argparse.Namespace, verb: str, data: Any) -> tuple[int, Any]:
-    from .client import connection
+    """The broker's answer to `verb`; on failure, print why and return its exit status."""
+    from ..client import connection
 
     try:
         return OK, connection.call(verb, data)
@@ -24,8 +41,9 @@ def _call(options: argparse.Namespace, verb: str, data: Any) -> tuple[int, Any]:
 
 
 def run_start(options: argparse.Namespace) -> int:
-    from . import conf
-    from .server.broker import Broker
+    """Serve in the foreground until a signal stops the broker; UNHEALTHY if it cannot start."""
+    from .. import conf
+    from ..server.broker import Broker
 
     try:
         broker = Broker(options.host, options.port, options.workers)
@@ -47,6 +65,7 @@ def run_start(options: argparse.Namespace) -> int:
 
 
 def run_stop(options: argparse.Namespace) -> int:
+    """Ask the broker to stop gracefully."""
     status, value = _call(options, "stop", {})
     if status == OK:
         emit(options, "broker is stopping", {"ok": True, "message": value})
@@ -54,6 +73,7 @@ def run_stop(options: argparse.Namespace) -> int:
 
 
 def run_ping(options: argparse.Namespace) -> int:
+    """Print the broker's health; UNHEALTHY when it reports a fault."""
     status, value = _call(options, "ping", {})
     if status != OK:
         return status
@@ -74,52 +94,20 @@ def _count(options: argparse.Namespace, verb: str) -> int:
 
 
 def run_waiting(options: argparse.Namespace) -> int:
+    """Print how many tasks wait, in every queue or in --queue."""
     return _count(options, "waiting")
 
 
 def run_handled(options: argparse.Namespace) -> int:
+    """Print how many tasks the broker handled since it started."""
     return _count(options, "handled")
 
 
 def run_stats(options: argparse.Namespace) -> int:
+    """Print the broker's figures; UNHEALTHY when it reports a fault."""
     status, value = _call(options, "stats", {})
     if status != OK:
         return status
     lines = [f"{key}: {value[key]}" for key in sorted(value)]
     emit(options, "\n".join(lines), value)
     return OK if value["healthy"] else UNHEALTHY
-
-
-def run_retry_failed(options: argparse.Namespace) -> int:
-    from .repair import retry_failed
-
-    try:
-        count = retry_failed(queue=options.queue, since=options.since, dry_run=options.dry_run)
-    except (LeekError, ValueError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return UNHEALTHY
-    verb = "would requeue" if options.dry_run else "requeued"
-    emit(
-        options,
-        f"{verb} {count} failed tasks",
-        {"ok": True, "count": count, "dry_run": options.dry_run},
-    )
-    return OK
-
-
-def run_purge(options: argparse.Namespace) -> int:
-    from .repair import forget_brokers, purge
-
-    try:
-        count = purge(options.older_than, statuses=options.status, dry_run=options.dry_run)
-        brokers = forget_brokers(options.older_than, dry_run=options.dry_run)
-    except (LeekError, ValueError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return UNHEALTHY
-    verb = "would delete" if options.dry_run else "deleted"
-    emit(
-        options,
-        f"{verb} {count} tasks and {brokers} rows of gone brokers",
-        {"ok": True, "count": count, "brokers": brokers, "dry_run": options.dry_run},
-    )
-    return OK

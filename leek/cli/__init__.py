@@ -1,0 +1,138 @@
+"""The `leek` command: start, stop and question the broker; repair the queue.
+
+Exit status: 0 healthy, 1 the broker answers but is unhealthy (or rejects this
+client's secret), 2 no broker could be reached. `--json` prints machine-readable
+output. Like manage.py, it puts the current directory on sys.path and uses
+DJANGO_SETTINGS_MODULE, defaulting to the bundled `settings`.
+
+`VERBS` lists every verb once; `leek` and `manage.py leek` both build their
+parser from it with `add_verbs`. The handler modules read no Django setting
+when imported, so this table imports before django.setup() and `leek --help`
+needs no settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import broker, repair, schedule
+from .output import OK, UNHEALTHY, UNREACHABLE, emit
+
+__all__ = [
+    "OK",
+    "UNHEALTHY",
+    "UNREACHABLE",
+    "VERBS",
+    "Verb",
+    "add_verbs",
+    "build_parser",
+    "emit",
+    "main",
+    "run",
+]
+
+
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """For a verb that takes no options of its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verb:
+    """One verb of the `leek` command: its name and help, what adds its options,
+    and the handler that runs it and returns the exit status."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+VERBS = (
+    Verb("start", "run the broker in the foreground", broker.add_start_arguments, broker.run_start),
+    Verb("stop", "ask the broker to stop gracefully", no_arguments, broker.run_stop),
+    Verb("ping", "is the broker up and healthy?", no_arguments, broker.run_ping),
+    Verb("waiting", "how many tasks wait", broker.add_queue_argument, broker.run_waiting),
+    Verb(
+        "handled",
+        "how many tasks the broker handled since it started",
+        broker.add_queue_argument,
+        broker.run_handled,
+    ),
+    Verb("stats", "the broker's figures", no_arguments, broker.run_stats),
+    Verb(
+        "retry-failed",
+        "requeue the tasks that failed for good and were not retried",
+        repair.add_retry_arguments,
+        repair.run_retry_failed,
+    ),
+    Verb(
+        "purge",
+        "delete old finished tasks, their outcomes, and rows of brokers long gone",
+        repair.add_purge_arguments,
+        repair.run_purge,
+    ),
+    Verb(
+        "schedule",
+        "the periodic tasks and their next run",
+        no_arguments,
+        schedule.run_schedule,
+    ),
+)
+
+
+def add_verbs(parser: argparse.ArgumentParser) -> None:
+    """Add --json and one subcommand per verb; the parsed options carry the
+    verb's name as `command` and the Verb itself as `verb`."""
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for verb in VERBS:
+        child = sub.add_parser(verb.name, help=verb.help, description=verb.help)
+        verb.add_arguments(child)
+        child.set_defaults(verb=verb)
+
+
+def build_parser(prog: str = "leek") -> argparse.ArgumentParser:
+    """The `leek` command's parser."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="leek: a durable task broker for Django"
+    )
+    add_verbs(parser)
+    return parser
+
+
+def run(options: argparse.Namespace) -> int:
+    """Run the parsed verb and return its exit status; Django must be set up.
+
+    `start` first logs to stderr when the project configured no handler."""
+    verb: Verb = options.verb
+    if verb.name == "start":
+        add_log_handler()
+    return verb.handler(options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default: sys.argv), set Django up and run the verb."""
+    options = build_parser().parse_args(argv)
+    sys.path.insert(0, os.getcwd())
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+    import django
+
+    django.setup()
+    return run(options)
+
+
+def add_log_handler() -> None:
+    """Log to stderr when the project configured no handler for leek."""
+    leek_logger = logging.getLogger("leek")
+    if leek_logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    leek_logger.addHandler(handler)
+    if leek_logger.level == logging.NOTSET:
+        leek_logger.setLevel(logging.INFO)

@@ -1,0 +1,89 @@
+"""The verb table: one list of verbs behind `leek`, `manage.py leek` and the old imports."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from leek.cli import VERBS, repair
+from tests.conftest import REPO, broker_env, free_port
+
+NAMES = [
+    "start",
+    "stop",
+    "ping",
+    "waiting",
+    "handled",
+    "stats",
+    "retry-failed",
+    "purge",
+    "schedule",
+]
+
+
+def listed_verbs(help_text: str) -> list[str]:
+    """The verbs an argparse --help lists under COMMAND, in order."""
+    return re.findall(r"^    (\S+)", help_text, re.MULTILINE)
+
+
+def test_the_verb_table_lists_every_verb_once() -> None:
+    assert [verb.name for verb in VERBS] == NAMES
+
+
+def test_leek_help_lists_every_verb_without_django_settings(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
+    done = subprocess.run(
+        [sys.executable, "-m", "leek.cli", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert listed_verbs(done.stdout) == NAMES
+
+
+def test_manage_py_leek_help_offers_the_same_verbs() -> None:
+    done = subprocess.run(
+        [sys.executable, "manage.py", "leek", "--help"],
+        cwd=REPO,
+        env=broker_env(free_port()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert listed_verbs(done.stdout) == NAMES
+
+
+def test_the_leek_script_pinging_no_broker_exits_2() -> None:
+    script = shutil.which("leek", path=str(Path(sys.executable).parent))
+    assert script is not None, "the leek console script is not installed next to python"
+    port = free_port()
+    done = subprocess.run(
+        [script, "ping"], cwd=REPO, env=broker_env(port), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert f"127.0.0.1:{port}" in done.stdout
+
+
+def test_importing_leek_repair_warns_and_gives_the_functions_of_leek_cli_repair(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(sys.modules, "leek.repair", raising=False)
+    with pytest.warns(DeprecationWarning, match="leek.cli.repair"):
+        old = importlib.import_module("leek.repair")
+    assert (old.requeue, old.retry_failed, old.purge, old.forget_brokers) == (
+        repair.requeue,
+        repair.retry_failed,
+        repair.purge,
+        repair.forget_brokers,
+    )
