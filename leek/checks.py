@@ -11,8 +11,6 @@ from . import conf
 
 @checks.register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    from .apps import SYNCHRONOUS_MODES
-
     errors: list[checks.CheckMessage] = []
     for key in conf.unknown_keys():
         errors.append(
@@ -32,11 +30,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="leek.E002",
                 )
             )
-    if str(settings["SQLITE_SYNCHRONOUS"]).upper() not in SYNCHRONOUS_MODES:
+    if conf.sqlite_synchronous() is None:
         errors.append(
             checks.Error(
                 f"LEEK['SQLITE_SYNCHRONOUS'] is {settings['SQLITE_SYNCHRONOUS']!r}.",
-                hint=f"Use one of {', '.join(SYNCHRONOUS_MODES)}.",
+                hint=f"Use one of {', '.join(conf.SYNCHRONOUS_MODES)}.",
                 id="leek.E003",
             )
         )

@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     # Django's SECRET_KEY, so a client and broker of the same project agree.
     "SECRET": "",
     # Worker threads per broker. 0: the broker accepts and commits tasks but runs
-    # none (another broker on the same database, or a later start, runs them).
+    # none; they run when it starts again with workers, or on another broker
+    # that adopts them once this one has stopped or gone silent.
     "WORKERS": 4,
     # How many times a task that raises is run again (0 = run once).
     "MAX_RETRIES": 3,
@@ -80,8 +81,9 @@ DEFAULTS: dict[str, Any] = {
     "SQLITE_SYNCHRONOUS": "NORMAL",
     # Most bytes of a task's stdout and stderr kept for the admin.
     "CAPTURE_LIMIT": 64 * 1024,
-    # Dotted paths of callables run with (task, exception) when a task fails
-    # for good.
+    # Dotted paths of callables run as hook(task_id, name, outcome) when a task
+    # fails for good; outcome has exc_type, exc_message, traceback, attempt,
+    # stdout and stderr.
     "ON_FAILURE": [],
     # Email ADMINS when a task fails for good.
     "NOTIFY_ADMINS_ON_FAILURE": False,
@@ -91,6 +93,9 @@ DEFAULTS: dict[str, Any] = {
     # load payloads from the database as they take tasks.
     "MEMORY_PAYLOADS": 10_000,
 }
+
+#: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 _ENV = environ.Env()
 
@@ -143,6 +148,13 @@ def node_name(port: int | None = None) -> str:
 def get(key: str) -> Any:
     """One setting's value."""
     return get_settings()[key]
+
+
+def sqlite_synchronous() -> str | None:
+    """SQLITE_SYNCHRONOUS in upper case, or None when it is not one of
+    SYNCHRONOUS_MODES (the system check leek.E003 reports it)."""
+    mode = str(get("SQLITE_SYNCHRONOUS")).upper()
+    return mode if mode in SYNCHRONOUS_MODES else None
 
 
 def unknown_keys() -> list[str]:

@@ -20,8 +20,12 @@ from zoneinfo import ZoneInfo
 from cronsim import CronSim, CronSimError
 
 #: Cron shorthands accepted in "cron".
-SHORTHANDS = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 0",
-              "monthly": "0 0 1 * *"}  # fmt: skip
+SHORTHANDS = {
+    "hourly": "0 * * * *",
+    "daily": "0 0 * * *",
+    "weekly": "0 0 * * 0",
+    "monthly": "0 0 1 * *",
+}
 ENTRY_KEYS = {"task", "cron", "every", "args", "kwargs", "queue", "priority", "catch_up", "enabled"}
 
 
@@ -50,8 +54,10 @@ class Schedule:
             raise ValueError(f"give cron or every, not both (cron={cron!r}, every={every!r})")
         if every is not None:
             if isinstance(every, bool) or not isinstance(every, int | float) or every <= 0:
-                raise ValueError(f"every must be a timedelta or a number of seconds greater than "
-                                 f"zero, got {every!r}")  # fmt: skip
+                raise ValueError(
+                    f"every must be a timedelta or a number of seconds greater than "
+                    f"zero, got {every!r}"
+                )
             return cls(every=float(every))
         if not cron:
             raise ValueError("a schedule needs cron (an expression, hourly or daily) or every")
@@ -102,8 +108,9 @@ def _entry(name: str, entry: Any) -> dict[str, Any]:
         raise TypeError(f"expected a dict with task and cron or every, got {type(entry).__name__}")
     unknown = set(entry) - ENTRY_KEYS
     if unknown:
-        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(sorted(ENTRY_KEYS))}")  # fmt: skip
+        raise ValueError(
+            f"unknown keys {', '.join(sorted(unknown))}; known: {', '.join(sorted(ENTRY_KEYS))}"
+        )
     if len(name) > 255:
         raise ValueError("the name is longer than 255 characters")
     path = entry.get("task")
@@ -115,8 +122,13 @@ def _entry(name: str, entry: Any) -> dict[str, Any]:
     args, kwargs = list(entry.get("args") or ()), dict(entry.get("kwargs") or {})
     json.dumps([args, kwargs])  # TypeError for values a JSONField cannot hold
     return {
-        "task": path, "args": args, "kwargs": kwargs, "cron": schedule.cron,
-        "every": schedule.every, "queue": str(entry.get("queue") or "default")[:64],
-        "priority": int(entry.get("priority", 0)), "enabled": bool(entry.get("enabled", True)),
+        "task": path,
+        "args": args,
+        "kwargs": kwargs,
+        "cron": schedule.cron,
+        "every": schedule.every,
+        "queue": str(entry.get("queue") or "default")[:64],
+        "priority": int(entry.get("priority", 0)),
+        "enabled": bool(entry.get("enabled", True)),
         "catch_up": bool(entry.get("catch_up", True)),
-    }  # fmt: skip
+    }

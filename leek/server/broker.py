@@ -2,11 +2,14 @@
 
 `Broker` wires the parts together and owns the process's life: recovery at
 start, serving, and the graceful stop on SIGTERM, SIGINT or the `stop` verb.
-It answers each verb; tcp.py holds the server and the connections.
+It is the `Endpoint` of tcp.py, which holds the server and the connections:
+the pushes (intake.PUSHES) go to the store, and every other verb is in the
+broker's table of verbs (`Broker.verbs`): ``cancel``, ``ping``, ``waiting``,
+``handled``, ``stats``, ``sweep`` (adopt spooled tasks now) and ``stop``.
 
-Verbs: ``enqueue``, ``enqueue_batch``, ``enqueue_many``, ``cancel``, ``ping``,
-``waiting``, ``handled``, ``stats``, ``sweep`` (adopt spooled tasks now) and
-``stop``.
+The path of one task: a client's frame → tcp.Handler → intake (checks) →
+store (group commit; the reply goes out after the commit) → dispatch (the
+in-memory queue) → workers (run it) → store (its outcome, in a later batch).
 """
 
 from __future__ import annotations
@@ -26,18 +29,32 @@ from typing import Any
 from .. import __version__, conf
 from ..exceptions import DatabaseUnavailable
 from ..runtime import install_capture
-from . import reads
+from .delayed import Delayed
 from .dispatch import Dispatcher
-from .intake import Intake
+from .duties import Duties
+from .groupcommit import DATABASE_ERRORS
+from .intake import PUSHES, Intake
 from .node import Conflict, ensure_free
 from .periodic import Periodic
-from .scheduler import Adopter, Delayed, Duties, interrupt_running
-from .store import DATABASE_ERRORS, Dialect, Ready, Store
-from .tcp import Server
+from .recovery import Adopter
+from .rows import Ready
+from .store import Store
+from .tcp import Limits, Reply, Server
 from .workers import Pool
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
+#: Seconds a start waits for the requeue of what its last life left running.
+RECOVERY_TIMEOUT = 60.0
+#: Seconds a cancel waits for its commit.
+CANCEL_TIMEOUT = 30.0
+#: Seconds a heartbeat waits for its commit, and the last one at stop.
+HEARTBEAT_TIMEOUT = 30.0
+HEARTBEAT_AT_STOP = 5.0
+#: Seconds between the periodic tasks' ticks.
+PERIODIC_TICK = 0.2
+#: Seconds the accept loop waits before it looks for a stop (socketserver's poll_interval).
+POLL_INTERVAL = 0.2
 
 
 class Broker:
@@ -50,11 +67,23 @@ class Broker:
         self.host = host or str(settings["HOST"])
         self.port = int(settings["PORT"] if port is None else port)
         self.node = conf.node_name(self.port)
-        self.key = str(settings["SECRET"]).encode()
-        self.max_frame = int(settings["MAX_FRAME"])
-        self.idle_timeout = float(settings["IDLE_TIMEOUT"])
-        self.frame_timeout = float(settings["FRAME_TIMEOUT"])
-        self.allowed_clients = set(settings["ALLOWED_CLIENTS"])
+        self.limits = Limits(
+            key=str(settings["SECRET"]).encode(),
+            max_frame=int(settings["MAX_FRAME"]),
+            frame_timeout=float(settings["FRAME_TIMEOUT"]),
+            idle_timeout=float(settings["IDLE_TIMEOUT"]),
+            allowed_clients=frozenset(settings["ALLOWED_CLIENTS"]),
+        )
+        self.pushes = PUSHES
+        self.verbs: dict[str, Callable[[Any], Any]] = {
+            "ping": self.ping,
+            "waiting": self.waiting,
+            "handled": self.handled,
+            "cancel": self.cancel,
+            "stats": self.stats,
+            "sweep": self.sweep,
+            "stop": self.stop,
+        }
         self.grace = float(settings["SHUTDOWN_GRACE"])
         self.code_version = str(settings["CODE_VERSION"])
         self.intake = Intake(int(settings["MAX_RETRIES"]), self.code_version)
@@ -95,7 +124,7 @@ class Broker:
         already runs under this one's name, and DatabaseUnavailable when the
         database cannot be read at all (its first read is that check)."""
         try:
-            ensure_free(self.node, self.hostname, self.heartbeat_interval, self.heartbeat_timeout)
+            ensure_free(self.store, self.hostname, self.heartbeat_interval, self.heartbeat_timeout)
         except DATABASE_ERRORS as exc:
             self.server.server_close()
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}".strip()) from exc
@@ -107,21 +136,22 @@ class Broker:
         gc.freeze()  # what setup made lives as long as the broker: never scan it again
         self.store.start()
         self.heartbeat()
-        interrupted = interrupt_running(self.store, "interrupted: broker stopped")
+        requeue = self.store.interrupt_running("interrupted: broker stopped")
+        interrupted = int(requeue.wait(RECOVERY_TIMEOUT))
         self.pool.start()
         self.delayed.start()
-        pages = reads.owned(self.store.dialect, self.node)
+        pages = self.store.owned()
         next(pages)  # the snapshot of the tasks to recover is taken; serve meanwhile
         self.duties.every(0, self.pool.watch)
         self.duties.every(0, self.store.checkpoint)
         self.duties.every(0, self.store.nudge)  # the running marks (see Store.mark_running)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
-        self.duties.every(0.2, self.periodic.tick)
+        self.duties.every(PERIODIC_TICK, self.periodic.tick)
         self.duties.start()
         thread = threading.Thread(
             target=self.server.serve_forever,
             name="leek-server",
-            kwargs={"poll_interval": 0.2},
+            kwargs={"poll_interval": POLL_INTERVAL},
             daemon=True,
         )
         thread.start()
@@ -139,8 +169,8 @@ class Broker:
         for page in pages:
             recovered += len(page)
             self.route(page)
-        recovered += self._sweep()
-        self.duties.every(self.sweep_interval, self._sweep)
+        recovered += self.sweep()
+        self.duties.every(self.sweep_interval, self.sweep)
         logger.info(
             "tasks recovered node=%s count=%s", self.node, recovered, extra={"action": "recovered"}
         )
@@ -178,7 +208,7 @@ class Broker:
                 run.name,
                 extra={"action": "task_interrupted"},
             )
-        self.heartbeat(stopped=True, timeout=5.0)  # best effort: stop within the grace
+        self.heartbeat(stopped=True, timeout=HEARTBEAT_AT_STOP)  # best effort: within the grace
         self.store.stop()
         logger.info(
             "broker stopped node=%s handled=%s",
@@ -187,16 +217,17 @@ class Broker:
             extra={"action": "broker_stopped"},
         )
 
-    def _sweep(self) -> int:
+    def sweep(self, data: Any = None) -> int:
+        """Adopt spooled tasks and those of gone brokers now; how many."""
         found = self.adopt()
         if found:
             logger.info("adopted tasks count=%s", len(found), extra={"action": "tasks_adopted"})
             self.route(found)
         return len(found)
 
-    def heartbeat(self, stopped: bool = False, timeout: float = 30.0) -> None:
+    def heartbeat(self, stopped: bool = False, timeout: float = HEARTBEAT_TIMEOUT) -> None:
         """Write this broker's BrokerNode row, waiting up to `timeout` seconds."""
-        alive, size = self.pool.alive(), self.pool.size
+        ok, note = self.healthy()
         values = {
             "hostname": self.hostname,
             "host": self.host,
@@ -204,39 +235,16 @@ class Broker:
             "pid": os.getpid(),
             "version": __version__,
             "code_version": self.code_version,
-            "workers": size,
-            "workers_alive": alive,
+            "workers": self.pool.size,
+            "workers_alive": self.pool.alive(),
             "handled": sum(self.pool.handled.values()),
-            "healthy": self.healthy()[0],
+            "healthy": ok,
             "stopped": stopped,
-            "note": self.healthy()[1][:255],
+            "note": note[:255],
         }
-
-        def write(cursor: Any, d: Dialect) -> None:
-            if self.conflict.check(cursor, d):
-                logger.error("%s", self.conflict.message, extra={"action": "node_name_conflict"})
-            now = d.time(time.time())
-            names = ", ".join(f"{k} = %s" for k in values)
-            cursor.execute(
-                d.sql(
-                    f"UPDATE leek_brokernode SET {names}, heartbeat_at = %s "  # noqa: S608
-                    "WHERE name = %s"
-                ),
-                (*values.values(), now, self.node),
-            )
-            if cursor.rowcount == 0:
-                cols = ", ".join(values)
-                marks = ", ".join(["%s"] * (len(values) + 3))
-                cursor.execute(
-                    d.sql(
-                        f"INSERT INTO leek_brokernode ({cols}, heartbeat_at, "  # noqa: S608
-                        f"started_at, name) VALUES ({marks})"
-                    ),
-                    (*values.values(), now, d.time(self.started), self.node),
-                )
-
+        check = self.conflict.check if self.conflict.written else None
         try:
-            self.store.call(write).wait(timeout)
+            self.store.heartbeat(values, self.started, check).wait(timeout)
             self.conflict.written = True  # the row is ours from here on
         except HEARTBEAT_ERRORS:
             pass  # the store logged it and reports the database unhealthy
@@ -255,68 +263,55 @@ class Broker:
         return True, "I'm OK"
 
     def answer(self, verb: str, data: Any) -> Any:
-        """The value of any verb but the pushes (tcp.PUSHES; see `enqueue`)."""
-        if verb == "ping":
-            ok, message = self.healthy()
-            return {"ok": ok, "message": message}
-        if verb == "waiting":
-            return self.waiting(data.get("queue"))
-        if verb == "handled":
-            queue = data.get("queue")
-            handled = self.pool.handled
-            return handled[queue] if queue else sum(handled.values())
-        if verb == "cancel":
-            return self.cancel(uuid.UUID(str(data["id"])))
-        if verb == "stats":
-            return self.stats()
-        if verb == "sweep":
-            return self._sweep()
-        if verb == "stop":
-            threading.Timer(0.05, self.request_stop).start()
-            return "stopping"
-        raise ValueError(
-            f"unknown verb {verb!r}: expected enqueue, enqueue_batch, enqueue_many, "
-            "cancel, ping, waiting, handled, stats, sweep or stop"
-        )
+        """The value of any verb but the pushes (see `push`)."""
+        handler = self.verbs.get(verb)
+        if handler is None:
+            known = ", ".join(sorted([*self.pushes, *self.verbs]))
+            raise ValueError(f"unknown verb {verb!r}: expected one of {known}")
+        return handler(data)
 
-    def enqueue(
-        self, verb: str, data: Any, done: Callable[[Any, BaseException | None], None]
-    ) -> None:
-        """Insert the tasks of one of tcp.PUSHES; once they are committed, `done`
-        gets the reply's value (see Intake.tasks), or the error."""
+    def push(self, verb: str, data: Any, reply: Reply) -> None:
+        """Insert the tasks of a push; once they are committed, `reply` gets
+        the reply's value (see Intake.tasks), or the error."""
         tasks, value = self.intake.tasks(verb, data)
 
         def committed(inserted: Any, error: BaseException | None) -> None:
-            done(None if error is not None else value, error)
+            reply(None if error is not None else value, error)
 
         self.store.insert(tasks, committed)
 
-    def cancel(self, task_id: uuid.UUID) -> bool:
+    def frame_rejected(self) -> None:
+        self.rejected += 1
+
+    def ping(self, data: Any = None) -> dict[str, Any]:
+        ok, message = self.healthy()
+        return {"ok": ok, "message": message}
+
+    def handled(self, data: Any = None) -> int:
+        queue = (data or {}).get("queue")
+        handled = self.pool.handled
+        return handled[queue] if queue else sum(handled.values())
+
+    def stop(self, data: Any = None) -> str:
+        threading.Timer(0.05, self.request_stop).start()
+        return "stopping"
+
+    def cancel(self, data: Any) -> bool:
         """Cancel a task that has not started; False when it has, or is unknown."""
-
-        def mark(cursor: Any, d: Dialect) -> str | None:
-            cursor.execute(
-                d.sql(
-                    "UPDATE leek_task SET status = 'cancelled', finished_at = %s "
-                    "WHERE id = %s AND status = 'queued' RETURNING queue"
-                ),
-                (d.time(time.time()), d.pk(task_id)),
-            )
-            row = cursor.fetchone()
-            return None if row is None else str(row[0])
-
-        queue = self.store.call(mark).wait(30)
+        task_id = uuid.UUID(str(data["id"]))
+        queue = self.store.cancel(task_id).wait(CANCEL_TIMEOUT)
         if queue is None:
             return False
         if not self.delayed.cancel(task_id):
             self.dispatcher.cancel(task_id, queue)
         return True
 
-    def waiting(self, queue: str | None = None) -> int:
+    def waiting(self, data: Any = None) -> int:
+        queue = (data or {}).get("queue")
         counts = Counter(self.dispatcher.counts()) + Counter(self.delayed.counts())
         return counts[queue] if queue else sum(counts.values())
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, data: Any = None) -> dict[str, Any]:
         ok, message = self.healthy()
         waiting = Counter(self.dispatcher.counts()) + Counter(self.delayed.counts())
         return {
@@ -335,17 +330,5 @@ class Broker:
             "rejected_frames": self.rejected,
             "commits": self.store.all_commits(),
             "code_drift": dict(self.intake.drift),
-            "database": self.database_counts(),
+            "database": self.store.counts(),
         }
-
-    def database_counts(self) -> dict[str, dict[str, int]]:
-        """Tasks per status and queue, as the database has them."""
-        from django.db.models import Count
-
-        from ..models import Task
-
-        counts: dict[str, dict[str, int]] = {}
-        rows = Task.objects.order_by().values("status", "queue").annotate(n=Count("id"))
-        for row in rows:
-            counts.setdefault(row["status"], {})[row["queue"]] = row["n"]
-        return counts

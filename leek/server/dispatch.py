@@ -15,7 +15,7 @@ import uuid
 from collections import Counter, deque
 from itertools import islice
 
-from .store import Job, Ready
+from .rows import Job, Ready
 
 #: Tasks at the front of a lane whose payloads a worker may keep loaded: twice
 #: the page a worker loads ahead (see `take`).

@@ -18,8 +18,10 @@ from typing import Any
 from .. import fields
 from .rows import NewTask
 
-logger = logging.getLogger("leek.server.broker")
+logger = logging.getLogger(__name__)
 
+#: The verbs that push tasks, each answered once its tasks are committed.
+PUSHES = frozenset({"enqueue", "enqueue_batch", "enqueue_many"})
 #: A task's queue, priority, max_retries, timeout, run_after and code_version.
 Options = tuple[str, int, int, float | None, float | None, str]
 
@@ -35,6 +37,8 @@ class Intake:
     def tasks(self, verb: str, data: Any) -> tuple[list[NewTask], Any]:
         """The tasks of a push, and the value of its reply once they are
         committed: enqueue, the id; enqueue_many, the ids; enqueue_batch, how many."""
+        if verb not in PUSHES:
+            raise ValueError(f"{verb!r} is not a push: expected one of {', '.join(sorted(PUSHES))}")
         if verb == "enqueue":
             task = self.task(data)
             return [task], str(task.id)

@@ -15,6 +15,7 @@ unhealthy, so `leek ping` fails on both.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from datetime import timedelta
@@ -23,15 +24,18 @@ from typing import Any
 from django.utils import timezone
 
 from ..exceptions import NodeNameInUse
-from .rows import Dialect
+from .store import Store
+
+logger = logging.getLogger(__name__)
 
 #: Heartbeat intervals a new broker watches a recent namesake's heartbeat for.
 WATCH_INTERVALS = 2
 
 
-def ensure_free(node: str, hostname: str, interval: float, timeout: float) -> None:
-    """Return when no live broker runs as `node`; raise NodeNameInUse when one does."""
-    last = _row(node)
+def ensure_free(store: Store, hostname: str, interval: float, timeout: float) -> None:
+    """Return when no live broker runs as the store's node; raise NodeNameInUse when one does."""
+    node = store.node
+    last = store.node_row(node)
     if last is None or last["stopped"]:
         return
     if timezone.now() - last["heartbeat_at"] > timedelta(seconds=timeout):
@@ -41,7 +45,7 @@ def ensure_free(node: str, hostname: str, interval: float, timeout: float) -> No
     deadline = time.monotonic() + WATCH_INTERVALS * interval + 0.5
     while time.monotonic() < deadline:
         time.sleep(min(0.1, interval / 4))
-        now = _row(node)
+        now = store.node_row(node)
         if now is None or now["stopped"]:
             return
         if now["heartbeat_at"] != last["heartbeat_at"]:
@@ -71,36 +75,21 @@ class Conflict:
             self._message = ""
         return self._message
 
-    def check(self, cursor: Any, d: Dialect) -> bool:
-        """Read the row inside the heartbeat's transaction, before it is
-        written; True when a conflict is found that was not known."""
+    def check(self, row: tuple[Any, ...] | None) -> None:
+        """Read the row (hostname, pid, host, port, stopped) as the heartbeat's
+        transaction finds it, before it is written; a conflict found that was
+        not known is logged."""
         known = bool(self.message)
-        if self.written:
-            cursor.execute(
-                d.sql(
-                    "SELECT hostname, pid, host, port, stopped FROM leek_brokernode WHERE name = %s"
-                ),
-                (self.node,),
+        if not self.written or row is None:
+            return
+        if (row[0], int(row[1])) != self.me and not row[4]:
+            self._seen = time.monotonic()
+            self._message = (
+                f"another broker also runs as node {self.node!r} (machine {row[0] or '?'}, "
+                f"address {row[2]}:{row[3]}, pid {row[1]}): give each its own LEEK_NODE_NAME"
             )
-            row = cursor.fetchone()
-            if row is not None and (row[0], int(row[1])) != self.me and not row[4]:
-                self._seen = time.monotonic()
-                self._message = (
-                    f"another broker also runs as node {self.node!r} (machine {row[0] or '?'}, "
-                    f"address {row[2]}:{row[3]}, pid {row[1]}): give each its own LEEK_NODE_NAME"
-                )
-        return bool(self.message) and not known
-
-
-def _row(node: str) -> dict[str, Any] | None:
-    from ..models import BrokerNode
-
-    row = (
-        BrokerNode.objects.filter(name=node)
-        .values("hostname", "host", "port", "pid", "heartbeat_at", "stopped")
-        .first()
-    )
-    return None if row is None else dict(row)
+            if not known:
+                logger.error("%s", self._message, extra={"action": "node_name_conflict"})
 
 
 def _running(pid: int) -> bool:

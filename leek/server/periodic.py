@@ -5,15 +5,13 @@ and from the admin. Every broker reads the rows about once a second and keeps
 ``next_run_at`` right: it is computed for a new row, recomputed when a row's
 schedule changes, and cleared while a row is disabled.
 
-A run is claimed with a conditional update of its row::
-
-    UPDATE leek_periodictask SET last_run_at = <due>, next_run_at = <next>
-    WHERE id = <id> AND next_run_at = <due> ...
-
-in the store's writer transaction, together with the insert of its task, so
-when several brokers share a database exactly one of them wins each run, and a
-claimed run always has its task committed. Runs are claimed up to LOOKAHEAD
-seconds before they are due and wait in the delayed heap, so they start on time.
+A run is claimed with a conditional update of its row (`Store.claim_run`):
+last_run_at and next_run_at move on only while next_run_at is still the due
+time and the schedule is as read, in one transaction of the store's together
+with the insert of its task. So when several brokers share a database exactly
+one of them wins each run, and a claimed run always has its task committed.
+Runs are claimed up to LOOKAHEAD seconds before they are due and wait in the
+delayed heap, so they start on time.
 
 Runs missed while no broker was up follow the row's ``catch_up``: run once,
 or skip to the next time in the future. Schedules themselves (cron
@@ -36,10 +34,13 @@ from django.utils.module_loading import import_string
 
 from .. import conf
 from ..calls import run_path  # also importable here: stored rows name this path
-from ..protocol import dump_task, new_task_id
+from ..ids import new_task_id
+from ..protocol.payload import dump_task
 from ..schedules import Schedule, parse_entries
-from .store import Dialect, NewTask, Ready, Store
-from .writer import DATABASE_ERRORS, raw_cursor
+from .groupcommit import DATABASE_ERRORS
+from .rows import Dialect, NewTask, Ready
+from .store import Store
+from .store.sql import PERIODIC_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ MISSED_AFTER = 5.0
 
 #: What pauses the periodic tasks until the database answers again.
 TICK_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
-COLUMNS = ("id", "name", "task", "args", "kwargs", "cron", "every", "queue", "priority",
-           "enabled", "catch_up", "last_run_at", "next_run_at")  # fmt: skip
+#: Seconds a write of the periodic tasks waits for its commit.
+WRITE_TIMEOUT = 30.0
 
 
 @dataclass(slots=True)
@@ -114,8 +115,9 @@ class Periodic:
         except TICK_ERRORS as exc:
             message = f"{type(exc).__name__}: {exc}"
             if message != self._last_error:
-                logger.error("periodic tasks paused error=%s", message,
-                             extra={"action": "periodic_failed"})  # fmt: skip
+                logger.error(
+                    "periodic tasks paused error=%s", message, extra={"action": "periodic_failed"}
+                )
             self._last_error = message
             self._stale = True
             connection.close()
@@ -134,48 +136,31 @@ class Periodic:
             try:
                 import_string(values["task"])
             except ImportError as exc:
-                logger.warning("periodic task %s: cannot import %s now: %s", name, values["task"],
-                               exc, extra={"action": "schedule_import"})  # fmt: skip
+                logger.warning(
+                    "periodic task %s: cannot import %s now: %s",
+                    name,
+                    values["task"],
+                    exc,
+                    extra={"action": "schedule_import"},
+                )
         keep = list(entries) + [str(n) for n in self.schedule if str(n) not in entries]
 
-        def write(cursor: Any, d: Dialect) -> None:
-            for name, v in entries.items():
-                row = (json.dumps(v["args"]), json.dumps(v["kwargs"]), v["cron"], v["every"],
-                       v["queue"], v["priority"], v["enabled"], v["catch_up"])  # fmt: skip
-                cursor.execute(d.sql(
-                    "INSERT INTO leek_periodictask (name, task, args, kwargs, cron, every, queue, "
-                    "priority, enabled, catch_up, from_settings, last_run_at, next_run_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, NULL) "
-                    "ON CONFLICT (name) DO NOTHING"), (name, v["task"], *row, True))  # fmt: skip
-                cursor.execute(d.sql(
-                    "UPDATE leek_periodictask SET next_run_at = CASE WHEN cron <> %s "
-                    "OR COALESCE(every, -1) <> %s OR enabled <> %s THEN NULL "
-                    "ELSE next_run_at END, task = %s, args = %s, kwargs = %s, cron = %s, "
-                    "every = %s, queue = %s, priority = %s, enabled = %s, catch_up = %s, "
-                    "from_settings = %s WHERE name = %s"),
-                    (v["cron"], -1 if v["every"] is None else v["every"], v["enabled"], v["task"],
-                     *row, True, name))  # fmt: skip
-            marks = ", ".join([d.ph] * len(keep))
-            where = f" AND name NOT IN ({marks})" if keep else ""
-            cursor.execute(f"DELETE FROM leek_periodictask WHERE from_settings{where}", keep)  # noqa: S608
-
-        self.store.call(write).wait(30)
+        self.store.sync_schedule(entries, keep).wait(WRITE_TIMEOUT)
         self._stale = True
         if entries or errors:
-            logger.info("periodic tasks synced from settings count=%s invalid=%s", len(entries),
-                        len(errors), extra={"action": "schedule_synced"})  # fmt: skip
+            logger.info(
+                "periodic tasks synced from settings count=%s invalid=%s",
+                len(entries),
+                len(errors),
+                extra={"action": "schedule_synced"},
+            )
 
     # -- rows ---------------------------------------------------------------
 
     def reload(self, now: float) -> None:
         """Read every row; give new, changed and re-enabled rows their next time."""
         d = self.store.dialect
-        cursor = raw_cursor()
-        try:
-            cursor.execute(f"SELECT {', '.join(COLUMNS)} FROM leek_periodictask")  # noqa: S608
-            fetched = cursor.fetchall()
-        finally:
-            cursor.close()
+        fetched = self.store.periodic_rows()
         rows: dict[int, Row] = {}
         fixes: list[tuple[Row, float | None]] = []
         for raw in fetched:
@@ -219,22 +204,17 @@ class Periodic:
         key = (row.id, f"{row.cron}|{row.every}")
         if key not in self._reported:
             self._reported.add(key)
-            logger.error("periodic task %s has a bad schedule: %s", row.name, message,
-                         extra={"action": "schedule_invalid"})  # fmt: skip
+            logger.error(
+                "periodic task %s has a bad schedule: %s",
+                row.name,
+                message,
+                extra={"action": "schedule_invalid"},
+            )
 
     def _set_next(self, fixes: list[tuple[Row, float | None]]) -> None:
-        def write(cursor: Any, d: Dialect) -> list[bool]:
-            done = []
-            for row, nxt in fixes:
-                same = "next_run_at IS NULL" if row.next_raw is None else "next_run_at = %s"
-                old = () if row.next_raw is None else (row.next_raw,)
-                cursor.execute(d.sql(f"UPDATE leek_periodictask SET next_run_at = %s "  # noqa: S608
-                                     f"WHERE id = %s AND {same}"),
-                               (d.time(nxt), row.id, *old))  # fmt: skip
-                done.append(cursor.rowcount == 1)
-            return done
-
-        for (row, nxt), ok in zip(fixes, self.store.call(write).wait(30), strict=True):
+        changes = [(row.id, row.next_raw, nxt) for row, nxt in fixes]
+        written = self.store.set_next_runs(changes).wait(WRITE_TIMEOUT)
+        for (row, nxt), ok in zip(fixes, written, strict=True):
             if ok:
                 row.next_run_at, row.next_raw = nxt, self.store.dialect.time(nxt)
             else:
@@ -244,8 +224,12 @@ class Periodic:
 
     def _fire_due(self, row: Row, now: float) -> None:
         for _ in range(100):  # bounded: a short interval can have a few runs in LOOKAHEAD
-            if (row.schedule is None or not row.enabled or row.next_run_at is None
-                    or row.next_run_at > now + LOOKAHEAD):  # fmt: skip
+            if (
+                row.schedule is None
+                or not row.enabled
+                or row.next_run_at is None
+                or row.next_run_at > now + LOOKAHEAD
+            ):
                 return
             if not self._claim(row, now):
                 self._stale = True
@@ -264,59 +248,69 @@ class Periodic:
         run = row.catch_up or not missed
         task = self._task(row, due, now) if run else None
         d = self.store.dialect
-
-        def write(cursor: Any, d: Dialect) -> list[Ready] | None:
-            last = "%s" if run else "last_run_at"
-            cursor.execute(d.sql(
-                f"UPDATE leek_periodictask SET last_run_at = {last}, next_run_at = %s "  # noqa: S608
-                "WHERE id = %s AND next_run_at = %s AND enabled AND cron = %s "
-                "AND COALESCE(every, -1) = %s"),
-                (*((d.time(due),) if run else ()), d.time(nxt), row.id, row.next_raw, row.cron,
-                 -1 if row.every is None else row.every))  # fmt: skip
-            if cursor.rowcount != 1:
-                return None
-            if task is None:
-                return []
-            return list(self.store.insert_tasks(cursor, [task]))
-
-        ready = self.store.call(write).wait(30)
+        claim = self.store.claim_run(row.id, (row.next_raw, row.cron, row.every), due, nxt, task)
+        ready = claim.wait(WRITE_TIMEOUT)
         if ready is None:
             return False
         row.next_run_at, row.next_raw = nxt, d.time(nxt)
         if run:
             row.last_run_at = due
             self.fired += 1
-            logger.info("periodic task pushed name=%s task=%s due=%s late=%.3fs", row.name,
-                        row.task, _iso(due), max(0.0, now - due),
-                        extra={"action": "periodic_pushed"})  # fmt: skip
+            logger.info(
+                "periodic task pushed name=%s task=%s due=%s late=%.3fs",
+                row.name,
+                row.task,
+                _iso(due),
+                max(0.0, now - due),
+                extra={"action": "periodic_pushed"},
+            )
             self.route(ready)
         else:
-            logger.info("periodic run skipped name=%s due=%s (catch_up is off)", row.name,
-                        _iso(due), extra={"action": "periodic_skipped"})  # fmt: skip
+            logger.info(
+                "periodic run skipped name=%s due=%s (catch_up is off)",
+                row.name,
+                _iso(due),
+                extra={"action": "periodic_skipped"},
+            )
         return True
 
     def _task(self, row: Row, due: float, now: float) -> NewTask:
         return NewTask(
-            id=new_task_id(), name=row.task[:255], queue=row.queue[:64], priority=row.priority,
+            id=new_task_id(),
+            name=row.task[:255],
+            queue=row.queue[:64],
+            priority=row.priority,
             payload=dump_task(run_path, (row.task, *row.args), dict(row.kwargs)),
-            args_repr=_describe(tuple(row.args), row.kwargs), max_retries=self.max_retries,
-            timeout=None, run_after=due if due > now else None, code_version=self.code_version,
-        )  # fmt: skip
+            args_repr=_describe(tuple(row.args), row.kwargs),
+            max_retries=self.max_retries,
+            timeout=None,
+            run_after=due if due > now else None,
+            code_version=self.code_version,
+        )
 
 
 def _row(raw: tuple[Any, ...], d: Dialect) -> Row:
-    values = dict(zip(COLUMNS, raw, strict=True))
-    args, kwargs = (json.loads(v) if isinstance(v, str | bytes) else v
-                    for v in (values["args"], values["kwargs"]))  # fmt: skip
+    values = dict(zip(PERIODIC_COLUMNS, raw, strict=True))
+    args, kwargs = (
+        json.loads(v) if isinstance(v, str | bytes) else v
+        for v in (values["args"], values["kwargs"])
+    )
     return Row(
-        id=int(values["id"]), name=str(values["name"]), task=str(values["task"]),
-        args=list(args or []), kwargs=dict(kwargs or {}), cron=str(values["cron"] or ""),
+        id=int(values["id"]),
+        name=str(values["name"]),
+        task=str(values["task"]),
+        args=list(args or []),
+        kwargs=dict(kwargs or {}),
+        cron=str(values["cron"] or ""),
         every=None if values["every"] is None else float(values["every"]),
-        queue=str(values["queue"]), priority=int(values["priority"]),
-        enabled=bool(values["enabled"]), catch_up=bool(values["catch_up"]),
+        queue=str(values["queue"]),
+        priority=int(values["priority"]),
+        enabled=bool(values["enabled"]),
+        catch_up=bool(values["catch_up"]),
         last_run_at=d.read_time(values["last_run_at"]),
-        next_run_at=d.read_time(values["next_run_at"]), next_raw=values["next_run_at"],
-    )  # fmt: skip
+        next_run_at=d.read_time(values["next_run_at"]),
+        next_raw=values["next_run_at"],
+    )
 
 
 def _describe(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = 2000) -> str:

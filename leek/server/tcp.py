@@ -3,8 +3,10 @@
 `Server` fills the hooks `socketserver.BaseServer` documents (``verify_request``
 for the address allowlist, ``handle_error`` so errors are logged rather than
 printed) and `Handler` serves one persistent client connection: it reads frames
-(protocol.py checks size and signature before anything is unpickled), hands
-each verb to the `Broker`, and writes each reply in one call.
+(the protocol package checks size and signature before anything is unpickled),
+hands each request to the `Endpoint` behind the server (the broker), and writes
+each reply in one call. It knows nothing of the broker but the `Endpoint`
+protocol and its `Limits`.
 """
 
 from __future__ import annotations
@@ -14,30 +16,57 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from django.db import connection
 
 from ..exceptions import LeekError, ProtocolError
-from ..protocol import FrameSocket
-
-if TYPE_CHECKING:
-    from .broker import Broker
-
-#: The verbs that insert tasks, each answered once its tasks are committed.
-PUSHES = ("enqueue", "enqueue_batch", "enqueue_many")
+from ..protocol.sockets import FrameSocket
 
 logger = logging.getLogger(__name__)
 security = logging.getLogger("leek.security")
 #: Seconds a connection's thread waits for its last enqueue to be committed
-#: before it reads on regardless (a write fails well before: see writer.py).
+#: before it reads on regardless (a write fails well before: see groupcommit.py).
 ENQUEUE_TIMEOUT = 60.0
+
+#: Called once a push is committed: the reply's value, or the error.
+Reply = Callable[[Any, BaseException | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a connection is held to."""
+
+    key: bytes  # the shared secret every frame is signed with
+    max_frame: int  # bytes of a frame's body
+    frame_timeout: float  # seconds from a frame's first byte to its last
+    idle_timeout: float  # seconds a connection may sit silent between frames
+    allowed_clients: frozenset[str]  # client addresses allowed (empty: any)
+
+
+class Endpoint(Protocol):
+    """What serves the requests of the connections: the broker."""
+
+    limits: Limits
+    #: The verbs answered once their tasks are committed, through `push`.
+    pushes: frozenset[str]
+
+    def push(self, verb: str, data: Any, reply: Reply) -> None:
+        """Queue the tasks of a push; `reply` is called once they are committed."""
+
+    def answer(self, verb: str, data: Any) -> Any:
+        """The value of any other verb; raises LeekError, ValueError,
+        TypeError or KeyError for a request it refuses."""
+
+    def frame_rejected(self) -> None:
+        """Count a frame refused for its size, its signature or its bytes."""
 
 
 class Handler(socketserver.BaseRequestHandler):
     """One client connection: frames in, replies out, until the client leaves.
 
-    An enqueue's reply is sent by the thread that commits it (see writer.py),
+    A push's reply is sent by the thread that commits it (see groupcommit.py),
     so this thread goes back to reading as soon as the task is queued for the
     commit; every other verb is answered here."""
 
@@ -45,10 +74,10 @@ class Handler(socketserver.BaseRequestHandler):
     request: socket.socket
 
     def setup(self) -> None:
-        broker = self.server.broker
+        limits = self.server.endpoint.limits
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.frames = FrameSocket(
-            self.request, broker.key, broker.max_frame, broker.frame_timeout, never_wait=True
+            self.request, limits.key, limits.max_frame, limits.frame_timeout, never_wait=True
         )
         self.server.track(self.request)
         # Set while no enqueue of this connection waits for its commit: one at
@@ -58,16 +87,17 @@ class Handler(socketserver.BaseRequestHandler):
         self.settled.set()
 
     def handle(self) -> None:
-        broker = self.server.broker
+        endpoint = self.server.endpoint
+        idle = endpoint.limits.idle_timeout
         while True:
             if not self.settled.is_set():
                 self.settled.wait(ENQUEUE_TIMEOUT)
             if not self.frames.caught_up():  # sends, but does not read its replies
                 return
             try:
-                message = self.frames.read(idle=broker.idle_timeout)
+                message = self.frames.read(idle=idle)
             except ProtocolError as exc:
-                broker.rejected += 1
+                endpoint.frame_rejected()
                 security.warning(
                     "frame rejected client=%s error=%s",
                     self.client_address[0],
@@ -82,11 +112,11 @@ class Handler(socketserver.BaseRequestHandler):
                 return
             request_id, verb, data = message
             try:
-                if verb in PUSHES:
+                if verb in endpoint.pushes:
                     self.settled.clear()
-                    broker.enqueue(verb, data, self._answer(request_id))
+                    endpoint.push(verb, data, self._answer(request_id))
                     continue
-                reply = (request_id, True, broker.answer(verb, data))
+                reply = (request_id, True, endpoint.answer(verb, data))
             except (LeekError, ValueError, TypeError, KeyError) as exc:
                 reply = (request_id, False, _error(exc))
             except Exception as exc:
@@ -96,7 +126,7 @@ class Handler(socketserver.BaseRequestHandler):
             if not self._reply(reply):
                 return
 
-    def _answer(self, request_id: int) -> Callable[[Any, BaseException | None], None]:
+    def _answer(self, request_id: int) -> Reply:
         """The reply to a push, once its tasks are committed."""
 
         def done(value: Any, error: BaseException | None) -> None:
@@ -132,14 +162,14 @@ class Server(socketserver.ThreadingTCPServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], broker: Broker) -> None:
-        self.broker = broker
+    def __init__(self, address: tuple[str, int], endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, Handler)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        allowed = self.broker.allowed_clients
+        allowed = self.endpoint.limits.allowed_clients
         if allowed and client_address[0] not in allowed:
             security.warning(
                 "connection refused client=%s",

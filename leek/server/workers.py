@@ -2,7 +2,7 @@
 
 Each worker takes the next ready task from the dispatcher, loads its payload
 (from memory, or a page of payloads from the database), runs it with its
-stdout and stderr captured, and hands the outcome to the store's writer. A task
+stdout and stderr captured, and hands the outcome to the store. A task
 that raises is retried after an exponential backoff with jitter until its
 retries are exhausted; then it fails for good and the ON_FAILURE hooks run.
 """
@@ -25,11 +25,12 @@ from django.utils.module_loading import import_string
 
 from .. import conf
 from ..exceptions import PayloadError, Retry, TaskTimeout
-from ..protocol import dump_value, load_task
+from ..protocol.payload import dump_value, load_task
 from ..runtime import CapturedOutput, TaskContext, bind_context
-from . import reads
 from .dispatch import Dispatcher
-from .store import Job, Outcome, Ready, Store
+from .notify import notify_admins
+from .rows import Job, Outcome, Ready
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Pool:
         self.no_retry = tuple(import_string(path) for path in settings["NO_RETRY"])
         self.hooks = [import_string(path) for path in settings["ON_FAILURE"]]
         if settings["NOTIFY_ADMINS_ON_FAILURE"]:
-            self.hooks.append(import_string("leek.notify.notify_admins"))
+            self.hooks.append(notify_admins)
 
     def start(self) -> None:
         for _ in range(self.size):
@@ -107,7 +108,7 @@ class Pool:
         return self.busy()
 
     def watch(self) -> None:
-        """Time out overrunning tasks and replace dead or stuck workers (scheduler tick)."""
+        """Time out overrunning tasks and replace dead or stuck workers (a broker duty)."""
         now = time.time()
         for thread, run in list(self.running.items()):
             if run is not None and not run.abandoned and run.deadline and now > run.deadline:
@@ -187,7 +188,7 @@ class Pool:
     def _run(self, me: threading.Thread, ready: Ready, ahead: list[uuid.UUID]) -> None:
         job = ready.job
         if job is None:
-            found = reads.jobs(self.store.dialect, [ready.id, *ahead])
+            found = self.store.jobs([ready.id, *ahead])
             self.dispatcher.keep(
                 {i: j for i, (s, j) in found.items() if i != ready.id and s == "queued"}
             )

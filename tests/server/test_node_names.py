@@ -65,13 +65,22 @@ def test_a_namesake_elsewhere_whose_heartbeat_stands_still_is_replaced(
     # seen the heartbeat stand still.
     now = timezone.now()
     BrokerNode.objects.create(
-        name="shared", hostname="elsewhere", host="10.0.0.9", port=8002, pid=4242,
-        version="1", started_at=now - timedelta(minutes=5), heartbeat_at=now,
-    )  # fmt: skip
+        name="shared",
+        hostname="elsewhere",
+        host="10.0.0.9",
+        port=8002,
+        pid=4242,
+        version="1",
+        started_at=now - timedelta(minutes=5),
+        heartbeat_at=now,
+    )
     left = Task.objects.create(
-        name="tests.tasks.add", payload=_payload(tasks.add, 20, 22), queued_at=now,
-        status="queued", broker="shared",
-    )  # fmt: skip
+        name="tests.tasks.add",
+        payload=_payload(tasks.add, 20, 22),
+        queued_at=now,
+        status="queued",
+        broker="shared",
+    )
     broker_factory(LEEK_NODE_NAME="shared")
     assert leek.TaskHandle(left.id).result(timeout=20) == 42
     assert BrokerNode.objects.get().hostname != "elsewhere"
@@ -131,6 +140,6 @@ def test_start_with_a_port_option_names_the_broker_after_that_port(
 
 
 def _payload(fn: Any, *args: Any) -> bytes:
-    from leek.protocol import dump_task
+    from leek.protocol.payload import dump_task
 
     return dump_task(fn, args, {})

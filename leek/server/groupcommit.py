@@ -6,12 +6,36 @@ reply. The thread that queues such an op writes every queued op itself in one
 transaction when no other thread is writing, so one client pushing alone pays
 one commit and no thread switch. When another thread is writing, the op rides
 in that thread's next batch and the queuing thread goes back to its client
-socket: nobody sleeps on the op and nobody has to be woken for it. A writer
-checks the queue again after letting go of the lock, so nothing queued before a
-failed try is left behind. Ops nobody waits for (running marks, outcomes) go to
-the writer thread, which lets them linger a moment so they share the commit of
-the next insert, and which retries them with a backoff while the database is
-away. (On PostgreSQL they go to a second GroupCommit of their own: see store.py.)
+socket: nobody sleeps on the op and nobody has to be woken for it. Ops nobody
+waits for (running marks, outcomes) go to the writer thread, which lets them
+linger a moment so they share the commit of the next insert, and which retries
+them with a backoff while the database is away.
+
+The life of an op:
+
+    =========  ===============================  ==================================
+    state      where it is                      how it leaves
+    =========  ===============================  ==================================
+    queued     ``_pending``, in order           the next batch takes every op
+    written    a batch, under ``_lock``         commit, or an error (below)
+    committed  done(result, None) is called     (end)
+    retried    back at the head of ``_pending``  the database failed: an outcome,
+                                                 up to OUTCOME_TRIES batches
+    refused    done(None, error) is called;     the op's own fault (a value the
+               nobody waits: logged, dropped    database refuses), or a database
+                                                 failure of an op nobody retries
+    =========  ===============================  ==================================
+
+Invariant: every op in ``_pending`` is written by a later batch, because each
+thread that queues an op then either writes the queue itself (it took
+``_lock``), or finds ``_lock`` held by a writer that checks ``_pending`` again
+after it lets go, or wakes the writer thread. ``done`` callbacks run after
+``_lock`` is released, so a reply never holds up the next batch.
+
+Synchronisation: ``_lock`` is held while a batch is written; ``_wake`` is the
+writer thread's sleep (flags ``_idle``, ``_stopping`` and ``_retry`` are read
+and set under it); ``_room`` is where workers wait while BACKLOG_LIMIT ops are
+unwritten (flag ``_crowded`` under it).
 """
 
 from __future__ import annotations
@@ -21,12 +45,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, connection, connections
 
-logger = logging.getLogger("leek.server.store")
+from .ops import Call, Done, Op, Record, Waiter
+
+logger = logging.getLogger(__name__)
 
 #: What a write can raise when the database fails: Django's wrapped errors and,
 #: from the raw cursor the hot path uses, the driver's own.
@@ -45,69 +70,53 @@ BACKLOG_LIMIT = 10_000
 #: Batches a client's thread writes, its own and what queued meanwhile, before
 #: it leaves the rest to the writer thread and goes back to its own client.
 LEAD_ROUNDS = 3
+#: Seconds the writer thread waits before it tries a failed batch again: the
+#: first wait, doubled after each failure up to the last.
+RETRY_DELAY_FIRST = 0.05
+RETRY_DELAY_MAX = 5.0
+#: Batches an outcome is tried in while the database is away, before it is dropped.
+OUTCOME_TRIES = 1000
+#: Failed tries after which a stopping writer gives up on what it could not write.
+TRIES_AT_STOP = 5
 
 
-#: Called once an op is committed, with its result, or failed, with the error.
-Done = Callable[[Any, BaseException | None], None]
+class Batches(Protocol):
+    """What a GroupCommit writes with: the store's statements."""
 
+    def open(self, cursor: Any, db: Any) -> Any:
+        """Set up a new writing connection; the cursor that binds parameters."""
 
-class Waiter:
-    """Completes when the writer has committed an operation, or failed it."""
+    def write(self, cursor: Any, bound: Any, ops: list[Op]) -> list[Any]:
+        """Write `ops` in one transaction; one result per op."""
 
-    __slots__ = ("_lock", "value", "error")
+    def committed(self, ops: list[Op], results: list[Any]) -> None:
+        """Called after each commit, on the thread that wrote it."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()  # released by resolve()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-        self._lock.release()
-
-    def wait(self, timeout: float | None = None) -> Any:
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError(f"database write not committed within {timeout} s")
-        self._lock.release()  # a second wait() returns at once
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-@dataclass(slots=True)
-class Op:
-    kind: str  # "insert", "mark", "outcome", "call"
-    data: Any
-    done: Done | None = None
-    tries: int = 0
-
-
-def raw_cursor() -> Any:
-    """A DB-API cursor on this thread's Django connection."""
-    connection.ensure_connection()
-    return connection.connection.cursor()
+    def probe(self, cursor: Any) -> None:
+        """Run a statement that only shows the connection answers."""
 
 
 class GroupCommit:
-    """The queue, the lock and the writer thread; a subclass writes a batch."""
+    """One writing connection, the queue of ops in front of it and its writer thread."""
 
-    def __init__(self, name: str = "leek-writer") -> None:
+    def __init__(self, name: str, batches: Batches) -> None:
+        self.batches = batches
         self.healthy = True
         self.last_error = ""
         self.commits = 0
         self.commit_time = 0.0  # seconds, a moving average
         self._pending: deque[Op] = deque()
-        self._lock = threading.Lock()  # held by the thread writing a batch
-        self._wake = threading.Condition()  # the writer thread sleeps on it
-        self._room = threading.Condition()  # workers wait on it while the queue is long
-        self._crowded = False  # set (under _room) while a worker waits for room
+        self._lock = threading.Lock()
+        self._wake = threading.Condition()
+        self._room = threading.Condition()
+        self._crowded = False
         self._idle = False
         self._stopping = False
         self._retry = False
-        self._finished: list[tuple[Done, Any, BaseException | None]] = []  # under the lock
-        self._db: Any = None  # a DatabaseWrapper of the writer's own
-        self._db_cursor: Any = None
+        self._finished: list[tuple[Done, Any, BaseException | None]] = []  # under _lock
+        self._db: Any = None  # a DatabaseWrapper of this writer's own
+        self._cursor: Any = None
+        self._bound: Any = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
@@ -120,16 +129,37 @@ class GroupCommit:
             self._wake.notify()
         self._thread.join(timeout)
 
-    def _lead(self, kind: str, data: Any, done: Done) -> None:
+    @property
+    def backlog(self) -> int:
+        """Ops queued and not yet taken by a batch."""
+        return len(self._pending)
+
+    # -- queueing ------------------------------------------------------------
+
+    def lead(self, op: Op) -> None:
         """Queue an op someone waits for, and write the queue now if nobody is."""
-        self._pending.append(Op(kind, data, done))
+        self._pending.append(op)
         self._flush_all(blocking=False)
 
-    def _wait_for(self, kind: str, data: Any) -> Waiter:
-        """Queue an op as _lead does; the Waiter completes when it is committed."""
+    def wait_for(self, op: Call) -> Waiter:
+        """Queue a call as `lead` does; the Waiter completes when it is committed."""
         waiter = Waiter()
-        self._lead(kind, data, waiter.resolve)
+        op.done = waiter.resolve
+        self.lead(op)
         return waiter
+
+    def later(self, op: Op, wake: bool = True) -> None:
+        """Queue an op nobody waits for; `wake` False leaves it for the next
+        commit or the next `nudge`, without waking the writer thread now."""
+        self._pending.append(op)
+        if wake:
+            self.nudge()
+
+    def nudge(self) -> None:
+        """Wake the writer thread for ops queued without waking it."""
+        if self._pending and self._idle:
+            with self._wake:
+                self._wake.notify()
 
     def between_batches(self, fn: Callable[[], Any]) -> Any:
         """Run fn() while no batch is being written; ops queued meanwhile
@@ -161,27 +191,16 @@ class GroupCommit:
                     return False
                 self._room.wait(left)
 
-    def _later(self, op: Op, wake: bool = True) -> None:
-        """Queue an op nobody waits for; `wake` False leaves it for the next
-        commit or the next `nudge`, without waking the writer thread now."""
-        self._pending.append(op)
-        if wake:
-            self.nudge()
-
-    def nudge(self) -> None:
-        """Wake the writer thread for ops queued without waking it."""
-        if self._pending and self._idle:
-            with self._wake:
-                self._wake.notify()
+    # -- writing -------------------------------------------------------------
 
     def _flush_all(self, blocking: bool) -> bool:
         """Write queued ops; True when some failed and wait to be tried again.
 
-        Not blocking (a client's thread): if nobody else is writing, write
-        up to LEAD_ROUNDS batches while ops someone waits for keep coming, then
+        Not blocking (a client's thread): if nobody else is writing, write up
+        to LEAD_ROUNDS batches while ops someone waits for keep coming, then
         leave the rest to the writer thread, so this thread goes back to its
-        own client soon. Blocking (the
-        writer thread): write until nothing is left."""
+        own client soon. Blocking (the writer thread): write until nothing is
+        left."""
         failed = False
         rounds = 0
         while self._pending:
@@ -199,7 +218,9 @@ class GroupCommit:
                     self._crowded = False
                     self._room.notify_all()
             if failed:
-                self._later_retry()
+                with self._wake:
+                    self._retry = True
+                    self._wake.notify()
                 return True
             rounds += 1
             if not blocking and not any(op.done for op in self._pending):
@@ -216,8 +237,9 @@ class GroupCommit:
         return failed
 
     def _flush(self) -> bool:
-        batch: list[Op] = []
+        """Write everything queued as one batch (under _lock); True when some must be retried."""
         pending = self._pending
+        batch: list[Op] = []
         while pending:
             batch.append(pending.popleft())
         if not batch:
@@ -227,13 +249,8 @@ class GroupCommit:
             pending.extendleft(reversed(retry))
         return bool(retry)
 
-    def _later_retry(self) -> None:
-        with self._wake:
-            self._retry = True
-            self._wake.notify()
-
     def _loop(self) -> None:
-        delay = 0.05
+        delay = RETRY_DELAY_FIRST
         while True:
             with self._wake:
                 self._idle = True
@@ -246,7 +263,7 @@ class GroupCommit:
                 break
             if retrying:
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RETRY_DELAY_MAX)
             elif not stopping and not any(op.done for op in list(self._pending)):
                 # Let the next insert carry these; while inserts keep coming,
                 # every one of their commits does, and this thread writes nothing.
@@ -257,7 +274,7 @@ class GroupCommit:
                 if self.commits != before:
                     continue
             if self._flush_all(blocking=True):
-                if stopping and self._pending and self._pending[0].tries > 5:
+                if stopping and self._pending and self._pending[0].tries > TRIES_AT_STOP:
                     logger.error(
                         "writer stopping with unwritten outcomes count=%s",
                         len(self._pending),
@@ -267,36 +284,34 @@ class GroupCommit:
                 with self._wake:
                     self._retry = True
             else:
-                delay = 0.05
+                delay = RETRY_DELAY_FIRST
         self._close()
 
-    def _cursor(self) -> Any:
-        """The cursor every batch is written on, whichever thread writes it.
+    def _connection(self) -> tuple[Any, Any]:
+        """The cursor every batch is written on, whichever thread writes it,
+        and the cursor that binds parameters (the same one on SQLite).
 
         One connection of its own, used only under the lock: on SQLite a
         connection that did not write the last commit finds its page cache
         stale and reads the pages again, so several writing connections would
         each pay for the others' commits."""
-        if self._db_cursor is None:
+        if self._cursor is None:
             if self._db is None:
                 self._db = connections.create_connection(DEFAULT_DB_ALIAS)
                 self._db.inc_thread_sharing()
             self._db.ensure_connection()
-            self._db_cursor = self._db.connection.cursor()
-            self.prepare(self._db_cursor)
-        return self._db_cursor
-
-    def prepare(self, cursor: Any) -> None:
-        """Set up the writing connection's new cursor."""
+            self._cursor = self._db.connection.cursor()
+            self._bound = self.batches.open(self._cursor, self._db)
+        return self._cursor, self._bound
 
     def _close(self) -> None:
         """Close the writing cursor and connection; the next batch opens them again."""
-        if self._db_cursor is not None:
+        if self._cursor is not None:
             try:
-                self._db_cursor.close()
+                self._cursor.close()
             except Exception:
                 logger.debug("closing the writing cursor failed", exc_info=True)
-            self._db_cursor = None
+            self._cursor = self._bound = None
         if self._db is not None:
             self._db.close()
 
@@ -304,7 +319,8 @@ class GroupCommit:
         """Write `ops` in one transaction; return the ops to try again."""
         started = time.perf_counter()
         try:
-            results = self._transaction(ops)
+            cursor, bound = self._connection()
+            results = self.batches.write(cursor, bound, ops)
         except Exception as exc:
             # The database's own errors, and a value it was never sent or a bug.
             database = isinstance(exc, DATABASE_ERRORS)
@@ -321,20 +337,13 @@ class GroupCommit:
         self.commits += 1
         self.commit_time = 0.8 * self.commit_time + 0.2 * (time.perf_counter() - started)
         try:
-            self.committed(ops, results)
+            self.batches.committed(ops, results)
         except Exception:  # committed all the same: the clients get their replies
             logger.exception("handling a commit failed", extra={"action": "committed_failed"})
         self._finished.extend(
             (op.done, result, None) for op, result in zip(ops, results, strict=True) if op.done
         )
         return []
-
-    def _transaction(self, ops: list[Op]) -> list[Any]:
-        """Write `ops` in one transaction; one result per op."""
-        raise NotImplementedError
-
-    def committed(self, ops: list[Op], results: list[Any]) -> None:
-        """Called after each commit, on the thread that wrote it."""
 
     def _failed(self, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}".strip()
@@ -350,7 +359,7 @@ class GroupCommit:
 
     def _reachable(self) -> bool:
         try:
-            self._cursor().execute("SELECT 1")
+            self.batches.probe(self._connection()[0])
         except Exception:
             self._close()
             return False
@@ -376,7 +385,7 @@ class GroupCommit:
         retry: list[Op] = []
         for op in ops:
             op.tries += 1
-            if op.kind == "outcome" and op.tries < 1000:
+            if isinstance(op, Record) and op.tries < OUTCOME_TRIES:
                 retry.append(op)
             elif op.done is not None:
                 self._finished.append((op.done, None, exc))

@@ -194,7 +194,7 @@ def test_pipelined_enqueues_on_one_connection_each_get_their_reply(
     import socket
 
     from leek import conf
-    from leek.protocol import FrameSocket
+    from leek.protocol.sockets import FrameSocket
     from tests.conftest import task_message
 
     messages = [task_message(tasks.add, i, i) for i in range(20)]
@@ -220,7 +220,7 @@ def test_a_client_gone_before_its_reply_still_has_its_task_run(broker: BrokerPro
     import socket
 
     from leek import conf
-    from leek.protocol import encode
+    from leek.protocol.frame import encode
     from tests.conftest import task_message
 
     message = task_message(tasks.add, 4, 5)

@@ -20,9 +20,9 @@ from leek.client import connection as client
 from leek.models import PeriodicTask, SuccessTask, Task
 from tests.conftest import BrokerProcess, wait_for
 
-from . import tasks
+from . import periodic_tasks as tasks
 
-STAMP = "tests.test_scheduling.tasks.stamp"
+STAMP = "tests.server.periodic_tasks.stamp"
 
 
 def schedule_env(**entries: dict[str, Any]) -> dict[str, str]:
@@ -39,14 +39,25 @@ def test_settings_schedule_is_synced_and_runs(
     marks = str(tmp_path / "marks")
     PeriodicTask.objects.create(name="gone", task=STAMP, every=1, from_settings=True)
     kept = PeriodicTask.objects.create(name="kept", task=STAMP, cron="daily", enabled=False)
-    broker_factory(**schedule_env(
-        every={"task": STAMP, "every": 1, "args": [marks, "every"], "queue": "ticks"},
-        cron={"task": STAMP, "cron": "* * * * * *", "args": [marks], "kwargs": {"label": "cron"}},
-        hourly={"task": STAMP, "cron": "hourly", "catch_up": False, "priority": 2},
-    ))  # fmt: skip
+    broker_factory(
+        **schedule_env(
+            every={"task": STAMP, "every": 1, "args": [marks, "every"], "queue": "ticks"},
+            cron={
+                "task": STAMP,
+                "cron": "* * * * * *",
+                "args": [marks],
+                "kwargs": {"label": "cron"},
+            },
+            hourly={"task": STAMP, "cron": "hourly", "catch_up": False, "priority": 2},
+        )
+    )
     wait_for(lambda: min(len(tasks.stamps(marks, "every")), len(tasks.stamps(marks, "cron"))) >= 3)
-    assert set(PeriodicTask.objects.values_list("name", flat=True)) == {"every", "cron", "hourly",
-                                                                          "kept"}  # fmt: skip
+    assert set(PeriodicTask.objects.values_list("name", flat=True)) == {
+        "every",
+        "cron",
+        "hourly",
+        "kept",
+    }
     every = PeriodicTask.objects.get(name="every")
     assert every.from_settings and every.every == 1.0 and every.queue == "ticks"
     assert every.args == [marks, "every"] and every.last_run_at is not None
@@ -67,7 +78,8 @@ def test_settings_schedule_is_synced_and_runs(
     assert list(listed) == ["cron", "every", "hourly", "kept"]
     assert listed["hourly"]["schedule"] == "hourly" and listed["every"]["schedule"] == "every 1 s"
     assert listed["kept"]["next_run_at"] is None and listed["hourly"]["next_run_at"].endswith(
-        ":00:00+00:00")  # fmt: skip
+        ":00:00+00:00"
+    )
     assert main(["schedule"]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0].split() == ["NAME", "SCHEDULE", "TASK", "NEXT", "RUN", "(UTC)", "LAST", "RUN"]
@@ -106,16 +118,22 @@ def test_a_change_in_the_database_takes_effect_without_a_restart(
     wait_for(lambda: len(tasks.stamps(marks)) >= count + 2, timeout=6)
 
 
-def test_missed_runs_follow_catch_up(broker_factory: Callable[..., BrokerProcess],
-                                     tmp_path: Path) -> None:  # fmt: skip
+def test_missed_runs_follow_catch_up(
+    broker_factory: Callable[..., BrokerProcess], tmp_path: Path
+) -> None:
     marks = str(tmp_path / "marks")
     now = timezone.now()
     missed = now - timedelta(hours=2, minutes=30)
     for label, catch_up in (("yes", True), ("no", False)):
         PeriodicTask.objects.create(
-            name=label, task=STAMP, args=[marks, label], every=3600, catch_up=catch_up,
-            last_run_at=missed - timedelta(hours=1), next_run_at=missed,
-        )  # fmt: skip
+            name=label,
+            task=STAMP,
+            args=[marks, label],
+            every=3600,
+            catch_up=catch_up,
+            last_run_at=missed - timedelta(hours=1),
+            next_run_at=missed,
+        )
     broker_factory()
     wait_for(lambda: PeriodicTask.objects.filter(next_run_at__gt=now).count() == 2)
     wait_for(lambda: tasks.stamps(marks, "yes"))

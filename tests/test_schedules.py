@@ -61,23 +61,48 @@ def test_bad_schedules_say_what_is_wrong(cron: Any, every: Any, message: str) ->
 
 
 def test_settings_entries() -> None:
-    entries, errors = parse_entries({
-        "report": {"task": "app.tasks.report", "cron": "hourly", "args": (1,),
-                   "kwargs": {"to": "ops"}, "queue": "reports", "priority": 3,
-                   "catch_up": False},
-        "tick": {"task": "app.tasks.tick", "every": timedelta(seconds=30)},
-        "typo": {"task": "app.tasks.tick", "every": 30, "catchup": True},
-        "nothing": {"task": "app.tasks.tick"},
-        "no-task": {"cron": "daily"},
-        "not-json": {"task": "app.tasks.tick", "every": 1, "args": [object()]},
-    })  # fmt: skip
+    entries, errors = parse_entries(
+        {
+            "report": {
+                "task": "app.tasks.report",
+                "cron": "hourly",
+                "args": (1,),
+                "kwargs": {"to": "ops"},
+                "queue": "reports",
+                "priority": 3,
+                "catch_up": False,
+            },
+            "tick": {"task": "app.tasks.tick", "every": timedelta(seconds=30)},
+            "typo": {"task": "app.tasks.tick", "every": 30, "catchup": True},
+            "nothing": {"task": "app.tasks.tick"},
+            "no-task": {"cron": "daily"},
+            "not-json": {"task": "app.tasks.tick", "every": 1, "args": [object()]},
+        }
+    )
     assert entries == {
-        "report": {"task": "app.tasks.report", "args": [1], "kwargs": {"to": "ops"},
-                   "cron": "hourly", "every": None, "queue": "reports", "priority": 3,
-                   "enabled": True, "catch_up": False},
-        "tick": {"task": "app.tasks.tick", "args": [], "kwargs": {}, "cron": "", "every": 30.0,
-                 "queue": "default", "priority": 0, "enabled": True, "catch_up": True},
-    }  # fmt: skip
+        "report": {
+            "task": "app.tasks.report",
+            "args": [1],
+            "kwargs": {"to": "ops"},
+            "cron": "hourly",
+            "every": None,
+            "queue": "reports",
+            "priority": 3,
+            "enabled": True,
+            "catch_up": False,
+        },
+        "tick": {
+            "task": "app.tasks.tick",
+            "args": [],
+            "kwargs": {},
+            "cron": "",
+            "every": 30.0,
+            "queue": "default",
+            "priority": 0,
+            "enabled": True,
+            "catch_up": True,
+        },
+    }
     assert len(errors) == 4
     assert "'typo': unknown keys catchup" in errors[0]
     assert "'nothing': a schedule needs cron" in errors[1]

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from leek.ids import new_task_id
 from leek.models import Task
-from leek.protocol import new_task_id
-from leek.server.store import NewTask, Outcome, Store
+from leek.server.rows import NewTask, Outcome
+from leek.server.store import Store
 
 
 def new_task(**changes: Any) -> NewTask:

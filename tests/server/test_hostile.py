@@ -16,7 +16,7 @@ import pytest
 import leek
 from leek import conf
 from leek.models import Task
-from leek.protocol import HEADER, MAGIC, encode, read_frame
+from leek.protocol.frame import HEADER, MAGIC, encode, read_frame
 from tests import tasks
 from tests.conftest import BrokerProcess, task_batch, task_message, wait_for
 

@@ -1,4 +1,4 @@
-"""Tasks the scheduling tests' brokers import (as tests.test_scheduling.tasks.<name>)."""
+"""Tasks the periodic and delayed tests' brokers import (as tests.server.periodic_tasks.<name>)."""
 
 from __future__ import annotations
 

@@ -60,16 +60,16 @@ def test_workers_wait_while_too_many_outcomes_wait_to_be_written(transactional_d
     import time
     import uuid
 
-    from leek.server import writer
+    from leek.server import groupcommit
     from leek.server.store import Store
 
     store = Store("test-node", lambda ready: None)
-    for _ in range(writer.BACKLOG_LIMIT):  # a drain faster than its writes
+    for _ in range(groupcommit.BACKLOG_LIMIT):  # a drain faster than its writes
         store.mark_running(uuid.uuid4(), 1, time.time())
     assert not store.room(timeout=0.2)  # the writer thread has not started
     store.start()
     try:
         assert store.room(timeout=30)
-        assert len(store._pending) < writer.BACKLOG_LIMIT // 2
+        assert store.outcomes.backlog < groupcommit.BACKLOG_LIMIT // 2
     finally:
         store.stop()

@@ -14,7 +14,7 @@ import leek
 from leek.models import Task
 from tests.conftest import BrokerProcess, wait_for
 
-from . import tasks
+from . import periodic_tasks as tasks
 
 DELAY = 2.0
 LATEST = 3.0  # a delayed task starts within a second of its time
@@ -64,6 +64,8 @@ def test_a_delayed_task_survives_a_broker_restart(
     row = Task.objects.filter(pk=handle.id).values().first()
     # on time; or, if the restart itself outlasted the delay, at once when the broker is back
     latest = LATEST if back < DELAY else back + LATEST - DELAY
-    assert DELAY <= took <= latest, (f"started {took:.3f} s after the push, broker back after "
-                                     f"{back:.3f} s: {row}\n{broker.output()}")  # fmt: skip
+    assert DELAY <= took <= latest, (
+        f"started {took:.3f} s after the push, broker back after "
+        f"{back:.3f} s: {row}\n{broker.output()}"
+    )
     assert handle.result(timeout=5) == pytest.approx(pushed + took)

@@ -111,8 +111,8 @@ def test_a_sweep_reads_only_the_spooled_rows_however_many_wait(transactional_db:
     from django.utils import timezone
 
     from leek.server.rows import Dialect
-    from leek.server.scheduler import claim_spooled
-    from leek.server.writer import raw_cursor
+    from leek.server.store import raw_cursor
+    from leek.server.store.sql import claim_spooled
 
     now = timezone.now()
     rows = [Task(name="t", payload=b"", queued_at=now, spooled=i < 5) for i in range(20_000)]
@@ -156,21 +156,27 @@ def test_a_gone_brokers_tasks_are_walked_for_again_only_when_its_row_changes(
     from django.utils import timezone
 
     from leek.models import BrokerNode
-    from leek.server import scheduler
+    from leek.server import recovery
     from leek.server.store import Store
 
     now = timezone.now()
     BrokerNode.objects.create(
-        name="gone:1", host="gone", port=1, pid=1, version="1", started_at=now,
-        heartbeat_at=now, stopped=True,
-    )  # fmt: skip
+        name="gone:1",
+        host="gone",
+        port=1,
+        pid=1,
+        version="1",
+        started_at=now,
+        heartbeat_at=now,
+        stopped=True,
+    )
 
     def queued() -> Any:
         return Task.objects.create(name="t", payload=b"", queued_at=now, broker="gone:1").id
 
     store = Store("me:1", lambda ready: None)
     store.start()
-    adopt = scheduler.Adopter(store, dead_after=60)
+    adopt = recovery.Adopter(store, dead_after=60)
     try:
         first = queued()
         assert [r.id for r in adopt()] == [first]
@@ -180,7 +186,7 @@ def test_a_gone_brokers_tasks_are_walked_for_again_only_when_its_row_changes(
         assert [r.id for r in adopt()] == [late]
         last = queued()
         assert adopt() == []
-        monkeypatch.setattr(scheduler, "LOOK_AGAIN_AFTER", 0.0)  # the look at long intervals
+        monkeypatch.setattr(recovery, "LOOK_AGAIN_AFTER", 0.0)  # the look at long intervals
         assert [r.id for r in adopt()] == [last]
     finally:
         store.stop()
@@ -240,7 +246,7 @@ def test_purge_deletes_old_finished_tasks(broker: BrokerProcess) -> None:
 
     from django.utils import timezone
 
-    from leek.repair import purge
+    from leek.cli.repair import purge
 
     old = leek.push_task_to_queue(tasks.add, 1, 1)
     new = leek.push_task_to_queue(tasks.add, 2, 2)
@@ -262,9 +268,9 @@ def test_purge_forgets_brokers_long_gone_once_they_own_no_unfinished_task(
 
     from django.utils import timezone
 
+    from leek.cli.repair import forget_brokers
     from leek.models import BrokerNode
-    from leek.repair import forget_brokers
-    from tests.test_admin.factories import make_node
+    from tests.admin.factories import make_node
 
     long_ago = timezone.now() - timedelta(days=40)
     make_node("gone:1", seen=long_ago, stopped=True)
@@ -273,16 +279,21 @@ def test_purge_forgets_brokers_long_gone_once_they_own_no_unfinished_task(
     make_node("recent:1", seen=timezone.now() - timedelta(days=2), stopped=True)
     make_node("alive:1")
     Task.objects.create(name="t", payload=b"", queued_at=long_ago, broker="owner:1")
-    Task.objects.create(name="t", payload=b"", queued_at=long_ago, broker="gone:1",
-                        status="succeeded")  # fmt: skip
+    Task.objects.create(
+        name="t", payload=b"", queued_at=long_ago, broker="gone:1", status="succeeded"
+    )
     assert forget_brokers("30d", dry_run=True) == 2
     assert forget_brokers("30d") == 2
     names = set(BrokerNode.objects.values_list("name", flat=True))
     assert names == {"owner:1", "recent:1", "alive:1"}
     out = subprocess.run(
         [sys.executable, "-m", "leek.cli", "purge", "--older-than", "1d"],
-        env=broker_env(free_port()), cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        env=broker_env(free_port()),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "deleted 0 tasks and 1 rows of gone brokers"
     assert set(BrokerNode.objects.values_list("name", flat=True)) == {"owner:1", "alive:1"}
 

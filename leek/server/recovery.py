@@ -1,0 +1,55 @@
+"""Recovery: the tasks a broker must run though no client pushed them to it.
+
+At start, a broker requeues what its own last life left running
+(`Store.interrupt_running`) and loads every unfinished task it owns
+(`Store.owned`). Then, every SWEEP_INTERVAL, the `Adopter` claims the tasks
+nobody else will run: spooled rows, written by clients while no broker
+answered, and the unfinished tasks of brokers that stopped or went silent past
+HEARTBEAT_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .rows import Ready
+from .store import Store
+
+#: Seconds after which the tasks of a broker already adopted from are looked
+#: for again though its row has not changed (a broker that was paused past
+#: HEARTBEAT_TIMEOUT may have committed a task on waking, before it died for good).
+LOOK_AGAIN_AFTER = 300.0
+#: Seconds a sweep waits for its claim to be committed.
+CLAIM_TIMEOUT = 60.0
+
+
+class Adopter:
+    """Claims spooled tasks and the unfinished tasks of stopped or silent brokers.
+
+    A gone broker's tasks are found only by walking the unfinished tasks
+    (nothing indexes `broker`), so that walk runs once per gone broker: again
+    when its row changes (it came back and went again) or LOOK_AGAIN_AFTER
+    later, not at every sweep while its row stays in the table.
+    """
+
+    def __init__(self, store: Store, dead_after: float) -> None:
+        self.store = store
+        self.dead_after = dead_after
+        self._taken: dict[str, Any] = {}  # gone broker -> its heartbeat when adopted from
+        self._looked_at = time.monotonic()
+
+    def __call__(self) -> list[Ready]:
+        again = time.monotonic() - self._looked_at >= LOOK_AGAIN_AFTER
+
+        def walk(gone: dict[str, Any]) -> list[str]:
+            return [name for name, beat in gone.items() if again or self._taken.get(name) != beat]
+
+        silent_since = time.time() - self.dead_after
+        claim = self.store.adopt(silent_since, walk, "interrupted: its broker stopped")
+        found: list[Ready]
+        # Once committed, the tasks found, and those of every broker in _taken, are ours.
+        found, self._taken = claim.wait(CLAIM_TIMEOUT)
+        if again:
+            self._looked_at = time.monotonic()
+        return found

@@ -1,0 +1,421 @@
+"""The broker's database: every read and write it makes, each a named method.
+
+Writes go through a group commit (groupcommit.py): each batch is one
+transaction, whichever threads queued its ops, and a client's reply is sent
+only after the commit that holds its task. The store holds two of them, as
+lanes: ``tasks`` takes what someone waits for (inserts, claims, cancels,
+heartbeats) and ``outcomes`` what nobody waits for (running marks, outcomes,
+progress). On PostgreSQL the outcomes lane has a connection and a writer
+thread of its own, so a client's acknowledgement never waits behind a batch
+of outcomes and a slow outcome (a locked row) holds no client. SQLite takes
+one writer at a time, so there both lanes are one.
+
+Reads (`jobs`, `owned`, `periodic_rows`, `node_row`, `counts`) run on the calling
+thread's own Django connection and see what the lanes committed.
+
+The statements are in sql.py, the writing of a batch in batch.py; no other
+module of leek writes SQL (migrations aside).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from django.db import connection
+
+from ..groupcommit import DATABASE_ERRORS, GroupCommit
+from ..ops import Call, Done, Insert, Mark, Record, Waiter
+from ..rows import Dialect, Job, NewTask, Outcome, Ready
+from .batch import Writes
+from .sql import NODE_COLUMNS, Statements
+
+__all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
+
+#: Pages in SQLite's write-ahead log past which the checkpoint is run between
+#: two batches, so the log starts over (see Store.checkpoint).
+CHECKPOINT_FRAMES = 4000
+#: Tasks a broker reads at a time of those it owns, at start.
+OWNED_PAGE = 5000
+
+#: The exception type of a FailedTask row for an attempt cut short by its broker.
+INTERRUPTED = "leek.exceptions.Interrupted"
+#: A cut-short attempt's traceback, final flag, stdout and stderr.
+NO_OUTPUT = ("", False, "", "")
+
+#: A PeriodicTask row's change of next_run_at: (id, next_run_at as read, new time).
+NextRun = tuple[int, Any, float | None]
+
+
+def raw_cursor() -> Any:
+    """A DB-API cursor on this thread's Django connection."""
+    connection.ensure_connection()
+    return connection.connection.cursor()
+
+
+class Store:
+    """The broker's reads and writes, the writes group-committed in two lanes."""
+
+    def __init__(self, node: str, on_ready: Callable[[list[Ready]], None]) -> None:
+        self.node = node
+        self.dialect = Dialect(connection.vendor)
+        self.sql = Statements(self.dialect)
+        self.writes = Writes(node, self.sql, on_ready)
+        self.tasks = GroupCommit("leek-writer", self.writes)
+        self.outcomes = (
+            self.tasks if self.dialect.sqlite else GroupCommit("leek-outcomes", self.writes)
+        )
+        self._checkpointed = 0
+
+    @property
+    def lanes(self) -> list[GroupCommit]:
+        return [self.tasks] if self.outcomes is self.tasks else [self.tasks, self.outcomes]
+
+    # -- life ----------------------------------------------------------------
+
+    def start(self) -> None:
+        for lane in self.lanes:
+            lane.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what waits (the workers have stopped: their last outcomes too)."""
+        for lane in reversed(self.lanes):
+            lane.stop(timeout)
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the last writes of every lane reached the database, and
+        the error when one did not."""
+        for lane in self.lanes:
+            if not lane.healthy:
+                return False, lane.last_error
+        return True, ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.health()[0]
+
+    @property
+    def commits(self) -> int:
+        """Commits of the tasks lane."""
+        return self.tasks.commits
+
+    def all_commits(self) -> int:
+        return sum(lane.commits for lane in self.lanes)
+
+    def room(self, timeout: float = 1.0) -> bool:
+        """Wait while too many outcomes wait to be written (GroupCommit.room)."""
+        return self.outcomes.room(timeout)
+
+    def nudge(self) -> None:
+        """Have the writers write what was queued without waking them (a duty)."""
+        for lane in self.lanes:
+            lane.nudge()
+
+    def between_batches(self, fn: Callable[[], Any]) -> Any:
+        return self.tasks.between_batches(fn)
+
+    def checkpoint(self) -> None:
+        """Copy SQLite's write-ahead log into the database file, off the commit path.
+
+        The broker's writing connection never checkpoints on commit; the
+        duties thread calls this every tick when anything was committed since
+        the last time. The copy runs beside the commits. But SQLite starts the
+        log over only after a checkpoint that no commit raced, so once the log
+        passes CHECKPOINT_FRAMES pages, the checkpoint runs again between two
+        batches: it has little left to copy, and the next commit starts the
+        log from its beginning (tasks that come meanwhile wait and share the
+        next commit). The log stays bounded, and most of the copying is off
+        the commit path."""
+        if not self.dialect.sqlite or self.commits == self._checkpointed:
+            return
+        self._checkpointed = self.commits
+        cursor = raw_cursor()
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            ((_, frames, _),) = cursor.fetchall()
+            if frames > CHECKPOINT_FRAMES:
+                self.between_batches(lambda: cursor.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+        finally:
+            cursor.close()
+
+    # -- the hot path ----------------------------------------------------------
+
+    def insert(self, tasks: Sequence[NewTask], done: Done) -> None:
+        """Insert `tasks` (once each: a replayed id is ignored); after the
+        commit, `done` is called on the committing thread with the tasks
+        inserted (as Ready), or with the error."""
+        self.tasks.lead(Insert(tasks, done))
+
+    def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
+        """Show the task as running; rides in the next batch, nothing waits for it.
+
+        It wakes no thread: waking the writer as the task starts would hold
+        the start up. It is written with the next commit, at the latest the
+        one the duties' next `nudge` sets off."""
+        self.outcomes.later(Mark(task_id, attempt, started), wake=False)
+
+    def record(self, outcome: Outcome) -> None:
+        """Write an attempt's outcome in the next batch."""
+        self.outcomes.later(Record(outcome))
+
+    def progress(self, task_id: uuid.UUID, percent: float, note: str) -> None:
+        """Record a running task's progress in the next batch."""
+        sql = self.sql.progress
+
+        def write(cursor: Any, d: Dialect) -> None:
+            cursor.execute(sql, (percent, note, d.pk(task_id)))
+
+        self.outcomes.later(Call(write))
+
+    def call(self, fn: Callable[[Any, Dialect], Any]) -> Waiter:
+        """Run fn(cursor, dialect) inside the next batch's transaction."""
+        return self.tasks.wait_for(Call(fn))
+
+    def jobs(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, tuple[str, Job]]:
+        """Status and job of each task in `ids` that still exists."""
+        d = self.dialect
+        keys = [d.pk(i) for i in ids]
+        if not keys:
+            return {}
+        cursor = raw_cursor()
+        try:
+            cursor.execute(self.sql.jobs(len(keys)), keys)
+            return {
+                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t))
+                for i, s, p, n, a, m, t in cursor.fetchall()
+            }
+        finally:
+            cursor.close()
+
+    # -- verbs ---------------------------------------------------------------
+
+    def cancel(self, task_id: uuid.UUID) -> Waiter:
+        """Cancel a task that has not started; the Waiter's value is its queue,
+        or None when it has started or is unknown."""
+        sql = self.sql.cancel
+
+        def mark(cursor: Any, d: Dialect) -> str | None:
+            cursor.execute(sql, (d.time(time.time()), d.pk(task_id)))
+            row = cursor.fetchone()
+            return None if row is None else str(row[0])
+
+        return self.call(mark)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Tasks per status and queue, as the database has them."""
+        from django.db.models import Count
+
+        from ...models import Task
+
+        counts: dict[str, dict[str, int]] = {}
+        rows = Task.objects.order_by().values("status", "queue").annotate(n=Count("id"))
+        for row in rows:
+            counts.setdefault(row["status"], {})[row["queue"]] = row["n"]
+        return counts
+
+    # -- brokers -------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        values: dict[str, Any],
+        started: float,
+        check: Callable[[tuple[Any, ...] | None], None] | None = None,
+    ) -> Waiter:
+        """Write this broker's row: NODE_COLUMNS from `values`, the time now.
+
+        `check` first gets the row as it is (hostname, pid, host, port,
+        stopped), read in the same transaction, or None when there is none."""
+        sql = self.sql
+        node = self.node
+
+        def write(cursor: Any, d: Dialect) -> None:
+            if check is not None:
+                cursor.execute(sql.node_row, (node,))
+                check(cursor.fetchone())
+            now = d.time(time.time())
+            row = [values[name] for name in NODE_COLUMNS]
+            cursor.execute(sql.beat, (*row, now, node))
+            if cursor.rowcount == 0:
+                cursor.execute(sql.first_beat, (*row, now, d.time(started), node))
+
+        return self.call(write)
+
+    def node_row(self, name: str) -> dict[str, Any] | None:
+        """A broker's row as last written, or None."""
+        from ...models import BrokerNode
+
+        row = (
+            BrokerNode.objects.filter(name=name)
+            .values("hostname", "host", "port", "pid", "heartbeat_at", "stopped")
+            .first()
+        )
+        return None if row is None else dict(row)
+
+    def owned(self, page: int = OWNED_PAGE) -> Iterator[list[Ready]]:
+        """Every unfinished task this broker owns, oldest first, in pages.
+
+        One query: its snapshot is taken when the generator is first advanced,
+        so tasks inserted or adopted after that are not in it (they reach the
+        queues on their own), and the broker can serve while the pages load.
+        On PostgreSQL the rows stay on the server (a cursor WITH HOLD) until
+        their page is fetched, rather than all arriving in the broker at once."""
+        d = self.dialect
+        if d.sqlite:
+            cursor = raw_cursor()
+        else:
+            import psycopg
+
+            connection.ensure_connection()
+            cursor = psycopg.ServerCursor(connection.connection, "leek_owned", withhold=True)
+        try:
+            cursor.execute(self.sql.owned, (self.node,))
+            yield []  # the snapshot is taken: the caller may start serving
+            while rows := cursor.fetchmany(page):
+                yield [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
+        finally:
+            cursor.close()
+
+    def interrupt_running(self, reason: str) -> Waiter:
+        """Requeue the tasks this broker's last life left running, each with a
+        FailedTask row saying why (the attempt counts); the value is how many."""
+        sql = self.sql
+
+        def requeue(cursor: Any, d: Dialect) -> int:
+            cursor.execute(sql.interrupt, (self.node,))
+            rows = cursor.fetchall()
+            self._interrupted(cursor, rows, reason)
+            return len(rows)
+
+        return self.call(requeue)
+
+    def adopt(
+        self, silent_since: float, walk: Callable[[dict[str, Any]], list[str]], reason: str
+    ) -> Waiter:
+        """Claim spooled tasks and the unfinished tasks of gone brokers.
+
+        Gone: another broker stopped, or silent since before `silent_since`.
+        `walk` gets them ({name: heartbeat_at as stored}) and names those whose
+        tasks to claim. Each row is claimed with a conditional update, so
+        brokers sweeping at once each take a task at most once. A task found
+        running is requeued with a FailedTask row giving `reason`. The value
+        is (the tasks claimed as Ready, the gone brokers)."""
+        sql = self.sql
+        node = self.node
+
+        def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], dict[str, Any]]:
+            cursor.execute(sql.gone, (node, d.time(silent_since)))
+            gone = dict(cursor.fetchall())
+            cursor.execute(sql.claim_spooled, (node, False))
+            rows = cursor.fetchall()
+            names = walk(gone)
+            if names:
+                cursor.execute(sql.adopt(len(names)), (node, *names))
+                rows += cursor.fetchall()
+            running = [r for r in rows if r[4] == "running"]
+            if running:
+                cursor.executemany(sql.requeue, [(r[0],) for r in running])
+                self._interrupted(cursor, [(r[0], r[5], r[6], r[7]) for r in running], reason)
+            return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows], gone
+
+        return self.call(claim)
+
+    def _interrupted(self, cursor: Any, rows: list[Any], reason: str) -> None:
+        """A FailedTask row for each (id, name, attempts, started_at) cut short."""
+        now = self.dialect.time(time.time())
+        cursor.executemany(
+            self.sql.failure,
+            [
+                (r[0], r[1], max(int(r[2]), 1), r[3], now, INTERRUPTED, reason) + NO_OUTPUT
+                for r in rows
+            ],
+        )
+
+    # -- periodic tasks --------------------------------------------------------
+
+    def sync_schedule(self, entries: dict[str, dict[str, Any]], keep: list[str]) -> Waiter:
+        """Write LEEK["SCHEDULE"]'s entries into rows marked from_settings
+        (a changed schedule clears next_run_at); delete the other such rows
+        but those named in `keep`."""
+        sql = self.sql
+
+        def write(cursor: Any, d: Dialect) -> None:
+            for name, v in entries.items():
+                row = (
+                    json.dumps(v["args"]),
+                    json.dumps(v["kwargs"]),
+                    v["cron"],
+                    v["every"],
+                    v["queue"],
+                    v["priority"],
+                    v["enabled"],
+                    v["catch_up"],
+                )
+                cursor.execute(sql.schedule_insert, (name, v["task"], *row, True))
+                every = -1 if v["every"] is None else v["every"]
+                cursor.execute(
+                    sql.schedule_update,
+                    (v["cron"], every, v["enabled"], v["task"], *row, True, name),
+                )
+            cursor.execute(sql.unschedule(len(keep)), keep)
+
+        return self.call(write)
+
+    def periodic_rows(self) -> list[tuple[Any, ...]]:
+        """Every PeriodicTask row, its columns in sql.PERIODIC_COLUMNS' order."""
+        cursor = raw_cursor()
+        try:
+            cursor.execute(self.sql.periodic_rows)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def set_next_runs(self, changes: list[NextRun]) -> Waiter:
+        """Set each row's next_run_at, where it is still as read; the value
+        says, for each change, whether it was written."""
+        sql = self.sql
+
+        def write(cursor: Any, d: Dialect) -> list[bool]:
+            done = []
+            for row_id, old, nxt in changes:
+                if old is None:
+                    cursor.execute(sql.next_run_from_null, (d.time(nxt), row_id))
+                else:
+                    cursor.execute(sql.next_run_from, (d.time(nxt), row_id, old))
+                done.append(cursor.rowcount == 1)
+            return done
+
+        return self.call(write)
+
+    def claim_run(
+        self,
+        row_id: int,
+        schedule: tuple[Any, str, float | None],
+        due: float,
+        nxt: float | None,
+        task: NewTask | None,
+    ) -> Waiter:
+        """Claim the run of a periodic row due at `due` and insert its `task`
+        (None: the run is skipped, only next_run_at moves on) in one transaction.
+
+        The claim holds only while the row is as read: `schedule` is its
+        (next_run_at as stored, cron, every). The value is the task inserted
+        as Ready (none for a skipped run), or None when another broker
+        claimed the run first or the row changed."""
+        sql = self.sql
+        stored, cron, every = schedule
+        writes = self.writes
+
+        def write(cursor: Any, d: Dialect) -> list[Ready] | None:
+            where = (d.time(nxt), row_id, stored, cron, -1 if every is None else every)
+            if task is not None:
+                cursor.execute(sql.claim_run, (d.time(due), *where))
+            else:
+                cursor.execute(sql.skip_run, where)
+            if cursor.rowcount != 1:
+                return None
+            return [] if task is None else writes.insert_tasks(cursor, [task])
+
+        return self.call(write)

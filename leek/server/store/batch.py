@@ -1,0 +1,248 @@
+"""How one batch of the group commit is written: inserts, running marks, outcomes, calls.
+
+Every insert of a batch, whichever clients sent them, is one multi-row
+statement (on PostgreSQL, one statement over an array per column); a batch of
+inserts alone is that one statement in autocommit, with no BEGIN and COMMIT.
+The SQL is prepared by hand on the raw DB-API cursor: the models are the
+schema, and the ORM's per-object cost would dominate the commit it waits for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..ops import Call, Insert, Mark, Op, Record
+from ..rows import Dialect, Job, NewTask, Outcome, Ready
+from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, PROBE, Statements
+
+logger = logging.getLogger(__name__)
+
+#: Most tasks in one INSERT statement on SQLite (its bound variables are limited).
+INSERT_CHUNK = 500
+#: Runs of one statement after which the writing connection prepares it (PostgreSQL).
+PG_PREPARE_THRESHOLD = 5
+
+
+class Writes:
+    """The store's side of the group commit (groupcommit.Batches), for both lanes."""
+
+    def __init__(self, node: str, sql: Statements, on_ready: Callable[[list[Ready]], None]) -> None:
+        self.node = node
+        self.sql = sql
+        self.dialect: Dialect = sql.dialect
+        self.on_ready = on_ready
+        self._inserts: dict[tuple[int, bool], str] = {}
+
+    def open(self, cursor: Any, db: Any) -> Any:
+        """Set up a new writing connection; the cursor that binds parameters."""
+        if self.dialect.sqlite:
+            # The duties thread checkpoints (Store.checkpoint), so no commit of
+            # a client's task pays for copying the log and its fsync.
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
+            return cursor
+        # Django's psycopg cursors quote every parameter into the SQL text in
+        # Python; the hot path's statements send them apart instead, and
+        # psycopg prepares a statement once it has run five times: unless the
+        # database's OPTIONS choose (None: never, for a connection pooler
+        # that cannot hold prepared statements).
+        import psycopg
+
+        if "prepare_threshold" not in db.settings_dict.get("OPTIONS", {}):
+            cursor.connection.prepare_threshold = PG_PREPARE_THRESHOLD
+        return psycopg.Cursor(cursor.connection)
+
+    def probe(self, cursor: Any) -> None:
+        """Run a statement that only shows the connection answers."""
+        cursor.execute(PROBE)
+
+    def committed(self, ops: list[Op], results: list[Any]) -> None:
+        """Send the tasks just inserted to the broker's queues."""
+        ready = [
+            r
+            for op, result in zip(ops, results, strict=True)
+            if isinstance(op, Insert)
+            for r in result
+        ]
+        if ready:
+            self.on_ready(ready)
+
+    def write(self, cursor: Any, bound: Any, ops: list[Op]) -> list[Any]:
+        """Write `ops` in one transaction; one result per op."""
+        d = self.dialect
+        inserts = [op for op in ops if isinstance(op, Insert)]
+        tasks = [t for op in inserts for t in op.tasks]
+        if len(inserts) == len(ops) and (len(tasks) <= INSERT_CHUNK or not d.sqlite):
+            # One statement is a transaction of its own (the connection is in
+            # autocommit): no BEGIN and COMMIT to send, which on PostgreSQL
+            # are two round trips.
+            return _per_op(ops, self.insert_tasks(bound, tasks))
+        cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
+        try:
+            results = _per_op(ops, self.insert_tasks(bound, tasks))
+            outcomes = [op.outcome for op in ops if isinstance(op, Record)]
+            finished = {o.task_id for o in outcomes}
+            # A task whose outcome is in this batch needs no running mark.
+            marks = [
+                (d.time(op.started), op.attempt, d.pk(op.task_id))
+                for op in ops
+                if isinstance(op, Mark) and op.task_id not in finished
+            ]
+            if marks:
+                bound.executemany(self.sql.mark, marks)
+            self.write_outcomes(bound, outcomes)
+            for i, op in enumerate(ops):
+                if isinstance(op, Call):
+                    results[i] = op.fn(cursor, d)
+            cursor.execute("COMMIT")
+        except BaseException:
+            try:
+                cursor.execute("ROLLBACK")
+            except Exception:  # noqa: S110 - the first error is the one raised
+                logger.debug("rollback failed", exc_info=True)
+            raise
+        return results
+
+    def insert_tasks(self, cursor: Any, tasks: Sequence[NewTask]) -> list[Ready]:
+        """Insert the tasks not already there, on `cursor`; the ones inserted, as Ready."""
+        if not tasks:  # an empty push: no statement (PostgreSQL's takes no empty arrays)
+            return []
+        d = self.dialect
+        now = d.time(time.time())
+        node = self.node
+        rows = [  # the bound values of TASK_ROW, in its order
+            (
+                d.pk(t.id),
+                t.name,
+                t.queue,
+                t.priority,
+                t.payload,
+                t.args_repr,
+                t.max_retries,
+                t.timeout,
+                now,
+                None if t.run_after is None else d.time(t.run_after),
+                node,
+                t.code_version,
+            )
+            for t in tasks
+        ]
+        if len(rows) == 1:  # the rowcount says whether it was new
+            cursor.execute(self._insert_sql(1, returning=False), rows[0])
+            fresh: Sequence[NewTask] = tasks if cursor.rowcount == 1 else ()
+        elif not d.sqlite:
+            # One array per column: psycopg parses a statement of thousands of
+            # placeholders anew in Python on each call, but not ten of them.
+            columns = list(zip(*[[r[i] for i in PG_ARRAY_COLUMNS] for r in rows], strict=True))
+            cursor.execute(PG_INSERT_MANY, (now, node, *map(list, columns)))
+            ids = {key for (key,) in cursor.fetchall()}
+            fresh = _once(tasks, [t.id for t in tasks], ids)
+        else:
+            new: set[Any] = set()
+            for start in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[start : start + INSERT_CHUNK]
+                cursor.execute(
+                    self._insert_sql(len(chunk), returning=True),
+                    [value for row in chunk for value in row],
+                )
+                new.update(key for (key,) in cursor.fetchall())
+            fresh = _once(tasks, [row[0] for row in rows], new)
+        return [
+            Ready(
+                t.id,
+                t.priority,
+                t.queue,
+                t.run_after,
+                Job(t.payload, t.name, 0, t.max_retries, t.timeout),
+            )
+            for t in fresh
+        ]
+
+    def _insert_sql(self, rows: int, returning: bool) -> str:
+        """The insert of `rows` tasks, built once per shape."""
+        key = (rows, returning)
+        sql = self._inserts.get(key)
+        if sql is None:
+            sql = self._inserts[key] = self.sql.insert(rows, returning)
+        return sql
+
+    def write_outcomes(self, cursor: Any, outcomes: list[Outcome]) -> None:
+        """The task's new status and its SuccessTask or FailedTask row, for each outcome."""
+        if not outcomes:
+            return
+        d = self.dialect
+        finishes, successes, failures = [], [], []
+        for o in outcomes:
+            tid = d.pk(o.task_id)
+            if o.succeeded:
+                status = "succeeded"
+            else:
+                status = "failed" if o.final else "queued"
+            finished = d.time(o.finished)
+            started = d.time(o.started)
+            finishes.append((status, started, finished, o.attempt, d.time(o.retry_at), tid))
+            if o.succeeded:
+                successes.append(
+                    (
+                        tid,
+                        o.name,
+                        o.attempt,
+                        started,
+                        finished,
+                        o.finished - o.started,
+                        o.result,
+                        o.result_repr,
+                        o.stdout,
+                        o.stderr,
+                    )
+                )
+            else:
+                failures.append(failure_row(d, o, tid))
+        cursor.executemany(self.sql.finish, finishes)
+        if successes:
+            cursor.executemany(self.sql.success, successes)
+        if failures:
+            cursor.executemany(self.sql.failure, failures)
+
+
+def failure_row(d: Dialect, o: Outcome, task_key: Any = None) -> tuple[Any, ...]:
+    """The bound values of Statements.failure for a failed attempt."""
+    return (
+        d.pk(o.task_id) if task_key is None else task_key,
+        o.name,
+        o.attempt,
+        d.time(o.started),
+        d.time(o.finished),
+        o.exc_type,
+        o.exc_message,
+        o.traceback,
+        o.final,
+        o.stdout,
+        o.stderr,
+    )
+
+
+def _per_op(ops: list[Op], inserted: list[Ready]) -> list[Any]:
+    """One result per op: for an insert, the Ready of its tasks that were new."""
+    if len(ops) == 1:
+        return [inserted]
+    fresh = {r.id: r for r in inserted}
+    return [
+        [r for t in op.tasks if (r := fresh.pop(t.id, None)) is not None]
+        if isinstance(op, Insert)
+        else None
+        for op in ops
+    ]
+
+
+def _once(tasks: Sequence[NewTask], keys: list[Any], inserted: set[Any]) -> list[NewTask]:
+    """The tasks whose key is among those inserted, each key once: a batch
+    that names one id twice inserts it once, and it must run once."""
+    fresh = []
+    for task, key in zip(tasks, keys, strict=True):
+        if key in inserted:
+            inserted.discard(key)
+            fresh.append(task)
+    return fresh

@@ -1,0 +1,217 @@
+"""Every SQL statement the broker runs, in the style of its database.
+
+The statements are written once here with ``%s`` placeholders and turned into
+the driver's style by `Statements` (SQLite's ``?``). Statements whose shape
+depends on a count (an IN list, a multi-row insert) are functions of it. Every
+write to a task's status sits here, so a condition that every status write
+must carry is added in one file.
+"""
+
+from __future__ import annotations
+
+from ..rows import Dialect
+
+#: The columns of a new task's row, each with what the insert puts there: a
+#: placeholder for a value it binds (in `batch.task_rows`' order), or the SQL
+#: of a value every new row shares, which costs no binding.
+TASK_ROW = (
+    ("id", "%s"),
+    ("name", "%s"),
+    ("queue", "%s"),
+    ("priority", "%s"),
+    ("status", "'queued'"),
+    ("payload", "%s"),
+    ("args_repr", "%s"),
+    ("attempts", "0"),
+    ("max_retries", "%s"),
+    ("timeout", "%s"),
+    ("queued_at", "%s"),
+    ("run_after", "%s"),
+    ("started_at", "NULL"),
+    ("finished_at", "NULL"),
+    ("broker", "%s"),
+    ("spooled", "FALSE"),
+    ("code_version", "%s"),
+    ("progress", "NULL"),
+    ("progress_note", "''"),
+)
+#: PostgreSQL inserts a batch from one array per bound column (the queue time
+#: and the broker are one value for all): the indexes of those columns in a row.
+PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11)
+PG_INSERT_MANY = (
+    "INSERT INTO leek_task (id, name, queue, priority, payload, args_repr, max_retries, "
+    "timeout, run_after, code_version, status, attempts, queued_at, started_at, finished_at, "
+    "broker, spooled, progress, progress_note) "
+    "SELECT u.*, 'queued', 0, %s, NULL, NULL, %s, false, NULL, '' FROM unnest("
+    "%s::uuid[], %s::varchar[], %s::varchar[], %s::integer[], %s::bytea[], %s::text[], "
+    "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[]) AS u "
+    "ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+#: The columns of a broker's row that each heartbeat writes.
+NODE_COLUMNS = (
+    "hostname",
+    "host",
+    "port",
+    "pid",
+    "version",
+    "code_version",
+    "workers",
+    "workers_alive",
+    "handled",
+    "healthy",
+    "stopped",
+    "note",
+)
+#: What a claim returns of each task it takes.
+CLAIMED = "RETURNING id, priority, queue, run_after, status, name, attempts, started_at"
+PERIODIC_COLUMNS = (
+    "id",
+    "name",
+    "task",
+    "args",
+    "kwargs",
+    "cron",
+    "every",
+    "queue",
+    "priority",
+    "enabled",
+    "catch_up",
+    "last_run_at",
+    "next_run_at",
+)
+
+
+#: PostgreSQL's estimate of a table's rows, by the table's name (admin/paging.py).
+TABLE_ESTIMATE = "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass"
+#: What precedes a query to have PostgreSQL's planner estimate its rows (admin/paging.py).
+EXPLAIN = "EXPLAIN (FORMAT JSON) "
+#: A statement that only shows the connection answers.
+PROBE = "SELECT 1"
+
+
+class Statements:
+    """The fixed statements, in one database's placeholder style."""
+
+    def __init__(self, d: Dialect) -> None:
+        self.dialect = d
+        q = d.sql
+        self.insert_row = q("(" + ", ".join(value for _, value in TASK_ROW) + ")")
+        self.mark = q(
+            "UPDATE leek_task SET status = 'running', started_at = %s, attempts = %s "
+            "WHERE id = %s AND status = 'queued'"
+        )
+        self.finish = q(
+            "UPDATE leek_task SET status = %s, started_at = %s, finished_at = %s, attempts = %s, "
+            "run_after = COALESCE(%s, run_after) WHERE id = %s"
+        )
+        self.success = q(
+            "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "
+            "duration, result, result_repr, stdout, stderr) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+        self.failure = q(
+            "INSERT INTO leek_failedtask (task_id, name, attempt, started_at, failed_at, "
+            "exc_type, exc_message, traceback, final, requeued_at, stdout, stderr) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s)"
+        )
+        self.progress = q("UPDATE leek_task SET progress = %s, progress_note = %s WHERE id = %s")
+        self.cancel = q(
+            "UPDATE leek_task SET status = 'cancelled', finished_at = %s "
+            "WHERE id = %s AND status = 'queued' RETURNING queue"
+        )
+        self.requeue = q("UPDATE leek_task SET status = 'queued' WHERE id = %s")
+        self.interrupt = q(
+            "UPDATE leek_task SET status = 'queued' WHERE broker = %s AND status = 'running' "
+            "RETURNING id, name, attempts, started_at"
+        )
+        self.owned = q(
+            "SELECT id, priority, queue, run_after FROM leek_task "
+            "WHERE broker = %s AND status IN ('queued', 'running') ORDER BY queued_at"
+        )
+        self.gone = q(
+            "SELECT name, heartbeat_at FROM leek_brokernode WHERE name <> %s "
+            "AND (stopped OR heartbeat_at < %s)"
+        )
+        self.claim_spooled = claim_spooled(d)
+        names = ", ".join(f"{k} = %s" for k in NODE_COLUMNS)
+        self.beat = q(f"UPDATE leek_brokernode SET {names}, heartbeat_at = %s WHERE name = %s")
+        marks = ", ".join(["%s"] * (len(NODE_COLUMNS) + 3))
+        self.first_beat = q(
+            f"INSERT INTO leek_brokernode ({', '.join(NODE_COLUMNS)}, "
+            f"heartbeat_at, started_at, name) VALUES ({marks})"
+        )
+        self.node_row = q(
+            "SELECT hostname, pid, host, port, stopped FROM leek_brokernode WHERE name = %s"
+        )
+        self.periodic_rows = f"SELECT {', '.join(PERIODIC_COLUMNS)} FROM leek_periodictask"
+        self.schedule_insert = q(
+            "INSERT INTO leek_periodictask (name, task, args, kwargs, cron, every, queue, "
+            "priority, enabled, catch_up, from_settings, last_run_at, next_run_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, NULL) "
+            "ON CONFLICT (name) DO NOTHING"
+        )
+        self.schedule_update = q(
+            "UPDATE leek_periodictask SET next_run_at = CASE WHEN cron <> %s "
+            "OR COALESCE(every, -1) <> %s OR enabled <> %s THEN NULL "
+            "ELSE next_run_at END, task = %s, args = %s, kwargs = %s, cron = %s, "
+            "every = %s, queue = %s, priority = %s, enabled = %s, catch_up = %s, "
+            "from_settings = %s WHERE name = %s"
+        )
+        self.next_run_from_null = q(
+            "UPDATE leek_periodictask SET next_run_at = %s WHERE id = %s AND next_run_at IS NULL"
+        )
+        self.next_run_from = q(
+            "UPDATE leek_periodictask SET next_run_at = %s WHERE id = %s AND next_run_at = %s"
+        )
+        claim = (
+            "next_run_at = %s WHERE id = %s AND next_run_at = %s AND enabled AND cron = %s "
+            "AND COALESCE(every, -1) = %s"
+        )
+        self.claim_run = q(f"UPDATE leek_periodictask SET last_run_at = %s, {claim}")
+        self.skip_run = q(f"UPDATE leek_periodictask SET {claim}")
+
+    def insert(self, rows: int, returning: bool) -> str:
+        """INSERT of `rows` tasks that skips ids already there."""
+        return (
+            f"INSERT INTO leek_task ({', '.join(c for c, _ in TASK_ROW)}) VALUES "
+            + ", ".join([self.insert_row] * rows)
+            + " ON CONFLICT (id) DO NOTHING"
+            + (" RETURNING id" if returning else "")
+        )
+
+    def jobs(self, count: int) -> str:
+        """The status and job of `count` tasks by id."""
+        return (
+            "SELECT id, status, payload, name, attempts, max_retries, timeout "
+            "FROM leek_task WHERE id IN (" + ", ".join([self.dialect.ph] * count) + ")"
+        )
+
+    def adopt(self, brokers: int) -> str:
+        """Claim the unfinished tasks of `brokers` gone brokers."""
+        marks = ", ".join(["%s"] * brokers)
+        return self.dialect.sql(
+            "UPDATE leek_task SET broker = %s "
+            f"WHERE broker IN ({marks}) AND status IN ('queued', 'running') {CLAIMED}"
+        )
+
+    def unschedule(self, keep: int) -> str:
+        """Delete the rows synced from settings but those of `keep` names."""
+        where = f" AND name NOT IN ({', '.join([self.dialect.ph] * keep)})" if keep else ""
+        return f"DELETE FROM leek_periodictask WHERE from_settings{where}"
+
+
+def claim_spooled(d: Dialect) -> str:
+    """The sweep's claim of spooled tasks, in `d`'s SQL.
+
+    The claim must read only the partial index of spooled rows (the broker's
+    own inserts are never in it), however many tasks wait. SQLite, which keeps
+    no statistics, uses a partial index only for a query that repeats its
+    condition, and Django writes that condition as "spooled" (5.2) or
+    "spooled" = 1 (6.x): the claim repeats both. `status || ''` keeps the
+    planner off the status index, which would otherwise walk every queued
+    task, at every sweep, inside a write."""
+    spooled = "spooled AND spooled = 1" if d.sqlite else "spooled"
+    return d.sql(
+        "UPDATE leek_task SET broker = %s, spooled = %s "
+        f"WHERE {spooled} AND status || '' = 'queued' {CLAIMED}"
+    )
