@@ -9,6 +9,7 @@ payload is never shown. The package's other modules:
 * `actions`: cancel, retry and run again, each after a confirmation page;
 * `dashboard`: the task dashboard;
 * `create`: the "Create a task" page;
+* `runs`: the successes and failed attempts of tasks, as lists and inlines;
 * `paging`: lists that never run a full COUNT(*) on tables of millions of rows;
 * `display`: status badges, compact times, durations, text.
 """
@@ -30,14 +31,14 @@ from .. import conf
 from ..models import BrokerNode, Event, FailedTask, PeriodicTask, SuccessTask, Task
 from . import create, dashboard
 from .actions import cancel_tasks, requeue_tasks, retry_tasks
-from .display import badge, between, pre, seconds, task_link, time_column
+from .display import badge, between, pre, time_column
 from .paging import BigList, RecentValuesFilter
+from .runs import FailureInline, ReadOnly, SuccessInline
 
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[Any]
-    StackedInline = admin.StackedInline[Any, Any]
 else:
-    ModelAdmin, StackedInline = admin.ModelAdmin, admin.StackedInline
+    ModelAdmin = admin.ModelAdmin
 
 TASK_FIELDS = (
     "id",
@@ -62,81 +63,6 @@ TIMING_FIELDS = (
 
 if admin.site.index_template is None:
     admin.site.index_template = "admin/leek/index.html"
-
-
-class ReadOnly:
-    """Rows written by brokers: viewable, never edited by hand."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_steer_permission(self, request: HttpRequest) -> bool:
-        """May cancel, retry and requeue tasks."""
-        return bool(request.user.has_perm("leek.change_task"))
-
-
-class RunInline(ReadOnly, StackedInline):
-    extra = 0
-    can_delete = False
-    show_change_link = True
-    ordering = ["attempt", "id"]
-
-    @admin.display(description="stdout")
-    def stdout_text(self, obj: SuccessTask | FailedTask) -> SafeString | str:
-        return pre(obj.stdout)
-
-    @admin.display(description="stderr")
-    def stderr_text(self, obj: SuccessTask | FailedTask) -> SafeString | str:
-        return pre(obj.stderr)
-
-
-class SuccessInline(RunInline):
-    model = SuccessTask
-    verbose_name_plural = "successful runs"
-    fields = readonly_fields = (
-        "attempt",
-        "started_at",
-        "finished_at",
-        "duration_text",
-        "result_text",
-        "stdout_text",
-        "stderr_text",
-    )
-
-    @admin.display(description="duration")
-    def duration_text(self, obj: SuccessTask) -> str:
-        return seconds(obj.duration)
-
-    @admin.display(description="return value")
-    def result_text(self, obj: SuccessTask) -> SafeString | str:
-        return pre(obj.result_repr)
-
-
-class FailureInline(RunInline):
-    model = FailedTask
-    verbose_name_plural = "failed attempts"
-    fields = readonly_fields = (
-        "attempt",
-        "started_at",
-        "failed_at",
-        "error",
-        "traceback_text",
-        "stdout_text",
-        "stderr_text",
-        "final",
-        "requeued_at",
-    )
-
-    @admin.display(description="error")
-    def error(self, obj: FailedTask) -> str:
-        return f"{obj.exc_type}: {obj.exc_message}"
-
-    @admin.display(description="traceback")
-    def traceback_text(self, obj: FailedTask) -> SafeString | str:
-        return pre(obj.traceback)
 
 
 @admin.register(Task)
@@ -273,129 +199,6 @@ class TaskAdmin(ReadOnly, BigList):
     def stderr(self, obj: Task) -> SafeString | str:
         run = self._last_run(obj)
         return pre(run.stderr) if run else "-"
-
-
-@admin.register(SuccessTask)
-class SuccessTaskAdmin(ReadOnly, BigList):
-    list_display = [
-        "id",
-        "task_column",
-        "name",
-        "queue",
-        "attempt",
-        "started",
-        "finished",
-        "duration_text",
-        "result_short",
-    ]
-    list_filter = [("name", RecentValuesFilter), ("finished_at", admin.DateFieldListFilter)]
-    list_select_related = ["task"]
-    search_fields = ["name", "result_repr"]
-    search_help_text = "A task id, or words of the task's name or return value."
-    ordering = ["-finished_at"]
-    date_field = "finished_at"
-    sortable_by = ["finished"]
-    actions = [requeue_tasks]
-    fields = readonly_fields = (
-        "task_column",
-        "name",
-        "attempt",
-        "started_at",
-        "finished_at",
-        "duration_text",
-        "result_text",
-        "stdout_text",
-        "stderr_text",
-    )
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[SuccessTask]:
-        return super().get_queryset(request).defer("result", "task__payload")
-
-    started = time_column("started_at", "started")
-    finished = time_column("finished_at", "finished", day_of="started_at")
-
-    @admin.display(description="task")
-    def task_column(self, obj: SuccessTask) -> SafeString:
-        return task_link(obj.task_id, str(obj.task_id)[:8])
-
-    @admin.display(description="queue")
-    def queue(self, obj: SuccessTask) -> str:
-        return obj.task.queue
-
-    @admin.display(description="duration")
-    def duration_text(self, obj: SuccessTask) -> str:
-        return seconds(obj.duration)
-
-    @admin.display(description="return value")
-    def result_short(self, obj: SuccessTask) -> str:
-        text = obj.result_repr
-        return text if len(text) <= 60 else text[:59] + "…"
-
-    @admin.display(description="return value")
-    def result_text(self, obj: SuccessTask) -> SafeString | str:
-        return pre(obj.result_repr)
-
-    stdout_text = RunInline.stdout_text
-    stderr_text = RunInline.stderr_text
-
-
-@admin.register(FailedTask)
-class FailedTaskAdmin(ReadOnly, BigList):
-    list_display = [
-        "id",
-        "task_column",
-        "name",
-        "queue",
-        "attempt",
-        "exc_type",
-        "message",
-        "failed",
-        "final",
-        "requeued",
-    ]
-    list_filter = [
-        "final",
-        ("name", RecentValuesFilter),
-        ("exc_type", RecentValuesFilter),
-        ("failed_at", admin.DateFieldListFilter),
-    ]
-    list_select_related = ["task"]
-    search_fields = ["name", "exc_type", "exc_message"]
-    search_help_text = "A task id, or words of the task's name or error."
-    ordering = ["-failed_at"]
-    date_field = "failed_at"
-    sortable_by = ["failed"]
-    actions = [retry_tasks, requeue_tasks]
-    fields = readonly_fields = (
-        "task_column",
-        "name",
-        "attempt",
-        "started_at",
-        "failed_at",
-        "exc_type",
-        "exc_message",
-        "traceback_text",
-        "stdout_text",
-        "stderr_text",
-        "final",
-        "requeued_at",
-    )
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[FailedTask]:
-        return super().get_queryset(request).defer("task__payload")
-
-    task_column = SuccessTaskAdmin.task_column
-    failed = time_column("failed_at", "failed")
-    requeued = time_column("requeued_at", "requeued", day_of="failed_at")
-    queue = SuccessTaskAdmin.queue
-    stdout_text = RunInline.stdout_text
-    stderr_text = RunInline.stderr_text
-    traceback_text = FailureInline.traceback_text
-
-    @admin.display(description="message")
-    def message(self, obj: FailedTask) -> str:
-        text = obj.exc_message
-        return text if len(text) <= 60 else text[:59] + "…"
 
 
 @admin.register(BrokerNode)

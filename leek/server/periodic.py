@@ -5,7 +5,7 @@ and from the admin. Every broker reads the rows about once a second and keeps
 ``next_run_at`` right: it is computed for a new row, recomputed when a row's
 schedule changes, and cleared while a row is disabled.
 
-A run is claimed with a conditional update of its row (`Store.claim_run`):
+A run is claimed with a conditional update of its row (`Store.periodic.claim`):
 last_run_at and next_run_at move on only while next_run_at is still the due
 time and the schedule is as read, in one transaction of the store's together
 with the insert of its task. So when several brokers share a database exactly
@@ -145,7 +145,7 @@ class Periodic:
                 )
         keep = list(entries) + [str(n) for n in self.schedule if str(n) not in entries]
 
-        self.store.sync_schedule(entries, keep).wait(WRITE_TIMEOUT)
+        self.store.periodic.sync(entries, keep).wait(WRITE_TIMEOUT)
         self._stale = True
         if entries or errors:
             logger.info(
@@ -160,7 +160,7 @@ class Periodic:
     def reload(self, now: float) -> None:
         """Read every row; give new, changed and re-enabled rows their next time."""
         d = self.store.dialect
-        fetched = self.store.periodic_rows()
+        fetched = self.store.periodic.rows()
         rows: dict[int, Row] = {}
         fixes: list[tuple[Row, float | None]] = []
         for raw in fetched:
@@ -213,7 +213,7 @@ class Periodic:
 
     def _set_next(self, fixes: list[tuple[Row, float | None]]) -> None:
         changes = [(row.id, row.next_raw, nxt) for row, nxt in fixes]
-        written = self.store.set_next_runs(changes).wait(WRITE_TIMEOUT)
+        written = self.store.periodic.set_next(changes).wait(WRITE_TIMEOUT)
         for (row, nxt), ok in zip(fixes, written, strict=True):
             if ok:
                 row.next_run_at, row.next_raw = nxt, self.store.dialect.time(nxt)
@@ -248,7 +248,9 @@ class Periodic:
         run = row.catch_up or not missed
         task = self._task(row, due, now) if run else None
         d = self.store.dialect
-        claim = self.store.claim_run(row.id, (row.next_raw, row.cron, row.every), due, nxt, task)
+        claim = self.store.periodic.claim(
+            row.id, (row.next_raw, row.cron, row.every), due, nxt, task
+        )
         ready = claim.wait(WRITE_TIMEOUT)
         if ready is None:
             return False

@@ -10,8 +10,9 @@ thread of its own, so a client's acknowledgement never waits behind a batch
 of outcomes and a slow outcome (a locked row) holds no client. SQLite takes
 one writer at a time, so there both lanes are one.
 
-Reads (`jobs`, `owned`, `periodic_rows`, `node_row`, `counts`) run on the calling
-thread's own Django connection and see what the lanes committed.
+Reads (`jobs`, `owned`, `node_row`, `counts`) run on the calling thread's own
+Django connection and see what the lanes committed. The PeriodicTask rows'
+reads and writes are `Store.periodic`'s (periodic.py).
 
 The statements are in sql.py, the writing of a batch in batch.py; no other
 module of leek writes SQL (migrations aside).
@@ -19,7 +20,6 @@ module of leek writes SQL (migrations aside).
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +31,8 @@ from ..groupcommit import DATABASE_ERRORS, GroupCommit
 from ..ops import Call, Done, Insert, Mark, Record, Waiter
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from .batch import Writes
+from .cursor import raw_cursor
+from .periodic import PeriodicRows
 from .sql import NODE_COLUMNS, Statements
 
 __all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
@@ -46,15 +48,6 @@ INTERRUPTED = "leek.exceptions.Interrupted"
 #: A cut-short attempt's traceback, final flag, stdout and stderr.
 NO_OUTPUT = ("", False, "", "")
 
-#: A PeriodicTask row's change of next_run_at: (id, next_run_at as read, new time).
-NextRun = tuple[int, Any, float | None]
-
-
-def raw_cursor() -> Any:
-    """A DB-API cursor on this thread's Django connection."""
-    connection.ensure_connection()
-    return connection.connection.cursor()
-
 
 class Store:
     """The broker's reads and writes, the writes group-committed in two lanes."""
@@ -68,6 +61,7 @@ class Store:
         self.outcomes = (
             self.tasks if self.dialect.sqlite else GroupCommit("leek-outcomes", self.writes)
         )
+        self.periodic = PeriodicRows(self)
         self._checkpointed = 0
 
     @property
@@ -332,90 +326,3 @@ class Store:
                 for r in rows
             ],
         )
-
-    # -- periodic tasks --------------------------------------------------------
-
-    def sync_schedule(self, entries: dict[str, dict[str, Any]], keep: list[str]) -> Waiter:
-        """Write LEEK["SCHEDULE"]'s entries into rows marked from_settings
-        (a changed schedule clears next_run_at); delete the other such rows
-        but those named in `keep`."""
-        sql = self.sql
-
-        def write(cursor: Any, d: Dialect) -> None:
-            for name, v in entries.items():
-                row = (
-                    json.dumps(v["args"]),
-                    json.dumps(v["kwargs"]),
-                    v["cron"],
-                    v["every"],
-                    v["queue"],
-                    v["priority"],
-                    v["enabled"],
-                    v["catch_up"],
-                )
-                cursor.execute(sql.schedule_insert, (name, v["task"], *row, True))
-                every = -1 if v["every"] is None else v["every"]
-                cursor.execute(
-                    sql.schedule_update,
-                    (v["cron"], every, v["enabled"], v["task"], *row, True, name),
-                )
-            cursor.execute(sql.unschedule(len(keep)), keep)
-
-        return self.call(write)
-
-    def periodic_rows(self) -> list[tuple[Any, ...]]:
-        """Every PeriodicTask row, its columns in sql.PERIODIC_COLUMNS' order."""
-        cursor = raw_cursor()
-        try:
-            cursor.execute(self.sql.periodic_rows)
-            return list(cursor.fetchall())
-        finally:
-            cursor.close()
-
-    def set_next_runs(self, changes: list[NextRun]) -> Waiter:
-        """Set each row's next_run_at, where it is still as read; the value
-        says, for each change, whether it was written."""
-        sql = self.sql
-
-        def write(cursor: Any, d: Dialect) -> list[bool]:
-            done = []
-            for row_id, old, nxt in changes:
-                if old is None:
-                    cursor.execute(sql.next_run_from_null, (d.time(nxt), row_id))
-                else:
-                    cursor.execute(sql.next_run_from, (d.time(nxt), row_id, old))
-                done.append(cursor.rowcount == 1)
-            return done
-
-        return self.call(write)
-
-    def claim_run(
-        self,
-        row_id: int,
-        schedule: tuple[Any, str, float | None],
-        due: float,
-        nxt: float | None,
-        task: NewTask | None,
-    ) -> Waiter:
-        """Claim the run of a periodic row due at `due` and insert its `task`
-        (None: the run is skipped, only next_run_at moves on) in one transaction.
-
-        The claim holds only while the row is as read: `schedule` is its
-        (next_run_at as stored, cron, every). The value is the task inserted
-        as Ready (none for a skipped run), or None when another broker
-        claimed the run first or the row changed."""
-        sql = self.sql
-        stored, cron, every = schedule
-        writes = self.writes
-
-        def write(cursor: Any, d: Dialect) -> list[Ready] | None:
-            where = (d.time(nxt), row_id, stored, cron, -1 if every is None else every)
-            if task is not None:
-                cursor.execute(sql.claim_run, (d.time(due), *where))
-            else:
-                cursor.execute(sql.skip_run, where)
-            if cursor.rowcount != 1:
-                return None
-            return [] if task is None else writes.insert_tasks(cursor, [task])
-
-        return self.call(write)
