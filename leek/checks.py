@@ -21,7 +21,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     settings = conf.get_settings()
-    for key, least in (("WORKERS", 0), ("PORT", 1), ("MAX_FRAME", 1)):
+    for key, least in (
+        ("WORKERS", 0),
+        ("PORT", 1),
+        ("MAX_FRAME", 1),
+        ("MAX_TASKS_PER_CHILD", 0),
+        ("MAX_MEMORY_PER_CHILD", 0),
+    ):
         if not isinstance(settings[key], int) or settings[key] < least:
             errors.append(
                 checks.Error(
@@ -44,6 +50,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 f"LEEK['FALLBACK'] is {settings['FALLBACK']!r}.",
                 hint='Use "database" or "raise".',
                 id="leek.E004",
+            )
+        )
+    if settings["POOL"] not in ("threads", "processes"):
+        errors.append(
+            checks.Error(
+                f"LEEK['POOL'] is {settings['POOL']!r}.",
+                hint='Use "threads" or "processes".',
+                id="leek.E006",
             )
         )
     if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:

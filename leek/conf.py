@@ -35,6 +35,15 @@ DEFAULTS: dict[str, Any] = {
     # none; they run when it starts again with workers, or on another broker
     # that adopts them once this one has stopped or gone silent.
     "WORKERS": 4,
+    # Where tasks run: "threads" runs them on the worker threads, in the
+    # broker's process; "processes" gives each worker thread a process of its
+    # own to run them in (crash isolation, hard time limits, every core).
+    "POOL": "threads",
+    # processes pool: tasks a worker process runs before a fresh one replaces
+    # it, and the resident memory in MiB past which it is replaced after its
+    # task (0: no limit).
+    "MAX_TASKS_PER_CHILD": 0,
+    "MAX_MEMORY_PER_CHILD": 0,
     # How many times a task that raises is run again (0 = run once).
     "MAX_RETRIES": 3,
     # Backoff before retry n: min(RETRY_BACKOFF * 2**(n-1), RETRY_BACKOFF_MAX)

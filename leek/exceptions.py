@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 
@@ -72,8 +73,43 @@ class TaskFailed(LeekError):
         return f"{head}\n\nRemote traceback:\n{self.traceback}" if self.traceback else head
 
 
-class TaskTimeout(LeekError):
-    """The task ran past its time limit."""
+class TaskTimeout(BaseException):  # noqa: N818 - named for what happened, like TimeoutError
+    """The task ran past its time limit.
+
+    A BaseException, like KeyboardInterrupt: a task's ``except Exception``
+    does not swallow its time limit."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
+
+
+class WorkerLost(LeekError):
+    """The process running the task died before the task ended."""
+
+    def __init__(self, message: str | None = None, *, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        #: The process's exit status, or minus the signal that killed it (as
+        #: multiprocessing gives it); None when unknown.
+        self.exitcode = exitcode
+
+    @classmethod
+    def of(cls, exitcode: int | None) -> WorkerLost:
+        """The error for a process that ended with `exitcode`."""
+        if exitcode is None:
+            how = "for an unknown reason"
+        elif exitcode < 0:
+            try:
+                name = signal.Signals(-exitcode).name
+            except ValueError:
+                name = f"signal {-exitcode}"
+            how = f"killed by {name} ({-exitcode})"
+        else:
+            how = f"exited with status {exitcode}"
+        return cls(f"the worker process running the task {how}", exitcode=exitcode)
+
+
+class WorkerUnavailable(LeekError):
+    """A worker process cannot start."""
 
 
 class Interrupted(LeekError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
 
-class _ProgressSink(Protocol):
+class ProgressSink(Protocol):
     def progress(self, task_id: uuid.UUID, percent: float, note: str) -> None: ...
 
 
@@ -23,7 +23,7 @@ class TaskContext:
     id: uuid.UUID
     name: str
     attempt: int
-    sink: _ProgressSink | None = None
+    sink: ProgressSink | None = None
     node: str = ""  # the broker running it
 
 

@@ -177,10 +177,20 @@ def broker_factory(
             sys.stderr.write(process.output())
 
 
+#: Runs a test once with each worker pool: for behaviour both pools share.
+BOTH_POOLS = pytest.mark.parametrize("pool", ["threads", "processes"])
+
+
 @pytest.fixture
-def broker(broker_factory: BrokerFactory) -> BrokerProcess:
-    """One running broker."""
-    return broker_factory()
+def pool() -> str:
+    """The worker pool of `broker`: threads, unless the test is marked BOTH_POOLS."""
+    return "threads"
+
+
+@pytest.fixture
+def broker(broker_factory: BrokerFactory, pool: str) -> BrokerProcess:
+    """One running broker, of the test's worker pool."""
+    return broker_factory(LEEK_POOL=pool)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:

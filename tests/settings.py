@@ -26,6 +26,12 @@ else:
 if os.environ.get("LEEK_BROKER_TEST_DB"):
     _default["NAME"] = os.environ["LEEK_BROKER_TEST_DB"]
 
+if os.environ.get("LEEK_TEST_BREAK_WORKER_PROCESS"):
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        raise ImportError("these settings cannot be imported in a worker process (as a test asks)")
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Django 6.0 takes plain addresses and deprecates (name, address) pairs.
 ADMINS = ["admins@example.com"] if django.VERSION >= (6,) else [("admins", "admins@example.com")]

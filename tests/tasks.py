@@ -109,3 +109,63 @@ def log_mark(mark: str) -> str:
 
     Event.objects.create(kind="mark", message=mark)
     return mark
+
+
+def pid() -> int:
+    """The process the task runs in."""
+    return os.getpid()
+
+
+def exit_now(status: int) -> None:
+    """End the process at once, as a crashing C extension or os._exit would."""
+    os._exit(status)
+
+
+def segfault() -> None:
+    """Die of SIGSEGV, as a broken C extension does."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(5)
+
+
+def nap_through(seconds: float) -> str:
+    """Sleep in short naps, swallowing every Exception: a time limit must still stop it."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.05)
+        except Exception:  # noqa: S112 - the task under test swallows what it can
+            continue
+    return "slept through"
+
+
+_HOARD: list[bytes] = []
+
+
+def hoard(megabytes: int) -> int:
+    """Keep `megabytes` MiB alive in the process for good; its pid."""
+    _HOARD.append(b"x" * megabytes * 1024 * 1024)
+    return os.getpid()
+
+
+def shell_echo(text: str) -> int:
+    """Print through a subprocess and through C's stdio, not Python's sys.stdout."""
+    import ctypes
+    import subprocess
+
+    subprocess.run(["echo", text], check=True)  # noqa: S603, S607
+    libc = ctypes.CDLL(None)
+    libc.printf(b"from C\n")
+    libc.fflush(None)
+    return os.getpid()
+
+
+def sleep_once(path: str, seconds: float) -> str:
+    """Sleep on the first run only (marked by a file holding its pid); later runs
+    return at once."""
+    if os.path.exists(path):
+        return "ran again"
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "first run"

@@ -15,10 +15,15 @@ from .output import OK, UNHEALTHY, UNREACHABLE, emit
 
 
 def add_start_arguments(parser: argparse.ArgumentParser) -> None:
-    """--host, --port and --workers, each overriding its LEEK setting."""
+    """--host, --port, --workers and --pool, each overriding its LEEK setting."""
     parser.add_argument("--host", help="address to listen on (LEEK_HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (LEEK_PORT)")
     parser.add_argument("--workers", type=int, help="worker threads (LEEK_WORKERS)")
+    parser.add_argument(
+        "--pool",
+        choices=("threads", "processes"),
+        help="run tasks on the worker threads or in a process each (LEEK_POOL)",
+    )
 
 
 def add_queue_argument(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +51,7 @@ def run_start(options: argparse.Namespace) -> int:
     from ..server.broker import Broker
 
     try:
-        broker = Broker(options.host, options.port, options.workers)
+        broker = Broker(options.host, options.port, options.workers, options.pool)
     except OSError as exc:  # the address is taken, or not this machine's
         host = options.host or conf.get("HOST")
         port = conf.get("PORT") if options.port is None else options.port

@@ -61,7 +61,11 @@ class Broker:
     """One broker process: server, writer, workers, delayed tasks and duties."""
 
     def __init__(
-        self, host: str | None = None, port: int | None = None, workers: int | None = None
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        workers: int | None = None,
+        pool: str | None = None,
     ) -> None:
         settings = conf.get_settings()
         self.host = host or str(settings["HOST"])
@@ -95,7 +99,8 @@ class Broker:
         self.store = Store(self.node, self.route)
         self.periodic = Periodic(self.store, self.route)
         size = int(settings["WORKERS"] if workers is None else workers)
-        self.pool = Pool(self.store, self.dispatcher, size, self.delayed.add)
+        kind = str(settings["POOL"] if pool is None else pool)
+        self.pool = Pool(self.store, self.dispatcher, size, self.delayed.add, kind)
         self.duties = Duties()
         self.server = Server((self.host, self.port), self)
         self.port = self.server.server_address[1]
@@ -156,10 +161,11 @@ class Broker:
         )
         thread.start()
         logger.info(
-            "broker listening node=%s address=%s:%s workers=%s interrupted=%s pid=%s",
+            "broker listening node=%s address=%s:%s pool=%s workers=%s interrupted=%s pid=%s",
             self.node,
             self.host,
             self.port,
+            self.pool.kind,
             self.pool.size,
             interrupted,
             os.getpid(),
@@ -235,8 +241,10 @@ class Broker:
             "pid": os.getpid(),
             "version": __version__,
             "code_version": self.code_version,
+            "pool": self.pool.kind,
             "workers": self.pool.size,
             "workers_alive": self.pool.alive(),
+            "workers_stuck": len(self.pool.stuck),
             "handled": sum(self.pool.handled.values()),
             "healthy": ok,
             "stopped": stopped,
@@ -252,8 +260,13 @@ class Broker:
     # -- verbs ---------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
+        if self.pool.broken:
+            return False, self.pool.broken
         alive, size = self.pool.alive(), self.pool.size
         if alive < size:
+            stuck = len(self.pool.stuck)
+            if stuck:
+                return False, f"{stuck} of {size} worker threads are stuck past a time limit"
             return False, f"{size - alive} of {size} worker threads are dead"
         written, error = self.store.health()
         if not written:
@@ -321,8 +334,10 @@ class Broker:
             "healthy": ok,
             "message": message,
             "uptime": round(time.time() - self.started, 3),
+            "pool": self.pool.kind,
             "workers": self.pool.size,
             "workers_alive": self.pool.alive(),
+            "workers_stuck": len(self.pool.stuck),
             "running": len(self.pool.busy()),
             "waiting": dict(waiting),
             "payloads_in_memory": self.dispatcher.held(),

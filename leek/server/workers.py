@@ -1,10 +1,23 @@
-"""The worker threads: run a task, record its success or failure, retry it.
+"""The workers: threads that take ready tasks and run them, on themselves or in a process.
 
-Each worker takes the next ready task from the dispatcher, loads its payload
-(from memory, or a page of payloads from the database), runs it with its
-stdout and stderr captured, and hands the outcome to the store. A task
-that raises is retried after an exponential backoff with jitter until its
-retries are exhausted; then it fails for good and the ON_FAILURE hooks run.
+Each worker is a thread of the broker. It takes the next ready task from the
+dispatcher, loads its payload (from memory, or a page of payloads from the
+database), shows it running, and has it run once (attempt.py): on the thread
+itself with POOL "threads", or in the worker process the thread drives with
+POOL "processes" (process.py), so that task code never runs in the broker's
+interpreter. Either way the Result becomes the attempt's Outcome here: a
+failure is retried after an exponential backoff with jitter until the task's
+retries are exhausted, then it fails for good and the ON_FAILURE hooks run, in
+the broker, whichever pool ran it.
+
+Time limits. A worker process is killed at its task's limit (process.py). A
+thread cannot be killed: the watchdog (`Pool.watch`, a broker duty) raises
+TaskTimeout in it, which pure-Python code meets at its next bytecode and a
+blocking C call only when it returns. The attempt is recorded by the thread
+itself when it stops, so a task is never recorded failed while its code still
+runs. A thread still running STUCK_AFTER seconds past its limit is stuck: it
+is no longer counted, and a new thread takes its place while fewer than
+`size` threads are stuck; past that, the broker reports itself unhealthy.
 """
 
 from __future__ import annotations
@@ -14,42 +27,51 @@ import logging
 import random
 import threading
 import time
-import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
 from .. import conf
-from ..exceptions import PayloadError, Retry, TaskTimeout
-from ..protocol.payload import dump_value, load_task
-from ..runtime import CapturedOutput, TaskContext, bind_context
+from ..exceptions import TaskTimeout, WorkerUnavailable
+from ..runtime import CapturedOutput
+from .attempt import Attempt, Result, perform, timed_out
 from .dispatch import Dispatcher
 from .notify import notify_admins
+from .process import WorkerProcess
 from .rows import Job, Outcome, Ready
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
+#: Where tasks run: on the worker threads, or in a process each thread drives.
+POOLS = ("threads", "processes")
+#: Seconds past its time limit after which a thread that has not stopped is stuck.
+STUCK_AFTER = 5.0
+#: Seconds a worker waits before it starts a process again after one could not
+#: start: the first wait, doubled after each failure up to the last.
+RESTART_FIRST = 1.0
+RESTART_MAX = 30.0
+
 
 class Running:
-    """What one worker is running now, for the time-limit watchdog."""
+    """What one worker is running now, for the watchdog and the stats."""
 
-    __slots__ = ("task_id", "name", "started", "deadline", "attempt", "abandoned")
+    __slots__ = ("task_id", "name", "started", "deadline", "attempt", "timed_out", "done")
 
     def __init__(
         self, task_id: uuid.UUID, name: str, started: float, deadline: float | None, attempt: int
     ) -> None:
         self.task_id, self.name, self.started = task_id, name, started
         self.deadline, self.attempt = deadline, attempt
-        self.abandoned = False
+        self.timed_out = 0.0  # when the watchdog raised TaskTimeout in the thread
+        self.done = False
 
 
 class Pool:
-    """WORKERS threads serving the dispatcher; a worker that dies or overruns is replaced."""
+    """`size` worker threads serving the dispatcher; one that dies is replaced."""
 
     def __init__(
         self,
@@ -57,23 +79,35 @@ class Pool:
         dispatcher: Dispatcher,
         size: int,
         retry_later: Callable[[list[Ready]], None],
+        kind: str = "threads",
     ) -> None:
+        if kind not in POOLS:
+            raise ValueError(f"POOL must be one of {', '.join(POOLS)}, got {kind!r}")
         self.store = store
         self.dispatcher = dispatcher
         self.size = size
+        self.kind = kind
         self.retry_later = retry_later
         self.handled: Counter[str] = Counter()
         self.running: dict[threading.Thread, Running | None] = {}
+        self.stuck: set[threading.Thread] = set()
+        self.processes: dict[threading.Thread, WorkerProcess] = {}
+        self.broken = ""  # why worker processes cannot start, while they cannot
         self._lock = threading.Lock()
-        self._stopping = False
+        self._stopping = threading.Event()
+        self._halted = False  # the stop's grace is over: killed attempts are not outcomes
         self._seq = 0
         settings = conf.get_settings()
         self.default_timeout: float | None = settings["TIMEOUT"]
         self.capture_limit = int(settings["CAPTURE_LIMIT"])
+        self.max_tasks = int(settings["MAX_TASKS_PER_CHILD"])
+        self.max_memory = int(settings["MAX_MEMORY_PER_CHILD"])
         self.no_retry = tuple(import_string(path) for path in settings["NO_RETRY"])
         self.hooks = [import_string(path) for path in settings["ON_FAILURE"]]
         if settings["NOTIFY_ADMINS_ON_FAILURE"]:
             self.hooks.append(notify_admins)
+
+    # -- life ----------------------------------------------------------------
 
     def start(self) -> None:
         for _ in range(self.size):
@@ -88,86 +122,109 @@ class Pool:
             self.running[thread] = None
         thread.start()
 
-    def alive(self) -> int:
-        with self._lock:
-            return sum(
-                1 for t, r in self.running.items() if t.is_alive() and not (r and r.abandoned)
-            )
-
-    def busy(self) -> list[Running]:
-        with self._lock:
-            return [r for r in self.running.values() if r is not None and not r.abandoned]
-
     def stop(self, grace: float) -> list[Running]:
-        """Stop taking tasks; wait up to `grace` seconds; return what still runs."""
-        self._stopping = True
+        """Stop taking tasks; wait up to `grace` seconds for the running ones;
+        kill the worker processes still running one. Returns what still ran."""
+        self._stopping.set()
         self.dispatcher.close()
         deadline = time.monotonic() + grace
         for thread in list(self.running):
             thread.join(max(0.0, deadline - time.monotonic()))
-        return self.busy()
+        left = self.busy()
+        if self.kind == "processes":
+            self._halted = True  # their tasks stay running: the next start requeues them
+            for process in list(self.processes.values()):
+                process.halt()
+            for thread in list(self.running):
+                thread.join(1.0)
+        return left
+
+    # -- what the broker reports -----------------------------------------------
+
+    def alive(self) -> int:
+        """Workers able to take a task: threads alive, not stuck, whose
+        process (in processes mode) could start."""
+        with self._lock:
+            threads = sum(1 for t in self.running if t.is_alive())
+        return 0 if self.broken else threads
+
+    def busy(self) -> list[Running]:
+        with self._lock:
+            return [r for r in self.running.values() if r is not None and not r.done]
+
+    # -- the watchdog ----------------------------------------------------------
 
     def watch(self) -> None:
-        """Time out overrunning tasks and replace dead or stuck workers (a broker duty)."""
+        """Stop threads past their time limit; set aside stuck threads and
+        replace them; replace dead workers (a broker duty)."""
         now = time.time()
-        for thread, run in list(self.running.items()):
-            if run is not None and not run.abandoned and run.deadline and now > run.deadline:
-                self._time_out(thread, run)
-            elif not thread.is_alive() and not self._stopping:
-                with self._lock:
-                    self.running.pop(thread, None)
-                logger.error(
-                    "worker thread died thread=%s", thread.name, extra={"action": "worker_died"}
-                )
+        replace = 0
+        with self._lock:
+            for thread, run in list(self.running.items()):
+                if not thread.is_alive():
+                    if not self._stopping.is_set():
+                        del self.running[thread]
+                        logger.error(
+                            "worker thread died thread=%s",
+                            thread.name,
+                            extra={"action": "worker_died"},
+                        )
+                        replace += 1
+                    continue
+                if run is None or run.done or not run.deadline or now <= run.deadline:
+                    continue
+                if not run.timed_out:
+                    run.timed_out = now
+                    _raise_in(thread, TaskTimeout)
+                    logger.warning(
+                        "task timed out task=%s name=%s limit=%.1fs",
+                        run.task_id,
+                        run.name,
+                        run.deadline - run.started,
+                        extra={"action": "task_timed_out"},
+                    )
+                elif now - run.timed_out > STUCK_AFTER and len(self.stuck) < self.size:
+                    del self.running[thread]
+                    self.stuck.add(thread)
+                    logger.error(
+                        "worker thread stuck past its time limit thread=%s task=%s",
+                        thread.name,
+                        run.task_id,
+                        extra={"action": "worker_stuck"},
+                    )
+                    replace += 1
+            self.stuck = {t for t in self.stuck if t.is_alive()}
+        for _ in range(replace):
+            if not self._stopping.is_set():
                 self._spawn()
 
-    def _time_out(self, thread: threading.Thread, run: Running) -> None:
-        run.abandoned = True
-        limit = (run.deadline or 0) - run.started
-        logger.warning(
-            "task timed out task=%s name=%s limit=%.1fs",
-            run.task_id,
-            run.name,
-            limit,
-            extra={"action": "task_timed_out"},
-        )
-        # Raise TaskTimeout inside the thread: pure-Python code stops at its next
-        # bytecode; a blocking C call (socket read, sleep) only when it returns.
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(thread.ident or 0), ctypes.py_object(TaskTimeout)
-        )
-        self.store.record(
-            Outcome(
-                run.task_id,
-                run.name,
-                run.attempt,
-                run.started,
-                time.time(),
-                False,
-                exc_type="leek.exceptions.TaskTimeout",
-                exc_message=f"timed out after {limit:g} s",
-                final=True,
-            )
-        )
-        with self._lock:
-            self.running.pop(thread, None)
-        if not self._stopping:
-            self._spawn()
+    # -- one worker ------------------------------------------------------------
 
     def _loop(self) -> None:
         me = threading.current_thread()
+        process = None
+        if self.kind == "processes":
+            process = WorkerProcess(me.name, self.max_tasks, self.max_memory)
+            with self._lock:
+                self.processes[me] = process
+        restart = RESTART_FIRST
         try:
-            while not self._stopping:
-                while not self.store.room() and not self._stopping:
+            while not self._stopping.is_set():
+                if process is not None and not process.alive:
+                    if not self._start(process, restart):
+                        restart = min(restart * 2, RESTART_MAX)
+                        continue
+                    restart = RESTART_FIRST
+                while not self.store.room() and not self._stopping.is_set():
                     pass  # outcomes wait to be written: take no task meanwhile
                 taken = self.dispatcher.take(timeout=1.0)
                 if taken is None:
                     continue
                 ready, ahead = taken
                 try:
-                    self._run(me, ready, ahead)
+                    self._run(me, ready, ahead, process)
                 except TaskTimeout:
-                    pass  # the watchdog recorded it; this thread is no longer counted
+                    pass  # raised after its attempt ended: nothing left to stop
                 except Exception:
                     # A fault of leek's own, such as the database going away while
                     # a payload loads: try the task again in a second, on a fresh
@@ -180,12 +237,38 @@ class Pool:
                         [Ready(ready.id, ready.priority, ready.queue, time.time() + 1.0, ready.job)]
                     )
                 if me not in self.running:
-                    return
+                    return  # set aside as stuck, and replaced
         finally:
+            if process is not None:
+                process.stop()
+                with self._lock:
+                    self.processes.pop(me, None)
+            with self._lock:
+                self.stuck.discard(me)
             close_old_connections()
             connection.close()
 
-    def _run(self, me: threading.Thread, ready: Ready, ahead: list[uuid.UUID]) -> None:
+    def _start(self, process: WorkerProcess, wait: float) -> bool:
+        """Start the thread's process; on failure, report it and wait `wait` seconds."""
+        try:
+            process.start()
+        except WorkerUnavailable as exc:
+            message = str(exc)
+            if message != self.broken:
+                logger.error("%s", message, extra={"action": "process_unavailable"})
+            self.broken = message
+            self._stopping.wait(wait)
+            return False
+        self.broken = ""
+        return True
+
+    def _run(
+        self,
+        me: threading.Thread,
+        ready: Ready,
+        ahead: list[uuid.UUID],
+        process: WorkerProcess | None,
+    ) -> None:
         job = ready.job
         if job is None:
             found = self.store.jobs([ready.id, *ahead])
@@ -196,72 +279,81 @@ class Pool:
                 return  # cancelled or deleted while it waited
             job = found[ready.id][1]
         started = time.time()
-        attempt, name = job.attempts + 1, job.name
+        number = job.attempts + 1
         timeout = job.timeout if job.timeout is not None else self.default_timeout
-        run = Running(ready.id, name, started, started + timeout if timeout else None, attempt)
+        attempt = Attempt(ready.id, job.name, number, job.payload, timeout, self.store.node)
+        deadline = started + timeout if timeout and process is None else None
+        run = Running(ready.id, job.name, started, deadline, number)
         with self._lock:
             self.running[me] = run
-        self.store.mark_running(ready.id, attempt, started)
-        output = CapturedOutput(self.capture_limit)
-        outcome: Outcome
-        try:
-            fn, args, kwargs = load_task(job.payload)
-            context = TaskContext(ready.id, name, attempt, self.store, self.store.node)
-            with bind_context(context, output):
-                value = fn(*args, **kwargs)
-            outcome = Outcome(
-                ready.id,
-                name,
-                attempt,
-                started,
-                time.time(),
-                True,
-                result=dump_value(value),
-                result_repr=_short_repr(value),
+        self.store.mark_running(ready.id, number, started)
+        if process is None:
+            result = self._on_thread(me, run, attempt)
+        else:
+            result = process.run(
+                attempt, lambda pct, note: self.store.progress(ready.id, pct, note)
             )
-        except TaskTimeout:
-            raise
-        except Exception as exc:
-            outcome = self._failure(ready, job, attempt, started, exc)
-        finally:
-            with self._lock:
-                if self.running.get(me) is run:
-                    self.running[me] = None
-        if run.abandoned:
-            return
-        outcome.stdout, outcome.stderr = output.values()
+            run.done = True
+        with self._lock:
+            if self.running.get(me) is run:
+                self.running[me] = None
+        if process is not None and self._halted:
+            return  # killed by the stop: it stays running, and runs again at the next start
+        outcome = self._outcome(ready, job, number, started, result)
         self.store.record(outcome)
         self.handled[ready.queue] += 1
         if not outcome.succeeded and outcome.final:
-            self._run_hooks(ready, name, outcome)
+            self._run_hooks(ready, job.name, outcome)
 
-    def _failure(
-        self, ready: Ready, job: Job, attempt: int, started: float, exc: Exception
-    ) -> Outcome:
-        name = job.name
-        retryable = not isinstance(exc, (PayloadError, *self.no_retry))
-        final = not retryable or attempt > job.max_retries
+    def _on_thread(self, me: threading.Thread, run: Running, attempt: Attempt) -> Result:
+        """Run the attempt on this thread, its output captured."""
+        output = CapturedOutput(self.capture_limit)
+        try:
+            result = perform(attempt, self.store, output, self.no_retry)
+            with self._lock:
+                run.done = True  # the watchdog raises nothing in this thread from here on
+                _raise_in(me, None)  # and what it raised too late is dropped
+        except TaskTimeout:
+            result = timed_out(attempt.timeout)
+            with self._lock:
+                run.done = True
+        result.stdout, result.stderr = output.values()
+        return result
+
+    def _outcome(self, ready: Ready, job: Job, number: int, started: float, r: Result) -> Outcome:
+        """The Outcome of attempt `number`; a failure to retry is scheduled again."""
+        finished = time.time()
+        if r.succeeded:
+            return Outcome(
+                ready.id,
+                job.name,
+                number,
+                started,
+                finished,
+                True,
+                result=r.result,
+                result_repr=r.result_repr,
+                stdout=r.stdout,
+                stderr=r.stderr,
+            )
+        final = not r.retryable or number > job.max_retries
         retry_at = None
         if not final:
-            countdown = (
-                exc.countdown
-                if isinstance(exc, Retry) and exc.countdown is not None
-                else backoff(attempt)
-            )
-            retry_at = time.time() + countdown
-            retry = Job(job.payload, name, attempt, job.max_retries, job.timeout)
+            retry_at = finished + (r.countdown if r.countdown is not None else backoff(number))
+            retry = Job(job.payload, job.name, number, job.max_retries, job.timeout)
             self.retry_later([Ready(ready.id, ready.priority, ready.queue, retry_at, retry)])
-        remote = type(exc)
         return Outcome(
             ready.id,
-            name,
-            attempt,
+            job.name,
+            number,
             started,
-            time.time(),
+            finished,
             False,
-            exc_type=f"{remote.__module__}.{remote.__qualname__}",
-            exc_message=str(exc),
-            traceback="".join(traceback.format_exception(exc)),
+            stdout=r.stdout,
+            stderr=r.stderr,
+            exc_type=r.exc_type,
+            exc_message=r.exc_message,
+            traceback=r.traceback,
             final=final,
             retry_at=retry_at,
         )
@@ -279,6 +371,13 @@ class Pool:
                 )
 
 
+def _raise_in(thread: threading.Thread, exc: type[BaseException] | None) -> None:
+    """Raise `exc` in `thread` at its next bytecode; None drops one still pending."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident or 0), None if exc is None else ctypes.py_object(exc)
+    )
+
+
 def backoff(attempt: int) -> float:
     """Seconds before retry number `attempt`: exponential, capped, with jitter."""
     settings = conf.get_settings()
@@ -287,11 +386,3 @@ def backoff(attempt: int) -> float:
     )
     jitter = float(settings["RETRY_JITTER"]) * random.random()  # noqa: S311 - not for secrets
     return float(base * (1 + jitter))
-
-
-def _short_repr(value: Any, limit: int = 2000) -> str:
-    try:
-        text = repr(value)
-    except Exception as exc:
-        text = f"<unrepresentable {type(value).__name__}: {exc}>"
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -15,9 +15,10 @@ import leek
 from leek.client import connection as client
 from leek.models import FailedTask, SuccessTask, Task
 from tests import tasks
-from tests.conftest import BrokerProcess, wait_for
+from tests.conftest import BOTH_POOLS, BrokerProcess, wait_for
 
 
+@BOTH_POOLS
 def test_results_round_trip(broker: BrokerProcess) -> None:
     handle = leek.push_task_to_queue(tasks.add, 2, 3)
     assert handle.result(timeout=10) == 5
@@ -27,6 +28,7 @@ def test_results_round_trip(broker: BrokerProcess) -> None:
     assert success.duration >= 0 and success.result_repr == "5"
 
 
+@BOTH_POOLS
 def test_lambdas_and_kwargs_run(broker: BrokerProcess) -> None:
     base = 40
     handle = leek.enqueue(lambda x, *, y: base + x + y, (1,), {"y": 1})
@@ -37,6 +39,7 @@ def test_lambdas_and_kwargs_run(broker: BrokerProcess) -> None:
     }
 
 
+@BOTH_POOLS
 def test_exceptions_round_trip_with_the_remote_traceback(broker: BrokerProcess) -> None:
     handle = leek.enqueue(tasks.fail, ("kaput",), max_retries=0)
     with pytest.raises(leek.TaskFailed) as caught:
@@ -49,11 +52,13 @@ def test_exceptions_round_trip_with_the_remote_traceback(broker: BrokerProcess) 
     assert failure.final and failure.attempt == 1
 
 
+@BOTH_POOLS
 def test_an_unpicklable_return_value_is_kept_as_its_repr(broker: BrokerProcess) -> None:
     handle = leek.push_task_to_queue(tasks.return_unpicklable)
     assert "Unpicklable object" in handle.result(timeout=10)
 
 
+@BOTH_POOLS
 def test_output_is_captured_per_task(broker: BrokerProcess) -> None:
     handle = leek.push_task_to_queue(tasks.chatty, "hello from the task")
     handle.result(timeout=10)
@@ -62,6 +67,7 @@ def test_output_is_captured_per_task(broker: BrokerProcess) -> None:
     assert success.stderr == "to stderr\n"
 
 
+@BOTH_POOLS
 def test_progress_and_current_task(broker: BrokerProcess) -> None:
     handle = leek.push_task_to_queue(tasks.progress_steps)
     wait_for(lambda: handle.progress()[0] == 50)
@@ -69,6 +75,7 @@ def test_progress_and_current_task(broker: BrokerProcess) -> None:
     assert handle.result(timeout=10) == str(handle.id)
 
 
+@BOTH_POOLS
 def test_a_thousand_tasks_from_four_threads_run_exactly_once(broker: BrokerProcess) -> None:
     handles: list[leek.TaskHandle] = []
     lock = threading.Lock()
@@ -135,6 +142,7 @@ def test_cancel_a_task_that_has_not_started(broker_factory: Callable[..., Broker
     assert not SuccessTask.objects.filter(task_id=handle.id).exists()
 
 
+@BOTH_POOLS
 def test_stats(broker: BrokerProcess) -> None:
     leek.push_task_to_queue(tasks.add, 1, 2).result(timeout=10)
     ok, stats = leek.stats()
@@ -173,6 +181,7 @@ def test_a_task_shows_running_while_nothing_else_is_written(broker_factory: Any)
     assert handle.result(timeout=20) == 2.0
 
 
+@BOTH_POOLS
 def test_stop_is_graceful(broker: BrokerProcess) -> None:
     assert leek.ping() == (True, "I'm OK")
     assert leek.stop() == (True, "stopping")
@@ -181,6 +190,7 @@ def test_stop_is_graceful(broker: BrokerProcess) -> None:
     assert not ok and f"127.0.0.1:{broker.port}" in reason
 
 
+@BOTH_POOLS
 def test_sigterm_is_graceful(broker: BrokerProcess) -> None:
     handle = leek.push_task_to_queue(tasks.sleep, 0.5)
     wait_for(lambda: handle.status() == "running")

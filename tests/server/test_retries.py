@@ -10,11 +10,12 @@ import pytest
 import leek
 from leek.models import FailedTask, SuccessTask, Task
 from tests import tasks
-from tests.conftest import wait_for
+from tests.conftest import BOTH_POOLS, wait_for
 
 
-def test_failing_twice_then_succeeding(broker_factory: Any, tmp_path: Path) -> None:
-    broker_factory(LEEK_RETRY_BACKOFF="0.05")
+@BOTH_POOLS
+def test_failing_twice_then_succeeding(broker_factory: Any, tmp_path: Path, pool: str) -> None:
+    broker_factory(LEEK_POOL=pool, LEEK_RETRY_BACKOFF="0.05")
     handle = leek.push_task_to_queue(tasks.flaky, str(tmp_path / "runs"), 2)
     assert handle.result(timeout=20) == 3
     task = Task.objects.get()
@@ -28,8 +29,11 @@ def test_failing_twice_then_succeeding(broker_factory: Any, tmp_path: Path) -> N
     assert SuccessTask.objects.get().attempt == 3
 
 
-def test_always_failing_ends_failed_after_max_retries_plus_one(broker_factory: Any) -> None:
-    broker_factory(LEEK_RETRY_BACKOFF="0.05")
+@BOTH_POOLS
+def test_always_failing_ends_failed_after_max_retries_plus_one(
+    broker_factory: Any, pool: str
+) -> None:
+    broker_factory(LEEK_POOL=pool, LEEK_RETRY_BACKOFF="0.05")
     handle = leek.enqueue(tasks.fail, ("nope",), max_retries=2)
     with pytest.raises(leek.TaskFailed, match="nope"):
         handle.result(timeout=20)
@@ -41,8 +45,14 @@ def test_always_failing_ends_failed_after_max_retries_plus_one(broker_factory: A
     ]
 
 
-def test_backoff_grows_as_configured(broker_factory: Any) -> None:
-    broker_factory(LEEK_RETRY_BACKOFF="0.2", LEEK_RETRY_JITTER="0", LEEK_RETRY_BACKOFF_MAX="0.5")
+@BOTH_POOLS
+def test_backoff_grows_as_configured(broker_factory: Any, pool: str) -> None:
+    broker_factory(
+        LEEK_POOL=pool,
+        LEEK_RETRY_BACKOFF="0.2",
+        LEEK_RETRY_JITTER="0",
+        LEEK_RETRY_BACKOFF_MAX="0.5",
+    )
     handle = leek.enqueue(tasks.fail, max_retries=3)
     with pytest.raises(leek.TaskFailed):
         handle.result(timeout=20)
@@ -56,8 +66,9 @@ def test_backoff_grows_as_configured(broker_factory: Any) -> None:
         assert expected - 0.01 <= gap <= expected + 0.15, gaps
 
 
-def test_jitter_adds_up_to_its_share(broker_factory: Any) -> None:
-    broker_factory(LEEK_RETRY_BACKOFF="0.2", LEEK_RETRY_JITTER="1.0")
+@BOTH_POOLS
+def test_jitter_adds_up_to_its_share(broker_factory: Any, pool: str) -> None:
+    broker_factory(LEEK_POOL=pool, LEEK_RETRY_BACKOFF="0.2", LEEK_RETRY_JITTER="1.0")
     handle = leek.enqueue(tasks.fail, max_retries=1)
     with pytest.raises(leek.TaskFailed):
         handle.result(timeout=20)
@@ -66,6 +77,7 @@ def test_jitter_adds_up_to_its_share(broker_factory: Any) -> None:
     assert 0.19 <= gap <= 0.55
 
 
+@BOTH_POOLS
 def test_a_task_may_ask_for_a_retry(broker: Any, tmp_path: Path) -> None:
     handle = leek.push_task_to_queue(tasks.retry_later, str(tmp_path / "first"))
     first_run = float(handle.result(timeout=20))
@@ -75,14 +87,16 @@ def test_a_task_may_ask_for_a_retry(broker: Any, tmp_path: Path) -> None:
     assert started - first_run >= 0.29
 
 
-def test_no_retry_exceptions_fail_at_once(broker_factory: Any) -> None:
-    broker_factory(LEEK_NO_RETRY="builtins.ValueError")
+@BOTH_POOLS
+def test_no_retry_exceptions_fail_at_once(broker_factory: Any, pool: str) -> None:
+    broker_factory(LEEK_POOL=pool, LEEK_NO_RETRY="builtins.ValueError")
     handle = leek.enqueue(tasks.fail, max_retries=5)
     with pytest.raises(leek.TaskFailed):
         handle.result(timeout=20)
     assert Task.objects.get().attempts == 1
 
 
+@BOTH_POOLS
 def test_a_time_limit_fails_the_task_and_keeps_the_pool(broker: Any) -> None:
     handle = leek.enqueue(tasks.spin, (30,), timeout=0.5, max_retries=0)
     with pytest.raises(leek.TaskFailed, match=r"timed out after 0.5 s"):
@@ -94,11 +108,13 @@ def test_a_time_limit_fails_the_task_and_keeps_the_pool(broker: Any) -> None:
     assert FailedTask.objects.filter(task_id=handle.id).count() == 1
 
 
+@BOTH_POOLS
 def test_failure_hooks_run_once_and_a_broken_one_is_contained(
-    broker_factory: Any, tmp_path: Path
+    broker_factory: Any, tmp_path: Path, pool: str
 ) -> None:
     hook_file = tmp_path / "hook"
     broker = broker_factory(
+        LEEK_POOL=pool,
         LEEK_ON_FAILURE="tests.tasks.broken_hook,tests.tasks.hook_to_file",
         LEEK_TEST_HOOK_FILE=str(hook_file),
     )

@@ -1,0 +1,101 @@
+"""One attempt of a task: what a worker hands its runner, what comes back, and the run itself.
+
+`perform` is the one place task code is called, on a worker thread (threads
+pool) or in a worker process (processes pool), so both pools load payloads,
+bind the task's context, and turn returns and exceptions into a `Result` the
+same way. A `Result` crosses the pipe from a worker process as it is, and the
+worker thread turns it into the Outcome the store writes (workers.py).
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import PayloadError, Retry, TaskTimeout
+from ..protocol.payload import dump_value, load_task
+from ..runtime import CapturedOutput, ProgressSink, TaskContext, bind_context
+
+#: Characters of a return value's repr kept for the admin.
+REPR_LIMIT = 2000
+
+
+@dataclass(slots=True)
+class Attempt:
+    """A task to run once, as a worker hands it to a thread or a process."""
+
+    task_id: uuid.UUID
+    name: str
+    number: int  # 1 for the first attempt
+    payload: bytes
+    timeout: float | None
+    node: str  # the broker running it
+
+
+@dataclass(slots=True)
+class Result:
+    """How an attempt ended: a value, or an error and whether to retry it."""
+
+    succeeded: bool
+    result: bytes | None = None
+    result_repr: str = ""
+    exc_type: str = ""
+    exc_message: str = ""
+    traceback: str = ""
+    retryable: bool = True
+    countdown: float | None = None  # a Retry's own delay, else the backoff
+    stdout: str = ""
+    stderr: str = ""
+
+
+def perform(
+    attempt: Attempt,
+    sink: ProgressSink | None,
+    output: CapturedOutput | None,
+    no_retry: tuple[type[BaseException], ...],
+) -> Result:
+    """Run the task once and say how it ended. `output` captures print() on
+    this thread (the threads pool); None leaves the streams alone (a worker
+    process captures its file descriptors instead)."""
+    try:
+        fn, args, kwargs = load_task(attempt.payload)
+        context = TaskContext(attempt.task_id, attempt.name, attempt.number, sink, attempt.node)
+        with bind_context(context, output):
+            value = fn(*args, **kwargs)
+        return Result(True, result=dump_value(value), result_repr=short_repr(value))
+    except TaskTimeout:
+        return timed_out(attempt.timeout)
+    except Exception as exc:
+        return failed(exc, retryable=not isinstance(exc, (PayloadError, *no_retry)))
+
+
+def failed(exc: BaseException, retryable: bool = True) -> Result:
+    """The Result of an attempt that raised `exc`."""
+    remote = type(exc)
+    return Result(
+        False,
+        exc_type=f"{remote.__module__}.{remote.__qualname__}",
+        exc_message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        retryable=retryable,
+        countdown=exc.countdown if isinstance(exc, Retry) else None,
+    )
+
+
+def timed_out(limit: float | None) -> Result:
+    """The Result of an attempt stopped at its time limit."""
+    return Result(
+        False,
+        exc_type="leek.exceptions.TaskTimeout",
+        exc_message=f"timed out after {limit or 0:g} s",
+    )
+
+
+def short_repr(value: Any, limit: int = REPR_LIMIT) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:
+        text = f"<unrepresentable {type(value).__name__}: {exc}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,150 @@
+"""Inside a worker process: set Django up once, then run the tasks its thread sends.
+
+The broker starts each worker process with multiprocessing's spawn (a fresh
+interpreter: no thread, lock or connection of the broker is inherited) and
+talks to it over one pipe. Messages, each a pickled tuple:
+
+    broker → child   ("run", Attempt)           run one attempt
+                     ("stop",)                   exit
+                     SIGTERM, the flag set       the task is past its time limit: exit
+    child → broker   ("ready", pid)              Django is set up; send tasks
+                     ("broken", traceback)       it cannot start; it exits
+                     ("progress", percent, note) set_progress() in the task
+                     ("done", Result, rss)       the attempt ended; rss in bytes
+
+The task's payload travels as the bytes the broker holds and is unpickled only
+here. The task's stdout and stderr are captured at the file-descriptor level,
+so the output of C code and of subprocesses is kept too. The child dies with
+its broker (Linux's parent-death signal), so no task outlives the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from typing import Any
+
+#: Linux prctl option: the signal a process gets when its parent thread ends.
+PR_SET_PDEATHSIG = 1
+#: The exit status of a worker process stopped at a task's time limit.
+TIME_LIMIT_EXIT = 124
+
+
+def main(conn: Any, stopping: Any) -> None:
+    """The worker process: its entry point, given its end of the pipe and the
+    flag its broker sets before it sends SIGTERM to stop a task at its limit."""
+    _die_with_parent()
+    # The broker decides when to stop: a Ctrl-C in a terminal, or a service
+    # manager's SIGTERM to every process of the service, leaves the task
+    # running for the broker's graceful stop. A SIGTERM after the broker set
+    # the flag ends the task (its finally blocks run) and the process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _on_sigterm(stopping))
+    try:
+        import django
+
+        django.setup()
+        from .. import conf
+        from .attempt import perform
+
+        settings = conf.get_settings()
+        from django.utils.module_loading import import_string
+
+        no_retry = tuple(import_string(path) for path in settings["NO_RETRY"])
+        capture = Capture(int(settings["CAPTURE_LIMIT"]))
+    except BaseException:
+        conn.send(("broken", traceback.format_exc()))
+        return
+    conn.send(("ready", os.getpid()))
+    from django.db import close_old_connections
+
+    sink = Sink(conn)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the broker is gone
+            return
+        if message[0] != "run":
+            return
+        attempt = message[1]
+        close_old_connections()
+        with capture:
+            result = perform(attempt, sink, None, no_retry)
+        result.stdout, result.stderr = capture.values()
+        close_old_connections()
+        conn.send(("done", result, rss()))
+
+
+class Sink:
+    """set_progress() in a worker process: the progress goes to the broker."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def progress(self, task_id: Any, percent: float, note: str) -> None:
+        self.conn.send(("progress", percent, note))
+
+
+class Capture:
+    """File descriptors 1 and 2 sent to files while a task runs; the first
+    `limit` characters of each kept."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]  # noqa: SIM115
+        self.saved = [os.dup(1), os.dup(2)]
+
+    def __enter__(self) -> None:
+        _flush()
+        for fd, file in zip((1, 2), self.files, strict=True):
+            file.seek(0)
+            file.truncate()
+            os.dup2(file.fileno(), fd)
+
+    def __exit__(self, *exc: object) -> None:
+        _flush()
+        for fd, saved in zip((1, 2), self.saved, strict=True):
+            os.dup2(saved, fd)
+
+    def values(self) -> tuple[str, str]:
+        texts = []
+        for file in self.files:
+            file.seek(0)
+            texts.append(file.read(4 * self.limit).decode(errors="replace")[: self.limit])
+        return texts[0], texts[1]
+
+
+def _on_sigterm(stopping: Any) -> None:
+    if stopping.value:
+        raise SystemExit(TIME_LIMIT_EXIT)
+
+
+def rss() -> int:
+    """This process's resident memory in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the broker thread that started it
+    ends; exit now if the broker is already gone."""
+    parent = os.getppid()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)

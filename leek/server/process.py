@@ -1,0 +1,180 @@
+"""A worker process, as its worker thread in the broker drives it (child.py runs inside).
+
+The thread starts the process warm (Django set up once), hands it one attempt
+at a time with the payload bytes it holds, forwards the attempt's progress to
+the store, and waits for the Result within the task's time limit. At the limit
+the process gets SIGTERM, then SIGKILL after KILL_GRACE seconds; a process
+that dies mid-task fails the attempt with WorkerLost, which carries its exit
+status or signal. Either way the next attempt gets a fresh process. A process
+is also replaced after MAX_TASKS_PER_CHILD tasks, or once its resident memory
+passes MAX_MEMORY_PER_CHILD MiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..exceptions import WorkerLost, WorkerUnavailable
+from . import child
+from .attempt import Attempt, Result, failed, timed_out
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a new worker process has to set Django up and say it is ready.
+START_TIMEOUT = 60.0
+#: Seconds between SIGTERM and SIGKILL for a process past its time limit, or
+#: still running at the end of a stop's grace.
+KILL_GRACE = 2.0
+#: Seconds a process that was asked to stop gets before it is killed.
+STOP_TIMEOUT = 5.0
+
+_spawn = multiprocessing.get_context("spawn")
+
+
+class WorkerProcess:
+    """One worker process and its end of the pipe; driven by one worker thread."""
+
+    def __init__(self, name: str, max_tasks: int, max_memory: int) -> None:
+        self.name = name
+        self.max_tasks = max_tasks  # 0: no limit
+        self.max_memory = max_memory * 1024 * 1024  # bytes; 0: no limit
+        self.tasks = 0
+        self.pid: int | None = None
+        self._process: Any = None
+        self._conn: Any = None
+        self._stopping: Any = None  # set before a SIGTERM that must end the task
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def start(self) -> None:
+        """Start a fresh process and wait until it is ready; WorkerUnavailable,
+        with the process's traceback, when it cannot start."""
+        self.close()
+        ours, theirs = _spawn.Pipe()
+        self._stopping = _spawn.Value("b", 0, lock=False)
+        process = _spawn.Process(
+            target=child.main, args=(theirs, self._stopping), name=self.name, daemon=True
+        )
+        process.start()
+        theirs.close()
+        self._process, self._conn, self.tasks = process, ours, 0
+        try:
+            if not ours.poll(START_TIMEOUT):
+                raise WorkerUnavailable(f"worker process not ready within {START_TIMEOUT:g} s")
+            message = ours.recv()
+        except (EOFError, OSError) as exc:
+            self.close()
+            raise WorkerUnavailable(
+                f"worker process ended at start: {WorkerLost.of(process.exitcode)}"
+            ) from exc
+        except WorkerUnavailable:
+            self.close()
+            raise
+        if message[0] != "ready":
+            self.close()
+            raise WorkerUnavailable(f"worker process cannot start:\n{message[1]}")
+        self.pid = int(message[1])
+
+    def run(self, attempt: Attempt, progress: Callable[[float, str], None]) -> Result:
+        """Run one attempt in the process, within its time limit.
+
+        Returns the process's Result, or a TaskTimeout or WorkerLost failure
+        when the process had to be killed or died; the process is then gone,
+        and the next `run` needs a `start`."""
+        deadline = None if not attempt.timeout else time.monotonic() + attempt.timeout
+        conn = self._conn
+        try:
+            conn.send(("run", attempt))
+            while True:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not conn.poll(wait):
+                    self._kill()
+                    return timed_out(attempt.timeout)
+                message = conn.recv()
+                if message[0] == "progress":
+                    progress(message[1], message[2])
+                    continue
+                result: Result = message[1]
+                self.tasks += 1
+                self._recycle_if_due(int(message[2]))
+                return result
+        except (EOFError, OSError):
+            return failed(WorkerLost.of(self._reap()))
+
+    def _recycle_if_due(self, rss: int) -> None:
+        reason = ""
+        if self.max_tasks and self.tasks >= self.max_tasks:
+            reason = f"ran {self.tasks} tasks"
+        elif self.max_memory and rss > self.max_memory:
+            reason = f"uses {rss // (1024 * 1024)} MiB"
+        if reason:
+            logger.info(
+                "worker process recycled pid=%s reason=%s",
+                self.pid,
+                reason,
+                extra={"action": "process_recycled"},
+            )
+            self.stop()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Ask the process to exit between tasks; kill it if it does not."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.send(("stop",))
+        if self._process is not None:
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._kill()
+        self.close()
+
+    def halt(self) -> None:
+        """Kill the process now (SIGKILL), whatever it runs: the end of a stop's grace."""
+        if self._process is not None:
+            with contextlib.suppress(OSError):
+                self._process.kill()
+
+    def _kill(self) -> None:
+        """SIGTERM, then SIGKILL after KILL_GRACE seconds."""
+        process = self._process
+        if process is None:
+            return
+        self._stopping.value = 1
+        with contextlib.suppress(OSError):
+            process.terminate()
+        process.join(KILL_GRACE)
+        if process.is_alive():
+            with contextlib.suppress(OSError):
+                process.kill()
+            process.join(KILL_GRACE)
+        self._reap()
+
+    def _reap(self) -> int | None:
+        """Wait for the process to end, forget it; its exit status."""
+        exitcode = None
+        if self._process is not None:
+            self._process.join(KILL_GRACE)
+            exitcode = self._process.exitcode
+        self.close()
+        return exitcode
+
+    def close(self) -> None:
+        """Forget the process (it has exited, or is killed) and close the pipe."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        if self._process is not None:
+            if self._process.is_alive():
+                with contextlib.suppress(OSError):
+                    self._process.kill()
+                self._process.join(KILL_GRACE)
+            with contextlib.suppress(ValueError):
+                self._process.close()
+        self._process = self._conn = None
+        self.pid = None
