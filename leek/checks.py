@@ -60,6 +60,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="leek.E006",
             )
         )
+    errors += _check_queues(settings["QUEUES"])
     if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:
         errors.append(
             checks.Error(
@@ -67,4 +68,35 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="leek.E005",
             )
         )
+    return errors
+
+
+def _check_queues(queues: Any) -> list[checks.CheckMessage]:
+    """LEEK["QUEUES"]: a dict of queue name to {"workers": n, "pool": kind}."""
+    hint = 'For example {"pdfs": {"workers": 2, "pool": "processes"}}.'
+    if not isinstance(queues, dict):
+        return [
+            checks.Error(
+                f"LEEK['QUEUES'] must be a dict of queue name to lane, "
+                f"got {type(queues).__name__}.",
+                hint=hint,
+                id="leek.E007",
+            )
+        ]
+    errors: list[checks.CheckMessage] = []
+    for name, lane in queues.items():
+        lane = lane or {}
+        problem = ""
+        if not isinstance(lane, dict):
+            problem = f"is a {type(lane).__name__}, not a dict"
+        elif set(lane) - {"workers", "pool"}:
+            problem = f"has unknown keys {', '.join(sorted(set(lane) - {'workers', 'pool'}))}"
+        elif "workers" in lane and (not isinstance(lane["workers"], int) or lane["workers"] < 0):
+            problem = f"has workers {lane['workers']!r}, not a whole number of at least 0"
+        elif "pool" in lane and lane["pool"] not in ("threads", "processes"):
+            problem = f'has pool {lane["pool"]!r}, not "threads" or "processes"'
+        if problem:
+            errors.append(
+                checks.Error(f"LEEK['QUEUES'][{name!r}] {problem}.", hint=hint, id="leek.E007")
+            )
     return errors

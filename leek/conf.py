@@ -39,6 +39,10 @@ DEFAULTS: dict[str, Any] = {
     # broker's process; "processes" gives each worker thread a process of its
     # own to run them in (crash isolation, hard time limits, every core).
     "POOL": "threads",
+    # Queues with a lane of their own: {"pdfs": {"workers": 2, "pool":
+    # "processes"}}; a key left out takes WORKERS or POOL. Every other queue
+    # shares the default lane of WORKERS workers in POOL.
+    "QUEUES": {},
     # processes pool: tasks a worker process runs before a fresh one replaces
     # it, and the resident memory in MiB past which it is replaced after its
     # task (0: no limit).

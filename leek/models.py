@@ -147,9 +147,18 @@ class BrokerNode(models.Model):
     healthy = models.BooleanField(default=True)
     stopped = models.BooleanField(default=False)
     note = models.CharField(max_length=255, blank=True, default="")
+    #: The broker's lanes: {queue: {"pool", "workers", "alive", "busy", "stuck"}};
+    #: the lane "*" serves every queue that has no lane of its own.
+    queues = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
         return self.name
+
+    def serves(self, queue: str) -> bool:
+        """Whether this broker runs tasks of `queue` (on workers it has)."""
+        lanes = self.queues or {"*": {"workers": self.workers}}
+        lane = lanes.get(queue, lanes.get("*"))
+        return bool(lane and lane.get("workers"))
 
 
 class Event(models.Model):

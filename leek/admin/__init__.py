@@ -209,6 +209,7 @@ class BrokerNodeAdmin(ReadOnly, ModelAdmin):
         "alive",
         "healthy",
         "workers_text",
+        "lanes",
         "handled",
         "heartbeat_at",
         "started_at",
@@ -227,6 +228,11 @@ class BrokerNodeAdmin(ReadOnly, ModelAdmin):
     @admin.display(description="workers alive")
     def workers_text(self, obj: BrokerNode) -> str:
         return f"{obj.workers_alive}/{obj.workers}"
+
+    @admin.display(description="queues")
+    def lanes(self, obj: BrokerNode) -> str:
+        """Each queue's workers and pool; "other queues" is the default lane."""
+        return dashboard.lanes(obj)
 
 
 @admin.register(PeriodicTask)

@@ -6,6 +6,7 @@ Routed by the Task admin (`admin:leek_task_dashboard`) behind
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +38,20 @@ class Node:
     drift: bool
     seen: str
     uptime: str
+
+    @property
+    def lanes(self) -> str:
+        """The broker's lanes in a line: "pdfs: 2 processes, other queues: 4 threads"."""
+        return lanes(self.row)
+
+
+def lanes(row: BrokerNode) -> str:
+    """A broker's lanes in a line: "pdfs: 2 processes, other queues: 4 threads"."""
+    return ", ".join(
+        f"{'other queues' if name == '*' else name}: {lane.get('workers', 0)} "
+        f"{lane.get('pool', 'threads')}"
+        for name, lane in (row.queues or {}).items()
+    )
 
 
 def _age(delta: timedelta) -> str:
@@ -70,8 +85,15 @@ def broker_nodes(now: datetime) -> list[Node]:
     return sorted(nodes, key=lambda n: not n.alive)
 
 
-def problems(nodes: list[Node]) -> list[str]:
-    """What the red banner says: no live broker, code drift, sick workers."""
+def unserved(nodes: list[Node], waiting: list[str]) -> list[str]:
+    """The queues with tasks waiting that no live broker serves."""
+    live = [n.row for n in nodes if n.alive]
+    return sorted(q for q in waiting if live and not any(row.serves(q) for row in live))
+
+
+def problems(nodes: list[Node], waiting: Sequence[str] = ()) -> list[str]:
+    """What the red banner says: no live broker, code drift, sick workers,
+    queues with waiting tasks that no live broker serves."""
     found = []
     timeout = float(conf.get("HEARTBEAT_TIMEOUT"))
     if not any(n.alive for n in nodes):
@@ -89,6 +111,11 @@ def problems(nodes: list[Node]) -> list[str]:
             )
         if node.alive and not node.row.healthy:
             found.append(f"Broker {node.row.name} is unhealthy: {node.row.note}")
+    for queue in unserved(nodes, list(waiting)):
+        found.append(
+            f"Tasks wait in queue {queue}, and no live broker serves it: start one "
+            f"that does (`leek start --queues {queue}`, or LEEK['QUEUES'])."
+        )
     return found
 
 
@@ -196,7 +223,7 @@ def dashboard(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
         "title": "Task dashboard",
         "opts": Task._meta,
         "nodes": nodes,
-        "problems": problems(nodes),
+        "problems": problems(nodes, counts["waiting_queues"]),
         "counts": counts,
         "oldest": oldest_waiting(now, counts["waiting_queues"]),
         "chart": throughput(now),

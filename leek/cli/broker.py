@@ -15,7 +15,7 @@ from .output import OK, UNHEALTHY, UNREACHABLE, emit
 
 
 def add_start_arguments(parser: argparse.ArgumentParser) -> None:
-    """--host, --port, --workers and --pool, each overriding its LEEK setting."""
+    """--host, --port, --workers and --pool, each overriding its LEEK setting; --queues."""
     parser.add_argument("--host", help="address to listen on (LEEK_HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (LEEK_PORT)")
     parser.add_argument("--workers", type=int, help="worker threads (LEEK_WORKERS)")
@@ -24,6 +24,19 @@ def add_start_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("threads", "processes"),
         help="run tasks on the worker threads or in a process each (LEEK_POOL)",
     )
+    parser.add_argument(
+        "--queues",
+        type=_names,
+        help="serve only these queues, comma-separated (default: every queue)",
+    )
+
+
+def _names(text: str) -> list[str]:
+    """Queue names from "default,pdfs"."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one queue, such as default,pdfs")
+    return names
 
 
 def add_queue_argument(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +64,7 @@ def run_start(options: argparse.Namespace) -> int:
     from ..server.broker import Broker
 
     try:
-        broker = Broker(options.host, options.port, options.workers, options.pool)
+        broker = Broker(options.host, options.port, options.workers, options.pool, options.queues)
     except OSError as exc:  # the address is taken, or not this machine's
         host = options.host or conf.get("HOST")
         port = conf.get("PORT") if options.port is None else options.port

@@ -30,17 +30,16 @@ from .. import __version__, conf
 from ..exceptions import DatabaseUnavailable
 from ..runtime import install_capture
 from .delayed import Delayed
-from .dispatch import Dispatcher
 from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
 from .intake import PUSHES, Intake
+from .lanes import Lanes
 from .node import Conflict, ensure_free
 from .periodic import Periodic
 from .recovery import Adopter
 from .rows import Ready
 from .store import Store
 from .tcp import Limits, Reply, Server
-from .workers import Pool
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
@@ -66,6 +65,7 @@ class Broker:
         port: int | None = None,
         workers: int | None = None,
         pool: str | None = None,
+        queues: list[str] | None = None,
     ) -> None:
         settings = conf.get_settings()
         self.host = host or str(settings["HOST"])
@@ -94,13 +94,12 @@ class Broker:
         self.started = time.time()
         self.rejected = 0
         self.stopping = threading.Event()
-        self.dispatcher = Dispatcher(int(settings["MEMORY_PAYLOADS"]))
-        self.delayed = Delayed(self.dispatcher.push)
+        self.delayed = Delayed(self.route)
         self.store = Store(self.node, self.route)
         self.periodic = Periodic(self.store, self.route)
         size = int(settings["WORKERS"] if workers is None else workers)
         kind = str(settings["POOL"] if pool is None else pool)
-        self.pool = Pool(self.store, self.dispatcher, size, self.delayed.add, kind)
+        self.lanes = Lanes(self.store, self.delayed.add, settings, size, kind, queues)
         self.duties = Duties()
         self.server = Server((self.host, self.port), self)
         self.port = self.server.server_address[1]
@@ -108,19 +107,24 @@ class Broker:
         self.heartbeat_timeout = float(settings["HEARTBEAT_TIMEOUT"])
         self.hostname = socket.gethostname()
         self.conflict = Conflict(self.node, self.hostname, self.heartbeat_timeout)
-        self.adopt = Adopter(self.store, self.heartbeat_timeout)
+        self.adopt = Adopter(self.store, self.heartbeat_timeout, self.lanes.served)
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
 
     # -- life ----------------------------------------------------------------
 
     def route(self, items: list[Ready]) -> None:
-        """Send ready tasks to the workers and future ones to the delayed heap."""
+        """Send ready tasks to their lanes, future ones to the delayed heap, and
+        those of queues this broker does not serve back to the database."""
+        elsewhere = [i.id for i in items if not self.lanes.serves(i.queue)]
+        if elsewhere:
+            self.store.release(elsewhere)
+            items = [i for i in items if self.lanes.serves(i.queue)]
         now = time.time()
         due = [i for i in items if i.run_after is None or i.run_after <= now]
         if len(due) != len(items):
             self.delayed.add([i for i in items if i.run_after is not None and i.run_after > now])
         if due:
-            self.dispatcher.push(due)
+            self.lanes.push(due)
 
     def serve(self) -> None:
         """Recover, serve until asked to stop, then stop gracefully.
@@ -143,11 +147,11 @@ class Broker:
         self.heartbeat()
         requeue = self.store.interrupt_running("interrupted: broker stopped")
         interrupted = int(requeue.wait(RECOVERY_TIMEOUT))
-        self.pool.start()
+        self.lanes.start()
         self.delayed.start()
         pages = self.store.owned()
         next(pages)  # the snapshot of the tasks to recover is taken; serve meanwhile
-        self.duties.every(0, self.pool.watch)
+        self.duties.every(0, self.lanes.watch)
         self.duties.every(0, self.store.checkpoint)
         self.duties.every(0, self.store.nudge)  # the running marks (see Store.mark_running)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
@@ -161,12 +165,11 @@ class Broker:
         )
         thread.start()
         logger.info(
-            "broker listening node=%s address=%s:%s pool=%s workers=%s interrupted=%s pid=%s",
+            "broker listening node=%s address=%s:%s lanes=%s interrupted=%s pid=%s",
             self.node,
             self.host,
             self.port,
-            self.pool.kind,
-            self.pool.size,
+            self.lanes.summary(),
             interrupted,
             os.getpid(),
             extra={"action": "broker_started"},
@@ -205,7 +208,7 @@ class Broker:
         thread.join(5)
         self.duties.stop()
         self.delayed.stop()
-        left = self.pool.stop(self.grace)
+        left = self.lanes.stop(self.grace)
         for run in left:
             logger.warning(
                 "task still running at the deadline task=%s name=%s; it will be "
@@ -219,7 +222,7 @@ class Broker:
         logger.info(
             "broker stopped node=%s handled=%s",
             self.node,
-            sum(self.pool.handled.values()),
+            sum(self.lanes.handled().values()),
             extra={"action": "broker_stopped"},
         )
 
@@ -241,11 +244,10 @@ class Broker:
             "pid": os.getpid(),
             "version": __version__,
             "code_version": self.code_version,
-            "pool": self.pool.kind,
-            "workers": self.pool.size,
-            "workers_alive": self.pool.alive(),
-            "workers_stuck": len(self.pool.stuck),
-            "handled": sum(self.pool.handled.values()),
+            "workers": self.lanes.size,
+            "workers_alive": self.lanes.alive(),
+            "queues": self.lanes.describe(),
+            "handled": sum(self.lanes.handled().values()),
             "healthy": ok,
             "stopped": stopped,
             "note": note[:255],
@@ -260,11 +262,12 @@ class Broker:
     # -- verbs ---------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
-        if self.pool.broken:
-            return False, self.pool.broken
-        alive, size = self.pool.alive(), self.pool.size
+        broken = self.lanes.broken()
+        if broken:
+            return False, broken
+        alive, size = self.lanes.alive(), self.lanes.size
         if alive < size:
-            stuck = len(self.pool.stuck)
+            stuck = self.lanes.stuck()
             if stuck:
                 return False, f"{stuck} of {size} worker threads are stuck past a time limit"
             return False, f"{size - alive} of {size} worker threads are dead"
@@ -302,7 +305,7 @@ class Broker:
 
     def handled(self, data: Any = None) -> int:
         queue = (data or {}).get("queue")
-        handled = self.pool.handled
+        handled = self.lanes.handled()
         return handled[queue] if queue else sum(handled.values())
 
     def stop(self, data: Any = None) -> str:
@@ -316,17 +319,18 @@ class Broker:
         if queue is None:
             return False
         if not self.delayed.cancel(task_id):
-            self.dispatcher.cancel(task_id, queue)
+            self.lanes.cancel(task_id, queue)
         return True
 
     def waiting(self, data: Any = None) -> int:
         queue = (data or {}).get("queue")
-        counts = Counter(self.dispatcher.counts()) + Counter(self.delayed.counts())
+        counts = self.lanes.counts() + Counter(self.delayed.counts())
         return counts[queue] if queue else sum(counts.values())
 
     def stats(self, data: Any = None) -> dict[str, Any]:
         ok, message = self.healthy()
-        waiting = Counter(self.dispatcher.counts()) + Counter(self.delayed.counts())
+        waiting = self.lanes.counts() + Counter(self.delayed.counts())
+        database = self.store.counts()
         return {
             "node": self.node,
             "version": __version__,
@@ -334,16 +338,19 @@ class Broker:
             "healthy": ok,
             "message": message,
             "uptime": round(time.time() - self.started, 3),
-            "pool": self.pool.kind,
-            "workers": self.pool.size,
-            "workers_alive": self.pool.alive(),
-            "workers_stuck": len(self.pool.stuck),
-            "running": len(self.pool.busy()),
+            "workers": self.lanes.size,
+            "workers_alive": self.lanes.alive(),
+            "workers_stuck": self.lanes.stuck(),
+            "queues": self.lanes.describe(),
+            "running": len(self.lanes.busy()),
             "waiting": dict(waiting),
-            "payloads_in_memory": self.dispatcher.held(),
-            "handled": dict(self.pool.handled),
+            "payloads_in_memory": self.lanes.held(),
+            "handled": dict(self.lanes.handled()),
             "rejected_frames": self.rejected,
             "commits": self.store.all_commits(),
             "code_drift": dict(self.intake.drift),
-            "database": self.store.counts(),
+            "database": database,
+            "unserved_queues": self.store.unserved(
+                database.get("queued", {}), self.heartbeat_timeout
+            ),
         }

@@ -33,9 +33,12 @@ class Adopter:
     later, not at every sweep while its row stays in the table.
     """
 
-    def __init__(self, store: Store, dead_after: float) -> None:
+    def __init__(
+        self, store: Store, dead_after: float, queues: frozenset[str] | None = None
+    ) -> None:
         self.store = store
         self.dead_after = dead_after
+        self.queues = queues  # claim only tasks of these queues (None: every queue)
         self._taken: dict[str, Any] = {}  # gone broker -> its heartbeat when adopted from
         self._looked_at = time.monotonic()
 
@@ -46,7 +49,7 @@ class Adopter:
             return [name for name, beat in gone.items() if again or self._taken.get(name) != beat]
 
         silent_since = time.time() - self.dead_after
-        claim = self.store.adopt(silent_since, walk, "interrupted: its broker stopped")
+        claim = self.store.adopt(silent_since, walk, "interrupted: its broker stopped", self.queues)
         found: list[Ready]
         # Once committed, the tasks found, and those of every broker in _taken, are ours.
         found, self._taken = claim.wait(CLAIM_TIMEOUT)

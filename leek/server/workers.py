@@ -80,6 +80,7 @@ class Pool:
         size: int,
         retry_later: Callable[[list[Ready]], None],
         kind: str = "threads",
+        lane: str = "",
     ) -> None:
         if kind not in POOLS:
             raise ValueError(f"POOL must be one of {', '.join(POOLS)}, got {kind!r}")
@@ -87,6 +88,7 @@ class Pool:
         self.dispatcher = dispatcher
         self.size = size
         self.kind = kind
+        self.lane = lane  # the queue whose lane this pool serves ("": the default lane)
         self.retry_later = retry_later
         self.handled: Counter[str] = Counter()
         self.running: dict[threading.Thread, Running | None] = {}
@@ -116,9 +118,10 @@ class Pool:
     def _spawn(self) -> None:
         with self._lock:
             self._seq += 1
-            thread = threading.Thread(
-                target=self._loop, name=f"leek-worker-{self._seq}", daemon=True
+            name = (
+                f"leek-worker-{self.lane}-{self._seq}" if self.lane else f"leek-worker-{self._seq}"
             )
+            thread = threading.Thread(target=self._loop, name=name, daemon=True)
             self.running[thread] = None
         thread.start()
 

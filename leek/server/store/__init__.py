@@ -20,6 +20,7 @@ module of leek writes SQL (migrations aside).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -186,6 +187,19 @@ class Store:
 
     # -- verbs ---------------------------------------------------------------
 
+    def release(self, ids: list[uuid.UUID]) -> None:
+        """Give these queued tasks up, in the next batch: spooled and owned by
+        no broker, for a broker that serves their queue to adopt."""
+        d = self.dialect
+        keys = [d.pk(i) for i in ids]
+        sql = self.sql.release(len(keys))
+        node = self.node
+
+        def write(cursor: Any, d: Dialect) -> None:
+            cursor.execute(sql, (node, *keys))
+
+        self.outcomes.later(Call(write))
+
     def cancel(self, task_id: uuid.UUID) -> Waiter:
         """Cancel a task that has not started; the Waiter's value is its queue,
         or None when it has started or is unknown."""
@@ -231,11 +245,25 @@ class Store:
                 check(cursor.fetchone())
             now = d.time(time.time())
             row = [values[name] for name in NODE_COLUMNS]
+            row[NODE_COLUMNS.index("queues")] = json.dumps(values["queues"])
             cursor.execute(sql.beat, (*row, now, node))
             if cursor.rowcount == 0:
                 cursor.execute(sql.first_beat, (*row, now, d.time(started), node))
 
         return self.call(write)
+
+    def unserved(self, queued: dict[str, int], dead_after: float) -> list[str]:
+        """The queues of `queued` (tasks waiting per queue) that no broker
+        alive within `dead_after` seconds serves."""
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        from ...models import BrokerNode
+
+        since = timezone.now() - timedelta(seconds=dead_after)
+        live = list(BrokerNode.objects.filter(stopped=False, heartbeat_at__gte=since))
+        return sorted(q for q, n in queued.items() if n and not any(b.serves(q) for b in live))
 
     def node_row(self, name: str) -> dict[str, Any] | None:
         """A broker's row as last written, or None."""
@@ -286,7 +314,11 @@ class Store:
         return self.call(requeue)
 
     def adopt(
-        self, silent_since: float, walk: Callable[[dict[str, Any]], list[str]], reason: str
+        self,
+        silent_since: float,
+        walk: Callable[[dict[str, Any]], list[str]],
+        reason: str,
+        queues: frozenset[str] | None = None,
     ) -> Waiter:
         """Claim spooled tasks and the unfinished tasks of gone brokers.
 
@@ -295,18 +327,21 @@ class Store:
         tasks to claim. Each row is claimed with a conditional update, so
         brokers sweeping at once each take a task at most once. A task found
         running is requeued with a FailedTask row giving `reason`. The value
-        is (the tasks claimed as Ready, the gone brokers)."""
+        is (the tasks claimed as Ready, the gone brokers). With `queues`, only
+        tasks of those queues are claimed."""
         sql = self.sql
         node = self.node
+        of = None if queues is None else sorted(queues)
+        count = None if of is None else len(of)
 
         def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], dict[str, Any]]:
             cursor.execute(sql.gone, (node, d.time(silent_since)))
             gone = dict(cursor.fetchall())
-            cursor.execute(sql.claim_spooled, (node, False))
+            cursor.execute(sql.claim_spooled_of(count), (node, False, *(of or ())))
             rows = cursor.fetchall()
             names = walk(gone)
             if names:
-                cursor.execute(sql.adopt(len(names)), (node, *names))
+                cursor.execute(sql.adopt(len(names), count), (node, *names, *(of or ())))
                 rows += cursor.fetchall()
             running = [r for r in rows if r[4] == "running"]
             if running:

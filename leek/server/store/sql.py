@@ -61,6 +61,7 @@ NODE_COLUMNS = (
     "healthy",
     "stopped",
     "note",
+    "queues",
 )
 #: What a claim returns of each task it takes.
 CLAIMED = "RETURNING id, priority, queue, run_after, status, name, attempts, started_at"
@@ -133,12 +134,14 @@ class Statements:
             "AND (stopped OR heartbeat_at < %s)"
         )
         self.claim_spooled = claim_spooled(d)
-        names = ", ".join(f"{k} = %s" for k in NODE_COLUMNS)
+        # The lanes are a JSON document: bound as text, read as jsonb on PostgreSQL.
+        marks = {k: "%s" if d.sqlite or k != "queues" else "%s::jsonb" for k in NODE_COLUMNS}
+        names = ", ".join(f"{k} = {marks[k]}" for k in NODE_COLUMNS)
         self.beat = q(f"UPDATE leek_brokernode SET {names}, heartbeat_at = %s WHERE name = %s")
-        marks = ", ".join(["%s"] * (len(NODE_COLUMNS) + 3))
+        values = ", ".join([*marks.values(), "%s", "%s", "%s"])
         self.first_beat = q(
             f"INSERT INTO leek_brokernode ({', '.join(NODE_COLUMNS)}, "
-            f"heartbeat_at, started_at, name) VALUES ({marks})"
+            f"heartbeat_at, started_at, name) VALUES ({values})"
         )
         self.node_row = q(
             "SELECT hostname, pid, host, port, stopped FROM leek_brokernode WHERE name = %s"
@@ -186,12 +189,27 @@ class Statements:
             "FROM leek_task WHERE id IN (" + ", ".join([self.dialect.ph] * count) + ")"
         )
 
-    def adopt(self, brokers: int) -> str:
-        """Claim the unfinished tasks of `brokers` gone brokers."""
+    def adopt(self, brokers: int, queues: int | None) -> str:
+        """Claim the unfinished tasks of `brokers` gone brokers (of `queues`
+        queues only, unless None)."""
         marks = ", ".join(["%s"] * brokers)
         return self.dialect.sql(
             "UPDATE leek_task SET broker = %s "
-            f"WHERE broker IN ({marks}) AND status IN ('queued', 'running') {CLAIMED}"
+            f"WHERE broker IN ({marks}) AND status IN ('queued', 'running')"
+            f"{_of_queues(queues)} {CLAIMED}"
+        )
+
+    def claim_spooled_of(self, queues: int | None) -> str:
+        """The sweep's claim of spooled tasks (of `queues` queues only, unless None)."""
+        if queues is None:
+            return self.claim_spooled
+        return claim_spooled(self.dialect, _of_queues(queues))
+
+    def release(self, count: int) -> str:
+        """Give `count` queued tasks of this broker up to whichever broker serves their queue."""
+        return self.dialect.sql(
+            "UPDATE leek_task SET broker = '', spooled = TRUE WHERE broker = %s "
+            "AND status = 'queued' AND id IN (" + ", ".join(["%s"] * count) + ")"
         )
 
     def unschedule(self, keep: int) -> str:
@@ -200,7 +218,12 @@ class Statements:
         return f"DELETE FROM leek_periodictask WHERE from_settings{where}"
 
 
-def claim_spooled(d: Dialect) -> str:
+def _of_queues(count: int | None) -> str:
+    """The condition that a task's queue is one of `count` bound values."""
+    return "" if count is None else f" AND queue IN ({', '.join(['%s'] * count)})"
+
+
+def claim_spooled(d: Dialect, condition: str = "") -> str:
     """The sweep's claim of spooled tasks, in `d`'s SQL.
 
     The claim must read only the partial index of spooled rows (the broker's
@@ -213,5 +236,5 @@ def claim_spooled(d: Dialect) -> str:
     spooled = "spooled AND spooled = 1" if d.sqlite else "spooled"
     return d.sql(
         "UPDATE leek_task SET broker = %s, spooled = %s "
-        f"WHERE {spooled} AND status || '' = 'queued' {CLAIMED}"
+        f"WHERE {spooled} AND status || '' = 'queued'{condition} {CLAIMED}"
     )
