@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PG_URL ?= $(or $(LEEK_TEST_POSTGRES_URL),postgres://postgres@127.0.0.1:5432/leek)
 
-.PHONY: install run migrate test test-sqlite test-postgres test-django6 lint typecheck bench clean
+.PHONY: install run migrate test test-sqlite test-postgres test-slow test-django6 lint typecheck bench clean
 
 $(BIN)/leek: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,19 +21,23 @@ migrate: install
 run: migrate
 	$(BIN)/leek start
 
-## test: the whole suite on SQLite, then on PostgreSQL when one is reachable
+## test: the suite on SQLite, then on PostgreSQL when one is reachable (fault-injection runs apart)
 test: test-sqlite test-postgres
 
 test-sqlite: install
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
 
 test-postgres: install
 	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect('$(PG_URL)'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then \
 		echo "== PostgreSQL run: $(PG_URL)"; \
-		DATABASE_URL='$(PG_URL)' $(BIN)/pytest; \
+		DATABASE_URL='$(PG_URL)' $(BIN)/pytest -m "not slow"; \
 	else \
 		echo "== PostgreSQL not reachable at $(PG_URL): skipped the PostgreSQL run"; \
 	fi
+
+## test-slow: the fault-injection runs (random SIGKILLs of brokers and worker processes)
+test-slow: install
+	$(BIN)/pytest -m slow
 
 ## test-django6: the suite on Django 6.x and Python 3.12+ (skipped, exit 0, without one)
 test-django6:

@@ -281,6 +281,11 @@ class Pool:
             if ready.id not in found or found[ready.id][0] not in ("queued", "running"):
                 return  # cancelled or deleted while it waited
             job = found[ready.id][1]
+        if process is not None and not process.alive and not self._start(process, RESTART_FIRST):
+            # Its process died while it waited for this task, and cannot start:
+            # the task has not begun, so it waits again, its attempts as they were.
+            self.retry_later([Ready(ready.id, ready.priority, ready.queue, time.time(), job)])
+            return
         started = time.time()
         number = job.attempts + 1
         timeout = job.timeout if job.timeout is not None else self.default_timeout

@@ -127,8 +127,11 @@ def test_waiting_and_handled_per_queue(broker_factory: Callable[..., BrokerProce
     assert leek.handled("pdfs") == (True, 1)
 
 
-def test_cancel_a_task_that_has_not_started(broker_factory: Callable[..., BrokerProcess]) -> None:
-    broker_factory(LEEK_WORKERS="1")
+@BOTH_POOLS
+def test_cancel_a_task_that_has_not_started(
+    broker_factory: Callable[..., BrokerProcess], pool: str
+) -> None:
+    broker_factory(LEEK_WORKERS="1", LEEK_POOL=pool)
     gate = leek.push_task_to_queue(tasks.sleep, 0.5)
     wait_for(lambda: gate.status() == "running")
     handle = leek.push_task_to_queue(tasks.add, 1, 1)

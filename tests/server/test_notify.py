@@ -16,7 +16,7 @@ import leek
 from leek.server.notify import notify_admins
 from leek.server.rows import Outcome
 from tests import tasks
-from tests.conftest import BrokerProcess, wait_for
+from tests.conftest import BOTH_POOLS, BrokerProcess, wait_for
 
 ADMINS: list[Any] = ["ops@example.com"] if django.VERSION >= (6,) else [("Ops", "ops@example.com")]
 
@@ -90,12 +90,13 @@ def test_a_broken_mail_server_is_logged_not_raised(
     assert "failure mail not sent" in caplog.text
 
 
+@BOTH_POOLS
 @pytest.mark.django_db(transaction=True)
 def test_a_broker_mails_the_admins_once_a_task_fails_for_good(
-    broker_factory: Callable[..., BrokerProcess], tmp_path: Path
+    broker_factory: Callable[..., BrokerProcess], tmp_path: Path, pool: str
 ) -> None:
     outbox = tmp_path / "mail"
-    broker_factory(LEEK_NOTIFY_ADMINS_ON_FAILURE="1", EMAIL_FILE_PATH=str(outbox))
+    broker_factory(LEEK_POOL=pool, LEEK_NOTIFY_ADMINS_ON_FAILURE="1", EMAIL_FILE_PATH=str(outbox))
     handle = leek.enqueue(tasks.fail, ("out of paper",), max_retries=1)
     wait_for(lambda: handle.status() == "failed")
     sent = wait_for(lambda: written(outbox))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import time
 from typing import Any
@@ -176,3 +178,41 @@ def test_a_thread_stuck_past_its_limit_is_set_aside_and_replaced(broker_factory:
     with pytest.raises(leek.TaskFailed, match="timed out"):
         handle.result(timeout=30)  # recorded once the sleep returned
     assert leek.stats()[1]["workers_stuck"] == 0
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+def test_random_sigkills_of_worker_processes_lose_no_task(broker_factory: Any) -> None:
+    broker = processes(broker_factory, LEEK_RETRY_BACKOFF="0.05")
+    assert broker.proc is not None
+    handles = [leek.enqueue(tasks.sleep, (0.05,), max_retries=20) for _ in range(300)]
+    rng = random.Random(11)
+    kills = 0
+    deadline = time.monotonic() + 120
+    while not all(h.ready() for h in handles[-20:]) and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.1, 0.4))
+        children = [p for p in _children(broker.proc.pid) if p != broker.proc.pid]
+        if children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rng.choice(children), signal.SIGKILL)
+                kills += 1
+    assert kills >= 5
+    assert [h.result(timeout=120) for h in handles] == [0.05] * 300
+    assert Task.objects.filter(status="succeeded").count() == 300
+    lost = FailedTask.objects.filter(exc_type="leek.exceptions.WorkerLost").count()
+    assert 0 < lost <= kills  # each kill cost at most one attempt of one task
+    assert leek.ping() == (True, "I'm OK")
