@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import checks  # noqa: F401 - registers the system checks, installed app or not
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

@@ -25,6 +25,4 @@ class LeekConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
-
         connection_created.connect(_tune_sqlite, dispatch_uid="leek.tune_sqlite")

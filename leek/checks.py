@@ -1,12 +1,34 @@
-"""System checks for the LEEK settings (`manage.py check`)."""
+"""System checks for the LEEK settings and the app (`manage.py check`).
+
+`import leek` registers them, so they run whether or not INSTALLED_APPS lists
+leek: a project that imports leek while Django sets up (from its models, an
+AppConfig.ready or its settings) is told when the app is missing. One that
+imports leek later, from a view, is told by its first push (AppNotInstalled).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.apps import apps
 from django.core import checks
 
 from . import conf
+
+
+@checks.register()
+def check_installed(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """leek.E008 when leek is imported and INSTALLED_APPS lacks it."""
+    if apps.is_installed("leek"):
+        return []
+    return [
+        checks.Error(
+            'INSTALLED_APPS lacks "leek", and this project imports leek.',
+            hint='Add "leek" to INSTALLED_APPS, then run `manage.py migrate`: pushes, '
+            "their results and the admin need leek's tables.",
+            id="leek.E008",
+        )
+    ]
 
 
 @checks.register()
@@ -27,6 +49,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         ("MAX_FRAME", 1),
         ("MAX_TASKS_PER_CHILD", 0),
         ("MAX_MEMORY_PER_CHILD", 0),
+        ("CHILD_NICE", 0),
     ):
         if not isinstance(settings[key], int) or settings[key] < least:
             errors.append(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
+
 
 class LeekError(Exception):
     """leek failed."""
@@ -23,6 +25,14 @@ class BadSignature(ProtocolError):
 
 class FrameTooLarge(ProtocolError):
     """A frame is larger than MAX_FRAME allows."""
+
+
+class AppNotInstalled(LeekError, ImproperlyConfigured):
+    """INSTALLED_APPS lacks "leek": add "leek" to it, then run `manage.py migrate`."""
+
+
+class SettingsUnavailable(LeekError):
+    """The `leek` command found no Django settings module it could import."""
 
 
 class BrokerUnavailable(LeekError):
@@ -110,6 +120,12 @@ class WorkerLost(LeekError):
 
 class WorkerUnavailable(LeekError):
     """A worker process cannot start."""
+
+    def __init__(self, message: str | None = None, *, reported: bool = False) -> None:
+        super().__init__(message)
+        #: True when the process itself said why (its traceback is the message),
+        #: False when it ended or hung before it could say anything.
+        self.reported = reported
 
 
 class Interrupted(LeekError):

@@ -1,9 +1,10 @@
 """The `leek` command: start, stop and question the broker; repair the queue.
 
 Exit status: 0 healthy, 1 the broker answers but is unhealthy (or rejects this
-client's secret), 2 no broker could be reached. `--json` prints machine-readable
-output. Like manage.py, it puts the current directory on sys.path and uses
-DJANGO_SETTINGS_MODULE, defaulting to the bundled `settings`.
+client's secret), 2 no broker could be reached, or no settings module could be
+imported. `--json` prints machine-readable output. Like django-admin, it takes
+`--settings` and `--pythonpath`, else DJANGO_SETTINGS_MODULE; with neither, a
+module named `settings` (the bundled project's); see `project.py`.
 
 `VERBS` lists every verb once; `leek` and `manage.py leek` both build their
 parser from it with `add_verbs`. The handler modules read no Django setting
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import broker, repair, schedule
+from ..exceptions import SettingsUnavailable
+from . import broker, project, repair, schedule
 from .output import OK, UNHEALTHY, UNREACHABLE, emit
 
 __all__ = [
@@ -85,14 +86,19 @@ VERBS = (
 )
 
 
-def add_verbs(parser: argparse.ArgumentParser) -> None:
+def add_verbs(parser: argparse.ArgumentParser, *, project_arguments: bool = False) -> None:
     """Add --json and one subcommand per verb; the parsed options carry the
-    verb's name as `command` and the Verb itself as `verb`."""
+    verb's name as `command` and the Verb itself as `verb`.
+
+    `project_arguments` lets each verb take --settings and --pythonpath too, as
+    the `leek` command does (manage.py has Django's own)."""
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for verb in VERBS:
         child = sub.add_parser(verb.name, help=verb.help, description=verb.help)
         verb.add_arguments(child)
+        if project_arguments:
+            project.add_project_arguments(child, after_verb=True)
         child.set_defaults(verb=verb)
 
 
@@ -101,7 +107,8 @@ def build_parser(prog: str = "leek") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="leek: a durable task broker for Django"
     )
-    add_verbs(parser)
+    project.add_project_arguments(parser)
+    add_verbs(parser, project_arguments=True)
     return parser
 
 
@@ -116,10 +123,16 @@ def run(options: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv` (default: sys.argv), set Django up and run the verb."""
+    """Parse `argv` (default: sys.argv), set Django up and run the verb.
+
+    Without an importable settings module it writes one paragraph saying so
+    to stderr and returns 2, with no traceback."""
     options = build_parser().parse_args(argv)
-    sys.path.insert(0, os.getcwd())
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+    try:
+        project.find(options)
+    except SettingsUnavailable as exc:
+        sys.stderr.write(f"leek: {exc}\n")
+        return project.NO_SETTINGS
     import django
 
     django.setup()

@@ -9,10 +9,18 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.apps import apps
 from django.db import transaction
 
 from .. import conf, fields
-from ..exceptions import BrokerUnavailable, LeekError, TaskCancelled, TaskFailed, TaskNotReady
+from ..exceptions import (
+    AppNotInstalled,
+    BrokerUnavailable,
+    LeekError,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotReady,
+)
 from ..ids import new_task_id, new_task_ids
 from ..protocol.payload import dump_task, load_value, task_name
 from . import connection
@@ -182,13 +190,26 @@ def message(
     return _whole(str(task_id or new_task_id()), *parts, options)
 
 
+def waits_for_commit(using: str | None = None) -> bool:
+    """Whether a push made now is sent when the surrounding transaction
+    commits (ON_COMMIT, inside transaction.atomic()) rather than at once."""
+    return bool(conf.get("ON_COMMIT")) and transaction.get_connection(using).in_atomic_block
+
+
 def _send(verb: str, data: Any, using: str | None = None) -> None:
-    """Send now, or when the surrounding transaction commits (ON_COMMIT)."""
-    if conf.get("ON_COMMIT"):
-        connection_ = transaction.get_connection(using)
-        if connection_.in_atomic_block:
-            transaction.on_commit(lambda: _deliver(verb, data), using=using, robust=False)
-            return
+    """Send now, or when the surrounding transaction commits (ON_COMMIT).
+
+    Raises AppNotInstalled when INSTALLED_APPS lacks leek: the results and the
+    database fallback are its tables."""
+    if not apps.is_installed("leek"):
+        raise AppNotInstalled(
+            "a push needs leek's tables (for its result, and to keep it when no broker "
+            'answers), and INSTALLED_APPS lacks "leek": add "leek" to INSTALLED_APPS, '
+            "then run `manage.py migrate`"
+        )
+    if waits_for_commit(using):
+        transaction.on_commit(lambda: _deliver(verb, data), using=using, robust=False)
+        return
     _deliver(verb, data)
 
 
