@@ -70,6 +70,9 @@ class SuccessTask(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="successes")
     name = models.CharField(max_length=255)
     attempt = models.PositiveIntegerField(default=1)
+    #: The node name of the broker that ran the attempt ("" in rows from before
+    #: outcomes named it; the database default serves writers other than leek's).
+    broker = models.CharField(max_length=255, blank=True, default="", db_default="")
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(db_index=True)
     duration = models.FloatField(help_text="seconds")
@@ -88,6 +91,9 @@ class FailedTask(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="failures")
     name = models.CharField(max_length=255)
     attempt = models.PositiveIntegerField()
+    #: The node name of the broker that ran the attempt ("" in rows from before
+    #: outcomes named it; the database default serves writers other than leek's).
+    broker = models.CharField(max_length=255, blank=True, default="", db_default="")
     started_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(db_index=True)
     exc_type = models.CharField(max_length=255)

@@ -6,7 +6,7 @@ import io
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
@@ -25,6 +25,13 @@ class TaskContext:
     attempt: int
     sink: ProgressSink | None = None
     node: str = ""  # the broker running it
+    retry_rule: Callable[[BaseException], bool] | None = None  # the broker's: see will_retry
+
+    def will_retry(self, exc: BaseException) -> bool:
+        """Whether the broker runs the task again if this attempt ends by
+        raising `exc` (its error is retried and a retry is left); False outside
+        a broker."""
+        return self.retry_rule is not None and self.retry_rule(exc)
 
 
 _local = threading.local()

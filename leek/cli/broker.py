@@ -15,7 +15,8 @@ from .output import OK, UNHEALTHY, UNREACHABLE, emit
 
 
 def add_start_arguments(parser: argparse.ArgumentParser) -> None:
-    """--host, --port, --workers and --pool, each overriding its LEEK setting; --queues."""
+    """--host, --port, --workers and --pool, each overriding its LEEK setting;
+    --queues; --reload and --force-reload."""
     parser.add_argument("--host", help="address to listen on (LEEK_HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (LEEK_PORT)")
     parser.add_argument("--workers", type=int, help="worker threads (LEEK_WORKERS)")
@@ -28,6 +29,16 @@ def add_start_arguments(parser: argparse.ArgumentParser) -> None:
         "--queues",
         type=_names,
         help="serve only these queues, comma-separated (default: every queue)",
+    )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="start again, after the running tasks, when a Python file changes (needs DEBUG)",
+    )
+    parser.add_argument(
+        "--force-reload",
+        action="store_true",
+        help="--reload even with DEBUG off",
     )
 
 
@@ -59,10 +70,22 @@ def _call(options: argparse.Namespace, verb: str, data: Any) -> tuple[int, Any]:
 
 
 def run_start(options: argparse.Namespace) -> int:
-    """Serve in the foreground until a signal stops the broker; UNHEALTHY if it cannot start."""
+    """Serve in the foreground until a signal stops the broker; UNHEALTHY if it
+    cannot start. With --reload, the broker runs in a child process started
+    again after each change (reload.py): UNHEALTHY at once when DEBUG is off and
+    the reload is not forced."""
     from .. import conf
     from ..server.broker import Broker
+    from . import reload
 
+    reloading = options.reload or options.force_reload
+    if reloading:
+        refusal = reload.refusal(options.force_reload)
+        if refusal:
+            sys.stderr.write(f"error: {refusal}\n")
+            return UNHEALTHY
+        if reload.supervising():
+            return reload.supervise()
     try:
         broker = Broker(options.host, options.port, options.workers, options.pool, options.queues)
     except OSError as exc:  # the address is taken, or not this machine's
@@ -72,7 +95,10 @@ def run_start(options: argparse.Namespace) -> int:
         return UNHEALTHY
     broker.install_signals()
     try:
-        broker.serve()
+        if not reloading:
+            broker.serve()
+        elif reload.serve(broker):
+            return reload.RELOAD
     except NodeNameInUse as exc:
         sys.stderr.write(f"error: {exc}\n")
         return UNHEALTHY

@@ -32,6 +32,7 @@ class Attempt:
     payload: bytes
     timeout: float | None
     node: str  # the broker running it
+    max_retries: int  # the task's: attempt 1 + max_retries is its last
 
 
 @dataclass(slots=True)
@@ -59,16 +60,34 @@ def perform(
     """Run the task once and say how it ended. `output` captures print() on
     this thread (the threads pool); None leaves the streams alone (a worker
     process captures its file descriptors instead)."""
+
+    def will_retry(exc: BaseException) -> bool:
+        return not final(attempt.number, attempt.max_retries, retryable(exc, no_retry))
+
     try:
         fn, args, kwargs = load_task(attempt.payload)
-        context = TaskContext(attempt.task_id, attempt.name, attempt.number, sink, attempt.node)
+        context = TaskContext(
+            attempt.task_id, attempt.name, attempt.number, sink, attempt.node, will_retry
+        )
         with bind_context(context, output):
             value = fn(*args, **kwargs)
         return Result(True, result=dump_value(value), result_repr=short_repr(value))
     except TaskTimeout:
         return timed_out(attempt.timeout)
     except Exception as exc:
-        return failed(exc, retryable=not isinstance(exc, (PayloadError, *no_retry)))
+        return failed(exc, retryable=retryable(exc, no_retry))
+
+
+def retryable(exc: BaseException, no_retry: tuple[type[BaseException], ...]) -> bool:
+    """Whether a task that raised `exc` may run again: not when its payload
+    cannot load, nor for the NO_RETRY exceptions; always after its time limit."""
+    return isinstance(exc, TaskTimeout) or not isinstance(exc, (PayloadError, *no_retry))
+
+
+def final(number: int, max_retries: int, retryable: bool) -> bool:
+    """Whether failed attempt `number` ends its task: its error is not retried,
+    or it was the last of the task's 1 + max_retries attempts."""
+    return not retryable or number > max_retries
 
 
 def failed(exc: BaseException, retryable: bool = True) -> Result:

@@ -7,8 +7,8 @@ itself with POOL "threads", or in the worker process the thread drives with
 POOL "processes" (process.py), so that task code never runs in the broker's
 interpreter. Either way the Result becomes the attempt's Outcome here: a
 failure is retried after an exponential backoff with jitter until the task's
-retries are exhausted, then it fails for good and the ON_FAILURE hooks run, in
-the broker, whichever pool ran it.
+retries are exhausted (each retry sends leek.signals.task_retried), then it
+fails for good and the ON_FAILURE hooks run, in the broker, whichever pool ran it.
 
 Time limits. A worker process is killed at its task's limit (process.py). A
 thread cannot be killed: the watchdog (`Pool.watch`, a broker duty) raises
@@ -30,14 +30,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
-from .. import conf
+from .. import conf, signals
 from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..runtime import CapturedOutput
-from .attempt import Attempt, Result, perform, timed_out
+from .attempt import Attempt, Result, final, perform, timed_out
 from .dispatch import Dispatcher
 from .notify import notify_admins
 from .process import WorkerProcess
@@ -50,8 +51,10 @@ logger = logging.getLogger(__name__)
 POOLS = ("threads", "processes")
 #: Seconds past its time limit after which a thread that has not stopped is stuck.
 STUCK_AFTER = 5.0
-#: Seconds a worker waits before it starts a process again after one could not
-#: start: the first wait, doubled after each failure up to the last.
+#: Failed starts of a worker process in a row after which the pool is broken.
+START_FAILURES = 3
+#: Seconds a worker waits before it starts a process again once the pool is
+#: broken: the first wait, doubled after each failure up to the last.
 RESTART_FIRST = 1.0
 RESTART_MAX = 30.0
 
@@ -210,14 +213,14 @@ class Pool:
             process = WorkerProcess(me.name, self.max_tasks, self.max_memory)
             with self._lock:
                 self.processes[me] = process
-        restart = RESTART_FIRST
+        failures = 0  # failed starts of this worker's process in a row
         try:
             while not self._stopping.is_set():
                 if process is not None and not process.alive:
-                    if not self._start(process, restart):
-                        restart = min(restart * 2, RESTART_MAX)
+                    if not self._start(process, failures):
+                        failures += 1
                         continue
-                    restart = RESTART_FIRST
+                    failures = 0
                 while not self.store.room() and not self._stopping.is_set():
                     pass  # outcomes wait to be written: take no task meanwhile
                 taken = self.dispatcher.take(timeout=1.0)
@@ -251,16 +254,28 @@ class Pool:
             close_old_connections()
             connection.close()
 
-    def _start(self, process: WorkerProcess, wait: float) -> bool:
-        """Start the thread's process; on failure, report it and wait `wait` seconds."""
+    def _start(self, process: WorkerProcess, failures: int) -> bool:
+        """Start the thread's process, after `failures` failed starts in a row.
+
+        A process that says it cannot start (its traceback), or that fails
+        START_FAILURES times in a row, makes the pool broken, which the broker
+        reports, and is tried again after a wait that grows. One that merely
+        ended at start (killed from outside) is tried again at once."""
         try:
             process.start()
         except WorkerUnavailable as exc:
             message = str(exc)
-            if message != self.broken:
-                logger.error("%s", message, extra={"action": "process_unavailable"})
-            self.broken = message
-            self._stopping.wait(wait)
+            if exc.reported or failures + 1 >= START_FAILURES:
+                if message != self.broken:
+                    logger.error("%s", message, extra={"action": "process_unavailable"})
+                self.broken = message
+                self._stopping.wait(min(RESTART_FIRST * 2**failures, RESTART_MAX))
+            else:
+                logger.warning(
+                    "worker process did not start, starting another error=%s",
+                    message,
+                    extra={"action": "process_restarted"},
+                )
             return False
         self.broken = ""
         return True
@@ -281,7 +296,7 @@ class Pool:
             if ready.id not in found or found[ready.id][0] not in ("queued", "running"):
                 return  # cancelled or deleted while it waited
             job = found[ready.id][1]
-        if process is not None and not process.alive and not self._start(process, RESTART_FIRST):
+        if process is not None and not process.alive and not self._start(process, 0):
             # Its process died while it waited for this task, and cannot start:
             # the task has not begun, so it waits again, its attempts as they were.
             self.retry_later([Ready(ready.id, ready.priority, ready.queue, time.time(), job)])
@@ -289,7 +304,9 @@ class Pool:
         started = time.time()
         number = job.attempts + 1
         timeout = job.timeout if job.timeout is not None else self.default_timeout
-        attempt = Attempt(ready.id, job.name, number, job.payload, timeout, self.store.node)
+        attempt = Attempt(
+            ready.id, job.name, number, job.payload, timeout, self.store.node, job.max_retries
+        )
         deadline = started + timeout if timeout and process is None else None
         run = Running(ready.id, job.name, started, deadline, number)
         with self._lock:
@@ -298,10 +315,14 @@ class Pool:
         if process is None:
             result = self._on_thread(me, run, attempt)
         else:
-            result = process.run(
-                attempt, lambda pct, note: self.store.progress(ready.id, pct, note)
-            )
+            ran = process.run(attempt, lambda pct, note: self.store.progress(ready.id, pct, note))
             run.done = True
+            if ran is None:  # its process had ended while idle: the task never began
+                with self._lock:
+                    self.running[me] = None
+                self.retry_later([Ready(ready.id, ready.priority, ready.queue, time.time(), job)])
+                return
+            result = ran
         with self._lock:
             if self.running.get(me) is run:
                 self.running[me] = None
@@ -312,6 +333,8 @@ class Pool:
         self.handled[ready.queue] += 1
         if not outcome.succeeded and outcome.final:
             self._run_hooks(ready, job.name, outcome)
+        elif not outcome.succeeded:
+            _send_retried(outcome)
 
     def _on_thread(self, me: threading.Thread, run: Running, attempt: Attempt) -> Result:
         """Run the attempt on this thread, its output captured."""
@@ -344,9 +367,9 @@ class Pool:
                 stdout=r.stdout,
                 stderr=r.stderr,
             )
-        final = not r.retryable or number > job.max_retries
+        last = final(number, job.max_retries, r.retryable)
         retry_at = None
-        if not final:
+        if not last:
             retry_at = finished + (r.countdown if r.countdown is not None else backoff(number))
             retry = Job(job.payload, job.name, number, job.max_retries, job.timeout)
             self.retry_later([Ready(ready.id, ready.priority, ready.queue, retry_at, retry)])
@@ -362,7 +385,7 @@ class Pool:
             exc_type=r.exc_type,
             exc_message=r.exc_message,
             traceback=r.traceback,
-            final=final,
+            final=last,
             retry_at=retry_at,
         )
 
@@ -377,6 +400,20 @@ class Pool:
                     ready.id,
                     extra={"action": "hook_failed"},
                 )
+
+
+def _send_retried(outcome: Outcome) -> None:
+    """leek.signals.task_retried for a failed attempt that will be retried."""
+    signals.task_retried.send_robust(
+        Pool,
+        task_id=outcome.task_id,
+        name=outcome.name,
+        attempt=outcome.attempt,
+        retry_at=datetime.fromtimestamp(outcome.retry_at or outcome.finished, UTC),
+        exc_type=outcome.exc_type,
+        exc_message=outcome.exc_message,
+        traceback=outcome.traceback,
+    )
 
 
 def _raise_in(thread: threading.Thread, exc: type[BaseException] | None) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BrokerProcess
+from tests.conftest import BrokerProcess, wait_for
 
 SETTINGS = "tests.backends.settings"
 
@@ -30,3 +30,14 @@ def framework_broker(
     broker_factory: Callable[..., BrokerProcess], jobs: ModuleType
 ) -> BrokerProcess:
     return broker_factory(DJANGO_SETTINGS_MODULE=SETTINGS)
+
+
+def finished(result: Any, timeout: float = 15) -> Any:
+    """`result`, refreshed until its task has finished."""
+
+    def done() -> bool:
+        result.refresh()
+        return bool(result.is_finished)
+
+    wait_for(done, timeout=timeout)
+    return result

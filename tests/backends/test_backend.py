@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
 from django.utils import timezone
 
 import leek
-from leek.models import SuccessTask, Task
+from leek.models import FailedTask, SuccessTask, Task
 from leek.protocol.payload import load_value
 from tests import tasks as leek_tasks
-from tests.conftest import BrokerProcess, wait_for
+from tests.conftest import BrokerProcess, free_port, wait_for
 
-from .conftest import SETTINGS
+from .conftest import SETTINGS, finished
 from .framework import LeekBackend, TaskResultDoesNotExist, TaskResultStatus, task_backends
-
-
-def finished(result: Any, timeout: float = 15) -> Any:
-    def done() -> bool:
-        result.refresh()
-        return bool(result.is_finished)
-
-    wait_for(done, timeout=timeout)
-    return result
 
 
 def test_the_backend_declares_what_it_supports(jobs: ModuleType) -> None:
@@ -136,3 +128,41 @@ def test_a_framework_task_can_be_a_periodic_task(
     success = wait_for(lambda: SuccessTask.objects.filter(name=path).first())
     value = load_value(success.result)
     assert value["word"] == "tick" and value["attempt"] == 1 and value["status"] == "RUNNING"
+
+
+def test_each_attempt_is_credited_to_the_broker_that_ran_it(
+    broker_factory: Callable[..., BrokerProcess], jobs: ModuleType, tmp_path: Path
+) -> None:
+    port = free_port()
+    first = broker_factory(
+        port=port, DJANGO_SETTINGS_MODULE=SETTINGS, LEEK_NODE_NAME="first", LEEK_RETRY_BACKOFF="3"
+    )
+    result = jobs.flaky.enqueue(str(tmp_path / "failed-once"))
+    wait_for(lambda: FailedTask.objects.filter(task_id=result.id).exists())
+    assert first.kill(signal.SIGTERM) == 0  # the retry waits in the database
+    broker_factory(port=port, DJANGO_SETTINGS_MODULE=SETTINGS, LEEK_NODE_NAME="second")
+    finished(result)
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.worker_ids == ["first", "second"] and result.attempts == 2
+
+
+def test_an_attempt_cut_short_is_credited_to_the_broker_that_died(
+    broker_factory: Callable[..., BrokerProcess], jobs: ModuleType, tmp_path: Path
+) -> None:
+    port = free_port()
+    first = broker_factory(port=port, DJANGO_SETTINGS_MODULE=SETTINGS, LEEK_NODE_NAME="first")
+    gate = tmp_path / "gate"
+    result = jobs.hold.enqueue(str(gate))
+    wait_for(lambda: Task.objects.filter(pk=result.id, status="running").exists())
+    first.kill(signal.SIGKILL)
+    gate.touch()
+    broker_factory(
+        port=port,
+        DJANGO_SETTINGS_MODULE=SETTINGS,
+        LEEK_NODE_NAME="second",
+        LEEK_HEARTBEAT_TIMEOUT="1",  # the silent first broker is gone after a second
+    )
+    finished(result)
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert [e.exception_class_path for e in result.errors] == ["leek.exceptions.Interrupted"]
+    assert result.worker_ids == ["first", "second"]

@@ -308,7 +308,7 @@ class Store:
         def requeue(cursor: Any, d: Dialect) -> int:
             cursor.execute(sql.interrupt, (self.node,))
             rows = cursor.fetchall()
-            self._interrupted(cursor, rows, reason)
+            self._interrupted(cursor, [(*r, self.node) for r in rows], reason)
             return len(rows)
 
         return self.call(requeue)
@@ -340,24 +340,28 @@ class Store:
             cursor.execute(sql.claim_spooled_of(count), (node, False, *(of or ())))
             rows = cursor.fetchall()
             names = walk(gone)
+            ran_on: dict[Any, str] = {}  # the broker each running task was cut short on
             if names:
+                cursor.execute(sql.running_of(len(names)), names)
+                ran_on = dict(cursor.fetchall())
                 cursor.execute(sql.adopt(len(names), count), (node, *names, *(of or ())))
                 rows += cursor.fetchall()
             running = [r for r in rows if r[4] == "running"]
             if running:
                 cursor.executemany(sql.requeue, [(r[0],) for r in running])
-                self._interrupted(cursor, [(r[0], r[5], r[6], r[7]) for r in running], reason)
+                cut = [(r[0], r[5], r[6], r[7], ran_on.get(r[0], "")) for r in running]
+                self._interrupted(cursor, cut, reason)
             return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows], gone
 
         return self.call(claim)
 
     def _interrupted(self, cursor: Any, rows: list[Any], reason: str) -> None:
-        """A FailedTask row for each (id, name, attempts, started_at) cut short."""
+        """A FailedTask row for each (id, name, attempts, started_at, broker) cut short."""
         now = self.dialect.time(time.time())
         cursor.executemany(
             self.sql.failure,
             [
-                (r[0], r[1], max(int(r[2]), 1), r[3], now, INTERRUPTED, reason) + NO_OUTPUT
+                (r[0], r[1], max(int(r[2]), 1), r[3], now, INTERRUPTED, reason, *NO_OUTPUT, r[4])
                 for r in rows
             ],
         )

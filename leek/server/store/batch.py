@@ -169,7 +169,8 @@ class Writes:
         return sql
 
     def write_outcomes(self, cursor: Any, outcomes: list[Outcome]) -> None:
-        """The task's new status and its SuccessTask or FailedTask row, for each outcome."""
+        """The task's new status and its SuccessTask or FailedTask row, for each
+        outcome; the row names this broker (Store.node) as the attempt's."""
         if not outcomes:
             return
         d = self.dialect
@@ -196,10 +197,11 @@ class Writes:
                         o.result_repr,
                         o.stdout,
                         o.stderr,
+                        self.node,
                     )
                 )
             else:
-                failures.append(failure_row(d, o, tid))
+                failures.append(failure_row(d, o, self.node, tid))
         cursor.executemany(self.sql.finish, finishes)
         if successes:
             cursor.executemany(self.sql.success, successes)
@@ -207,8 +209,8 @@ class Writes:
             cursor.executemany(self.sql.failure, failures)
 
 
-def failure_row(d: Dialect, o: Outcome, task_key: Any = None) -> tuple[Any, ...]:
-    """The bound values of Statements.failure for a failed attempt."""
+def failure_row(d: Dialect, o: Outcome, broker: str, task_key: Any = None) -> tuple[Any, ...]:
+    """The bound values of Statements.failure for a failed attempt run by `broker`."""
     return (
         d.pk(o.task_id) if task_key is None else task_key,
         o.name,
@@ -221,6 +223,7 @@ def failure_row(d: Dialect, o: Outcome, task_key: Any = None) -> tuple[Any, ...]
         o.final,
         o.stdout,
         o.stderr,
+        broker,
     )
 
 

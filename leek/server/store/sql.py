@@ -107,13 +107,13 @@ class Statements:
         )
         self.success = q(
             "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "
-            "duration, result, result_repr, stdout, stderr) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            "duration, result, result_repr, stdout, stderr, broker) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         )
         self.failure = q(
             "INSERT INTO leek_failedtask (task_id, name, attempt, started_at, failed_at, "
-            "exc_type, exc_message, traceback, final, requeued_at, stdout, stderr) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s)"
+            "exc_type, exc_message, traceback, final, requeued_at, stdout, stderr, broker) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s)"
         )
         self.progress = q("UPDATE leek_task SET progress = %s, progress_note = %s WHERE id = %s")
         self.cancel = q(
@@ -197,6 +197,13 @@ class Statements:
             "UPDATE leek_task SET broker = %s "
             f"WHERE broker IN ({marks}) AND status IN ('queued', 'running')"
             f"{_of_queues(queues)} {CLAIMED}"
+        )
+
+    def running_of(self, brokers: int) -> str:
+        """The id and broker of the running tasks of `brokers` brokers."""
+        marks = ", ".join(["%s"] * brokers)
+        return self.dialect.sql(
+            f"SELECT id, broker FROM leek_task WHERE status = 'running' AND broker IN ({marks})"
         )
 
     def claim_spooled_of(self, queues: int | None) -> str:

@@ -1,0 +1,130 @@
+"""`leek start --reload`: the broker starts again when a Python file it loaded changes.
+
+It runs on Django's autoreloader (django.utils.autoreload), as runserver
+does, in two processes. The command itself becomes a supervisor: it starts
+the broker in a child process, and starts a new one each time the child exits
+with RELOAD. The child serves as `leek start` does and watches the files of
+the modules it has loaded (with POOL "threads", the task modules it ran
+included), plus what `autoreload_started` receivers add. When one changes,
+the child stops as on SIGTERM: it stops accepting pushes, its running tasks
+get SHUTDOWN_GRACE to finish, its queued tasks stay in the database; then it
+exits with RELOAD, and the next child recovers them and runs the new code.
+
+It is for development: `refusal` says why not when DEBUG is off and the reload
+is not forced. SIGTERM and SIGINT to the supervisor are passed on to the
+child, and the supervisor exits with the child's status once it has stopped.
+The child dies with the supervisor (Linux's parent-death signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.utils import autoreload
+
+logger = logging.getLogger(__name__)
+
+#: The exit status of a broker that stopped to be started again (Django's:
+#: autoreload.trigger_reload exits with it).
+RELOAD = 3
+#: Linux prctl option: the signal a process gets when its parent ends.
+PR_SET_PDEATHSIG = 1
+
+
+def refusal(forced: bool) -> str:
+    """Why the broker must not reload itself ("" when it may): DEBUG is off and
+    the reload is not forced."""
+    if forced or settings.DEBUG:
+        return ""
+    return (
+        "--reload is for development and DEBUG is off: to run new code in production, "
+        "stop the broker (`leek stop` or SIGTERM) and start it again; "
+        "pass --force-reload to reload all the same"
+    )
+
+
+def supervising() -> bool:
+    """Whether this process is the supervisor (not yet the broker it starts)."""
+    return os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) != "true"
+
+
+def supervise() -> int:
+    """Run the broker in a child process, again after each reload; the exit
+    status of the last child (128 + the signal that ended one killed by a signal)."""
+    env = {**os.environ, autoreload.DJANGO_AUTORELOAD_ENV: "true"}
+    args = autoreload.get_child_arguments()
+    child: subprocess.Popen[bytes] | None = None
+    stopping = threading.Event()
+
+    def forward(signum: int, frame: Any) -> None:
+        stopping.set()
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        # preexec_fn is safe here: the supervisor runs no other thread.
+        child = subprocess.Popen(args, env=env, close_fds=False, preexec_fn=_die_with_parent)
+        if stopping.is_set():  # a signal came while no child ran
+            child.send_signal(signal.SIGTERM)
+        status = child.wait()
+        if status != RELOAD or stopping.is_set():
+            return 128 - status if status < 0 else status
+        logger.info("broker restarting with the new code", extra={"action": "broker_reloading"})
+
+
+def serve(broker: Any) -> bool:
+    """Serve `broker` (a leek.server.broker.Broker) until it stops; stop it
+    gracefully when a watched file changes. True when it stopped for that."""
+    reloader = autoreload.get_reloader()
+    changed: list[str] = []
+    reloading = threading.Event()
+
+    def note(sender: Any, file_path: Any, **kwargs: Any) -> None:
+        changed.append(str(file_path))  # answers None: Django decides whether to reload
+
+    def watch() -> None:
+        autoreload.autoreload_started.send(sender=reloader)
+        try:
+            reloader.run_loop()
+        except SystemExit:  # autoreload.trigger_reload: a watched file changed
+            logger.info(
+                "file changed path=%s: the broker stops and starts again once its "
+                "running tasks end (within %gs)",
+                changed[-1] if changed else "?",
+                broker.grace,
+                extra={"action": "file_changed"},
+            )
+            reloading.set()
+            broker.request_stop()
+
+    autoreload.file_changed.connect(note, weak=False)
+    logger.info(
+        "watching for file changes reloader=%s",
+        type(reloader).__name__,
+        extra={"action": "reload_watching"},
+    )
+    thread = threading.Thread(target=watch, name="leek-reloader", daemon=True)
+    thread.start()
+    try:
+        broker.serve()
+    finally:
+        reloader.stop()
+        autoreload.file_changed.disconnect(note)
+    return reloading.is_set()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the supervisor ends (elsewhere, nothing)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
