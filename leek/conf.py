@@ -48,6 +48,10 @@ DEFAULTS: dict[str, Any] = {
     # task (0: no limit).
     "MAX_TASKS_PER_CHILD": 0,
     "MAX_MEMORY_PER_CHILD": 0,
+    # processes pool: niceness added to each worker process, so that while
+    # tasks keep every core busy the broker (and the database, and the web
+    # processes of the machine) still run first when they have work (0: none).
+    "CHILD_NICE": 10,
     # How many times a task that raises is run again (0 = run once).
     "MAX_RETRIES": 3,
     # Backoff before retry n: min(RETRY_BACKOFF * 2**(n-1), RETRY_BACKOFF_MAX)

@@ -2,15 +2,18 @@
 
 The broker starts each worker process with multiprocessing's spawn (a fresh
 interpreter: no thread, lock or connection of the broker is inherited) and
-talks to it over one pipe. Messages, each a pickled tuple:
+talks to it over one pipe. Messages, each a tuple of plain values pickled by
+the standard pickler (`send`, `receive`):
 
-    broker → child   ("run", Attempt)           run one attempt
+    broker → child   ("run", id, name, attempt, payload, timeout, node, max_retries)
+                                                 run one attempt
                      ("stop",)                   exit
                      SIGTERM, the flag set       the task is past its time limit: exit
     child → broker   ("ready", pid)              Django is set up; send tasks
                      ("broken", traceback)       it cannot start; it exits
                      ("progress", percent, note) set_progress() in the task
-                     ("done", Result, rss)       the attempt ended; rss in bytes
+                     ("done", Result's fields, rss)
+                                                 the attempt ended; rss in bytes (0: not measured)
 
 The task's payload travels as the bytes the broker holds and is unpickled only
 here. The task's stdout and stderr are captured at the file-descriptor level,
@@ -23,10 +26,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pickle
 import signal
 import sys
 import tempfile
 import traceback
+import uuid
 from typing import Any
 
 #: Linux prctl option: the signal a process gets when its parent thread ends.
@@ -55,29 +60,75 @@ def main(conn: Any, stopping: Any) -> None:
         settings = conf.get_settings()
         from django.utils.module_loading import import_string
 
+        if int(settings["CHILD_NICE"]) > 0:
+            os.nice(int(settings["CHILD_NICE"]))
+
         no_retry = tuple(import_string(path) for path in settings["NO_RETRY"])
         capture = Capture(int(settings["CAPTURE_LIMIT"]))
+        measure = int(settings["MAX_MEMORY_PER_CHILD"]) > 0  # the broker recycles on it
     except BaseException:
-        conn.send(("broken", traceback.format_exc()))
+        send(conn, ("broken", traceback.format_exc()))
         return
-    conn.send(("ready", os.getpid()))
+    send(conn, ("ready", os.getpid()))
     from django.db import close_old_connections
+
+    from .attempt import Attempt
 
     sink = Sink(conn)
     while True:
         try:
-            message = conn.recv()
+            message = receive(conn)
         except (EOFError, OSError):  # the broker is gone
             return
         if message[0] != "run":
             return
-        attempt = message[1]
-        close_old_connections()
+        _, key, name, number, payload, timeout, node, max_retries = message
+        attempt = Attempt(uuid.UUID(bytes=key), name, number, payload, timeout, node, max_retries)
         with capture:
             result = perform(attempt, sink, None, no_retry)
         result.stdout, result.stderr = capture.values()
-        close_old_connections()
-        conn.send(("done", result, rss()))
+        close_old_connections()  # as a request's end does: CONN_MAX_AGE, broken connections
+        send(conn, ("done", result_fields(result), rss() if measure else 0))
+
+
+def send(conn: Any, message: tuple[Any, ...]) -> None:
+    """One message over the pipe, pickled with the standard pickler."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def receive(conn: Any) -> Any:
+    """The next message from the pipe (EOFError once the other end is gone)."""
+    return pickle.loads(conn.recv_bytes())  # noqa: S301 - our own end of our own pipe
+
+
+def run_message(attempt: Any) -> tuple[Any, ...]:
+    """The message that runs `attempt`: its fields, the payload as the broker holds it."""
+    return (
+        "run",
+        attempt.task_id.bytes,
+        attempt.name,
+        attempt.number,
+        attempt.payload,
+        attempt.timeout,
+        attempt.node,
+        attempt.max_retries,
+    )
+
+
+def result_fields(result: Any) -> tuple[Any, ...]:
+    """A Result as a plain tuple, in the order of its fields (Result(*fields) again)."""
+    return (
+        result.succeeded,
+        result.result,
+        result.result_repr,
+        result.exc_type,
+        result.exc_message,
+        result.traceback,
+        result.retryable,
+        result.countdown,
+        result.stdout,
+        result.stderr,
+    )
 
 
 class Sink:
@@ -87,35 +138,41 @@ class Sink:
         self.conn = conn
 
     def progress(self, task_id: Any, percent: float, note: str) -> None:
-        self.conn.send(("progress", percent, note))
+        send(self.conn, ("progress", percent, note))
 
 
 class Capture:
     """File descriptors 1 and 2 sent to files while a task runs; the first
-    `limit` characters of each kept."""
+    `limit` characters of each kept. A file is read and emptied only when the
+    task wrote to it."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]  # noqa: SIM115
+        self.files = [tempfile.TemporaryFile(buffering=0), tempfile.TemporaryFile(buffering=0)]  # noqa: SIM115
         self.saved = [os.dup(1), os.dup(2)]
+        for fd, file in zip((1, 2), self.files, strict=True):
+            os.dup2(file.fileno(), fd)  # between tasks too: nothing else may print
 
     def __enter__(self) -> None:
-        _flush()
-        for fd, file in zip((1, 2), self.files, strict=True):
-            file.seek(0)
-            file.truncate()
-            os.dup2(file.fileno(), fd)
+        pass
 
     def __exit__(self, *exc: object) -> None:
         _flush()
-        for fd, saved in zip((1, 2), self.saved, strict=True):
-            os.dup2(saved, fd)
 
     def values(self) -> tuple[str, str]:
         texts = []
         for file in self.files:
-            file.seek(0)
-            texts.append(file.read(4 * self.limit).decode(errors="replace")[: self.limit])
+            fd = file.fileno()
+            size = os.lseek(fd, 0, os.SEEK_END)
+            if not size:
+                texts.append("")
+                continue
+            os.lseek(fd, 0, os.SEEK_SET)
+            texts.append(
+                os.read(fd, min(size, 4 * self.limit)).decode(errors="replace")[: self.limit]
+            )
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
         return texts[0], texts[1]
 
 

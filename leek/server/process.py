@@ -51,7 +51,9 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        """Whether a process was started and has not been seen to end (a
+        process that dies while idle is seen at the next `run`)."""
+        return self._conn is not None
 
     def start(self) -> None:
         """Start a fresh process and wait until it is ready; WorkerUnavailable,
@@ -68,40 +70,42 @@ class WorkerProcess:
         try:
             if not ours.poll(START_TIMEOUT):
                 raise WorkerUnavailable(f"worker process not ready within {START_TIMEOUT:g} s")
-            message = ours.recv()
+            message = child.receive(ours)
         except (EOFError, OSError) as exc:
-            self.close()
-            raise WorkerUnavailable(
-                f"worker process ended at start: {WorkerLost.of(process.exitcode)}"
-            ) from exc
+            lost = WorkerLost.of(self._reap())
+            raise WorkerUnavailable(f"worker process ended at start: {lost}") from exc
         except WorkerUnavailable:
             self.close()
             raise
         if message[0] != "ready":
             self.close()
-            raise WorkerUnavailable(f"worker process cannot start:\n{message[1]}")
+            raise WorkerUnavailable(f"worker process cannot start:\n{message[1]}", reported=True)
         self.pid = int(message[1])
 
-    def run(self, attempt: Attempt, progress: Callable[[float, str], None]) -> Result:
+    def run(self, attempt: Attempt, progress: Callable[[float, str], None]) -> Result | None:
         """Run one attempt in the process, within its time limit.
 
         Returns the process's Result, or a TaskTimeout or WorkerLost failure
-        when the process had to be killed or died; the process is then gone,
-        and the next `run` needs a `start`."""
+        when the process had to be killed or died while it ran the task; None
+        when it had died before it got the task (the attempt never began).
+        The process is then gone, and the next `run` needs a `start`."""
         deadline = None if not attempt.timeout else time.monotonic() + attempt.timeout
         conn = self._conn
         try:
-            conn.send(("run", attempt))
+            child.send(conn, child.run_message(attempt))
+        except OSError:  # nobody reads the pipe: the process ended while idle
+            self._reap()
+            return None
+        try:
             while True:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if not conn.poll(wait):
+                if deadline is not None and not conn.poll(max(0.0, deadline - time.monotonic())):
                     self._kill()
                     return timed_out(attempt.timeout)
-                message = conn.recv()
+                message = child.receive(conn)
                 if message[0] == "progress":
                     progress(message[1], message[2])
                     continue
-                result: Result = message[1]
+                result = Result(*message[1])
                 self.tasks += 1
                 self._recycle_if_due(int(message[2]))
                 return result
@@ -127,7 +131,7 @@ class WorkerProcess:
         """Ask the process to exit between tasks; kill it if it does not."""
         if self._conn is not None:
             with contextlib.suppress(OSError):
-                self._conn.send(("stop",))
+                child.send(self._conn, ("stop",))
         if self._process is not None:
             self._process.join(timeout)
             if self._process.is_alive():

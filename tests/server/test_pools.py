@@ -215,4 +215,14 @@ def test_random_sigkills_of_worker_processes_lose_no_task(broker_factory: Any) -
     assert Task.objects.filter(status="succeeded").count() == 300
     lost = FailedTask.objects.filter(exc_type="leek.exceptions.WorkerLost").count()
     assert 0 < lost <= kills  # each kill cost at most one attempt of one task
-    assert leek.ping() == (True, "I'm OK")
+    wait_for(lambda: leek.ping() == (True, "I'm OK"))
+
+
+def test_a_process_killed_while_idle_costs_no_attempt(broker_factory: Any) -> None:
+    processes(broker_factory, LEEK_WORKERS="1")
+    idle = leek.push_task_to_queue(tasks.pid).result(timeout=30)
+    os.kill(idle, signal.SIGKILL)  # a zombie until its broker notices
+    time.sleep(0.2)
+    handle = leek.enqueue(tasks.pid, max_retries=0)
+    assert handle.result(timeout=30) != idle
+    assert not FailedTask.objects.filter(task_id=handle.id).exists()
