@@ -1,10 +1,12 @@
 """What every runner shares: worker processes, the stamp file, and the workloads.
 
-A runner subclasses `Runner` and supplies five hooks: `setup`, `reset` (empty its
+A runner subclasses `Runner` and supplies six hooks: `setup`, `reset` (empty its
 queue while no worker runs), `client` (a push function for the calling thread),
-`start_workers` and `stop_workers`. The workloads (`enqueue`, `drain`,
-`latency`, `mixed`) are written once here on top of those hooks, so every system
-is measured by the same code; bench/suite.py runs them as a runner's command line.
+`burn_client` (the same for the CPU-bound task), `start_workers` and
+`stop_workers`. The workloads (`enqueue`, `drain`, `latency`, `mixed`,
+`cpu_drain`, `cpu_push`) are written once here on top of those hooks, so every
+system is measured by the same code; bench/suite.py runs them as a runner's
+command line.
 """
 
 from __future__ import annotations
@@ -163,6 +165,10 @@ class Runner:
         """A function that pushes one noop and returns once it is acknowledged."""
         raise NotImplementedError
 
+    def burn_client(self, loops: int) -> Push:
+        """A function that pushes one burn(loops) and returns once it is acknowledged."""
+        raise NotImplementedError(f"{self.name} has no CPU-bound task")
+
     def start_workers(self) -> None:
         raise NotImplementedError
 
@@ -261,14 +267,7 @@ class Runner:
                 samples.append((self.stamps.last() - start) * 1000)
         finally:
             self.close_client()
-        samples.sort()
-        return {
-            "p50": statistics.median(samples),
-            "p99": samples[min(len(samples) - 1, round(0.99 * len(samples)) - 1)],
-            "mean": statistics.fmean(samples),
-            "max": samples[-1],
-            "n": n,
-        }
+        return _percentiles(samples)
 
     def mixed(self, n: int, threads: int = 4) -> dict[str, Any]:
         """`threads` clients push n tasks while the workers run: end-to-end tasks/s."""
@@ -283,16 +282,120 @@ class Runner:
         span = max(self.stamps.read()[base:]) - start
         return {"rate": n / span, "n": n, "threads": threads, "seconds": span}
 
+    def cpu_drain(self, n: int, loops: int) -> dict[str, Any]:
+        """n burn(loops) tasks queued first, then the workers start: tasks/s
+        from the first task's end to the last one's (n - 1 tasks ended between).
 
-def _timed_pushes(runner: Runner, n: int, threads: int) -> float:
-    """Push n tasks from `threads` threads at once; seconds from go to the last ack."""
+        Counting from the first end leaves the workers' start-up out, as the
+        drain does; the idle tail of the last worker to finish is at most one
+        task long."""
+        self.before_enqueue()
+        try:
+            _timed_pushes(self, n, 1, lambda: self.burn_client(loops))
+        finally:
+            self.after_enqueue()
+        self.stamps.clear()
+        launched = time.time()
+        self.start_workers()
+        try:
+            self.stamps.wait(n, deadline_for(n))
+        except TimeoutError:
+            self.check_workers()
+            raise
+        stamps = self.stamps.read()
+        span = max(max(stamps) - min(stamps), 1e-9)
+        return {
+            "rate": (n - 1) / span,
+            "n": n,
+            "loops": loops,
+            "seconds": span,
+            "wall_from_launch": max(stamps) - launched,
+        }
+
+    def cpu_push(self, n: int, loops: int, per_second: float) -> dict[str, Any]:
+        """Up to n pushes from one client while every worker runs burn(loops)
+        tasks: how long each push takes to be acknowledged, ms.
+
+        Every push is a burn, the timed ones too. The queue is filled first,
+        with no worker running, with enough burns to keep workers that run
+        `per_second` of them busy through n pushes of SLOW_PUSH seconds each,
+        CPU_PUSH_SPACING apart; then the workers start, and once the first
+        burn has ended the timed pushes begin. Nothing else pushes while a
+        timed push runs (one untimed push first opens the client's
+        connection). Slower pushes stop early, once workers that fast could
+        have run FILL_USED of the queue: the result's `n` counts the pushes
+        timed. Fails if the workers ran out of work before the end."""
+        queued = round(per_second * (n * (CPU_PUSH_SPACING + SLOW_PUSH) + 2))
+        self.before_enqueue()
+        try:
+            _timed_pushes(self, queued, 1, lambda: self.burn_client(loops))
+        finally:
+            self.after_enqueue()
+        self.stamps.clear()
+        self.start_workers()
+        push = self.burn_client(loops)
+        clock = time.perf_counter
+        samples = []
+        try:
+            push()
+            self.stamps.wait(1, deadline_for(queued))
+            started = clock()
+            deadline = started + FILL_USED * queued / per_second
+            for _ in range(n):
+                if clock() > deadline:
+                    break
+                time.sleep(CPU_PUSH_SPACING)
+                start = clock()
+                push()
+                samples.append((clock() - start) * 1000)
+            elapsed = clock() - started
+        finally:
+            self.close_client()
+        ran = self.stamps.count()
+        pushed = queued + 1 + len(samples)
+        if pushed - ran < self.workers:
+            raise RuntimeError(
+                f"the workers ran out of work: {ran} of {pushed} burn tasks had run "
+                f"after {len(samples)} timed pushes"
+            )
+        return {**_percentiles(samples), "queued": queued, "ran": ran, "seconds": elapsed}
+
+
+#: Seconds between two timed pushes of cpu_push.
+CPU_PUSH_SPACING = 0.005
+#: The mean push, in seconds, that cpu_push fills its queue for.
+SLOW_PUSH = 0.025
+#: The share of its queue after which cpu_push stops timing pushes: the rest
+#: is a margin for workers faster than the calibration said.
+FILL_USED = 0.7
+
+
+def _percentiles(samples: list[float]) -> dict[str, Any]:
+    """p50, p99, mean and max of latency samples, in the unit they come in."""
+    samples = sorted(samples)
+    return {
+        "p50": statistics.median(samples),
+        "p99": samples[min(len(samples) - 1, round(0.99 * len(samples)) - 1)],
+        "mean": statistics.fmean(samples),
+        "max": samples[-1],
+        "n": len(samples),
+    }
+
+
+def _timed_pushes(
+    runner: Runner, n: int, threads: int, client: Callable[[], Push] | None = None
+) -> float:
+    """Push n tasks from `threads` threads at once, each thread's push function
+    made by `client` (the runner's noop client unless given); seconds from go to
+    the last ack."""
+    make = client or runner.client
     barrier = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
     share = [n // threads + (1 if i < n % threads else 0) for i in range(threads)]
 
     def work(count: int) -> None:
         try:
-            push = runner.client()
+            push = make()
         except BaseException as exc:
             errors.append(exc)
             barrier.abort()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,43 @@ COLUMNS = {
     "latency_p99": ("p99 ms", False),
 }
 
+#: the CPU-bound workload's figures, in a table of their own
+CPU_COLUMNS = {
+    "cpu_rate": ("CPU-bound drain/s", True),
+    "cpu_push_p50": ("push p50 ms, workers busy", False),
+    "cpu_push_p99": ("push p99 ms, workers busy", False),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target of leek's processes pool: `figure` at most `needed` (a latency
+    bound, when `against` is empty), or its ratio to `against`'s, leek ahead
+    above 1, at least `needed`. "@threads" is the same leek with the threads pool."""
+
+    what: str
+    figure: str
+    against: str
+    needed: float
+
+
+TARGETS = [
+    Target("push p99 with every worker busy ≤ 2 ms", "cpu_push_p99", "", 2.0),
+    Target("push p99, workers busy, within 2x of huey-redis's", "cpu_push_p99", "huey-redis", 0.5),
+    Target("CPU-bound drain ≥ 1.8x the threads pool's", "cpu_rate", "@threads", 1.8),
+    Target("CPU-bound drain ≥ celery-redis's", "cpu_rate", "celery-redis", 1.0),
+    Target("no-op drain ≥ 2x celery-redis's", "drain", "celery-redis", 2.0),
+]
+#: The suffix of leek's variants with the processes pool.
+PROCESSES = "-processes"
+
 Table = tuple[list[str], list[list[str]]]
 
 
 def _fmt(figure: str, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.2f}" if figure.startswith("latency") else f"{value:,.0f}"
+    return f"{value:.2f}" if figure.endswith(("_p50", "_p99")) else f"{value:,.0f}"
 
 
 def _median(doc: dict[str, Any], figure: str) -> float | None:
@@ -49,6 +80,52 @@ def figures_table(results: dict[str, Any]) -> Table:
         cells = [_fmt(f, _median(doc, f)) for f in COLUMNS]
         rows.append([doc["system"], *cells, f"{doc.get('drain_n', '?'):,}"])
     return head, rows
+
+
+def cpu_table(results: dict[str, Any]) -> Table | None:
+    """The CPU-bound workload's figures, every system that ran it."""
+    head = [
+        "system",
+        *(title for title, _ in CPU_COLUMNS.values()),
+        "CPU-bound N",
+        "pushes timed",
+    ]
+    rows = []
+    for doc in measured(results):
+        cells = [_fmt(f, _median(doc, f)) for f in CPU_COLUMNS]
+        timed = sorted({r["n"] for r in doc.get("runs", {}).get("cpu_push", [])})
+        if set(cells) != {"-"}:
+            pushes = f"{timed[0]}-{timed[-1]}" if len(timed) > 1 else "".join(map(str, timed))
+            rows.append([doc["system"], *cells, f"{doc.get('cpu_n', '?'):,}", pushes])
+    return (head, rows) if rows else None
+
+
+def targets_table(results: dict[str, Any]) -> Table | None:
+    """Each leek processes variant against the targets of its pool: the ratio
+    (latency: theirs / leek's; throughput: leek's / theirs), or the figure when
+    the target is a bound, and whether it is met."""
+    docs = {d["system"]: d for d in measured(results)}
+    leeks = [name for name in docs if name.startswith("leek") and name.endswith(PROCESSES)]
+    rows = []
+    for target in TARGETS:
+        row = [target.what]
+        for name in leeks:
+            mine = _median(docs[name], target.figure)
+            other = name.removesuffix(PROCESSES) if target.against == "@threads" else target.against
+            theirs = _median(docs[other], target.figure) if other in docs else None
+            if not mine or (target.against and not theirs):
+                row.append("-")
+            elif not theirs:
+                row.append(f"{mine:.2f} ms, {_met(mine <= target.needed)}")
+            else:
+                ratio = theirs / mine if target.figure.endswith("_p99") else mine / theirs
+                row.append(f"{ratio:.2f}x, {_met(ratio >= target.needed)}")
+        rows.append(row)
+    return (["target", *leeks], rows) if leeks else None
+
+
+def _met(met: bool) -> str:
+    return "met" if met else "not met"
 
 
 def ratio_tables(results: dict[str, Any]) -> list[tuple[str, Table]]:
@@ -112,6 +189,8 @@ FLOOR_KEYS = {
     "leek-sqlite-normal": "sqlite_normal",
     "leek-sqlite-full": "sqlite_full",
     "leek-pg": "pg",
+    "leek-sqlite-normal-processes": "sqlite_normal",
+    "leek-pg-processes": "pg",
 }
 
 
@@ -263,6 +342,20 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "",
             fmt(table),
         ]
+    cpu = cpu_table(results)
+    if cpu:
+        burn = results.get("burn") or {}
+        out += [
+            "",
+            f"CPU-bound tasks ({burn.get('loops', 0):,} turns of a Python loop each, "
+            f"{burn.get('ms', '?')} ms of one core when calibrated): the rate of a queue "
+            "of them drained, and one client's pushes while every worker runs them:",
+            "",
+            fmt(cpu),
+        ]
+    targets = targets_table(results)
+    if targets:
+        out += ["", "leek's processes pool against its targets, in this run:", "", fmt(targets)]
     floor = floor_table(results)
     if floor:
         out += [

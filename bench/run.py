@@ -6,8 +6,9 @@ Every system runs in a subprocess of its own (bench/systems/*.py), so one that
 crashes or hangs costs only its own figures. Results go to bench/results.json,
 a table to the terminal and to docs/benchmarks.md (between its markers), and a
 chart to docs/benchmarks.png. Settings also come from the environment:
-BENCH_N, BENCH_REPEAT, BENCH_LATENCY_N, BENCH_QUICK=1, BENCH_BACKLOG (1 for a
-million tasks, or a number), BENCH_ONLY / BENCH_SKIP (comma-separated names).
+BENCH_N, BENCH_REPEAT, BENCH_LATENCY_N, BENCH_CPU_N, BENCH_BURN_MS,
+BENCH_QUICK=1, BENCH_BACKLOG (1 for a million tasks, or a number), BENCH_ONLY /
+BENCH_SKIP (comma-separated names).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import floors, report
+from bench import floors, report, tasks
 from bench.common import REPO, Skip
 from bench.systems import pg_util, redis_util
 
@@ -39,8 +40,10 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
     "tasks-db-sqlite": ("tasks_db", "sqlite", ""),
     "tasks-db-pg": ("tasks_db", "pg", "postgres"),
     "leek-sqlite-normal": ("leek_bench", "sqlite-normal", ""),
+    "leek-sqlite-normal-processes": ("leek_bench", "sqlite-normal-processes", ""),
     "leek-sqlite-full": ("leek_bench", "sqlite-full", ""),
     "leek-pg": ("leek_bench", "pg", "postgres"),
+    "leek-pg-processes": ("leek_bench", "pg-processes", "postgres"),
 }
 RESULTS = REPO / "bench" / "results.json"
 
@@ -59,11 +62,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         default=quick,
-        help="N=1000, 200 latency samples, one run, backlog 20,000",
+        help="N=1000, 200 latency samples, one run, backlog 20,000, 300 CPU-bound tasks",
     )
     parser.add_argument("--n", type=int, default=None, help="tasks per workload (3000)")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (3)")
     parser.add_argument("--latency-n", type=int, default=None, help="latency samples (500)")
+    parser.add_argument(
+        "--cpu-n", type=int, default=None, help="CPU-bound tasks the workers drain (600)"
+    )
+    parser.add_argument(
+        "--burn-ms",
+        type=float,
+        default=float(os.environ.get("BENCH_BURN_MS") or 10),
+        help="milliseconds of one core each CPU-bound task takes, calibrated once (10)",
+    )
     parser.add_argument(
         "--backlog",
         type=int,
@@ -91,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.n = args.n or _env_int("BENCH_N", 1000 if q else 3000)
     args.repeat = args.repeat or _env_int("BENCH_REPEAT", 1 if q else 3)
     args.latency_n = args.latency_n or _env_int("BENCH_LATENCY_N", 200 if q else 500)
+    args.cpu_n = args.cpu_n or _env_int("BENCH_CPU_N", 300 if q else 600)
     if args.backlog is None:
         args.backlog = 20_000 if q else 100_000
     for name in [*args.only, *args.skip]:
@@ -153,7 +166,9 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def run_system(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run_system(
+    name: str, args: argparse.Namespace, workdir: Path, burn_loops: int
+) -> dict[str, Any]:
     module, variant, _ = SYSTEMS[name]
     out = workdir / f"{name}.json"
     argv = [
@@ -178,6 +193,12 @@ def run_system(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
         str(args.backlog if name.startswith("leek") else 0),
         "--recovery-repeat",
         str(args.recovery_repeat),
+        "--cpu-n",
+        str(args.cpu_n),
+        "--burn-ms",
+        str(args.burn_ms),
+        "--burn-loops",
+        str(burn_loops),
     ]
     env = dict(os.environ, BENCH_WORKDIR=str(workdir), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -228,13 +249,18 @@ def _reap(workdir: Path) -> None:
 def _kept_systems(settings: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
     """A partial run (--only/--skip) keeps the other systems of the last run made
     with the same settings, so one system can be measured again on its own."""
-    try:
-        last = json.loads(RESULTS.read_text())
-    except (OSError, ValueError):
-        return []
+    last = _last()
     if last.get("settings") != settings:
         return []
     return [d for d in last.get("systems", []) if d.get("system") not in names]
+
+
+def _last() -> dict[str, Any]:
+    """bench/results.json of the last run; empty if there is none."""
+    try:
+        return dict(json.loads(RESULTS.read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,12 +288,20 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "backlog": args.backlog,
             "recovery_repeat": args.recovery_repeat,
+            "cpu_n": args.cpu_n,
+            "burn_ms": args.burn_ms,
             "poll_interval": float(os.environ.get("BENCH_POLL_INTERVAL", "0.01")),
         },
         "services": {k: v for k, v in services.items() if k.endswith("_version")},
         "systems": [],
     }
     kept = _kept_systems(results["settings"], names) if args.only or args.skip else []
+    # One count of loops for every system in the results, so that all do the
+    # same work: the kept systems' count, or one calibrated now.
+    kept_burn = _last().get("burn") if kept else None
+    results["burn"] = kept_burn or {"ms": args.burn_ms, "loops": tasks.loops_for(args.burn_ms)}
+    burn_loops = results["burn"]["loops"]
+    print(f"bench: a CPU-bound task is {burn_loops:,} loops ({args.burn_ms:g} ms when calibrated)")
     if kept:
         print(f"bench: keeping {', '.join(d['system'] for d in kept)} from the last run")
     ran: list[dict[str, Any]] = []
@@ -277,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             doc: dict[str, Any] = {"system": name, "skipped": services[service]}
         else:
             print(f"== {name}", flush=True)
-            doc = run_system(name, args, workdir)
+            doc = run_system(name, args, workdir, burn_loops)
             if doc.get("skipped"):
                 print(f"!! {name} skipped: {doc['skipped']}")
             elif doc.get("error"):

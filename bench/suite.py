@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import tasks
 from bench.common import Runner, Skip
 
 FIGURES = {  # name -> (workload, key in its result)
@@ -27,6 +28,9 @@ FIGURES = {  # name -> (workload, key in its result)
     "latency_p50": ("latency", "p50"),
     "latency_p99": ("latency", "p99"),
     "mixed": ("mixed", "rate"),
+    "cpu_rate": ("cpu_drain", "rate"),
+    "cpu_push_p50": ("cpu_push", "p50"),
+    "cpu_push_p99": ("cpu_push", "p99"),
 }
 
 
@@ -68,6 +72,14 @@ def _suite(runner: Runner, args: argparse.Namespace) -> dict[str, list[dict[str,
     runner.reset()
     step(f"enqueue_{args.threads}", lambda: runner.enqueue(n, args.threads))
     runner.reset()
+    step("cpu_drain", lambda: runner.cpu_drain(args.cpu_n, args.burn_loops))
+    runner.stop_workers()
+    runner.reset()
+    # the most burns a second the workers can run: each with a core of its own
+    per_second = runner.workers * 1000 / args.burn_ms
+    step("cpu_push", lambda: runner.cpu_push(args.latency_n, args.burn_loops, per_second))
+    runner.stop_workers()
+    runner.reset()
     if errors:
         runs.setdefault("errors", []).append({"messages": errors})
     return runs
@@ -97,10 +109,14 @@ def main(factory: Callable[[str, Path], Runner], variants: list[str]) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--recovery-repeat", type=int, default=1)
+    parser.add_argument("--cpu-n", type=int, default=600)
+    parser.add_argument("--burn-ms", type=float, default=10.0)
+    parser.add_argument("--burn-loops", type=int, default=0, help="0: calibrate here")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     FIGURES[f"enqueue_{args.threads}"] = (f"enqueue_{args.threads}", "rate")
+    args.burn_loops = args.burn_loops or tasks.loops_for(args.burn_ms)
 
     runner = factory(args.variant, args.workdir)
     doc: dict[str, Any] = {"system": runner.name, "variant": args.variant}
@@ -125,6 +141,8 @@ def main(factory: Callable[[str, Path], Runner], variants: list[str]) -> None:
         versions=runner.versions(),
         n=args.n,
         drain_n=max(200, int(args.n * runner.slow_scale)),
+        cpu_n=args.cpu_n,
+        burn={"ms": args.burn_ms, "loops": args.burn_loops},
     )
     all_runs: dict[str, list[dict[str, Any]]] = {}
     try:

@@ -32,6 +32,11 @@ def noop() -> None:
     tasks.noop()
 
 
+@app.task(name="bench.burn")  # type: ignore[untyped-decorator]
+def burn(loops: int) -> None:
+    tasks.burn(loops)
+
+
 class CeleryRunner(Runner):
     name = "celery-redis"
     slow_scale = 0.5  # drain and mixed on half of N, to keep `make bench` short
@@ -53,6 +58,12 @@ class CeleryRunner(Runner):
     def client(self) -> Push:
         def push() -> object:
             return noop.delay()
+
+        return push
+
+    def burn_client(self, loops: int) -> Push:
+        def push() -> object:
+            return burn.delay(loops)
 
         return push
 

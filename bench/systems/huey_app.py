@@ -1,4 +1,4 @@
-"""The huey instance and task the huey consumer loads (`bench.systems.huey_app.huey`).
+"""The huey instance and tasks the huey consumer loads (`bench.systems.huey_app.huey`).
 
 BENCH_HUEY_STORAGE picks the storage: "redis" (RedisHuey at BENCH_REDIS_URL) or
 "sqlite" (SqliteHuey at BENCH_HUEY_SQLITE, huey's defaults: WAL journal,
@@ -26,3 +26,8 @@ else:
 @huey.task(name="bench_noop")  # type: ignore[untyped-decorator]
 def noop() -> None:
     tasks.noop()
+
+
+@huey.task(name="bench_burn")  # type: ignore[untyped-decorator]
+def burn(loops: int) -> None:
+    tasks.burn(loops)

@@ -65,6 +65,15 @@ class HueyRunner(Runner):
         assert self.app is not None
         return self.app.noop  # type: ignore[no-any-return]
 
+    def burn_client(self, loops: int) -> Push:
+        assert self.app is not None
+        burn = self.app.burn
+
+        def push() -> object:
+            return burn(loops)
+
+        return push
+
     def start_workers(self) -> None:
         self.spawn(
             [

@@ -1,8 +1,11 @@
-"""leek: one broker (`leek start`) with 2 worker threads, on SQLite or PostgreSQL.
+"""leek: one broker (`leek start`) with 2 workers, on SQLite or PostgreSQL.
 
-Variants: sqlite-normal and sqlite-full (LEEK_SQLITE_SYNCHRONOUS), pg. The
-timed enqueue runs against a broker started with LEEK_WORKERS=0, which accepts
-and commits tasks but runs none; the drain stops it (SIGTERM leaves the queue in
+Variants: sqlite-normal and sqlite-full (LEEK_SQLITE_SYNCHRONOUS), pg, whose
+tasks run on the broker's worker threads (LEEK_POOL=threads); and
+sqlite-normal-processes and pg-processes, the same with LEEK_POOL=processes:
+each worker thread drives a worker process that runs its tasks. The timed
+enqueue runs against a broker started with LEEK_WORKERS=0, which accepts and
+commits tasks but runs none; the drain stops it (SIGTERM leaves the queue in
 the database) and starts a broker with 2 workers, which recovers the queue and
 runs it: the same path a restarted production broker takes.
 
@@ -41,7 +44,9 @@ from bench.systems import pg_util
 PG_DATABASE = "leek_bench"
 PORT = os.environ.get("BENCH_LEEK_PORT", "8102")
 TWIN_PORT = str(int(PORT) + 1)  # the empty-queue broker the backlog is compared with
-VARIANTS = ["sqlite-normal", "sqlite-full", "pg"]
+VARIANTS = ["sqlite-normal", "sqlite-full", "pg", "sqlite-normal-processes", "pg-processes"]
+#: The suffix of a variant whose tasks run in worker processes.
+PROCESSES = "-processes"
 _LEEK = Path(sys.executable).with_name("leek")
 LEEK_START = (
     [str(_LEEK), "start"] if _LEEK.exists() else [sys.executable, "-m", "leek.cli", "start"]
@@ -52,9 +57,11 @@ class LeekRunner(Runner):
     def __init__(self, variant: str, workdir: Path) -> None:
         self.name = f"leek-{variant}"
         super().__init__(variant, workdir)
+        self.pool = "processes" if variant.endswith(PROCESSES) else "threads"
+        self.storage = variant.removesuffix(PROCESSES)  # sqlite-normal, sqlite-full or pg
         self.sqlite = workdir / f"leek-bench-{variant}.sqlite3"
         self.twin_sqlite = workdir / f"leek-bench-{variant}-empty.sqlite3"
-        if variant == "pg":
+        if self.storage == "pg":
             url = pg_util.url_for(PG_DATABASE)
         else:
             url = f"sqlite:///{self.sqlite}"
@@ -64,7 +71,8 @@ class LeekRunner(Runner):
                 "DATABASE_URL": url,
                 "LEEK_PORT": PORT,
                 "LEEK_HOST": "127.0.0.1",
-                "LEEK_SQLITE_SYNCHRONOUS": "FULL" if variant == "sqlite-full" else "NORMAL",
+                "LEEK_SQLITE_SYNCHRONOUS": "FULL" if self.storage == "sqlite-full" else "NORMAL",
+                "LEEK_POOL": self.pool,
                 "LEEK_FALLBACK": "raise",  # a timed push must reach the broker, never spool
                 "LEEK_LOG_LEVEL": "WARNING",
                 "LEEK_MAX_RETRIES": "0",
@@ -74,7 +82,7 @@ class LeekRunner(Runner):
 
     # ---- hooks -------------------------------------------------------------
     def setup(self) -> None:
-        if self.variant == "pg":
+        if self.storage == "pg":
             server = pg_util.require_database(PG_DATABASE)
             store = f"PostgreSQL {server}"
             self.durability = pg_util.synchronous_commit(PG_DATABASE)
@@ -84,19 +92,23 @@ class LeekRunner(Runner):
             sync = os.environ["LEEK_SQLITE_SYNCHRONOUS"]
             store = f"SQLite (WAL, synchronous={sync})"
             self.durability = f"SQLite WAL, synchronous={sync}; acknowledged = committed"
-        if self.variant == "pg":
+        if self.storage == "pg":
             self.durability += "; acknowledged = committed"
         self._manage("migrate")
         import django
 
         django.setup()
+        workers = (
+            f"{self.workers} worker threads, each driving a worker process (LEEK_POOL=processes)"
+            if self.pool == "processes"
+            else f"{self.workers} worker threads (LEEK_POOL=threads)"
+        )
         self.config = (
-            f"leek {version('leek')} (Django {version('django')}); {store}; "
-            f"one broker, {self.workers} worker threads"
+            f"leek {version('leek')} (Django {version('django')}); {store}; one broker, {workers}"
         )
 
     def versions(self) -> dict[str, str]:
-        names = ["leek", "django"] + (["psycopg"] if self.variant == "pg" else [])
+        names = ["leek", "django"] + (["psycopg"] if self.storage == "pg" else [])
         return {p: version(p) for p in names}
 
     def reset(self) -> None:
@@ -109,6 +121,14 @@ class LeekRunner(Runner):
 
         def push() -> object:
             return push_task_to_queue(tasks.noop)
+
+        return push
+
+    def burn_client(self, loops: int) -> Push:
+        from leek import push_task_to_queue
+
+        def push() -> object:
+            return push_task_to_queue(tasks.burn, loops)
 
         return push
 
@@ -220,7 +240,7 @@ class LeekRunner(Runner):
 
     def _twin(self) -> Proc:
         """A broker like the measured one, on an empty database of its own, on TWIN_PORT."""
-        if self.variant == "pg":
+        if self.storage == "pg":
             pg_util.require_database(PG_DATABASE + "_empty")
             url = pg_util.url_for(PG_DATABASE + "_empty")
         else:

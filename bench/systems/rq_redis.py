@@ -54,6 +54,17 @@ class RQRunner(Runner):
 
         return push
 
+    def burn_client(self, loops: int) -> Push:
+        from redis import Redis
+        from rq import Queue
+
+        queue = Queue("bench", connection=Redis.from_url(redis_util.REDIS_URL))
+
+        def push() -> object:
+            return queue.enqueue(tasks.burn, loops)
+
+        return push
+
     def start_workers(self) -> None:
         for i in range(self.workers):
             self.spawn(

@@ -55,6 +55,7 @@ class TasksDBRunner(Runner):
         from bench.systems import tasks_db_app
 
         self.task = tasks_db_app.noop
+        self.burn = tasks_db_app.burn
         self.config = (
             f"django-tasks-db {version('django-tasks-db')} (django-tasks "
             f"{version('django-tasks')}, Django {version('django')}); {store}; "
@@ -77,6 +78,14 @@ class TasksDBRunner(Runner):
 
     def client(self) -> Push:
         return self.task.enqueue
+
+    def burn_client(self, loops: int) -> Push:
+        enqueue = self.burn.enqueue
+
+        def push() -> object:
+            return enqueue(loops)
+
+        return push
 
     def close_client(self) -> None:
         from django.db import connections

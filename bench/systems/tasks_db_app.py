@@ -1,4 +1,4 @@
-"""The noop as a django-tasks task, for the db_worker to import."""
+"""The noop and the burn as django-tasks tasks, for the db_worker to import."""
 
 from __future__ import annotations
 
@@ -10,3 +10,8 @@ from bench import tasks
 @task()
 def noop() -> None:
     tasks.noop()
+
+
+@task()
+def burn(loops: int) -> None:
+    tasks.burn(loops)
