@@ -24,25 +24,24 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import random
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
-from .. import conf, signals
+from .. import conf
 from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..runtime import CapturedOutput
-from .attempt import Attempt, Result, final, perform, timed_out
+from .attempt import Attempt, Result, perform, timed_out
 from .dispatch import Dispatcher
 from .notify import notify_admins
+from .outcome import outcome_of, send_retried
 from .process import WorkerProcess
-from .rows import Job, Outcome, Ready
+from .rows import Outcome, Ready
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -328,13 +327,15 @@ class Pool:
                 self.running[me] = None
         if process is not None and self._halted:
             return  # killed by the stop: it stays running, and runs again at the next start
-        outcome = self._outcome(ready, job, number, started, result)
+        outcome, retry = outcome_of(ready, job, number, started, result)
+        if retry is not None:
+            self.retry_later([retry])
         self.store.record(outcome)
         self.handled[ready.queue] += 1
         if not outcome.succeeded and outcome.final:
             self._run_hooks(ready, job.name, outcome)
         elif not outcome.succeeded:
-            _send_retried(outcome)
+            send_retried(outcome)
 
     def _on_thread(self, me: threading.Thread, run: Running, attempt: Attempt) -> Result:
         """Run the attempt on this thread, its output captured."""
@@ -351,44 +352,6 @@ class Pool:
         result.stdout, result.stderr = output.values()
         return result
 
-    def _outcome(self, ready: Ready, job: Job, number: int, started: float, r: Result) -> Outcome:
-        """The Outcome of attempt `number`; a failure to retry is scheduled again."""
-        finished = time.time()
-        if r.succeeded:
-            return Outcome(
-                ready.id,
-                job.name,
-                number,
-                started,
-                finished,
-                True,
-                result=r.result,
-                result_repr=r.result_repr,
-                stdout=r.stdout,
-                stderr=r.stderr,
-            )
-        last = final(number, job.max_retries, r.retryable)
-        retry_at = None
-        if not last:
-            retry_at = finished + (r.countdown if r.countdown is not None else backoff(number))
-            retry = Job(job.payload, job.name, number, job.max_retries, job.timeout)
-            self.retry_later([Ready(ready.id, ready.priority, ready.queue, retry_at, retry)])
-        return Outcome(
-            ready.id,
-            job.name,
-            number,
-            started,
-            finished,
-            False,
-            stdout=r.stdout,
-            stderr=r.stderr,
-            exc_type=r.exc_type,
-            exc_message=r.exc_message,
-            traceback=r.traceback,
-            final=last,
-            retry_at=retry_at,
-        )
-
     def _run_hooks(self, ready: Ready, name: str, outcome: Outcome) -> None:
         for hook in self.hooks:
             try:
@@ -402,32 +365,8 @@ class Pool:
                 )
 
 
-def _send_retried(outcome: Outcome) -> None:
-    """leek.signals.task_retried for a failed attempt that will be retried."""
-    signals.task_retried.send_robust(
-        Pool,
-        task_id=outcome.task_id,
-        name=outcome.name,
-        attempt=outcome.attempt,
-        retry_at=datetime.fromtimestamp(outcome.retry_at or outcome.finished, UTC),
-        exc_type=outcome.exc_type,
-        exc_message=outcome.exc_message,
-        traceback=outcome.traceback,
-    )
-
-
 def _raise_in(thread: threading.Thread, exc: type[BaseException] | None) -> None:
     """Raise `exc` in `thread` at its next bytecode; None drops one still pending."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread.ident or 0), None if exc is None else ctypes.py_object(exc)
     )
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before retry number `attempt`: exponential, capped, with jitter."""
-    settings = conf.get_settings()
-    base = min(
-        float(settings["RETRY_BACKOFF"]) * 2 ** (attempt - 1), float(settings["RETRY_BACKOFF_MAX"])
-    )
-    jitter = float(settings["RETRY_JITTER"]) * random.random()  # noqa: S311 - not for secrets
-    return float(base * (1 + jitter))
