@@ -232,15 +232,7 @@ class Runner:
         if not prefilled:
             self.stamps.clear()
             self.enqueue(n, 1)
-        self.stamps.clear()
-        launched = time.time()
-        self.start_workers()
-        try:
-            self.stamps.wait(n, deadline_for(n))
-        except TimeoutError:
-            self.check_workers()
-            raise
-        stamps = self.stamps.read()
+        stamps, launched = self._run_queue(n)
         span = max(max(stamps) - min(stamps), 1e-9)
         return {
             "rate": n / span,
@@ -249,6 +241,19 @@ class Runner:
             "wall_from_launch": max(stamps) - launched,
             "first_task_after": min(stamps) - launched,
         }
+
+    def _run_queue(self, n: int) -> tuple[list[float], float]:
+        """Start the workers on a queue of n tasks and wait for all of them:
+        their stamps, and when the workers were launched."""
+        self.stamps.clear()
+        launched = time.time()
+        self.start_workers()
+        try:
+            self.stamps.wait(n, deadline_for(n))
+        except TimeoutError:
+            self.check_workers()
+            raise
+        return self.stamps.read(), launched
 
     def latency(self, n: int) -> dict[str, Any]:
         """n tasks one after another with idle workers: enqueue -> task start, ms."""
@@ -294,15 +299,7 @@ class Runner:
             _timed_pushes(self, n, 1, lambda: self.burn_client(loops))
         finally:
             self.after_enqueue()
-        self.stamps.clear()
-        launched = time.time()
-        self.start_workers()
-        try:
-            self.stamps.wait(n, deadline_for(n))
-        except TimeoutError:
-            self.check_workers()
-            raise
-        stamps = self.stamps.read()
+        stamps, launched = self._run_queue(n)
         span = max(max(stamps) - min(stamps), 1e-9)
         return {
             "rate": (n - 1) / span,

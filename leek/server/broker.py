@@ -115,10 +115,16 @@ class Broker:
     def route(self, items: list[Ready]) -> None:
         """Send ready tasks to their lanes, future ones to the delayed heap, and
         those of queues this broker does not serve back to the database."""
-        elsewhere = [i.id for i in items if not self.lanes.serves(i.queue)]
+        mine: list[Ready] = []
+        elsewhere: list[uuid.UUID] = []
+        for item in items:
+            if self.lanes.serves(item.queue):
+                mine.append(item)
+            else:
+                elsewhere.append(item.id)
         if elsewhere:
             self.store.release(elsewhere)
-            items = [i for i in items if self.lanes.serves(i.queue)]
+        items = mine
         now = time.time()
         due = [i for i in items if i.run_after is None or i.run_after <= now]
         if len(due) != len(items):

@@ -149,15 +149,17 @@ class Capture:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.files = [tempfile.TemporaryFile(buffering=0), tempfile.TemporaryFile(buffering=0)]  # noqa: SIM115
-        self.saved = [os.dup(1), os.dup(2)]
-        for fd, file in zip((1, 2), self.files, strict=True):
-            os.dup2(file.fileno(), fd)  # between tasks too: nothing else may print
+        self.saved = [os.dup(1), os.dup(2)]  # the process's own, for what it prints between tasks
 
     def __enter__(self) -> None:
-        pass
+        _flush()
+        for fd, file in zip((1, 2), self.files, strict=True):
+            os.dup2(file.fileno(), fd)
 
     def __exit__(self, *exc: object) -> None:
         _flush()
+        for fd, saved in zip((1, 2), self.saved, strict=True):
+            os.dup2(saved, fd)
 
     def values(self) -> tuple[str, str]:
         texts = []

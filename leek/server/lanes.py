@@ -85,22 +85,15 @@ class Lanes:
     def serves(self, queue: str) -> bool:
         return self.lane(queue) is not None
 
-    def push(self, items: list[Ready]) -> list[Ready]:
-        """Queue ready tasks on their lanes; the ones of queues not served here."""
-        lanes: dict[str, list[Ready]] = {}
-        elsewhere: list[Ready] = []
+    def push(self, items: list[Ready]) -> None:
+        """Queue ready tasks, all of queues served here, on their lanes."""
+        lanes: dict[int, tuple[Lane, list[Ready]]] = {}
         for item in items:
             lane = self.lane(item.queue)
-            if lane is None:
-                elsewhere.append(item)
-            else:
-                lanes.setdefault(lane.name, []).append(item)
-        for name, batch in lanes.items():
-            self.named(name).dispatcher.push(batch)
-        return elsewhere
-
-    def named(self, name: str) -> Lane:
-        return self.default if name == DEFAULT_LANE and self.default else self.by_queue[name]
+            if lane is not None:
+                lanes.setdefault(id(lane), (lane, []))[1].append(item)
+        for lane, batch in lanes.values():
+            lane.dispatcher.push(batch)
 
     def cancel(self, task_id: Any, queue: str) -> None:
         lane = self.lane(queue)

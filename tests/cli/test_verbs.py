@@ -75,6 +75,24 @@ def test_the_leek_script_pinging_no_broker_exits_2() -> None:
     assert f"127.0.0.1:{port}" in done.stdout
 
 
+@pytest.mark.parametrize("args", [("--queues", ","), ("--pool", "forks")])
+def test_leek_start_refuses_a_bad_queue_list_or_pool_before_it_starts(
+    args: tuple[str, ...],
+) -> None:
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "leek.cli", "start", *args],
+        cwd=REPO,
+        env=broker_env(port),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert ("name at least one queue" if args[0] == "--queues" else "invalid choice") in done.stderr
+
+
 def test_importing_leek_repair_warns_and_gives_the_functions_of_leek_cli_repair(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
