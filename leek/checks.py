@@ -94,6 +94,83 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return errors
 
 
+@checks.register()
+def check_admin_trust(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """LEEK["ADMIN_COMMANDS"] and LEEK["PERIODIC_ALLOWED"]: leek.E010 when one
+    is not a list of names, leek.W010 for a name that is refused or unknown."""
+    from django.core.management import get_commands
+
+    from .allowlist import refused_command, unsafe_path
+
+    settings = conf.get_settings()
+    found: list[checks.CheckMessage] = []
+    for key, example in (
+        ("ADMIN_COMMANDS", '["check", "clearsessions"]'),
+        ("PERIODIC_ALLOWED", '["myapp.reports.send_daily"]'),
+    ):
+        value = settings[key]
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            found.append(
+                checks.Error(
+                    f"LEEK[{key!r}] must be a list of names, got {type(value).__name__}.",
+                    hint=f"For example {example}.",
+                    id="leek.E010",
+                )
+            )
+            continue
+        for item in value:
+            if not isinstance(item, str) or not item.strip():
+                found.append(
+                    checks.Error(
+                        f"LEEK[{key!r}] has {item!r}, not a name.",
+                        hint=f"For example {example}.",
+                        id="leek.E010",
+                    )
+                )
+            elif key == "PERIODIC_ALLOWED" and "." not in item:
+                found.append(
+                    checks.Error(
+                        f"LEEK['PERIODIC_ALLOWED'] has {item!r}, not the dotted path of a "
+                        "callable.",
+                        hint=f"For example {example}.",
+                        id="leek.E010",
+                    )
+                )
+    commands = settings["ADMIN_COMMANDS"]
+    for name in commands if isinstance(commands, list | tuple) else ():
+        if not isinstance(name, str):
+            continue
+        if refused_command(name):
+            found.append(
+                checks.Warning(
+                    f"LEEK['ADMIN_COMMANDS'] lists {name!r}, which the admin never runs: it "
+                    "executes its input, or discloses or changes what staff must not reach.",
+                    hint="Remove it; run it from a shell on the server.",
+                    id="leek.W010",
+                )
+            )
+        elif name not in get_commands():
+            found.append(
+                checks.Warning(
+                    f"LEEK['ADMIN_COMMANDS'] lists {name!r}, which is not a management "
+                    "command of this project; the admin does not offer it.",
+                    id="leek.W010",
+                )
+            )
+    paths = settings["PERIODIC_ALLOWED"]
+    for path in paths if isinstance(paths, list | tuple) else ():
+        if isinstance(path, str) and unsafe_path(path):
+            found.append(
+                checks.Warning(
+                    f"LEEK['PERIODIC_ALLOWED'] lists {path!r}, which runs its input as code "
+                    "or commands; periodic tasks never run it.",
+                    hint="Wrap what it should do in a @leek.task function of your own.",
+                    id="leek.W010",
+                )
+            )
+    return found
+
+
 def _check_queues(queues: Any) -> list[checks.CheckMessage]:
     """LEEK["QUEUES"]: a dict of queue name to {"workers": n, "pool": kind}."""
     hint = 'For example {"pdfs": {"workers": 2, "pool": "processes"}}.'

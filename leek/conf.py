@@ -109,6 +109,14 @@ DEFAULTS: dict[str, Any] = {
     # Most tasks whose payload the broker keeps in memory; past this, workers
     # load payloads from the database as they take tasks.
     "MEMORY_PAYLOADS": 10_000,
+    # What staff may run from the admin (leek/allowlist.py).
+    # Management commands the admin's "Create a task" page offers, by name
+    # (e.g. ["check", "clearsessions"]); shells, servers and the like are
+    # refused even when listed.
+    "ADMIN_COMMANDS": [],
+    # Dotted paths of callables a periodic task may run besides registered
+    # @leek.task functions and the entries of SCHEDULE.
+    "PERIODIC_ALLOWED": [],
 }
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).

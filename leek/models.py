@@ -46,6 +46,7 @@ class Task(models.Model):
     progress_note = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
+        permissions = [("run_task", "Can run tasks and listed commands from the admin")]
         # Every index is written by every enqueue: on SQLite each one costs about
         # 10% of the single-row commit rate. Add one only for a query that needs it.
         indexes = [

@@ -32,6 +32,9 @@ if os.environ.get("LEEK_TEST_BREAK_WORKER_PROCESS"):
     if multiprocessing.parent_process() is not None:
         raise ImportError("these settings cannot be imported in a worker process (as a test asks)")
 
+# The periodic tests' rows, written as the admin writes them, run this task.
+LEEK = {"PERIODIC_ALLOWED": ["tests.server.periodic_tasks.stamp"]}
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Django 6.0 takes plain addresses and deprecates (name, address) pairs.
 ADMINS = ["admins@example.com"] if django.VERSION >= (6,) else [("admins", "admins@example.com")]

@@ -4,11 +4,14 @@ This module registers the ModelAdmins; Django's admin autodiscovery imports it.
 Tasks are read-only here except through the actions (cancel, retry, run again)
 and the "Create a task" page; the dashboard and that page hang off the Task
 admin's URLs (`admin:leek_task_dashboard`, `admin:leek_task_create`). The
-payload is never shown. The package's other modules:
+payload is never shown. A task is deleted only once it has finished: a queued
+or running one may be running on a broker, whose outcome needs the row. The
+package's other modules:
 
 * `actions`: cancel, retry and run again, each after a confirmation page;
 * `dashboard`: the task dashboard;
 * `create`: the "Create a task" page;
+* `periodic`: the periodic task form, which takes only allowed tasks;
 * `runs`: the successes and failed attempts of tasks, as lists and inlines;
 * `paging`: lists that never run a full COUNT(*) on tables of millions of rows;
 * `display`: status badges, compact times, durations, text.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
@@ -28,11 +31,13 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from .. import conf
-from ..models import BrokerNode, Event, FailedTask, PeriodicTask, SuccessTask, Task
+from ..events import log_event
+from ..models import FINISHED, BrokerNode, Event, FailedTask, PeriodicTask, SuccessTask, Task
 from . import create, dashboard
-from .actions import cancel_tasks, requeue_tasks, retry_tasks
+from .actions import SHOWN, cancel_tasks, plural, requeue_tasks, retry_tasks
 from .display import badge, between, pre, time_column
 from .paging import BigList, RecentValuesFilter
+from .periodic import PeriodicTaskForm
 from .runs import FailureInline, ReadOnly, SuccessInline
 
 if TYPE_CHECKING:
@@ -118,6 +123,39 @@ class TaskAdmin(ReadOnly, BigList):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
         return super().get_queryset(request).defer("payload")
+
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        """Django's list of what a deletion removes, with every unfinished task
+        among `objs` listed as protected: the delete action and the delete
+        page then refuse, and say why."""
+        deleted, counts, perms, protected = super().get_deleted_objects(objs, request)
+        if isinstance(objs, QuerySet):
+            pending = objs.exclude(status__in=FINISHED)
+            count = pending.count()
+            unfinished = list(pending.only("id", "name", "status")[:SHOWN]) if count else []
+        else:
+            unfinished = [task for task in objs if task.status not in FINISHED]
+            count = len(unfinished)
+        if count:
+            messages.error(
+                request,
+                f"{plural(count)} {'has' if count == 1 else 'have'} not "
+                "finished and cannot be deleted: a queued or running task may be running on a "
+                "broker, which records its outcome against the row. Cancel queued tasks first, "
+                "or wait until they finish.",
+            )
+            protected = [*protected, *(f"{task} is {task.status}" for task in unfinished)]
+        return deleted, counts, perms, protected
+
+    def delete_model(self, request: HttpRequest, obj: Task) -> None:
+        """Delete the task if it is still finished (a requeue may have come between)."""
+        Task.objects.filter(pk=obj.pk, status__in=FINISHED).delete()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        """Delete the selected tasks that are still finished."""
+        queryset.filter(status__in=FINISHED).delete()
 
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
@@ -250,6 +288,23 @@ class PeriodicTaskAdmin(ModelAdmin):
     list_filter = ["enabled", "queue"]
     search_fields = ["name", "task"]
     readonly_fields = ["from_settings", "last_run_at", "next_run_at"]
+    form = PeriodicTaskForm
+
+    def save_model(self, request: HttpRequest, obj: PeriodicTask, form: Any, change: bool) -> None:
+        """Save the row and write an Event naming the user."""
+        super().save_model(request, obj, form, change)
+        log_event(
+            "admin.periodic_task",
+            f"{'changed' if change else 'added'} periodic task {obj.name} ({obj.task}) "
+            "from the admin",
+            actor=request.user.get_username(),
+            periodic_task=obj.pk,
+            task=obj.task,
+            args=obj.args,
+            kwargs=obj.kwargs,
+            cron=obj.cron,
+            every=obj.every,
+        )
 
 
 @admin.register(Event)

@@ -1,9 +1,13 @@
 """The "Create a task" page.
 
 Routed by the Task admin (`admin:leek_task_create`) behind
-`admin_site.admin_view`, so it needs a staff login, and add permission on tasks.
-It offers every `@leek.task` of an installed app's `tasks` module and every
-management command; a command runs on a worker through `leek.calls.run_command`.
+`admin_site.admin_view`, so it needs a staff login, and the permission
+``leek.run_task`` (not ``add_task``: creating a task runs code on a broker).
+It offers the registered `@leek.task` functions (the `tasks` module of every
+installed app is imported) and the management commands of
+``LEEK["ADMIN_COMMANDS"]``; leek.allowlist says which. A command runs on a
+worker through `leek.calls.run_command`. Every task pushed from here is an
+Event naming the user.
 """
 
 from __future__ import annotations
@@ -14,28 +18,32 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.core.management import get_commands
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.module_loading import autodiscover_modules
 
+from ..allowlist import admin_commands, discover_tasks, registered_tasks
 from ..calls import run_command
 from ..client import TaskHandle, enqueue
-from ..client.decorator import registry
 from ..events import log_event
 from ..exceptions import LeekError
 from ..models import Task
 from .actions import broker_calls
 
+#: The permission the page needs.
+PERMISSION = "leek.run_task"
+
 
 def _choices() -> list[tuple[str, list[tuple[str, str]]]]:
     """Every registered task, once each installed app's `tasks` module is
-    imported, then every management command."""
-    autodiscover_modules("tasks")
-    tasks = [(f"task:{name}", name) for name in sorted(registry)]
-    commands = [(f"command:{name}", f"manage.py {name}") for name in sorted(get_commands())]
-    return [("Tasks (@leek.task)", tasks), ("Management commands", commands)]
+    imported, then the management commands the admin may run."""
+    discover_tasks()
+    tasks = [(f"task:{name}", name) for name in sorted(registered_tasks())]
+    choices = [("Tasks (@leek.task)", tasks)]
+    commands = [(f"command:{name}", f"manage.py {name}") for name in admin_commands()]
+    if commands:
+        choices.append(("Management commands (LEEK['ADMIN_COMMANDS'])", commands))
+    return choices
 
 
 class CreateTaskForm(forms.Form):
@@ -98,7 +106,7 @@ class CreateTaskForm(forms.Form):
         kind, _, name = data["target"].partition(":")
         args, kwargs = tuple(data["args"]), data["kwargs"]
         if kind == "task":
-            return registry[name].enqueue(
+            return registered_tasks()[name].enqueue(
                 args,
                 kwargs,
                 queue=data["queue"] or None,
@@ -106,6 +114,8 @@ class CreateTaskForm(forms.Form):
                 delay=data["delay"],
                 max_retries=data["max_retries"],
             )
+        if name not in admin_commands():  # the choices were made from the same list
+            raise PermissionDenied(f"the command {name!r} may not run from the admin")
         retries = data["max_retries"]
         return enqueue(
             run_command,
@@ -128,7 +138,7 @@ def _json(text: str, what: str) -> Any:
 
 def create_task(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
     """Pick a task or a command, give its arguments as JSON, push it."""
-    if not request.user.has_perm("leek.add_task"):
+    if not request.user.has_perm(PERMISSION):
         raise PermissionDenied
     form = CreateTaskForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -138,12 +148,15 @@ def create_task(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
         except (LeekError, TypeError, ValueError) as exc:
             form.add_error(None, f"The task was not pushed: {type(exc).__name__}: {exc}")
         else:
-            target = form.cleaned_data["target"].partition(":")[2]
+            kind, _, target = form.cleaned_data["target"].partition(":")
             log_event(
                 "admin.create_task",
                 f"pushed {target} from the admin",
                 actor=request.user.get_username(),
                 task=str(handle.id),
+                target=f"{kind}:{target}",
+                args=form.cleaned_data["args"],
+                kwargs=form.cleaned_data["kwargs"],
             )
             messages.success(request, f"Pushed {target} as task {handle.id}.")
             return HttpResponseRedirect(reverse("admin:leek_task_change", args=[handle.id]))

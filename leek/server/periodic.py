@@ -16,6 +16,12 @@ delayed heap, so they start on time.
 Runs missed while no broker was up follow the row's ``catch_up``: run once,
 or skip to the next time in the future. Schedules themselves (cron
 expressions, read in Django's TIME_ZONE, and intervals) are schedules.py's.
+
+A row runs only a task that leek.allowlist allows (its own SCHEDULE entry, a
+registered ``@leek.task``, a path of PERIODIC_ALLOWED), checked before
+anything of the path is imported: any other row, however it was written, is
+refused, logged to ``leek.security``, recorded as a ``periodic.refused`` Event
+once per broker, and gets no next run until its task is changed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from django.db import connection
 from django.utils.module_loading import import_string
 
 from .. import conf
+from ..allowlist import discover_tasks, periodic_refusal
 from ..calls import run_path  # also importable here: stored rows name this path
 from ..ids import new_task_id
 from ..protocol.payload import dump_task
@@ -43,6 +50,7 @@ from .store import Store
 from .store.sql import PERIODIC_COLUMNS
 
 logger = logging.getLogger(__name__)
+security = logging.getLogger("leek.security")
 
 #: Seconds before its time a run is claimed and handed to the delayed heap.
 LOOKAHEAD = 1.0
@@ -99,6 +107,8 @@ class Periodic:
         self._stale = True
         self._seen: dict[int, tuple[str, float | None, bool]] = {}
         self._reported: set[tuple[int, str]] = set()
+        self._refused: set[tuple[int, str]] = set()
+        self._scheduled: dict[str, str] = {}
         self._last_error = ""
 
     def tick(self) -> None:
@@ -129,7 +139,9 @@ class Periodic:
     def sync(self) -> None:
         """Write LEEK["SCHEDULE"] into PeriodicTask rows marked from_settings;
         delete the from_settings rows whose name left the settings."""
+        self._discover()
         entries, errors = parse_entries(self.schedule)
+        self._scheduled = {name: values["task"] for name, values in entries.items()}
         for message in errors:
             logger.error("%s; it is not scheduled", message, extra={"action": "schedule_invalid"})
         for name, values in entries.items():
@@ -155,6 +167,19 @@ class Periodic:
                 extra={"action": "schedule_synced"},
             )
 
+    def _discover(self) -> None:
+        """Register the @leek.task functions of the installed apps' tasks modules."""
+        try:
+            discover_tasks()
+        except Exception as exc:  # a site's tasks module that fails to import
+            logger.error(
+                "the tasks modules of the installed apps did not import: %s: %s; periodic "
+                "tasks naming their tasks are refused",
+                type(exc).__name__,
+                exc,
+                extra={"action": "periodic_discovery_failed"},
+            )
+
     # -- rows ---------------------------------------------------------------
 
     def reload(self, now: float) -> None:
@@ -169,6 +194,12 @@ class Periodic:
             changed = self._seen.get(row.id, row.fingerprint) != row.fingerprint
             self._seen[row.id] = row.fingerprint
             if not row.enabled:
+                if row.next_run_at is not None:
+                    fixes.append((row, None))
+                continue
+            refusal = periodic_refusal(row.name, row.task, row.args, self._scheduled)
+            if refusal:
+                self._refuse(row, refusal)
                 if row.next_run_at is not None:
                     fixes.append((row, None))
                 continue
@@ -210,6 +241,21 @@ class Periodic:
                 message,
                 extra={"action": "schedule_invalid"},
             )
+
+    def _refuse(self, row: Row, reason: str) -> None:
+        """Log and record, once per row and task, that `row` does not run."""
+        key = (row.id, row.task)
+        if key in self._refused:
+            return
+        security.error(
+            "periodic task refused name=%s task=%s reason=%s",
+            row.name,
+            row.task,
+            reason,
+            extra={"action": "periodic_refused"},
+        )
+        self.store.periodic.refused(row.id, row.name, row.task, reason).wait(WRITE_TIMEOUT)
+        self._refused.add(key)
 
     def _set_next(self, fixes: list[tuple[Row, float | None]]) -> None:
         changes = [(row.id, row.next_raw, nxt) for row, nxt in fixes]

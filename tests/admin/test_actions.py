@@ -126,7 +126,10 @@ def test_a_staff_user_without_change_permission_gets_no_actions(
 
 
 @pytest.mark.django_db
-def test_the_create_page_offers_registered_tasks_and_commands(admin_client: Client) -> None:
+def test_the_create_page_offers_registered_tasks_and_commands(
+    admin_client: Client, leek_settings: Callable[..., None]
+) -> None:
+    leek_settings(ADMIN_COMMANDS=["migrate", "leek"])
     page = admin_client.get(CREATE).content.decode()
     assert 'value="task:tests.admin.tasks.shout"' in page
     assert 'value="command:migrate"' in page and 'value="command:leek"' in page
@@ -196,7 +199,10 @@ def test_create_keeps_the_task_options_unless_overridden(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_create_a_management_command_task(broker: BrokerProcess, admin_client: Client) -> None:
+def test_create_a_management_command_task(
+    broker: BrokerProcess, admin_client: Client, leek_settings: Callable[..., None]
+) -> None:
+    leek_settings(ADMIN_COMMANDS=["check"])
     data = {"target": "command:check", "args": "[]", "kwargs": '{"deploy": false}'}
     admin_client.post(CREATE, data)
     task = Task.objects.get()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..rows import Dialect, NewTask, Ready
@@ -104,5 +105,17 @@ class PeriodicRows:
             if cursor.rowcount != 1:
                 return None
             return [] if task is None else writes.insert_tasks(cursor, [task])
+
+        return self.store.call(write)
+
+    def refused(self, row_id: int, name: str, path: str, reason: str) -> Waiter:
+        """Write the Event of a periodic row this broker refuses to run."""
+        sql = self.store.sql.event
+        node = self.store.node
+        message = f"periodic task {name!r} was not run: {reason}"[:1024]
+        data = json.dumps({"periodic_task": row_id, "task": path, "reason": reason, "broker": node})
+
+        def write(cursor: Any, d: Dialect) -> None:
+            cursor.execute(sql, ("periodic.refused", message, "", data, d.time(time.time())))
 
         return self.store.call(write)

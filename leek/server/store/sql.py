@@ -172,6 +172,11 @@ class Statements:
         )
         self.claim_run = q(f"UPDATE leek_periodictask SET last_run_at = %s, {claim}")
         self.skip_run = q(f"UPDATE leek_periodictask SET {claim}")
+        data = "%s" if d.sqlite else "%s::jsonb"
+        self.event = q(
+            "INSERT INTO leek_event (kind, message, actor, data, created_at) "
+            f"VALUES (%s, %s, %s, {data}, %s)"
+        )
 
     def insert(self, rows: int, returning: bool) -> str:
         """INSERT of `rows` tasks that skips ids already there."""
