@@ -146,6 +146,20 @@ def test_a_tampered_result_is_refused_by_the_client_unread(
     assert handle.result(timeout=5) == 5
 
 
+def test_a_requeued_task_keeps_its_signed_payload_and_runs_again(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    from leek.cli.repair import requeue
+
+    handle = leek.enqueue(tasks.flaky, args=(str(tmp_path / "runs"), 1), max_retries=0)
+    with pytest.raises(leek.TaskFailed, match="flaky run 1"):
+        handle.result(timeout=10)
+    payload = bytes(Task.objects.get(pk=handle.id).payload)
+    assert requeue([handle.id]) == 1
+    assert handle.result(timeout=10) == 2
+    assert bytes(Task.objects.get(pk=handle.id).payload) == payload
+
+
 @pytest.fixture
 def jobs(settings: Any) -> ModuleType:
     """The framework tasks of tests/backends, with TASKS as their brokers have it."""
