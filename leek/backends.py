@@ -337,7 +337,8 @@ class LeekBackend(BaseTaskBackend):
     def get_result(self, result_id: str) -> TaskResult[..., Any]:
         """The task's state as the database has it; TaskResultDoesNotExist for an
         unknown id (a push still waiting for its transaction's commit included)
-        or a task that was not pushed through this framework."""
+        or a task that was not pushed through this framework; AuthenticationFailed
+        for a payload or return value whose signature fails (never unpickled)."""
         return load_result(result_id)
 
 
@@ -354,7 +355,7 @@ def load_result(result_id: str) -> TaskResult[..., Any]:
     row = TaskRow.objects.filter(pk=key).first()
     if row is None:
         raise TaskResultDoesNotExist(f"no task result {result_id!r}")
-    fn, args, kwargs = load_task(bytes(row.payload))
+    fn, args, kwargs = load_task(bytes(row.payload), key)
     if not isinstance(fn, TaskCall):
         raise TaskResultDoesNotExist(
             f"task {result_id} was pushed by leek's own API, not through Django's tasks framework"
@@ -395,7 +396,7 @@ def load_result(result_id: str) -> TaskResult[..., Any]:
         worker_ids=[brokers.get(n) or owner for n in range(1, int(row.attempts) + 1)],
     )
     if row.status == "succeeded" and success is not None:
-        object.__setattr__(result, "_return_value", load_value(success.result))
+        object.__setattr__(result, "_return_value", load_value(success.result, key))
     return result
 
 

@@ -117,6 +117,14 @@ DEFAULTS: dict[str, Any] = {
     # Dotted paths of callables a periodic task may run besides registered
     # @leek.task functions and the entries of SCHEDULE.
     "PERIODIC_ALLOWED": [],
+    # -- signed rows: payloads and results at rest --
+    # Load a task payload or result blob that carries no signature (rows
+    # written before leek signed them) instead of failing its task, and log
+    # it to leek.security. Only for an upgrade's window while older web
+    # processes still push or spool tasks; it lets whoever can write a row run
+    # code, so turn it off again. A blob with a signature that does not match
+    # is refused either way.
+    "ACCEPT_UNSIGNED_ROWS": False,
 }
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).

@@ -11,7 +11,7 @@ from django.utils import timezone
 import leek
 from leek.calls import run_command, run_path
 from leek.models import Task
-from leek.protocol.payload import dump_task, load_task
+from leek.protocol.payload import TASK_MAGIC, dump_task, load_task, signed
 from tests.conftest import BrokerProcess
 
 
@@ -21,8 +21,10 @@ def _global(module: str, name: str) -> bytes:
 
 
 def _old_command_payload() -> bytes:
-    """A payload of run_command("check") as stored while it lived in leek.commands_task."""
-    return b"(" + _global("leek.commands_task", "run_command")[:-1] + b"(Vcheck\ntp0\n(dp1\ntp2\n."
+    """A payload of run_command("check") as stored while it lived in leek.commands_task
+    (signed, as migration 0008 signs the rows stored before it)."""
+    body = b"(" + _global("leek.commands_task", "run_command")[:-1] + b"(Vcheck\ntp0\n(dp1\ntp2\n."
+    return signed(TASK_MAGIC, body)
 
 
 def test_a_payload_naming_leek_commands_task_runs_the_command() -> None:

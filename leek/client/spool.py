@@ -11,7 +11,9 @@ from django.utils import timezone
 
 def spool(messages: list[dict[str, Any]]) -> None:
     """Write each task as a spooled, queued row; a broker adopts it within
-    SWEEP_INTERVAL seconds, or at its start. A replayed id is ignored."""
+    SWEEP_INTERVAL seconds, or at its start. A replayed id is ignored. Each
+    payload is stored as dump_task signed it, and a worker checks it before
+    anything is unpickled."""
     from ..models import Task
 
     now = timezone.now()

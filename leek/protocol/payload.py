@@ -1,25 +1,148 @@
-"""Task payloads and stored return values: the pickles inside frames and rows.
+"""Task payloads and stored return values: the signed pickles inside frames and rows.
 
-A task's payload (its callable, args and kwargs) is pickled by the client and
+A task's payload (its callable, args and kwargs) is pickled and signed once, by
+whoever makes the task (a client, the spool, a periodic schedule), and
 unpickled only on a worker, by :func:`load_task`. A task's return value is
-pickled by the worker that ran it and unpickled by whoever reads its result,
-by :func:`load_value`; one that cannot be pickled is stored as its repr.
+pickled and signed by the worker that ran it and unpickled by whoever reads its
+result, by :func:`load_value`; one that cannot be pickled is stored as its repr.
+
+Both are stored in the database, where whoever can write a row could otherwise
+have a broker or a web process unpickle anything. So each blob is signed::
+
+    +--------+--------------------+---------------------------+
+    | magic  | tag                | pickle                    |
+    | 4 B    | 32 B HMAC-SHA256   | the rest of the blob      |
+    +--------+--------------------+---------------------------+
+
+The magic is ``LKT1`` for a task's payload and ``LKV1`` for a return value, so
+neither passes for the other. The tag is HMAC-SHA256 over the magic and the
+pickle under the rest key, HMAC-SHA256(SECRET, b"leek.rest"): derived from the
+shared secret that signs frames, under a label of its own. The tag is compared
+in constant time before the pickle is read; a blob that fails raises
+AuthenticationFailed and is never unpickled. A blob is signed as a whole, so a
+requeue that leaves the row's payload alone keeps its signature.
+
+Rows written before leek signed them carry no magic: migration
+``0008_signed_payloads`` signs them, and ``ACCEPT_UNSIGNED_ROWS`` lets such
+blobs load (logged) while older clients still write them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 import pickle
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
-from ..exceptions import PayloadError
+from .. import conf
+from ..exceptions import AuthenticationFailed, PayloadError
 from .frame import PICKLE_PROTOCOL
+
+security = logging.getLogger("leek.security")
+
+#: The magic of a signed task payload, and of a signed return value.
+TASK_MAGIC = b"LKT1"
+VALUE_MAGIC = b"LKV1"
+MAGICS = (TASK_MAGIC, VALUE_MAGIC)
+_KINDS = {TASK_MAGIC: "a task payload", VALUE_MAGIC: "a return value"}
+#: Bytes before the pickle of a signed blob: the magic and the tag.
+SIGNED_PREFIX = 4 + 32
+#: The label of the rest key: HMAC-SHA256(SECRET, REST_LABEL).
+REST_LABEL = b"leek.rest"
+
+#: Per secret, the SHA-256 states that have taken the rest key's inner and
+#: outer pads (RFC 2104): each blob copies them instead of hashing the key again.
+_KEYED: dict[str, tuple[Any, Any]] = {}
+
+
+def rest_key(secret: str) -> bytes:
+    """The key that signs stored blobs, derived from the shared `secret`."""
+    return hmac.new(secret.encode(), REST_LABEL, hashlib.sha256).digest()
+
+
+def _pads(secret: str) -> tuple[Any, Any]:
+    key = rest_key(secret).ljust(64, b"\0")  # SHA-256's block
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
+
+
+def _tag(magic: bytes, body: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 of `magic` and `body` under the rest key of the current SECRET."""
+    secret = str(conf.get("SECRET"))
+    pads = _KEYED.get(secret)
+    if pads is None:
+        pads = _KEYED[secret] = _pads(secret)
+    inner, outer = pads[0].copy(), pads[1].copy()
+    inner.update(magic)
+    inner.update(body)
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
+
+
+def signed(magic: bytes, body: bytes) -> bytes:
+    """`body`, a pickle, signed as a stored blob of kind `magic` (TASK_MAGIC or
+    VALUE_MAGIC) under the current SECRET."""
+    return magic + _tag(magic, body) + body
+
+
+def is_signed(blob: bytes | memoryview) -> bool:
+    """Whether `blob` has the form of a signed blob (its tag is not checked)."""
+    return bytes(blob[:4]) in MAGICS and len(blob) >= SIGNED_PREFIX
+
+
+def unsigned(blob: bytes) -> bytes:
+    """The pickle inside a signed blob, unchecked; an unsigned blob as it is."""
+    return blob[SIGNED_PREFIX:] if is_signed(blob) else blob
+
+
+def _opened(magic: bytes, blob: bytes | memoryview, what: str) -> bytes | memoryview:
+    """The pickle inside `blob` once its tag matches; AuthenticationFailed
+    otherwise, with `what` ("task <id>'s payload") saying which blob."""
+    view = memoryview(blob)
+    found = bytes(view[:4])
+    if found != magic or len(view) < SIGNED_PREFIX:
+        if found not in MAGICS and conf.get("ACCEPT_UNSIGNED_ROWS"):
+            security.warning(
+                "unsigned blob loaded blob=%s (ACCEPT_UNSIGNED_ROWS is on)",
+                what,
+                extra={"action": "unsigned_row_accepted"},
+            )
+            return view
+        raise AuthenticationFailed(f"{what} was refused unread: {_unfit(found, magic)}")
+    body = view[SIGNED_PREFIX:]
+    if not hmac.compare_digest(bytes(view[4:SIGNED_PREFIX]), _tag(magic, body)):
+        raise AuthenticationFailed(
+            f"{what} was refused unread: its signature does not match LEEK_SECRET "
+            "(changed in the database, or signed under another secret)"
+        )
+    return body
+
+
+def _unfit(found: bytes, magic: bytes) -> str:
+    """Why a blob whose magic is `found` is not a signed blob of kind `magic`."""
+    if found not in MAGICS:
+        return (
+            "it carries no signature (written into the database by hand, or "
+            "before leek signed rows: run `manage.py migrate`)"
+        )
+    if found != magic:
+        return f"it is signed as {_KINDS[found]}, not as {_KINDS[magic]}"
+    return "it is cut short before the end of its signature"
+
+
+def _which(kind: str, task_id: uuid.UUID | str | None) -> str:
+    return f"task {task_id}'s {kind}" if task_id is not None else f"a stored {kind}"
 
 
 def dump_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """The payload of a task: importable callables by reference, others by value.
+    """The signed payload of a task: importable callables by reference, others by value.
 
     The standard pickler goes first, as it is several times faster: it names
     importable functions and classes just as cloudpickle does. What it cannot
@@ -35,36 +158,44 @@ def dump_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
             pass
         else:
             if b"__main__" not in payload:
-                return payload
+                return signed(TASK_MAGIC, payload)
     try:
         by_value: bytes = cloudpickle.dumps(task, protocol=PICKLE_PROTOCOL)
-        return by_value
     except Exception as exc:
         raise PayloadError(f"cannot pickle task {task_name(fn)}: {exc}") from exc
+    return signed(TASK_MAGIC, by_value)
 
 
-def load_task(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    """The callable and arguments of a payload; PayloadError names what is missing."""
+def load_task(
+    payload: bytes | memoryview, task_id: uuid.UUID | str | None = None
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """The callable and arguments of a signed payload (of task `task_id`, named
+    in errors). AuthenticationFailed for a payload whose signature is missing
+    or does not match (it is never unpickled); PayloadError names what is missing."""
+    body = _opened(TASK_MAGIC, payload, _which("payload", task_id))
     try:
-        fn, args, kwargs = pickle.loads(payload)  # noqa: S301 - committed from a signed frame
+        fn, args, kwargs = pickle.loads(body)  # noqa: S301 - its signature was checked above
     except Exception as exc:
         raise PayloadError(f"cannot unpickle task: {type(exc).__name__}: {exc}") from exc
     return fn, args, kwargs
 
 
 def dump_value(value: Any) -> bytes:
-    """A task's return value as stored; an unpicklable one is kept as its repr."""
+    """A task's return value as stored, signed; an unpicklable one is kept as its repr."""
     try:
-        return pickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        body = pickle.dumps(value, protocol=PICKLE_PROTOCOL)
     except Exception:
-        return pickle.dumps(_Unpicklable(repr(value)), protocol=PICKLE_PROTOCOL)
+        body = pickle.dumps(_Unpicklable(repr(value)), protocol=PICKLE_PROTOCOL)
+    return signed(VALUE_MAGIC, body)
 
 
-def load_value(blob: bytes | memoryview | None) -> Any:
-    """A stored return value (None for no blob)."""
+def load_value(blob: bytes | memoryview | None, task_id: uuid.UUID | str | None = None) -> Any:
+    """A stored return value (None for no blob). AuthenticationFailed for a blob
+    whose signature is missing or does not match: it is never unpickled."""
     if blob is None:
         return None
-    value = pickle.loads(bytes(blob))  # noqa: S301 - written by the broker
+    body = _opened(VALUE_MAGIC, blob, _which("result", task_id))
+    value = pickle.loads(body)  # noqa: S301 - its signature was checked above
     return value.text if isinstance(value, _Unpicklable) else value
 
 

@@ -4,22 +4,27 @@
 pool) or in a worker process (processes pool), so both pools load payloads,
 bind the task's context, and turn returns and exceptions into a `Result` the
 same way. A `Result` crosses the pipe from a worker process as it is, and the
-worker thread turns it into the Outcome the store writes (workers.py).
+worker thread turns it into the Outcome the store writes (workers.py). A
+payload whose signature fails is never unpickled (`refused`): its task fails
+for good with AuthenticationFailed, and an Event says so.
 """
 
 from __future__ import annotations
 
+import logging
 import traceback
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..exceptions import PayloadError, Retry, TaskTimeout
+from ..exceptions import AuthenticationFailed, PayloadError, Retry, TaskTimeout
 from ..protocol.payload import dump_value, load_task
 from ..runtime import CapturedOutput, ProgressSink, TaskContext, bind_context
 
 #: Characters of a return value's repr kept for the admin.
 REPR_LIMIT = 2000
+
+security = logging.getLogger("leek.security")
 
 
 @dataclass(slots=True)
@@ -65,7 +70,12 @@ def perform(
         return not final(attempt.number, attempt.max_retries, retryable(exc, no_retry))
 
     try:
-        fn, args, kwargs = load_task(attempt.payload)
+        fn, args, kwargs = load_task(attempt.payload, attempt.task_id)
+    except AuthenticationFailed as exc:
+        return refused(attempt, exc)
+    except PayloadError as exc:
+        return failed(exc, retryable=False)
+    try:
         context = TaskContext(
             attempt.task_id, attempt.name, attempt.number, sink, attempt.node, will_retry
         )
@@ -76,6 +86,36 @@ def perform(
         return timed_out(attempt.timeout)
     except Exception as exc:
         return failed(exc, retryable=retryable(exc, no_retry))
+
+
+def refused(attempt: Attempt, exc: AuthenticationFailed) -> Result:
+    """The Result of an attempt whose payload failed its signature: the task
+    fails for good, unread; the refusal is logged and written as an Event."""
+    from ..events import log_event
+
+    security.error(
+        "stored payload refused task=%s name=%s error=%s",
+        attempt.task_id,
+        attempt.name,
+        exc,
+        extra={"action": "payload_refused"},
+    )
+    try:
+        log_event(
+            "security.payload_refused",
+            str(exc),
+            task=str(attempt.task_id),
+            name=attempt.name,
+            attempt=attempt.number,
+            broker=attempt.node,
+        )
+    except Exception:
+        security.exception(
+            "could not write the event of a refused payload task=%s",
+            attempt.task_id,
+            extra={"action": "event_failed"},
+        )
+    return failed(exc, retryable=False)
 
 
 def retryable(exc: BaseException, no_retry: tuple[type[BaseException], ...]) -> bool:

@@ -16,9 +16,10 @@ the standard pickler (`send`, `receive`):
                                                  the attempt ended; rss in bytes (0: not measured)
 
 The task's payload travels as the bytes the broker holds and is unpickled only
-here. The task's stdout and stderr are captured at the file-descriptor level,
-so the output of C code and of subprocesses is kept too. The child dies with
-its broker (Linux's parent-death signal), so no task outlives the broker.
+here, once its signature is checked (attempt.py). The task's stdout and stderr
+are captured at the file-descriptor level, so the output of C code and of
+subprocesses is kept too. The child dies with its broker (Linux's
+parent-death signal), so no task outlives the broker.
 """
 
 from __future__ import annotations

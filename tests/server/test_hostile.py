@@ -250,9 +250,10 @@ def test_a_missing_module_fails_the_task_without_retrying(broker: BrokerProcess)
     import pickle
 
     message = task_message(tasks.add, 1, 2, max_retries=3)
-    message["payload"] = pickle.dumps((tasks.add, (1, 2), {})).replace(
-        b"tests.tasks", b"gone.module"
-    )
+    from leek.protocol.payload import TASK_MAGIC, signed
+
+    body = pickle.dumps((tasks.add, (1, 2), {})).replace(b"tests.tasks", b"gone.module")
+    message["payload"] = signed(TASK_MAGIC, body)
     from leek.client import connection
 
     connection.call("enqueue", message)
