@@ -47,7 +47,8 @@ class TaskHandle:
 
     def status(self) -> str | None:
         """queued, running, succeeded, failed or cancelled; None while the push
-        waits for its transaction to commit."""
+        waits for its transaction to commit (with ATOMIC_PUSH "outbox", the
+        transaction sees its own push queued)."""
         task = self._task()
         return None if task is None else str(task.status)
 
