@@ -27,6 +27,7 @@ _EXPORTS = {
     "LeekError": "leek.exceptions",
     "BrokerUnavailable": "leek.exceptions",
     "AuthenticationFailed": "leek.exceptions",
+    "CommitFailed": "leek.exceptions",
     "TaskFailed": "leek.exceptions",
     "TaskCancelled": "leek.exceptions",
     "TaskNotReady": "leek.exceptions",

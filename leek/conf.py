@@ -17,6 +17,7 @@ from typing import Any
 
 import environ
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
@@ -125,10 +126,19 @@ DEFAULTS: dict[str, Any] = {
     # code, so turn it off again. A blob with a signature that does not match
     # is refused either way.
     "ACCEPT_UNSIGNED_ROWS": False,
+    # -- The client keeps every push --
+    # How a push made inside transaction.atomic() reaches the broker (with
+    # ON_COMMIT): "on_commit" sends it once the transaction has committed;
+    # "outbox" writes its task row in the transaction itself, so the task
+    # exists if and only if the transaction commits, and wakes a broker after
+    # the commit. The outbox needs leek's models on the atomic block's database.
+    "ATOMIC_PUSH": "on_commit",
 }
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: The ways a push inside transaction.atomic() can go (ATOMIC_PUSH).
+ATOMIC_PUSHES = ("on_commit", "outbox")
 
 _ENV = environ.Env()
 
@@ -188,6 +198,17 @@ def sqlite_synchronous() -> str | None:
     SYNCHRONOUS_MODES (the system check leek.E003 reports it)."""
     mode = str(get("SQLITE_SYNCHRONOUS")).upper()
     return mode if mode in SYNCHRONOUS_MODES else None
+
+
+def atomic_push() -> str:
+    """ATOMIC_PUSH; ImproperlyConfigured when it is not one of ATOMIC_PUSHES."""
+    mode = str(get("ATOMIC_PUSH"))
+    if mode not in ATOMIC_PUSHES:
+        raise ImproperlyConfigured(
+            f'LEEK["ATOMIC_PUSH"] must be one of {", ".join(map(repr, ATOMIC_PUSHES))}, '
+            f"got {mode!r}"
+        )
+    return mode
 
 
 def unknown_keys() -> list[str]:

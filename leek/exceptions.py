@@ -55,6 +55,10 @@ class BrokerError(LeekError):
     """The broker answered with an error."""
 
 
+class CommitFailed(BrokerError):
+    """The broker could not commit the push: its database refused or failed the write."""
+
+
 class TaskNotReady(LeekError):
     """The task has not finished yet."""
 

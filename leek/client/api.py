@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.apps import apps
-from django.db import transaction
-
 from .. import conf, fields
 from ..exceptions import (
-    AppNotInstalled,
     BrokerUnavailable,
     LeekError,
     TaskCancelled,
@@ -24,9 +19,8 @@ from ..exceptions import (
 from ..ids import new_task_id, new_task_ids
 from ..protocol.payload import dump_task, load_value, task_name
 from . import connection
-from .spool import spool
-
-logger = logging.getLogger(__name__)
+from .delivery import send
+from .delivery import waits_for_commit as waits_for_commit  # leek.backends imports it here
 
 TaskCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -53,7 +47,8 @@ class TaskHandle:
 
     def status(self) -> str | None:
         """queued, running, succeeded, failed or cancelled; None while the push
-        waits for its transaction to commit."""
+        waits for its transaction to commit (with ATOMIC_PUSH "outbox", the
+        transaction sees its own push queued)."""
         task = self._task()
         return None if task is None else str(task.status)
 
@@ -190,59 +185,6 @@ def message(
     return _whole(str(task_id or new_task_id()), *parts, options)
 
 
-def waits_for_commit(using: str | None = None) -> bool:
-    """Whether a push made now is sent when the surrounding transaction
-    commits (ON_COMMIT, inside transaction.atomic()) rather than at once."""
-    return bool(conf.get("ON_COMMIT")) and transaction.get_connection(using).in_atomic_block
-
-
-def _send(verb: str, data: Any, using: str | None = None) -> None:
-    """Send now, or when the surrounding transaction commits (ON_COMMIT).
-
-    Raises AppNotInstalled when INSTALLED_APPS lacks leek: the results and the
-    database fallback are its tables."""
-    if not apps.is_installed("leek"):
-        raise AppNotInstalled(
-            "a push needs leek's tables (for its result, and to keep it when no broker "
-            'answers), and INSTALLED_APPS lacks "leek": add "leek" to INSTALLED_APPS, '
-            "then run `manage.py migrate`"
-        )
-    if waits_for_commit(using):
-        transaction.on_commit(lambda: _deliver(verb, data), using=using, robust=False)
-        return
-    _deliver(verb, data)
-
-
-def _deliver(verb: str, data: Any) -> None:
-    try:
-        connection.call(verb, data)
-    except BrokerUnavailable as exc:
-        if conf.get("FALLBACK") != "database":
-            raise
-        messages = [data] if verb == "enqueue" else _unbatch(data)
-        try:
-            spool(messages)
-        except Exception as db_exc:
-            raise BrokerUnavailable(
-                f"{exc}; and the database fallback failed: {type(db_exc).__name__}: {db_exc}"
-            ) from db_exc
-        logger.warning(
-            "broker unreachable, task written to the database count=%s error=%s",
-            len(messages),
-            exc,
-            extra={"action": "task_spooled"},
-        )
-
-
-def _unbatch(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tasks of an enqueue_batch as `enqueue` sends each: what the database
-    fallback writes."""
-    return [
-        _whole(str(uuid.UUID(bytes=task_id)), name, payload, args_repr, data["options"])
-        for task_id, name, payload, args_repr in data["tasks"]
-    ]
-
-
 def enqueue(
     fn: Callable[..., Any],
     args: Iterable[Any] = (),
@@ -256,7 +198,8 @@ def enqueue(
     timeout: float | None = None,
 ) -> TaskHandle:
     """Push fn(*args, **kwargs) to the broker; returns once it is committed
-    (or, inside transaction.atomic(), at once: it is sent on commit)."""
+    (or, inside transaction.atomic(), at once: it is sent on commit, or
+    written in the transaction with ATOMIC_PUSH "outbox")."""
     task_id = new_task_id()
     data = message(
         fn,
@@ -269,7 +212,7 @@ def enqueue(
         max_retries=max_retries,
         timeout=timeout,
     )
-    _send("enqueue", data)
+    send("enqueue", data)
     return TaskHandle(task_id)
 
 
@@ -294,7 +237,7 @@ def enqueue_many(
         calls, queue=queue, priority=priority, max_retries=max_retries, timeout=timeout
     )
     if ids:
-        _send("enqueue_batch", data)
+        send("enqueue_batch", data)
     return [TaskHandle(task_id) for task_id in ids]
 
 

@@ -13,11 +13,16 @@ from ..exceptions import (
     BadSignature,
     BrokerError,
     BrokerUnavailable,
+    CommitFailed,
+    LeekError,
     ProtocolError,
 )
 from ..protocol.sockets import FrameSocket
 
 _local = threading.local()
+#: What a broker answers for a request it refuses for what the request holds:
+#: sent again, to it or to another broker, it would be refused again.
+REQUEST_ERRORS = frozenset({"ValueError", "TypeError", "KeyError"})
 
 
 class Connection:
@@ -81,16 +86,24 @@ def _connect(address: tuple[str, int]) -> Connection:
     )
 
 
-def call(verb: str, data: Any = None) -> Any:
+def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
     """Send one request to a broker and return its answer.
 
     Uses this thread's open connection; on a broken connection it reconnects
     and resends once (enqueue is idempotent), then tries the other brokers.
     Raises BrokerUnavailable naming every address tried, AuthenticationFailed
     when a broker rejects the secret, BrokerError when it answers with an error.
+
+    A push (`push=True`) that a broker could not commit (CommitFailed), or
+    whose reply cannot be verified (AuthenticationFailed), goes on to the
+    next broker as well; when no broker committed it, the error raised is
+    AuthenticationFailed if any broker failed so, else CommitFailed, naming
+    every broker tried. A push the broker refuses for what it holds (a value
+    out of range) raises BrokerError at once, as any other verb does.
     """
     current: Connection | None = getattr(_local, "connection", None)
     tried: list[str] = []
+    refused: list[LeekError] = []  # a push's failures that the next broker may not have
     candidates = conf.brokers()
     if current is not None:
         if current.address in candidates:
@@ -110,9 +123,13 @@ def call(verb: str, data: Any = None) -> Any:
                 if conn is None:
                     conn = _connect(address)
                 ok, value = conn.request(verb, data)
-            except AuthenticationFailed:
+            except AuthenticationFailed as exc:
                 _drop(conn)
-                raise
+                if not push:
+                    raise
+                current = None
+                refused.append(exc)
+                break
             except (OSError, ProtocolError) as exc:
                 _drop(conn)
                 current = None
@@ -124,12 +141,36 @@ def call(verb: str, data: Any = None) -> Any:
                 continue
             _local.connection = conn
             if not ok:
-                raise BrokerError(
-                    f"broker {conn.where} refused {verb}: {value.get('error')}: "
-                    f"{value.get('message')}"
-                )
+                error = _refusal(conn, verb, value, push)
+                if not isinstance(error, CommitFailed):
+                    raise error
+                _drop(conn)
+                current = None
+                refused.append(error)
+                break
             return value
+    if refused:
+        raise _uncommitted(refused, tried)
     raise BrokerUnavailable("no broker answered: tried " + "; ".join(tried))
+
+
+def _refusal(conn: Connection, verb: str, value: Any, push: bool) -> BrokerError:
+    """The error for a broker's error reply: CommitFailed for a push that
+    failed in the broker's database, BrokerError otherwise."""
+    error, message = value.get("error"), value.get("message")
+    if push and error not in REQUEST_ERRORS:
+        return CommitFailed(f"broker {conn.where} could not commit {verb}: {error}: {message}")
+    return BrokerError(f"broker {conn.where} refused {verb}: {error}: {message}")
+
+
+def _uncommitted(refused: list[LeekError], unreachable: list[str]) -> LeekError:
+    """The error of a push no broker committed: AuthenticationFailed if any
+    broker's reply could not be verified, else CommitFailed."""
+    if len(refused) == 1 and not unreachable:
+        return refused[0]
+    worst = next((e for e in refused if isinstance(e, AuthenticationFailed)), refused[0])
+    reasons = [str(e) for e in refused] + [f"{r} unreachable" for r in unreachable]
+    return type(worst)("no broker committed the push: " + "; ".join(reasons))
 
 
 def _drop(conn: Connection | None) -> None:

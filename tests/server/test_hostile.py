@@ -238,10 +238,10 @@ def test_a_client_with_the_wrong_secret_gets_a_clear_error(
     from leek.client import connection
 
     connection.close()
-    leek_settings(SECRET="a-different-secret")
+    leek_settings(SECRET="a-different-secret", FALLBACK="raise")
     with pytest.raises(leek.AuthenticationFailed, match="LEEK_SECRET"):
         leek.push_task_to_queue(tasks.add, 1, 1)
-    assert Task.objects.count() == 0  # not spooled around a misconfiguration
+    assert Task.objects.count() == 0  # with FALLBACK "database" it is spooled, and logged
     ok, reason = leek.ping()
     assert not ok and "LEEK_SECRET" in reason
 
