@@ -109,6 +109,14 @@ DEFAULTS: dict[str, Any] = {
     # Most tasks whose payload the broker keeps in memory; past this, workers
     # load payloads from the database as they take tasks.
     "MEMORY_PAYLOADS": 10_000,
+    # The frame format:
+    # Seconds a request frame's stamp may be from the broker's clock, either
+    # way. The broker also refuses frames stamped before it started and
+    # frames whose nonce it has seen within the window.
+    "REPLAY_WINDOW": 60.0,
+    # Most nonces a broker remembers (about 120 bytes each); past it, it
+    # forgets the oldest and refuses every frame stamped before them.
+    "REPLAY_NONCES": 500_000,
 }
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).
