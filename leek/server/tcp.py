@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from django.db import connection
 
-from ..exceptions import LeekError, ProtocolError, StaleFrame
+from ..exceptions import LeekError, ProtocolError, ReplayedFrame, StaleFrame
 from ..protocol.frame import NO_NONCE, Check, Keys
 from ..protocol.sockets import FrameSocket
 
@@ -110,7 +110,11 @@ class Handler(socketserver.BaseRequestHandler):
                     "frame refused client=%s error=%s",
                     self.client_address[0],
                     exc,
-                    extra={"action": "frame_replayed"},
+                    extra={
+                        "action": "frame_replayed"
+                        if isinstance(exc, ReplayedFrame)
+                        else "frame_stale"
+                    },
                 )
                 if not self._reply((0, False, _error(exc)), exc.nonce):
                     return
