@@ -84,7 +84,8 @@ class FrameSocket:
         self.timeout = timeout
         self.never_wait = never_wait
         self.check = check
-        #: Seconds added to this machine's clock to stamp a frame (see sent).
+        #: Seconds added to this machine's clock to stamp a frame: a client
+        #: learns them from a broker that refused a frame as stale.
         self.clock_offset = 0.0
         self._buf = memoryview(bytearray(RECV_SIZE))
         self._start = self._end = 0  # the bytes received and not yet read: _buf[_start:_end]
@@ -156,8 +157,7 @@ class FrameSocket:
         holds little."""
         have = self._end - self._start
         signed = size - TAG_SIZE
-        whole = mmap.mmap(-1, size)
-        frame = memoryview(whole)
+        frame = memoryview(mmap.mmap(-1, size))
         frame[:have] = self._buf[self._start : self._end]
         self._start = self._end = 0
         mac = keyed(self.keys.receive)
