@@ -133,6 +133,14 @@ DEFAULTS: dict[str, Any] = {
     # exists if and only if the transaction commits, and wakes a broker after
     # the commit. The outbox needs leek's models on the atomic block's database.
     "ATOMIC_PUSH": "on_commit",
+    # The frame format:
+    # Seconds a request frame's stamp may be from the broker's clock, either
+    # way. The broker also refuses frames stamped before it started and
+    # frames whose nonce it has seen within the window.
+    "REPLAY_WINDOW": 60.0,
+    # Most nonces a broker remembers (about 120 bytes each); past it, it
+    # forgets the oldest and refuses every frame stamped before them.
+    "REPLAY_NONCES": 500_000,
 }
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).

@@ -27,6 +27,23 @@ class FrameTooLarge(ProtocolError):
     """A frame is larger than MAX_FRAME allows."""
 
 
+class ReflectedFrame(BadSignature):
+    """A frame is signed with this side's own sending key: one of its frames, sent back."""
+
+
+class StaleFrame(ProtocolError):
+    """A frame is stamped outside the broker's replay window, or before the broker started."""
+
+    def __init__(self, message: str | None = None, *, nonce: bytes = b"") -> None:
+        super().__init__(message)
+        #: The refused frame's nonce (its signature was good): the reply names it.
+        self.nonce = nonce
+
+
+class ReplayedFrame(StaleFrame):
+    """A frame's nonce was seen before: the frame is a replay."""
+
+
 class AppNotInstalled(LeekError, ImproperlyConfigured):
     """INSTALLED_APPS lacks "leek": add "leek" to it, then run `manage.py migrate`."""
 

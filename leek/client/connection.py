@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import socket
 import threading
+import time
 from typing import Any
 
 from .. import conf
@@ -16,7 +17,11 @@ from ..exceptions import (
     CommitFailed,
     LeekError,
     ProtocolError,
+    ReflectedFrame,
+    ReplayedFrame,
+    StaleFrame,
 )
+from ..protocol.frame import NO_NONCE, Frame, Keys
 from ..protocol.sockets import FrameSocket
 
 _local = threading.local()
@@ -26,12 +31,18 @@ REQUEST_ERRORS = frozenset({"ValueError", "TypeError", "KeyError"})
 
 
 class Connection:
-    """A socket to one broker; one frame out, its reply read back."""
+    """A socket to one broker; one frame out, its reply read back.
+
+    A reply must be signed with the broker's key for replies and name the
+    nonce of the request it answers; anything else raises
+    AuthenticationFailed. A request the broker refuses as stale (the clocks
+    disagree, or the broker started after the client stamped it) is stamped
+    anew with the broker's clock, read from the refusal, and sent once more."""
 
     def __init__(
         self,
         address: tuple[str, int],
-        key: bytes,
+        secret: bytes,
         connect_timeout: float,
         reply_timeout: float,
         max_frame: int,
@@ -39,14 +50,48 @@ class Connection:
         self.address = address
         sock = socket.create_connection(address, timeout=connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.frames = FrameSocket(sock, key, max_frame, reply_timeout)
+        self.frames = FrameSocket(sock, Keys.client(secret), max_frame, reply_timeout)
         self.ids = itertools.count(1)
 
     def request(self, verb: str, data: Any) -> tuple[bool, Any]:
         request_id = next(self.ids)
-        self.frames.write((request_id, verb, data))
+        restamped = False
+        while True:
+            nonce = self.frames.write((request_id, verb, data))
+            reply = self._read(verb)
+            got_id, ok, value = reply.message
+            refused = _refusal(reply.message)
+            if refused and reply.nonce == NO_NONCE:  # a frame it could not verify: it closes
+                raise ProtocolError(f"broker {self.where} refused the request: {refused}")
+            if reply.nonce != nonce:
+                raise AuthenticationFailed(
+                    f"broker {self.where} sent a reply to another request than the {verb} "
+                    "request sent: a replayed or misrouted reply"
+                )
+            if got_id == request_id:
+                return ok, value
+            if not refused:
+                raise ProtocolError(f"reply {got_id} does not answer request {request_id}")
+            if value["error"] == StaleFrame.__name__ and not restamped:
+                self.frames.clock_offset = reply.sent - time.time()
+                restamped = True
+                continue
+            hint = (
+                ""
+                if value["error"] == ReplayedFrame.__name__
+                else "; the clocks of this client and the broker must agree (run NTP)"
+            )
+            raise AuthenticationFailed(f"broker {self.where} refused {verb}: {refused}{hint}")
+
+    def _read(self, verb: str) -> Frame:
+        """The next frame from the broker, verified."""
         try:
             reply = self.frames.read()
+        except ReflectedFrame as exc:
+            raise AuthenticationFailed(
+                f"{self.where} sent back this client's own {verb} request instead of a "
+                "reply: what listens there is not a leek broker (an echo, or a reflection)"
+            ) from exc
         except BadSignature as exc:
             raise AuthenticationFailed(
                 f"broker {self.where} answered with a signature this client cannot verify: "
@@ -56,10 +101,7 @@ class Connection:
             raise TimeoutError(f"broker {self.where} did not answer {verb}: {exc}") from exc
         if reply is None:
             raise ConnectionResetError(f"broker {self.where} closed the connection")
-        got_id, ok, value = reply
-        if got_id != request_id:
-            raise ProtocolError(f"reply {got_id} does not answer request {request_id}")
-        return ok, value
+        return reply
 
     @property
     def where(self) -> str:
@@ -73,6 +115,15 @@ class Connection:
         # (runserver and other servers start a thread per request): close it.
         if hasattr(self, "frames"):
             self.close()
+
+
+def _refusal(message: tuple[Any, ...]) -> str:
+    """What the broker said when it refused a request frame itself (request id 0),
+    else an empty string."""
+    got_id, ok, value = message
+    if got_id != 0 or ok or not isinstance(value, dict):
+        return ""
+    return f"{value.get('error')}: {value.get('message')}"
 
 
 def _connect(address: tuple[str, int]) -> Connection:

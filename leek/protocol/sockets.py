@@ -1,15 +1,20 @@
 """Frames over one connected socket, for the client and the broker alike.
 
-:class:`FrameSocket` cuts frames from one receive buffer and writes each in one
-call. The socket stays blocking and the kernel enforces its timeouts
-(``SO_RCVTIMEO``/``SO_SNDTIMEO``), so a read or a write is one system call,
-where Python's own socket timeouts add a ``poll`` to each and an ``ioctl`` to
-each change of timeout.
+:class:`FrameSocket` receives into one buffer it keeps and writes each frame
+in one call. A frame that fits the buffer is checked and unpickled where it
+lies; a larger one is received straight into a buffer of its own size, its
+signature computed as its bytes arrive. The socket stays blocking and the
+kernel enforces its timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``), so a read or a
+write is one system call, where Python's own socket timeouts add a ``poll`` to
+each and an ``ioctl`` to each change of timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
+import mmap
+import os
 import socket
 import struct
 import threading
@@ -18,14 +23,35 @@ from collections import deque
 from typing import Any
 
 from ..exceptions import ProtocolError
-from .frame import HEADER, PREFIX, body_length, encode, open_frame
+from .frame import (
+    HEADER,
+    NONCE_SIZE,
+    OVERHEAD,
+    PREFIX,
+    TAG_SIZE,
+    Check,
+    Frame,
+    Keys,
+    body_length,
+    encode,
+    keyed,
+    open_frame,
+    refusal,
+    unpack,
+)
 
-#: The most bytes one receive asks the kernel for.
+#: Bytes of the receive buffer every connection keeps: the most one receive
+#: asks the kernel for, and the largest frame read where it lies.
 RECV_SIZE = 65536
 
 
 class FrameSocket:
     """Frames over one connected socket: read from one buffer, each written in one call.
+
+    Frames are signed with `keys.send` and checked with `keys.receive`; with
+    `check` (the broker's replay guard), each frame whose tag matched is
+    checked again by its stamp and nonce before its body is unpickled.
+    Frames are stamped with this machine's clock plus `clock_offset`.
 
     `timeout` bounds every receive and send (the kernel's SO_RCVTIMEO and
     SO_SNDTIMEO); :meth:`read` turns it into two deadlines: a frame must finish
@@ -46,17 +72,23 @@ class FrameSocket:
     def __init__(
         self,
         sock: socket.socket,
-        key: bytes,
+        keys: Keys,
         max_size: int,
         timeout: float,
         never_wait: bool = False,
+        check: Check | None = None,
     ) -> None:
         self.sock = sock
-        self.key = key
+        self.keys = keys
         self.max_size = max_size
         self.timeout = timeout
         self.never_wait = never_wait
-        self._buf = bytearray()
+        self.check = check
+        #: Seconds added to this machine's clock to stamp a frame: a client
+        #: learns them from a broker that refused a frame as stale.
+        self.clock_offset = 0.0
+        self._buf = memoryview(bytearray(RECV_SIZE))
+        self._start = self._end = 0  # the bytes received and not yet read: _buf[_start:_end]
         self._write_lock = threading.Lock()
         self._owed: deque[bytes] | None = None  # frames queued behind a short write
         self._owed_bytes = 0
@@ -68,59 +100,107 @@ class FrameSocket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
 
-    def read(self, idle: float | None = None) -> tuple[Any, ...] | None:
-        """The next message, or None when the peer closes between frames.
+    def read(self, idle: float | None = None) -> Frame | None:
+        """The next frame, or None when the peer closes between frames.
 
-        Raises TimeoutError at either deadline, and what :func:`read_frame`
-        raises for a bad frame."""
+        Raises TimeoutError at either deadline, and what
+        :func:`~leek.protocol.frame.open_frame` raises for a bad frame."""
         buf = self._buf
         since = time.monotonic()  # idle since, or the frame's start once bytes arrive
         while True:
-            if len(buf) >= HEADER.size:
-                end = PREFIX + body_length(bytes(buf[: HEADER.size]), self.max_size)
-                if len(buf) >= end:
-                    frame = bytes(buf[:end])
-                    del buf[:end]
+            start, end = self._start, self._end
+            if end - start >= HEADER.size:
+                size = body_length(buf, self.max_size, start) + OVERHEAD
+                if end - start >= size:
+                    if start + size == end:
+                        self._start = self._end = 0
+                    else:
+                        self._start = start + size
                     return open_frame(
-                        self.key, frame[: HEADER.size], frame[HEADER.size : PREFIX], frame[PREFIX:]
+                        self.keys.receive, buf[start : start + size], self.check, self.keys.send
                     )
-            if buf and time.monotonic() - since >= self.timeout:
+                if size > len(buf):
+                    return self._read_large(size, since)
+            if start:  # room for the rest of the frame: move what it has to the front
+                end -= start
+                buf[:end] = buf[start : start + end]
+                self._start, self._end = 0, end
+            if end and time.monotonic() - since >= self.timeout:
                 raise TimeoutError(f"frame not finished within {self.timeout:g} s of its start")
             try:
-                chunk = self.sock.recv(RECV_SIZE)
+                got = self.sock.recv_into(buf[end:])
             except BlockingIOError:  # the kernel's receive timeout
                 waited = time.monotonic() - since
-                if buf or idle is None or waited >= idle:
+                if end or idle is None or waited >= idle:
                     raise TimeoutError(
                         f"frame not finished within {self.timeout:g} s of its start"
-                        if buf
+                        if end
                         else f"nothing received for {waited:.1f} s"
                     ) from None
                 continue
-            if not chunk:
-                if buf:
+            if not got:
+                if end:
                     raise ProtocolError(
-                        f"connection closed mid-frame: {len(buf)} bytes of a frame received"
+                        f"connection closed mid-frame: {end} bytes of a frame received"
                     )
                 return None
-            if not buf:
+            if not end:
                 since = time.monotonic()
-            buf += chunk
+            self._end = end + got
 
-    def write(self, message: tuple[Any, ...]) -> None:
-        """Send one frame; OSError when the peer is gone or stops reading."""
-        frame = encode(self.key, message)
+    def _read_large(self, size: int, since: float) -> Frame:
+        """A frame of `size` bytes, larger than the receive buffer, whose first
+        bytes are in it: received into a buffer of its own, signed as it arrives.
+
+        The buffer is an anonymous mapping: the kernel gives it memory as the
+        bytes arrive, so a peer that announces a large frame and sends little
+        holds little."""
+        have = self._end - self._start
+        signed = size - TAG_SIZE
+        frame = memoryview(mmap.mmap(-1, size))
+        frame[:have] = self._buf[self._start : self._end]
+        self._start = self._end = 0
+        mac = keyed(self.keys.receive)
+        mac.update(frame[: min(have, signed)])
+        while have < size:
+            if time.monotonic() - since >= self.timeout:
+                raise TimeoutError(f"frame not finished within {self.timeout:g} s of its start")
+            try:
+                got = self.sock.recv_into(frame[have:])
+            except BlockingIOError:  # the kernel's receive timeout
+                raise TimeoutError(
+                    f"frame not finished within {self.timeout:g} s of its start"
+                ) from None
+            if not got:
+                raise ProtocolError(
+                    f"connection closed mid-frame: {have} bytes of a frame received"
+                )
+            if have < signed:
+                mac.update(frame[have : min(have + got, signed)])
+            have += got
+        tag = frame[signed:]
+        if not hmac.compare_digest(tag, mac.digest()):
+            raise refusal(frame[:signed], tag, self.keys.send)
+        return unpack(frame, frame[PREFIX:signed], self.check)
+
+    def write(self, message: tuple[Any, ...], nonce: bytes | None = None) -> bytes:
+        """Send one frame and return its nonce: `nonce` for a reply (that of
+        the request it answers), fresh random bytes when None. Raises OSError
+        when the peer is gone or stops reading."""
+        if nonce is None:
+            nonce = os.urandom(NONCE_SIZE)
+        frame = encode(self.keys.send, message, nonce, time.time() + self.clock_offset)
         with self._write_lock:
             if not self.never_wait:
                 self.sock.sendall(frame)
-                return
+                return nonce
             if self._owed is None:
                 try:
                     sent = self.sock.send(frame, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     sent = 0
                 if sent == len(frame):
-                    return
+                    return nonce
                 self._owed, self._owed_bytes = deque(), 0
                 self._paid.clear()
                 threading.Thread(target=self._send_owed, name="leek-send", daemon=True).start()
@@ -133,6 +213,7 @@ class FrameSocket:
                 raise OSError(f"peer owed over {self.max_size} bytes of replies: cut off")
             self._owed.append(frame)
             self._owed_bytes += len(frame)
+        return nonce
 
     def _send_owed(self) -> None:
         """Send the queued frames, waiting on the peer as long as the timeout lets."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import __version__, conf
 from ..exceptions import DatabaseUnavailable
+from ..protocol.frame import Keys
 from ..runtime import install_capture
 from .delayed import Delayed
 from .duties import Duties
@@ -37,6 +38,7 @@ from .lanes import Lanes
 from .node import Conflict, ensure_free
 from .periodic import Periodic
 from .recovery import Adopter
+from .replay import ReplayGuard
 from .rows import Ready
 from .store import Store
 from .tcp import Limits, Reply, Server
@@ -71,12 +73,17 @@ class Broker:
         self.host = host or str(settings["HOST"])
         self.port = int(settings["PORT"] if port is None else port)
         self.node = conf.node_name(self.port)
+        self.started = time.time()
+        self.replay = ReplayGuard(
+            float(settings["REPLAY_WINDOW"]), int(settings["REPLAY_NONCES"]), self.started
+        )
         self.limits = Limits(
-            key=str(settings["SECRET"]).encode(),
+            keys=Keys.broker(str(settings["SECRET"]).encode()),
             max_frame=int(settings["MAX_FRAME"]),
             frame_timeout=float(settings["FRAME_TIMEOUT"]),
             idle_timeout=float(settings["IDLE_TIMEOUT"]),
             allowed_clients=frozenset(settings["ALLOWED_CLIENTS"]),
+            check=self.replay.check,
         )
         self.pushes = PUSHES
         self.verbs: dict[str, Callable[[Any], Any]] = {
@@ -91,7 +98,6 @@ class Broker:
         self.grace = float(settings["SHUTDOWN_GRACE"])
         self.code_version = str(settings["CODE_VERSION"])
         self.intake = Intake(int(settings["MAX_RETRIES"]), self.code_version)
-        self.started = time.time()
         self.rejected = 0
         self.stopping = threading.Event()
         self.delayed = Delayed(self.route)
@@ -353,6 +359,7 @@ class Broker:
             "payloads_in_memory": self.lanes.held(),
             "handled": dict(self.lanes.handled()),
             "rejected_frames": self.rejected,
+            "replay": self.replay.counts(),
             "commits": self.store.all_commits(),
             "code_drift": dict(self.intake.drift),
             "database": database,

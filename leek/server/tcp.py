@@ -3,10 +3,11 @@
 `Server` fills the hooks `socketserver.BaseServer` documents (``verify_request``
 for the address allowlist, ``handle_error`` so errors are logged rather than
 printed) and `Handler` serves one persistent client connection: it reads frames
-(the protocol package checks size and signature before anything is unpickled),
-hands each request to the `Endpoint` behind the server (the broker), and writes
-each reply in one call. It knows nothing of the broker but the `Endpoint`
-protocol and its `Limits`.
+(the protocol package checks size and signature, and the limits' check refuses
+replays, before anything is unpickled), hands each request to the `Endpoint`
+behind the server (the broker), and writes each reply in one call, naming the
+nonce of the request it answers. It knows nothing of the broker but the
+`Endpoint` protocol and its `Limits`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any, Protocol
 
 from django.db import connection
 
-from ..exceptions import LeekError, ProtocolError
+from ..exceptions import LeekError, ProtocolError, ReplayedFrame, StaleFrame
+from ..protocol.frame import NO_NONCE, Check, Keys
 from ..protocol.sockets import FrameSocket
 
 logger = logging.getLogger(__name__)
@@ -38,11 +40,12 @@ Reply = Callable[[Any, BaseException | None], None]
 class Limits:
     """What a connection is held to."""
 
-    key: bytes  # the shared secret every frame is signed with
+    keys: Keys  # the broker's keys, derived from the shared secret
     max_frame: int  # bytes of a frame's body
     frame_timeout: float  # seconds from a frame's first byte to its last
     idle_timeout: float  # seconds a connection may sit silent between frames
     allowed_clients: frozenset[str]  # client addresses allowed (empty: any)
+    check: Check | None = None  # refuses a stale or replayed frame (server/replay.py)
 
 
 class Endpoint(Protocol):
@@ -60,7 +63,7 @@ class Endpoint(Protocol):
         TypeError or KeyError for a request it refuses."""
 
     def frame_rejected(self) -> None:
-        """Count a frame refused for its size, its signature or its bytes."""
+        """Count a frame refused for its size, its signature, its bytes, or as a replay."""
 
 
 class Handler(socketserver.BaseRequestHandler):
@@ -77,7 +80,12 @@ class Handler(socketserver.BaseRequestHandler):
         limits = self.server.endpoint.limits
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.frames = FrameSocket(
-            self.request, limits.key, limits.max_frame, limits.frame_timeout, never_wait=True
+            self.request,
+            limits.keys,
+            limits.max_frame,
+            limits.frame_timeout,
+            never_wait=True,
+            check=limits.check,
         )
         self.server.track(self.request)
         # Set while no enqueue of this connection waits for its commit: one at
@@ -95,7 +103,22 @@ class Handler(socketserver.BaseRequestHandler):
             if not self.frames.caught_up():  # sends, but does not read its replies
                 return
             try:
-                message = self.frames.read(idle=idle)
+                frame = self.frames.read(idle=idle)
+            except StaleFrame as exc:  # signed and whole, but a replay: the stream goes on
+                endpoint.frame_rejected()
+                security.warning(
+                    "frame refused client=%s error=%s",
+                    self.client_address[0],
+                    exc,
+                    extra={
+                        "action": "frame_replayed"
+                        if isinstance(exc, ReplayedFrame)
+                        else "frame_stale"
+                    },
+                )
+                if not self._reply((0, False, _error(exc)), exc.nonce):
+                    return
+                continue
             except ProtocolError as exc:
                 endpoint.frame_rejected()
                 security.warning(
@@ -104,17 +127,17 @@ class Handler(socketserver.BaseRequestHandler):
                     exc,
                     extra={"action": "frame_rejected"},
                 )
-                self._reply((0, False, _error(exc)))
+                self._reply((0, False, _error(exc)), NO_NONCE)
                 return
             except OSError:  # timed out, reset, or shut by the broker's stop
                 return
-            if message is None:
+            if frame is None:
                 return
-            request_id, verb, data = message
+            request_id, verb, data = frame.message
             try:
                 if verb in endpoint.pushes:
                     self.settled.clear()
-                    endpoint.push(verb, data, self._answer(request_id))
+                    endpoint.push(verb, data, self._answer(request_id, frame.nonce))
                     continue
                 reply = (request_id, True, endpoint.answer(verb, data))
             except (LeekError, ValueError, TypeError, KeyError) as exc:
@@ -123,24 +146,25 @@ class Handler(socketserver.BaseRequestHandler):
                 logger.exception("request failed verb=%s", verb, extra={"action": "request_failed"})
                 reply = (request_id, False, _error(exc))
             self.settled.set()  # nothing of this request waits for a commit
-            if not self._reply(reply):
+            if not self._reply(reply, frame.nonce):
                 return
 
-    def _answer(self, request_id: int) -> Reply:
+    def _answer(self, request_id: int, nonce: bytes) -> Reply:
         """The reply to a push, once its tasks are committed."""
 
         def done(value: Any, error: BaseException | None) -> None:
             if error is not None:
-                self._reply((request_id, False, _error(error)))
+                self._reply((request_id, False, _error(error)), nonce)
             else:
-                self._reply((request_id, True, value))
+                self._reply((request_id, True, value), nonce)
             self.settled.set()
 
         return done
 
-    def _reply(self, message: tuple[Any, ...]) -> bool:
+    def _reply(self, message: tuple[Any, ...], nonce: bytes) -> bool:
+        """Send a reply to the request of `nonce`; False when the client is gone."""
         try:
-            self.frames.write(message)
+            self.frames.write(message, nonce)
         except OSError:
             return False
         return True

@@ -206,21 +206,24 @@ def test_pipelined_enqueues_on_one_connection_each_get_their_reply(
 ) -> None:
     import socket
 
-    from leek import conf
     from leek.protocol.sockets import FrameSocket
     from tests.conftest import task_message
+    from tests.protocol.wire import client_keys
 
     messages = [task_message(tasks.add, i, i) for i in range(20)]
     with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as sock:
-        frames = FrameSocket(sock, str(conf.get("SECRET")).encode(), 1 << 20, timeout=10)
+        frames = FrameSocket(sock, client_keys(), 1 << 20, timeout=10)
+        nonces = {}
         for n, message in enumerate(messages, 1):  # all sent before any reply is read
-            frames.write((n, "enqueue", message))
-        frames.write((99, "ping", {}))
+            nonces[n] = frames.write((n, "enqueue", message))
+        nonces[99] = frames.write((99, "ping", {}))
         replies = {}
         for _ in range(21):
             reply = frames.read()
             assert reply is not None
-            replies[reply[0]] = reply[1:]
+            request_id, *answer = reply.message
+            assert reply.nonce == nonces[request_id]  # each reply names its request
+            replies[request_id] = tuple(answer)
     assert replies[99] == (True, {"ok": True, "message": "I'm OK"})
     assert {n: replies[n] for n in range(1, 21)} == {
         n: (True, m["id"]) for n, m in enumerate(messages, 1)
@@ -232,13 +235,12 @@ def test_pipelined_enqueues_on_one_connection_each_get_their_reply(
 def test_a_client_gone_before_its_reply_still_has_its_task_run(broker: BrokerProcess) -> None:
     import socket
 
-    from leek import conf
-    from leek.protocol.frame import encode
     from tests.conftest import task_message
+    from tests.protocol.wire import request
 
     message = task_message(tasks.add, 4, 5)
     with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as sock:
-        sock.sendall(encode(str(conf.get("SECRET")).encode(), (1, "enqueue", message)))
+        sock.sendall(request((1, "enqueue", message)))
         sock.shutdown(socket.SHUT_RDWR)
     assert leek.TaskHandle(message["id"]).result(timeout=10) == 9
     assert leek.push_task_to_queue(tasks.add, 1, 1).result(timeout=10) == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import struct
@@ -14,11 +13,11 @@ from typing import Any
 import pytest
 
 import leek
-from leek import conf
 from leek.models import Task
-from leek.protocol.frame import HEADER, MAGIC, encode, read_frame
+from leek.protocol.frame import HEADER, MAGIC, encode
 from tests import tasks
 from tests.conftest import BrokerProcess, task_batch, task_message, wait_for
+from tests.protocol.wire import exchange, messages, refusal, request
 
 
 class Mark:
@@ -31,28 +30,6 @@ class Mark:
         return (tasks.append_line, (self.path, "unpickled"))
 
 
-def exchange(port: int, data: bytes, half_close: bool = True) -> bytes:
-    """Send raw bytes; everything the broker answers until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def error_of(reply: bytes) -> str:
-    import io
-
-    message = read_frame(io.BytesIO(reply), str(conf.get("SECRET")).encode(), 1 << 20)
-    assert message is not None
-    request_id, ok, value = message
-    assert (request_id, ok) == (0, False)
-    return str(value["error"])
-
-
 def still_serving() -> None:
     assert leek.push_task_to_queue(tasks.add, 20, 22).result(timeout=10) == 42
 
@@ -62,7 +39,7 @@ def test_a_bad_signature_is_refused_and_never_unpickled(
 ) -> None:
     mark = tmp_path / "mark"
     frame = encode(b"not-the-secret", (1, "enqueue", Mark(mark)))
-    assert error_of(exchange(broker.port, frame)) == "BadSignature"
+    assert refusal(exchange(broker.port, frame)) == "BadSignature"
     assert not mark.exists()
     still_serving()
     assert "frame rejected" in broker.output()
@@ -70,8 +47,8 @@ def test_a_bad_signature_is_refused_and_never_unpickled(
 
 def test_a_truncated_frame_closes_the_connection(broker: BrokerProcess, tmp_path: Path) -> None:
     mark = tmp_path / "mark"
-    frame = encode(str(conf.get("SECRET")).encode(), (1, "enqueue", Mark(mark)))
-    assert error_of(exchange(broker.port, frame[: len(frame) // 2])) == "ProtocolError"
+    frame = request((1, "enqueue", Mark(mark)))
+    assert refusal(exchange(broker.port, frame[: len(frame) // 2])) == "ProtocolError"
     assert not mark.exists()
     still_serving()
 
@@ -80,15 +57,14 @@ def test_an_oversized_length_is_refused_unread(broker_factory: Any, tmp_path: Pa
     broker = broker_factory(LEEK_MAX_FRAME="1024")
     header = HEADER.pack(MAGIC, 1 << 31)
     assert (
-        error_of(exchange(broker.port, header + os.urandom(64), half_close=False))
-        == "FrameTooLarge"
+        refusal(exchange(broker.port, header + os.urandom(64), half_close=False)) == "FrameTooLarge"
     )
     still_serving()
 
 
 def test_random_bytes_are_refused(broker: BrokerProcess) -> None:
     for _ in range(5):
-        assert error_of(exchange(broker.port, os.urandom(200))) == "ProtocolError"
+        assert refusal(exchange(broker.port, os.urandom(200))) == "ProtocolError"
     still_serving()
     assert leek.stats()[1]["rejected_frames"] == 5
 
@@ -109,25 +85,23 @@ def test_an_unknown_verb_is_an_error_reply(broker: BrokerProcess) -> None:
     still_serving()
 
 
-def test_sending_the_same_frame_twice_makes_one_task(broker: BrokerProcess) -> None:
+def test_sending_the_same_task_twice_makes_one_task(broker: BrokerProcess) -> None:
     message = task_message(tasks.add, 1, 2)
-    frame = encode(str(conf.get("SECRET")).encode(), (1, "enqueue", message))
-    first = exchange(broker.port, frame)
-    second = exchange(broker.port, frame)
-    assert first == second  # same reply: the id, accepted
+    first = exchange(broker.port, request((1, "enqueue", message)))
+    second = exchange(broker.port, request((1, "enqueue", message)))  # a client's resend
+    assert messages(first) == messages(second) == [(1, True, message["id"])]
     handle = leek.TaskHandle(message["id"])
     assert handle.result(timeout=10) == 3
     assert Task.objects.count() == 1
     assert leek.handled() == (True, 1)
 
 
-def test_a_replayed_batch_runs_only_its_new_tasks(broker: BrokerProcess) -> None:
-    key = str(conf.get("SECRET")).encode()
+def test_a_resent_batch_runs_only_its_new_tasks(broker: BrokerProcess) -> None:
     old = [task_message(tasks.add, i, 1) for i in range(3)]
-    exchange(broker.port, encode(key, (1, "enqueue_many", old)))
+    exchange(broker.port, request((1, "enqueue_many", old)))
     new = [task_message(tasks.add, i, 100) for i in range(3)]
     batch = old[:2] + new + old[2:]  # a resent batch, with new tasks among the old
-    exchange(broker.port, encode(key, (1, "enqueue_many", batch)))
+    exchange(broker.port, request((1, "enqueue_many", batch)))
     results = [leek.TaskHandle(m["id"]).result(timeout=10) for m in batch]
     assert results == [1, 2, 100, 101, 102, 3]
     assert Task.objects.count() == 6
@@ -137,9 +111,8 @@ def test_a_replayed_batch_runs_only_its_new_tasks(broker: BrokerProcess) -> None
 
 
 def test_a_batch_that_names_one_id_twice_runs_it_once(broker: BrokerProcess) -> None:
-    key = str(conf.get("SECRET")).encode()
     message = task_message(tasks.add, 2, 3)
-    exchange(broker.port, encode(key, (1, "enqueue_many", [message, message])))
+    exchange(broker.port, request((1, "enqueue_many", [message, message])))
     assert leek.TaskHandle(message["id"]).result(timeout=10) == 5
     wait_for(lambda: leek.handled() == (True, 1))
     time.sleep(0.3)  # a second run would show here
@@ -147,13 +120,11 @@ def test_a_batch_that_names_one_id_twice_runs_it_once(broker: BrokerProcess) -> 
     assert Task.objects.count() == 1
 
 
-def test_a_replayed_enqueue_batch_makes_its_tasks_once(broker: BrokerProcess) -> None:
-    key = str(conf.get("SECRET")).encode()
+def test_a_resent_enqueue_batch_makes_its_tasks_once(broker: BrokerProcess) -> None:
     ids, batch = task_batch((tasks.add, (1, 2)), (tasks.add, (3, 4)))
-    frame = encode(key, (1, "enqueue_batch", batch))
-    first = exchange(broker.port, frame)
-    assert first == exchange(broker.port, frame)  # the same reply: both accepted
-    assert read_frame(io.BytesIO(first), key, 1 << 20) == (1, True, 2)
+    first = exchange(broker.port, request((1, "enqueue_batch", batch)))
+    second = exchange(broker.port, request((1, "enqueue_batch", batch)))
+    assert messages(first) == messages(second) == [(1, True, 2)]  # both accepted
     assert [leek.TaskHandle(i).result(timeout=10) for i in ids] == [3, 7]
     wait_for(lambda: leek.handled() == (True, 2))
     time.sleep(0.3)  # a task run twice would show here
@@ -162,13 +133,8 @@ def test_a_replayed_enqueue_batch_makes_its_tasks_once(broker: BrokerProcess) ->
 
 
 def test_an_empty_batch_is_answered(broker: BrokerProcess) -> None:
-    key = str(conf.get("SECRET")).encode()
-    frames = encode(key, (1, "enqueue_many", [])) + encode(
-        key, (2, "enqueue_batch", task_batch()[1])
-    )
-    stream = io.BytesIO(exchange(broker.port, frames))
-    replies = [read_frame(stream, key, 1 << 20), read_frame(stream, key, 1 << 20)]
-    assert replies == [(1, True, []), (2, True, 0)]
+    frames = request((1, "enqueue_many", [])) + request((2, "enqueue_batch", task_batch()[1]))
+    assert messages(exchange(broker.port, frames)) == [(1, True, []), (2, True, 0)]
     still_serving()
 
 
@@ -185,17 +151,14 @@ def test_an_empty_batch_is_answered(broker: BrokerProcess) -> None:
 def test_a_bad_enqueue_batch_is_refused_whole(
     broker: BrokerProcess, change: Any, error: str
 ) -> None:
-    key = str(conf.get("SECRET")).encode()
     ids, batch = task_batch((tasks.add, (1, 2)), (tasks.add, (3, 4)), (tasks.add, (5, 6)))
     change(batch)
     good = task_message(tasks.add, 7, 8)
-    frames = encode(key, (1, "enqueue_batch", batch)) + encode(key, (2, "enqueue", good))
-    stream = io.BytesIO(exchange(broker.port, frames))
-    refused = read_frame(stream, key, 1 << 20)
-    assert refused is not None
+    frames = request((1, "enqueue_batch", batch)) + request((2, "enqueue", good))
+    refused, accepted = messages(exchange(broker.port, frames))
     assert refused[:2] == (1, False)
     assert error in refused[2]["message"]
-    assert read_frame(stream, key, 1 << 20) == (2, True, good["id"])  # the connection goes on
+    assert accepted == (2, True, good["id"])  # the connection goes on
     assert leek.TaskHandle(good["id"]).result(timeout=10) == 15
     assert not Task.objects.filter(
         pk__in=ids
@@ -215,18 +178,15 @@ def test_a_bad_enqueue_batch_is_refused_whole(
 def test_a_field_out_of_range_is_refused_and_loses_no_other_task(
     broker: BrokerProcess, field: str, value: Any
 ) -> None:
-    key = str(conf.get("SECRET")).encode()
     good, bad = task_message(tasks.add, 1, 2), task_message(tasks.add, 3, 4)
     bad[field] = value
-    frames = encode(key, (1, "enqueue", bad)) + encode(key, (2, "enqueue", good))
-    stream = io.BytesIO(exchange(broker.port, frames))
-    refused = read_frame(stream, key, 1 << 20)
-    assert refused is not None
+    frames = request((1, "enqueue", bad)) + request((2, "enqueue", good))
+    refused, accepted = messages(exchange(broker.port, frames))
     request_id, ok, reply = refused
     assert (request_id, ok) == (1, False)
     assert reply["error"] == "ValueError"
     assert f"{field} must be" in reply["message"]
-    assert read_frame(stream, key, 1 << 20) == (2, True, good["id"])
+    assert accepted == (2, True, good["id"])
     assert leek.TaskHandle(good["id"]).result(timeout=10) == 3
     assert not Task.objects.filter(pk=bad["id"]).exists()
     still_serving()
@@ -265,7 +225,7 @@ def test_a_missing_module_fails_the_task_without_retrying(broker: BrokerProcess)
 
 def test_a_client_that_never_reads_its_replies_stalls_nobody(broker_factory: Any) -> None:
     broker = broker_factory(LEEK_FRAME_TIMEOUT="60", LEEK_WORKERS="0")
-    frame = encode(str(conf.get("SECRET")).encode(), (1, "enqueue", task_message(tasks.noop)))
+    message = task_message(tasks.noop)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # its replies pile up soon
     sock.connect(("127.0.0.1", broker.port))
@@ -274,7 +234,7 @@ def test_a_client_that_never_reads_its_replies_stalls_nobody(broker_factory: Any
     def flood() -> None:  # the same task again and again, never reading a reply
         try:
             while not stop.is_set():
-                sock.sendall(frame * 50)
+                sock.sendall(b"".join(request((1, "enqueue", message)) for _ in range(50)))
         except OSError:
             pass  # the broker gave up on it
 
