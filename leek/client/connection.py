@@ -60,7 +60,7 @@ class Connection:
             nonce = self.frames.write((request_id, verb, data))
             reply = self._read(verb)
             got_id, ok, value = reply.message
-            refused = _refusal(reply.message)
+            refused = _frame_refusal(reply.message)
             if refused and reply.nonce == NO_NONCE:  # a frame it could not verify: it closes
                 raise ProtocolError(f"broker {self.where} refused the request: {refused}")
             if reply.nonce != nonce:
@@ -117,7 +117,7 @@ class Connection:
             self.close()
 
 
-def _refusal(message: tuple[Any, ...]) -> str:
+def _frame_refusal(message: tuple[Any, ...]) -> str:
     """What the broker said when it refused a request frame itself (request id 0),
     else an empty string."""
     got_id, ok, value = message
@@ -192,7 +192,7 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
                 continue
             _local.connection = conn
             if not ok:
-                error = _refusal(conn, verb, value, push)
+                error = _error_reply(conn, verb, value, push)
                 if not isinstance(error, CommitFailed):
                     raise error
                 _drop(conn)
@@ -205,7 +205,7 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
     raise BrokerUnavailable("no broker answered: tried " + "; ".join(tried))
 
 
-def _refusal(conn: Connection, verb: str, value: Any, push: bool) -> BrokerError:
+def _error_reply(conn: Connection, verb: str, value: Any, push: bool) -> BrokerError:
     """The error for a broker's error reply: CommitFailed for a push that
     failed in the broker's database, BrokerError otherwise."""
     error, message = value.get("error"), value.get("message")
