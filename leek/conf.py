@@ -109,6 +109,11 @@ DEFAULTS: dict[str, Any] = {
     # Most tasks whose payload the broker keeps in memory; past this, workers
     # load payloads from the database as they take tasks.
     "MEMORY_PAYLOADS": 10_000,
+    # -- store errors: a write the broker waits for --
+    # Seconds the broker's own waits for a write last (a sweep's claim, a
+    # periodic run's claim, a cancel) before it goes on without the result; a
+    # write that commits later still counts: its tasks run, its cancel holds.
+    "WRITE_WAIT": 30.0,
 }
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).
