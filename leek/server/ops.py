@@ -96,7 +96,7 @@ class Waiter:
     def wait(self, timeout: float | None = None, late: Done | None = None) -> Any:
         """The write's value (or its error, raised); TimeoutError when it has
         not ended within `timeout` seconds, and then `late` gets its end."""
-        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+        if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             self._lock.release()  # a second wait() returns at once
         else:
             with self._guard:
