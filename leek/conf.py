@@ -141,6 +141,11 @@ DEFAULTS: dict[str, Any] = {
     # Most nonces a broker remembers (about 120 bytes each); past it, it
     # forgets the oldest and refuses every frame stamped before them.
     "REPLAY_NONCES": 500_000,
+    # -- store errors: a write the broker waits for --
+    # Seconds the broker's own waits for a write last (a sweep's claim, a
+    # periodic run's claim, a cancel) before it goes on without the result; a
+    # write that commits later still counts: its tasks run, its cancel holds.
+    "WRITE_WAIT": 30.0,
 }
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).

@@ -153,6 +153,10 @@ class Interrupted(LeekError):
     """The task's broker stopped while the task ran; it runs again."""
 
 
+class OutcomeNotStored(LeekError):
+    """The database refused the task's outcome; the task failed instead."""
+
+
 class PayloadError(LeekError):
     """A task's payload could not be pickled or unpickled."""
 

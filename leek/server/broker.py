@@ -47,8 +47,6 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
 #: Seconds a start waits for the requeue of what its last life left running.
 RECOVERY_TIMEOUT = 60.0
-#: Seconds a cancel waits for its commit.
-CANCEL_TIMEOUT = 30.0
 #: Seconds a heartbeat waits for its commit, and the last one at stop.
 HEARTBEAT_TIMEOUT = 30.0
 HEARTBEAT_AT_STOP = 5.0
@@ -327,12 +325,15 @@ class Broker:
     def cancel(self, data: Any) -> bool:
         """Cancel a task that has not started; False when it has, or is unknown."""
         task_id = uuid.UUID(str(data["id"]))
-        queue = self.store.cancel(task_id).wait(CANCEL_TIMEOUT)
-        if queue is None:
-            return False
-        if not self.delayed.cancel(task_id):
-            self.lanes.cancel(task_id, queue)
-        return True
+
+        def forget(queue: str | None, error: BaseException | None = None) -> None:
+            """Drop the cancelled task from memory, whenever its cancel commits."""
+            if queue is not None and not self.delayed.cancel(task_id):
+                self.lanes.cancel(task_id, queue)
+
+        queue = self.store.cancel(task_id).wait(float(conf.get("WRITE_WAIT")), late=forget)
+        forget(queue)
+        return queue is not None
 
     def waiting(self, data: Any = None) -> int:
         queue = (data or {}).get("queue")

@@ -19,12 +19,16 @@ The life of an op:
     queued     ``_pending``, in order           the next batch takes every op
     written    a batch, under ``_lock``         commit, or an error (below)
     committed  done(result, None) is called     (end)
-    retried    back at the head of ``_pending``  the database failed: an outcome,
-                                                 up to OUTCOME_TRIES batches
-    refused    done(None, error) is called;     the op's own fault (a value the
-               nobody waits: logged, dropped    database refuses), or a database
-                                                 failure of an op nobody retries
+    retried    back at the head of ``_pending``  a transient error, for an op
+                                                 nobody waits for (OUTCOME_TRIES)
+    apart      the batch again, each op in a    an op's own error: the others
+               savepoint of its own             commit without it
+    refused    done(None, error) is called;     its own error again, or a
+               nobody waits: logged, dropped    transient one when someone waits
     =========  ===============================  ==================================
+
+A transient error (dberrors.py) is the database's: the broker reports itself
+unhealthy until a write succeeds again. An op's own error leaves it healthy.
 
 Invariant: every op in ``_pending`` is written by a later batch, because each
 thread that queues an op then either writes the queue itself (it took
@@ -47,19 +51,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, connection, connections
+from django.db import DEFAULT_DB_ALIAS, connections
 
-from .ops import Call, Done, Op, Record, Waiter
+from .dberrors import DATABASE_ERRORS as DATABASE_ERRORS
+from .dberrors import transient
+from .ops import Call, Done, Op, Waiter
 
 logger = logging.getLogger(__name__)
-
-#: What a write can raise when the database fails: Django's wrapped errors and,
-#: from the raw cursor the hot path uses, the driver's own.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    DatabaseError,
-    InterfaceError,
-    *([connection.Database.Error] if hasattr(connection, "Database") else []),
-)
 
 #: Seconds the writer thread waits for an insert to share the commit of ops
 #: nobody waits for: twice the recent commit time, within these bounds.
@@ -74,7 +72,8 @@ LEAD_ROUNDS = 3
 #: first wait, doubled after each failure up to the last.
 RETRY_DELAY_FIRST = 0.05
 RETRY_DELAY_MAX = 5.0
-#: Batches an outcome is tried in while the database is away, before it is dropped.
+#: Batches an op nobody waits for (an outcome, a running mark) is tried in
+#: while the database is away, before it is dropped.
 OUTCOME_TRIES = 1000
 #: Failed tries after which a stopping writer gives up on what it could not write.
 TRIES_AT_STOP = 5
@@ -89,11 +88,15 @@ class Batches(Protocol):
     def write(self, cursor: Any, bound: Any, ops: list[Op]) -> list[Any]:
         """Write `ops` in one transaction; one result per op."""
 
+    def write_apart(
+        self, cursor: Any, bound: Any, ops: list[Op]
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Write `ops` in one transaction, each in a savepoint of its own;
+        (result, None) per op written, (None, error) per op refused for a
+        permanent error. A transient error is raised."""
+
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Called after each commit, on the thread that wrote it."""
-
-    def probe(self, cursor: Any) -> None:
-        """Run a statement that only shows the connection answers."""
 
 
 class GroupCommit:
@@ -322,17 +325,37 @@ class GroupCommit:
             cursor, bound = self._connection()
             results = self.batches.write(cursor, bound, ops)
         except Exception as exc:
-            # The database's own errors, and a value it was never sent or a bug.
-            database = isinstance(exc, DATABASE_ERRORS)
-            if database:
-                self._failed(exc)
-            if len(ops) > 1 and (not database or self._reachable()):
-                # Isolate the op that fails: the others are written without it.
-                return [op for alone in ops for op in self._write([alone])]
-            if database:
+            if transient(exc):
                 return self._after_failure(ops, exc)
+            return self._write_apart(ops, started)
+        self._committed(ops, results, started)
+        return []
+
+    def _write_apart(self, ops: list[Op], started: float) -> list[Op]:
+        """Write a batch that held an op with an error of its own again, each
+        op apart; the ops to try again."""
+        try:
+            cursor, bound = self._connection()
+            written = self.batches.write_apart(cursor, bound, ops)
+        except Exception as exc:
+            if transient(exc):
+                return self._after_failure(ops, exc)
+            if len(ops) > 1:  # refused at the commit: each op in a transaction of its own
+                return [op for alone in ops for op in self._write_apart([alone], started)]
             self._refused(ops[0], exc)
             return []
+        kept: list[Op] = []
+        results: list[Any] = []
+        for op, (result, error) in zip(ops, written, strict=True):
+            if error is None:
+                kept.append(op)
+                results.append(result)
+            else:
+                self._refused(op, error)
+        self._committed(kept, results, started)
+        return []
+
+    def _committed(self, ops: list[Op], results: list[Any], started: float) -> None:
         self.healthy, self.last_error = True, ""
         self.commits += 1
         self.commit_time = 0.8 * self.commit_time + 0.2 * (time.perf_counter() - started)
@@ -343,32 +366,11 @@ class GroupCommit:
         self._finished.extend(
             (op.done, result, None) for op, result in zip(ops, results, strict=True) if op.done
         )
-        return []
 
-    def _failed(self, exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}".strip()
-        if self.healthy or message != self.last_error:
-            logger.error(
-                "database write failed error=%s", message, extra={"action": "db_write_failed"}
-            )
-        self.healthy, self.last_error = False, message
-        try:
-            self._close()
-        except Exception:
-            logger.debug("closing the broken connection failed", exc_info=True)
-
-    def _reachable(self) -> bool:
-        try:
-            self.batches.probe(self._connection()[0])
-        except Exception:
-            self._close()
-            return False
-        return True
-
-    def _refused(self, op: Op, exc: Exception) -> None:
+    def _refused(self, op: Op, exc: BaseException) -> None:
         """An op that fails for a reason of its own: writing it again would fail
         again, so whoever waits gets the error and an op nobody waits for is
-        dropped, loudly. Recovery requeues a task whose outcome this was."""
+        dropped, loudly."""
         logger.error(
             "write refused kind=%s error=%s: %s",
             op.kind,
@@ -381,14 +383,33 @@ class GroupCommit:
             self._finished.append((op.done, None, exc))
 
     def _after_failure(self, ops: list[Op], exc: BaseException) -> list[Op]:
-        """Fail what a client waits for; keep outcomes to write later."""
+        """The database failed: report it, fail what a client waits for, keep
+        the others to write later."""
+        message = f"{type(exc).__name__}: {exc}".strip()
+        if self.healthy or message != self.last_error:
+            logger.error(
+                "database write failed error=%s", message, extra={"action": "db_write_failed"}
+            )
+        self.healthy, self.last_error = False, message
+        try:
+            self._close()
+        except Exception:
+            logger.debug("closing the broken connection failed", exc_info=True)
         retry: list[Op] = []
         for op in ops:
             op.tries += 1
-            if isinstance(op, Record) and op.tries < OUTCOME_TRIES:
-                retry.append(op)
-            elif op.done is not None:
+            if op.done is not None:
                 self._finished.append((op.done, None, exc))
+            elif op.tries < OUTCOME_TRIES:
+                retry.append(op)
+            else:
+                logger.error(
+                    "write dropped after %s tries kind=%s error=%s",
+                    op.tries,
+                    op.kind,
+                    message,
+                    extra={"action": "write_dropped"},
+                )
         return retry
 
 

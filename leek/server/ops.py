@@ -65,24 +65,44 @@ Op = Insert | Mark | Record | Call
 
 
 class Waiter:
-    """Completes when the writer has committed an operation, or failed it."""
+    """Completes when the writer has committed an operation, or failed it.
 
-    __slots__ = ("_lock", "value", "error")
+    A wait that times out leaves the write where it is: it may still commit.
+    So a waiter that acts on what a write did (tasks it claimed, a cancel)
+    passes `late`, which gets the value and the error when the write ends
+    after the wait gave up (on the thread that wrote it): nothing a write
+    committed is lost to a wait that ended first."""
+
+    __slots__ = ("_lock", "_guard", "value", "error", "resolved", "_late")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()  # released by resolve()
+        self._guard = threading.Lock()  # resolve() against a wait that times out
         self.value: Any = None
         self.error: BaseException | None = None
+        self.resolved = False
+        self._late: Done | None = None
 
     def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
+        with self._guard:
+            self.value, self.error = value, error
+            self.resolved = True
+            late = self._late
         self._lock.release()
+        if late is not None:
+            late(value, error)
 
-    def wait(self, timeout: float | None = None) -> Any:
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError(f"database write not committed within {timeout} s")
-        self._lock.release()  # a second wait() returns at once
+    def wait(self, timeout: float | None = None, late: Done | None = None) -> Any:
+        """The write's value (or its error, raised); TimeoutError when it has
+        not ended within `timeout` seconds, and then `late` gets its end."""
+        if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()  # a second wait() returns at once
+        else:
+            with self._guard:
+                if not self.resolved:
+                    self._late = late
+                    raise TimeoutError(f"database write not committed within {timeout} s")
         if self.error is not None:
             raise self.error
         return self.value

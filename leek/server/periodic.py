@@ -297,7 +297,12 @@ class Periodic:
         claim = self.store.periodic.claim(
             row.id, (row.next_raw, row.cron, row.every), due, nxt, task
         )
-        ready = claim.wait(WRITE_TIMEOUT)
+
+        def late(ready: list[Ready] | None, error: BaseException | None) -> None:
+            if ready:  # committed after the wait below gave up: its task is ours to run
+                self.route(ready)
+
+        ready = claim.wait(float(conf.get("WRITE_WAIT")), late=late)
         if ready is None:
             return False
         row.next_run_at, row.next_raw = nxt, d.time(nxt)

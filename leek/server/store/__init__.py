@@ -28,9 +28,11 @@ from typing import Any
 
 from django.db import connection
 
+from ... import conf
 from ..groupcommit import DATABASE_ERRORS, GroupCommit
 from ..ops import Call, Done, Insert, Mark, Record, Waiter
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
+from . import storable
 from .batch import Writes
 from .cursor import raw_cursor
 from .periodic import PeriodicRows
@@ -57,7 +59,8 @@ class Store:
         self.node = node
         self.dialect = Dialect(connection.vendor)
         self.sql = Statements(self.dialect)
-        self.writes = Writes(node, self.sql, on_ready)
+        self.text_limit = int(conf.get("CAPTURE_LIMIT"))
+        self.writes = Writes(node, self.sql, on_ready, self.text_limit)
         self.tasks = GroupCommit("leek-writer", self.writes)
         self.outcomes = (
             self.tasks if self.dialect.sqlite else GroupCommit("leek-outcomes", self.writes)
@@ -141,8 +144,10 @@ class Store:
     def insert(self, tasks: Sequence[NewTask], done: Done) -> None:
         """Insert `tasks` (once each: a replayed id is ignored); after the
         commit, `done` is called on the committing thread with the tasks
-        inserted (as Ready), or with the error."""
-        self.tasks.lead(Insert(tasks, done))
+        inserted (as Ready), or with the error. Their texts are stored as
+        storable.py has them."""
+        limit = self.text_limit
+        self.tasks.lead(Insert([storable.task(t, limit) for t in tasks], done))
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it.
@@ -153,8 +158,15 @@ class Store:
         self.outcomes.later(Mark(task_id, attempt, started), wake=False)
 
     def record(self, outcome: Outcome) -> None:
-        """Write an attempt's outcome in the next batch."""
-        self.outcomes.later(Record(outcome))
+        """Write an attempt's outcome in the next batch, its texts as
+        storable.py has them. One the database refuses ends its task failed,
+        saying why (Writes.write_apart)."""
+        self.outcomes.later(Record(storable.outcome(outcome, self.text_limit)))
+
+    def route(self, ready: list[Ready]) -> None:
+        """Hand tasks this broker took to its queues (as after an insert):
+        for a write whose waiter stopped waiting before it committed."""
+        self.writes.on_ready(ready)
 
     def progress(self, task_id: uuid.UUID, percent: float, note: str) -> None:
         """Record a running task's progress in the next batch."""

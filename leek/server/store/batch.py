@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..dberrors import transient
 from ..ops import Call, Insert, Mark, Op, Record
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
-from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, PROBE, Statements
+from . import storable
+from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,15 @@ PG_PREPARE_THRESHOLD = 5
 class Writes:
     """The store's side of the group commit (groupcommit.Batches), for both lanes."""
 
-    def __init__(self, node: str, sql: Statements, on_ready: Callable[[list[Ready]], None]) -> None:
+    def __init__(
+        self,
+        node: str,
+        sql: Statements,
+        on_ready: Callable[[list[Ready]], None],
+        text_limit: int,
+    ) -> None:
         self.node = node
+        self.text_limit = text_limit  # CAPTURE_LIMIT, for storable's texts
         self.sql = sql
         self.dialect: Dialect = sql.dialect
         self.on_ready = on_ready
@@ -53,10 +62,6 @@ class Writes:
         if "prepare_threshold" not in db.settings_dict.get("OPTIONS", {}):
             cursor.connection.prepare_threshold = PG_PREPARE_THRESHOLD
         return psycopg.Cursor(cursor.connection)
-
-    def probe(self, cursor: Any) -> None:
-        """Run a statement that only shows the connection answers."""
-        cursor.execute(PROBE)
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Send the tasks just inserted to the broker's queues."""
@@ -98,12 +103,75 @@ class Writes:
                     results[i] = op.fn(cursor, d)
             cursor.execute("COMMIT")
         except BaseException:
-            try:
-                cursor.execute("ROLLBACK")
-            except Exception:  # noqa: S110 - the first error is the one raised
-                logger.debug("rollback failed", exc_info=True)
+            _rollback(cursor)
             raise
         return results
+
+    def write_apart(
+        self, cursor: Any, bound: Any, ops: list[Op]
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Write `ops` in one transaction, each in a savepoint of its own, in
+        the order `write` takes them; (result, None) for an op written,
+        (None, error) for one refused. A transient error is raised.
+
+        An outcome is written only while its task's row exists (on PostgreSQL
+        the row is locked against deletion until the commit), as the foreign
+        keys are checked at the commit, too late to tell whose they were: an
+        outcome whose task was deleted is dropped, with a log line. An outcome
+        the database refuses is written again as `storable.not_stored` has
+        it, so its task still ends, failed, saying why."""
+        d = self.dialect
+        finished = {op.outcome.task_id for op in ops if isinstance(op, Record)}
+        written: list[tuple[Any, BaseException | None]] = [(None, None)] * len(ops)
+        cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
+        try:
+            for i in sorted(range(len(ops)), key=lambda i: _ORDER[type(ops[i])]):
+                op = ops[i]
+                if isinstance(op, Insert):
+                    written[i] = _alone(cursor, self.insert_tasks, bound, op.tasks)
+                elif isinstance(op, Mark) and op.task_id not in finished:
+                    row = (d.time(op.started), op.attempt, d.pk(op.task_id))
+                    written[i] = _alone(cursor, bound.execute, self.sql.mark, row)
+                elif isinstance(op, Record):
+                    written[i] = self._outcome_alone(cursor, bound, op.outcome)
+                elif isinstance(op, Call):
+                    written[i] = _alone(cursor, op.fn, cursor, d)
+            cursor.execute("COMMIT")
+        except BaseException:
+            _rollback(cursor)
+            raise
+        return written
+
+    def _outcome_alone(
+        self, cursor: Any, bound: Any, outcome: Outcome
+    ) -> tuple[None, BaseException | None]:
+        """Write one outcome in a savepoint, or its stand-in (see `write_apart`)."""
+        bound.execute(self.sql.task_exists, (self.dialect.pk(outcome.task_id),))
+        if bound.fetchone() is None:
+            logger.warning(
+                "outcome dropped: its task is gone task=%s name=%s attempt=%s",
+                outcome.task_id,
+                outcome.name,
+                outcome.attempt,
+                extra={"action": "outcome_dropped"},
+            )
+            return None, None
+        _, error = _alone(cursor, self.write_outcomes, bound, [outcome])
+        if error is None:
+            return None, None
+        stand_in = storable.not_stored(outcome, error, self.text_limit)
+        _, again = _alone(cursor, self.write_outcomes, bound, [stand_in])
+        if again is not None:
+            return None, again
+        logger.error(
+            "outcome not stored, its task failed instead task=%s name=%s attempt=%s error=%s",
+            outcome.task_id,
+            outcome.name,
+            outcome.attempt,
+            stand_in.exc_message,
+            extra={"action": "outcome_not_stored"},
+        )
+        return None, None
 
     def insert_tasks(self, cursor: Any, tasks: Sequence[NewTask]) -> list[Ready]:
         """Insert the tasks not already there, on `cursor`; the ones inserted, as Ready."""
@@ -225,6 +293,35 @@ def failure_row(d: Dialect, o: Outcome, broker: str, task_key: Any = None) -> tu
         o.stderr,
         broker,
     )
+
+
+#: The order in which a batch writes its kinds of ops.
+_ORDER = {Insert: 0, Mark: 1, Record: 2, Call: 3}
+#: The savepoint each op of `Writes.write_apart` is written in.
+SAVEPOINT = "leek_op"
+
+
+def _alone(cursor: Any, write: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
+    """write(*args) in a savepoint: (its value, None), or (None, its error)
+    rolled back alone. A transient error is raised: the transaction is lost."""
+    cursor.execute(f"SAVEPOINT {SAVEPOINT}")
+    try:
+        value = write(*args)
+    except Exception as exc:
+        if transient(exc):
+            raise
+        cursor.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+        cursor.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
+        return None, exc
+    cursor.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
+    return value, None
+
+
+def _rollback(cursor: Any) -> None:
+    try:
+        cursor.execute("ROLLBACK")
+    except Exception:  # noqa: S110 - the first error is the one raised
+        logger.debug("rollback failed", exc_info=True)
 
 
 def _per_op(ops: list[Op], inserted: list[Ready]) -> list[Any]:

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..rows import Dialect, NewTask, Ready
+from . import storable
 from .cursor import raw_cursor
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ class PeriodicRows:
         sql = self.store.sql
         stored, cron, every = schedule
         writes = self.store.writes
+        if task is not None:
+            task = storable.task(task, self.store.text_limit)
 
         def write(cursor: Any, d: Dialect) -> list[Ready] | None:
             where = (d.time(nxt), row_id, stored, cron, -1 if every is None else every)

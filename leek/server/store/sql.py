@@ -86,8 +86,6 @@ PERIODIC_COLUMNS = (
 TABLE_ESTIMATE = "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass"
 #: What precedes a query to have PostgreSQL's planner estimate its rows (admin/paging.py).
 EXPLAIN = "EXPLAIN (FORMAT JSON) "
-#: A statement that only shows the connection answers.
-PROBE = "SELECT 1"
 
 
 class Statements:
@@ -119,6 +117,11 @@ class Statements:
         self.cancel = q(
             "UPDATE leek_task SET status = 'cancelled', finished_at = %s "
             "WHERE id = %s AND status = 'queued' RETURNING queue"
+        )
+        # A task's row while its outcome is written apart (batch.write_apart),
+        # kept from deletion until the commit on PostgreSQL.
+        self.task_exists = q(
+            "SELECT 1 FROM leek_task WHERE id = %s" + ("" if d.sqlite else " FOR KEY SHARE")
         )
         self.requeue = q("UPDATE leek_task SET status = 'queued' WHERE id = %s")
         self.interrupt = q(
