@@ -60,8 +60,10 @@ def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> Non
         assert reason.startswith("database unavailable")
         down = leek_cli(broker.port, "ping")
         assert down.returncode == 1 and "database unavailable" in down.stdout
-        with pytest.raises(leek.LeekError, match="refused enqueue"):
-            leek.push_task_to_queue(tasks.add, 2, 2)  # a clear error: nothing silently lost
+        # The broker cannot commit and the client cannot write the row itself:
+        # a clear error, nothing silently lost.
+        with pytest.raises(leek.CommitFailed, match="could not commit enqueue.*fallback failed"):
+            leek.push_task_to_queue(tasks.add, 2, 2)
         assert broker.alive
     wait_for(lambda: leek.ping() == (True, "I'm OK"), timeout=30)
     assert leek_cli(broker.port, "ping").returncode == 0
