@@ -15,10 +15,13 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
 from .frame import HEADER, PREFIX, body_length, encode, open_frame
+
+if TYPE_CHECKING:
+    from .tls import Channel
 
 #: The most bytes one receive asks the kernel for.
 RECV_SIZE = 65536
@@ -41,6 +44,10 @@ class FrameSocket:
     queue to empty: a peer that sends but does not read is slowed to the pace
     it reads at, and is cut off when it reads nothing for `timeout` seconds or
     is owed more than `max_size` bytes.
+
+    With `tls` (a :class:`~leek.protocol.tls.Channel` whose handshake is done),
+    frames travel encrypted: reads take the channel's plaintext, and each frame
+    is sealed under the write lock, so what is queued above is ciphertext.
     """
 
     def __init__(
@@ -50,8 +57,11 @@ class FrameSocket:
         max_size: int,
         timeout: float,
         never_wait: bool = False,
+        tls: Channel | None = None,
     ) -> None:
         self.sock = sock
+        self.tls = tls
+        self._recv = sock.recv if tls is None else tls.recv
         self.key = key
         self.max_size = max_size
         self.timeout = timeout
@@ -87,7 +97,7 @@ class FrameSocket:
             if buf and time.monotonic() - since >= self.timeout:
                 raise TimeoutError(f"frame not finished within {self.timeout:g} s of its start")
             try:
-                chunk = self.sock.recv(RECV_SIZE)
+                chunk = self._recv(RECV_SIZE)
             except BlockingIOError:  # the kernel's receive timeout
                 waited = time.monotonic() - since
                 if buf or idle is None or waited >= idle:
@@ -111,6 +121,8 @@ class FrameSocket:
         """Send one frame; OSError when the peer is gone or stops reading."""
         frame = encode(self.key, message)
         with self._write_lock:
+            if self.tls is not None:
+                frame = self.tls.seal(frame)
             if not self.never_wait:
                 self.sock.sendall(frame)
                 return

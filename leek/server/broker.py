@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import __version__, conf
 from ..exceptions import DatabaseUnavailable
+from ..protocol import tls
 from ..runtime import install_capture
 from .delayed import Delayed
 from .duties import Duties
@@ -77,6 +78,10 @@ class Broker:
             frame_timeout=float(settings["FRAME_TIMEOUT"]),
             idle_timeout=float(settings["IDLE_TIMEOUT"]),
             allowed_clients=frozenset(settings["ALLOWED_CLIENTS"]),
+            max_connections=int(settings["MAX_CONNECTIONS"]),
+            max_unauthenticated=int(settings["MAX_UNAUTHENTICATED"]),
+            first_frame_timeout=float(settings["FIRST_FRAME_TIMEOUT"]),
+            tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
         self.pushes = PUSHES
         self.verbs: dict[str, Callable[[Any], Any]] = {
@@ -353,6 +358,7 @@ class Broker:
             "payloads_in_memory": self.lanes.held(),
             "handled": dict(self.lanes.handled()),
             "rejected_frames": self.rejected,
+            "connections": self.server.figures(),
             "commits": self.store.all_commits(),
             "code_drift": dict(self.intake.drift),
             "database": database,
