@@ -38,10 +38,10 @@ class Connection:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             channel = tls.connect(sock, tls_options, address) if tls_options else None
+            self.frames = FrameSocket(sock, key, max_frame, reply_timeout, tls=channel)
         except BaseException:
             sock.close()
             raise
-        self.frames = FrameSocket(sock, key, max_frame, reply_timeout, tls=channel)
         self.ids = itertools.count(1)
 
     def request(self, verb: str, data: Any) -> tuple[bool, Any]:

@@ -10,9 +10,11 @@ it is a stranger, and strangers are held cheaply and briefly:
   oldest stranger to make room, as sshd's MaxStartups does, so a flood of
   silent or slow connections never locks out a client: a client's connection
   is the newest when it sends its first frame. Authenticated connections keep
-  their place; only when every connection held is authenticated is a new one
-  refused, closed at once. A stranger has FIRST_FRAME_TIMEOUT seconds from its
-  accept to send a valid frame (its TLS handshake included), then it is closed.
+  their place. A new connection is refused, closed at once, only when every
+  connection held is authenticated, or while CLOSING of those made to leave
+  still wait to be closed (so descriptors stay within the limit under a flood).
+  A stranger has FIRST_FRAME_TIMEOUT seconds from its accept to send a valid
+  frame (its TLS handshake included), then it is closed.
 * `Lobby` holds the connections that have sent nothing yet, in one selector on
   one thread: a connection gets a thread of its own only once bytes arrive.
 
@@ -41,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 #: Descriptors kept free for the database, worker processes and log files.
 RESERVE = 64
+#: Connections made to leave whose descriptors may still wait to be closed
+#: before a newcomer is refused: under a flood, closing lags behind accepting.
+CLOSING = 16
 #: Seconds between two log lines of one kind of refusal.
 LOG_INTERVAL = 10.0
 #: Seconds between two counts of the process's open descriptors.
@@ -100,32 +105,33 @@ class Gate:
 
     def admit(self, sock: socket.socket, address: Any) -> bool:
         """Hold a new connection, closing the oldest stranger when it needs the
-        room; False (refused) when every connection held is authenticated."""
+        room. False (refused) when every connection held is authenticated, or
+        while CLOSING connections made to leave wait to be closed."""
+        evicted: Conn | None = None
         with self._lock:
             limit = min(self.max_connections, self._room)
             held = len(self._strangers) + len(self._trusted)
-            evicted: Conn | None = None
-            refused = 0
-            if held >= limit or len(self._strangers) >= self.max_unauthenticated:
-                if not self._strangers:
-                    self.refused += 1
-                    refused = self.refused
-                else:
+            closing = len(self._all) - held
+            crowded = held >= limit or len(self._strangers) >= self.max_unauthenticated
+            refused = crowded and (not self._strangers or closing >= CLOSING)
+            if refused:
+                self.refused += 1
+            else:
+                if crowded:
                     _, evicted = self._strangers.popitem(last=False)
                     self.evicted += 1
-            if evicted is not None or held < limit:
                 conn = Conn(sock, address)
                 self._strangers[sock] = conn
                 self._all[sock] = conn
-        if evicted is None and held >= limit:
+        if refused:
             if self._refused_log.due():
                 security.warning(
-                    "connection refused: every connection held is authenticated "
-                    "client=%s open=%s limit=%s refused=%s",
+                    "connection refused client=%s open=%s limit=%s closing=%s refused=%s",
                     address[0],
                     held,
                     limit,
-                    refused,
+                    closing,
+                    self.refused,
                     extra={"action": "connection_refused"},
                 )
             return False
@@ -270,8 +276,11 @@ class Lobby:
                 conn = self._arrivals.popleft()
                 if conn.dropped:
                     self._close(conn)
-                else:
+                    continue
+                try:
                     self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+                except (OSError, ValueError) as exc:  # closed under it: cannot wait
+                    self._fail(conn, exc)
             wait = self.gate.expire()
             for key, _ in self._selector.select(wait):
                 conn = key.data
@@ -286,13 +295,16 @@ class Lobby:
                 try:
                     self.hand_off(conn)
                 except RuntimeError as exc:  # no thread can be started
-                    logger.error(
-                        "cannot start a connection thread client=%s error=%s",
-                        conn.address[0],
-                        exc,
-                        extra={"action": "connection_failed"},
-                    )
-                    self._close(conn)
+                    self._fail(conn, exc)
+
+    def _fail(self, conn: Conn, exc: BaseException) -> None:
+        logger.error(
+            "connection dropped in the lobby client=%s error=%s",
+            conn.address[0],
+            exc,
+            extra={"action": "connection_failed"},
+        )
+        self._close(conn)
 
     def _close(self, conn: Conn) -> None:
         self.gate.leave(conn)

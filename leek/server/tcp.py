@@ -160,7 +160,10 @@ class Handler(socketserver.BaseRequestHandler):
         if limits.tls is not None:
             sock.settimeout(limits.first_frame_timeout)  # the gate's deadline bounds it too
             try:
-                if sock.recv(len(MAGIC), socket.MSG_PEEK) == MAGIC:
+                first = sock.recv(len(MAGIC), socket.MSG_PEEK)
+                if not first:  # connected and left, as a port check does
+                    return None
+                if first == MAGIC:
                     raise ssl.SSLError("a plain frame: the client lacks LEEK['TLS']")
                 channel = Channel(sock, limits.tls, server_side=True)
                 channel.handshake()
@@ -211,7 +214,7 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 128
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -273,7 +276,9 @@ class Server(socketserver.ThreadingTCPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Wait in the lobby, with no thread, until the first bytes arrive."""
         conn = self.gate.held(request)
-        if conn is not None:
+        if conn is None:  # cannot happen: admitted by verify_request just before
+            self.shutdown_request(request)
+        else:
             self.lobby.add(conn)
 
     def _hand_off(self, conn: Conn) -> None:
