@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 
 import leek
 from leek import conf
@@ -312,6 +313,45 @@ def test_at_a_low_descriptor_limit_the_broker_keeps_a_reserve(
         new_client()
         handle = leek.push_task_to_queue(tasks.add, 2, 2)  # a new client makes its way in
         assert handle.result(timeout=10) == 4
+        assert "cannot accept connections" not in broker.output()
+    finally:
+        for sock in flood:
+            sock.close()
+    old.close()
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs a database reached over a socket"
+)
+def test_near_its_descriptor_limit_the_broker_reconnects_to_its_database(
+    broker_factory: Any, fresh_client: None
+) -> None:
+    from leek.server.admission import RESERVE
+
+    broker = broker_factory(
+        LEEK_FIRST_FRAME_TIMEOUT="60",
+        LEEK_MAX_UNAUTHENTICATED="1000",
+        LEEK_HEARTBEAT_INTERVAL="0.2",
+    )
+    pid = pid_of(broker)
+    old = trusted(broker.port)
+    limit = descriptors(pid) + RESERVE + 40
+    _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, hard))
+    wait_for(lambda: figures_on(old)["limit"] < 100)
+    flood = strangers(broker.port, 300)
+    try:
+        wait_for(lambda: figures_on(old)["evicted"] > 0)  # every place is taken
+        with connection.cursor() as cursor:  # every connection of the broker's is cut
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert cursor.fetchone()[0] > 0
+        wait_for(lambda: "database write failed" in broker.output())
+        wait_for(lambda: ping_on(old)[2]["ok"], timeout=30)  # reconnected from the reserve
+        new_client()
+        assert leek.push_task_to_queue(tasks.add, 4, 4).result(timeout=10) == 8
         assert "cannot accept connections" not in broker.output()
     finally:
         for sock in flood:
