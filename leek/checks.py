@@ -141,9 +141,7 @@ def _check_exposure(settings: dict[str, Any]) -> list[checks.CheckMessage]:
             checks.Error(
                 f"LEEK['HOST'] is {host!r}, beyond loopback, and {problem}: anyone who "
                 "can reach the port and knows that key runs code on the broker.",
-                hint=f"Set LEEK_SECRET (LEEK['SECRET']) to {conf.PUBLIC_SECRET_BYTES} bytes "
-                "or more, the same for the broker and its clients, e.g. the output of: "
-                f"{conf.SECRET_COMMAND}",
+                hint=conf.SECRET_HINT,
                 id="leek.E009",
             )
         )

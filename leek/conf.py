@@ -138,6 +138,11 @@ DEVELOPMENT_SECRET_KEY = "leek-insecure-development-key-change-me"  # noqa: S105
 PUBLIC_SECRET_BYTES = 32
 #: One line that prints a good secret.
 SECRET_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'  # noqa: S105
+#: What to do about a secret unfit for a public bind (leek start and leek.E009).
+SECRET_HINT = (
+    f"Set LEEK_SECRET (LEEK['SECRET']) to {PUBLIC_SECRET_BYTES} bytes or more, the same "
+    f"for the broker and its clients, e.g. the output of: {SECRET_COMMAND}"
+)
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")

@@ -124,12 +124,8 @@ def _exposure_refusal(options: argparse.Namespace) -> str | None:
     if not conf.is_loopback(host):
         problem = conf.public_secret_problem()
         if problem:
-            return (
-                f"refusing to listen on {host}:{port}, beyond loopback: {problem}. "
-                f"Set LEEK_SECRET to {conf.PUBLIC_SECRET_BYTES} bytes or more, "
-                f"the same for the broker and its clients, e.g. the output of: "
-                f"{conf.SECRET_COMMAND}"
-            )
+            where = f"{host}:{port}"
+            return f"refusing to listen on {where}, beyond loopback: {problem}. {conf.SECRET_HINT}"
     problems = tls.problems(conf.get("TLS"), broker=True)
     if problems:
         return f"LEEK['TLS'] {'; '.join(problems)}"
