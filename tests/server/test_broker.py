@@ -253,7 +253,7 @@ def test_a_broker_is_named_after_its_machine_not_the_address_it_listens_on(
 
     from leek.models import BrokerNode
 
-    secret = "a-secret-for-a-broker-beyond-loopback"  # as one needs (tests/cli/test_public_bind.py)
+    secret = "a-secret-for-a-broker-beyond-loopback"  # a bind beyond loopback needs one
     leek_settings(SECRET=secret)
     broker = broker_factory(LEEK_HOST="0.0.0.0", LEEK_SECRET=secret)  # noqa: S104 - the case at hand
     assert leek.push_task_to_queue(operator.add, 1, 1).result(timeout=10) == 2
