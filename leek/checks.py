@@ -50,6 +50,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         ("MAX_TASKS_PER_CHILD", 0),
         ("MAX_MEMORY_PER_CHILD", 0),
         ("CHILD_NICE", 0),
+        ("MAX_CONNECTIONS", 1),
+        ("MAX_UNAUTHENTICATED", 1),
     ):
         if not isinstance(settings[key], int) or settings[key] < least:
             errors.append(
@@ -84,6 +86,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     errors += _check_queues(settings["QUEUES"])
+    errors += _check_exposure(settings)
     if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:
         errors.append(
             checks.Error(
@@ -199,4 +202,33 @@ def _check_queues(queues: Any) -> list[checks.CheckMessage]:
             errors.append(
                 checks.Error(f"LEEK['QUEUES'][{name!r}] {problem}.", hint=hint, id="leek.E007")
             )
+    return errors
+
+
+def _check_exposure(settings: dict[str, Any]) -> list[checks.CheckMessage]:
+    """leek.E009: a HOST beyond loopback without a strong explicit secret;
+    leek.E011: a TLS setting that is malformed or names files that do not load."""
+    from .protocol import tls
+
+    errors: list[checks.CheckMessage] = []
+    host = str(settings["HOST"])
+    problem = None if conf.is_loopback(host) else conf.public_secret_problem()
+    if problem:
+        errors.append(
+            checks.Error(
+                f"LEEK['HOST'] is {host!r}, beyond loopback, and {problem}: anyone who "
+                "can reach the port and knows that key runs code on the broker.",
+                hint=conf.SECRET_HINT,
+                id="leek.E009",
+            )
+        )
+    for problem in tls.problems(settings["TLS"]):
+        errors.append(
+            checks.Error(
+                f"LEEK['TLS'] {problem}.",
+                hint='For example {"cert": "/etc/leek/broker.pem", "key": '
+                '"/etc/leek/broker.key", "ca": "/etc/leek/ca.pem"}.',
+                id="leek.E011",
+            )
+        )
     return errors

@@ -9,6 +9,7 @@ the default's type). The merged result is cached and reset when Django's
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import socket
 from datetime import timedelta
@@ -146,7 +147,39 @@ DEFAULTS: dict[str, Any] = {
     # periodic run's claim, a cancel) before it goes on without the result; a
     # write that commits later still counts: its tasks run, its cancel holds.
     "WRITE_WAIT": 30.0,
+    # -- exposure on the network --
+    # TLS on every connection between clients and brokers (empty: plain TCP).
+    # Broker: "cert" (PEM chain) and "key"; with "require_client_cert": True it
+    # takes only clients whose certificate "ca" signed. Client: "ca" to verify
+    # the broker with (absent: the system's CAs), "server_name" the name its
+    # certificate must carry (absent: the host connected to, IP addresses
+    # included), "client_cert" and "client_key" for mutual TLS.
+    "TLS": {},
+    # Most client connections a broker holds at once; fewer when its descriptor
+    # limit leaves less room (a reserve stays free for the database). Past it a
+    # new connection is closed at once, unless an unauthenticated one can go.
+    "MAX_CONNECTIONS": 1000,
+    # Most connections that have not sent a valid frame yet. A new connection
+    # past it, or past MAX_CONNECTIONS, closes the oldest of them, so idle or
+    # slow strangers never lock out a client; authenticated ones keep their place.
+    "MAX_UNAUTHENTICATED": 128,
+    # Seconds a new connection has to send its first valid frame (TLS handshake
+    # included) before it is closed.
+    "FIRST_FRAME_TIMEOUT": 5.0,
 }
+
+#: The SECRET_KEY the bundled settings (settings/) fall back to. A broker that
+#: listens beyond loopback refuses a LEEK secret that is it, or derived from it.
+DEVELOPMENT_SECRET_KEY = "leek-insecure-development-key-change-me"  # noqa: S105
+#: Bytes a LEEK secret needs before a broker listens beyond loopback.
+PUBLIC_SECRET_BYTES = 32
+#: One line that prints a good secret.
+SECRET_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'  # noqa: S105
+#: What to do about a secret unfit for a public bind (leek start and leek.E009).
+SECRET_HINT = (
+    f"Set LEEK_SECRET (LEEK['SECRET']) to {PUBLIC_SECRET_BYTES} bytes or more, the same "
+    f"for the broker and its clients, e.g. the output of: {SECRET_COMMAND}"
+)
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -182,12 +215,44 @@ def get_settings() -> dict[str, Any]:
         if isinstance(merged[key], timedelta):
             merged[key] = merged[key].total_seconds()
     if not merged["SECRET"]:
-        merged["SECRET"] = hashlib.sha256(
-            b"leek.frame-signing:" + settings.SECRET_KEY.encode()
-        ).hexdigest()
+        merged["SECRET"] = derived_secret(settings.SECRET_KEY)
     if not merged["CODE_VERSION"]:
         merged["CODE_VERSION"] = os.environ.get("LEEK_CODE_VERSION", "")
     return merged
+
+
+def derived_secret(secret_key: str) -> str:
+    """The LEEK secret of a project that sets none: derived from its SECRET_KEY."""
+    return hashlib.sha256(b"leek.frame-signing:" + secret_key.encode()).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches: 127.0.0.0/8, ::1, localhost."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" for every interface
+        return False
+
+
+def public_secret_problem() -> str | None:
+    """Why the LEEK secret is unfit for a broker reachable beyond loopback, or None.
+
+    It must be set explicitly (LEEK["SECRET"] or LEEK_SECRET), be at least
+    PUBLIC_SECRET_BYTES long, and be neither the bundled development
+    SECRET_KEY nor the secret derived from it."""
+    user = getattr(settings, "LEEK", {}) or {}
+    explicit = str(_from_env("SECRET", user.get("SECRET", "")) or "")
+    if not explicit:
+        return "LEEK_SECRET is not set, so frames are signed with a key derived from SECRET_KEY"
+    size = len(explicit.encode())
+    if size < PUBLIC_SECRET_BYTES:
+        return f"LEEK_SECRET is {size} bytes long, fewer than {PUBLIC_SECRET_BYTES}"
+    if explicit in (DEVELOPMENT_SECRET_KEY, derived_secret(DEVELOPMENT_SECRET_KEY)):
+        return "LEEK_SECRET is the bundled development key, or derived from it"
+    return None
 
 
 def node_name(port: int | None = None) -> str:

@@ -78,6 +78,10 @@ def run_start(options: argparse.Namespace) -> int:
     from ..server.broker import Broker
     from . import reload
 
+    refusal = _exposure_refusal(options)
+    if refusal:
+        sys.stderr.write(f"error: {refusal}\n")
+        return UNHEALTHY
     reloading = options.reload or options.force_reload
     if reloading:
         refusal = reload.refusal(options.force_reload)
@@ -106,6 +110,26 @@ def run_start(options: argparse.Namespace) -> int:
         sys.stderr.write(f"error: database unavailable at start: {exc}\n")
         return UNHEALTHY
     return OK
+
+
+def _exposure_refusal(options: argparse.Namespace) -> str | None:
+    """Why the broker must not start as configured, in one line: a bind beyond
+    loopback without a strong explicit secret, or a TLS setting that does not
+    load; None when it may start."""
+    from .. import conf
+    from ..protocol import tls
+
+    host = options.host or str(conf.get("HOST"))
+    port = conf.get("PORT") if options.port is None else options.port
+    if not conf.is_loopback(host):
+        problem = conf.public_secret_problem()
+        if problem:
+            where = f"{host}:{port}"
+            return f"refusing to listen on {where}, beyond loopback: {problem}. {conf.SECRET_HINT}"
+    problems = tls.problems(conf.get("TLS"), broker=True)
+    if problems:
+        return f"LEEK['TLS'] {'; '.join(problems)}"
+    return None
 
 
 def run_stop(options: argparse.Namespace) -> int:

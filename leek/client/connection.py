@@ -21,6 +21,7 @@ from ..exceptions import (
     ReplayedFrame,
     StaleFrame,
 )
+from ..protocol import tls
 from ..protocol.frame import NO_NONCE, Frame, Keys
 from ..protocol.sockets import FrameSocket
 
@@ -46,11 +47,19 @@ class Connection:
         connect_timeout: float,
         reply_timeout: float,
         max_frame: int,
+        tls_options: dict[str, Any] | None = None,
     ) -> None:
         self.address = address
         sock = socket.create_connection(address, timeout=connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.frames = FrameSocket(sock, Keys.client(secret), max_frame, reply_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            channel = tls.connect(sock, tls_options, address) if tls_options else None
+            self.frames = FrameSocket(
+                sock, Keys.client(secret), max_frame, reply_timeout, tls=channel
+            )
+        except BaseException:
+            sock.close()
+            raise
         self.ids = itertools.count(1)
 
     def request(self, verb: str, data: Any) -> tuple[bool, Any]:
@@ -134,6 +143,7 @@ def _connect(address: tuple[str, int]) -> Connection:
         float(settings["CONNECT_TIMEOUT"]),
         float(settings["REPLY_TIMEOUT"]),
         int(settings["MAX_FRAME"]),
+        settings["TLS"],
     )
 
 

@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
 from .frame import (
@@ -39,6 +39,9 @@ from .frame import (
     refusal,
     unpack,
 )
+
+if TYPE_CHECKING:
+    from .tls import Channel
 
 #: Bytes of the receive buffer every connection keeps: the most one receive
 #: asks the kernel for, and the largest frame read where it lies.
@@ -67,6 +70,10 @@ class FrameSocket:
     queue to empty: a peer that sends but does not read is slowed to the pace
     it reads at, and is cut off when it reads nothing for `timeout` seconds or
     is owed more than `max_size` bytes.
+
+    With `tls` (a :class:`~leek.protocol.tls.Channel` whose handshake is done),
+    frames travel encrypted: reads take the channel's plaintext, and each frame
+    is sealed under the write lock, so what is queued above is ciphertext.
     """
 
     def __init__(
@@ -77,9 +84,12 @@ class FrameSocket:
         timeout: float,
         never_wait: bool = False,
         check: Check | None = None,
+        tls: Channel | None = None,
     ) -> None:
         self.sock = sock
         self.keys = keys
+        self.tls = tls
+        self._recv_into = sock.recv_into if tls is None else tls.recv_into
         self.max_size = max_size
         self.timeout = timeout
         self.never_wait = never_wait
@@ -128,7 +138,7 @@ class FrameSocket:
             if end and time.monotonic() - since >= self.timeout:
                 raise TimeoutError(f"frame not finished within {self.timeout:g} s of its start")
             try:
-                got = self.sock.recv_into(buf[end:])
+                got = self._recv_into(buf[end:])
             except BlockingIOError:  # the kernel's receive timeout
                 waited = time.monotonic() - since
                 if end or idle is None or waited >= idle:
@@ -166,7 +176,7 @@ class FrameSocket:
             if time.monotonic() - since >= self.timeout:
                 raise TimeoutError(f"frame not finished within {self.timeout:g} s of its start")
             try:
-                got = self.sock.recv_into(frame[have:])
+                got = self._recv_into(frame[have:])
             except BlockingIOError:  # the kernel's receive timeout
                 raise TimeoutError(
                     f"frame not finished within {self.timeout:g} s of its start"
@@ -191,6 +201,8 @@ class FrameSocket:
             nonce = os.urandom(NONCE_SIZE)
         frame = encode(self.keys.send, message, nonce, time.time() + self.clock_offset)
         with self._write_lock:
+            if self.tls is not None:
+                frame = self.tls.seal(frame)
             if not self.never_wait:
                 self.sock.sendall(frame)
                 return nonce

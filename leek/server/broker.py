@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import __version__, conf
 from ..exceptions import DatabaseUnavailable
+from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
 from .delayed import Delayed
@@ -82,6 +83,10 @@ class Broker:
             idle_timeout=float(settings["IDLE_TIMEOUT"]),
             allowed_clients=frozenset(settings["ALLOWED_CLIENTS"]),
             check=self.replay.check,
+            max_connections=int(settings["MAX_CONNECTIONS"]),
+            max_unauthenticated=int(settings["MAX_UNAUTHENTICATED"]),
+            first_frame_timeout=float(settings["FIRST_FRAME_TIMEOUT"]),
+            tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
         self.pushes = PUSHES
         self.verbs: dict[str, Callable[[Any], Any]] = {
@@ -361,6 +366,7 @@ class Broker:
             "handled": dict(self.lanes.handled()),
             "rejected_frames": self.rejected,
             "replay": self.replay.counts(),
+            "connections": self.server.figures(),
             "commits": self.store.all_commits(),
             "code_drift": dict(self.intake.drift),
             "database": database,

@@ -53,8 +53,9 @@ def test_a_broker_on_all_interfaces_serves_a_client_it_did_not_start(
     broker_factory: Any, leek_settings: Any
 ) -> None:
     port = free_port()
-    leek_settings(HOST="127.0.0.1", SECRET="shared-secret")
-    broker_factory(port=port, LEEK_HOST="0.0.0.0", LEEK_SECRET="shared-secret")
+    secret = "shared-secret-of-at-least-32-bytes"
+    leek_settings(HOST="127.0.0.1", SECRET=secret)
+    broker_factory(port=port, LEEK_HOST="0.0.0.0", LEEK_SECRET=secret)
     assert leek.push_task_to_queue(tasks.add, 3, 4).result(timeout=10) == 7
     wrong = subprocess.run(
         [sys.executable, "-m", "leek.cli", "ping"],

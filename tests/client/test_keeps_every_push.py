@@ -73,7 +73,7 @@ def test_a_push_the_broker_cannot_commit_is_spooled_and_runs(
     )
     assert str(handle.id) in record.getMessage()
     assert handle.result(timeout=10) == 5
-    assert "database write failed" in broker.output()
+    assert "write refused kind=insert" in broker.output()
 
 
 def test_a_batch_the_broker_cannot_commit_is_spooled_and_runs(broker: BrokerProcess) -> None:

@@ -247,7 +247,7 @@ def test_a_client_gone_before_its_reply_still_has_its_task_run(broker: BrokerPro
 
 
 def test_a_broker_is_named_after_its_machine_not_the_address_it_listens_on(
-    broker_factory: Any,
+    broker_factory: Any, leek_settings: Any
 ) -> None:
     # A broker recovers the unfinished tasks under its name when it starts: two
     # machines whose brokers both listen on 0.0.0.0:8002 must not share a name.
@@ -255,7 +255,9 @@ def test_a_broker_is_named_after_its_machine_not_the_address_it_listens_on(
 
     from leek.models import BrokerNode
 
-    broker = broker_factory(LEEK_HOST="0.0.0.0")  # noqa: S104 - the case at hand
+    secret = "a-secret-for-a-broker-beyond-loopback"  # a bind beyond loopback needs one
+    leek_settings(SECRET=secret)
+    broker = broker_factory(LEEK_HOST="0.0.0.0", LEEK_SECRET=secret)  # noqa: S104 - the case at hand
     assert leek.push_task_to_queue(operator.add, 1, 1).result(timeout=10) == 2
     name = f"{socket.gethostname()}:{broker.port}"
     assert list(BrokerNode.objects.values_list("name", flat=True)) == [name]
