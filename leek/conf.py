@@ -109,6 +109,14 @@ DEFAULTS: dict[str, Any] = {
     # Most tasks whose payload the broker keeps in memory; past this, workers
     # load payloads from the database as they take tasks.
     "MEMORY_PAYLOADS": 10_000,
+    # -- task lifecycle: crash loops --
+    # Directory where a broker keeps a small file naming the task each of its
+    # workers is running, read at its next start, so that an attempt cut short
+    # by the broker's death counts even when its running mark had not reached
+    # the database. It must outlive the broker's process (not a private /tmp
+    # that a service manager empties at each restart). Empty: leek-<uid> in the
+    # system's temporary directory.
+    "STATE_DIR": "",
 }
 
 #: The synchronous modes SQLite takes (SQLITE_SYNCHRONOUS).

@@ -1,20 +1,30 @@
 """Recovery: the tasks a broker must run though no client pushed them to it.
 
-At start, a broker requeues what its own last life left running
-(`Store.interrupt_running`) and loads every unfinished task it owns
+At start, a broker counts the attempts its own last life left running
+(`interrupt_running`) and loads every unfinished task it owns
 (`Store.owned`). Then, every SWEEP_INTERVAL, the `Adopter` claims the tasks
 nobody else will run: spooled rows, written by clients while no broker
 answered, and the unfinished tasks of brokers that stopped or went silent past
 HEARTBEAT_TIMEOUT.
+
+An attempt cut short by its broker's end counts like any other (store/cut.py),
+so a task that kills every broker that runs it is stopped after its 1 +
+max_retries attempts, not started at every restart: it fails for good, and
+the ON_FAILURE hooks and ADMINS hear of it once (notify.py).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+from .notify import run_hooks_later
 from .rows import Ready
 from .store import Store
+from .store.cut import Cut
+
+logger = logging.getLogger(__name__)
 
 #: Seconds after which the tasks of a broker already adopted from are looked
 #: for again though its row has not changed (a broker that was paused past
@@ -22,6 +32,30 @@ from .store import Store
 LOOK_AGAIN_AFTER = 300.0
 #: Seconds a sweep waits for its claim to be committed.
 CLAIM_TIMEOUT = 60.0
+
+
+def interrupt_running(store: Store, timeout: float) -> int:
+    """Count the attempts this broker's last life left running, those its
+    workers' file of starts names included (starts.py), and begin that file
+    anew; tell of the tasks that failed for good. Returns how many attempts."""
+    cut: Cut = store.interrupt_running(store.starts.previous()).wait(timeout)
+    store.starts.begin()
+    _tell(cut)
+    return cut.count
+
+
+def _tell(cut: Cut) -> None:
+    for outcome in cut.final:
+        logger.error(
+            "task failed for good: its broker ended during its last attempt task=%s name=%s "
+            "attempt=%s error=%s",
+            outcome.task_id,
+            outcome.name,
+            outcome.attempt,
+            outcome.exc_type,
+            extra={"action": "task_lost"},
+        )
+    run_hooks_later(cut.final)
 
 
 class Adopter:
@@ -49,10 +83,11 @@ class Adopter:
             return [name for name, beat in gone.items() if again or self._taken.get(name) != beat]
 
         silent_since = time.time() - self.dead_after
-        claim = self.store.adopt(silent_since, walk, "interrupted: its broker stopped", self.queues)
+        claim = self.store.adopt(silent_since, walk, self.queues)
         found: list[Ready]
         # Once committed, the tasks found, and those of every broker in _taken, are ours.
-        found, self._taken = claim.wait(CLAIM_TIMEOUT)
+        found, self._taken, cut = claim.wait(CLAIM_TIMEOUT)
+        _tell(cut)
         if again:
             self._looked_at = time.monotonic()
         return found
