@@ -8,7 +8,8 @@ the task it starts, with the attempt's number, into a slot of its own in this
 file: one ``pwrite`` and no fsync, since the kernel keeps what a killed
 process wrote. At its next start the broker reads the file (`Starts.previous`),
 counts those attempts in the database (Store.interrupt_running), then begins
-the file anew (`Starts.begin`). A worker empties its slot when its attempt ends.
+the file anew (`Starts.begin`). A worker empties its slot when its attempt
+ends, and a graceful stop that wrote every running mark removes the file.
 
 The file is ``<STATE_DIR>/<node name>.running``, a slot of SLOT bytes per
 worker thread, in the order the threads first started a task::
@@ -25,6 +26,7 @@ broker adopts its tasks, as uncounted as their running marks left them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -114,10 +116,15 @@ class Starts:
         if threading.get_ident() in self._slots:
             self._write(EMPTY)
 
-    def close(self) -> None:
+    def close(self, remove: bool = False) -> None:
+        """Stop writing; with `remove`, delete the file too (a stop that wrote
+        every running mark leaves nothing the next start needs)."""
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+            if remove:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
 
     def _write(self, record: bytes) -> None:
         fd = self._fd

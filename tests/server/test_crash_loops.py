@@ -67,7 +67,6 @@ def test_a_task_that_kills_its_runner_at_once_runs_twice_then_fails_for_good(
         "LEEK_WORKERS": "1",
         "LEEK_NOTIFY_ADMINS_ON_FAILURE": "1",
         "EMAIL_FILE_PATH": str(outbox),
-        "LEEK_STATE_DIR": str(tmp_path / "state"),
     }
     first = broker_factory(port=port, **env)
     runs = tmp_path / "runs"
@@ -97,7 +96,7 @@ def test_with_no_retries_a_task_that_kills_the_broker_runs_once(
 ) -> None:
     # Its running mark has no time to reach the database: the file of starts counts it.
     port = free_port()
-    env = {"LEEK_WORKERS": "1", "LEEK_STATE_DIR": str(tmp_path / "state")}
+    env = {"LEEK_WORKERS": "1"}
     first = broker_factory(port=port, **env)
     runs = tmp_path / "runs"
     handle = leek.enqueue(tasks.mark_then_exit, (str(runs), 3), max_retries=0)
@@ -124,6 +123,7 @@ def test_an_attempt_cut_short_by_a_graceful_stop_counts_and_can_be_the_last(
     wait_for(lambda: handle.status() == "running")
     assert broker.kill(signal.SIGTERM) == 0
     assert handle.status() == "running"
+    assert list((tmp_path / "state").glob("*.running")) == []  # its mark was written
     broker_factory(port=port, **env)
     wait_for(lambda: handle.status() == "failed")
     assert failures(handle) == [(1, "leek.exceptions.Interrupted", True)]
@@ -209,7 +209,8 @@ def test_the_file_of_starts_keeps_each_workers_task_until_its_attempt_ends(
         thread.join()
     starts.begin()  # the next life starts the file anew
     assert Starts(path).previous() == []
-    starts.close()
+    starts.close(remove=True)  # a graceful stop
+    assert not path.exists()
 
 
 def test_a_file_of_starts_that_cannot_be_written_is_logged_not_raised(

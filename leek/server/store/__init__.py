@@ -80,7 +80,7 @@ class Store:
         """Write what waits (the workers have stopped: their last outcomes too)."""
         for lane in reversed(self.lanes):
             lane.stop(timeout)
-        self.starts.close()
+        self.starts.close(remove=self.healthy and not any(lane.backlog for lane in self.lanes))
 
     def health(self) -> tuple[bool, str]:
         """Whether the last writes of every lane reached the database, and
