@@ -103,9 +103,10 @@ class Starts:
             self._unusable("create", exc)
             return
         with self._lock:
-            self.close()
-            self._fd = fd
+            old, self._fd = self._fd, fd
             self._slots.clear()
+        if old is not None:
+            os.close(old)
 
     def started(self, task_id: uuid.UUID, attempt: int, at: float) -> None:
         """The calling worker has started attempt `attempt` of the task."""
@@ -119,7 +120,8 @@ class Starts:
     def close(self, remove: bool = False) -> None:
         """Stop writing; with `remove`, delete the file too (a stop that wrote
         every running mark leaves nothing the next start needs)."""
-        fd, self._fd = self._fd, None
+        with self._lock:  # no write is under way once it is taken
+            fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
             if remove:
@@ -127,21 +129,24 @@ class Starts:
                     self.path.unlink()
 
     def _write(self, record: bytes) -> None:
-        fd = self._fd
-        if fd is None:
+        if self._fd is None:
             return
         me = threading.get_ident()
-        offset = self._slots.get(me)
-        if offset is None:
-            with self._lock:
-                offset = self._slots.setdefault(me, len(self._slots) * SLOT)
-        try:
-            os.pwrite(fd, record, offset)
-        except OSError as exc:
-            with self._lock:
-                if self._fd == fd:
-                    self.close()
-            self._unusable("write", exc)
+        # Under the lock: a descriptor closed meanwhile, and its number reused
+        # for another file, must never be written to.
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                return
+            offset = self._slots.setdefault(me, len(self._slots) * SLOT)
+            try:
+                os.pwrite(fd, record, offset)
+                return
+            except OSError as exc:
+                self._fd = None
+                error = exc
+        os.close(fd)
+        self._unusable("write", error)
 
     def _unusable(self, what: str, exc: OSError) -> None:
         logger.warning(
