@@ -32,7 +32,7 @@ def failures(handle: Any) -> list[tuple[int, str, bool]]:
     return [(f.attempt, f.exc_type, f.final) for f in rows]
 
 
-def hook_lines(path: Path) -> list[str]:
+def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
@@ -74,7 +74,7 @@ def test_a_task_that_kills_its_runner_at_once_runs_twice_then_fails_for_good(
     restart = lambda: broker_factory(port=port, wait=False, **env)  # noqa: E731
     broker, restarts = settle(first, restart, handle)
 
-    assert len(hook_lines(runs)) == 2  # max_retries + 1 starts, then never again
+    assert len(lines(runs)) == 2  # max_retries + 1 starts, then never again
     assert handle.status() == "failed"
     assert failures(handle) == [
         (1, "leek.exceptions.WorkerLost", False),
@@ -88,7 +88,7 @@ def test_a_task_that_kills_its_runner_at_once_runs_twice_then_fails_for_good(
     assert "leek.exceptions.WorkerLost: " in mail and lost in mail
     broker.wait_ready()
     assert leek.push_task_to_queue(tasks.add, 1, 2).result(timeout=20) == 3
-    assert broker.alive and len(hook_lines(runs)) == 2 and len(written(outbox)) == 1
+    assert broker.alive and len(lines(runs)) == 2 and len(written(outbox)) == 1
 
 
 def test_with_no_retries_a_task_that_kills_the_broker_runs_once(
@@ -102,7 +102,7 @@ def test_with_no_retries_a_task_that_kills_the_broker_runs_once(
     handle = leek.enqueue(tasks.mark_then_exit, (str(runs), 3), max_retries=0)
     restart = lambda: broker_factory(port=port, wait=False, **env)  # noqa: E731
     _, restarts = settle(first, restart, handle)
-    assert (len(hook_lines(runs)), restarts) == (1, 1)
+    assert (len(lines(runs)), restarts) == (1, 1)
     assert failures(handle) == [(1, "leek.exceptions.WorkerLost", True)]
     message = FailedTask.objects.get(task_id=handle.id).exc_message
     assert "attempt 1 was its last, so it is not run again" in message
@@ -127,7 +127,7 @@ def test_an_attempt_cut_short_by_a_graceful_stop_counts_and_can_be_the_last(
     broker_factory(port=port, **env)
     wait_for(lambda: handle.status() == "failed")
     assert failures(handle) == [(1, "leek.exceptions.Interrupted", True)]
-    assert wait_for(lambda: hook_lines(hook_file)) == [
+    assert wait_for(lambda: lines(hook_file)) == [
         f"{handle.id} tests.tasks.sleep leek.exceptions.Interrupted 1"
     ]
     assert Task.objects.get(pk=handle.id).finished_at is not None
@@ -152,7 +152,7 @@ def test_an_adopted_task_whose_last_attempt_was_cut_short_fails_for_good(
     failure = FailedTask.objects.get(task_id=handle.id)
     assert failure.broker == f"{socket.gethostname()}:{first.port}"  # where it was cut short
     assert "stopped answering" in failure.exc_message
-    assert wait_for(lambda: hook_lines(hook_file)) == [
+    assert wait_for(lambda: lines(hook_file)) == [
         f"{handle.id} tests.tasks.sleep leek.exceptions.WorkerLost 1"
     ]
 
@@ -173,7 +173,7 @@ def test_a_time_limit_reaches_the_admins_and_the_failure_hooks_once(
     handle = leek.enqueue(tasks.spin, (30,), timeout=0.5, max_retries=1)
     with pytest.raises(leek.TaskFailed, match="timed out"):
         handle.result(timeout=30)
-    assert wait_for(lambda: hook_lines(hook_file)) == [
+    assert wait_for(lambda: lines(hook_file)) == [
         f"{handle.id} tests.tasks.spin leek.exceptions.TaskTimeout 2"
     ]
     [mail] = wait_for(lambda: written(outbox))
