@@ -191,18 +191,21 @@ def test_the_file_of_starts_keeps_each_workers_task_until_its_attempt_ends(
     assert not path.exists()
     starts.begin()
     ids = [uuid.uuid4() for _ in range(3)]
+    written_all = threading.Barrier(4)
     done = threading.Event()
 
     def worker(i: int) -> None:
         starts.started(ids[i], i + 1, 100.0 + i)
         if i == 2:
             starts.ended()
-        done.wait(5)
+        written_all.wait(5)
+        done.wait(5)  # alive till the file is read: each thread keeps its own slot
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
     for thread in threads:
         thread.start()
-    wait_for(lambda: path.stat().st_size == 3 * SLOT)
+    written_all.wait(5)
+    assert path.stat().st_size == 3 * SLOT
     assert sorted(Starts(path).previous()) == sorted([(ids[0], 1, 100.0), (ids[1], 2, 101.0)])
     done.set()
     for thread in threads:
