@@ -38,15 +38,19 @@ and will be retried sends leek's ``task_retried`` (leek.signals) instead.
 Arguments and return values must be JSON-serialisable, as the framework asks;
 they are normalised as its other backends do (a tuple becomes a list). A task
 that ``takes_context`` gets a ``TaskContext`` whose ``attempt`` counts from 1.
+An ``async def`` task is awaited in the worker's event loop, as leek's own are
+(server/attempt.py), so its time limit cancels it where it awaits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from inspect import iscoroutinefunction
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
@@ -56,6 +60,7 @@ from django.utils.module_loading import import_string
 
 from . import conf
 from . import fields as checked
+from .exceptions import TaskTimeout
 
 if TYPE_CHECKING:
     from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
@@ -200,26 +205,46 @@ class TaskCall:
             context.node if context else "",
         )
         task_started.send(LeekBackend, task_result=result)
+        given = (TaskContext(task_result=result), *args) if self.takes_context else args
+        if iscoroutinefunction(task.func):
+            # The worker awaits it in its own event loop, within its time limit.
+            return self._awaited(task.func(*given, **kwargs), result, context)
         try:
-            if self.takes_context:
-                value = task.call(TaskContext(task_result=result), *args, **kwargs)
-            else:
-                value = task.call(*args, **kwargs)
-            value = normalize_json(value)
+            value = normalize_json(task.call(*given, **kwargs))
         except BaseException as exc:
-            if context is None or not context.will_retry(exc):
-                kind = type(exc)
-                result.errors.append(
-                    TaskError(
-                        exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
-                        traceback=_traceback(exc),
-                    )
-                )
-                _finish(result, TaskResultStatus.FAILED)
+            _failed(result, context, exc)
             raise
-        object.__setattr__(result, "_return_value", value)
-        _finish(result, TaskResultStatus.SUCCESSFUL)
-        return value
+        return _succeeded(result, value)
+
+    async def _awaited(self, coro: Any, result: TaskResult[..., Any], context: Any) -> Any:
+        try:
+            value = normalize_json(await coro)
+        except asyncio.CancelledError:  # its time limit: leek raises TaskTimeout for it
+            _failed(result, context, TaskTimeout())
+            raise
+        except BaseException as exc:
+            _failed(result, context, exc)
+            raise
+        return _succeeded(result, value)
+
+
+def _failed(result: TaskResult[..., Any], context: Any, exc: BaseException) -> None:
+    """Record the attempt's error on `result`, and finish it unless leek retries it."""
+    if context is None or not context.will_retry(exc):
+        kind = type(exc)
+        result.errors.append(
+            TaskError(
+                exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
+                traceback=_traceback(exc),
+            )
+        )
+        _finish(result, TaskResultStatus.FAILED)
+
+
+def _succeeded(result: TaskResult[..., Any], value: Any) -> Any:
+    object.__setattr__(result, "_return_value", value)
+    _finish(result, TaskResultStatus.SUCCESSFUL)
+    return value
 
 
 def _finish(result: TaskResult[..., Any], status: TaskResultStatus) -> None:

@@ -166,6 +166,14 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a new connection has to send its first valid frame (TLS handshake
     # included) before it is closed.
     "FIRST_FRAME_TIMEOUT": 5.0,
+    # -- task lifecycle: crash loops --
+    # Directory where a broker keeps a small file naming the task each of its
+    # workers is running, read at its next start, so that an attempt cut short
+    # by the broker's death counts even when its running mark had not reached
+    # the database. It must outlive the broker's process (not a private /tmp
+    # that a service manager empties at each restart). Empty: leek-<uid> in the
+    # system's temporary directory.
+    "STATE_DIR": "",
 }
 
 #: The SECRET_KEY the bundled settings (settings/) fall back to. A broker that

@@ -44,6 +44,10 @@ class Task(models.Model):
     code_version = models.CharField(max_length=64, blank=True, default="")
     progress = models.FloatField(null=True, blank=True)
     progress_note = models.CharField(max_length=255, blank=True, default="")
+    #: Times the task was run again after it failed for good (`leek retry-failed`,
+    #: the admin); retry-failed leaves it failed past its --max-requeues. The
+    #: database default serves the broker's inserts, which leave it out.
+    requeues = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         permissions = [("run_task", "Can run tasks and listed commands from the admin")]

@@ -152,6 +152,7 @@ class BrokerFactory:
         port = port or free_port()
         self.leek_settings(PORT=port)
         log = self.tmp_path / f"broker-{port}.log"
+        env = {"LEEK_STATE_DIR": str(self.tmp_path / "state"), **env}
         process = BrokerProcess(port, broker_env(port, env), log, args)
         self.processes.append(process)
         return process.start(wait=wait)

@@ -169,3 +169,34 @@ def sleep_once(path: str, seconds: float) -> str:
     Path(path).write_text(str(os.getpid()))
     time.sleep(seconds)
     return "first run"
+
+
+async def async_add(a: int, b: int) -> int:
+    """An async def task: awaits, then returns the sum."""
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+async def async_nap(seconds: float) -> str:
+    """An async def task that awaits for `seconds` (a time limit must cancel it)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return "woke up"
+
+
+async def async_whoami() -> list[Any]:
+    """The task's own id and attempt as leek.current_task() gives them inside a coroutine."""
+    import leek
+
+    context = leek.current_task()
+    return [str(context.id) if context else None, context.attempt if context else None]
+
+
+def mark_then_exit(path: str, status: int) -> None:
+    """Leave a line in `path`, then end the process at once (os._exit): a task
+    that kills whatever runs it, every time."""
+    append_line(path, str(os.getpid()))
+    os._exit(status)

@@ -4,6 +4,10 @@
 actions call `requeue`. They work with or without a running broker: requeued
 tasks go through the broker when one answers, and otherwise are written back as
 spooled rows that the next broker adopts.
+
+Each requeue counts on the task (Task.requeues), and `retry-failed` requeues
+a task at most `--max-requeues` times: a task that fails at every run, from
+cron every quarter of an hour, is left failed then, and said to be.
 """
 
 from __future__ import annotations
@@ -14,17 +18,24 @@ import re
 import sys
 import uuid
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.db import transaction
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from ..exceptions import BrokerUnavailable, LeekError
 from .broker import add_queue_argument
 from .output import OK, UNHEALTHY, emit
 
+if TYPE_CHECKING:
+    from ..models import FailedTask
+
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 BATCH = 1000
+#: Times `retry-failed` requeues one task, unless told otherwise (--max-requeues).
+MAX_REQUEUES = 3
 
 
 def parse_age(text: str) -> timedelta:
@@ -48,9 +59,35 @@ def parse_since(text: str) -> datetime:
     return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
 
 
-def retry_failed(queue: str | None = None, since: str | None = None, dry_run: bool = False) -> int:
-    """Requeue every task that failed for good and has not been requeued since;
+def retry_failed(
+    queue: str | None = None,
+    since: str | None = None,
+    dry_run: bool = False,
+    max_requeues: int = MAX_REQUEUES,
+) -> int:
+    """Requeue every task that failed for good and has not been requeued since,
+    unless it was requeued `max_requeues` times already (see `left_failed`);
     mark its final failure requeued. Returns how many tasks."""
+    _check_max_requeues(max_requeues)
+    failures = _failed(queue, since).filter(task__requeues__lt=max_requeues)
+    ids = sorted({str(i) for i in failures.values_list("task_id", flat=True)})
+    if dry_run or not ids:
+        return len(ids)
+    return requeue([uuid.UUID(i) for i in ids])
+
+
+def left_failed(
+    queue: str | None = None, since: str | None = None, max_requeues: int = MAX_REQUEUES
+) -> int:
+    """How many tasks that failed for good `retry_failed` leaves failed, as
+    they were requeued `max_requeues` times already."""
+    _check_max_requeues(max_requeues)
+    failures = _failed(queue, since).filter(task__requeues__gte=max_requeues)
+    return failures.values("task_id").distinct().count()
+
+
+def _failed(queue: str | None, since: str | None) -> QuerySet[FailedTask]:
+    """The final failures of failed tasks not requeued since (of `queue`, since `since`)."""
     from ..models import FailedTask
 
     failures = FailedTask.objects.filter(
@@ -60,14 +97,17 @@ def retry_failed(queue: str | None = None, since: str | None = None, dry_run: bo
         failures = failures.filter(task__queue=queue)
     if since:
         failures = failures.filter(failed_at__gte=parse_since(since))
-    ids = sorted({str(i) for i in failures.values_list("task_id", flat=True)})
-    if dry_run or not ids:
-        return len(ids)
-    return requeue([uuid.UUID(i) for i in ids])
+    return failures
+
+
+def _check_max_requeues(value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"--max-requeues must be a whole number, 0 or more, got {value!r}")
 
 
 def requeue(ids: list[uuid.UUID]) -> int:
-    """Run these finished tasks again (attempts start over); returns how many.
+    """Run these finished tasks again (attempts start over, requeues counts
+    one more); returns how many.
 
     A broker that answers adopts them at once; otherwise the next broker to
     start does."""
@@ -87,6 +127,7 @@ def requeue(ids: list[uuid.UUID]) -> int:
                 started_at=None,
                 spooled=True,
                 broker="",
+                requeues=F("requeues") + 1,
             )
             FailedTask.objects.filter(
                 task_id__in=chunk, final=True, requeued_at__isnull=True
@@ -144,10 +185,27 @@ def forget_brokers(older_than: str, dry_run: bool = False) -> int:
 
 
 def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
-    """--queue, --since and --dry-run of `leek retry-failed`."""
+    """--queue, --since, --max-requeues and --dry-run of `leek retry-failed`."""
     add_queue_argument(parser)
     parser.add_argument("--since", help="only failures newer than this: 2h, 3d, 2026-01-31")
+    parser.add_argument(
+        "--max-requeues",
+        type=_requeues,
+        default=MAX_REQUEUES,
+        metavar="N",
+        help=f"leave failed a task requeued N times already (default {MAX_REQUEUES})",
+    )
     parser.add_argument("--dry-run", action="store_true", help="say what would run, change nothing")
+
+
+def _requeues(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}")
+    return value
 
 
 def add_purge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,17 +221,21 @@ def add_purge_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_retry_failed(options: argparse.Namespace) -> int:
     """Print how many failed tasks were requeued; UNHEALTHY on a bad option or a failure."""
+    limit = options.max_requeues
     try:
-        count = retry_failed(queue=options.queue, since=options.since, dry_run=options.dry_run)
+        count = retry_failed(options.queue, options.since, options.dry_run, limit)
+        left = left_failed(options.queue, options.since, limit)
     except (LeekError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return UNHEALTHY
-    verb = "would requeue" if options.dry_run else "requeued"
-    emit(
-        options,
-        f"{verb} {count} failed tasks",
-        {"ok": True, "count": count, "dry_run": options.dry_run},
-    )
+    text = f"{'would requeue' if options.dry_run else 'requeued'} {count} failed tasks"
+    if left:
+        text += (
+            f"\n{'would leave' if options.dry_run else 'left'} {left} failed tasks alone: "
+            f"each was requeued {limit} times already (--max-requeues {limit})"
+        )
+    data = {"ok": True, "count": count, "left": left, "max_requeues": limit}
+    emit(options, text, {**data, "dry_run": options.dry_run})
     return OK
 
 

@@ -7,13 +7,22 @@ same way. A `Result` crosses the pipe from a worker process as it is, and the
 worker thread turns it into the Outcome the store writes (workers.py). A
 payload whose signature fails is never unpickled (`refused`): its task fails
 for good with AuthenticationFailed, and an Event says so.
+
+An ``async def`` task's coroutine is run to its end in an event loop of its
+own (`run_coroutine`), on the worker thread or in the worker process, so its
+result is the coroutine's value and nothing one task leaves scheduled runs
+during another. Its time limit cancels it where it awaits; a coroutine that
+blocks its loop meets the pool's own limit instead (workers.py, process.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import traceback
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +90,8 @@ def perform(
         )
         with bind_context(context, output):
             value = fn(*args, **kwargs)
+            if inspect.iscoroutine(value):
+                value = run_coroutine(value, attempt.timeout)
         return Result(True, result=dump_value(value), result_repr=short_repr(value))
     except TaskTimeout:
         return timed_out(attempt.timeout)
@@ -116,6 +127,27 @@ def refused(attempt: Attempt, exc: AuthenticationFailed) -> Result:
             extra={"action": "event_failed"},
         )
     return failed(exc, retryable=False)
+
+
+def run_coroutine(coro: Coroutine[Any, Any, Any], limit: float | None) -> Any:
+    """Run `coro` to its end in a new event loop on this thread; its value.
+
+    Past `limit` seconds (None or 0: no limit) the coroutine is cancelled where
+    it awaits and TaskTimeout is raised. Its own TimeoutError stays its own."""
+    return asyncio.run(_within(coro, limit))
+
+
+async def _within(coro: Coroutine[Any, Any, Any], limit: float | None) -> Any:
+    if not limit:
+        return await coro
+    deadline = asyncio.timeout(limit)
+    try:
+        async with deadline:
+            return await coro
+    except TimeoutError:
+        if deadline.expired():
+            raise TaskTimeout() from None
+        raise
 
 
 def retryable(exc: BaseException, no_retry: tuple[type[BaseException], ...]) -> bool:

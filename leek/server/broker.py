@@ -38,7 +38,7 @@ from .intake import PUSHES, Intake
 from .lanes import Lanes
 from .node import Conflict, ensure_free
 from .periodic import Periodic
-from .recovery import Adopter
+from .recovery import Adopter, interrupt_running
 from .replay import ReplayGuard
 from .rows import Ready
 from .store import Store
@@ -160,8 +160,7 @@ class Broker:
         gc.freeze()  # what setup made lives as long as the broker: never scan it again
         self.store.start()
         self.heartbeat()
-        requeue = self.store.interrupt_running("interrupted: broker stopped")
-        interrupted = int(requeue.wait(RECOVERY_TIMEOUT))
+        interrupted = interrupt_running(self.store, RECOVERY_TIMEOUT)
         self.lanes.start()
         self.delayed.start()
         pages = self.store.owned()

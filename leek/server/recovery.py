@@ -1,11 +1,16 @@
 """Recovery: the tasks a broker must run though no client pushed them to it.
 
-At start, a broker requeues what its own last life left running
-(`Store.interrupt_running`) and loads every unfinished task it owns
+At start, a broker counts the attempts its own last life left running
+(`interrupt_running`) and loads every unfinished task it owns
 (`Store.owned`). Then, every SWEEP_INTERVAL, the `Adopter` claims the tasks
 nobody else will run: spooled rows, written by clients while no broker
 answered, and the unfinished tasks of brokers that stopped or went silent past
 HEARTBEAT_TIMEOUT.
+
+An attempt cut short by its broker's end counts like any other (store/cut.py),
+so a task that kills every broker that runs it is stopped after its 1 +
+max_retries attempts, not started at every restart: it fails for good, and
+the ON_FAILURE hooks and ADMINS hear of it once (notify.py).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import time
 from typing import Any
 
 from .. import conf
+from .notify import run_hooks_later
 from .ops import Waiter
 from .rows import Ready
 from .store import Store
+from .store.cut import Cut
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +32,30 @@ logger = logging.getLogger(__name__)
 #: for again though its row has not changed (a broker that was paused past
 #: HEARTBEAT_TIMEOUT may have committed a task on waking, before it died for good).
 LOOK_AGAIN_AFTER = 300.0
+
+
+def interrupt_running(store: Store, timeout: float) -> int:
+    """Count the attempts this broker's last life left running, those its
+    workers' file of starts names included (starts.py), and begin that file
+    anew; tell of the tasks that failed for good. Returns how many attempts."""
+    cut: Cut = store.interrupt_running(store.starts.previous()).wait(timeout)
+    store.starts.begin()
+    _tell(cut)
+    return cut.count
+
+
+def _tell(cut: Cut) -> None:
+    for outcome in cut.final:
+        logger.error(
+            "task failed for good: its broker ended during its last attempt task=%s name=%s "
+            "attempt=%s error=%s",
+            outcome.task_id,
+            outcome.name,
+            outcome.attempt,
+            outcome.exc_type,
+            extra={"action": "task_lost"},
+        )
+    run_hooks_later(cut.final)
 
 
 class Adopter:
@@ -60,13 +91,13 @@ class Adopter:
             return [name for name, beat in gone.items() if again or self._taken.get(name) != beat]
 
         silent_since = time.time() - self.dead_after
-        claim = self.store.adopt(silent_since, walk, "interrupted: its broker stopped", self.queues)
+        claim = self.store.adopt(silent_since, walk, self.queues)
         self._claim = claim
         wait = float(conf.get("WRITE_WAIT"))
         found: list[Ready]
         try:
             # Once committed, the tasks found, and those of every broker in _taken, are ours.
-            found, self._taken = claim.wait(wait, late=self._late)
+            found, self._taken, cut = claim.wait(wait, late=self._late)
         except TimeoutError:
             logger.warning(
                 "sweep not committed within %ss; its tasks run when it commits",
@@ -74,6 +105,7 @@ class Adopter:
                 extra={"action": "sweep_late"},
             )
             return []
+        _tell(cut)
         if again:
             self._looked_at = time.monotonic()
         return found
@@ -82,7 +114,8 @@ class Adopter:
         """A claim committed after its sweep stopped waiting: run what it took."""
         if error is not None:
             return  # nothing was claimed; the writer logged why
-        found, self._taken = value
+        found, self._taken, cut = value
+        _tell(cut)
         logger.info(
             "adopted tasks count=%s after the sweep's wait",
             len(found),

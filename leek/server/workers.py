@@ -38,7 +38,7 @@ from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..runtime import CapturedOutput
 from .attempt import Attempt, Result, perform, timed_out
 from .dispatch import Dispatcher
-from .notify import notify_admins
+from .notify import failure_hooks, run_hooks
 from .outcome import outcome_of, send_retried
 from .process import WorkerProcess
 from .rows import Outcome, Ready
@@ -107,9 +107,7 @@ class Pool:
         self.max_tasks = int(settings["MAX_TASKS_PER_CHILD"])
         self.max_memory = int(settings["MAX_MEMORY_PER_CHILD"])
         self.no_retry = tuple(import_string(path) for path in settings["NO_RETRY"])
-        self.hooks = [import_string(path) for path in settings["ON_FAILURE"]]
-        if settings["NOTIFY_ADMINS_ON_FAILURE"]:
-            self.hooks.append(notify_admins)
+        self.hooks = failure_hooks()
 
     # -- life ----------------------------------------------------------------
 
@@ -353,16 +351,7 @@ class Pool:
         return result
 
     def _run_hooks(self, ready: Ready, name: str, outcome: Outcome) -> None:
-        for hook in self.hooks:
-            try:
-                hook(ready.id, name, outcome)
-            except Exception:
-                logger.exception(
-                    "failure hook raised hook=%s task=%s",
-                    hook,
-                    ready.id,
-                    extra={"action": "hook_failed"},
-                )
+        run_hooks(self.hooks, outcome)
 
 
 def _raise_in(thread: threading.Thread, exc: type[BaseException] | None) -> None:

@@ -3,6 +3,7 @@ its extra keywords on (Django 6.1, the django-tasks backport; not Django 6.0).""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from .framework import task
@@ -18,4 +19,10 @@ def oversleeps(seconds: float) -> float:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:  # short sleeps: the time limit stops it between two
         time.sleep(0.02)
+    return seconds
+
+
+@task(max_retries=0, timeout=0.5)  # type: ignore[call-overload, untyped-decorator]
+async def naps(seconds: float) -> float:
+    await asyncio.sleep(seconds)
     return seconds

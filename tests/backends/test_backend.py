@@ -164,5 +164,5 @@ def test_an_attempt_cut_short_is_credited_to_the_broker_that_died(
     )
     finished(result)
     assert result.status == TaskResultStatus.SUCCESSFUL
-    assert [e.exception_class_path for e in result.errors] == ["leek.exceptions.Interrupted"]
+    assert [e.exception_class_path for e in result.errors] == ["leek.exceptions.WorkerLost"]
     assert result.worker_ids == ["first", "second"]

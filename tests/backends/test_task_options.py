@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import leek
 from leek.backends import LeekTask
 from leek.models import Task
 from tests.conftest import BrokerProcess
@@ -54,6 +55,16 @@ def test_a_timeout_given_to_task_stops_the_task(framework_broker: BrokerProcess)
     assert result.status == TaskResultStatus.FAILED and result.attempts == 1
     assert result.errors[0].exception_class_path == "leek.exceptions.TaskTimeout"
     assert Task.objects.get(pk=result.id).timeout == 0.5
+
+
+@needs_forwarding
+def test_a_timeout_stops_an_async_task_where_it_awaits(framework_broker: BrokerProcess) -> None:
+    from . import option_tasks
+
+    result = finished(option_tasks.naps.enqueue(60), timeout=20)
+    assert result.status == TaskResultStatus.FAILED and result.attempts == 1
+    assert result.errors[0].exception_class_path == "leek.exceptions.TaskTimeout"
+    assert leek.stats()[1]["workers_stuck"] == 0
 
 
 @needs_forwarding

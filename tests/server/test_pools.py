@@ -156,7 +156,7 @@ def test_a_stop_kills_what_runs_past_the_grace_and_its_task_runs_again(
     broker_factory: Any, tmp_path: Any
 ) -> None:
     broker = processes(broker_factory, LEEK_SHUTDOWN_GRACE="1")
-    handle = leek.enqueue(tasks.sleep_once, (str(tmp_path / "mark"), 60), max_retries=0)
+    handle = leek.enqueue(tasks.sleep_once, (str(tmp_path / "mark"), 60), max_retries=1)
     mark = tmp_path / "mark"
     wait_for(lambda: mark.exists() and mark.read_text())
     child = int(mark.read_text())
@@ -167,6 +167,8 @@ def test_a_stop_kills_what_runs_past_the_grace_and_its_task_runs_again(
     assert Task.objects.get(pk=handle.id).status == "running"  # not failed: it was cut short
     processes(broker_factory, port=broker.port)
     assert handle.result(timeout=30) == "ran again"
+    cut = FailedTask.objects.get(task_id=handle.id)  # the attempt the stop cut short counts
+    assert (cut.exc_type, cut.attempt, cut.final) == ("leek.exceptions.Interrupted", 1, False)
 
 
 def test_a_thread_stuck_past_its_limit_is_set_aside_and_replaced(broker_factory: Any) -> None:

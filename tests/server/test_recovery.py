@@ -31,8 +31,12 @@ def test_a_task_running_at_sigkill_runs_again_at_restart(broker_factory: Any) ->
     broker_factory(port=port)
     assert handle.result(timeout=20) == 1.0
     failure = FailedTask.objects.get(task_id=handle.id)
-    assert failure.exc_type == "leek.exceptions.Interrupted"
-    assert failure.exc_message == "interrupted: broker stopped"
+    assert (failure.exc_type, failure.attempt, failure.final) == (
+        "leek.exceptions.WorkerLost",
+        1,
+        False,
+    )
+    assert "broker's process ended while the task ran" in failure.exc_message
     assert Task.objects.get().attempts == 2
 
 

@@ -32,7 +32,8 @@ from ... import conf
 from ..groupcommit import DATABASE_ERRORS, GroupCommit
 from ..ops import Call, Done, Insert, Mark, Record, Waiter
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
-from . import storable
+from ..starts import Starts, path_for
+from . import cut, storable
 from .batch import Writes
 from .cursor import raw_cursor
 from .periodic import PeriodicRows
@@ -45,11 +46,6 @@ __all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
 CHECKPOINT_FRAMES = 4000
 #: Tasks a broker reads at a time of those it owns, at start.
 OWNED_PAGE = 5000
-
-#: The exception type of a FailedTask row for an attempt cut short by its broker.
-INTERRUPTED = "leek.exceptions.Interrupted"
-#: A cut-short attempt's traceback, final flag, stdout and stderr.
-NO_OUTPUT = ("", False, "", "")
 
 
 class Store:
@@ -66,6 +62,10 @@ class Store:
             self.tasks if self.dialect.sqlite else GroupCommit("leek-outcomes", self.writes)
         )
         self.periodic = PeriodicRows(self)
+        self.starts = Starts(path_for(node))
+        #: This node's row as the first heartbeat of this life found it (hostname,
+        #: pid, host, port, stopped), () when there was none; None until then.
+        self.last_life: tuple[Any, ...] | None = None
         self._checkpointed = 0
 
     @property
@@ -82,6 +82,7 @@ class Store:
         """Write what waits (the workers have stopped: their last outcomes too)."""
         for lane in reversed(self.lanes):
             lane.stop(timeout)
+        self.starts.close(remove=self.healthy and not any(lane.backlog for lane in self.lanes))
 
     def health(self) -> tuple[bool, str]:
         """Whether the last writes of every lane reached the database, and
@@ -154,13 +155,16 @@ class Store:
 
         It wakes no thread: waking the writer as the task starts would hold
         the start up. It is written with the next commit, at the latest the
-        one the duties' next `nudge` sets off."""
+        one the duties' next `nudge` sets off. The file of starts
+        (starts.py) has it at once."""
+        self.starts.started(task_id, attempt, started)
         self.outcomes.later(Mark(task_id, attempt, started), wake=False)
 
     def record(self, outcome: Outcome) -> None:
         """Write an attempt's outcome in the next batch, its texts as
         storable.py has them. One the database refuses ends its task failed,
         saying why (Writes.write_apart)."""
+        self.starts.ended()
         self.outcomes.later(Record(storable.outcome(outcome, self.text_limit)))
 
     def route(self, ready: list[Ready]) -> None:
@@ -252,9 +256,13 @@ class Store:
         node = self.node
 
         def write(cursor: Any, d: Dialect) -> None:
-            if check is not None:
+            if check is not None or self.last_life is None:
                 cursor.execute(sql.node_row, (node,))
-                check(cursor.fetchone())
+                row = cursor.fetchone()
+                if self.last_life is None:
+                    self.last_life = tuple(row or ())
+                if check is not None:
+                    check(row)
             now = d.time(time.time())
             row = [values[name] for name in NODE_COLUMNS]
             row[NODE_COLUMNS.index("queues")] = json.dumps(values["queues"])
@@ -312,16 +320,30 @@ class Store:
         finally:
             cursor.close()
 
-    def interrupt_running(self, reason: str) -> Waiter:
-        """Requeue the tasks this broker's last life left running, each with a
-        FailedTask row saying why (the attempt counts); the value is how many."""
+    def interrupt_running(self, started: Sequence[tuple[uuid.UUID, int, float]] = ()) -> Waiter:
+        """Count the attempts this broker's last life left running: those the
+        database shows running, and the `started` ones (task id, attempt
+        number, start) its workers had begun (Starts.previous). Each gets a
+        FailedTask row (cut.py); a task runs again unless that attempt was its
+        last, and then it fails for good. The value is a cut.Cut."""
         sql = self.sql
+        node = self.node
+        graceful = bool(self.last_life and self.last_life[4])  # its last life stopped
 
-        def requeue(cursor: Any, d: Dialect) -> int:
-            cursor.execute(sql.interrupt, (self.node,))
-            rows = cursor.fetchall()
-            self._interrupted(cursor, [(*r, self.node) for r in rows], reason)
-            return len(rows)
+        def requeue(cursor: Any, d: Dialect) -> cut.Cut:
+            if started:
+                begun = [(n, d.time(at), d.pk(i), node, n) for i, n, at in started]
+                cursor.executemany(sql.started_before, begun)
+            cursor.execute(sql.interrupt_last, (d.time(time.time()), node))
+            last = cursor.fetchall()
+            cursor.execute(sql.interrupt, (node,))
+            again = cursor.fetchall()
+            found = [
+                cut.CutShort(r[0], r[1], r[2], r[3], node, graceful, final)
+                for batch, final in ((last, True), (again, False))
+                for r in batch
+            ]
+            return cut.record(cursor, sql.failure, d, found, adopted=False)
 
         return self.call(requeue)
 
@@ -329,7 +351,6 @@ class Store:
         self,
         silent_since: float,
         walk: Callable[[dict[str, Any]], list[str]],
-        reason: str,
         queues: frozenset[str] | None = None,
     ) -> Waiter:
         """Claim spooled tasks and the unfinished tasks of gone brokers.
@@ -338,17 +359,20 @@ class Store:
         `walk` gets them ({name: heartbeat_at as stored}) and names those whose
         tasks to claim. Each row is claimed with a conditional update, so
         brokers sweeping at once each take a task at most once. A task found
-        running is requeued with a FailedTask row giving `reason`. The value
-        is (the tasks claimed as Ready, the gone brokers). With `queues`, only
-        tasks of those queues are claimed."""
+        running has lost its attempt (cut.py): it is requeued, or fails for
+        good when that attempt was its last. The value is (the tasks claimed
+        as Ready, to run; the gone brokers; the cut.Cut of those found
+        running). With `queues`, only tasks of those queues are claimed."""
         sql = self.sql
         node = self.node
         of = None if queues is None else sorted(queues)
         count = None if of is None else len(of)
 
-        def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], dict[str, Any]]:
+        def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], dict[str, Any], cut.Cut]:
             cursor.execute(sql.gone, (node, d.time(silent_since)))
-            gone = dict(cursor.fetchall())
+            found = cursor.fetchall()
+            gone = {name: beat for name, beat, _ in found}
+            stopped = {name for name, _, was in found if was}
             cursor.execute(sql.claim_spooled_of(count), (node, False, *(of or ())))
             rows = cursor.fetchall()
             names = walk(gone)
@@ -358,22 +382,23 @@ class Store:
                 ran_on = dict(cursor.fetchall())
                 cursor.execute(sql.adopt(len(names), count), (node, *names, *(of or ())))
                 rows += cursor.fetchall()
-            running = [r for r in rows if r[4] == "running"]
-            if running:
-                cursor.executemany(sql.requeue, [(r[0],) for r in running])
-                cut = [(r[0], r[5], r[6], r[7], ran_on.get(r[0], "")) for r in running]
-                self._interrupted(cursor, cut, reason)
-            return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows], gone
+            running = []
+            for r in rows:
+                if r[4] == "running":
+                    ran = ran_on.get(r[0], "")
+                    last = int(r[6]) > int(r[8])  # its attempts > its max_retries
+                    running.append(cut.CutShort(r[0], r[5], r[6], r[7], ran, ran in stopped, last))
+            over = {c.key for c in running if c.final}
+            if over:
+                now = d.time(time.time())
+                cursor.executemany(sql.fail_cut, [(now, key) for key in over])
+            if len(over) < len(running):
+                cursor.executemany(sql.requeue, [(c.key,) for c in running if not c.final])
+            ready = [
+                Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3]))
+                for r in rows
+                if r[0] not in over
+            ]
+            return ready, gone, cut.record(cursor, sql.failure, d, running, adopted=True)
 
         return self.call(claim)
-
-    def _interrupted(self, cursor: Any, rows: list[Any], reason: str) -> None:
-        """A FailedTask row for each (id, name, attempts, started_at, broker) cut short."""
-        now = self.dialect.time(time.time())
-        cursor.executemany(
-            self.sql.failure,
-            [
-                (r[0], r[1], max(int(r[2]), 1), r[3], now, INTERRUPTED, reason, *NO_OUTPUT, r[4])
-                for r in rows
-            ],
-        )

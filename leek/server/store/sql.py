@@ -64,7 +64,9 @@ NODE_COLUMNS = (
     "queues",
 )
 #: What a claim returns of each task it takes.
-CLAIMED = "RETURNING id, priority, queue, run_after, status, name, attempts, started_at"
+CLAIMED = (
+    "RETURNING id, priority, queue, run_after, status, name, attempts, started_at, max_retries"
+)
 PERIODIC_COLUMNS = (
     "id",
     "name",
@@ -124,6 +126,19 @@ class Statements:
             "SELECT 1 FROM leek_task WHERE id = %s" + ("" if d.sqlite else " FOR KEY SHARE")
         )
         self.requeue = q("UPDATE leek_task SET status = 'queued' WHERE id = %s")
+        self.fail_cut = q("UPDATE leek_task SET status = 'failed', finished_at = %s WHERE id = %s")
+        # An attempt a worker had started (the file of starts.py) counts though
+        # its running mark never reached the database.
+        self.started_before = q(
+            "UPDATE leek_task SET status = 'running', attempts = %s, started_at = %s "
+            "WHERE id = %s AND broker = %s AND status IN ('queued', 'running') AND attempts < %s"
+        )
+        # The attempt cut short was the task's last: it fails for good.
+        self.interrupt_last = q(
+            "UPDATE leek_task SET status = 'failed', finished_at = %s WHERE broker = %s "
+            "AND status = 'running' AND attempts > max_retries "
+            "RETURNING id, name, attempts, started_at"
+        )
         self.interrupt = q(
             "UPDATE leek_task SET status = 'queued' WHERE broker = %s AND status = 'running' "
             "RETURNING id, name, attempts, started_at"
@@ -133,7 +148,7 @@ class Statements:
             "WHERE broker = %s AND status IN ('queued', 'running') ORDER BY queued_at"
         )
         self.gone = q(
-            "SELECT name, heartbeat_at FROM leek_brokernode WHERE name <> %s "
+            "SELECT name, heartbeat_at, stopped FROM leek_brokernode WHERE name <> %s "
             "AND (stopped OR heartbeat_at < %s)"
         )
         self.claim_spooled = claim_spooled(d)
