@@ -108,7 +108,9 @@ def test_a_tampered_payload_fails_its_task_for_good_unread(
         event = Event.objects.get(data__task=str(task_id))  # written before the outcome
         assert event.kind == "security.payload_refused" and str(task_id) in event.message
         assert event.data["broker"] and event.data["attempt"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.suffix) == ["control"]
+    # (the test brokers keep their file of starts in tmp_path/state)
+    ran = sorted(p.name for p in tmp_path.iterdir() if not p.suffix and p.name != "state")
+    assert ran == ["control"]
 
 
 def test_a_task_spooled_without_a_broker_is_signed_and_runs_once_one_is_up(
@@ -233,23 +235,26 @@ def test_the_migration_signs_old_rows_and_its_reverse_strips_them(
     nothing = OldTask.objects.create(name="t", payload=b"", queued_at=now, status="cancelled")
     OldSuccess.objects.create(task=nothing, name="t", result=None, **ran)
     with pytest.raises(AuthenticationFailed, match="no signature"):
-        load_task(bytes(Task.objects.get(pk=queued.pk).payload))
+        load_task(bytes(Task.objects.values_list("payload", flat=True).get(pk=queued.pk)))
 
     executor = MigrationExecutor(connection)
     executor.migrate([("leek", MIGRATION)])
-    signed_payload = bytes(Task.objects.get(pk=queued.pk).payload)
+    signed_payload = bytes(Task.objects.values_list("payload", flat=True).get(pk=queued.pk))
     assert load_task(signed_payload)[1] == (20, 22)
-    assert is_signed(bytes(Task.objects.get(pk=nothing.pk).payload))
+    assert is_signed(bytes(Task.objects.values_list("payload", flat=True).get(pk=nothing.pk)))
     assert load_value(SuccessTask.objects.get(task_id=done.pk).result) == 2
     assert SuccessTask.objects.get(task_id=nothing.pk).result is None
 
     # Applied again, it signs nothing twice.
     module.sign_rows(executor.loader.project_state([("leek", MIGRATION)]).apps, None)
-    assert bytes(Task.objects.get(pk=queued.pk).payload) == signed_payload
+    assert bytes(Task.objects.values_list("payload", flat=True).get(pk=queued.pk)) == signed_payload
 
     executor = MigrationExecutor(connection)
     executor.migrate(before)  # back: the bare pickles an older leek reads
-    assert bytes(Task.objects.get(pk=queued.pk).payload) == signed_payload[SIGNED_PREFIX:]
+    assert (
+        bytes(Task.objects.values_list("payload", flat=True).get(pk=queued.pk))
+        == signed_payload[SIGNED_PREFIX:]
+    )
     assert stored(SuccessTask.objects.get(task_id=done.pk).result) == pickle.dumps(2)
 
     executor = MigrationExecutor(connection)
