@@ -150,7 +150,8 @@ class WorkerUnavailable(LeekError):
 
 
 class Interrupted(LeekError):
-    """The task's broker stopped while the task ran; it runs again."""
+    """The task's broker stopped while the task ran past its grace; the attempt counts, and
+    the task runs again while it has retries left."""
 
 
 class OutcomeNotStored(LeekError):
