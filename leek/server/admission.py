@@ -311,7 +311,10 @@ class Lobby:
         conn.sock.close()
 
     def stop(self) -> None:
-        """Stop the thread and close every connection still in the lobby."""
+        """Stop the thread and close every connection still in the lobby (once:
+        a server that fails to bind stops it, then closes)."""
+        if self._selector.get_map() is None:  # stopped already
+            return
         self._stopping = True
         self._wake()
         if self._thread is not None:
