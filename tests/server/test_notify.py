@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import time
 import uuid
 from collections.abc import Callable
@@ -22,10 +23,20 @@ ADMINS: list[Any] = ["ops@example.com"] if django.VERSION >= (6,) else [("Ops", 
 
 
 def written(outbox: Path) -> list[str]:
-    """The mails the file backend has finished writing (each ends with a rule)."""
+    """The mails the file backend has finished writing (each ends with a rule), as
+    their subject and decoded body: a long line makes the body quoted-printable."""
+    rule = "-" * 79
     files = sorted(outbox.glob("*")) if outbox.exists() else []
     texts = [f.read_text() for f in files]
-    return [t for t in texts if t.rstrip().endswith("-" * 79)]
+    return [decoded(t.rstrip().removesuffix(rule)) for t in texts if t.rstrip().endswith(rule)]
+
+
+def decoded(text: str) -> str:
+    message = email.message_from_string(text)
+    body = message.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    subject = " ".join(str(message["Subject"]).split())
+    return f"Subject: {subject}\n\n{body.decode(message.get_content_charset() or 'utf-8')}"
 
 
 def outcome(**fields: Any) -> Outcome:
