@@ -52,6 +52,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         ("CHILD_NICE", 0),
         ("MAX_CONNECTIONS", 1),
         ("MAX_UNAUTHENTICATED", 1),
+        ("REPLAY_NONCES", 1),
     ):
         if not isinstance(settings[key], int) or settings[key] < least:
             errors.append(
@@ -87,6 +88,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         )
     errors += _check_queues(settings["QUEUES"])
     errors += _check_exposure(settings)
+    errors += _check_push_settings(settings)
     if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:
         errors.append(
             checks.Error(
@@ -172,6 +174,38 @@ def check_admin_trust(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
                 )
             )
     return found
+
+
+def _check_push_settings(settings: dict[str, Any]) -> list[checks.CheckMessage]:
+    """leek.E012: the settings of the push path's guarantees, which would otherwise
+    fail at the first push or the broker's first frame."""
+    errors: list[checks.CheckMessage] = []
+    for key in ("REPLAY_WINDOW", "WRITE_WAIT"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            errors.append(
+                checks.Error(
+                    f"LEEK[{key!r}] must be a number of seconds greater than zero, got {value!r}.",
+                    id="leek.E012",
+                )
+            )
+    if settings["ATOMIC_PUSH"] not in conf.ATOMIC_PUSHES:
+        errors.append(
+            checks.Error(
+                f"LEEK['ATOMIC_PUSH'] is {settings['ATOMIC_PUSH']!r}.",
+                hint=f"Use one of {', '.join(map(repr, conf.ATOMIC_PUSHES))}.",
+                id="leek.E012",
+            )
+        )
+    if not isinstance(settings["ACCEPT_UNSIGNED_ROWS"], bool):
+        errors.append(
+            checks.Error(
+                "LEEK['ACCEPT_UNSIGNED_ROWS'] must be True or False, "
+                f"got {settings['ACCEPT_UNSIGNED_ROWS']!r}.",
+                id="leek.E012",
+            )
+        )
+    return errors
 
 
 def _check_queues(queues: Any) -> list[checks.CheckMessage]:
