@@ -1,12 +1,11 @@
 """What `leek top` shows, gathered in one go: the brokers, the queues, the
 tasks running now and the last failures.
 
-`gather` reads the database with plain SELECTs in autocommit (no lock, no
-write, no transaction of its own) and asks each broker the client knows
-(`conf.brokers()`) for its `stats` through a `Probe`, which keeps one
-connection per address from one frame to the next. A broker that does not
-answer is listed in `Snapshot.answers` with the reason; every other figure
-is the database's view all the same. Drawing it is top.py's concern.
+`gather` asks each broker the client knows for its `stats` (probe.py), then
+reads the database with plain SELECTs in autocommit: no lock, no write, no
+transaction of its own. A broker that does not answer is listed in
+`Snapshot.answers` with the reason; every other figure is the database's
+view all the same. Drawing it is frame.py's concern.
 """
 
 from __future__ import annotations
@@ -16,15 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .. import conf
-from ..exceptions import AuthenticationFailed, ProtocolError
 from .output import OK, UNHEALTHY, UNREACHABLE
+from .probe import Answer, Probe
 
 #: Seconds of finished runs the rate per second is taken over.
 RATE_WINDOW = 60.0
 #: Seconds after its last heartbeat that a stopped broker's row drops out of view.
 STOPPED_SHOWN = 600.0
-#: Seconds `leek top` waits for a broker's reply before it calls it unreachable.
-REPLY_WAIT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +83,6 @@ class FailureRow:
     final: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What one broker address said to `stats`: its figures, or why not.
-    `reachable` is True when something answered, even with a refusal."""
-
-    address: str
-    stats: dict[str, Any] | None
-    error: str = ""
-    reachable: bool = True
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """Everything one frame of `leek top` shows, taken at `taken_at`."""
@@ -120,52 +106,6 @@ class Snapshot:
         if any(a.stats is None or not a.stats.get("healthy") for a in reached):
             return UNHEALTHY
         return OK
-
-
-class Probe:
-    """Asks every broker address for its `stats`, keeping the connections open."""
-
-    def __init__(self, reply_wait: float = REPLY_WAIT) -> None:
-        self.reply_wait = reply_wait
-        self.connections: dict[tuple[str, int], Any] = {}
-
-    def ask(self) -> list[Answer]:
-        return [self._ask(address) for address in conf.brokers()]
-
-    def _ask(self, address: tuple[str, int]) -> Answer:
-        from ..client.connection import connect
-
-        where = f"{address[0]}:{address[1]}"
-        for attempt in range(2):  # an open connection may have gone stale: one fresh try
-            conn = self.connections.pop(address, None)
-            fresh = conn is None
-            try:
-                if conn is None:
-                    conn = connect(address, self.reply_wait)
-                ok, value = conn.request("stats", {})
-            except AuthenticationFailed as exc:
-                _close(conn)
-                return Answer(where, None, str(exc))
-            except (OSError, ProtocolError) as exc:
-                _close(conn)
-                if fresh or attempt:
-                    return Answer(where, None, f"{type(exc).__name__}: {exc}", reachable=False)
-                continue
-            self.connections[address] = conn
-            if not ok:
-                return Answer(where, None, f"{value.get('error')}: {value.get('message')}")
-            return Answer(where, value)
-        raise AssertionError("unreachable: the second try always returns")
-
-    def close(self) -> None:
-        for conn in self.connections.values():
-            _close(conn)
-        self.connections.clear()
-
-
-def _close(conn: Any) -> None:
-    if conn is not None:
-        conn.close()
 
 
 def gather(probe: Probe, running_rows: int = 10, failure_rows: int = 10) -> Snapshot:

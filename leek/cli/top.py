@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import select
+import signal
 import sys
 import termios
 import time
@@ -34,7 +35,7 @@ from .output import OK
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .snapshot import Probe
+    from .probe import Probe
 
 #: The exit status when rich is not installed, as for a bad command line.
 NO_RICH = 2
@@ -74,7 +75,8 @@ def _seconds(text: str) -> float:
 def run_top(options: argparse.Namespace) -> int:
     """Show the view until q or Ctrl-C (exit 0); with --once or --json, one
     snapshot and `leek stats`'s exit status."""
-    from .snapshot import Probe, gather
+    from .probe import Probe
+    from .snapshot import gather
 
     probe = Probe()
     try:
@@ -102,10 +104,11 @@ def run_top(options: argparse.Namespace) -> int:
 
 
 def watch(console: Console, probe: Probe, interval: float) -> int:
-    """Draw a frame every `interval` seconds until q or Ctrl-C; 0."""
+    """Draw a frame every `interval` seconds until q, Ctrl-C or SIGTERM; 0."""
     from . import frame
     from .snapshot import gather
 
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with keys(sys.stdin) as wait, screen(console) as show:
             while True:
@@ -116,6 +119,13 @@ def watch(console: Console, probe: Probe, interval: float) -> int:
                     return OK
     except KeyboardInterrupt:
         return OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM ends the view as Ctrl-C does, putting the terminal back."""
+    raise KeyboardInterrupt
 
 
 def _rows(height: int | None) -> tuple[int, int]:

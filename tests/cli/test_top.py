@@ -6,6 +6,7 @@ import fcntl
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import leek
-from leek.cli.snapshot import Probe, gather
+from leek.cli.probe import Probe
+from leek.cli.snapshot import gather
 from leek.models import BrokerNode, FailedTask, Status, Task
 from tests import tasks
 from tests.conftest import (
@@ -129,7 +131,7 @@ def test_with_no_broker_it_shows_the_database_and_says_so_exiting_2(
     transactional_db: None,
 ) -> None:
     for _ in range(4):
-        queued("mail.send", "mail", age=125)
+        queued("mail.send", "mail", age=2 * 86400 + 1800)
     port = free_port()
     node("web1:8002", "127.0.0.1", port, heartbeat_age=1)
     node("web2:8002", "10.0.0.2", 8002, heartbeat_age=3600)
@@ -143,9 +145,43 @@ def test_with_no_broker_it_shows_the_database_and_says_so_exiting_2(
         ["web2:8002", "10.0.0.2:8002", "dead"],
     ]
     (mail,) = section(done.stdout, "queues")[1:]
-    assert mail.split() == ["mail", "4", "0", "0", "0.00", "2m05s"]
+    assert mail.split() == ["mail", "4", "0", "0", "0.00", "2d00h"]
     stats = leek_cli(port, "stats")
     assert stats.returncode == done.returncode
+
+
+def test_each_broker_has_its_row_and_one_that_died_is_named_unreachable(
+    broker_factory: BrokerFactory,
+) -> None:
+    first, second = broker_factory(), broker_factory()
+    wait_for(lambda: BrokerNode.objects.filter(port__in=(first.port, second.port)).count() == 2)
+    second.kill()
+    done = leek_cli(first.port, "top", "--once", LEEK_BROKERS=f"127.0.0.1:{second.port}")
+    assert done.returncode == 0, done.stdout  # as `leek stats`: a broker answered, healthy
+    assert "brokers 1/2 answer" in done.stdout
+    assert f"broker 127.0.0.1:{second.port} unreachable" in done.stdout
+    health = {line.split()[1]: line.split()[2] for line in section(done.stdout, "brokers")[1:]}
+    assert health == {f"127.0.0.1:{first.port}": "ok", f"127.0.0.1:{second.port}": "no"}
+
+
+def test_a_probe_keeps_its_connection_and_reconnects_to_a_broker_that_restarted(
+    broker_factory: BrokerFactory,
+) -> None:
+    broker = broker_factory()
+    probe = Probe()
+    try:
+        (before,) = probe.ask()
+        assert before.stats is not None
+        kept = probe.connections[("127.0.0.1", broker.port)]
+        assert probe.ask()[0].stats is not None
+        assert probe.connections[("127.0.0.1", broker.port)] is kept
+        assert broker.kill(signal.SIGTERM) == 0
+        broker_factory(port=broker.port)
+        (after,) = probe.ask()
+        assert after.stats is not None and after.reachable
+        assert probe.connections[("127.0.0.1", broker.port)] is not kept
+    finally:
+        probe.close()
 
 
 def test_json_gives_the_snapshot_without_rich(transactional_db: None, tmp_path: Path) -> None:
@@ -294,12 +330,15 @@ def test_live_view_draws_the_queue_table_and_q_quits_restoring_the_terminal(
         term.close()
 
 
-def test_ctrl_c_ends_the_live_view_with_status_0_and_restores_the_terminal(
-    broker: BrokerProcess,
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_live_view_with_status_0_and_restores_the_terminal(
+    broker: BrokerProcess, how: str
 ) -> None:
     term = live(broker)
     try:
-        assert term.type(b"\x03") == 0
+        if how == "sigterm":
+            term.proc.send_signal(signal.SIGTERM)
+        assert term.type(b"\x03" if how == "ctrl-c" else b"") == 0
         assert term.lflag() == term.mode[3]
         assert "Traceback" not in "\n".join(term.screen.display)
     finally:
