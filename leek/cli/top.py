@@ -96,7 +96,7 @@ def run_top(options: argparse.Namespace) -> int:
         console = Console(highlight=False)
         if options.once:
             snap = gather(probe)
-            show(console, frame.render(snap))
+            print_frame(console, frame.render(snap))
             return snap.status
         return watch(console, probe, options.interval)
     finally:
@@ -123,7 +123,7 @@ def watch(console: Console, probe: Probe, interval: float) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def _interrupt(signum: int, stack: Any) -> None:
     """SIGTERM ends the view as Ctrl-C does, putting the terminal back."""
     raise KeyboardInterrupt
 
@@ -137,7 +137,7 @@ def _rows(height: int | None) -> tuple[int, int]:
     return height, height
 
 
-def show(console: Console, renderable: Any) -> None:
+def print_frame(console: Console, renderable: Any) -> None:
     """Print `renderable`; when stdout is not a terminal, as plain lines
     without the blanks that pad them."""
     if console.is_terminal:
@@ -157,7 +157,7 @@ def screen(console: Console) -> Iterator[Callable[[Any], None]]:
     if not console.is_terminal:
 
         def printed(renderable: Any) -> None:
-            show(console, renderable)
+            print_frame(console, renderable)
             sys.stdout.write("\n")
 
         yield printed

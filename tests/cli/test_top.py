@@ -239,6 +239,31 @@ def test_gathering_a_snapshot_only_reads(transactional_db: None) -> None:
     assert statements and set(statements) == {"SELECT"}
 
 
+def test_piped_it_prints_plain_frames_one_after_another_until_sigterm(
+    transactional_db: None,
+) -> None:
+    queued("mail.send", "mail", age=1)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "leek.cli", "top", "--interval", "0.2"],
+        cwd=REPO,
+        env={**broker_env(port), "COLUMNS": "80"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    headlines = 0
+    while headlines < 2:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        headlines += line.startswith(b"leek top ")
+        assert b"\x1b" not in line
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (0, b"")
+
+
 # -- the live view, in a pseudo-terminal -------------------------------------
 
 #: Runs `leek` as the session leader of the pseudo-terminal on its stdin, so
