@@ -67,7 +67,7 @@ VERBS = (
     Verb("stats", "the broker's figures", no_arguments, broker.run_stats),
     Verb(
         "top",
-        "a live view of the brokers, queues, running tasks and failures",
+        "a live view of the brokers, queues, tasks and failures",
         top.add_top_arguments,
         top.run_top,
     ),
