@@ -184,6 +184,17 @@ def test_a_probe_keeps_its_connection_and_reconnects_to_a_broker_that_restarted(
         probe.close()
 
 
+def test_a_database_that_cannot_be_reached_is_named_and_the_frame_still_drawn(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "gone" / "db.sqlite3") if connection.vendor == "sqlite" else "gone"
+    done = leek_cli(free_port(), "top", "--once", LEEK_BROKER_TEST_DB=missing)
+    assert done.returncode == 2
+    assert "database unavailable: OperationalError" in done.stdout
+    assert section(done.stdout, "queues") == ["queue  waiting  later  running  /s  oldest"]
+    assert done.stderr == ""
+
+
 def test_json_gives_the_snapshot_without_rich(transactional_db: None, tmp_path: Path) -> None:
     queued("mail.send", "mail", age=1)
     port = free_port()
