@@ -109,10 +109,10 @@ class Snapshot:
 
 
 def gather(probe: Probe, running_rows: int = 10, failure_rows: int = 10) -> Snapshot:
-    """One snapshot: the brokers' replies, then the database's rows; a database
-        that fails is named in `database_error` and leaves the rows empty. The
-    connection stays open from one snapshot to the next, and is closed after
-    a database error."""
+    """One snapshot: the brokers' replies, then the database's rows. A database
+    that fails is named in `database_error` and leaves only the brokers that
+    answered. The connection stays open from one snapshot to the next, and is
+    closed after a database error."""
     from django.db import DatabaseError, connection
     from django.utils import timezone
 
@@ -130,7 +130,7 @@ def gather(probe: Probe, running_rows: int = 10, failure_rows: int = 10) -> Snap
     except DatabaseError as exc:
         connection.close()  # the next snapshot connects anew
         first = (str(exc).strip().splitlines() or [""])[0]
-        brokers = [_replied(a.stats) for a in answers if a.stats is not None]
+        brokers = [_replied(a.stats, a.address) for a in answers if a.stats is not None]
         return Snapshot(now, answers, brokers, database_error=f"{type(exc).__name__}: {first}")
 
 
