@@ -5,9 +5,10 @@
 # fresh virtualenv outside the source tree with only the wheel installed: a
 # `django-admin startproject` site with "leek" in INSTALLED_APPS, through
 # migrate, `manage.py leek start` (on a free port, in the background), pushes and
-# their results, the `leek` command with --settings and --pythonpath, and the
-# admin's dashboard page. Everything it makes is under one temporary directory,
-# removed on the way out with the broker it started.
+# their results, the `leek` command with --settings and --pythonpath, `leek top`
+# without its extra, and the admin's dashboard page. Everything it makes is
+# under one temporary directory, removed on the way out with the broker it
+# started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
