@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..exceptions import SettingsUnavailable
-from . import broker, project, repair, schedule
+from . import broker, project, repair, schedule, top
 from .output import OK, UNHEALTHY, UNREACHABLE, emit
 
 __all__ = [
@@ -65,6 +65,12 @@ VERBS = (
         broker.run_handled,
     ),
     Verb("stats", "the broker's figures", no_arguments, broker.run_stats),
+    Verb(
+        "top",
+        "a live view of the brokers, queues, tasks and failures",
+        top.add_top_arguments,
+        top.run_top,
+    ),
     Verb(
         "retry-failed",
         "requeue the tasks that failed for good and were not retried",

@@ -22,6 +22,7 @@ NAMES = [
     "waiting",
     "handled",
     "stats",
+    "top",
     "retry-failed",
     "purge",
     "schedule",
