@@ -120,6 +120,22 @@ def test_the_page_counts_a_known_mix_of_outcomes_exactly(
     assert value(samples, "leek_broker_healthy") == 1
 
 
+def test_an_attempt_whose_worker_process_dies_counts_as_lost(broker_factory: Any) -> None:
+    port = free_port()
+    broker_factory(LEEK_POOL="processes", LEEK_METRICS=f"127.0.0.1:{port}")
+    with pytest.raises(leek.TaskFailed, match="WorkerLost"):
+        leek.enqueue(tasks.exit_now, (3,), max_retries=0).result(timeout=30)
+    samples = wait_for(
+        lambda: (
+            (s := scrape(port))
+            and value(s, "leek_task_attempts_total", queue="default", outcome="failed") == 1
+            and s
+        )
+    )
+    assert value(samples, "leek_tasks_lost_total", queue="default", reason="worker_died") == 1
+    assert value(samples, "leek_tasks_timed_out_total", queue="default") is None
+
+
 def test_the_gauges_show_waiting_tasks_workers_connections_and_heartbeats(
     broker_factory: Any,
 ) -> None:
