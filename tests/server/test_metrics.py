@@ -262,3 +262,34 @@ def test_the_check_warns_of_a_page_beyond_loopback_and_refuses_a_bad_address(
 ) -> None:
     leek_settings(METRICS=address)
     assert [m.id for m in check_metrics()] == ids
+
+
+def test_two_brokers_in_one_process_keep_their_metrics_apart(
+    transactional_db: None, leek_settings: Any
+) -> None:
+    from leek.server.broker import Broker
+
+    first_port, second_port = free_port(), free_port()
+    leek_settings(METRICS=f"127.0.0.1:{first_port}")
+    first = Broker(port=0, workers=0)
+    leek_settings(METRICS=f"127.0.0.1:{second_port}")
+    second = Broker(port=0, workers=0)
+    try:
+        first.metrics.cancelled("default")
+        first.metrics.cancelled("default")
+        second.metrics.cancelled("default")
+        one, two = scrape(first_port), scrape(second_port)
+    finally:
+        for broker in (first, second):
+            broker.metrics.stop()
+            broker.server.server_close()
+    assert value(one, "leek_tasks_cancelled_total", queue="default") == 2
+    assert value(two, "leek_tasks_cancelled_total", queue="default") == 1
+    assert (
+        value(one, "leek_broker_info", node=first.node, version=leek.__version__, code_version="")
+        == 1
+    )
+    assert (
+        value(two, "leek_broker_info", node=second.node, version=leek.__version__, code_version="")
+        == 1
+    )
