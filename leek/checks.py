@@ -266,3 +266,40 @@ def _check_exposure(settings: dict[str, Any]) -> list[checks.CheckMessage]:
             )
         )
     return errors
+
+
+@checks.register()
+def check_metrics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """LEEK["METRICS"]: leek.E013 when it is not "host:port" or prometheus_client
+    is missing; leek.W013 when the page would be served beyond loopback."""
+    value = conf.get_settings()["METRICS"]
+    if not value:
+        return []
+    try:
+        host, _ = conf.metrics_address(value)
+    except ValueError as exc:
+        return [checks.Error(f"{exc}.", hint='For example "127.0.0.1:9808".', id="leek.E013")]
+    found: list[checks.CheckMessage] = []
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        found.append(
+            checks.Error(
+                f"LEEK['METRICS'] is {value!r}, and the prometheus_client package is not "
+                "installed.",
+                hint="pip install 'leek[metrics]', or leave LEEK['METRICS'] empty.",
+                id="leek.E013",
+            )
+        )
+    if not conf.is_loopback(host):
+        found.append(
+            checks.Warning(
+                f"LEEK['METRICS'] is {value!r}, beyond loopback: the metrics page has no "
+                "authentication, and shows queue names, broker names and load to anyone "
+                "who reaches it.",
+                hint="Serve it on 127.0.0.1 and let Prometheus scrape it there, or restrict "
+                "the port with a firewall to the Prometheus server.",
+                id="leek.W013",
+            )
+        )
+    return found

@@ -38,7 +38,7 @@ from ..exceptions import (
     BrokerUnavailable,
     CommitFailed,
 )
-from . import connection
+from . import connection, counting
 from .spool import outbox, spool, unbatch
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def send(verb: str, data: Any, using: str | None = None) -> None:
         deliver(verb, data)
     elif conf.atomic_push() == "outbox" and _tasks_on(alias):
         outbox(_messages(verb, data), alias)
+        counting.pushed("outbox", verb, data)
     else:
 
         def push_committed() -> None:
@@ -94,8 +95,10 @@ def deliver(verb: str, data: Any) -> None:
     broker refuses what the push holds."""
     try:
         connection.call(verb, data, push=True)
+        counting.pushed("sent", verb, data)
     except UNCOMMITTED as exc:
         if conf.get("FALLBACK") != "database":
+            counting.pushed("failed", verb, data)
             raise
         _keep(verb, data, exc)
 
@@ -106,6 +109,7 @@ def after_commit(verb: str, data: Any) -> None:
     that cannot be written there either is logged as lost."""
     try:
         connection.call(verb, data, push=True)
+        counting.pushed("sent", verb, data)
     except Exception as exc:
         try:
             _keep(verb, data, exc)
@@ -126,10 +130,12 @@ def _keep(verb: str, data: Any, exc: Exception) -> None:
     try:
         spool(messages)
     except Exception as db_exc:
+        counting.pushed("failed", verb, data)
         kind = type(exc) if isinstance(exc, UNCOMMITTED) else BrokerUnavailable
         raise kind(
             f"{exc}; and the database fallback failed: {type(db_exc).__name__}: {db_exc}"
         ) from db_exc
+    counting.pushed("spooled", verb, data)
     ids = [m["id"] for m in messages]
     more = f" and {len(ids) - LOGGED_IDS} more" if len(ids) > LOGGED_IDS else ""
     logger.log(

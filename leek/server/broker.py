@@ -36,6 +36,7 @@ from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
 from .intake import PUSHES, Intake
 from .lanes import Lanes
+from .metrics import attach
 from .node import Conflict, ensure_free
 from .periodic import Periodic
 from .recovery import Adopter, interrupt_running
@@ -118,6 +119,7 @@ class Broker:
         self.conflict = Conflict(self.node, self.hostname, self.heartbeat_timeout)
         self.adopt = Adopter(self.store, self.heartbeat_timeout, self.lanes.served)
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
+        self.metrics = attach(self)
 
     # -- life ----------------------------------------------------------------
 
@@ -161,6 +163,7 @@ class Broker:
         self.store.start()
         self.heartbeat()
         interrupted = interrupt_running(self.store, RECOVERY_TIMEOUT)
+        self.metrics.lost("", "interrupted", interrupted)
         self.lanes.start()
         self.delayed.start()
         pages = self.store.owned()
@@ -233,6 +236,7 @@ class Broker:
             )
         self.heartbeat(stopped=True, timeout=HEARTBEAT_AT_STOP)  # best effort: within the grace
         self.store.stop()
+        self.metrics.stop()
         logger.info(
             "broker stopped node=%s handled=%s",
             self.node,
@@ -306,12 +310,14 @@ class Broker:
         tasks, value = self.intake.tasks(verb, data)
 
         def committed(inserted: Any, error: BaseException | None) -> None:
+            self.metrics.pushed(tasks, error)
             reply(None if error is not None else value, error)
 
         self.store.insert(tasks, committed)
 
-    def frame_rejected(self) -> None:
+    def frame_rejected(self, error: BaseException) -> None:
         self.rejected += 1
+        self.metrics.frame_rejected(error)
 
     def ping(self, data: Any = None) -> dict[str, Any]:
         ok, message = self.healthy()
@@ -332,6 +338,8 @@ class Broker:
 
         def forget(queue: str | None, error: BaseException | None = None) -> None:
             """Drop the cancelled task from memory, whenever its cancel commits."""
+            if queue is not None:
+                self.metrics.cancelled(queue)
             if queue is not None and not self.delayed.cancel(task_id):
                 self.lanes.cancel(task_id, queue)
 

@@ -21,6 +21,8 @@ from .rows import Job, Ready
 #: the page a worker loads ahead (see `take`).
 KEEP_WINDOW = 200
 DEFAULT_QUEUE = "default"
+#: Tasks of each priority looked at for the oldest waiting task of each queue.
+HEAD_SCAN = 1000
 
 Entry = bytes | tuple[bytes, str]
 
@@ -111,6 +113,25 @@ class Dispatcher:
         """Payloads held in memory."""
         with self._lock:
             return len(self._jobs)
+
+    def heads(self, scan: int = HEAD_SCAN) -> dict[str, bytes]:
+        """The id (as bytes) of the oldest task waiting in each queue, looking
+        at the first `scan` tasks of each priority only."""
+        found: dict[str, bytes] = {}
+        with self._lock:
+            queues = sum(1 for n in self.waiting.values() if n > 0)
+            for lane in self._lanes.values():
+                seen: set[str] = set()
+                for entry in islice(lane, scan):
+                    key, queue = (entry, DEFAULT_QUEUE) if isinstance(entry, bytes) else entry
+                    if queue in seen or key in self._cancelled:
+                        continue
+                    seen.add(queue)
+                    if queue not in found or key < found[queue]:
+                        found[queue] = key
+                    if len(seen) >= queues:
+                        break
+        return found
 
     def cancel(self, task_id: uuid.UUID, queue: str) -> None:
         """Skip this task, which the database shows cancelled while it waited here."""

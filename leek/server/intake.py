@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from .. import fields
+from .metrics import OFF, Metrics
 from .rows import NewTask
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,18 @@ class Intake:
         self.max_retries = max_retries  # for a task that names none
         self.code_version = code_version
         self.drift: Counter[str] = Counter()  # pushes per client code version unlike ours
+        self.metrics: Metrics = OFF
 
     def tasks(self, verb: str, data: Any) -> tuple[list[NewTask], Any]:
         """The tasks of a push, and the value of its reply once they are
         committed: enqueue, the id; enqueue_many, the ids; enqueue_batch, how many."""
+        try:
+            return self._tasks(verb, data)
+        except (ValueError, TypeError, KeyError):
+            self.metrics.refused("invalid")
+            raise
+
+    def _tasks(self, verb: str, data: Any) -> tuple[list[NewTask], Any]:
         if verb not in PUSHES:
             raise ValueError(f"{verb!r} is not a push: expected one of {', '.join(sorted(PUSHES))}")
         if verb == "enqueue":

@@ -38,6 +38,7 @@ from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..runtime import CapturedOutput
 from .attempt import Attempt, Result, perform, timed_out
 from .dispatch import Dispatcher
+from .metrics import OFF, Metrics
 from .notify import failure_hooks, run_hooks
 from .outcome import outcome_of, send_retried
 from .process import WorkerProcess
@@ -108,6 +109,7 @@ class Pool:
         self.max_memory = int(settings["MAX_MEMORY_PER_CHILD"])
         self.no_retry = tuple(import_string(path) for path in settings["NO_RETRY"])
         self.hooks = failure_hooks()
+        self.metrics: Metrics = OFF
 
     # -- life ----------------------------------------------------------------
 
@@ -330,6 +332,7 @@ class Pool:
             self.retry_later([retry])
         self.store.record(outcome)
         self.handled[ready.queue] += 1
+        self.metrics.finished(ready.queue, outcome)
         if not outcome.succeeded and outcome.final:
             self._run_hooks(ready, job.name, outcome)
         elif not outcome.succeeded:

@@ -285,6 +285,15 @@ class Store:
         live = list(BrokerNode.objects.filter(stopped=False, heartbeat_at__gte=since))
         return sorted(q for q, n in queued.items() if n and not any(b.serves(q) for b in live))
 
+    def beats(self) -> list[tuple[str, float, bool]]:
+        """Every broker's name, the time of its last heartbeat (seconds since
+        the epoch) and whether it stopped, as their rows have them."""
+        from ...models import BrokerNode
+
+        rows = BrokerNode.objects.values_list("name", "heartbeat_at", "stopped")
+        read = self.dialect.read_time
+        return [(name, read(beat) or 0.0, stopped) for name, beat, stopped in rows]
+
     def node_row(self, name: str) -> dict[str, Any] | None:
         """A broker's row as last written, or None."""
         from ...models import BrokerNode
