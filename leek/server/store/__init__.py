@@ -37,7 +37,7 @@ from . import cut, storable
 from .batch import Writes
 from .cursor import raw_cursor
 from .periodic import PeriodicRows
-from .sql import NODE_COLUMNS, Statements
+from .sql import NODE_COLUMNS, PAUSED, Statements
 
 __all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
 
@@ -148,7 +148,10 @@ class Store:
         inserted (as Ready), or with the error. Their texts are stored as
         storable.py has them."""
         limit = self.text_limit
-        self.tasks.lead(Insert([storable.task(t, limit) for t in tasks], done))
+        stored = [storable.task(t, limit) for t in tasks]
+        if any(t.key is not None for t in tasks):
+            done = _holders_to(tasks, stored, done)
+        self.tasks.lead(Insert(stored, done))
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it.
@@ -195,8 +198,8 @@ class Store:
         try:
             cursor.execute(self.sql.jobs(len(keys)), keys)
             return {
-                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t))
-                for i, s, p, n, a, m, t in cursor.fetchall()
+                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t, d.read_time(e)))
+                for i, s, p, n, a, m, t, e in cursor.fetchall()
             }
         finally:
             cursor.close()
@@ -227,6 +230,46 @@ class Store:
             return None if row is None else str(row[0])
 
         return self.call(mark)
+
+    def expire(self, task_id: uuid.UUID) -> None:
+        """Mark a task that a worker found past its expiry expired, in the next
+        batch (unless it started or ended meanwhile)."""
+        sql = self.sql.expire
+
+        def write(cursor: Any, d: Dialect) -> None:
+            cursor.execute(sql, (d.time(time.time()), d.pk(task_id)))
+
+        self.outcomes.later(Call(write))
+
+    def any_expired(self, before: float) -> bool:
+        """Whether a waiting task expires before Unix time `before` (a read)."""
+        cursor = raw_cursor()
+        try:
+            cursor.execute(self.sql.any_expired, (self.dialect.time(before),))
+            return cursor.fetchone() is not None
+        finally:
+            cursor.close()
+
+    def expire_due(self, before: float) -> Waiter:
+        """Mark every waiting task that expires before Unix time `before`
+        expired, whichever broker owns it; the value is [(id, queue,
+        broker)] of those marked."""
+        sql = self.sql.expire_due
+
+        def write(cursor: Any, d: Dialect) -> list[tuple[uuid.UUID, str, str]]:
+            cursor.execute(sql, (d.time(time.time()), d.time(before)))
+            return [(d.read_uuid(i), str(q), str(b)) for i, q, b in cursor.fetchall()]
+
+        return self.call(write)
+
+    def paused(self) -> frozenset[str]:
+        """The queues paused (QueueState), as the database has them."""
+        cursor = raw_cursor()
+        try:
+            cursor.execute(PAUSED)
+            return frozenset(str(queue) for (queue,) in cursor.fetchall())
+        finally:
+            cursor.close()
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Tasks per status and queue, as the database has them."""
@@ -402,3 +445,15 @@ class Store:
             return ready, gone, cut.record(cursor, sql.failure, d, running, adopted=True)
 
         return self.call(claim)
+
+
+def _holders_to(tasks: Sequence[NewTask], stored: Sequence[NewTask], done: Done) -> Done:
+    """`done`, once the holders the insert found for `stored` are copied to
+    `tasks`, the caller's (storable.task may have copied a task)."""
+
+    def finished(value: Any, error: BaseException | None) -> None:
+        for mine, written in zip(tasks, stored, strict=True):
+            mine.holder = written.holder
+        done(value, error)
+
+    return finished
