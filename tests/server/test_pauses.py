@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_two_brokers_on_one_database_both_obey_a_pause(
     second = broker_factory()
     queues.pause("slow", "test")
     for port in (first.port, second.port):
-        wait_for(lambda at=port: paused_on(at) == ["slow"])
+        wait_for(functools.partial(paused_on, port, ["slow"]))
     marks = tmp_path / "marks"
     held = []
     for port in (first.port, second.port):  # each broker accepts, and owns, some
@@ -75,12 +76,11 @@ def test_two_brokers_on_one_database_both_obey_a_pause(
     assert len(lines(marks)) == 6
 
 
-def paused_on(port: int) -> list[str]:
-    """The paused queues `leek stats` shows for the broker on `port`."""
+def paused_on(port: int, expected: list[str]) -> bool:
+    """Whether `leek stats` shows `expected` paused on the broker on `port`."""
     out = leek_cli(port, "--json", "stats")
     assert out.returncode == 0, out.stderr
-    paused: list[str] = json.loads(out.stdout)["paused"]
-    return paused
+    return bool(json.loads(out.stdout)["paused"] == expected)
 
 
 def nodes(*ports: int) -> list[tuple[str, int]]:
