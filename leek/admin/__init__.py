@@ -63,10 +63,13 @@ TASK_FIELDS = (
     "broker",
     "code_version",
     "spooled",
+    "key",
+    "key_running",
 )
 TIMING_FIELDS = (
     "queued_at",
     "run_after",
+    "expires_at",
     "started_at",
     "finished_at",
     "duration",

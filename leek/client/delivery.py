@@ -79,8 +79,8 @@ def send(verb: str, data: Any, using: str | None = None) -> Any:
     if conf.atomic_push() == "outbox" and _tasks_on(alias):
         return _landed(verb, outbox(_messages(verb, data), alias))
 
-        def push_committed() -> None:
-            after_commit(verb, data)
+    def push_committed() -> None:
+        after_commit(verb, data)
 
     # robust: should anything escape after_commit, the hooks after it still run
     transaction.on_commit(push_committed, using=alias, robust=True)
