@@ -192,3 +192,42 @@ def test_a_bad_key_is_refused_at_the_call(key: str, error: str) -> None:
 def test_key_running_without_a_key_is_refused() -> None:
     with pytest.raises(ValueError, match="key_running needs a key"):
         leek.enqueue(control_tasks.mark, ("p", "t"), key_running=True)
+
+
+def test_an_outbox_push_whose_key_is_held_gets_the_holders_handle(
+    broker_factory: Any, leek_settings: Any, tmp_path: Path
+) -> None:
+    from django.db import transaction
+
+    broker_factory(LEEK_WORKERS="1")
+    gate, opened = hold(tmp_path)
+    blocker = leek.enqueue(control_tasks.gated, (gate,))
+    wait_for(lambda: blocker.status() == "running")
+    path = str(tmp_path / "m")
+    first = leek.enqueue(control_tasks.mark, (path, "x"), key="outbox")
+    leek_settings(ATOMIC_PUSH="outbox")
+    with transaction.atomic():
+        inside = leek.enqueue(control_tasks.mark, (path, "x"), key="outbox")
+        fresh = leek.enqueue(control_tasks.mark, (path, "y"), key="outbox-new")
+    assert inside.id == first.id
+    assert Task.objects.filter(key="outbox").count() == 1
+    opened.touch()
+    assert (first.result(timeout=20), fresh.result(timeout=20)) == ("x", "y")
+
+
+def test_a_task_function_enqueue_overrides_the_decorator_key(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    broker_factory(LEEK_WORKERS="1")
+    gate, opened = hold(tmp_path)
+    blocker = leek.enqueue(control_tasks.gated, (gate,))
+    wait_for(lambda: blocker.status() == "running")
+    marker = leek.task(key="fixed")(control_tasks.mark)
+    path = str(tmp_path / "m")
+    one = marker.delay(path, "a")
+    same = marker.delay(path, "b")
+    other = marker.enqueue((path, "c"), key=lambda p, text: f"own-{text}")
+    assert one.id == same.id != other.id
+    assert Task.objects.get(pk=other.id).key == "own-c"
+    opened.touch()
+    assert (one.result(timeout=20), other.result(timeout=20)) == ("a", "c")
