@@ -109,3 +109,22 @@ def test_an_expiry_before_the_run_time_is_refused_at_the_call() -> None:
 def test_a_naive_expiry_is_refused_at_the_call() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         leek.enqueue(control_tasks.mark, ("p", "t"), expires=datetime(2030, 1, 1))  # noqa: DTZ001
+
+
+@pytest.mark.django_db
+def test_the_expiry_sweep_reads_only_the_index_of_expiring_tasks() -> None:
+    """Not the status index, which holds every waiting task: the sweep runs
+    every second however many wait."""
+    from django.db import connection
+
+    from leek.server.rows import Dialect
+    from leek.server.store.sql import Statements
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's planner picks by its statistics, which an empty table lacks")
+    sql = Statements(Dialect("sqlite"))
+    with connection.cursor() as cursor:
+        for statement, args in ((sql.any_expired, [0]), (sql.expire_due, [0, 0])):
+            cursor.execute("EXPLAIN QUERY PLAN " + statement, args)
+            plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+            assert "USING INDEX leek_task_expiring" in plan, plan

@@ -142,16 +142,18 @@ class Statements:
             "WHERE id = %s AND status = 'queued' AND attempts = 0"
         )
         # Every waiting task past its expiry, read through the partial index of
-        # expiring tasks (its condition repeated for SQLite's planner).
-        self.expire_due = q(
-            "UPDATE leek_task SET status = 'expired', finished_at = %s, lock_key = NULL "
+        # expiring tasks: its condition repeated, and on SQLite, which keeps no
+        # statistics and would walk every queued task by the status index, named.
+        expiring = (
             "WHERE expires_at IS NOT NULL AND status = 'queued' AND expires_at <= %s "
-            "AND attempts = 0 RETURNING id, queue, broker"
+            "AND attempts = 0"
         )
-        self.any_expired = q(
-            "SELECT 1 FROM leek_task WHERE expires_at IS NOT NULL AND status = 'queued' "
-            "AND expires_at <= %s AND attempts = 0 LIMIT 1"
+        tasks = "leek_task INDEXED BY leek_task_expiring" if d.sqlite else "leek_task"
+        self.expire_due = q(
+            f"UPDATE {tasks} SET status = 'expired', finished_at = %s, lock_key = NULL "
+            f"{expiring} RETURNING id, queue, broker"
         )
+        self.any_expired = q(f"SELECT 1 FROM {tasks} {expiring} LIMIT 1")
         # A task's row while its outcome is written apart (batch.write_apart),
         # kept from deletion until the commit on PostgreSQL.
         self.task_exists = q(
