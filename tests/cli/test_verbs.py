@@ -24,6 +24,8 @@ NAMES = [
     "stats",
     "retry-failed",
     "purge",
+    "pause",
+    "resume",
     "schedule",
 ]
 
