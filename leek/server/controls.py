@@ -55,7 +55,7 @@ class Controls:
         """Read the paused queues and apply them; the last ones read stay in
         force while the database cannot be read."""
         try:
-            paused = self.store.paused()
+            paused = self.store.controls.paused()
         except DATABASE_ERRORS:
             return  # the heartbeat reports the database
         if paused != self.paused:
@@ -71,9 +71,9 @@ class Controls:
     def expire(self) -> None:
         """Mark the waiting tasks past their expiry (and its grace) expired,
         and drop this broker's from memory."""
-        if not self.store.any_expired(time.time() - EXPIRY_GRACE):
+        if not self.store.controls.any_expired(time.time() - EXPIRY_GRACE):
             return
-        marked = self.store.expire_due(time.time() - EXPIRY_GRACE).wait(EXPIRY_WAIT)
+        marked = self.store.controls.expire_due(time.time() - EXPIRY_GRACE).wait(EXPIRY_WAIT)
         node = self.store.node
         for task_id, queue, broker in marked:
             if broker == node:

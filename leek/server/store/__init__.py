@@ -12,7 +12,8 @@ one writer at a time, so there both lanes are one.
 
 Reads (`jobs`, `owned`, `node_row`, `counts`) run on the calling thread's own
 Django connection and see what the lanes committed. The PeriodicTask rows'
-reads and writes are `Store.periodic`'s (periodic.py).
+reads and writes are `Store.periodic`'s (periodic.py), and those of expiry and
+paused queues `Store.controls`' (controls.py).
 
 The statements are in sql.py, the writing of a batch in batch.py; no other
 module of leek writes SQL (migrations aside).
@@ -35,9 +36,10 @@ from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from ..starts import Starts, path_for
 from . import cut, storable
 from .batch import Writes
+from .controls import ControlRows
 from .cursor import raw_cursor
 from .periodic import PeriodicRows
-from .sql import NODE_COLUMNS, PAUSED, Statements
+from .sql import NODE_COLUMNS, Statements
 
 __all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
 
@@ -62,6 +64,7 @@ class Store:
             self.tasks if self.dialect.sqlite else GroupCommit("leek-outcomes", self.writes)
         )
         self.periodic = PeriodicRows(self)
+        self.controls = ControlRows(self)
         self.starts = Starts(path_for(node))
         #: This node's row as the first heartbeat of this life found it (hostname,
         #: pid, host, port, stopped), () when there was none; None until then.
@@ -230,46 +233,6 @@ class Store:
             return None if row is None else str(row[0])
 
         return self.call(mark)
-
-    def expire(self, task_id: uuid.UUID) -> None:
-        """Mark a task that a worker found past its expiry expired, in the next
-        batch (unless it started or ended meanwhile)."""
-        sql = self.sql.expire
-
-        def write(cursor: Any, d: Dialect) -> None:
-            cursor.execute(sql, (d.time(time.time()), d.pk(task_id)))
-
-        self.outcomes.later(Call(write))
-
-    def any_expired(self, before: float) -> bool:
-        """Whether a waiting task expires before Unix time `before` (a read)."""
-        cursor = raw_cursor()
-        try:
-            cursor.execute(self.sql.any_expired, (self.dialect.time(before),))
-            return cursor.fetchone() is not None
-        finally:
-            cursor.close()
-
-    def expire_due(self, before: float) -> Waiter:
-        """Mark every waiting task that expires before Unix time `before`
-        expired, whichever broker owns it; the value is [(id, queue,
-        broker)] of those marked."""
-        sql = self.sql.expire_due
-
-        def write(cursor: Any, d: Dialect) -> list[tuple[uuid.UUID, str, str]]:
-            cursor.execute(sql, (d.time(time.time()), d.time(before)))
-            return [(d.read_uuid(i), str(q), str(b)) for i, q, b in cursor.fetchall()]
-
-        return self.call(write)
-
-    def paused(self) -> frozenset[str]:
-        """The queues paused (QueueState), as the database has them."""
-        cursor = raw_cursor()
-        try:
-            cursor.execute(PAUSED)
-            return frozenset(str(queue) for (queue,) in cursor.fetchall())
-        finally:
-            cursor.close()
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Tasks per status and queue, as the database has them."""
