@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,24 @@ def test_a_task_function_enqueue_overrides_the_decorator_key(
     assert Task.objects.get(pk=other.id).key == "own-c"
     opened.touch()
     assert (one.result(timeout=20), other.result(timeout=20)) == ("a", "c")
+
+
+def test_a_delayed_task_holds_its_key_until_it_starts(broker: Any, tmp_path: Path) -> None:
+    path = str(tmp_path / "m")
+    later = leek.enqueue(control_tasks.mark, (path, "x"), key="d", delay=timedelta(seconds=1))
+    assert leek.enqueue(control_tasks.mark, (path, "x"), key="d").id == later.id
+    assert later.result(timeout=20) == "x"
+    assert Task.objects.filter(key="d").count() == 1
+
+
+def test_a_task_waiting_for_a_retry_holds_no_key_without_key_running(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    broker_factory(LEEK_RETRY_BACKOFF="1")
+    path = str(tmp_path / "fixed")
+    flaky = leek.enqueue(control_tasks.fail_while_missing, (path,), key="r", max_retries=5)
+    wait_for(lambda: Task.objects.get(pk=flaky.id).attempts >= 1)
+    again = leek.enqueue(control_tasks.fail_while_missing, (path,), key="r")
+    assert again.id != flaky.id
+    Path(path).touch()
+    assert (flaky.result(timeout=30), again.result(timeout=30)) == (path, path)
