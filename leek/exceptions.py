@@ -84,6 +84,10 @@ class TaskCancelled(LeekError):
     """The task was cancelled before it ran."""
 
 
+class TaskExpired(LeekError):
+    """The task expired before it started: it never ran."""
+
+
 class TaskFailed(LeekError):
     """The task failed."""
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..exceptions import SettingsUnavailable
-from . import broker, project, repair, schedule, top
+from . import broker, pauses, project, repair, schedule, top
 from .output import OK, UNHEALTHY, UNREACHABLE, emit
 
 __all__ = [
@@ -83,6 +83,13 @@ VERBS = (
         repair.add_purge_arguments,
         repair.run_purge,
     ),
+    Verb(
+        "pause",
+        "start no task of a queue (pushes are still accepted) until it is resumed",
+        pauses.add_queue_name,
+        pauses.run_pause,
+    ),
+    Verb("resume", "start a paused queue's tasks again", pauses.add_queue_name, pauses.run_resume),
     Verb(
         "schedule",
         "the periodic tasks and their next run",

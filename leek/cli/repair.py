@@ -123,6 +123,7 @@ def requeue(ids: list[uuid.UUID]) -> int:
                 status="queued",
                 attempts=0,
                 run_after=None,
+                expires_at=None,  # a person ran it again: it runs, whenever it starts
                 finished_at=None,
                 started_at=None,
                 spooled=True,

@@ -31,6 +31,7 @@ from ..exceptions import DatabaseUnavailable
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
+from .controls import Controls
 from .delayed import Delayed
 from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
@@ -111,6 +112,7 @@ class Broker:
         kind = str(settings["POOL"] if pool is None else pool)
         self.lanes = Lanes(self.store, self.delayed.add, settings, size, kind, queues)
         self.duties = Duties()
+        self.controls = Controls(self.store, self.lanes, self.delayed)
         self.server = Server((self.host, self.port), self)
         self.port = self.server.server_address[1]
         self.heartbeat_interval = float(settings["HEARTBEAT_INTERVAL"])
@@ -164,6 +166,7 @@ class Broker:
         self.heartbeat()
         interrupted = interrupt_running(self.store, RECOVERY_TIMEOUT)
         self.metrics.lost("", "interrupted", interrupted)
+        self.controls.poll()  # no task of a paused queue starts, from the first
         self.lanes.start()
         self.delayed.start()
         pages = self.store.owned()
@@ -173,6 +176,7 @@ class Broker:
         self.duties.every(0, self.store.nudge)  # the running marks (see Store.mark_running)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
         self.duties.every(PERIODIC_TICK, self.periodic.tick)
+        self.controls.every(self.duties.every)
         self.duties.start()
         thread = threading.Thread(
             target=self.server.serve_forever,
@@ -306,12 +310,12 @@ class Broker:
 
     def push(self, verb: str, data: Any, reply: Reply) -> None:
         """Insert the tasks of a push; once they are committed, `reply` gets
-        the reply's value (see Intake.tasks), or the error."""
-        tasks, value = self.intake.tasks(verb, data)
+        the reply's value (see Intake.reply), or the error."""
+        tasks = self.intake.tasks(verb, data)
 
         def committed(inserted: Any, error: BaseException | None) -> None:
             self.metrics.pushed(tasks, error)
-            reply(None if error is not None else value, error)
+            reply(None if error is not None else self.intake.reply(verb, tasks), error)
 
         self.store.insert(tasks, committed)
 
@@ -369,6 +373,8 @@ class Broker:
             "queues": self.lanes.describe(),
             "running": len(self.lanes.busy()),
             "waiting": dict(waiting),
+            "paused": sorted(self.controls.paused),
+            "expired": self.controls.expired,
             "payloads_in_memory": self.lanes.held(),
             "handled": dict(self.lanes.handled()),
             "rejected_frames": self.rejected,

@@ -46,6 +46,10 @@ class Dispatcher:
         self._cancelled: set[bytes] = set()
         self.waiting: Counter[str] = Counter()
         self._closed = False
+        # Paused queues, and the entries of theirs a take passed over, in the
+        # order it met them, with their priorities (see `pause`).
+        self._paused: frozenset[str] = frozenset()
+        self._parked: dict[str, list[tuple[int, Entry]]] = {}
 
     def __len__(self) -> int:
         return sum(self.waiting.values())
@@ -85,6 +89,9 @@ class Dispatcher:
                         key, queue = entry
                     if key in self._cancelled:
                         self._cancelled.discard(key)
+                        continue
+                    if queue in self._paused:
+                        self._parked.setdefault(queue, []).append((priority, entry))
                         continue
                     self.waiting[queue] -= 1
                     held = self._jobs.pop(key, None)
@@ -139,6 +146,23 @@ class Dispatcher:
             self._cancelled.add(task_id.bytes)
             self.waiting[queue] -= 1
             self._jobs.pop(task_id.bytes, None)
+
+    def pause(self, queues: frozenset[str]) -> None:
+        """Start no task of `queues` from now on; those of the queues no longer
+        paused go back to the front of their lanes, in their order. A paused
+        queue's tasks still count as waiting."""
+        with self._lock:
+            self._paused = queues
+            resumed = [q for q in self._parked if q not in queues]
+            for queue in resumed:
+                for priority, entry in reversed(self._parked.pop(queue)):
+                    lane = self._lanes.get(priority)
+                    if lane is None:
+                        lane = self._lanes[priority] = deque()
+                        bisect.insort(self._order, priority)
+                    lane.appendleft(entry)
+            if resumed:
+                self._ready.notify_all()
 
     def close(self) -> None:
         with self._lock:

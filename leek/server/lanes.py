@@ -100,6 +100,11 @@ class Lanes:
         if lane is not None:
             lane.dispatcher.cancel(task_id, queue)
 
+    def pause(self, queues: frozenset[str]) -> None:
+        """Start no task of `queues`; resume the others (Dispatcher.pause)."""
+        for lane in self.all:
+            lane.dispatcher.pause(queues)
+
     # -- life ----------------------------------------------------------------
 
     def start(self) -> None:

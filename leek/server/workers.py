@@ -295,6 +295,9 @@ class Pool:
             if ready.id not in found or found[ready.id][0] not in ("queued", "running"):
                 return  # cancelled or deleted while it waited
             job = found[ready.id][1]
+        if job.expires is not None and job.attempts == 0 and time.time() >= job.expires:
+            self.store.controls.expire(ready.id)  # not started by its expiry: it never runs
+            return
         if process is not None and not process.alive and not self._start(process, 0):
             # Its process died while it waited for this task, and cannot start:
             # the task has not begun, so it waits again, its attempts as they were.

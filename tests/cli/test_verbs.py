@@ -25,6 +25,8 @@ NAMES = [
     "top",
     "retry-failed",
     "purge",
+    "pause",
+    "resume",
     "schedule",
 ]
 
