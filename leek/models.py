@@ -13,6 +13,8 @@ from .ids import new_task_id
 
 class Status(models.TextChoices):
     QUEUED = "queued", "queued"
+    #: A step of a chain or a chord's callback, until what it follows succeeds.
+    WAITING = "waiting", "waiting"
     RUNNING = "running", "running"
     SUCCEEDED = "succeeded", "succeeded"
     FAILED = "failed", "failed"
@@ -48,6 +50,11 @@ class Task(models.Model):
     #: the admin); retry-failed leaves it failed past its --max-requeues. The
     #: database default serves the broker's inserts, which leave it out.
     requeues = models.PositiveIntegerField(default=0, db_default=0)
+    #: The chain, group or chord the task is a step of (null for a lone task).
+    chain = models.UUIDField(null=True, blank=True)
+    #: The step this task's success releases (a chain's next step, a chord's
+    #: callback), which waits until then; null for the last step and lone tasks.
+    next_step = models.UUIDField(null=True, blank=True)
 
     class Meta:
         permissions = [("run_task", "Can run tasks and listed commands from the admin")]
@@ -62,6 +69,15 @@ class Task(models.Model):
             # Only spooled rows are in it, so the broker's inserts never touch it.
             models.Index(
                 fields=["spooled"], name="leek_task_spooled", condition=models.Q(spooled=True)
+            ),
+            # Only steps are in these, so a lone task's insert writes neither.
+            models.Index(
+                fields=["chain"], name="leek_task_chain", condition=models.Q(chain__isnull=False)
+            ),
+            models.Index(
+                fields=["next_step"],
+                name="leek_task_next_step",
+                condition=models.Q(next_step__isnull=False),
             ),
         ]
 

@@ -38,7 +38,7 @@ def spool(messages: list[dict[str, Any]], using: str | None = None) -> None:
             name=m["name"][:255],
             queue=m["queue"],
             priority=m["priority"],
-            status="queued",
+            status="waiting" if m.get("waiting") else "queued",
             payload=m["payload"],
             args_repr=m["args_repr"],
             max_retries=_retries(m["max_retries"]),
@@ -48,6 +48,8 @@ def spool(messages: list[dict[str, Any]], using: str | None = None) -> None:
             broker="",
             spooled=True,
             code_version=(m["code_version"] or "")[:64],
+            chain=_uuid(m.get("chain")),
+            next_step=_uuid(m.get("next_step")),
         )
         for m in messages
     ]
@@ -103,6 +105,11 @@ def _retries(value: int | None) -> int:
     from .. import conf
 
     return int(conf.get("MAX_RETRIES")) if value is None else value
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    """A chain's link (a push of steps, client/canvas.py), or None for a lone task."""
+    return None if value is None else uuid.UUID(value)
 
 
 def _time(ts: float | None) -> datetime | None:

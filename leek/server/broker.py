@@ -31,6 +31,7 @@ from ..exceptions import DatabaseUnavailable
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
+from . import links
 from .delayed import Delayed
 from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
@@ -88,7 +89,7 @@ class Broker:
             first_frame_timeout=float(settings["FIRST_FRAME_TIMEOUT"]),
             tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
-        self.pushes = PUSHES
+        self.pushes = PUSHES | {links.VERB}
         self.verbs: dict[str, Callable[[Any], Any]] = {
             "ping": self.ping,
             "waiting": self.waiting,
@@ -303,12 +304,27 @@ class Broker:
     def push(self, verb: str, data: Any, reply: Reply) -> None:
         """Insert the tasks of a push; once they are committed, `reply` gets
         the reply's value (see Intake.tasks), or the error."""
+        if verb == links.VERB:
+            self.push_steps(data, reply)
+            return
         tasks, value = self.intake.tasks(verb, data)
 
         def committed(inserted: Any, error: BaseException | None) -> None:
             reply(None if error is not None else value, error)
 
         self.store.insert(tasks, committed)
+
+    def push_steps(self, data: Any, reply: Reply) -> None:
+        """Insert a chain's, group's or chord's tasks (links.py); once they
+        are committed, route the first steps and reply with every id."""
+        tasks, linked, value = links.steps(self.intake, data)
+
+        def committed(ready: Any, error: BaseException | None) -> None:
+            if error is None and ready:
+                self.route(ready)
+            reply(None if error is not None else value, error)
+
+        self.store.insert_steps(tasks, linked, committed)
 
     def frame_rejected(self) -> None:
         self.rejected += 1

@@ -24,7 +24,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 
@@ -33,7 +33,10 @@ from ..groupcommit import DATABASE_ERRORS, GroupCommit
 from ..ops import Call, Done, Insert, Mark, Record, Waiter
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from ..starts import Starts, path_for
-from . import cut, storable
+
+if TYPE_CHECKING:
+    from ..links import Link
+from . import chains, cut, storable
 from .batch import Writes
 from .cursor import raw_cursor
 from .periodic import PeriodicRows
@@ -149,6 +152,19 @@ class Store:
         storable.py has them."""
         limit = self.text_limit
         self.tasks.lead(Insert([storable.task(t, limit) for t in tasks], done))
+
+    def insert_steps(self, tasks: Sequence[NewTask], links: Sequence[Link], done: Done) -> None:
+        """Insert a chain's, group's or chord's tasks with their links, in one
+        transaction (chains.py); after the commit, `done` gets the steps to
+        run now (as Ready, which it dispatches) or the error."""
+        limit = self.text_limit
+        stored = [storable.task(t, limit) for t in tasks]
+        writes = self.writes
+
+        def write(cursor: Any, d: Dialect) -> list[Ready]:
+            return chains.insert_steps(writes, cursor, d, stored, links)
+
+        self.tasks.lead(Call(write, done))
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it.
