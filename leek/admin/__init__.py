@@ -14,6 +14,7 @@ package's other modules:
 * `periodic`: the periodic task form, which takes only allowed tasks;
 * `runs`: the successes and failed attempts of tasks, as lists and inlines;
 * `paging`: lists that never run a full COUNT(*) on tables of millions of rows;
+* `chains`: the steps of a chain, group or chord on each of its tasks' pages;
 * `display`: status badges, compact times, durations, text.
 """
 
@@ -35,6 +36,7 @@ from ..events import log_event
 from ..models import FINISHED, BrokerNode, Event, FailedTask, PeriodicTask, SuccessTask, Task
 from . import create, dashboard
 from .actions import SHOWN, cancel_tasks, plural, requeue_tasks, retry_tasks
+from .chains import steps_table
 from .display import badge, between, pre, time_column
 from .paging import BigList, RecentValuesFilter
 from .periodic import PeriodicTaskForm
@@ -107,6 +109,7 @@ class TaskAdmin(ReadOnly, BigList):
         (None, {"fields": TASK_FIELDS}),
         ("Arguments", {"fields": ["arguments"]}),
         ("Progress", {"fields": ["progress_bar"]}),
+        ("Chain", {"fields": ["steps"]}),
         ("Outcome", {"fields": ["result", "error", "stdout", "stderr"]}),
         ("Timing", {"fields": TIMING_FIELDS}),
     ]
@@ -114,6 +117,7 @@ class TaskAdmin(ReadOnly, BigList):
         *TASK_FIELDS,
         "arguments",
         "progress_bar",
+        "steps",
         "result",
         "error",
         "stdout",
@@ -214,6 +218,10 @@ class TaskAdmin(ReadOnly, BigList):
             key=lambda r: (r.attempt, r.finished_at if isinstance(r, SuccessTask) else r.failed_at),
             default=None,
         )
+
+    @admin.display(description="steps")
+    def steps(self, obj: Task) -> SafeString | str:
+        return steps_table(obj)
 
     @admin.display(description="return value")
     def result(self, obj: Task) -> SafeString | str:

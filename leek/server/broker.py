@@ -195,6 +195,7 @@ class Broker:
             self.route(page)
         recovered += self.sweep()
         self.duties.every(self.sweep_interval, self.sweep)
+        self.duties.every(self.sweep_interval, self.store.settle_steps)
         logger.info(
             "tasks recovered node=%s count=%s", self.node, recovered, extra={"action": "recovered"}
         )

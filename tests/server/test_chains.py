@@ -141,3 +141,33 @@ def test_a_push_whose_links_leave_a_step_waiting_for_ever_is_refused(broker: Any
     with pytest.raises(BrokerError, match="no step of the push releases it"):
         connection.call("enqueue_steps", [lone])
     assert not Task.objects.exists()
+
+
+def test_a_cancelled_step_fails_the_steps_after_it(broker_factory: Any) -> None:
+    broker_factory(args=("--queues", "default"))
+    first = t.add.s(1, 2).set(queue="unserved")  # waits in the database: no broker serves it
+    handle = (first | t.add.s(3)).delay()
+    first_id = steps_of(handle)[0]
+    wait_for(lambda: Task.objects.filter(pk=first_id, spooled=True).exists())
+    assert leek.TaskHandle(first_id).cancel()
+    with pytest.raises(TaskFailed, match=f"an earlier step was cancelled: {first_id}"):
+        handle.result(timeout=30)
+
+
+def test_a_step_cut_short_on_its_last_attempt_fails_the_steps_after_it(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    from tests import tasks
+
+    port = free_port()
+    first = broker_factory(port=port)
+    slow = leek.signature(tasks.sleep, 30).set(max_retries=0)
+    marks = tmp_path / "marks"
+    handle = (slow | t.mark.s(str(marks), "after")).delay()
+    slow_id = steps_of(handle)[0]
+    wait_for(lambda: Task.objects.get(pk=slow_id).status == "running")
+    first.kill(signal.SIGKILL)
+    broker_factory(port=port)
+    with pytest.raises(TaskFailed, match=f"an earlier step failed: {slow_id}.*WorkerLost"):
+        handle.result(timeout=30)
+    assert not marks.exists()

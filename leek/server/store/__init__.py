@@ -21,6 +21,7 @@ module of leek writes SQL (migrations aside).
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,6 +44,8 @@ from .periodic import PeriodicRows
 from .sql import NODE_COLUMNS, Statements
 
 __all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
+
+logger = logging.getLogger(__name__)
 
 #: Pages in SQLite's write-ahead log past which the checkpoint is run between
 #: two batches, so the log starts over (see Store.checkpoint).
@@ -165,6 +168,22 @@ class Store:
             return chains.insert_steps(writes, cursor, d, stored, links)
 
         self.tasks.lead(Call(write, done))
+
+    def settle_steps(self) -> None:
+        """Fail, in the next batch, the waiting steps whose predecessor was
+        cancelled or cut short on its last attempt (chains.settle; a duty)."""
+        node = self.node
+
+        def write(cursor: Any, d: Dialect) -> None:
+            failed = chains.settle(cursor, d, node)
+            if failed:
+                logger.info(
+                    "steps failed after an earlier step ended count=%s",
+                    failed,
+                    extra={"action": "steps_settled"},
+                )
+
+        self.outcomes.later(Call(write))
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it.

@@ -15,6 +15,10 @@ it commit together, or neither does:
 * a final failure fails its next step and every step after it, each with a
   FailedTask row naming the step that failed; they never run.
 
+A step whose predecessor ended without an outcome (cancelled, or failed for
+good as its broker died on its last attempt) is failed the same way by
+`settle`, a broker duty.
+
 The broker then dispatches what the batch released (Writes.committed).
 """
 
@@ -85,7 +89,8 @@ def follow(cursor: Any, d: Dialect, outcomes: Sequence[Outcome], node: str) -> l
     )
     for o in ended:
         if not o.succeeded and o.task_id in nexts:
-            _fail_after(cursor, d, o, nexts[o.task_id], node)
+            reason = _failed(o.task_id, o.exc_type, o.exc_message)
+            _fail_after(cursor, d, reason, nexts[o.task_id], node)
     return released
 
 
@@ -113,11 +118,45 @@ def _release(cursor: Any, d: Dialect, steps: list[uuid.UUID]) -> list[Ready]:
     return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in cursor.fetchall()]
 
 
-def _fail_after(cursor: Any, d: Dialect, failed: Outcome, step: uuid.UUID, node: str) -> None:
-    """Fail `step` and the steps after it, which wait: they will never run."""
+def settle(cursor: Any, d: Dialect, node: str) -> int:
+    """Fail the waiting steps whose predecessor ended without an outcome
+    written here: cancelled, or failed for good as its broker died on its
+    last attempt (recovery's cut). How many steps were failed."""
+    cursor.execute(
+        "SELECT p.id, p.status, w.id FROM leek_task w JOIN leek_task p ON p.next_step = w.id "
+        "WHERE w.status = 'waiting' AND p.status IN ('failed', 'cancelled')"
+    )
+    found = cursor.fetchall()
+    failed = 0
+    for before, status, step in found:
+        before = d.read_uuid(before)
+        if status == "cancelled":
+            reason = f"an earlier step was cancelled: {before}"
+        else:
+            cursor.execute(
+                d.sql(
+                    "SELECT exc_type, exc_message FROM leek_failedtask WHERE task_id = %s "
+                    "ORDER BY id DESC LIMIT 1"
+                ),
+                (d.pk(before),),
+            )
+            row = cursor.fetchone()
+            reason = _failed(before, *(row or ("", "")))
+        failed += _fail_after(cursor, d, reason, d.read_uuid(step), node)
+    return failed
+
+
+def _failed(task_id: uuid.UUID, exc_type: str, exc_message: str) -> str:
+    """What a step says when `task_id`, a step before it, failed for good."""
+    return f"an earlier step failed: {task_id} ({exc_type}: {exc_message})"
+
+
+def _fail_after(cursor: Any, d: Dialect, reason: str, step: uuid.UUID, node: str) -> int:
+    """Fail `step` and the steps after it, which wait: they will never run.
+    How many were failed."""
     now = time.time()
-    message = f"an earlier step failed: {failed.task_id} ({failed.exc_type}: {failed.exc_message})"
     seen: set[uuid.UUID] = set()
+    count = 0
     at: uuid.UUID | None = step
     while at is not None and at not in seen:
         seen.add(at)
@@ -130,13 +169,15 @@ def _fail_after(cursor: Any, d: Dialect, failed: Outcome, step: uuid.UUID, node:
         )
         row = cursor.fetchone()
         if row is None:
-            return  # failed already, by another member of its chord
+            break  # failed already, by another member of its chord
         cursor.execute(
             d.sql(
                 "INSERT INTO leek_failedtask (task_id, name, attempt, started_at, failed_at, "
                 "exc_type, exc_message, traceback, final, requeued_at, stdout, stderr, broker) "
                 "VALUES (%s, %s, 0, NULL, %s, %s, %s, '', TRUE, NULL, '', '', %s)"
             ),
-            (d.pk(at), row[0], d.time(now), EARLIER_STEP_FAILED, message, node),
+            (d.pk(at), row[0], d.time(now), EARLIER_STEP_FAILED, reason, node),
         )
+        count += 1
         at = None if row[1] is None else d.read_uuid(row[1])
+    return count
