@@ -115,6 +115,20 @@ def test_a_chord_of_twenty_runs_its_callback_once_with_every_result(
     assert lines(runs) == ["total"]
 
 
+def test_a_chord_whose_members_end_on_two_brokers_runs_its_callback_once(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    broker_factory(args=("--queues", "a"), LEEK_WORKERS="3")
+    broker_factory(args=("--queues", "b"), LEEK_WORKERS="3")  # the one the client pushes to
+    runs = tmp_path / "runs"
+    members = [t.add.s(i, 0).set(queue="ab"[i % 2]) for i in range(20)]
+    handle = (leek.group(members) | t.total.s(str(runs)).set(queue="b")).delay()
+    assert handle.result(timeout=60) == sum(range(20))
+    assert lines(runs) == ["total"]
+    brokers = set(Task.objects.filter(name="tests.server.chain_tasks.add").values_list("broker"))
+    assert len(brokers) == 2
+
+
 def test_a_failed_member_fails_the_chords_callback(broker: Any, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     members = [t.add.s(1, 1), t.broken.s("member"), t.add.s(2, 2)]

@@ -84,9 +84,8 @@ def follow(cursor: Any, d: Dialect, outcomes: Sequence[Outcome], node: str) -> l
     nexts = {d.read_uuid(i): d.read_uuid(n) for i, n in cursor.fetchall()}
     if not nexts:
         return []
-    released = _release(
-        cursor, d, sorted({nexts[o.task_id] for o in ended if o.succeeded and o.task_id in nexts})
-    )
+    steps = sorted({nexts[o.task_id] for o in ended if o.succeeded and o.task_id in nexts})
+    released = _release(cursor, d, steps, node)
     for o in ended:
         if not o.succeeded and o.task_id in nexts:
             reason = _failed(o.task_id, o.exc_type, o.exc_message)
@@ -94,8 +93,10 @@ def follow(cursor: Any, d: Dialect, outcomes: Sequence[Outcome], node: str) -> l
     return released
 
 
-def _release(cursor: Any, d: Dialect, steps: list[uuid.UUID]) -> list[Ready]:
-    """Queue each waiting step of `steps` whose every predecessor has succeeded."""
+def _release(cursor: Any, d: Dialect, steps: list[uuid.UUID], node: str) -> list[Ready]:
+    """Queue each waiting step of `steps` whose every predecessor has
+    succeeded, owned by broker `node`, which dispatches it (whichever broker
+    took the push: a chord's members may end on several)."""
     if not steps:
         return []
     keys = [d.pk(s) for s in steps]
@@ -108,12 +109,12 @@ def _release(cursor: Any, d: Dialect, steps: list[uuid.UUID]) -> list[Ready]:
         cursor.fetchall()
     cursor.execute(
         d.sql(
-            f"UPDATE leek_task SET status = 'queued' WHERE id IN ({marks}) "
+            f"UPDATE leek_task SET status = 'queued', broker = %s WHERE id IN ({marks}) "
             "AND status = 'waiting' AND NOT EXISTS (SELECT 1 FROM leek_task p "
             "WHERE p.next_step = leek_task.id AND p.status <> 'succeeded') "
             "RETURNING id, priority, queue, run_after"
         ),
-        keys,
+        (node, *keys),
     )
     return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in cursor.fetchall()]
 
