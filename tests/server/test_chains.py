@@ -185,3 +185,16 @@ def test_a_step_cut_short_on_its_last_attempt_fails_the_steps_after_it(
     with pytest.raises(TaskFailed, match=f"an earlier step failed: {slow_id}.*WorkerLost"):
         handle.result(timeout=30)
     assert not marks.exists()
+
+
+def test_a_chain_pushed_while_no_broker_answers_runs_once_one_starts(
+    broker_factory: Any, leek_settings: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    leek_settings(PORT=port, FALLBACK="database")
+    marks = tmp_path / "marks"
+    handle = leek.chain(t.add.s(1, 2), t.mark.s(str(marks), "second")).delay()
+    assert Task.objects.get(pk=handle.id).status == "waiting"
+    broker_factory(port=port)
+    assert handle.result(timeout=30) == 3
+    assert lines(marks) == ["second"]
