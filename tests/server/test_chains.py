@@ -190,11 +190,14 @@ def test_a_step_cut_short_on_its_last_attempt_fails_the_steps_after_it(
 def test_a_chain_pushed_while_no_broker_answers_runs_once_one_starts(
     broker_factory: Any, leek_settings: Any, tmp_path: Path
 ) -> None:
+    from tests import tasks
+
     port = free_port()
     leek_settings(PORT=port, FALLBACK="database")
     marks = tmp_path / "marks"
     handle = leek.chain(t.add.s(1, 2), t.mark.s(str(marks), "second")).delay()
+    leek.push_task_to_queue(tasks.sleep, 1.0)  # holds the one worker while sweeps go by
     assert Task.objects.get(pk=handle.id).status == "waiting"
-    broker_factory(port=port)
+    broker_factory(port=port, LEEK_WORKERS="1", LEEK_SWEEP_INTERVAL="0.1")
     assert handle.result(timeout=30) == 3
     assert lines(marks) == ["second"]

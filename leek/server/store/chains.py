@@ -96,7 +96,8 @@ def follow(cursor: Any, d: Dialect, outcomes: Sequence[Outcome], node: str) -> l
 def _release(cursor: Any, d: Dialect, steps: list[uuid.UUID], node: str) -> list[Ready]:
     """Queue each waiting step of `steps` whose every predecessor has
     succeeded, owned by broker `node`, which dispatches it (whichever broker
-    took the push: a chord's members may end on several)."""
+    took the push: a chord's members may end on several). A step the client
+    spooled is no longer spooled, so no sweep claims it a second time."""
     if not steps:
         return []
     keys = [d.pk(s) for s in steps]
@@ -109,7 +110,8 @@ def _release(cursor: Any, d: Dialect, steps: list[uuid.UUID], node: str) -> list
         cursor.fetchall()
     cursor.execute(
         d.sql(
-            f"UPDATE leek_task SET status = 'queued', broker = %s WHERE id IN ({marks}) "
+            f"UPDATE leek_task SET status = 'queued', broker = %s, spooled = FALSE "
+            f"WHERE id IN ({marks}) "
             "AND status = 'waiting' AND NOT EXISTS (SELECT 1 FROM leek_task p "
             "WHERE p.next_step = leek_task.id AND p.status <> 'succeeded') "
             "RETURNING id, priority, queue, run_after"
