@@ -72,13 +72,16 @@ def follow(cursor: Any, d: Dialect, outcomes: Sequence[Outcome], node: str) -> l
     ended = [o for o in outcomes if o.succeeded or o.final]
     if not ended:
         return []
+    # Only a waiting row can be released or failed: while none waits (no
+    # chain in flight), a probe of the status index, the same statement
+    # whatever the batch, spares the lookup of every task's next step.
+    cursor.execute("SELECT 1 FROM leek_task WHERE status = 'waiting' LIMIT 1")
+    if cursor.fetchone() is None:
+        return []
     keys = [d.pk(o.task_id) for o in ended]
+    marks = ", ".join([d.ph] * len(keys))
     cursor.execute(
-        d.sql(
-            "SELECT id, next_step FROM leek_task WHERE next_step IS NOT NULL AND id IN ("
-            + ", ".join(["%s"] * len(keys))
-            + ")"
-        ),
+        f"SELECT id, next_step FROM leek_task WHERE next_step IS NOT NULL AND id IN ({marks})",
         keys,
     )
     nexts = {d.read_uuid(i): d.read_uuid(n) for i, n in cursor.fetchall()}
