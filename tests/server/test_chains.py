@@ -201,3 +201,20 @@ def test_a_chain_pushed_while_no_broker_answers_runs_once_one_starts(
     broker_factory(port=port, LEEK_WORKERS="1", LEEK_SWEEP_INTERVAL="0.1")
     assert handle.result(timeout=30) == 3
     assert lines(marks) == ["second"]
+
+
+def test_retry_failed_runs_a_chain_on_from_the_step_that_failed(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    from leek.cli.repair import retry_failed
+    from tests import tasks
+
+    broker_factory()
+    runs, marks = tmp_path / "runs", tmp_path / "marks"
+    flaky = leek.signature(tasks.flaky, str(runs), 1).set(max_retries=0)  # fails its first run
+    handle = (flaky | t.mark.s(str(marks), "after") | t.add.s(10)).delay()
+    with pytest.raises(TaskFailed, match="an earlier step failed"):
+        handle.result(timeout=30)
+    assert retry_failed() == 3  # the step that failed, and the two after it
+    assert handle.result(timeout=30) == 12  # flaky's second run returned 2
+    assert lines(marks) == ["after"]

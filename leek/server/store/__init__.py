@@ -170,15 +170,15 @@ class Store:
         self.tasks.lead(Call(write, done))
 
     def settle_steps(self) -> None:
-        """Fail, in the next batch, the waiting steps whose predecessor was
-        cancelled or cut short on its last attempt (chains.settle; a duty)."""
+        """Settle, in the next batch, the waiting steps no outcome will
+        release or fail (chains.settle; a duty)."""
         node = self.node
 
         def write(cursor: Any, d: Dialect) -> None:
             failed = chains.settle(cursor, d, node)
             if failed:
                 logger.info(
-                    "steps failed after an earlier step ended count=%s",
+                    "waiting steps failed or given to the sweep count=%s",
                     failed,
                     extra={"action": "steps_settled"},
                 )

@@ -127,7 +127,18 @@ def _release(cursor: Any, d: Dialect, steps: list[uuid.UUID], node: str) -> list
 def settle(cursor: Any, d: Dialect, node: str) -> int:
     """Fail the waiting steps whose predecessor ended without an outcome
     written here: cancelled, or failed for good as its broker died on its
-    last attempt (recovery's cut). How many steps were failed."""
+    last attempt (recovery's cut); and give a waiting step whose
+    predecessors have all succeeded, which a requeue can leave (`leek
+    retry-failed` racing the success it waits for), to the brokers' sweep.
+    How many steps were failed or given."""
+    cursor.execute(
+        "UPDATE leek_task SET status = 'queued', spooled = TRUE, broker = '' "
+        "WHERE status = 'waiting' "
+        "AND EXISTS (SELECT 1 FROM leek_task p WHERE p.next_step = leek_task.id) "
+        "AND NOT EXISTS (SELECT 1 FROM leek_task p WHERE p.next_step = leek_task.id "
+        "AND p.status <> 'succeeded')"
+    )
+    given = max(int(cursor.rowcount), 0)
     cursor.execute(
         "SELECT p.id, p.status, w.id FROM leek_task w JOIN leek_task p ON p.next_step = w.id "
         "WHERE w.status = 'waiting' AND p.status IN ('failed', 'cancelled')"
@@ -149,7 +160,7 @@ def settle(cursor: Any, d: Dialect, node: str) -> int:
             row = cursor.fetchone()
             reason = _failed(before, *(row or ("", "")))
         failed += _fail_after(cursor, d, reason, d.read_uuid(step), node)
-    return failed
+    return failed + given
 
 
 def _failed(task_id: uuid.UUID, exc_type: str, exc_message: str) -> str:
