@@ -31,6 +31,7 @@ from ..exceptions import DatabaseUnavailable
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
+from . import links
 from .controls import Controls
 from .delayed import Delayed
 from .duties import Duties
@@ -90,7 +91,7 @@ class Broker:
             first_frame_timeout=float(settings["FIRST_FRAME_TIMEOUT"]),
             tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
-        self.pushes = PUSHES
+        self.pushes = PUSHES | {links.VERB}
         self.verbs: dict[str, Callable[[Any], Any]] = {
             "ping": self.ping,
             "waiting": self.waiting,
@@ -201,6 +202,7 @@ class Broker:
             self.route(page)
         recovered += self.sweep()
         self.duties.every(self.sweep_interval, self.sweep)
+        self.duties.every(self.sweep_interval, self.store.settle_steps)
         logger.info(
             "tasks recovered node=%s count=%s", self.node, recovered, extra={"action": "recovered"}
         )
@@ -311,6 +313,9 @@ class Broker:
     def push(self, verb: str, data: Any, reply: Reply) -> None:
         """Insert the tasks of a push; once they are committed, `reply` gets
         the reply's value (see Intake.reply), or the error."""
+        if verb == links.VERB:
+            self.push_steps(data, reply)
+            return
         tasks = self.intake.tasks(verb, data)
 
         def committed(inserted: Any, error: BaseException | None) -> None:
@@ -318,6 +323,19 @@ class Broker:
             reply(None if error is not None else self.intake.reply(verb, tasks), error)
 
         self.store.insert(tasks, committed)
+
+    def push_steps(self, data: Any, reply: Reply) -> None:
+        """Insert a chain's, group's or chord's tasks (links.py); once they
+        are committed, route the first steps and reply with every id."""
+        tasks, linked, value = links.steps(self.intake, data)
+
+        def committed(ready: Any, error: BaseException | None) -> None:
+            self.metrics.pushed(tasks, error)
+            if error is None and ready:
+                self.route(ready)
+            reply(None if error is not None else value, error)
+
+        self.store.insert_steps(tasks, linked, committed)
 
     def frame_rejected(self, error: BaseException) -> None:
         self.rejected += 1
