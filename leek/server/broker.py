@@ -28,9 +28,11 @@ from typing import Any
 
 from .. import __version__, conf
 from ..exceptions import DatabaseUnavailable
+from ..logs import task_extra
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
+from . import lifecycle
 from .delayed import Delayed
 from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
@@ -191,6 +193,7 @@ class Broker:
             os.getpid(),
             extra={"action": "broker_started"},
         )
+        lifecycle.broker_started(self.node, self.host, self.port)
         recovered = 0
         for page in pages:
             recovered += len(page)
@@ -201,6 +204,7 @@ class Broker:
             "tasks recovered node=%s count=%s", self.node, recovered, extra={"action": "recovered"}
         )
         self.stopping.wait()
+        lifecycle.broker_stopping(self.node)
         self._stop(thread)
 
     def request_stop(self) -> None:
@@ -232,7 +236,7 @@ class Broker:
                 "requeued on the next start",
                 run.task_id,
                 run.name,
-                extra={"action": "task_interrupted"},
+                extra=task_extra("task_interrupted", run.task_id, run.name, attempt=run.attempt),
             )
         self.heartbeat(stopped=True, timeout=HEARTBEAT_AT_STOP)  # best effort: within the grace
         self.store.stop()
