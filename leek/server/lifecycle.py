@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 def received(tasks: list[Ready]) -> None:
     """Tell of tasks just inserted: a DEBUG record and task_received, each."""
     debug = logger.isEnabledFor(logging.DEBUG)
-    listened = signals.task_received.has_listeners()
+    listened = _listened(signals.task_received)
     if not (debug or listened):
         return
     sender = _broker()
@@ -81,7 +81,7 @@ def started(task_id: uuid.UUID, name: str, queue: str, attempt: int) -> None:
             attempt,
             extra=task_extra("task_started", task_id, name, queue, attempt),
         )
-    if signals.task_started.has_listeners():
+    if _listened(signals.task_started):
         send(
             signals.task_started,
             _pool(),
@@ -115,7 +115,7 @@ def _succeeded(queue: str, o: Outcome) -> None:
             took,
             extra=task_extra("task_succeeded", o.task_id, o.name, queue, o.attempt, took),
         )
-    if signals.task_succeeded.has_listeners():
+    if _listened(signals.task_succeeded):
         extra = task_extra("task_succeeded", o.task_id, o.name, queue, o.attempt, took)
         try:
             result = load_value(o.result, o.task_id)
@@ -178,16 +178,16 @@ def _failed(queue: str, o: Outcome) -> None:
         "exc_message": o.exc_message,
         "traceback": o.traceback,
     }
-    if signals.task_failed.has_listeners():
+    if _listened(signals.task_failed):
         send(signals.task_failed, _pool(), extra, final=o.final, **fields)
-    if not o.final and signals.task_retried.has_listeners():
+    if not o.final and _listened(signals.task_retried):
         retry_at = datetime.fromtimestamp(o.retry_at or o.finished, UTC)
         send(signals.task_retried, _pool(), extra, retry_at=retry_at, **fields)
 
 
 def broker_started(node: str, host: str, port: int) -> None:
     """broker_started, once the broker listens."""
-    if signals.broker_started.has_listeners():
+    if _listened(signals.broker_started):
         send(
             signals.broker_started,
             _broker(),
@@ -200,7 +200,7 @@ def broker_started(node: str, host: str, port: int) -> None:
 
 def broker_stopping(node: str) -> None:
     """broker_stopping, as the broker begins its stop."""
-    if signals.broker_stopping.has_listeners():
+    if _listened(signals.broker_stopping):
         send(signals.broker_stopping, _broker(), {"action": "broker_stopping"}, node=node)
 
 
@@ -224,6 +224,12 @@ def send(signal: Signal, sender: Any, extra: dict[str, Any], **arguments: Any) -
                 exc_info=response,
                 extra=fields,
             )
+
+
+def _listened(signal: Signal) -> bool:
+    """Whether `signal` has a receiver; an empty list of receivers answers
+    without has_listeners' lock."""
+    return bool(signal.receivers) and signal.has_listeners()
 
 
 def _broker() -> type:
