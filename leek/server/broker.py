@@ -203,7 +203,10 @@ class Broker:
         logger.info(
             "tasks recovered node=%s count=%s", self.node, recovered, extra={"action": "recovered"}
         )
-        self.stopping.wait()
+        # A wait with a timeout: a signal that another thread took wakes no
+        # waiter, and its handler runs only once the main thread is back in Python.
+        while not self.stopping.wait(POLL_INTERVAL):
+            pass
         lifecycle.broker_stopping(self.node)
         self._stop(thread)
 
