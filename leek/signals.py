@@ -16,7 +16,10 @@ signal           sent when                         arguments
 ===============  ================================  =========================================
 task_received    the broker committed a pushed     ``task_id`` (uuid.UUID), ``name`` (the
                  task (once per task, a replayed   task's dotted path), ``queue``
-                 push sends none)
+                 push sends none; a task the
+                 broker did not receive, spooled
+                 by a client or a periodic run,
+                 sends none)
 task_started     an attempt of a task begins       ``task_id``, ``name``, ``queue``,
                                                    ``attempt`` (from 1)
 task_succeeded   an attempt returned               ``task_id``, ``name``, ``queue``,
