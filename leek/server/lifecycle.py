@@ -123,7 +123,7 @@ def _succeeded(queue: str, o: Outcome) -> None:
             logger.exception(
                 "a result the broker cannot load is sent as None task=%s",
                 o.task_id,
-                extra=extra,
+                extra={**extra, "action": "signal_result_unloadable"},
             )
             result = None
         send(
