@@ -91,7 +91,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             checks.Error(
                 f"LEEK['LOG_FORMAT'] is {settings['LOG_FORMAT']!r}.",
                 hint=f"Use one of {', '.join(map(repr, logs.FORMATS))}.",
-                id="leek.E013",
+                id="leek.E014",
             )
         )
     errors += _check_queues(settings["QUEUES"])

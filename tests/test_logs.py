@@ -66,7 +66,7 @@ def test_the_node_filter_names_the_broker_unless_the_record_does() -> None:
 @pytest.mark.parametrize("value", ["JSON", "xml", ""])
 def test_a_log_format_other_than_text_or_json_is_an_error(settings: Any, value: str) -> None:
     settings.LEEK = {"LOG_FORMAT": value}
-    assert [m.msg for m in checks.run_checks() if m.id == "leek.E013"] == [
+    assert [m.msg for m in checks.run_checks() if m.id == "leek.E014"] == [
         f"LEEK['LOG_FORMAT'] is {value!r}."
     ]
 
@@ -74,4 +74,4 @@ def test_a_log_format_other_than_text_or_json_is_an_error(settings: Any, value: 
 @pytest.mark.parametrize("value", ["text", "json"])
 def test_text_and_json_pass(settings: Any, value: str) -> None:
     settings.LEEK = {"LOG_FORMAT": value}
-    assert [m for m in checks.run_checks() if m.id == "leek.E013"] == []
+    assert [m for m in checks.run_checks() if m.id == "leek.E014"] == []
