@@ -28,10 +28,11 @@ from typing import Any
 
 from .. import __version__, conf
 from ..exceptions import DatabaseUnavailable
+from ..logs import task_extra
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
-from . import links
+from . import lifecycle, links
 from .controls import Controls
 from .delayed import Delayed
 from .duties import Duties
@@ -196,6 +197,7 @@ class Broker:
             os.getpid(),
             extra={"action": "broker_started"},
         )
+        lifecycle.broker_started(self.node, self.host, self.port)
         recovered = 0
         for page in pages:
             recovered += len(page)
@@ -206,7 +208,11 @@ class Broker:
         logger.info(
             "tasks recovered node=%s count=%s", self.node, recovered, extra={"action": "recovered"}
         )
-        self.stopping.wait()
+        # A wait with a timeout: a signal that another thread took wakes no
+        # waiter, and its handler runs only once the main thread is back in Python.
+        while not self.stopping.wait(POLL_INTERVAL):
+            pass
+        lifecycle.broker_stopping(self.node)
         self._stop(thread)
 
     def request_stop(self) -> None:
@@ -238,7 +244,7 @@ class Broker:
                 "requeued on the next start",
                 run.task_id,
                 run.name,
-                extra={"action": "task_interrupted"},
+                extra=task_extra("task_interrupted", run.task_id, run.name, attempt=run.attempt),
             )
         self.heartbeat(stopped=True, timeout=HEARTBEAT_AT_STOP)  # best effort: within the grace
         self.store.stop()

@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ...logs import task_extra
 from ..dberrors import transient
+from ..lifecycle import received
 from ..ops import Call, Insert, Mark, Op, Record
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from . import chains, keys, storable
@@ -68,7 +70,8 @@ class Writes:
         return psycopg.Cursor(cursor.connection)
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
-        """Send the tasks just inserted to the broker's queues."""
+        """Tell of the tasks just inserted (lifecycle.received), then send
+        them to the broker's queues."""
         ready = [
             r
             for op, result in zip(ops, results, strict=True)
@@ -77,6 +80,7 @@ class Writes:
         ]
         ready += self._take_released()
         if ready:
+            received(ready)
             self.on_ready(ready)
 
     def write(self, cursor: Any, bound: Any, ops: list[Op]) -> list[Any]:
@@ -160,7 +164,9 @@ class Writes:
                 outcome.task_id,
                 outcome.name,
                 outcome.attempt,
-                extra={"action": "outcome_dropped"},
+                extra=task_extra(
+                    "outcome_dropped", outcome.task_id, outcome.name, attempt=outcome.attempt
+                ),
             )
             return None, None
         _, error = _alone(cursor, self.write_outcomes, bound, [outcome])
@@ -176,7 +182,9 @@ class Writes:
             outcome.name,
             outcome.attempt,
             stand_in.exc_message,
-            extra={"action": "outcome_not_stored"},
+            extra=task_extra(
+                "outcome_not_stored", outcome.task_id, outcome.name, attempt=outcome.attempt
+            ),
         )
         return None, None
 
