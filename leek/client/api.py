@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from .. import conf, fields
+from .. import conf, fields, ratelimit
 from ..exceptions import (
     BrokerUnavailable,
     LeekError,
@@ -128,9 +128,11 @@ def _options(
     run_after: float | None,
     max_retries: int | None,
     timeout: float | None,
+    rate_limit: str | None = None,
 ) -> dict[str, Any]:
-    """The checked options of a push, shared by every task in it."""
-    return {
+    """The checked options of a push, shared by every task in it; a task
+    without a rate limit sends none."""
+    options = {
         "queue": queue,
         "priority": fields.priority(priority),
         "max_retries": fields.max_retries(max_retries),
@@ -138,6 +140,10 @@ def _options(
         "run_after": fields.run_after(run_after),
         "code_version": conf.get("CODE_VERSION"),
     }
+    limit = ratelimit.field(rate_limit)
+    if limit:
+        options["rate_limit"] = limit
+    return options
 
 
 def _parts(
@@ -167,6 +173,7 @@ def message(
     run_after: float | None = None,
     max_retries: int | None = None,
     timeout: float | None = None,
+    rate_limit: str | None = None,
 ) -> dict[str, Any]:
     """The data of the `enqueue` verb for fn(*args, **kwargs), under `task_id` or
     a new id: what :func:`enqueue` sends.
@@ -181,6 +188,7 @@ def message(
         run_after=run_after,
         max_retries=max_retries,
         timeout=timeout,
+        rate_limit=rate_limit,
     )
     return _whole(str(task_id or new_task_id()), *parts, options)
 
@@ -196,10 +204,15 @@ def enqueue(
     run_at: datetime | None = None,
     max_retries: int | None = None,
     timeout: float | None = None,
+    rate_limit: str | None = None,
 ) -> TaskHandle:
     """Push fn(*args, **kwargs) to the broker; returns once it is committed
     (or, inside transaction.atomic(), at once: it is sent on commit, or
-    written in the transaction with ATOMIC_PUSH "outbox")."""
+    written in the transaction with ATOMIC_PUSH "outbox").
+
+    `rate_limit` ("10/m": at most so many starts per second, minute or hour
+    of tasks of this name, across every broker; leek/ratelimit.py) makes the
+    task wait, queued, for its turn."""
     task_id = new_task_id()
     data = message(
         fn,
@@ -211,6 +224,7 @@ def enqueue(
         run_after=_run_after(delay, run_at),
         max_retries=max_retries,
         timeout=timeout,
+        rate_limit=rate_limit,
     )
     send("enqueue", data)
     return TaskHandle(task_id)
@@ -228,13 +242,19 @@ def enqueue_many(
     priority: int = 0,
     max_retries: int | None = None,
     timeout: float | None = None,
+    rate_limit: str | None = None,
 ) -> list[TaskHandle]:
     """Push many (fn, args[, kwargs]) calls in one frame and one commit.
 
     The options travel once for the whole batch and each task as a short
     tuple (the ``enqueue_batch`` verb of docs/protocol.md)."""
     ids, data = batch(
-        calls, queue=queue, priority=priority, max_retries=max_retries, timeout=timeout
+        calls,
+        queue=queue,
+        priority=priority,
+        max_retries=max_retries,
+        timeout=timeout,
+        rate_limit=rate_limit,
     )
     if ids:
         send("enqueue_batch", data)
@@ -248,13 +268,19 @@ def batch(
     priority: int = 0,
     max_retries: int | None = None,
     timeout: float | None = None,
+    rate_limit: str | None = None,
 ) -> tuple[list[uuid.UUID], dict[str, Any]]:
     """New ids for `calls`, each (fn, args) or (fn, args, kwargs), and the data
     of the `enqueue_batch` verb that pushes them: what :func:`enqueue_many` sends.
 
     Raises as :func:`message` does."""
     options = _options(
-        queue=queue, priority=priority, run_after=None, max_retries=max_retries, timeout=timeout
+        queue=queue,
+        priority=priority,
+        run_after=None,
+        max_retries=max_retries,
+        timeout=timeout,
+        rate_limit=rate_limit,
     )
     calls = list(calls)
     ids = new_task_ids(len(calls))

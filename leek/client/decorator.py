@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from .. import ratelimit
 from .api import TaskHandle, enqueue
 
 P = ParamSpec("P")
@@ -27,10 +28,12 @@ class TaskFunction(Generic[P, R]):
         priority: int,
         max_retries: int | None,
         timeout: float | None,
+        rate_limit: str | None = None,
     ) -> None:
         self.fn = fn
         self.queue, self.priority = queue, priority
         self.max_retries, self.timeout = max_retries, timeout
+        self.rate_limit = ratelimit.field(rate_limit)  # a bad limit fails at the decorator
         functools.update_wrapper(self, fn)
         self.__wrapped_task__ = fn
         registry[f"{fn.__module__}.{fn.__qualname__}"] = self
@@ -48,6 +51,7 @@ class TaskFunction(Generic[P, R]):
             priority=self.priority,
             max_retries=self.max_retries,
             timeout=self.timeout,
+            rate_limit=self.rate_limit,
         )
 
     def enqueue(
@@ -61,6 +65,7 @@ class TaskFunction(Generic[P, R]):
         run_at: datetime | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        rate_limit: str | None = None,
     ) -> TaskHandle:
         """Push with options that override the decorator's."""
         return enqueue(
@@ -73,6 +78,7 @@ class TaskFunction(Generic[P, R]):
             run_at=run_at,
             max_retries=self.max_retries if max_retries is None else max_retries,
             timeout=self.timeout if timeout is None else timeout,
+            rate_limit=self.rate_limit if rate_limit is None else rate_limit,
         )
 
 
@@ -85,6 +91,7 @@ def task(
     priority: int = ...,
     max_retries: int | None = ...,
     timeout: float | None = ...,
+    rate_limit: str | None = ...,
 ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 def task(
     fn: Callable[P, R] | None = None,
@@ -94,12 +101,21 @@ def task(
     priority: int = 0,
     max_retries: int | None = None,
     timeout: float | None = None,
+    rate_limit: str | None = None,
 ) -> Any:
-    """Decorate a function so it gains `.delay(...)` and `.enqueue(...)`."""
+    """Decorate a function so it gains `.delay(...)` and `.enqueue(...)`.
+
+    `rate_limit` ("10/m") limits how often tasks of this name start, across
+    every broker sharing the database (leek/ratelimit.py)."""
 
     def wrap(f: Callable[P, R]) -> TaskFunction[P, R]:
         return TaskFunction(
-            f, queue=queue, priority=priority, max_retries=max_retries, timeout=timeout
+            f,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            timeout=timeout,
+            rate_limit=rate_limit,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -48,6 +48,7 @@ def spool(messages: list[dict[str, Any]], using: str | None = None) -> None:
             broker="",
             spooled=True,
             code_version=(m["code_version"] or "")[:64],
+            rate_limit=m.get("rate_limit", ""),
         )
         for m in messages
     ]

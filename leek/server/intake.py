@@ -15,15 +15,15 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from .. import fields
+from .. import fields, ratelimit
 from .rows import NewTask
 
 logger = logging.getLogger(__name__)
 
 #: The verbs that push tasks, each answered once its tasks are committed.
 PUSHES = frozenset({"enqueue", "enqueue_batch", "enqueue_many"})
-#: A task's queue, priority, max_retries, timeout, run_after and code_version.
-Options = tuple[str, int, int, float | None, float | None, str]
+#: A task's queue, priority, max_retries, timeout, run_after, code_version and rate_limit.
+Options = tuple[str, int, int, float | None, float | None, str, str]
 
 
 class Intake:
@@ -71,9 +71,9 @@ class Intake:
         return tasks
 
     def options(self, item: dict[str, Any], count: int = 1) -> Options:
-        """The checked queue, priority, max_retries, timeout, run_after and
-        code_version of a task or of a batch of `count` tasks (NewTask's
-        fields in that order)."""
+        """The checked queue, priority, max_retries, timeout, run_after,
+        code_version and rate_limit of a task or of a batch of `count` tasks
+        (NewTask's fields in that order)."""
         code = str(item.get("code_version") or "")
         if code and self.code_version and code != self.code_version:
             if not self.drift[code]:
@@ -92,6 +92,7 @@ class Intake:
             fields.timeout(item.get("timeout")),
             fields.run_after(item.get("run_after")),
             code[:64],
+            ratelimit.field(item.get("rate_limit")),
         )
 
 

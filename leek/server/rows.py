@@ -28,6 +28,7 @@ class NewTask:
     timeout: float | None
     run_after: float | None
     code_version: str
+    rate_limit: str = ""  # "" for none (leek/ratelimit.py)
 
 
 @dataclass(slots=True)
@@ -39,6 +40,7 @@ class Job:
     attempts: int
     max_retries: int
     timeout: float | None
+    rate_limit: str = ""  # "" for none (leek/ratelimit.py)
 
 
 @dataclass(slots=True)

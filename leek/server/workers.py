@@ -38,6 +38,7 @@ from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..runtime import CapturedOutput
 from .attempt import Attempt, Result, perform, timed_out
 from .dispatch import Dispatcher
+from .limits import RateLimits
 from .notify import failure_hooks, run_hooks
 from .outcome import outcome_of, send_retried
 from .process import WorkerProcess
@@ -83,6 +84,7 @@ class Pool:
         retry_later: Callable[[list[Ready]], None],
         kind: str = "threads",
         lane: str = "",
+        limits: RateLimits | None = None,
     ) -> None:
         if kind not in POOLS:
             raise ValueError(f"POOL must be one of {', '.join(POOLS)}, got {kind!r}")
@@ -92,6 +94,7 @@ class Pool:
         self.kind = kind
         self.lane = lane  # the queue whose lane this pool serves ("": the default lane)
         self.retry_later = retry_later
+        self.limits = limits  # the rate limits a task waits for before it starts
         self.handled: Counter[str] = Counter()
         self.running: dict[threading.Thread, Running | None] = {}
         self.stuck: set[threading.Thread] = set()
@@ -293,6 +296,8 @@ class Pool:
             if ready.id not in found or found[ready.id][0] not in ("queued", "running"):
                 return  # cancelled or deleted while it waited
             job = found[ready.id][1]
+        if self.limits is not None and self.limits.defer(ready, job):
+            return  # it waits, queued, for its rate limit's token: its attempts as they were
         if process is not None and not process.alive and not self._start(process, 0):
             # Its process died while it waited for this task, and cannot start:
             # the task has not begun, so it waits again, its attempts as they were.

@@ -195,8 +195,8 @@ class Store:
         try:
             cursor.execute(self.sql.jobs(len(keys)), keys)
             return {
-                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t))
-                for i, s, p, n, a, m, t in cursor.fetchall()
+                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t, r))
+                for i, s, p, n, a, m, t, r in cursor.fetchall()
             }
         finally:
             cursor.close()

@@ -194,6 +194,7 @@ class Writes:
                 None if t.run_after is None else d.time(t.run_after),
                 node,
                 t.code_version,
+                t.rate_limit,
             )
             for t in tasks
         ]
@@ -223,7 +224,7 @@ class Writes:
                 t.priority,
                 t.queue,
                 t.run_after,
-                Job(t.payload, t.name, 0, t.max_retries, t.timeout),
+                Job(t.payload, t.name, 0, t.max_retries, t.timeout, t.rate_limit),
             )
             for t in fresh
         ]

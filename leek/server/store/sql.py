@@ -34,17 +34,18 @@ TASK_ROW = (
     ("code_version", "%s"),
     ("progress", "NULL"),
     ("progress_note", "''"),
+    ("rate_limit", "%s"),
 )
 #: PostgreSQL inserts a batch from one array per bound column (the queue time
 #: and the broker are one value for all): the indexes of those columns in a row.
-PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11)
+PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12)
 PG_INSERT_MANY = (
     "INSERT INTO leek_task (id, name, queue, priority, payload, args_repr, max_retries, "
-    "timeout, run_after, code_version, status, attempts, queued_at, started_at, finished_at, "
-    "broker, spooled, progress, progress_note) "
+    "timeout, run_after, code_version, rate_limit, status, attempts, queued_at, started_at, "
+    "finished_at, broker, spooled, progress, progress_note) "
     "SELECT u.*, 'queued', 0, %s, NULL, NULL, %s, false, NULL, '' FROM unnest("
     "%s::uuid[], %s::varchar[], %s::varchar[], %s::integer[], %s::bytea[], %s::text[], "
-    "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[]) AS u "
+    "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[], %s::varchar[]) AS u "
     "ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 #: The columns of a broker's row that each heartbeat writes.
@@ -208,7 +209,7 @@ class Statements:
     def jobs(self, count: int) -> str:
         """The status and job of `count` tasks by id."""
         return (
-            "SELECT id, status, payload, name, attempts, max_retries, timeout "
+            "SELECT id, status, payload, name, attempts, max_retries, timeout, rate_limit "
             "FROM leek_task WHERE id IN (" + ", ".join([self.dialect.ph] * count) + ")"
         )
 
