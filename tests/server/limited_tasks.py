@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-import leek
+from leek.client import task
 
 
 def stamp(path: str) -> float:
@@ -18,6 +18,6 @@ def stamp(path: str) -> float:
     return now
 
 
-@leek.task(rate_limit="10/s")
+@task(rate_limit="10/s")
 def ten_a_second(path: str) -> float:
     return stamp(path)
