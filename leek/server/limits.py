@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import ratelimit
+from .. import conf, ratelimit
 from .rows import Job, Ready
 from .store import Store
 from .store.limits import Bucket, Buckets
@@ -66,6 +66,7 @@ class RateLimits:
         queues: Mapping[str, ratelimit.Rate],
     ) -> None:
         self.buckets = Buckets(store)
+        self.write_wait = float(conf.get("WRITE_WAIT"))
         self.release = release  # the broker's route: a task due later waits in the delayed heap
         self.queues = dict(queues)  # the limit of each queue that has one
         self._rates: dict[str, ratelimit.Rate | None] = {}
@@ -105,7 +106,7 @@ class RateLimits:
                     self.waiting[ready.queue] += 1
                     return True
                 line.probe = None
-        taken = self.buckets.take(buckets).wait()
+        taken = self.buckets.take(buckets, self.write_wait)
         now = time.time()
         out: Ready | None = None
         with self._lock:

@@ -6,8 +6,12 @@ elapsed on the database's own clock (``clock_timestamp()`` on PostgreSQL,
 ``julianday('now')`` on SQLite; a broker's clock never enters it) and takes
 the token only when one is there. The row's lock on PostgreSQL, and the one
 writer on SQLite, serialise the brokers: two of them never both take the last
-token. `Buckets.take` runs in a batch of the tasks lane that its caller waits
-for, so a token is reported taken only once its write is committed.
+token. A token is reported taken only once its write is committed: on
+PostgreSQL the statement runs on the worker's own connection, in autocommit,
+so it holds the row's lock for itself alone (never across a batch, where two
+takes in another order could deadlock); on SQLite it runs in a batch of the
+store's tasks lane that the worker waits for, as a second writer would only
+wait for the first.
 
 The time is stored as seconds since the epoch, as the database tells it. A
 bucket that does not exist yet is created full, less the token taken.
@@ -17,9 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ..ops import Waiter
 from ..rows import Dialect
 from .cursor import raw_cursor
 
@@ -94,29 +97,27 @@ class BucketStatements:
 
 
 class Buckets:
-    """Takes tokens from the buckets, through the store's tasks lane."""
+    """Takes tokens from the buckets and reads them for the stats."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.sql = BucketStatements(store.dialect)
 
-    def take(self, buckets: Sequence[Bucket]) -> Waiter:
-        """Take one token from each of `buckets`, or from none of them; the
-        Waiter's value is a Taken, once the write is committed."""
-        sql = self.sql
+    def take(self, buckets: Sequence[Bucket], timeout: float | None = None) -> Taken:
+        """Take one token from each of `buckets`, or from none of them, and
+        say so once the write is committed. Raises the database's error, or
+        TimeoutError when SQLite's writer has not committed it within `timeout`."""
 
         def take(cursor: Any, d: Dialect) -> Taken:
-            wait = 0.0
-            for i, b in enumerate(buckets):
-                left, level = _take_one(cursor, sql, b)
-                if left is None:
-                    for earlier in buckets[:i]:
-                        cursor.execute(sql.give_back, (earlier.key,))
-                    return Taken(False, max(0.0, (1.0 - level) / b.rate))
-                wait = max(wait, (1.0 - left) / b.rate)
-            return Taken(True, wait)
+            return _take(cursor, self.sql, buckets)
 
-        return self.store.call(take)
+        if self.store.dialect.sqlite:
+            return cast(Taken, self.store.call(take).wait(timeout))
+        cursor = raw_cursor()  # autocommit: each statement is committed as it returns
+        try:
+            return _take(cursor, self.sql, buckets)
+        finally:
+            cursor.close()
 
     def levels(self) -> list[Level]:
         """Every bucket (the first SHOWN by key) with the tokens it holds now."""
@@ -126,6 +127,18 @@ class Buckets:
             return [Level(str(k), float(r), float(b), float(t)) for k, r, b, t in cursor.fetchall()]
         finally:
             cursor.close()
+
+
+def _take(cursor: Any, sql: BucketStatements, buckets: Sequence[Bucket]) -> Taken:
+    wait = 0.0
+    for i, b in enumerate(buckets):
+        left, level = _take_one(cursor, sql, b)
+        if left is None:
+            for earlier in buckets[:i]:
+                cursor.execute(sql.give_back, (earlier.key,))
+            return Taken(False, max(0.0, (1.0 - level) / b.rate))
+        wait = max(wait, (1.0 - left) / b.rate)
+    return Taken(True, wait)
 
 
 def _take_one(cursor: Any, sql: BucketStatements, b: Bucket) -> tuple[float | None, float]:
