@@ -78,3 +78,12 @@ def of_queues(queues: Any) -> dict[str, Rate]:
         for name, lane in (queues or {}).items()
         if isinstance(lane, dict) and lane.get("rate_limit")
     }
+
+
+def text(per_second: float) -> str:
+    """A bucket's rate of tokens a second as a limit is written ("10/m")."""
+    for unit, seconds in UNITS.items():
+        count = per_second * seconds
+        if round(count, 6).is_integer():
+            return f"{round(count)}/{unit}"
+    return f"{per_second:g}/s"

@@ -192,7 +192,7 @@ class RateLimits:
         return {
             "buckets": {
                 level.key: {
-                    "rate": _rate_text(level.rate),
+                    "rate": ratelimit.text(level.rate),
                     "burst": level.burst,
                     "tokens": round(level.tokens, 3),
                 }
@@ -224,12 +224,3 @@ def _bare(ready: Ready) -> Ready:
     """The task as its line holds it: without its payload, which is loaded
     again when it comes out (and shows whether it was cancelled meanwhile)."""
     return Ready(ready.id, ready.priority, ready.queue, None)
-
-
-def _rate_text(per_second: float) -> str:
-    """A bucket's rate as a limit is written ("10/m")."""
-    for unit, seconds in ratelimit.UNITS.items():
-        count = per_second * seconds
-        if round(count, 6).is_integer():
-            return f"{round(count)}/{unit}"
-    return f"{per_second:g}/s"

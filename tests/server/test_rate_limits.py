@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core import checks
+from django.test import Client
+from django.urls import reverse
 
 import leek
 from leek import ratelimit
@@ -15,7 +19,7 @@ from leek.client import connection as client
 from leek.exceptions import BrokerError
 from leek.models import FailedTask, RateLimit, Task
 from tests import tasks
-from tests.conftest import BOTH_POOLS, BrokerFactory, leek_cli, wait_for
+from tests.conftest import BOTH_POOLS, BrokerFactory, free_port, leek_cli, wait_for
 from tests.server import limited_tasks
 
 #: The least time 30 starts at "10/s" can span, one token at once (the burst)
@@ -155,19 +159,52 @@ def test_tasks_without_a_limit_run_while_a_limited_one_waits(
     assert Task.objects.get(pk=waits.id).attempts == 0
 
 
-def test_tasks_behind_a_waiting_one_wait_in_line_and_start_in_turn(
+def test_a_task_cancelled_while_it_waits_in_line_never_runs_and_the_line_goes_on(
     broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
     broker_factory(LEEK_WORKERS="2")
     path = tmp_path / "starts"
     handles = [leek.enqueue(limited_tasks.stamp, (str(path),), rate_limit="2/s") for _ in range(5)]
-    wait_for(lambda: leek.waiting() == (True, 4) or path.exists())
-    handles[2].cancel()  # a task waiting in line, or the one sent to ask for the token
+    wait_for(lambda: leek.waiting() == (True, 4))  # the first runs; four wait their turn
+    assert handles[2].cancel() is True
     for handle in handles[:2] + handles[3:]:
         handle.result(timeout=30)
-    assert len(starts(path)) == 4
-    assert Task.objects.get(pk=handles[2].id).status == "cancelled"
+    times = starts(path)
+    assert len(times) == 4
+    assert times[-1] - times[0] >= least_span(4, 2.0), times
+    cancelled = Task.objects.get(pk=handles[2].id)
+    assert (cancelled.status, cancelled.attempts) == ("cancelled", 0)
     assert leek.waiting() == (True, 0)
+
+
+def test_a_retry_waits_for_a_token_like_a_first_attempt(
+    broker_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    broker_factory()
+    runs = tmp_path / "runs"
+    handle = leek.enqueue(tasks.flaky, (str(runs), 1), max_retries=2, rate_limit="1/h")
+    wait_for(lambda: leek.stats()[1]["rate_limits"]["waited"] == 1)
+    task = Task.objects.get(pk=handle.id)
+    assert (task.status, task.attempts) == ("queued", 1)  # the failed attempt, no more
+    assert runs.read_text() == "1"
+    assert FailedTask.objects.get().final is False
+
+
+def test_a_task_spooled_without_a_broker_keeps_its_limit(
+    broker_factory: BrokerFactory, leek_settings: Any
+) -> None:
+    port = free_port()
+    leek_settings(PORT=port, CONNECT_TIMEOUT=0.5)
+    handles = [leek.enqueue(tasks.add, (n, 1), rate_limit="1/h") for n in range(2)]
+    assert set(Task.objects.values_list("spooled", "rate_limit")) == {(True, "1/h")}
+    broker_factory(port=port)
+    wait_for(lambda: Task.objects.filter(status="succeeded").count() == 1)
+    wait_for(lambda: leek.waiting() == (True, 1))
+    assert sorted(Task.objects.values_list("status", "attempts")) == [
+        ("queued", 0),
+        ("succeeded", 1),
+    ]
+    assert sum(h.ready() for h in handles) == 1
 
 
 def test_a_queue_limit_from_the_settings_holds_for_all_its_tasks(
@@ -186,3 +223,18 @@ def test_a_queue_limit_from_the_settings_holds_for_all_its_tasks(
     assert list(RateLimit.objects.values_list("key", flat=True)) == ["queue:reports"]
     assert leek.stats()[1]["rate_limits"]["queues"] == {"reports": "5/s"}
     assert set(Task.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_the_dashboard_lists_each_limit_with_its_tokens(admin_client: Client) -> None:
+    RateLimit.objects.create(
+        key="task:tests.tasks.add", rate=0.5, burst=1, tokens=0, updated_at=time.time() - 1
+    )
+    page = admin_client.get(reverse("admin:leek_task_dashboard")).content.decode()
+    assert "<h2>Rate limits</h2>" in page
+    row = re.search(
+        r'<td>task:tests\.tasks\.add</td><td>30/m</td><td class="num">1</td>'
+        r'<td class="num">([\d.]+)</td>',
+        page,
+    )
+    assert row is not None, page
+    assert 0.5 <= float(row.group(1)) <= 1.0  # half a token a second, for a second or more
