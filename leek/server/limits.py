@@ -106,7 +106,15 @@ class RateLimits:
                     self.waiting[ready.queue] += 1
                     return True
                 line.probe = None
-        taken = self.buckets.take(buckets, self.write_wait)
+        try:
+            taken = self.buckets.take(buckets, self.write_wait)
+        except BaseException:
+            # The worker tries the task again shortly: it is still its line's head.
+            with self._lock:
+                line = self._lines.get(key)
+                if line is not None and line.probe is None:
+                    line.probe, line.due = ready.id, time.time()
+            raise
         now = time.time()
         out: Ready | None = None
         with self._lock:
