@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,22 @@ def test_a_task_spooled_without_a_broker_keeps_its_limit(
         ("succeeded", 1),
     ]
     assert sum(h.ready() for h in handles) == 1
+
+
+def test_a_restarted_broker_finds_the_bucket_as_it_was_and_the_task_still_waiting(
+    broker_factory: BrokerFactory,
+) -> None:
+    port = free_port()
+    first = broker_factory(port=port)
+    assert leek.enqueue(tasks.add, (1, 1), rate_limit="1/h").result(timeout=30) == 2
+    waits = leek.enqueue(tasks.add, (2, 2), rate_limit="1/h")
+    wait_for(lambda: leek.stats()[1]["rate_limits"]["waited"] == 1)
+    assert first.kill(signal.SIGTERM) == 0
+    broker_factory(port=port)
+    wait_for(lambda: leek.stats()[1]["rate_limits"]["waited"] == 1)  # the new life's
+    task = Task.objects.get(pk=waits.id)
+    assert (task.status, task.attempts) == ("queued", 0)
+    assert leek.waiting() == (True, 1)
 
 
 def test_a_queue_limit_from_the_settings_holds_for_all_its_tasks(
