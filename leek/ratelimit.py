@@ -72,12 +72,16 @@ def field(value: Any) -> str:
 
 
 def of_queues(queues: Any) -> dict[str, Rate]:
-    """The limit of each queue of LEEK["QUEUES"] that has a "rate_limit"."""
-    return {
-        str(name): parse(lane["rate_limit"])
-        for name, lane in (queues or {}).items()
-        if isinstance(lane, dict) and lane.get("rate_limit")
-    }
+    """The limit of each queue of LEEK["QUEUES"] that has a "rate_limit";
+    ValueError naming the queue whose limit does not read."""
+    found = {}
+    for name, lane in (queues or {}).items():
+        if isinstance(lane, dict) and lane.get("rate_limit"):
+            try:
+                found[str(name)] = parse(lane["rate_limit"])
+            except ValueError as exc:
+                raise ValueError(f"LEEK['QUEUES'][{name!r}] has {exc}") from exc
+    return found
 
 
 def text(per_second: float) -> str:

@@ -97,6 +97,9 @@ def run_start(options: argparse.Namespace) -> int:
         port = conf.get("PORT") if options.port is None else options.port
         sys.stderr.write(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
         return UNHEALTHY
+    except ValueError as exc:  # a setting that does not read (manage.py check says which)
+        sys.stderr.write(f"error: {exc}\n")
+        return UNHEALTHY
     broker.install_signals()
     try:
         if not reloading:
