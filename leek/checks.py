@@ -13,7 +13,7 @@ from typing import Any
 from django.apps import apps
 from django.core import checks
 
-from . import conf, logs
+from . import conf, logs, ratelimit
 
 
 @checks.register()
@@ -216,9 +216,14 @@ def _check_push_settings(settings: dict[str, Any]) -> list[checks.CheckMessage]:
     return errors
 
 
+#: What a lane of LEEK["QUEUES"] may say.
+LANE_KEYS = frozenset({"workers", "pool", "rate_limit"})
+
+
 def _check_queues(queues: Any) -> list[checks.CheckMessage]:
-    """LEEK["QUEUES"]: a dict of queue name to {"workers": n, "pool": kind}."""
-    hint = 'For example {"pdfs": {"workers": 2, "pool": "processes"}}.'
+    """LEEK["QUEUES"]: a dict of queue name to {"workers": n, "pool": kind,
+    "rate_limit": "N/s"}, each key optional."""
+    hint = 'For example {"pdfs": {"workers": 2, "pool": "processes", "rate_limit": "30/m"}}.'
     if not isinstance(queues, dict):
         return [
             checks.Error(
@@ -234,12 +239,17 @@ def _check_queues(queues: Any) -> list[checks.CheckMessage]:
         problem = ""
         if not isinstance(lane, dict):
             problem = f"is a {type(lane).__name__}, not a dict"
-        elif set(lane) - {"workers", "pool"}:
-            problem = f"has unknown keys {', '.join(sorted(set(lane) - {'workers', 'pool'}))}"
+        elif set(lane) - LANE_KEYS:
+            problem = f"has unknown keys {', '.join(sorted(set(lane) - LANE_KEYS))}"
         elif "workers" in lane and (not isinstance(lane["workers"], int) or lane["workers"] < 0):
             problem = f"has workers {lane['workers']!r}, not a whole number of at least 0"
         elif "pool" in lane and lane["pool"] not in ("threads", "processes"):
             problem = f'has pool {lane["pool"]!r}, not "threads" or "processes"'
+        elif "rate_limit" in lane:
+            try:
+                ratelimit.parse(lane["rate_limit"])
+            except ValueError as exc:
+                problem = f"has {exc}"
         if problem:
             errors.append(
                 checks.Error(f"LEEK['QUEUES'][{name!r}] {problem}.", hint=hint, id="leek.E007")

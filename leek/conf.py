@@ -43,7 +43,9 @@ DEFAULTS: dict[str, Any] = {
     "POOL": "threads",
     # Queues with a lane of their own: {"pdfs": {"workers": 2, "pool":
     # "processes"}}; a key left out takes WORKERS or POOL. Every other queue
-    # shares the default lane of WORKERS workers in POOL.
+    # shares the default lane of WORKERS workers in POOL. "rate_limit": "30/m"
+    # limits the starts of the queue's tasks across every broker sharing the
+    # database (leek/ratelimit.py); none by default.
     "QUEUES": {},
     # processes pool: tasks a worker process runs before a fresh one replaces
     # it, and the resident memory in MiB past which it is replaced after its

@@ -69,6 +69,9 @@ class Task(models.Model):
     #: The step this task's success releases (a chain's next step, a chord's
     #: callback), which waits until then; null for the last step and lone tasks.
     next_step = models.UUIDField(null=True, blank=True)
+    #: Its task's rate limit ("10/m", leek/ratelimit.py), "" for none; the
+    #: database default serves writers that leave it out.
+    rate_limit = models.CharField(max_length=32, blank=True, default="", db_default="")
 
     class Meta:
         permissions = [("run_task", "Can run tasks and listed commands from the admin")]
@@ -231,6 +234,24 @@ class QueueState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue} ({'paused' if self.paused else 'running'})"
+
+
+class RateLimit(models.Model):
+    """A rate limit's token bucket, shared by every broker of the database.
+
+    `key` is "task:<name>" or "queue:<name>". `tokens` is what the bucket held
+    at `updated_at` (seconds since the epoch on the database's own clock); it
+    gains `rate` tokens a second up to `burst`. Only the broker's store writes
+    it (server/store/limits.py), one conditional UPDATE per limited start."""
+
+    key = models.CharField(max_length=320, primary_key=True)
+    rate = models.FloatField(help_text="tokens per second")
+    burst = models.FloatField()
+    tokens = models.FloatField()
+    updated_at = models.FloatField(help_text="seconds since the epoch, database clock")
+
+    def __str__(self) -> str:
+        return self.key
 
 
 class Event(models.Model):

@@ -78,6 +78,7 @@ TIMING_FIELDS = (
     "attempts",
     "max_retries",
     "timeout",
+    "rate_limit",
 )
 
 if admin.site.index_template is None:

@@ -6,6 +6,7 @@ Routed by the Task admin (`admin:leek_task_dashboard`) behind
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,14 +21,16 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from .. import conf, queues
-from ..models import BrokerNode, FailedTask, QueueState, Status, SuccessTask, Task
+from .. import conf, queues, ratelimit
+from ..models import BrokerNode, FailedTask, QueueState, RateLimit, Status, SuccessTask, Task
 
 #: Minutes the throughput chart covers, one bar each.
 CHART_MINUTES = 60
 #: The chart's height and each bar's width, in SVG units.
 CHART_HEIGHT = 100
 BAR_WIDTH = 10
+#: Rate limits the dashboard lists, by key.
+RATE_LIMITS_SHOWN = 50
 
 
 @dataclass
@@ -209,6 +212,26 @@ def throughput(now: datetime) -> dict[str, Any]:
     }
 
 
+def rate_limits() -> list[dict[str, Any]]:
+    """Each rate limit's bucket with about the tokens it holds now (by this
+    process's clock; the brokers count by the database's)."""
+    now = time.time()
+    return [
+        {
+            "key": bucket.key,
+            "rate": ratelimit.text(bucket.rate),
+            "burst": f"{bucket.burst:g}",
+            "tokens": f"{_tokens(bucket, now):.2f}",
+        }
+        for bucket in RateLimit.objects.order_by("key")[:RATE_LIMITS_SHOWN]
+    ]
+
+
+def _tokens(bucket: RateLimit, now: float) -> float:
+    elapsed = max(0.0, now - bucket.updated_at)
+    return min(bucket.burst, bucket.tokens + elapsed * bucket.rate)
+
+
 def dashboard(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
     """Brokers, counts, the oldest waiting task, the last hour, the latest failures."""
     if not request.user.has_perm("leek.view_task"):
@@ -229,6 +252,7 @@ def dashboard(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
         "oldest": oldest_waiting(now, counts["waiting_queues"]),
         "chart": throughput(now),
         "failures": failures,
+        "rate_limits": rate_limits(),
         "code_version": conf.get("CODE_VERSION"),
         "heartbeat_timeout": conf.get("HEARTBEAT_TIMEOUT"),
         "paused": paused_queues(),

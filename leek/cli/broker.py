@@ -99,6 +99,9 @@ def run_start(options: argparse.Namespace) -> int:
         where = exc.filename or f"{host}:{port}"
         sys.stderr.write(f"error: cannot listen on {where}: {exc.strerror or exc}\n")
         return UNHEALTHY
+    except ValueError as exc:  # a setting that does not read (manage.py check says which)
+        sys.stderr.write(f"error: {exc}\n")
+        return UNHEALTHY
     broker.install_signals()
     try:
         if not reloading:

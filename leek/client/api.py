@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from .. import conf, fields
+from .. import conf, fields, ratelimit
 from ..exceptions import (
     BrokerUnavailable,
     LeekError,
@@ -157,8 +157,10 @@ def _options(
     key: str | None = None,
     key_running: bool = False,
     expires: float | None = None,
+    rate_limit: str | None = None,
 ) -> dict[str, Any]:
-    """The checked options of a push, shared by every task in it."""
+    """The checked options of a push, shared by every task in it; a task
+    without a rate limit sends none."""
     options = {
         "queue": queue,
         "priority": fields.priority(priority),
@@ -175,6 +177,9 @@ def _options(
         raise ValueError("key_running needs a key")
     if expires is not None:
         options["expires"] = fields.expires(expires)
+    limit = ratelimit.field(rate_limit)
+    if limit:
+        options["rate_limit"] = limit
     return options
 
 
@@ -208,6 +213,7 @@ def message(
     key: str | None = None,
     key_running: bool = False,
     expires: float | None = None,
+    rate_limit: str | None = None,
 ) -> dict[str, Any]:
     """The data of the `enqueue` verb for fn(*args, **kwargs), under `task_id` or
     a new id: what :func:`enqueue` sends.
@@ -225,6 +231,7 @@ def message(
         key=key,
         key_running=key_running,
         expires=expires,
+        rate_limit=rate_limit,
     )
     return _whole(str(task_id or new_task_id()), *parts, options)
 
@@ -243,6 +250,7 @@ def enqueue(
     key: str | None = None,
     key_running: bool = False,
     expires: timedelta | datetime | None = None,
+    rate_limit: str | None = None,
 ) -> TaskHandle:
     """Push fn(*args, **kwargs) to the broker; returns once it is committed
     (or, inside transaction.atomic(), at once: it is sent on commit, or
@@ -251,7 +259,10 @@ def enqueue(
     With `key`, a push while another task holds that key (it waits; with
     `key_running`, or runs) adds nothing and returns that task's handle.
     With `expires` (a timedelta from now, or an aware datetime), a task not
-    started by then is marked expired and never runs."""
+    started by then is marked expired and never runs.
+    `rate_limit` ("10/m": at most so many starts per second, minute or hour
+    of tasks of this name, across every broker; leek/ratelimit.py) makes the
+    task wait, queued, for its turn."""
     task_id = new_task_id()
     run_after = _run_after(delay, run_at)
     data = message(
@@ -267,6 +278,7 @@ def enqueue(
         key=key,
         key_running=key_running,
         expires=_expires(expires, run_after),
+        rate_limit=rate_limit,
     )
     held = send("enqueue", data)
     return TaskHandle(held or task_id)
@@ -284,13 +296,19 @@ def enqueue_many(
     priority: int = 0,
     max_retries: int | None = None,
     timeout: float | None = None,
+    rate_limit: str | None = None,
 ) -> list[TaskHandle]:
     """Push many (fn, args[, kwargs]) calls in one frame and one commit.
 
     The options travel once for the whole batch and each task as a short
     tuple (the ``enqueue_batch`` verb of docs/protocol.md)."""
     ids, data = batch(
-        calls, queue=queue, priority=priority, max_retries=max_retries, timeout=timeout
+        calls,
+        queue=queue,
+        priority=priority,
+        max_retries=max_retries,
+        timeout=timeout,
+        rate_limit=rate_limit,
     )
     if ids:
         send("enqueue_batch", data)
@@ -304,13 +322,19 @@ def batch(
     priority: int = 0,
     max_retries: int | None = None,
     timeout: float | None = None,
+    rate_limit: str | None = None,
 ) -> tuple[list[uuid.UUID], dict[str, Any]]:
     """New ids for `calls`, each (fn, args) or (fn, args, kwargs), and the data
     of the `enqueue_batch` verb that pushes them: what :func:`enqueue_many` sends.
 
     Raises as :func:`message` does."""
     options = _options(
-        queue=queue, priority=priority, run_after=None, max_retries=max_retries, timeout=timeout
+        queue=queue,
+        priority=priority,
+        run_after=None,
+        max_retries=max_retries,
+        timeout=timeout,
+        rate_limit=rate_limit,
     )
     calls = list(calls)
     ids = new_task_ids(len(calls))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from .. import ratelimit
 from .api import TaskHandle, enqueue
 
 if TYPE_CHECKING:
@@ -38,11 +39,13 @@ class TaskFunction(Generic[P, R]):
         key: Key | None = None,
         key_running: bool = False,
         expires: Expires | None = None,
+        rate_limit: str | None = None,
     ) -> None:
         self.fn = fn
         self.queue, self.priority = queue, priority
         self.max_retries, self.timeout = max_retries, timeout
         self.key, self.key_running, self.expires = key, key_running, expires
+        self.rate_limit = ratelimit.field(rate_limit)  # a bad limit fails at the decorator
         functools.update_wrapper(self, fn)
         self.__wrapped_task__ = fn
         registry[f"{fn.__module__}.{fn.__qualname__}"] = self
@@ -63,6 +66,7 @@ class TaskFunction(Generic[P, R]):
             key=self.key_of(args, kwargs),
             key_running=self.key_running,
             expires=self.expires,
+            rate_limit=self.rate_limit,
         )
 
     def key_of(
@@ -102,6 +106,7 @@ class TaskFunction(Generic[P, R]):
         key: Key | None = None,
         key_running: bool | None = None,
         expires: Expires | None = None,
+        rate_limit: str | None = None,
     ) -> TaskHandle:
         """Push with options that override the decorator's."""
         return enqueue(
@@ -117,6 +122,7 @@ class TaskFunction(Generic[P, R]):
             key=self.key_of(args, kwargs or {}, key),
             key_running=self.key_running if key_running is None else key_running,
             expires=self.expires if expires is None else expires,
+            rate_limit=self.rate_limit if rate_limit is None else rate_limit,
         )
 
 
@@ -132,6 +138,7 @@ def task(
     key: Key | None = ...,
     key_running: bool = ...,
     expires: Expires | None = ...,
+    rate_limit: str | None = ...,
 ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 def task(
     fn: Callable[P, R] | None = None,
@@ -144,11 +151,14 @@ def task(
     key: Key | None = None,
     key_running: bool = False,
     expires: Expires | None = None,
+    rate_limit: str | None = None,
 ) -> Any:
     """Decorate a function so it gains `.delay(...)` and `.enqueue(...)`.
 
     `key` (a string, or a callable given the task's arguments that returns
-    one), `key_running` and `expires` are enqueue's."""
+    one), `key_running` and `expires` are enqueue's. `rate_limit` ("10/m")
+    limits how often tasks of this name start, across every broker sharing
+    the database (leek/ratelimit.py)."""
 
     def wrap(f: Callable[P, R]) -> TaskFunction[P, R]:
         return TaskFunction(
@@ -160,6 +170,7 @@ def task(
             key=key,
             key_running=key_running,
             expires=expires,
+            rate_limit=rate_limit,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -60,6 +60,7 @@ def spool(messages: list[dict[str, Any]], using: str | None = None) -> dict[str,
             expires_at=_time(m.get("expires")),
             chain=_uuid(m.get("chain")),
             next_step=_uuid(m.get("next_step")),
+            rate_limit=m.get("rate_limit", ""),
         )
         for m in messages
     ]

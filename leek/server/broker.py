@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .. import __version__, conf
+from .. import __version__, conf, ratelimit
 from ..exceptions import DatabaseUnavailable
 from ..logs import task_extra
 from ..protocol import tls
@@ -39,6 +39,7 @@ from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
 from .intake import PUSHES, Intake
 from .lanes import Lanes
+from .limits import RateLimits
 from .metrics import attach
 from .node import Conflict, ensure_free
 from .periodic import Periodic
@@ -112,7 +113,10 @@ class Broker:
         self.periodic = Periodic(self.store, self.route)
         size = int(settings["WORKERS"] if workers is None else workers)
         kind = str(settings["POOL"] if pool is None else pool)
-        self.lanes = Lanes(self.store, self.delayed.add, settings, size, kind, queues)
+        self.rates = RateLimits(self.store, self.route, ratelimit.of_queues(settings["QUEUES"]))
+        self.lanes = Lanes(
+            self.store, self.delayed.add, settings, size, kind, queues, limits=self.rates
+        )
         self.duties = Duties()
         self.controls = Controls(self.store, self.lanes, self.delayed)
         self.server = Server((self.host, self.port), self)
@@ -176,6 +180,7 @@ class Broker:
         self.duties.every(0, self.lanes.watch)
         self.duties.every(0, self.store.checkpoint)
         self.duties.every(0, self.store.nudge)  # the running marks (see Store.mark_running)
+        self.duties.every(1.0, self.rates.watch)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
         self.duties.every(PERIODIC_TICK, self.periodic.tick)
         self.controls.every(self.duties.every)
@@ -368,7 +373,9 @@ class Broker:
             """Drop the cancelled task from memory, whenever its cancel commits."""
             if queue is not None:
                 self.metrics.cancelled(queue)
-            if queue is not None and not self.delayed.cancel(task_id):
+            if queue is None or self.rates.cancel(task_id):
+                return
+            if not self.delayed.cancel(task_id):
                 self.lanes.cancel(task_id, queue)
 
         queue = self.store.cancel(task_id).wait(float(conf.get("WRITE_WAIT")), late=forget)
@@ -377,12 +384,14 @@ class Broker:
 
     def waiting(self, data: Any = None) -> int:
         queue = (data or {}).get("queue")
-        counts = self.lanes.counts() + Counter(self.delayed.counts())
+        counts = self.lanes.counts() + Counter(self.delayed.counts()) + self.rates.counts()
         return counts[queue] if queue else sum(counts.values())
 
     def stats(self, data: Any = None) -> dict[str, Any]:
         ok, message = self.healthy()
-        waiting = self.lanes.counts() + Counter(self.delayed.counts())
+        waiting = (
+            self.lanes.counts() + Counter(self.delayed.counts()) + Counter(self.rates.counts())
+        )
         database = self.store.counts()
         return {
             "node": self.node,
@@ -406,6 +415,7 @@ class Broker:
             "connections": self.server.figures(),
             "commits": self.store.all_commits(),
             "code_drift": dict(self.intake.drift),
+            "rate_limits": self.rates.describe(),
             "database": database,
             "unserved_queues": self.store.unserved(
                 database.get("queued", {}), self.heartbeat_timeout

@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from .. import fields
+from .. import fields, ratelimit
 from .metrics import OFF, Metrics
 from .rows import NewTask
 
@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 #: The verbs that push tasks, each answered once its tasks are committed.
 PUSHES = frozenset({"enqueue", "enqueue_batch", "enqueue_many"})
 #: A task's queue, priority, max_retries, timeout, run_after, code_version,
-#: key, key_running and expires (NewTask's fields in that order).
-Options = tuple[str, int, int, float | None, float | None, str, str | None, bool, float | None]
+#: key, key_running, expires and rate_limit (NewTask's fields in that order).
+Options = tuple[str, int, int, float | None, float | None, str, str | None, bool, float | None, str]
 
 
 class Intake:
@@ -89,8 +89,8 @@ class Intake:
 
     def options(self, item: dict[str, Any], count: int = 1) -> Options:
         """The checked queue, priority, max_retries, timeout, run_after,
-        code_version, key, key_running and expires of a task or of a batch
-        of `count` tasks (NewTask's fields in that order)."""
+        code_version, key, key_running, expires and rate_limit of a task or of a
+        batch of `count` tasks (NewTask's fields in that order)."""
         code = str(item.get("code_version") or "")
         if code and self.code_version and code != self.code_version:
             if not self.drift[code]:
@@ -112,6 +112,7 @@ class Intake:
             fields.key(item.get("key")),
             bool(item.get("key_running", False)),
             fields.expires(item.get("expires")),
+            ratelimit.field(item.get("rate_limit")),
         )
 
 

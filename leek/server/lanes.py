@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .dispatch import Dispatcher
+from .limits import RateLimits
 from .rows import Ready
 from .store import Store
 from .workers import Pool, Running
@@ -50,6 +51,7 @@ class Lanes:
         workers: int,
         pool: str,
         served: Iterable[str] | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         self.store = store
         self.served = None if served is None else frozenset(served)
@@ -63,13 +65,15 @@ class Lanes:
             size = int(config.get("workers", workers))
             kind = str(config.get("pool", pool))
             dispatcher = Dispatcher(memory)
-            lane_pool = Pool(store, dispatcher, size, retry_later, kind, lane=queue)
+            lane_pool = Pool(store, dispatcher, size, retry_later, kind, queue, limits)
             self.by_queue[queue] = Lane(queue, dispatcher, lane_pool)
         self.default: Lane | None = None
         if self.served is None or self.served - set(own):
             dispatcher = Dispatcher(memory)
             self.default = Lane(
-                DEFAULT_LANE, dispatcher, Pool(store, dispatcher, workers, retry_later, pool)
+                DEFAULT_LANE,
+                dispatcher,
+                Pool(store, dispatcher, workers, retry_later, pool, limits=limits),
             )
         self.all = list(self.by_queue.values()) + ([self.default] if self.default else [])
 

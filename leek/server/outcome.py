@@ -41,7 +41,9 @@ def outcome_of(
     retry = None
     if not last:
         retry_at = finished + (r.countdown if r.countdown is not None else backoff(number))
-        again = Job(job.payload, job.name, number, job.max_retries, job.timeout)
+        again = Job(
+            job.payload, job.name, number, job.max_retries, job.timeout, rate_limit=job.rate_limit
+        )
         retry = Ready(ready.id, ready.priority, ready.queue, retry_at, again)
     failed = Outcome(
         ready.id,

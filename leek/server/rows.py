@@ -31,6 +31,7 @@ class NewTask:
     key: str | None = None
     key_running: bool = False
     expires: float | None = None
+    rate_limit: str = ""  # "" for none (leek/ratelimit.py)
     #: Set by the insert for a task not inserted because another task holds
     #: its key: that task's id, which the push's reply carries instead.
     holder: uuid.UUID | None = None
@@ -47,6 +48,7 @@ class Job:
     timeout: float | None
     #: A Unix time: a task not started by then expires instead (None: never).
     expires: float | None = None
+    rate_limit: str = ""  # "" for none (leek/ratelimit.py)
 
 
 @dataclass(slots=True)

@@ -41,6 +41,7 @@ from ..runtime import CapturedOutput
 from . import lifecycle
 from .attempt import Attempt, Result, perform, timed_out
 from .dispatch import Dispatcher
+from .limits import RateLimits
 from .metrics import OFF, Metrics
 from .notify import failure_hooks, run_hooks
 from .outcome import outcome_of
@@ -87,6 +88,7 @@ class Pool:
         retry_later: Callable[[list[Ready]], None],
         kind: str = "threads",
         lane: str = "",
+        limits: RateLimits | None = None,
     ) -> None:
         if kind not in POOLS:
             raise ValueError(f"POOL must be one of {', '.join(POOLS)}, got {kind!r}")
@@ -96,6 +98,7 @@ class Pool:
         self.kind = kind
         self.lane = lane  # the queue whose lane this pool serves ("": the default lane)
         self.retry_later = retry_later
+        self.limits = limits  # the rate limits a task waits for before it starts
         self.handled: Counter[str] = Counter()
         self.running: dict[threading.Thread, Running | None] = {}
         self.stuck: set[threading.Thread] = set()
@@ -307,6 +310,8 @@ class Pool:
         if job.expires is not None and job.attempts == 0 and time.time() >= job.expires:
             self.store.controls.expire(ready.id)  # not started by its expiry: it never runs
             return
+        if self.limits is not None and self.limits.defer(ready, job):
+            return  # it waits, queued, for its rate limit's token: its attempts as they were
         if process is not None and not process.alive and not self._start(process, 0):
             # Its process died while it waited for this task, and cannot start:
             # the task has not begun, so it waits again, its attempts as they were.

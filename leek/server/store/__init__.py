@@ -236,8 +236,8 @@ class Store:
         try:
             cursor.execute(self.sql.jobs(len(keys)), keys)
             return {
-                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t, d.read_time(e)))
-                for i, s, p, n, a, m, t, e in cursor.fetchall()
+                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t, d.read_time(e), r))
+                for i, s, p, n, a, m, t, e, r in cursor.fetchall()
             }
         finally:
             cursor.close()

@@ -202,7 +202,7 @@ class Writes:
                 t.priority,
                 t.queue,
                 t.run_after,
-                Job(t.payload, t.name, 0, t.max_retries, t.timeout, t.expires),
+                Job(t.payload, t.name, 0, t.max_retries, t.timeout, t.expires, t.rate_limit),
             )
             for t in fresh
         ]
@@ -232,6 +232,7 @@ class Writes:
                 t.key,
                 t.key_running,
                 None if t.expires is None else d.time(t.expires),
+                t.rate_limit,
             )
             for t in tasks
         ]

@@ -38,20 +38,22 @@ TASK_ROW = (
     ("lock_key", "%s"),
     ("key_running", "%s"),
     ("expires_at", "%s"),
+    ("rate_limit", "%s"),
 )
 #: PostgreSQL inserts a batch from one array per bound column (the queue time
 #: and the broker are one value for all): the indexes of those columns in a row.
-PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15)
+PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15, 16)
 #: No conflict target: a task is skipped whether its id is there already (a
 #: replay) or another task holds its key (the unique lock_key).
 PG_INSERT_MANY = (
     "INSERT INTO leek_task (id, name, queue, priority, payload, args_repr, max_retries, "
-    "timeout, run_after, code_version, key, lock_key, key_running, expires_at, status, "
-    "attempts, queued_at, started_at, finished_at, broker, spooled, progress, progress_note) "
+    "timeout, run_after, code_version, key, lock_key, key_running, expires_at, rate_limit, "
+    "status, attempts, queued_at, started_at, finished_at, broker, spooled, progress, "
+    "progress_note) "
     "SELECT u.*, 'queued', 0, %s, NULL, NULL, %s, false, NULL, '' FROM unnest("
     "%s::uuid[], %s::varchar[], %s::varchar[], %s::integer[], %s::bytea[], %s::text[], "
     "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[], %s::varchar[], "
-    "%s::varchar[], %s::boolean[], %s::timestamptz[]) AS u "
+    "%s::varchar[], %s::boolean[], %s::timestamptz[], %s::varchar[]) AS u "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
 #: A task's lock_key once it starts: kept only for a key_running task.
@@ -246,8 +248,8 @@ class Statements:
     def jobs(self, count: int) -> str:
         """The status and job of `count` tasks by id."""
         return (
-            "SELECT id, status, payload, name, attempts, max_retries, timeout, expires_at "
-            "FROM leek_task WHERE id IN (" + ", ".join([self.dialect.ph] * count) + ")"
+            "SELECT id, status, payload, name, attempts, max_retries, timeout, expires_at, "
+            "rate_limit FROM leek_task WHERE id IN (" + ", ".join([self.dialect.ph] * count) + ")"
         )
 
     def adopt(self, brokers: int, queues: int | None) -> str:
