@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -13,10 +14,11 @@ import pytest
 import leek
 from leek.client import connection as client
 from leek.client.api import batch
+from leek.models import FailedTask, Task
 from leek.server.delayed import Delayed
 from leek.server.rows import Job, Ready
 from tests import tasks
-from tests.conftest import BrokerFactory, BrokerProcess, wait_for
+from tests.conftest import BOTH_POOLS, BrokerFactory, BrokerProcess, wait_for
 
 LATER = 30 * 24 * 3600.0  # seconds: a delay no test outlives
 BLOB = 10 * 1024  # bytes of argument per task
@@ -151,6 +153,36 @@ def test_the_order_of_kept_payloads_stays_small_as_tasks_come_and_go(
     assert len(delayed._latest) <= 2 * 5 + 64
 
 
+# -- the setting -----------------------------------------------------------------
+
+
+def memory_errors(leek_settings: Any, value: Any) -> list[str]:
+    from leek.checks import check_settings
+
+    leek_settings(MEMORY_DELAYED=value)
+    return [e.msg for e in check_settings() if e.id == "leek.E002"]
+
+
+@pytest.mark.parametrize("value", [-1, "many", 2.5])
+def test_the_check_refuses_a_memory_delayed_that_is_not_a_count(
+    leek_settings: Any, value: Any
+) -> None:
+    assert memory_errors(leek_settings, value) == [
+        f"LEEK['MEMORY_DELAYED'] must be a whole number of at least 0, got {value!r}."
+    ]
+
+
+def test_the_check_takes_a_memory_delayed_of_zero_and_the_environment_sets_it(
+    leek_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert memory_errors(leek_settings, 0) == []
+    monkeypatch.setenv("LEEK_MEMORY_DELAYED", "250")
+    leek_settings()  # read the settings again
+    from leek import conf
+
+    assert conf.get("MEMORY_DELAYED") == 250
+
+
 # -- real brokers ----------------------------------------------------------------
 
 
@@ -220,3 +252,52 @@ def test_tasks_due_soon_run_with_their_arguments_though_their_payloads_were_drop
     for n, task_id in enumerate(ids):
         assert leek.TaskHandle(task_id).result(timeout=30) == {"args": [blob(n)], "kwargs": {}}
     assert delayed_stats() == (1_000, 0)
+
+
+def test_a_cancelled_delayed_task_gives_its_payload_up_and_never_runs(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    cancelled = leek.enqueue(tasks.append_line, (str(marks), blob(0)), delay=3.0)
+    kept = leek.enqueue(tasks.append_line, (str(marks), "kept"), delay=3.5)
+    assert delayed_stats() == (2, 2)
+    assert cancelled.cancel()
+    assert delayed_stats() == (1, 1)
+    assert kept.result(timeout=20) == "kept"  # due after the cancelled one
+    assert marks.read_text() == "kept\n"
+    assert cancelled.status() == "cancelled"
+    assert delayed_stats() == (0, 0)
+
+
+@BOTH_POOLS
+def test_a_retry_whose_payload_was_dropped_runs_with_its_arguments(
+    broker_factory: BrokerFactory, tmp_path: Path, pool: str
+) -> None:
+    broker_factory(LEEK_POOL=pool, LEEK_MEMORY_DELAYED="0", LEEK_RETRY_BACKOFF="0.5")
+    marks = tmp_path / "marks"
+    handle = leek.enqueue(tasks.fail_noting, (str(marks), blob(1)), max_retries=2)
+    with pytest.raises(leek.TaskFailed, match="noted"):
+        handle.result(timeout=30)
+    digest = hashlib.sha256(blob(1).encode()).hexdigest()
+    assert marks.read_text().splitlines() == [digest] * 3
+    assert Task.objects.get().attempts == 3
+    attempts = FailedTask.objects.order_by("attempt").values_list("attempt", "final")
+    assert list(attempts) == [(1, False), (2, False), (3, True)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_hundred_thousand_delayed_tasks_stay_small_in_the_broker_and_after_its_restart(
+    broker_factory: BrokerFactory,
+) -> None:
+    count = 200_000
+    broker = broker_factory()
+    push_late(count)
+    assert delayed_stats() == (count, 1000)
+    # held whole, their payloads alone would take 2 GB
+    assert rss_kib(broker) < 150 * 1024, f"broker RSS {rss_kib(broker)} KiB"
+    broker.kill(signal.SIGTERM)
+    broker.start()
+    wait_for(lambda: delayed_stats()[0] == count, timeout=120, interval=0.5)
+    assert delayed_stats() == (count, 0)  # loaded from the database without their payloads
+    assert rss_kib(broker) < 150 * 1024, f"broker RSS {rss_kib(broker)} KiB after its restart"
