@@ -29,6 +29,7 @@ from .rows import Job, Ready
 
 DEFAULT_PRIORITY = 0
 ID_BITS = 128
+ID_MASK = (1 << ID_BITS) - 1
 SEQ_BITS = 64
 ORDER_SHIFT = ID_BITS + SEQ_BITS
 
@@ -39,7 +40,7 @@ def _entry(when: float, seq: int, task_id: int) -> int:
 
 
 def _id(entry: int) -> int:
-    return entry & ((1 << ID_BITS) - 1)
+    return entry & ID_MASK
 
 
 def _when(entry: int) -> float:
@@ -57,7 +58,7 @@ class Delayed:
         self._dead = 0  # entries of the heap no longer live: cancelled or replaced
         # The priority and queue of the waiting tasks not of the default ones,
         # each pair held once.
-        self._lanes: dict[int, tuple[int, str]] = {}
+        self._queue_of: dict[int, tuple[int, str]] = {}
         self._pairs: dict[tuple[int, str], tuple[int, str]] = {}
         self._jobs: dict[int, Job] = {}  # the payloads kept, by task id
         # The kept payloads' entries, negated: the latest due first, the one
@@ -89,7 +90,7 @@ class Delayed:
                 heapq.heappush(self._heap, entry)
                 pair = (item.priority, item.queue)
                 if pair != (DEFAULT_PRIORITY, DEFAULT_QUEUE):
-                    self._lanes[task_id] = self._pairs.setdefault(pair, pair)
+                    self._queue_of[task_id] = self._pairs.setdefault(pair, pair)
                 self.waiting[item.queue] += 1
                 if item.job is not None:
                     self._keep(task_id, entry, item.job)
@@ -119,7 +120,7 @@ class Delayed:
     def _forget(self, task_id: int) -> tuple[int, str, Job | None]:
         """Take a live task out of the waiting ones: its priority, queue and kept payload."""
         del self._live[task_id]
-        priority, queue = self._lanes.pop(task_id, (DEFAULT_PRIORITY, DEFAULT_QUEUE))
+        priority, queue = self._queue_of.pop(task_id, (DEFAULT_PRIORITY, DEFAULT_QUEUE))
         self.waiting[queue] -= 1
         return priority, queue, self._jobs.pop(task_id, None)
 
