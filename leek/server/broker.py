@@ -39,7 +39,7 @@ from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
 from .intake import PUSHES, Intake
 from .lanes import Lanes
-from .memory import TRIM_INTERVAL, trim
+from .memory import TRIM_INTERVAL, settle, trim
 from .metrics import attach
 from .node import Conflict, ensure_free
 from .periodic import Periodic
@@ -163,6 +163,7 @@ class Broker:
             self.server.server_close()
             raise
         install_capture()
+        settle()
         gc.collect()
         gc.freeze()  # what setup made lives as long as the broker: never scan it again
         self.store.start()
