@@ -53,6 +53,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         ("MAX_CONNECTIONS", 1),
         ("MAX_UNAUTHENTICATED", 1),
         ("REPLAY_NONCES", 1),
+        ("MEMORY_DELAYED", 0),
     ):
         if not isinstance(settings[key], int) or settings[key] < least:
             errors.append(

@@ -116,6 +116,10 @@ DEFAULTS: dict[str, Any] = {
     # Most tasks whose payload the broker keeps in memory; past this, workers
     # load payloads from the database as they take tasks.
     "MEMORY_PAYLOADS": 10_000,
+    # Most delayed tasks (retries waiting for their backoff included) whose
+    # payload the broker keeps in memory, the soonest due; the others' are
+    # loaded from the database when they are due.
+    "MEMORY_DELAYED": 1000,
     # What staff may run from the admin (leek/allowlist.py).
     # Management commands the admin's "Create a task" page offers, by name
     # (e.g. ["check", "clearsessions"]); shells, servers and the like are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -46,6 +47,12 @@ def append_line(path: str, text: str) -> str:
         handle.flush()
         os.fsync(handle.fileno())
     return text
+
+
+def fail_noting(path: str, text: str) -> None:
+    """Note a digest of `text` in a file, then fail: the argument each attempt got."""
+    append_line(path, hashlib.sha256(text.encode()).hexdigest())
+    raise RuntimeError("noted, failing")
 
 
 def flaky(path: str, failures: int) -> int:

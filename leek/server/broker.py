@@ -40,6 +40,7 @@ from .groupcommit import DATABASE_ERRORS
 from .intake import PUSHES, Intake
 from .lanes import Lanes
 from .limits import RateLimits
+from .memory import TRIM_INTERVAL, settle, trim
 from .metrics import attach
 from .node import Conflict, ensure_free
 from .periodic import Periodic
@@ -108,7 +109,7 @@ class Broker:
         self.intake = Intake(int(settings["MAX_RETRIES"]), self.code_version)
         self.rejected = 0
         self.stopping = threading.Event()
-        self.delayed = Delayed(self.route)
+        self.delayed = Delayed(self.route, int(settings["MEMORY_DELAYED"]))
         self.store = Store(self.node, self.route)
         self.periodic = Periodic(self.store, self.route)
         size = int(settings["WORKERS"] if workers is None else workers)
@@ -166,6 +167,7 @@ class Broker:
             self.server.server_close()
             raise
         install_capture()
+        settle()
         gc.collect()
         gc.freeze()  # what setup made lives as long as the broker: never scan it again
         self.store.start()
@@ -184,6 +186,7 @@ class Broker:
         self.duties.every(self.heartbeat_interval, self.heartbeat)
         self.duties.every(PERIODIC_TICK, self.periodic.tick)
         self.controls.every(self.duties.every)
+        self.duties.every(TRIM_INTERVAL, trim)
         self.duties.start()
         thread = threading.Thread(
             target=self.server.serve_forever,
@@ -409,6 +412,7 @@ class Broker:
             "paused": sorted(self.controls.paused),
             "expired": self.controls.expired,
             "payloads_in_memory": self.lanes.held(),
+            "delayed_payloads_in_memory": self.delayed.held(),
             "handled": dict(self.lanes.handled()),
             "rejected_frames": self.rejected,
             "replay": self.replay.counts(),

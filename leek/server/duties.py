@@ -5,7 +5,8 @@ TICK seconds and runs the duties whose interval has passed since their last
 run, one after another. An interval of 0 runs a duty at every tick. A duty
 that raises is logged and runs again at its next turn. The broker's duties
 (broker.py) are the workers' watchdog, SQLite's checkpoint, the writers'
-nudge, the heartbeat, the periodic tasks and the sweep.
+nudge, the heartbeat, the periodic tasks, the sweep and the trim of freed
+memory (memory.py).
 """
 
 from __future__ import annotations
