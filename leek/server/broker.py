@@ -31,6 +31,7 @@ from ..exceptions import DatabaseUnavailable
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
+from .cancel import Cancels
 from .delayed import Delayed
 from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
@@ -118,6 +119,13 @@ class Broker:
         self.conflict = Conflict(self.node, self.hostname, self.heartbeat_timeout)
         self.adopt = Adopter(self.store, self.heartbeat_timeout, self.lanes.served)
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
+        self.cancels = Cancels(
+            self.store,
+            self.delayed,
+            self.lanes,
+            self.heartbeat_timeout,
+            float(settings["WRITE_WAIT"]),
+        )
 
     # -- life ----------------------------------------------------------------
 
@@ -327,17 +335,9 @@ class Broker:
         return "stopping"
 
     def cancel(self, data: Any) -> bool:
-        """Cancel a task that has not started; False when it has, or is unknown."""
-        task_id = uuid.UUID(str(data["id"]))
-
-        def forget(queue: str | None, error: BaseException | None = None) -> None:
-            """Drop the cancelled task from memory, whenever its cancel commits."""
-            if queue is not None and not self.delayed.cancel(task_id):
-                self.lanes.cancel(task_id, queue)
-
-        queue = self.store.cancel(task_id).wait(float(conf.get("WRITE_WAIT")), late=forget)
-        forget(queue)
-        return queue is not None
+        """Cancel a task so that it never runs (cancel.py); with "running",
+        stop it too if it runs here. False when it was not cancelled."""
+        return self.cancels(uuid.UUID(str(data["id"])), bool(data.get("running", False)))
 
     def waiting(self, data: Any = None) -> int:
         queue = (data or {}).get("queue")

@@ -95,11 +95,6 @@ class Lanes:
         for lane, batch in lanes.values():
             lane.dispatcher.push(batch)
 
-    def cancel(self, task_id: Any, queue: str) -> None:
-        lane = self.lane(queue)
-        if lane is not None:
-            lane.dispatcher.cancel(task_id, queue)
-
     # -- life ----------------------------------------------------------------
 
     def start(self) -> None:

@@ -64,7 +64,11 @@ class Writes:
         return psycopg.Cursor(cursor.connection)
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
-        """Send the tasks just inserted to the broker's queues."""
+        """Send the tasks just inserted to the broker's queues; tell the
+        outcomes just written (Record.committed)."""
+        for op in ops:
+            if isinstance(op, Record) and op.committed is not None:
+                op.committed()
         ready = [
             r
             for op, result in zip(ops, results, strict=True)
