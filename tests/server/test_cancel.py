@@ -113,8 +113,8 @@ def test_a_task_cancelled_in_the_delayed_heap_never_runs_when_its_time_comes(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
     marks = tmp_path / "marks"
-    doomed = leek.enqueue(tasks.append_line, args=(str(marks), "doomed"), delay=1)
-    sentinel = leek.enqueue(tasks.append_line, args=(str(marks), "sentinel"), delay=1.5)
+    doomed = leek.enqueue(tasks.append_line, args=(str(marks), "doomed"), delay=3)
+    sentinel = leek.enqueue(tasks.append_line, args=(str(marks), "sentinel"), delay=3.5)
     assert leek.waiting() == (True, 2)
     assert doomed.cancel() is True
     assert leek.waiting() == (True, 1)
