@@ -5,9 +5,10 @@
 # fresh virtualenv outside the source tree with only the wheel installed: a
 # `django-admin startproject` site with "leek" in INSTALLED_APPS, through
 # migrate, `manage.py leek start` (on a free port, in the background), pushes and
-# their results, the `leek` command with --settings and --pythonpath, and the
-# admin's dashboard page. Everything it makes is under one temporary directory,
-# removed on the way out with the broker it started.
+# their results, the `leek` command with --settings and --pythonpath, `leek top`
+# without its extra, and the admin's dashboard page. Everything it makes is
+# under one temporary directory, removed on the way out with the broker it
+# started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -155,6 +156,15 @@ esac
 echo "== package: bare leek ping exits 2 with: $out"
 "$LEEK" --settings mysite.settings ping
 (cd "$WORK" && "$LEEK" --pythonpath site --settings mysite.settings ping)
+
+say "leek top without the [top] extra: one line on how to add rich; --json needs none"
+status=0
+out=$("$PY" manage.py leek top --once 2>&1) || status=$?
+[ "$status" = 2 ] || fail "leek top without rich exited $status, not 2"
+[ "$out" = "error: leek top needs rich: pip install 'leek[top]'" ] ||
+    fail "leek top without rich said: $out"
+"$PY" manage.py leek --json top >/dev/null || fail "leek --json top failed without rich"
+echo "== package: leek top without rich exits 2 with: $out"
 
 say "the admin's dashboard, rendered for a superuser"
 PORT=$PORT "$PY" manage.py shell --verbosity 0 -c '

@@ -30,6 +30,7 @@ _EXPORTS = {
     "CommitFailed": "leek.exceptions",
     "TaskFailed": "leek.exceptions",
     "TaskCancelled": "leek.exceptions",
+    "TaskExpired": "leek.exceptions",
     "TaskNotReady": "leek.exceptions",
     "Retry": "leek.exceptions",
 }

@@ -102,8 +102,10 @@ STATUSES = {
     "succeeded": TaskResultStatus.SUCCESSFUL,
     "failed": TaskResultStatus.FAILED,
     "cancelled": TaskResultStatus.FAILED,
+    "expired": TaskResultStatus.FAILED,
 }
 CANCELLED = "leek.exceptions.TaskCancelled"
+EXPIRED = "leek.exceptions.TaskExpired"
 #: The worker id of an attempt whose broker is not known (a row written before
 #: outcomes named their broker).
 UNKNOWN_WORKER = "leek"
@@ -397,6 +399,8 @@ def load_result(result_id: str) -> TaskResult[..., Any]:
     errors = [TaskError(exception_class_path=f.exc_type, traceback=f.traceback) for f in failures]
     if row.status == "cancelled":
         errors.append(TaskError(exception_class_path=CANCELLED, traceback=""))
+    elif row.status == "expired":
+        errors.append(TaskError(exception_class_path=EXPIRED, traceback=""))
     # The broker of each attempt: its outcome row's, the later row of a number
     # run twice (after retry-failed); the task's owner for the one running.
     brokers = {f.attempt: f.broker for f in failures}
@@ -405,7 +409,7 @@ def load_result(result_id: str) -> TaskResult[..., Any]:
     owner = row.broker or UNKNOWN_WORKER
     starts = [f.started_at for f in failures if f.started_at]
     starts += [s.started_at for s in (success,) if s] + ([row.started_at] if row.started_at else [])
-    finished = row.status in ("succeeded", "failed", "cancelled")
+    finished = row.status in ("succeeded", "failed", "cancelled", "expired")
     result: TaskResult[..., Any] = TaskResult(
         task=task,
         id=str(key),

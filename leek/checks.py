@@ -52,6 +52,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         ("CHILD_NICE", 0),
         ("MAX_CONNECTIONS", 1),
         ("MAX_UNAUTHENTICATED", 1),
+        ("REPLAY_NONCES", 1),
     ):
         if not isinstance(settings[key], int) or settings[key] < least:
             errors.append(
@@ -87,6 +88,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         )
     errors += _check_queues(settings["QUEUES"])
     errors += _check_exposure(settings)
+    errors += _check_push_settings(settings)
     if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:
         errors.append(
             checks.Error(
@@ -174,6 +176,38 @@ def check_admin_trust(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
     return found
 
 
+def _check_push_settings(settings: dict[str, Any]) -> list[checks.CheckMessage]:
+    """leek.E012: the settings of the push path's guarantees, which would otherwise
+    fail at the first push or the broker's first frame."""
+    errors: list[checks.CheckMessage] = []
+    for key in ("REPLAY_WINDOW", "WRITE_WAIT"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            errors.append(
+                checks.Error(
+                    f"LEEK[{key!r}] must be a number of seconds greater than zero, got {value!r}.",
+                    id="leek.E012",
+                )
+            )
+    if settings["ATOMIC_PUSH"] not in conf.ATOMIC_PUSHES:
+        errors.append(
+            checks.Error(
+                f"LEEK['ATOMIC_PUSH'] is {settings['ATOMIC_PUSH']!r}.",
+                hint=f"Use one of {', '.join(map(repr, conf.ATOMIC_PUSHES))}.",
+                id="leek.E012",
+            )
+        )
+    if not isinstance(settings["ACCEPT_UNSIGNED_ROWS"], bool):
+        errors.append(
+            checks.Error(
+                "LEEK['ACCEPT_UNSIGNED_ROWS'] must be True or False, "
+                f"got {settings['ACCEPT_UNSIGNED_ROWS']!r}.",
+                id="leek.E012",
+            )
+        )
+    return errors
+
+
 def _check_queues(queues: Any) -> list[checks.CheckMessage]:
     """LEEK["QUEUES"]: a dict of queue name to {"workers": n, "pool": kind}."""
     hint = 'For example {"pdfs": {"workers": 2, "pool": "processes"}}.'
@@ -232,3 +266,40 @@ def _check_exposure(settings: dict[str, Any]) -> list[checks.CheckMessage]:
             )
         )
     return errors
+
+
+@checks.register()
+def check_metrics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """LEEK["METRICS"]: leek.E013 when it is not "host:port" or prometheus_client
+    is missing; leek.W013 when the page would be served beyond loopback."""
+    value = conf.get_settings()["METRICS"]
+    if not value:
+        return []
+    try:
+        host, _ = conf.metrics_address(value)
+    except ValueError as exc:
+        return [checks.Error(f"{exc}.", hint='For example "127.0.0.1:9808".', id="leek.E013")]
+    found: list[checks.CheckMessage] = []
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        found.append(
+            checks.Error(
+                f"LEEK['METRICS'] is {value!r}, and the prometheus_client package is not "
+                "installed.",
+                hint="pip install 'leek[metrics]', or leave LEEK['METRICS'] empty.",
+                id="leek.E013",
+            )
+        )
+    if not conf.is_loopback(host):
+        found.append(
+            checks.Warning(
+                f"LEEK['METRICS'] is {value!r}, beyond loopback: the metrics page has no "
+                "authentication, and shows queue names, broker names and load to anyone "
+                "who reaches it.",
+                hint="Serve it on 127.0.0.1 and let Prometheus scrape it there, or restrict "
+                "the port with a firewall to the Prometheus server.",
+                id="leek.W013",
+            )
+        )
+    return found

@@ -174,6 +174,12 @@ DEFAULTS: dict[str, Any] = {
     # that a service manager empties at each restart). Empty: leek-<uid> in the
     # system's temporary directory.
     "STATE_DIR": "",
+    # -- operating --
+    # "host:port" where the broker serves its Prometheus metrics page
+    # (/metrics), e.g. "127.0.0.1:9808"; needs the prometheus_client package
+    # (pip install leek[metrics]). The page has no authentication: keep it on
+    # loopback or a private network. Empty: no metrics, nothing listens.
+    "METRICS": "",
 }
 
 #: The SECRET_KEY the bundled settings (settings/) fall back to. A broker that
@@ -272,6 +278,18 @@ def node_name(port: int | None = None) -> str:
     settings = get_settings()
     explicit = str(settings["NODE_NAME"])
     return explicit or f"{socket.gethostname()}:{settings['PORT'] if port is None else port}"
+
+
+def metrics_address(value: str) -> tuple[str, int]:
+    """The (host, port) of a METRICS value such as "127.0.0.1:9808" or
+    "[::1]:9808"; ValueError naming what is wrong."""
+    host, colon, port = str(value).strip().rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f'LEEK["METRICS"] must be "host:port" with a port from 1 to 65535, got {value!r}'
+        )
+    return host, int(port)
 
 
 def get(key: str) -> Any:

@@ -84,6 +84,10 @@ class TaskCancelled(LeekError):
     """The task was cancelled: before it ran, or while it ran when asked to stop."""
 
 
+class TaskExpired(LeekError):
+    """The task expired before it started: it never ran."""
+
+
 class TaskFailed(LeekError):
     """The task failed."""
 

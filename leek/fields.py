@@ -42,6 +42,42 @@ def run_after(value: Any) -> float | None:
     return moment
 
 
+#: A unique key's most characters (Task.key's column).
+KEY_LENGTH = 255
+
+
+def key(value: Any) -> str | None:
+    """A task's unique key: None, or text of 1 to KEY_LENGTH characters that
+    every database stores as it is (no NUL, valid Unicode)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"key must be a string, got {type(value).__name__}")
+    if not 1 <= len(value) <= KEY_LENGTH:
+        raise ValueError(f"key must be 1 to {KEY_LENGTH} characters, got {len(value)}")
+    if "\x00" in value or not _encodes(value):
+        raise ValueError(f"key must be valid Unicode without NUL characters, got {value!r}")
+    return value
+
+
+def expires(value: Any) -> float | None:
+    """A Unix time after which a task that has not started never runs; None for never."""
+    if value is None:
+        return None
+    moment = float(value)
+    if not 0 <= moment < 253_402_300_000:  # 9999-12-31
+        raise ValueError(f"expires must be a Unix time from 1970 to 9999, got {value}")
+    return moment
+
+
+def _encodes(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _integer(name: str, value: Any, low: int) -> int:
     number = int(value)
     if not low <= number <= INT_MAX:

@@ -17,9 +17,11 @@ class Status(models.TextChoices):
     SUCCEEDED = "succeeded", "succeeded"
     FAILED = "failed", "failed"
     CANCELLED = "cancelled", "cancelled"
+    #: Not started before its `expires_at`: it never runs.
+    EXPIRED = "expired", "expired"
 
 
-FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 
 
 class Task(models.Model):
@@ -48,6 +50,18 @@ class Task(models.Model):
     #: the admin); retry-failed leaves it failed past its --max-requeues. The
     #: database default serves the broker's inserts, which leave it out.
     requeues = models.PositiveIntegerField(default=0, db_default=0)
+    #: The task's unique key, as pushed (kept after it stops locking).
+    key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - as lock_key
+    #: The key while it locks: from the push until the task starts (or, with
+    #: `key_running`, until it ends); NULL otherwise. Unique among the rows
+    #: that have one, so a second push with a held key inserts nothing.
+    lock_key = models.CharField(  # noqa: DJ001 - NULLs never collide in the unique index
+        max_length=255, null=True, blank=True, editable=False
+    )
+    #: Whether the key keeps locking while the task runs and waits for a retry.
+    key_running = models.BooleanField(default=False, db_default=False)
+    #: A task not started by then is marked expired and never runs.
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         permissions = [("run_task", "Can run tasks and listed commands from the admin")]
@@ -62,6 +76,20 @@ class Task(models.Model):
             # Only spooled rows are in it, so the broker's inserts never touch it.
             models.Index(
                 fields=["spooled"], name="leek_task_spooled", condition=models.Q(spooled=True)
+            ),
+            # Only tasks that wait and may expire: the expiry sweep's query.
+            models.Index(
+                fields=["expires_at"],
+                name="leek_task_expiring",
+                condition=models.Q(expires_at__isnull=False, status="queued"),
+            ),
+        ]
+        constraints = [
+            # Partial: the inserts of tasks without a key never touch it.
+            models.UniqueConstraint(
+                fields=["lock_key"],
+                name="leek_task_lock_key",
+                condition=models.Q(lock_key__isnull=False),
             ),
         ]
 
@@ -170,6 +198,23 @@ class BrokerNode(models.Model):
         lanes = self.queues or {"*": {"workers": self.workers}}
         lane = lanes.get(queue, lanes.get("*"))
         return bool(lane and lane.get("workers"))
+
+
+class QueueState(models.Model):
+    """A queue's pause: every broker sharing the database starts none of a
+    paused queue's tasks, and still accepts its pushes."""
+
+    queue = models.CharField(max_length=64, unique=True)
+    paused = models.BooleanField(default=False)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    #: Who paused it: a user in the admin, or user@host for the `leek` command.
+    paused_by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        verbose_name = "queue"
+
+    def __str__(self) -> str:
+        return f"{self.queue} ({'paused' if self.paused else 'running'})"
 
 
 class Event(models.Model):

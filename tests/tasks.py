@@ -73,6 +73,15 @@ def progress_steps() -> str:
     return str(ctx.id if ctx else None)
 
 
+def progress_then_sleep(percent: float, note: str, seconds: float) -> str:
+    """Set progress, then stay running for `seconds`."""
+    import leek
+
+    leek.set_progress(percent, note)
+    time.sleep(seconds)
+    return note
+
+
 class Unpicklable:
     def __reduce__(self) -> Any:
         raise TypeError("this object refuses to be pickled")

@@ -30,9 +30,18 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from .. import conf
+from .. import conf, queues
 from ..events import log_event
-from ..models import FINISHED, BrokerNode, Event, FailedTask, PeriodicTask, SuccessTask, Task
+from ..models import (
+    FINISHED,
+    BrokerNode,
+    Event,
+    FailedTask,
+    PeriodicTask,
+    QueueState,
+    SuccessTask,
+    Task,
+)
 from . import create, dashboard
 from .actions import SHOWN, cancel_tasks, plural, requeue_tasks, retry_tasks
 from .display import badge, between, pre, time_column
@@ -54,10 +63,13 @@ TASK_FIELDS = (
     "broker",
     "code_version",
     "spooled",
+    "key",
+    "key_running",
 )
 TIMING_FIELDS = (
     "queued_at",
     "run_after",
+    "expires_at",
     "started_at",
     "finished_at",
     "duration",
@@ -162,11 +174,15 @@ class TaskAdmin(ReadOnly, BigList):
         return [
             path("dashboard/", view(self.dashboard_view), name="leek_task_dashboard"),
             path("create/", view(self.create_view), name="leek_task_create"),
+            path("dashboard/queue/", view(self.queue_view), name="leek_task_queue"),
             *super().get_urls(),
         ]
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         return dashboard.dashboard(request, self.admin_site)
+
+    def queue_view(self, request: HttpRequest) -> HttpResponse:
+        return dashboard.pause_or_resume(request)
 
     def create_view(self, request: HttpRequest) -> HttpResponse:
         return create.create_task(request, self.admin_site)
@@ -305,6 +321,45 @@ class PeriodicTaskAdmin(ModelAdmin):
             cron=obj.cron,
             every=obj.every,
         )
+
+
+@admin.register(QueueState)
+class QueueStateAdmin(ModelAdmin):
+    """The queues' pauses: add a queue's row to pause it, or use the actions
+    (and the dashboard's buttons); every broker obeys within about a second."""
+
+    list_display = ["queue", "paused", "paused_at", "paused_by"]
+    list_filter = ["paused"]
+    search_fields = ["queue"]
+    fields = ["queue", "paused", "paused_at", "paused_by"]
+    readonly_fields = ["paused_at", "paused_by"]
+    actions = ["pause_queues", "resume_queues"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [*self.readonly_fields, "queue"] if obj is not None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: QueueState, form: Any, change: bool) -> None:
+        """Pause or resume through leek.queues, which stamps who and when."""
+        user = request.user.get_username()
+        if obj.paused:
+            queues.pause(obj.queue, user)
+        else:
+            if not change:
+                super().save_model(request, obj, form, change)
+            queues.resume(obj.queue, user)
+        obj.refresh_from_db()
+
+    @admin.action(description="Pause the selected queues", permissions=["change"])
+    def pause_queues(self, request: HttpRequest, queryset: QuerySet[QueueState]) -> None:
+        user = request.user.get_username()
+        done = sum(queues.pause(q, user) for q in queryset.values_list("queue", flat=True))
+        self.message_user(request, f"Paused {plural(done, 'queue')}.", messages.SUCCESS)
+
+    @admin.action(description="Resume the selected queues", permissions=["change"])
+    def resume_queues(self, request: HttpRequest, queryset: QuerySet[QueueState]) -> None:
+        user = request.user.get_username()
+        done = sum(queues.resume(q, user) for q in queryset.values_list("queue", flat=True))
+        self.message_user(request, f"Resumed {plural(done, 'queue')}.", messages.SUCCESS)
 
 
 @admin.register(Event)

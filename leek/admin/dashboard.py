@@ -11,16 +11,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
 from django.db.models.functions import TruncMinute
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 
-from .. import conf
-from ..models import BrokerNode, FailedTask, Status, SuccessTask, Task
+from .. import conf, queues
+from ..models import BrokerNode, FailedTask, QueueState, Status, SuccessTask, Task
 
 #: Minutes the throughput chart covers, one bar each.
 CHART_MINUTES = 60
@@ -230,5 +231,38 @@ def dashboard(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
         "failures": failures,
         "code_version": conf.get("CODE_VERSION"),
         "heartbeat_timeout": conf.get("HEARTBEAT_TIMEOUT"),
+        "paused": paused_queues(),
+        "can_pause": request.user.has_perm("leek.change_queuestate"),
     }
     return TemplateResponse(request, "admin/leek/dashboard.html", context)
+
+
+def paused_queues() -> dict[str, QueueState]:
+    """The paused queues' rows, by queue."""
+    return {row.queue: row for row in QueueState.objects.filter(paused=True).order_by("queue")}
+
+
+def pause_or_resume(request: HttpRequest) -> HttpResponse:
+    """Pause or resume the queue a dashboard button names (POST: queue, and
+    action "pause" or "resume"); back to the dashboard with a message."""
+    if not request.user.has_perm("leek.change_queuestate"):
+        raise PermissionDenied
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    queue = request.POST.get("queue", "")
+    action = request.POST.get("action", "")
+    user = request.user.get_username()
+    try:
+        if action == "pause":
+            changed = queues.pause(queue, user)
+            said = "paused" if changed else "was paused already"
+        elif action == "resume":
+            changed = queues.resume(queue, user)
+            said = "resumed" if changed else "was not paused"
+        else:
+            raise ValueError(f"action must be pause or resume, got {action!r}")
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Queue {queue} {said}.")
+    return HttpResponseRedirect(reverse("admin:leek_task_dashboard"))

@@ -18,6 +18,7 @@ COLOURS = {
     "succeeded": "#2e7d32",
     "failed": "#c62828",
     "cancelled": "#6b6b6b",
+    "expired": "#8d6e63",
 }
 
 

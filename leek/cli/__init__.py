@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..exceptions import SettingsUnavailable
-from . import broker, project, repair, schedule
+from . import broker, pauses, project, repair, schedule, top
 from .output import OK, UNHEALTHY, UNREACHABLE, emit
 
 __all__ = [
@@ -66,6 +66,12 @@ VERBS = (
     ),
     Verb("stats", "the broker's figures", no_arguments, broker.run_stats),
     Verb(
+        "top",
+        "a live view of the brokers, queues, tasks and failures",
+        top.add_top_arguments,
+        top.run_top,
+    ),
+    Verb(
         "retry-failed",
         "requeue the tasks that failed for good and were not retried",
         repair.add_retry_arguments,
@@ -77,6 +83,13 @@ VERBS = (
         repair.add_purge_arguments,
         repair.run_purge,
     ),
+    Verb(
+        "pause",
+        "start no task of a queue (pushes are still accepted) until it is resumed",
+        pauses.add_queue_name,
+        pauses.run_pause,
+    ),
+    Verb("resume", "start a paused queue's tasks again", pauses.add_queue_name, pauses.run_resume),
     Verb(
         "schedule",
         "the periodic tasks and their next run",

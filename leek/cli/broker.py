@@ -75,10 +75,11 @@ def run_start(options: argparse.Namespace) -> int:
     again after each change (reload.py): UNHEALTHY at once when DEBUG is off and
     the reload is not forced."""
     from .. import conf
+    from ..server import metrics
     from ..server.broker import Broker
     from . import reload
 
-    refusal = _exposure_refusal(options)
+    refusal = _exposure_refusal(options) or metrics.refusal()
     if refusal:
         sys.stderr.write(f"error: {refusal}\n")
         return UNHEALTHY
@@ -95,7 +96,8 @@ def run_start(options: argparse.Namespace) -> int:
     except OSError as exc:  # the address is taken, or not this machine's
         host = options.host or conf.get("HOST")
         port = conf.get("PORT") if options.port is None else options.port
-        sys.stderr.write(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
+        where = exc.filename or f"{host}:{port}"
+        sys.stderr.write(f"error: cannot listen on {where}: {exc.strerror or exc}\n")
         return UNHEALTHY
     broker.install_signals()
     try:

@@ -123,6 +123,7 @@ def requeue(ids: list[uuid.UUID]) -> int:
                 status="queued",
                 attempts=0,
                 run_after=None,
+                expires_at=None,  # a person ran it again: it runs, whenever it starts
                 finished_at=None,
                 started_at=None,
                 spooled=True,
@@ -223,8 +224,10 @@ def run_retry_failed(options: argparse.Namespace) -> int:
     """Print how many failed tasks were requeued; UNHEALTHY on a bad option or a failure."""
     limit = options.max_requeues
     try:
-        count = retry_failed(options.queue, options.since, options.dry_run, limit)
+        # Those left are counted first: a task requeued now may fail again at
+        # once, and must not be counted as one left alone.
         left = left_failed(options.queue, options.since, limit)
+        count = retry_failed(options.queue, options.since, options.dry_run, limit)
     except (LeekError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return UNHEALTHY

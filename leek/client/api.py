@@ -13,6 +13,7 @@ from ..exceptions import (
     BrokerUnavailable,
     LeekError,
     TaskCancelled,
+    TaskExpired,
     TaskFailed,
     TaskNotReady,
 )
@@ -46,7 +47,7 @@ class TaskHandle:
         return Task.objects.filter(pk=self.id).only("status", "progress", "progress_note").first()
 
     def status(self) -> str | None:
-        """queued, running, succeeded, failed or cancelled; None while the push
+        """queued, running, succeeded, failed, cancelled or expired; None while the push
         waits for its transaction to commit (with ATOMIC_PUSH "outbox", the
         transaction sees its own push queued)."""
         task = self._task()
@@ -54,7 +55,7 @@ class TaskHandle:
 
     def ready(self) -> bool:
         """True once the task has finished, whichever way."""
-        return self.status() in ("succeeded", "failed", "cancelled")
+        return self.status() in ("succeeded", "failed", "cancelled", "expired")
 
     def progress(self) -> tuple[float | None, str]:
         """The percentage and note the task last set with set_progress()."""
@@ -65,7 +66,8 @@ class TaskHandle:
         """The task's return value, waiting up to `timeout` seconds (None: forever).
 
         Raises TaskFailed (with the remote type, message and traceback) when it
-        failed for good, TaskCancelled when cancelled, TaskNotReady on timeout.
+        failed for good, TaskCancelled when cancelled, TaskExpired when it
+        expired before it started, TaskNotReady on timeout.
         """
         from ..models import FailedTask, SuccessTask
 
@@ -85,6 +87,8 @@ class TaskHandle:
                 )
             if status == "cancelled":
                 raise TaskCancelled(f"task {self.id} was cancelled")
+            if status == "expired":
+                raise TaskExpired(f"task {self.id} expired before it started")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TaskNotReady(
                     f"task {self.id} is {status or 'not pushed yet'} after {timeout} s"
@@ -122,6 +126,28 @@ def _run_after(delay: float | timedelta | None, run_at: datetime | None) -> floa
     return None
 
 
+def _expires(expires: timedelta | datetime | None, run_after: float | None) -> float | None:
+    """The Unix time a task expires at, from a timedelta (from now) or an
+    aware datetime; ValueError for one at or before the task's run_after,
+    as it could never run."""
+    if expires is None:
+        return None
+    if isinstance(expires, timedelta):
+        moment = time.time() + expires.total_seconds()
+    elif isinstance(expires, datetime):
+        if expires.tzinfo is None or expires.utcoffset() is None:
+            raise ValueError(
+                f"expires must be timezone-aware, got naive {expires.isoformat()}; "
+                "use a timedelta, or django.utils.timezone.now() + timedelta(...)"
+            )
+        moment = expires.timestamp()
+    else:
+        raise TypeError(f"expires must be a timedelta or a datetime, got {type(expires).__name__}")
+    if run_after is not None and moment <= run_after:
+        raise ValueError("expires must come after the task's delay or run_at: it would never run")
+    return moment
+
+
 def _options(
     *,
     queue: str,
@@ -129,9 +155,12 @@ def _options(
     run_after: float | None,
     max_retries: int | None,
     timeout: float | None,
+    key: str | None = None,
+    key_running: bool = False,
+    expires: float | None = None,
 ) -> dict[str, Any]:
     """The checked options of a push, shared by every task in it."""
-    return {
+    options = {
         "queue": queue,
         "priority": fields.priority(priority),
         "max_retries": fields.max_retries(max_retries),
@@ -139,6 +168,15 @@ def _options(
         "run_after": fields.run_after(run_after),
         "code_version": conf.get("CODE_VERSION"),
     }
+    # Only when set: a broker that knows no keys or expiry never sees them.
+    if key is not None:
+        options["key"] = fields.key(key)
+        options["key_running"] = bool(key_running)
+    elif key_running:
+        raise ValueError("key_running needs a key")
+    if expires is not None:
+        options["expires"] = fields.expires(expires)
+    return options
 
 
 def _parts(
@@ -168,13 +206,16 @@ def message(
     run_after: float | None = None,
     max_retries: int | None = None,
     timeout: float | None = None,
+    key: str | None = None,
+    key_running: bool = False,
+    expires: float | None = None,
 ) -> dict[str, Any]:
     """The data of the `enqueue` verb for fn(*args, **kwargs), under `task_id` or
     a new id: what :func:`enqueue` sends.
 
-    `run_after` is a Unix time, None for at once. Raises ValueError naming an
-    option out of range, TypeError for a `fn` that is not callable and
-    PayloadError for a call that cannot be pickled."""
+    `run_after` and `expires` are Unix times, None for at once and never.
+    Raises ValueError naming an option out of range, TypeError for a `fn`
+    that is not callable and PayloadError for a call that cannot be pickled."""
     parts = _parts(fn, args, kwargs or {})
     options = _options(
         queue=queue,
@@ -182,6 +223,9 @@ def message(
         run_after=run_after,
         max_retries=max_retries,
         timeout=timeout,
+        key=key,
+        key_running=key_running,
+        expires=expires,
     )
     return _whole(str(task_id or new_task_id()), *parts, options)
 
@@ -197,11 +241,20 @@ def enqueue(
     run_at: datetime | None = None,
     max_retries: int | None = None,
     timeout: float | None = None,
+    key: str | None = None,
+    key_running: bool = False,
+    expires: timedelta | datetime | None = None,
 ) -> TaskHandle:
     """Push fn(*args, **kwargs) to the broker; returns once it is committed
     (or, inside transaction.atomic(), at once: it is sent on commit, or
-    written in the transaction with ATOMIC_PUSH "outbox")."""
+    written in the transaction with ATOMIC_PUSH "outbox").
+
+    With `key`, a push while another task holds that key (it waits; with
+    `key_running`, or runs) adds nothing and returns that task's handle.
+    With `expires` (a timedelta from now, or an aware datetime), a task not
+    started by then is marked expired and never runs."""
     task_id = new_task_id()
+    run_after = _run_after(delay, run_at)
     data = message(
         fn,
         tuple(args),
@@ -209,12 +262,15 @@ def enqueue(
         task_id,
         queue=queue,
         priority=priority,
-        run_after=_run_after(delay, run_at),
+        run_after=run_after,
         max_retries=max_retries,
         timeout=timeout,
+        key=key,
+        key_running=key_running,
+        expires=_expires(expires, run_after),
     )
-    send("enqueue", data)
-    return TaskHandle(task_id)
+    held = send("enqueue", data)
+    return TaskHandle(held or task_id)
 
 
 def push_task_to_queue(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskHandle:
@@ -298,7 +354,7 @@ def _cancel_in_database(task_id: uuid.UUID | str) -> bool:
     )
     unowned = Q(broker="") | ~Exists(live)
     cancelled = Task.objects.filter(unowned, pk=task_id, status="queued").update(
-        status="cancelled", finished_at=now
+        status="cancelled", finished_at=now, lock_key=None
     )
     return bool(cancelled)
 

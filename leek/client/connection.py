@@ -135,13 +135,17 @@ def _frame_refusal(message: tuple[Any, ...]) -> str:
     return f"{value.get('error')}: {value.get('message')}"
 
 
-def _connect(address: tuple[str, int]) -> Connection:
+def connect(address: tuple[str, int], reply_timeout: float | None = None) -> Connection:
+    """A new connection to the broker at `address`, with this client's secret,
+    limits and TLS; `reply_timeout` (None: REPLY_TIMEOUT) bounds each wait for
+    a reply. The caller closes it. Raises OSError when the broker cannot be
+    reached."""
     settings = conf.get_settings()
     return Connection(
         address,
         str(settings["SECRET"]).encode(),
         float(settings["CONNECT_TIMEOUT"]),
-        float(settings["REPLY_TIMEOUT"]),
+        float(settings["REPLY_TIMEOUT"] if reply_timeout is None else reply_timeout),
         int(settings["MAX_FRAME"]),
         settings["TLS"],
     )
@@ -182,7 +186,7 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
             )
             try:
                 if conn is None:
-                    conn = _connect(address)
+                    conn = connect(address)
                 ok, value = conn.request(verb, data)
             except AuthenticationFailed as exc:
                 _drop(conn)

@@ -12,6 +12,11 @@ from .api import TaskHandle, enqueue
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: A task's unique key: a string, or a callable given the task's arguments.
+Key = str | Callable[..., str]
+#: A task's expiry: a timedelta from its push, or an aware datetime.
+Expires = timedelta | datetime
+
 #: Every function decorated with @task, by dotted name (the admin offers them).
 registry: dict[str, TaskFunction[Any, Any]] = {}
 
@@ -27,10 +32,14 @@ class TaskFunction(Generic[P, R]):
         priority: int,
         max_retries: int | None,
         timeout: float | None,
+        key: Key | None = None,
+        key_running: bool = False,
+        expires: Expires | None = None,
     ) -> None:
         self.fn = fn
         self.queue, self.priority = queue, priority
         self.max_retries, self.timeout = max_retries, timeout
+        self.key, self.key_running, self.expires = key, key_running, expires
         functools.update_wrapper(self, fn)
         self.__wrapped_task__ = fn
         registry[f"{fn.__module__}.{fn.__qualname__}"] = self
@@ -48,7 +57,26 @@ class TaskFunction(Generic[P, R]):
             priority=self.priority,
             max_retries=self.max_retries,
             timeout=self.timeout,
+            key=self.key_of(args, kwargs),
+            key_running=self.key_running,
+            expires=self.expires,
         )
+
+    def key_of(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], key: Key | None = None
+    ) -> str | None:
+        """The unique key of a call: `key` or the decorator's, a callable one
+        called with the call's arguments."""
+        chosen = self.key if key is None else key
+        if chosen is None or isinstance(chosen, str):
+            return chosen
+        value = chosen(*args, **kwargs)
+        if not isinstance(value, str):
+            raise TypeError(
+                f"the key callable of task {self.__name__} must return a string, "
+                f"got {type(value).__name__}"
+            )
+        return value
 
     def enqueue(
         self,
@@ -61,6 +89,9 @@ class TaskFunction(Generic[P, R]):
         run_at: datetime | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        key: Key | None = None,
+        key_running: bool | None = None,
+        expires: Expires | None = None,
     ) -> TaskHandle:
         """Push with options that override the decorator's."""
         return enqueue(
@@ -73,6 +104,9 @@ class TaskFunction(Generic[P, R]):
             run_at=run_at,
             max_retries=self.max_retries if max_retries is None else max_retries,
             timeout=self.timeout if timeout is None else timeout,
+            key=self.key_of(args, kwargs or {}, key),
+            key_running=self.key_running if key_running is None else key_running,
+            expires=self.expires if expires is None else expires,
         )
 
 
@@ -85,6 +119,9 @@ def task(
     priority: int = ...,
     max_retries: int | None = ...,
     timeout: float | None = ...,
+    key: Key | None = ...,
+    key_running: bool = ...,
+    expires: Expires | None = ...,
 ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 def task(
     fn: Callable[P, R] | None = None,
@@ -94,12 +131,25 @@ def task(
     priority: int = 0,
     max_retries: int | None = None,
     timeout: float | None = None,
+    key: Key | None = None,
+    key_running: bool = False,
+    expires: Expires | None = None,
 ) -> Any:
-    """Decorate a function so it gains `.delay(...)` and `.enqueue(...)`."""
+    """Decorate a function so it gains `.delay(...)` and `.enqueue(...)`.
+
+    `key` (a string, or a callable given the task's arguments that returns
+    one), `key_running` and `expires` are enqueue's."""
 
     def wrap(f: Callable[P, R]) -> TaskFunction[P, R]:
         return TaskFunction(
-            f, queue=queue, priority=priority, max_retries=max_retries, timeout=timeout
+            f,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            timeout=timeout,
+            key=key,
+            key_running=key_running,
+            expires=expires,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -38,7 +38,7 @@ from ..exceptions import (
     BrokerUnavailable,
     CommitFailed,
 )
-from . import connection
+from . import connection, counting
 from .spool import outbox, spool, unbatch
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,11 @@ def waits_for_commit(using: str | None = None) -> bool:
     return bool(conf.get("ON_COMMIT")) and transaction.get_connection(using).in_atomic_block
 
 
-def send(verb: str, data: Any, using: str | None = None) -> None:
+def send(verb: str, data: Any, using: str | None = None) -> Any:
     """Send a push now, after the surrounding transaction commits, or in it
-    (see the module's table).
+    (see the module's table). For an ``enqueue``, the id of the task it
+    landed on (another task's, when that one holds its key), or None when
+    it is sent after the commit.
 
     Raises AppNotInstalled when INSTALLED_APPS lacks leek: the results and the
     database fallback are its tables; ImproperlyConfigured for an unknown
@@ -73,31 +75,37 @@ def send(verb: str, data: Any, using: str | None = None) -> None:
         )
     alias = using or DEFAULT_DB_ALIAS
     if not waits_for_commit(alias):
-        deliver(verb, data)
-    elif conf.atomic_push() == "outbox" and _tasks_on(alias):
-        outbox(_messages(verb, data), alias)
-    else:
+        return deliver(verb, data)
+    if conf.atomic_push() == "outbox" and _tasks_on(alias):
+        landed = _landed(verb, outbox(_messages(verb, data), alias))
+        counting.pushed("outbox", verb, data)
+        return landed
 
-        def push_committed() -> None:
-            after_commit(verb, data)
+    def push_committed() -> None:
+        after_commit(verb, data)
 
-        # robust: should anything escape after_commit, the hooks after it still run
-        transaction.on_commit(push_committed, using=alias, robust=True)
+    # robust: should anything escape after_commit, the hooks after it still run
+    transaction.on_commit(push_committed, using=alias, robust=True)
+    return None
 
 
-def deliver(verb: str, data: Any) -> None:
+def deliver(verb: str, data: Any) -> Any:
     """Send a push to a broker now; when none commits it, write it to the
     database (FALLBACK "database") or raise why (FALLBACK "raise").
 
     Raises BrokerUnavailable, CommitFailed or AuthenticationFailed (with the
     database's error too when the fallback failed), and BrokerError when the
-    broker refuses what the push holds."""
+    broker refuses what the push holds. The value is the broker's reply, or
+    for an ``enqueue`` kept in the database, the id of the task it landed on."""
     try:
-        connection.call(verb, data, push=True)
+        value = connection.call(verb, data, push=True)
+        counting.pushed("sent", verb, data)
+        return value
     except UNCOMMITTED as exc:
         if conf.get("FALLBACK") != "database":
+            counting.pushed("failed", verb, data)
             raise
-        _keep(verb, data, exc)
+        return _landed(verb, _keep(verb, data, exc))
 
 
 def after_commit(verb: str, data: Any) -> None:
@@ -106,6 +114,7 @@ def after_commit(verb: str, data: Any) -> None:
     that cannot be written there either is logged as lost."""
     try:
         connection.call(verb, data, push=True)
+        counting.pushed("sent", verb, data)
     except Exception as exc:
         try:
             _keep(verb, data, exc)
@@ -119,17 +128,27 @@ def after_commit(verb: str, data: Any) -> None:
             )
 
 
-def _keep(verb: str, data: Any, exc: Exception) -> None:
+def _landed(verb: str, held: dict[str, str]) -> str | None:
+    """What `send` gives for a push written to the database: for an enqueue,
+    the id of the task that holds its key, when another does."""
+    if verb != "enqueue" or not held:
+        return None
+    return next(iter(held.values()))
+
+
+def _keep(verb: str, data: Any, exc: Exception) -> dict[str, str]:
     """Write a push no broker committed to the database; raise `exc`'s kind,
-    with both reasons, when that fails too."""
+    with both reasons, when that fails too. The value is spool's."""
     messages = _messages(verb, data)
     try:
-        spool(messages)
+        held = spool(messages)
     except Exception as db_exc:
+        counting.pushed("failed", verb, data)
         kind = type(exc) if isinstance(exc, UNCOMMITTED) else BrokerUnavailable
         raise kind(
             f"{exc}; and the database fallback failed: {type(db_exc).__name__}: {db_exc}"
         ) from db_exc
+    counting.pushed("spooled", verb, data)
     ids = [m["id"] for m in messages]
     more = f" and {len(ids) - LOGGED_IDS} more" if len(ids) > LOGGED_IDS else ""
     logger.log(
@@ -142,6 +161,7 @@ def _keep(verb: str, data: Any, exc: Exception) -> None:
         exc,
         extra={"action": "task_spooled"},
     )
+    return held
 
 
 def _tasks_on(alias: str) -> bool:

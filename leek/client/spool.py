@@ -24,11 +24,17 @@ from . import connection
 logger = logging.getLogger(__name__)
 
 
-def spool(messages: list[dict[str, Any]], using: str | None = None) -> None:
+#: Writes tried again for a task whose key's holder ended between the write
+#: and the read of the holder (the key is then free).
+SETTLE_TRIES = 3
+
+
+def spool(messages: list[dict[str, Any]], using: str | None = None) -> dict[str, str]:
     """Write each task as a spooled, queued row, on database `using` (None:
-    where leek's models are routed). A replayed id is ignored. Each payload is
-    stored as dump_task signed it, and a worker checks it before anything is
-    unpickled."""
+    where leek's models are routed). A replayed id is ignored, and so is a
+    task whose key another task holds: the value maps such a task's id to
+    the holder's. Each payload is stored as dump_task signed it, and a
+    worker checks it before anything is unpickled."""
     from ..models import Task
 
     now = timezone.now()
@@ -48,25 +54,59 @@ def spool(messages: list[dict[str, Any]], using: str | None = None) -> None:
             broker="",
             spooled=True,
             code_version=(m["code_version"] or "")[:64],
+            key=m.get("key"),
+            lock_key=m.get("key"),
+            key_running=bool(m.get("key_running", False)),
+            expires_at=_time(m.get("expires")),
         )
         for m in messages
     ]
     manager = Task.objects if using is None else Task.objects.using(using)
     manager.bulk_create(rows, ignore_conflicts=True)
+    keyed = [row for row in rows if row.lock_key is not None]
+    return _holders(manager, keyed) if keyed else {}
 
 
-def outbox(messages: list[dict[str, Any]], using: str) -> None:
+def _holders(manager: Any, rows: list[Any]) -> dict[str, str]:
+    """For each of the keyed `rows` not written because another task holds
+    its key, {its id: the holder's id}; one whose holder ended meanwhile is
+    written again."""
+    held: dict[str, str] = {}
+    pending = rows
+    for _ in range(SETTLE_TRIES):
+        there = set(manager.filter(pk__in=[r.id for r in pending]).values_list("id", flat=True))
+        pending = [r for r in pending if r.id not in there]
+        if not pending:
+            break
+        holders = dict(
+            manager.filter(lock_key__in={r.lock_key for r in pending}).values_list("lock_key", "id")
+        )
+        free = []
+        for row in pending:
+            if row.lock_key in holders:
+                held[str(row.id)] = str(holders[row.lock_key])
+            else:
+                free.append(row)
+        if not free:
+            break
+        manager.bulk_create(free, ignore_conflicts=True)
+        pending = free
+    return held
+
+
+def outbox(messages: list[dict[str, Any]], using: str) -> dict[str, str]:
     """Write the tasks in the transaction open on `using`, and wake a broker
     once it commits; a rollback takes the rows and the wake away with it.
 
     One wake serves every push of a transaction: a push finds the wake of an
     earlier one registered already, unless that one was made in a savepoint
-    that may still roll back without this push's."""
-    spool(messages, using)
+    that may still roll back without this push's. The value is spool's."""
+    held = spool(messages, using)
     db = transaction.get_connection(using)
     current = set(db.savepoint_ids)
     if not any(hook[1] is wake and hook[0] <= current for hook in db.run_on_commit):
         transaction.on_commit(wake, using=using, robust=True)
+    return held
 
 
 def wake() -> None:

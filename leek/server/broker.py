@@ -32,11 +32,13 @@ from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
 from .cancel import Cancels
+from .controls import Controls
 from .delayed import Delayed
 from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
 from .intake import PUSHES, Intake
 from .lanes import Lanes
+from .metrics import attach
 from .node import Conflict, ensure_free
 from .periodic import Periodic
 from .recovery import Adopter, interrupt_running
@@ -111,6 +113,7 @@ class Broker:
         kind = str(settings["POOL"] if pool is None else pool)
         self.lanes = Lanes(self.store, self.delayed.add, settings, size, kind, queues)
         self.duties = Duties()
+        self.controls = Controls(self.store, self.lanes, self.delayed)
         self.server = Server((self.host, self.port), self)
         self.port = self.server.server_address[1]
         self.heartbeat_interval = float(settings["HEARTBEAT_INTERVAL"])
@@ -119,12 +122,14 @@ class Broker:
         self.conflict = Conflict(self.node, self.hostname, self.heartbeat_timeout)
         self.adopt = Adopter(self.store, self.heartbeat_timeout, self.lanes.served)
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
+        self.metrics = attach(self)
         self.cancels = Cancels(
             self.store,
             self.delayed,
             self.lanes,
             self.heartbeat_timeout,
             float(settings["WRITE_WAIT"]),
+            self.metrics,
         )
 
     # -- life ----------------------------------------------------------------
@@ -169,6 +174,8 @@ class Broker:
         self.store.start()
         self.heartbeat()
         interrupted = interrupt_running(self.store, RECOVERY_TIMEOUT)
+        self.metrics.lost("", "interrupted", interrupted)
+        self.controls.poll()  # no task of a paused queue starts, from the first
         self.lanes.start()
         self.delayed.start()
         pages = self.store.owned()
@@ -178,6 +185,7 @@ class Broker:
         self.duties.every(0, self.store.nudge)  # the running marks (see Store.mark_running)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
         self.duties.every(PERIODIC_TICK, self.periodic.tick)
+        self.controls.every(self.duties.every)
         self.duties.start()
         thread = threading.Thread(
             target=self.server.serve_forever,
@@ -241,6 +249,7 @@ class Broker:
             )
         self.heartbeat(stopped=True, timeout=HEARTBEAT_AT_STOP)  # best effort: within the grace
         self.store.stop()
+        self.metrics.stop()
         logger.info(
             "broker stopped node=%s handled=%s",
             self.node,
@@ -310,16 +319,18 @@ class Broker:
 
     def push(self, verb: str, data: Any, reply: Reply) -> None:
         """Insert the tasks of a push; once they are committed, `reply` gets
-        the reply's value (see Intake.tasks), or the error."""
-        tasks, value = self.intake.tasks(verb, data)
+        the reply's value (see Intake.reply), or the error."""
+        tasks = self.intake.tasks(verb, data)
 
         def committed(inserted: Any, error: BaseException | None) -> None:
-            reply(None if error is not None else value, error)
+            self.metrics.pushed(tasks, error)
+            reply(None if error is not None else self.intake.reply(verb, tasks), error)
 
         self.store.insert(tasks, committed)
 
-    def frame_rejected(self) -> None:
+    def frame_rejected(self, error: BaseException) -> None:
         self.rejected += 1
+        self.metrics.frame_rejected(error)
 
     def ping(self, data: Any = None) -> dict[str, Any]:
         ok, message = self.healthy()
@@ -361,6 +372,8 @@ class Broker:
             "queues": self.lanes.describe(),
             "running": len(self.lanes.busy()),
             "waiting": dict(waiting),
+            "paused": sorted(self.controls.paused),
+            "expired": self.controls.expired,
             "payloads_in_memory": self.lanes.held(),
             "handled": dict(self.lanes.handled()),
             "rejected_frames": self.rejected,

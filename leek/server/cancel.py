@@ -25,6 +25,7 @@ import uuid
 
 from .delayed import Delayed
 from .lanes import Lane, Lanes
+from .metrics import OFF, Metrics
 from .store import Store
 from .workers import Running
 
@@ -39,9 +40,16 @@ class Cancels:
     """The broker's ``cancel`` verb."""
 
     def __init__(
-        self, store: Store, delayed: Delayed, lanes: Lanes, dead_after: float, wait: float
+        self,
+        store: Store,
+        delayed: Delayed,
+        lanes: Lanes,
+        dead_after: float,
+        wait: float,
+        metrics: Metrics = OFF,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.delayed = delayed
         self.lanes = lanes
         self.dead_after = dead_after  # HEARTBEAT_TIMEOUT: a broker silent this long is gone
@@ -88,6 +96,7 @@ class Cancels:
             # In the delayed heap it never reaches a lane; else, if this broker
             # owns it, it is in its lane or on its way there.
             here = not self.delayed.cancel(task_id) and owner == self.store.node
+            self.metrics.cancelled(queue)
             logger.info(
                 "task cancelled task=%s queue=%s owner=%s",
                 task_id,

@@ -28,6 +28,8 @@ from .rows import Job, Ready
 #: the page a worker loads ahead (see `take`).
 KEEP_WINDOW = 200
 DEFAULT_QUEUE = "default"
+#: Tasks of each priority looked at for the oldest waiting task of each queue.
+HEAD_SCAN = 1000
 
 Entry = bytes | tuple[bytes, str]
 
@@ -51,9 +53,13 @@ class Dispatcher:
         self._cancelled: set[bytes] = set()  # cancelled: skipped when met
         self._taken: dict[bytes, int] = {}  # attempts taken whose outcome is not committed
         self._holds: dict[bytes, int] = {}  # cancels whose database write is in flight
-        self._parked: dict[bytes, tuple[int, Entry]] = {}  # met while held
+        self._aside: dict[bytes, tuple[int, Entry]] = {}  # met while held
         self.waiting: Counter[str] = Counter()
         self._closed = False
+        # Paused queues, and the entries of theirs a take passed over, in the
+        # order it met them, with their priorities (see `pause`).
+        self._paused: frozenset[str] = frozenset()
+        self._parked: dict[str, list[tuple[int, Entry]]] = {}
 
     def __len__(self) -> int:
         return sum(self.waiting.values())
@@ -95,7 +101,10 @@ class Dispatcher:
                         self._cancelled.discard(key)
                         continue
                     if key in self._holds:
-                        self._parked[key] = (priority, entry)
+                        self._aside[key] = (priority, entry)
+                        continue
+                    if queue in self._paused:
+                        self._parked.setdefault(queue, []).append((priority, entry))
                         continue
                     self.waiting[queue] -= 1
                     self._taken[key] = self._taken.get(key, 0) + 1
@@ -125,6 +134,25 @@ class Dispatcher:
         """Payloads held in memory."""
         with self._lock:
             return len(self._jobs)
+
+    def heads(self, scan: int = HEAD_SCAN) -> dict[str, bytes]:
+        """The id (as bytes) of the oldest task waiting in each queue, looking
+        at the first `scan` tasks of each priority only."""
+        found: dict[str, bytes] = {}
+        with self._lock:
+            queues = sum(1 for n in self.waiting.values() if n > 0)
+            for lane in self._lanes.values():
+                seen: set[str] = set()
+                for entry in islice(lane, scan):
+                    key, queue = (entry, DEFAULT_QUEUE) if isinstance(entry, bytes) else entry
+                    if queue in seen or key in self._cancelled:
+                        continue
+                    seen.add(queue)
+                    if queue not in found or key < found[queue]:
+                        found[queue] = key
+                    if len(seen) >= queues:
+                        break
+        return found
 
     def done(self, task_id: uuid.UUID) -> None:
         """The attempt a worker took of this task has ended and its outcome is
@@ -160,17 +188,17 @@ class Dispatcher:
                 self._holds[key] = left
             else:
                 self._holds.pop(key, None)
-            parked = self._parked.get(key) if left <= 0 or cancelled is not None else None
-            if parked is not None:
-                del self._parked[key]
+            aside = self._aside.get(key) if left <= 0 or cancelled is not None else None
+            if aside is not None:
+                del self._aside[key]
             if cancelled is not None:
-                if parked is not None or here:
+                if aside is not None or here:
                     self.waiting[cancelled] -= 1
                     self._jobs.pop(key, None)
-                if parked is None and here:
+                if aside is None and here:
                     self._cancelled.add(key)
-            elif parked is not None:
-                self._put_back(*parked)
+            elif aside is not None:
+                self._put_back(*aside)
 
     def _put_back(self, priority: int, entry: Entry) -> None:
         """An entry set aside, at the front of its lane again (under the lock)."""
@@ -180,6 +208,30 @@ class Dispatcher:
             bisect.insort(self._order, priority)
         lane.appendleft(entry)
         self._ready.notify()
+
+    def cancel(self, task_id: uuid.UUID, queue: str) -> None:
+        """Skip this task, which the database shows ended (expired) while it waited here."""
+        with self._lock:
+            self._cancelled.add(task_id.bytes)
+            self.waiting[queue] -= 1
+            self._jobs.pop(task_id.bytes, None)
+
+    def pause(self, queues: frozenset[str]) -> None:
+        """Start no task of `queues` from now on; those of the queues no longer
+        paused go back to the front of their lanes, in their order. A paused
+        queue's tasks still count as waiting."""
+        with self._lock:
+            self._paused = queues
+            resumed = [q for q in self._parked if q not in queues]
+            for queue in resumed:
+                for priority, entry in reversed(self._parked.pop(queue)):
+                    lane = self._lanes.get(priority)
+                    if lane is None:
+                        lane = self._lanes[priority] = deque()
+                        bisect.insort(self._order, priority)
+                    lane.appendleft(entry)
+            if resumed:
+                self._ready.notify_all()
 
     def close(self) -> None:
         with self._lock:

@@ -55,6 +55,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 
 from .dberrors import DATABASE_ERRORS as DATABASE_ERRORS
 from .dberrors import transient
+from .metrics import OFF, Metrics
 from .ops import Call, Done, Op, Waiter
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class GroupCommit:
 
     def __init__(self, name: str, batches: Batches) -> None:
         self.batches = batches
+        self.name = name
+        self.metrics: Metrics = OFF
         self.healthy = True
         self.last_error = ""
         self.commits = 0
@@ -358,7 +361,9 @@ class GroupCommit:
     def _committed(self, ops: list[Op], results: list[Any], started: float) -> None:
         self.healthy, self.last_error = True, ""
         self.commits += 1
-        self.commit_time = 0.8 * self.commit_time + 0.2 * (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.commit_time = 0.8 * self.commit_time + 0.2 * seconds
+        self.metrics.committed(self.name, len(ops), seconds)
         try:
             self.batches.committed(ops, results)
         except Exception:  # committed all the same: the clients get their replies

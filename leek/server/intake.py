@@ -16,14 +16,16 @@ from collections import Counter
 from typing import Any
 
 from .. import fields
+from .metrics import OFF, Metrics
 from .rows import NewTask
 
 logger = logging.getLogger(__name__)
 
 #: The verbs that push tasks, each answered once its tasks are committed.
 PUSHES = frozenset({"enqueue", "enqueue_batch", "enqueue_many"})
-#: A task's queue, priority, max_retries, timeout, run_after and code_version.
-Options = tuple[str, int, int, float | None, float | None, str]
+#: A task's queue, priority, max_retries, timeout, run_after, code_version,
+#: key, key_running and expires (NewTask's fields in that order).
+Options = tuple[str, int, int, float | None, float | None, str, str | None, bool, float | None]
 
 
 class Intake:
@@ -33,20 +35,35 @@ class Intake:
         self.max_retries = max_retries  # for a task that names none
         self.code_version = code_version
         self.drift: Counter[str] = Counter()  # pushes per client code version unlike ours
+        self.metrics: Metrics = OFF
 
-    def tasks(self, verb: str, data: Any) -> tuple[list[NewTask], Any]:
-        """The tasks of a push, and the value of its reply once they are
-        committed: enqueue, the id; enqueue_many, the ids; enqueue_batch, how many."""
+    def tasks(self, verb: str, data: Any) -> list[NewTask]:
+        """The tasks of a push."""
+        try:
+            return self._tasks(verb, data)
+        except (ValueError, TypeError, KeyError):
+            self.metrics.refused("invalid")
+            raise
+
+    def _tasks(self, verb: str, data: Any) -> list[NewTask]:
         if verb not in PUSHES:
             raise ValueError(f"{verb!r} is not a push: expected one of {', '.join(sorted(PUSHES))}")
         if verb == "enqueue":
-            task = self.task(data)
-            return [task], str(task.id)
+            return [self.task(data)]
         if verb == "enqueue_batch":
-            tasks = self.batch(data)
-            return tasks, len(tasks)
-        tasks = [self.task(item) for item in data]
-        return tasks, [str(t.id) for t in tasks]
+            return self.batch(data)
+        return [self.task(item) for item in data]
+
+    @staticmethod
+    def reply(verb: str, tasks: list[NewTask]) -> Any:
+        """The value of a push's reply once its tasks are committed: enqueue,
+        the id; enqueue_many, the ids; enqueue_batch, how many. A task that
+        was not inserted because another holds its key answers with that
+        task's id."""
+        if verb == "enqueue_batch":
+            return len(tasks)
+        ids = [str(t.holder or t.id) for t in tasks]
+        return ids[0] if verb == "enqueue" else ids
 
     def task(self, item: dict[str, Any]) -> NewTask:
         """A whole task, as enqueue and enqueue_many send each."""
@@ -71,9 +88,9 @@ class Intake:
         return tasks
 
     def options(self, item: dict[str, Any], count: int = 1) -> Options:
-        """The checked queue, priority, max_retries, timeout, run_after and
-        code_version of a task or of a batch of `count` tasks (NewTask's
-        fields in that order)."""
+        """The checked queue, priority, max_retries, timeout, run_after,
+        code_version, key, key_running and expires of a task or of a batch
+        of `count` tasks (NewTask's fields in that order)."""
         code = str(item.get("code_version") or "")
         if code and self.code_version and code != self.code_version:
             if not self.drift[code]:
@@ -92,6 +109,9 @@ class Intake:
             fields.timeout(item.get("timeout")),
             fields.run_after(item.get("run_after")),
             code[:64],
+            fields.key(item.get("key")),
+            bool(item.get("key_running", False)),
+            fields.expires(item.get("expires")),
         )
 
 

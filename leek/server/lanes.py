@@ -95,6 +95,16 @@ class Lanes:
         for lane, batch in lanes.values():
             lane.dispatcher.push(batch)
 
+    def cancel(self, task_id: Any, queue: str) -> None:
+        lane = self.lane(queue)
+        if lane is not None:
+            lane.dispatcher.cancel(task_id, queue)
+
+    def pause(self, queues: frozenset[str]) -> None:
+        """Start no task of `queues`; resume the others (Dispatcher.pause)."""
+        for lane in self.all:
+            lane.dispatcher.pause(queues)
+
     # -- life ----------------------------------------------------------------
 
     def start(self) -> None:

@@ -28,6 +28,12 @@ class NewTask:
     timeout: float | None
     run_after: float | None
     code_version: str
+    key: str | None = None
+    key_running: bool = False
+    expires: float | None = None
+    #: Set by the insert for a task not inserted because another task holds
+    #: its key: that task's id, which the push's reply carries instead.
+    holder: uuid.UUID | None = None
 
 
 @dataclass(slots=True)
@@ -39,6 +45,8 @@ class Job:
     attempts: int
     max_retries: int
     timeout: float | None
+    #: A Unix time: a task not started by then expires instead (None: never).
+    expires: float | None = None
 
 
 @dataclass(slots=True)

@@ -79,7 +79,7 @@ class Endpoint(Protocol):
         """The value of any other verb; raises LeekError, ValueError,
         TypeError or KeyError for a request it refuses."""
 
-    def frame_rejected(self) -> None:
+    def frame_rejected(self, error: BaseException) -> None:
         """Count a frame refused for its size, its signature, its bytes, or as a replay."""
 
 
@@ -120,7 +120,7 @@ class Handler(socketserver.BaseRequestHandler):
             try:
                 frame = self.frames.read(idle=idle)
             except StaleFrame as exc:  # signed and whole, but a replay: the stream goes on
-                endpoint.frame_rejected()
+                endpoint.frame_rejected(exc)
                 security.warning(
                     "frame refused client=%s error=%s",
                     self.client_address[0],
@@ -135,7 +135,7 @@ class Handler(socketserver.BaseRequestHandler):
                     return
                 continue
             except ProtocolError as exc:
-                endpoint.frame_rejected()
+                endpoint.frame_rejected(exc)
                 security.warning(
                     "frame rejected client=%s error=%s",
                     self.client_address[0],

@@ -44,6 +44,7 @@ from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..runtime import CapturedOutput
 from .attempt import Attempt, Result, cancelled, perform, timed_out
 from .dispatch import Dispatcher
+from .metrics import OFF, Metrics
 from .notify import failure_hooks, run_hooks
 from .outcome import outcome_of, send_retried
 from .process import WorkerProcess
@@ -126,6 +127,7 @@ class Pool:
         self.max_memory = int(settings["MAX_MEMORY_PER_CHILD"])
         self.no_retry = tuple(import_string(path) for path in settings["NO_RETRY"])
         self.hooks = failure_hooks()
+        self.metrics: Metrics = OFF
 
     # -- life ----------------------------------------------------------------
 
@@ -316,6 +318,9 @@ class Pool:
             if ready.id not in found or found[ready.id][0] not in ("queued", "running"):
                 return False  # cancelled or deleted while it waited
             job = found[ready.id][1]
+        if job.expires is not None and job.attempts == 0 and time.time() >= job.expires:
+            self.store.controls.expire(ready.id)  # not started by its expiry: it never runs
+            return False
         if process is not None and not process.alive and not self._start(process, 0):
             # Its process died while it waited for this task, and cannot start:
             # the task has not begun, so it waits again, its attempts as they were.
@@ -358,6 +363,7 @@ class Pool:
             self.retry_later([retry])
         self.store.record(outcome, lambda: self.dispatcher.done(ready.id))
         self.handled[ready.queue] += 1
+        self.metrics.finished(ready.queue, outcome)
         if run.cancelled:
             return True  # asked for: no failure to tell
         if not outcome.succeeded and outcome.final:

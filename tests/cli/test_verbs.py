@@ -22,8 +22,11 @@ NAMES = [
     "waiting",
     "handled",
     "stats",
+    "top",
     "retry-failed",
     "purge",
+    "pause",
+    "resume",
     "schedule",
 ]
 

@@ -104,7 +104,7 @@ def test_a_thousand_tasks_from_four_threads_run_exactly_once(broker: BrokerProce
 def test_priority_then_fifo(broker_factory: Callable[..., BrokerProcess], tmp_path: Any) -> None:
     broker_factory(LEEK_WORKERS="1")
     log = tmp_path / "order"
-    gate = leek.push_task_to_queue(tasks.sleep, 0.5)  # holds the one worker
+    gate = leek.push_task_to_queue(tasks.sleep, 1.5)  # holds the one worker
     wait_for(lambda: gate.status() == "running")
     for name, priority in [("low-1", 0), ("high-1", 5), ("low-2", 0), ("high-2", 5)]:
         leek.enqueue(tasks.append_line, (str(log), name), priority=priority)
@@ -114,7 +114,7 @@ def test_priority_then_fifo(broker_factory: Callable[..., BrokerProcess], tmp_pa
 
 def test_waiting_and_handled_per_queue(broker_factory: Callable[..., BrokerProcess]) -> None:
     broker_factory(LEEK_WORKERS="1")
-    gate = leek.push_task_to_queue(tasks.sleep, 0.6)
+    gate = leek.push_task_to_queue(tasks.sleep, 1.5)
     wait_for(lambda: gate.status() == "running")
     for _ in range(3):
         leek.enqueue(tasks.noop, queue="emails")
@@ -132,7 +132,7 @@ def test_cancel_a_task_that_has_not_started(
     broker_factory: Callable[..., BrokerProcess], pool: str
 ) -> None:
     broker_factory(LEEK_WORKERS="1", LEEK_POOL=pool)
-    gate = leek.push_task_to_queue(tasks.sleep, 0.5)
+    gate = leek.push_task_to_queue(tasks.sleep, 1.5)
     wait_for(lambda: gate.status() == "running")
     handle = leek.push_task_to_queue(tasks.add, 1, 1)
     assert handle.cancel() is True
@@ -195,7 +195,7 @@ def test_stop_is_graceful(broker: BrokerProcess) -> None:
 
 @BOTH_POOLS
 def test_sigterm_is_graceful(broker: BrokerProcess) -> None:
-    handle = leek.push_task_to_queue(tasks.sleep, 0.5)
+    handle = leek.push_task_to_queue(tasks.sleep, 1.5)
     wait_for(lambda: handle.status() == "running")
     assert broker.kill(signal.SIGTERM) == 0
     assert handle.status() == "succeeded"  # it was let finish

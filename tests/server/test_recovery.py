@@ -46,7 +46,7 @@ def test_a_stop_signal_leaves_queued_tasks_for_the_next_start(
 ) -> None:
     port = free_port()
     broker: BrokerProcess = broker_factory(port=port, LEEK_WORKERS="1")
-    gate = leek.push_task_to_queue(tasks.sleep, 0.5)
+    gate = leek.push_task_to_queue(tasks.sleep, 2.0)  # seen running on a busy host too
     wait_for(lambda: gate.status() == "running")
     later = [leek.push_task_to_queue(tasks.add, i, i) for i in range(5)]
     assert broker.kill(sig) == 0

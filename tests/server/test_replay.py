@@ -301,7 +301,7 @@ def test_a_frame_of_the_old_version_gets_an_answer_an_old_client_cannot_take_for
 def test_a_client_whose_clock_lags_the_broker_restamps_and_is_served(
     broker: BrokerProcess,
 ) -> None:
-    conn = connection._connect(("127.0.0.1", broker.port))
+    conn = connection.connect(("127.0.0.1", broker.port))
     try:
         conn.frames.clock_offset = -300.0  # as if its clock were five minutes late
         assert conn.request("ping", {}) == (True, {"ok": True, "message": "I'm OK"})

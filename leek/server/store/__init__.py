@@ -12,7 +12,8 @@ one writer at a time, so there both lanes are one.
 
 Reads (`jobs`, `owned`, `node_row`, `counts`) run on the calling thread's own
 Django connection and see what the lanes committed. The PeriodicTask rows'
-reads and writes are `Store.periodic`'s (periodic.py).
+reads and writes are `Store.periodic`'s (periodic.py), and those of expiry and
+paused queues `Store.controls`' (controls.py).
 
 The statements are in sql.py, the writing of a batch in batch.py; no other
 module of leek writes SQL (migrations aside).
@@ -35,6 +36,7 @@ from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from ..starts import Starts, path_for
 from . import cut, storable
 from .batch import Writes
+from .controls import ControlRows
 from .cursor import raw_cursor
 from .periodic import PeriodicRows
 from .sql import NODE_COLUMNS, Statements
@@ -62,6 +64,7 @@ class Store:
             self.tasks if self.dialect.sqlite else GroupCommit("leek-outcomes", self.writes)
         )
         self.periodic = PeriodicRows(self)
+        self.controls = ControlRows(self)
         self.starts = Starts(path_for(node))
         #: This node's row as the first heartbeat of this life found it (hostname,
         #: pid, host, port, stopped), () when there was none; None until then.
@@ -148,7 +151,10 @@ class Store:
         inserted (as Ready), or with the error. Their texts are stored as
         storable.py has them."""
         limit = self.text_limit
-        self.tasks.lead(Insert([storable.task(t, limit) for t in tasks], done))
+        stored = [storable.task(t, limit) for t in tasks]
+        if any(t.key is not None for t in tasks):
+            done = _holders_to(tasks, stored, done)
+        self.tasks.lead(Insert(stored, done))
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it.
@@ -198,8 +204,8 @@ class Store:
         try:
             cursor.execute(self.sql.jobs(len(keys)), keys)
             return {
-                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t))
-                for i, s, p, n, a, m, t in cursor.fetchall()
+                d.read_uuid(i): (s, Job(bytes(p), n, a, m, t, d.read_time(e)))
+                for i, s, p, n, a, m, t, e in cursor.fetchall()
             }
         finally:
             cursor.close()
@@ -295,6 +301,15 @@ class Store:
         since = timezone.now() - timedelta(seconds=dead_after)
         live = list(BrokerNode.objects.filter(stopped=False, heartbeat_at__gte=since))
         return sorted(q for q, n in queued.items() if n and not any(b.serves(q) for b in live))
+
+    def beats(self) -> list[tuple[str, float, bool]]:
+        """Every broker's name, the time of its last heartbeat (seconds since
+        the epoch) and whether it stopped, as their rows have them."""
+        from ...models import BrokerNode
+
+        rows = BrokerNode.objects.values_list("name", "heartbeat_at", "stopped")
+        read = self.dialect.read_time
+        return [(name, read(beat) or 0.0, stopped) for name, beat, stopped in rows]
 
     def node_row(self, name: str) -> dict[str, Any] | None:
         """A broker's row as last written, or None."""
@@ -413,3 +428,15 @@ class Store:
             return ready, gone, cut.record(cursor, sql.failure, d, running, adopted=True)
 
         return self.call(claim)
+
+
+def _holders_to(tasks: Sequence[NewTask], stored: Sequence[NewTask], done: Done) -> Done:
+    """`done`, once the holders the insert found for `stored` are copied to
+    `tasks`, the caller's (storable.task may have copied a task)."""
+
+    def finished(value: Any, error: BaseException | None) -> None:
+        for mine, written in zip(tasks, stored, strict=True):
+            mine.holder = written.holder
+        done(value, error)
+
+    return finished

@@ -17,7 +17,7 @@ from typing import Any
 from ..dberrors import transient
 from ..ops import Call, Insert, Mark, Op, Record
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
-from . import storable
+from . import keys, storable
 from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,26 @@ class Writes:
         return None, None
 
     def insert_tasks(self, cursor: Any, tasks: Sequence[NewTask]) -> list[Ready]:
-        """Insert the tasks not already there, on `cursor`; the ones inserted, as Ready."""
+        """Insert the tasks not already there, on `cursor`; the ones inserted, as Ready.
+
+        A task with a key that another task holds is not inserted: its
+        `holder` is set to that task's id (keys.py)."""
+        fresh = self._insert_rows(cursor, tasks)
+        if any(t.key is not None for t in tasks):
+            fresh = keys.settle(self.dialect, self._insert_rows, cursor, tasks, fresh)
+        return [
+            Ready(
+                t.id,
+                t.priority,
+                t.queue,
+                t.run_after,
+                Job(t.payload, t.name, 0, t.max_retries, t.timeout, t.expires),
+            )
+            for t in fresh
+        ]
+
+    def _insert_rows(self, cursor: Any, tasks: Sequence[NewTask]) -> Sequence[NewTask]:
+        """Insert the rows of `tasks`; those inserted."""
         if not tasks:  # an empty push: no statement (PostgreSQL's takes no empty arrays)
             return []
         d = self.dialect
@@ -198,6 +217,10 @@ class Writes:
                 None if t.run_after is None else d.time(t.run_after),
                 node,
                 t.code_version,
+                t.key,
+                t.key,
+                t.key_running,
+                None if t.expires is None else d.time(t.expires),
             )
             for t in tasks
         ]
@@ -221,16 +244,7 @@ class Writes:
                 )
                 new.update(key for (key,) in cursor.fetchall())
             fresh = _once(tasks, [row[0] for row in rows], new)
-        return [
-            Ready(
-                t.id,
-                t.priority,
-                t.queue,
-                t.run_after,
-                Job(t.payload, t.name, 0, t.max_retries, t.timeout),
-            )
-            for t in fresh
-        ]
+        return fresh
 
     def _insert_sql(self, rows: int, returning: bool) -> str:
         """The insert of `rows` tasks, built once per shape."""
@@ -255,7 +269,10 @@ class Writes:
                 status = "failed" if o.final else "queued"
             finished = d.time(o.finished)
             started = d.time(o.started)
-            finishes.append((status, started, finished, o.attempt, d.time(o.retry_at), tid))
+            retrying = status == "queued"
+            finishes.append(
+                (status, started, finished, o.attempt, d.time(o.retry_at), retrying, tid)
+            )
             if o.succeeded:
                 successes.append(
                     (

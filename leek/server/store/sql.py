@@ -34,19 +34,30 @@ TASK_ROW = (
     ("code_version", "%s"),
     ("progress", "NULL"),
     ("progress_note", "''"),
+    ("key", "%s"),
+    ("lock_key", "%s"),
+    ("key_running", "%s"),
+    ("expires_at", "%s"),
 )
 #: PostgreSQL inserts a batch from one array per bound column (the queue time
 #: and the broker are one value for all): the indexes of those columns in a row.
-PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11)
+PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15)
+#: No conflict target: a task is skipped whether its id is there already (a
+#: replay) or another task holds its key (the unique lock_key).
 PG_INSERT_MANY = (
     "INSERT INTO leek_task (id, name, queue, priority, payload, args_repr, max_retries, "
-    "timeout, run_after, code_version, status, attempts, queued_at, started_at, finished_at, "
-    "broker, spooled, progress, progress_note) "
+    "timeout, run_after, code_version, key, lock_key, key_running, expires_at, status, "
+    "attempts, queued_at, started_at, finished_at, broker, spooled, progress, progress_note) "
     "SELECT u.*, 'queued', 0, %s, NULL, NULL, %s, false, NULL, '' FROM unnest("
     "%s::uuid[], %s::varchar[], %s::varchar[], %s::integer[], %s::bytea[], %s::text[], "
-    "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[]) AS u "
-    "ON CONFLICT (id) DO NOTHING RETURNING id"
+    "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[], %s::varchar[], "
+    "%s::varchar[], %s::boolean[], %s::timestamptz[]) AS u "
+    "ON CONFLICT DO NOTHING RETURNING id"
 )
+#: A task's lock_key once it starts: kept only for a key_running task.
+KEEP_RUNNING_KEY = "CASE WHEN key_running THEN lock_key ELSE NULL END"
+#: The queues paused, for every broker sharing the database.
+PAUSED = "SELECT queue FROM leek_queuestate WHERE paused"
 #: The columns of a broker's row that each heartbeat writes.
 NODE_COLUMNS = (
     "hostname",
@@ -97,13 +108,18 @@ class Statements:
         self.dialect = d
         q = d.sql
         self.insert_row = q("(" + ", ".join(value for _, value in TASK_ROW) + ")")
+        # A task's key stops locking when it starts, unless it is key_running.
         self.mark = q(
-            "UPDATE leek_task SET status = 'running', started_at = %s, attempts = %s "
-            "WHERE id = %s AND status = 'queued'"
+            "UPDATE leek_task SET status = 'running', started_at = %s, attempts = %s, "
+            f"lock_key = {KEEP_RUNNING_KEY} WHERE id = %s AND status = 'queued'"
         )
+        # Its key stops locking when it ends, unless it waits for a retry and is
+        # key_running (bound: whether it waits for a retry).
         self.finish = q(
             "UPDATE leek_task SET status = %s, started_at = %s, finished_at = %s, attempts = %s, "
-            "run_after = COALESCE(%s, run_after) WHERE id = %s AND status <> 'cancelled'"
+            "run_after = COALESCE(%s, run_after), "
+            "lock_key = CASE WHEN %s AND key_running THEN lock_key ELSE NULL END "
+            "WHERE id = %s AND status <> 'cancelled'"
         )
         self.success = q(
             "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "
@@ -119,16 +135,36 @@ class Statements:
         # A queued task is cancelled here only where no other live broker may
         # hold it in memory: its own, nobody's, or one silent since the time bound.
         self.cancel = q(
-            "UPDATE leek_task SET status = 'cancelled', finished_at = %s "
+            "UPDATE leek_task SET status = 'cancelled', finished_at = %s, lock_key = NULL "
             "WHERE id = %s AND status = 'queued' AND (broker = %s OR broker = '' "
             "OR NOT EXISTS (SELECT 1 FROM leek_brokernode n WHERE n.name = leek_task.broker "
             "AND NOT n.stopped AND n.heartbeat_at >= %s)) RETURNING queue, broker"
         )
         # A task this broker runs now, or holds queued.
         self.cancel_running = q(
-            "UPDATE leek_task SET status = 'cancelled', finished_at = %s WHERE id = %s "
-            "AND status IN ('queued', 'running') AND broker = %s RETURNING queue, broker"
+            "UPDATE leek_task SET status = 'cancelled', finished_at = %s, lock_key = NULL "
+            "WHERE id = %s AND status IN ('queued', 'running') AND broker = %s "
+            "RETURNING queue, broker"
         )
+        # A task that has not started, at or past its expiry (attempts = 0: a
+        # task that started once is not cut by it).
+        self.expire = q(
+            "UPDATE leek_task SET status = 'expired', finished_at = %s, lock_key = NULL "
+            "WHERE id = %s AND status = 'queued' AND attempts = 0"
+        )
+        # Every waiting task past its expiry, read through the partial index of
+        # expiring tasks: its condition repeated, and on SQLite, which keeps no
+        # statistics and would walk every queued task by the status index, named.
+        expiring = (
+            "WHERE expires_at IS NOT NULL AND status = 'queued' AND expires_at <= %s "
+            "AND attempts = 0"
+        )
+        tasks = "leek_task INDEXED BY leek_task_expiring" if d.sqlite else "leek_task"
+        self.expire_due = q(
+            f"UPDATE {tasks} SET status = 'expired', finished_at = %s, lock_key = NULL "
+            f"{expiring} RETURNING id, queue, broker"
+        )
+        self.any_expired = q(f"SELECT 1 FROM {tasks} {expiring} LIMIT 1")
         # A task's row while its outcome is written apart (batch.write_apart),
         # kept from deletion until the commit on PostgreSQL.
         self.task_exists = q(
@@ -138,19 +174,20 @@ class Statements:
             "UPDATE leek_task SET status = 'queued' WHERE id = %s AND status <> 'cancelled'"
         )
         self.fail_cut = q(
-            "UPDATE leek_task SET status = 'failed', finished_at = %s "
+            "UPDATE leek_task SET status = 'failed', finished_at = %s, lock_key = NULL "
             "WHERE id = %s AND status <> 'cancelled'"
         )
         # An attempt a worker had started (the file of starts.py) counts though
         # its running mark never reached the database.
         self.started_before = q(
-            "UPDATE leek_task SET status = 'running', attempts = %s, started_at = %s "
+            "UPDATE leek_task SET status = 'running', attempts = %s, started_at = %s, "
+            f"lock_key = {KEEP_RUNNING_KEY} "
             "WHERE id = %s AND broker = %s AND status IN ('queued', 'running') AND attempts < %s"
         )
         # The attempt cut short was the task's last: it fails for good.
         self.interrupt_last = q(
-            "UPDATE leek_task SET status = 'failed', finished_at = %s WHERE broker = %s "
-            "AND status = 'running' AND attempts > max_retries "
+            "UPDATE leek_task SET status = 'failed', finished_at = %s, lock_key = NULL "
+            "WHERE broker = %s AND status = 'running' AND attempts > max_retries "
             "RETURNING id, name, attempts, started_at"
         )
         self.interrupt = q(
@@ -215,14 +252,14 @@ class Statements:
         return (
             f"INSERT INTO leek_task ({', '.join(c for c, _ in TASK_ROW)}) VALUES "
             + ", ".join([self.insert_row] * rows)
-            + " ON CONFLICT (id) DO NOTHING"
+            + " ON CONFLICT DO NOTHING"
             + (" RETURNING id" if returning else "")
         )
 
     def jobs(self, count: int) -> str:
         """The status and job of `count` tasks by id."""
         return (
-            "SELECT id, status, payload, name, attempts, max_retries, timeout "
+            "SELECT id, status, payload, name, attempts, max_retries, timeout, expires_at "
             "FROM leek_task WHERE id IN (" + ", ".join([self.dialect.ph] * count) + ")"
         )
 

@@ -1,0 +1,49 @@
+"""The system checks of the push path's settings, as `manage.py check` runs them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core import checks
+
+
+def messages(settings: Any, code: str, **leek: Any) -> list[str]:
+    settings.LEEK = leek
+    return [m.msg for m in checks.run_checks() if m.id == code]
+
+
+@pytest.mark.parametrize("value", [0, -5, "60", None, True])
+def test_a_replay_window_that_is_not_a_positive_number_is_an_error(
+    settings: Any, value: Any
+) -> None:
+    assert messages(settings, "leek.E012", REPLAY_WINDOW=value) == [
+        f"LEEK['REPLAY_WINDOW'] must be a number of seconds greater than zero, got {value!r}."
+    ]
+
+
+def test_a_write_wait_of_zero_is_an_error(settings: Any) -> None:
+    [message] = messages(settings, "leek.E012", WRITE_WAIT=0)
+    assert "WRITE_WAIT" in message
+
+
+def test_an_unknown_atomic_push_mode_is_an_error(settings: Any) -> None:
+    assert messages(settings, "leek.E012", ATOMIC_PUSH="outbox ") == [
+        "LEEK['ATOMIC_PUSH'] is 'outbox '."
+    ]
+
+
+def test_accept_unsigned_rows_must_be_a_boolean(settings: Any) -> None:
+    [message] = messages(settings, "leek.E012", ACCEPT_UNSIGNED_ROWS="no")
+    assert "True or False, got 'no'" in message
+
+
+def test_too_few_replay_nonces_is_an_error(settings: Any) -> None:
+    [message] = messages(settings, "leek.E002", REPLAY_NONCES=0)
+    assert "REPLAY_NONCES" in message
+
+
+def test_the_defaults_and_good_values_pass(settings: Any) -> None:
+    assert messages(settings, "leek.E012") == []
+    good = {"REPLAY_WINDOW": 5, "WRITE_WAIT": 2.5, "ATOMIC_PUSH": "outbox"}
+    assert messages(settings, "leek.E012", ACCEPT_UNSIGNED_ROWS=True, **good) == []
