@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -21,6 +22,8 @@ from django.utils import timezone
 import leek
 from leek.client import connection as client
 from leek.models import BrokerNode, FailedTask, SuccessTask, Task
+from leek.server.dispatch import Dispatcher
+from leek.server.rows import Ready
 from tests import tasks
 from tests.conftest import BOTH_POOLS, BrokerFactory, BrokerProcess, free_port, wait_for
 
@@ -264,3 +267,46 @@ def test_cancel_running_on_another_broker_than_the_one_running_it_says_false(
     assert blocker.status() == "running"
     gate.touch()
     assert blocker.result(timeout=30) == str(gate)
+
+
+def drain(dispatcher: Dispatcher) -> list[uuid.UUID]:
+    taken = []
+    while (item := dispatcher.take(timeout=0)) is not None:
+        taken.append(item[0].id)
+    return taken
+
+
+def test_a_held_task_a_worker_meets_is_set_aside_then_given_back_when_not_cancelled() -> None:
+    dispatcher = Dispatcher(memory_payloads=0)
+    first, second = Ready(uuid.uuid4(), 0, "default", None), Ready(uuid.uuid4(), 0, "mail", None)
+    dispatcher.push([first, second])
+    assert dispatcher.hold(first.id) and dispatcher.hold(first.id)  # two cancels at once
+    assert drain(dispatcher) == [second.id]
+    dispatcher.settle(first.id, None, here=False)  # one cancelled nothing; one still writes
+    assert drain(dispatcher) == []
+    dispatcher.settle(first.id, None, here=False)
+    assert drain(dispatcher) == [first.id]
+    assert dispatcher.waiting == {"default": 0, "mail": 0}
+
+
+def test_a_taken_task_cannot_be_held_until_its_outcome_is_committed() -> None:
+    dispatcher = Dispatcher(memory_payloads=0)
+    task = Ready(uuid.uuid4(), 0, "default", None)
+    dispatcher.push([task])
+    assert drain(dispatcher) == [task.id]
+    assert dispatcher.hold(task.id) is False
+    dispatcher.done(task.id)
+    assert dispatcher.hold(task.id) is True
+
+
+def test_a_cancelled_task_set_aside_or_still_coming_is_dropped_and_counted_once() -> None:
+    dispatcher = Dispatcher(memory_payloads=0)
+    aside, coming = Ready(uuid.uuid4(), 0, "default", None), Ready(uuid.uuid4(), 0, "default", None)
+    dispatcher.push([aside])
+    assert dispatcher.hold(aside.id) and dispatcher.hold(coming.id)
+    assert drain(dispatcher) == []
+    dispatcher.settle(aside.id, "default", here=True)
+    dispatcher.settle(coming.id, "default", here=True)  # on its way from the delayed heap
+    dispatcher.push([coming])
+    assert drain(dispatcher) == []
+    assert dispatcher.waiting["default"] == 0
