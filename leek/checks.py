@@ -13,7 +13,7 @@ from typing import Any
 from django.apps import apps
 from django.core import checks
 
-from . import conf
+from . import conf, logs
 
 
 @checks.register()
@@ -84,6 +84,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 f"LEEK['POOL'] is {settings['POOL']!r}.",
                 hint='Use "threads" or "processes".',
                 id="leek.E006",
+            )
+        )
+    if settings["LOG_FORMAT"] not in logs.FORMATS:
+        errors.append(
+            checks.Error(
+                f"LEEK['LOG_FORMAT'] is {settings['LOG_FORMAT']!r}.",
+                hint=f"Use one of {', '.join(map(repr, logs.FORMATS))}.",
+                id="leek.E014",
             )
         )
     errors += _check_queues(settings["QUEUES"])

@@ -100,6 +100,9 @@ DEFAULTS: dict[str, Any] = {
     "SQLITE_SYNCHRONOUS": "NORMAL",
     # Most bytes of a task's stdout and stderr kept for the admin.
     "CAPTURE_LIMIT": 64 * 1024,
+    # What `leek start` writes to stderr when the project configured no log
+    # handler: "text" lines, or "json", one object per line (leek.logs).
+    "LOG_FORMAT": "text",
     # Dotted paths of callables run as hook(task_id, name, outcome) when a task
     # fails for good; outcome has exc_type, exc_message, traceback, attempt,
     # stdout and stderr.

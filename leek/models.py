@@ -13,6 +13,8 @@ from .ids import new_task_id
 
 class Status(models.TextChoices):
     QUEUED = "queued", "queued"
+    #: A step of a chain or a chord's callback, until what it follows succeeds.
+    WAITING = "waiting", "waiting"
     RUNNING = "running", "running"
     SUCCEEDED = "succeeded", "succeeded"
     FAILED = "failed", "failed"
@@ -62,6 +64,11 @@ class Task(models.Model):
     key_running = models.BooleanField(default=False, db_default=False)
     #: A task not started by then is marked expired and never runs.
     expires_at = models.DateTimeField(null=True, blank=True)
+    #: The chain, group or chord the task is a step of (null for a lone task).
+    chain = models.UUIDField(null=True, blank=True)
+    #: The step this task's success releases (a chain's next step, a chord's
+    #: callback), which waits until then; null for the last step and lone tasks.
+    next_step = models.UUIDField(null=True, blank=True)
 
     class Meta:
         permissions = [("run_task", "Can run tasks and listed commands from the admin")]
@@ -82,6 +89,15 @@ class Task(models.Model):
                 fields=["expires_at"],
                 name="leek_task_expiring",
                 condition=models.Q(expires_at__isnull=False, status="queued"),
+            ),
+            # Only steps are in these, so a lone task's insert writes neither.
+            models.Index(
+                fields=["chain"], name="leek_task_chain", condition=models.Q(chain__isnull=False)
+            ),
+            models.Index(
+                fields=["next_step"],
+                name="leek_task_next_step",
+                condition=models.Q(next_step__isnull=False),
             ),
         ]
         constraints = [

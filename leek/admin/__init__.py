@@ -14,6 +14,7 @@ package's other modules:
 * `periodic`: the periodic task form, which takes only allowed tasks;
 * `runs`: the successes and failed attempts of tasks, as lists and inlines;
 * `paging`: lists that never run a full COUNT(*) on tables of millions of rows;
+* `chains`: the steps of a chain, group or chord on each of its tasks' pages;
 * `display`: status badges, compact times, durations, text.
 """
 
@@ -44,6 +45,7 @@ from ..models import (
 )
 from . import create, dashboard
 from .actions import SHOWN, cancel_tasks, plural, requeue_tasks, retry_tasks
+from .chains import steps_table
 from .display import badge, between, pre, time_column
 from .paging import BigList, RecentValuesFilter
 from .periodic import PeriodicTaskForm
@@ -119,6 +121,7 @@ class TaskAdmin(ReadOnly, BigList):
         (None, {"fields": TASK_FIELDS}),
         ("Arguments", {"fields": ["arguments"]}),
         ("Progress", {"fields": ["progress_bar"]}),
+        ("Chain", {"fields": ["steps"]}),
         ("Outcome", {"fields": ["result", "error", "stdout", "stderr"]}),
         ("Timing", {"fields": TIMING_FIELDS}),
     ]
@@ -126,6 +129,7 @@ class TaskAdmin(ReadOnly, BigList):
         *TASK_FIELDS,
         "arguments",
         "progress_bar",
+        "steps",
         "result",
         "error",
         "stdout",
@@ -230,6 +234,10 @@ class TaskAdmin(ReadOnly, BigList):
             key=lambda r: (r.attempt, r.finished_at if isinstance(r, SuccessTask) else r.failed_at),
             default=None,
         )
+
+    @admin.display(description="steps")
+    def steps(self, obj: Task) -> SafeString | str:
+        return steps_table(obj)
 
     @admin.display(description="return value")
     def result(self, obj: Task) -> SafeString | str:

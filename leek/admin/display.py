@@ -14,6 +14,7 @@ from django.utils.safestring import SafeString
 
 COLOURS = {
     "queued": "#417690",
+    "waiting": "#7b6fa6",
     "running": "#b26b00",
     "succeeded": "#2e7d32",
     "failed": "#c62828",

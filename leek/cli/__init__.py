@@ -131,7 +131,10 @@ def run(options: argparse.Namespace) -> int:
     `start` first logs to stderr when the project configured no handler."""
     verb: Verb = options.verb
     if verb.name == "start":
-        add_log_handler()
+        problem = add_log_handler(getattr(options, "port", None))
+        if problem:
+            sys.stderr.write(f"error: {problem}\n")
+            return UNHEALTHY
     return verb.handler(options)
 
 
@@ -152,13 +155,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(options)
 
 
-def add_log_handler() -> None:
-    """Log to stderr when the project configured no handler for leek."""
+def add_log_handler(port: int | None = None) -> str | None:
+    """Log to stderr, in LOG_FORMAT, when the project configured no handler
+    for leek; each record names the broker on `port` (None: PORT) as its node.
+    Returns why it cannot (LOG_FORMAT is neither "text" nor "json"), or None."""
+    from .. import conf, logs
+
     leek_logger = logging.getLogger("leek")
     if leek_logger.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    leek_logger.addHandler(handler)
+        return None
+    log_format = conf.get("LOG_FORMAT")
+    if log_format not in logs.FORMATS:
+        return f"LEEK['LOG_FORMAT'] is {log_format!r}: use one of {', '.join(logs.FORMATS)}"
+    leek_logger.addHandler(logs.handler(log_format, conf.node_name(port)))
     if leek_logger.level == logging.NOTSET:
         leek_logger.setLevel(logging.INFO)
+    return None

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
 from ..exceptions import BrokerUnavailable, LeekError
@@ -133,6 +133,12 @@ def requeue(ids: list[uuid.UUID]) -> int:
             FailedTask.objects.filter(
                 task_id__in=chunk, final=True, requeued_at__isnull=True
             ).update(requeued_at=timezone.now())
+            # A step of a chain waits again for the steps before it that have
+            # not succeeded (they may be requeued too), as at its push.
+            before = Task.objects.filter(next_step=OuterRef("pk")).exclude(status="succeeded")
+            Task.objects.filter(pk__in=chunk, status="queued").filter(Exists(before)).update(
+                status="waiting", spooled=False
+            )
         done += count
     with contextlib.suppress(BrokerUnavailable):
         connection.call("sweep", {})

@@ -12,9 +12,18 @@ from .api import (
     stop,
     waiting,
 )
+from .canvas import Chain, Group, GroupHandle, Signature, chain, chord, group, signature
 from .decorator import TaskFunction, task
 
 __all__ = [
+    "Chain",
+    "Group",
+    "GroupHandle",
+    "Signature",
+    "chain",
+    "chord",
+    "group",
+    "signature",
     "TaskFunction",
     "TaskHandle",
     "cancel",

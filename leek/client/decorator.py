@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .api import TaskHandle, enqueue
+
+if TYPE_CHECKING:
+    from .canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,6 +80,13 @@ class TaskFunction(Generic[P, R]):
                 f"got {type(value).__name__}"
             )
         return value
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """The signature of this call, with the decorator's options, for a
+        chain, group or chord (leek.chain, leek.group)."""
+        from .canvas import signature
+
+        return signature(self, *args, **kwargs)
 
     def enqueue(
         self,

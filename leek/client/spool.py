@@ -44,7 +44,7 @@ def spool(messages: list[dict[str, Any]], using: str | None = None) -> dict[str,
             name=m["name"][:255],
             queue=m["queue"],
             priority=m["priority"],
-            status="queued",
+            status="waiting" if m.get("waiting") else "queued",
             payload=m["payload"],
             args_repr=m["args_repr"],
             max_retries=_retries(m["max_retries"]),
@@ -58,6 +58,8 @@ def spool(messages: list[dict[str, Any]], using: str | None = None) -> dict[str,
             lock_key=m.get("key"),
             key_running=bool(m.get("key_running", False)),
             expires_at=_time(m.get("expires")),
+            chain=_uuid(m.get("chain")),
+            next_step=_uuid(m.get("next_step")),
         )
         for m in messages
     ]
@@ -143,6 +145,11 @@ def _retries(value: int | None) -> int:
     from .. import conf
 
     return int(conf.get("MAX_RETRIES")) if value is None else value
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    """A chain's link (a push of steps, client/canvas.py), or None for a lone task."""
+    return None if value is None else uuid.UUID(value)
 
 
 def _time(ts: float | None) -> datetime | None:

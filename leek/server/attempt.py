@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..exceptions import AuthenticationFailed, PayloadError, Retry, TaskTimeout
+from ..logs import task_extra
 from ..protocol.payload import dump_value, load_task
 from ..runtime import CapturedOutput, ProgressSink, TaskContext, bind_context
 
@@ -112,7 +113,7 @@ def refused(attempt: Attempt, exc: AuthenticationFailed) -> Result:
         attempt.task_id,
         attempt.name,
         exc,
-        extra={"action": "payload_refused"},
+        extra=task_extra("payload_refused", attempt.task_id, attempt.name, attempt=attempt.number),
     )
     try:
         log_event(
@@ -127,7 +128,7 @@ def refused(attempt: Attempt, exc: AuthenticationFailed) -> Result:
         security.exception(
             "could not write the event of a refused payload task=%s",
             attempt.task_id,
-            extra={"action": "event_failed"},
+            extra=task_extra("event_failed", attempt.task_id, attempt.name, attempt=attempt.number),
         )
     return failed(exc, retryable=False)
 

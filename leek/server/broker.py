@@ -28,9 +28,11 @@ from typing import Any
 
 from .. import __version__, conf
 from ..exceptions import DatabaseUnavailable
+from ..logs import task_extra
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
+from . import lifecycle, links
 from .cancel import Cancels
 from .controls import Controls
 from .delayed import Delayed
@@ -91,7 +93,7 @@ class Broker:
             first_frame_timeout=float(settings["FIRST_FRAME_TIMEOUT"]),
             tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
-        self.pushes = PUSHES
+        self.pushes = PUSHES | {links.VERB}
         self.verbs: dict[str, Callable[[Any], Any]] = {
             "ping": self.ping,
             "waiting": self.waiting,
@@ -204,16 +206,22 @@ class Broker:
             os.getpid(),
             extra={"action": "broker_started"},
         )
+        lifecycle.broker_started(self.node, self.host, self.port)
         recovered = 0
         for page in pages:
             recovered += len(page)
             self.route(page)
         recovered += self.sweep()
         self.duties.every(self.sweep_interval, self.sweep)
+        self.duties.every(self.sweep_interval, self.store.settle_steps)
         logger.info(
             "tasks recovered node=%s count=%s", self.node, recovered, extra={"action": "recovered"}
         )
-        self.stopping.wait()
+        # A wait with a timeout: a signal that another thread took wakes no
+        # waiter, and its handler runs only once the main thread is back in Python.
+        while not self.stopping.wait(POLL_INTERVAL):
+            pass
+        lifecycle.broker_stopping(self.node)
         self._stop(thread)
 
     def request_stop(self) -> None:
@@ -245,7 +253,7 @@ class Broker:
                 "requeued on the next start",
                 run.task_id,
                 run.name,
-                extra={"action": "task_interrupted"},
+                extra=task_extra("task_interrupted", run.task_id, run.name, attempt=run.attempt),
             )
         self.heartbeat(stopped=True, timeout=HEARTBEAT_AT_STOP)  # best effort: within the grace
         self.store.stop()
@@ -320,6 +328,9 @@ class Broker:
     def push(self, verb: str, data: Any, reply: Reply) -> None:
         """Insert the tasks of a push; once they are committed, `reply` gets
         the reply's value (see Intake.reply), or the error."""
+        if verb == links.VERB:
+            self.push_steps(data, reply)
+            return
         tasks = self.intake.tasks(verb, data)
 
         def committed(inserted: Any, error: BaseException | None) -> None:
@@ -327,6 +338,19 @@ class Broker:
             reply(None if error is not None else self.intake.reply(verb, tasks), error)
 
         self.store.insert(tasks, committed)
+
+    def push_steps(self, data: Any, reply: Reply) -> None:
+        """Insert a chain's, group's or chord's tasks (links.py); once they
+        are committed, route the first steps and reply with every id."""
+        tasks, linked, value = links.steps(self.intake, data)
+
+        def committed(ready: Any, error: BaseException | None) -> None:
+            self.metrics.pushed(tasks, error)
+            if error is None and ready:
+                self.route(ready)
+            reply(None if error is not None else value, error)
+
+        self.store.insert_steps(tasks, linked, committed)
 
     def frame_rejected(self, error: BaseException) -> None:
         self.rejected += 1

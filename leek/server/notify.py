@@ -21,6 +21,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
 
 from .. import conf
+from ..logs import task_extra
 
 if TYPE_CHECKING:
     from .rows import Outcome
@@ -51,7 +52,9 @@ def run_hooks(hooks: list[Hook], outcome: Outcome) -> None:
                 "failure hook raised hook=%s task=%s",
                 hook,
                 outcome.task_id,
-                extra={"action": "hook_failed"},
+                extra=task_extra(
+                    "hook_failed", outcome.task_id, outcome.name, attempt=outcome.attempt
+                ),
             )
 
 
@@ -107,8 +110,14 @@ def notify_admins(task_id: uuid.UUID | str, name: str, outcome: Outcome) -> bool
         mail_admins(subject[:200], "\n".join(lines) + "\n")
     except Exception:
         logger.exception(
-            "failure mail not sent task=%s", task_id, extra={"action": "notify_failed"}
+            "failure mail not sent task=%s",
+            task_id,
+            extra=task_extra("notify_failed", task_id, name, attempt=outcome.attempt),
         )
         return False
-    logger.info("failure mailed to admins task=%s", task_id, extra={"action": "admins_notified"})
+    logger.info(
+        "failure mailed to admins task=%s",
+        task_id,
+        extra=task_extra("admins_notified", task_id, name, attempt=outcome.attempt),
+    )
     return True

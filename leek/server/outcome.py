@@ -1,5 +1,5 @@
 """What follows an attempt: its Outcome for the store, and for a failure to retry,
-the task's next turn after a backoff and the task_retried signal.
+the task's next turn after a backoff.
 
 Both pools end an attempt here, on the worker thread in the broker, so a task
 is retried, and fails for good, alike wherever it ran.
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import UTC, datetime
 
-from .. import conf, signals
+from .. import conf
 from .attempt import Result, final
 from .rows import Job, Outcome, Ready
 
@@ -60,22 +59,6 @@ def outcome_of(
         retry_at=retry_at,
     )
     return failed, retry
-
-
-def send_retried(outcome: Outcome) -> None:
-    """leek.signals.task_retried for a failed attempt that will be retried."""
-    from .workers import Pool  # the sender, as leek.signals documents
-
-    signals.task_retried.send_robust(
-        Pool,
-        task_id=outcome.task_id,
-        name=outcome.name,
-        attempt=outcome.attempt,
-        retry_at=datetime.fromtimestamp(outcome.retry_at or outcome.finished, UTC),
-        exc_type=outcome.exc_type,
-        exc_message=outcome.exc_message,
-        traceback=outcome.traceback,
-    )
 
 
 def backoff(attempt: int) -> float:

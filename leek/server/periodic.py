@@ -42,6 +42,7 @@ from .. import conf
 from ..allowlist import discover_tasks, periodic_refusal
 from ..calls import run_path  # also importable here: stored rows name this path
 from ..ids import new_task_id
+from ..logs import task_extra
 from ..protocol.payload import dump_task
 from ..schedules import Schedule, parse_entries
 from .groupcommit import DATABASE_ERRORS
@@ -315,7 +316,7 @@ class Periodic:
                 row.task,
                 _iso(due),
                 max(0.0, now - due),
-                extra={"action": "periodic_pushed"},
+                extra=task_extra("periodic_pushed", task.id if task else None, row.task, row.queue),
             )
             self.route(ready)
         else:

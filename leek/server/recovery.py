@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from .. import conf
+from ..logs import task_extra
 from .notify import run_hooks_later
 from .ops import Waiter
 from .rows import Ready
@@ -53,7 +54,15 @@ def _tell(cut: Cut) -> None:
             outcome.name,
             outcome.attempt,
             outcome.exc_type,
-            extra={"action": "task_lost"},
+            extra=task_extra(
+                "task_lost",
+                outcome.task_id,
+                outcome.name,
+                attempt=outcome.attempt,
+                exc_type=outcome.exc_type,
+                exc_message=outcome.exc_message,
+                traceback=outcome.traceback,
+            ),
         )
     run_hooks_later(cut.final)
 

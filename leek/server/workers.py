@@ -7,8 +7,9 @@ itself with POOL "threads", or in the worker process the thread drives with
 POOL "processes" (process.py), so that task code never runs in the broker's
 interpreter. Either way the Result becomes the attempt's Outcome here: a
 failure is retried after an exponential backoff with jitter until the task's
-retries are exhausted (each retry sends leek.signals.task_retried), then it
-fails for good and the ON_FAILURE hooks run, in the broker, whichever pool ran it.
+retries are exhausted, then it fails for good and the ON_FAILURE hooks run, in
+the broker, whichever pool ran it. Each attempt's start and end are told
+(lifecycle.py: a log record and a leek signal each) on its worker thread.
 
 Time limits. A worker process is killed at its task's limit (process.py). A
 thread cannot be killed: the watchdog (`Pool.watch`, a broker duty) raises
@@ -41,12 +42,14 @@ from django.utils.module_loading import import_string
 
 from .. import conf
 from ..exceptions import TaskTimeout, WorkerUnavailable
+from ..logs import task_extra
 from ..runtime import CapturedOutput
+from . import lifecycle
 from .attempt import Attempt, Result, cancelled, perform, timed_out
 from .dispatch import Dispatcher
 from .metrics import OFF, Metrics
 from .notify import failure_hooks, run_hooks
-from .outcome import outcome_of, send_retried
+from .outcome import outcome_of
 from .process import WorkerProcess
 from .rows import Outcome, Ready
 from .store import Store
@@ -204,7 +207,9 @@ class Pool:
                         run.task_id,
                         run.name,
                         run.deadline - run.started,
-                        extra={"action": "task_timed_out"},
+                        extra=task_extra(
+                            "task_timed_out", run.task_id, run.name, attempt=run.attempt
+                        ),
                     )
                 elif now - run.timed_out > STUCK_AFTER and len(self.stuck) < self.size:
                     del self.running[thread]
@@ -213,7 +218,9 @@ class Pool:
                         "worker thread stuck past its time limit thread=%s task=%s",
                         thread.name,
                         run.task_id,
-                        extra={"action": "worker_stuck"},
+                        extra=task_extra(
+                            "worker_stuck", run.task_id, run.name, attempt=run.attempt
+                        ),
                     )
                     replace += 1
             self.stuck = {t for t in self.stuck if t.is_alive()}
@@ -254,7 +261,9 @@ class Pool:
                     # a payload loads: try the task again in a second, on a fresh
                     # connection; this worker goes on.
                     logger.exception(
-                        "worker could not run task=%s", ready.id, extra={"action": "worker_error"}
+                        "worker could not run task=%s",
+                        ready.id,
+                        extra=task_extra("worker_error", ready.id, queue=ready.queue),
                     )
                     connection.close()
                     self.retry_later(
@@ -337,6 +346,7 @@ class Pool:
         with self._lock:
             self.running[me] = run
         self.store.mark_running(ready.id, number, started)
+        lifecycle.started(ready.id, job.name, ready.queue, number)
         if process is None:
             result = self._on_thread(me, run, attempt)
         else:
@@ -364,12 +374,11 @@ class Pool:
         self.store.record(outcome, lambda: self.dispatcher.done(ready.id))
         self.handled[ready.queue] += 1
         self.metrics.finished(ready.queue, outcome)
+        lifecycle.finished(ready.queue, outcome)
         if run.cancelled:
             return True  # asked for: no failure to tell
         if not outcome.succeeded and outcome.final:
             self._run_hooks(ready, job.name, outcome)
-        elif not outcome.succeeded:
-            send_retried(outcome)
         return True
 
     # -- cancelling a running task ---------------------------------------------

@@ -22,10 +22,11 @@ module of leek writes SQL (migrations aside).
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 
@@ -34,7 +35,10 @@ from ..groupcommit import DATABASE_ERRORS, GroupCommit
 from ..ops import Call, Done, Insert, Mark, Record, Waiter
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from ..starts import Starts, path_for
-from . import cut, storable
+
+if TYPE_CHECKING:
+    from ..links import Link
+from . import chains, cut, storable
 from .batch import Writes
 from .controls import ControlRows
 from .cursor import raw_cursor
@@ -42,6 +46,8 @@ from .periodic import PeriodicRows
 from .sql import NODE_COLUMNS, Statements
 
 __all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
+
+logger = logging.getLogger(__name__)
 
 #: Pages in SQLite's write-ahead log past which the checkpoint is run between
 #: two batches, so the log starts over (see Store.checkpoint).
@@ -155,6 +161,35 @@ class Store:
         if any(t.key is not None for t in tasks):
             done = _holders_to(tasks, stored, done)
         self.tasks.lead(Insert(stored, done))
+
+    def insert_steps(self, tasks: Sequence[NewTask], links: Sequence[Link], done: Done) -> None:
+        """Insert a chain's, group's or chord's tasks with their links, in one
+        transaction (chains.py); after the commit, `done` gets the steps to
+        run now (as Ready, which it dispatches) or the error."""
+        limit = self.text_limit
+        stored = [storable.task(t, limit) for t in tasks]
+        writes = self.writes
+
+        def write(cursor: Any, d: Dialect) -> list[Ready]:
+            return chains.insert_steps(writes, cursor, d, stored, links)
+
+        self.tasks.lead(Call(write, done))
+
+    def settle_steps(self) -> None:
+        """Settle, in the next batch, the waiting steps no outcome will
+        release or fail (chains.settle; a duty)."""
+        node = self.node
+
+        def write(cursor: Any, d: Dialect) -> None:
+            failed = chains.settle(cursor, d, node)
+            if failed:
+                logger.info(
+                    "waiting steps failed or given to the sweep count=%s",
+                    failed,
+                    extra={"action": "steps_settled"},
+                )
+
+        self.outcomes.later(Call(write))
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
         """Show the task as running; rides in the next batch, nothing waits for it.

@@ -10,14 +10,17 @@ schema, and the ORM's per-object cost would dominate the commit it waits for.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ...logs import task_extra
 from ..dberrors import transient
+from ..lifecycle import received
 from ..ops import Call, Insert, Mark, Op, Record
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
-from . import keys, storable
+from . import chains, keys, storable
 from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,9 @@ class Writes:
         self.dialect: Dialect = sql.dialect
         self.on_ready = on_ready
         self._inserts: dict[tuple[int, bool], str] = {}
+        # The steps the outcomes of the batch being written released, per
+        # writing thread (a lane each), for `committed` to dispatch.
+        self._released = threading.local()
 
     def open(self, cursor: Any, db: Any) -> Any:
         """Set up a new writing connection; the cursor that binds parameters."""
@@ -64,8 +70,9 @@ class Writes:
         return psycopg.Cursor(cursor.connection)
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
-        """Send the tasks just inserted to the broker's queues; tell the
-        outcomes just written (Record.committed)."""
+        """Tell of the tasks just inserted (lifecycle.received), then send
+        them to the broker's queues; tell the outcomes just written
+        (Record.committed)."""
         for op in ops:
             if isinstance(op, Record) and op.committed is not None:
                 op.committed()
@@ -75,12 +82,15 @@ class Writes:
             if isinstance(op, Insert)
             for r in result
         ]
+        ready += self._take_released()
         if ready:
+            received(ready)
             self.on_ready(ready)
 
     def write(self, cursor: Any, bound: Any, ops: list[Op]) -> list[Any]:
         """Write `ops` in one transaction; one result per op."""
         d = self.dialect
+        self._take_released()
         inserts = [op for op in ops if isinstance(op, Insert)]
         tasks = [t for op in inserts for t in op.tasks]
         if len(inserts) == len(ops) and (len(tasks) <= INSERT_CHUNK or not d.sqlite):
@@ -127,6 +137,7 @@ class Writes:
         d = self.dialect
         finished = {op.outcome.task_id for op in ops if isinstance(op, Record)}
         written: list[tuple[Any, BaseException | None]] = [(None, None)] * len(ops)
+        self._take_released()
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
         try:
             for i in sorted(range(len(ops)), key=lambda i: _ORDER[type(ops[i])]):
@@ -157,7 +168,9 @@ class Writes:
                 outcome.task_id,
                 outcome.name,
                 outcome.attempt,
-                extra={"action": "outcome_dropped"},
+                extra=task_extra(
+                    "outcome_dropped", outcome.task_id, outcome.name, attempt=outcome.attempt
+                ),
             )
             return None, None
         _, error = _alone(cursor, self.write_outcomes, bound, [outcome])
@@ -173,7 +186,9 @@ class Writes:
             outcome.name,
             outcome.attempt,
             stand_in.exc_message,
-            extra={"action": "outcome_not_stored"},
+            extra=task_extra(
+                "outcome_not_stored", outcome.task_id, outcome.name, attempt=outcome.attempt
+            ),
         )
         return None, None
 
@@ -296,6 +311,15 @@ class Writes:
             cursor.executemany(self.sql.success, successes)
         if failures:
             cursor.executemany(self.sql.failure, failures)
+        released = chains.follow(cursor, d, outcomes, self.node)
+        if released:
+            self._released.__dict__.setdefault("steps", []).extend(released)
+
+    def _take_released(self) -> list[Ready]:
+        """The steps released by the outcomes written on this thread since
+        the last call, forgotten here."""
+        steps: list[Ready] = self._released.__dict__.pop("steps", [])
+        return steps
 
 
 def failure_row(d: Dialect, o: Outcome, broker: str, task_key: Any = None) -> tuple[Any, ...]:
