@@ -81,7 +81,7 @@ class TaskNotReady(LeekError):
 
 
 class TaskCancelled(LeekError):
-    """The task was cancelled before it ran."""
+    """The task was cancelled: before it ran, or while it ran when asked to stop."""
 
 
 class TaskExpired(LeekError):

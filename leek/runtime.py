@@ -1,4 +1,5 @@
-"""What a running task can see: its own id, its progress, its captured output."""
+"""What a running task can see: its own id, its progress, whether it is asked
+to stop, its captured output."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ class TaskContext:
     sink: ProgressSink | None = None
     node: str = ""  # the broker running it
     retry_rule: Callable[[BaseException], bool] | None = None  # the broker's: see will_retry
+    stop: threading.Event | None = None  # set by cancel(running=True): see cancelled
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the task was cancelled while it ran (``cancel(running=True)``
+        on the threads pool): a long task reads it in its loop and returns. In
+        a worker process it stays False, as the cancel ends the process."""
+        return self.stop is not None and self.stop.is_set()
 
     def will_retry(self, exc: BaseException) -> bool:
         """Whether the broker runs the task again if this attempt ends by

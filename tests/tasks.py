@@ -216,3 +216,33 @@ def mark_then_exit(path: str, status: int) -> None:
     that kills whatever runs it, every time."""
     append_line(path, str(os.getpid()))
     os._exit(status)
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> str:
+    """Block until the test creates `path` (a gate it controls), or `timeout` passes."""
+    end = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < end:
+        time.sleep(0.005)
+    return path
+
+
+def until_cancelled(path: str) -> str:
+    """Mark its start in `path`, loop until leek.current_task().cancelled, mark the stop."""
+    import leek
+
+    append_line(path, "started")
+    context = leek.current_task()
+    while context is not None and not context.cancelled:
+        time.sleep(0.01)
+    append_line(path, "stopped")
+    return "stopped"
+
+
+def ignore_cancel(path: str, outcome: str) -> str:
+    """Mark its start in `path`, wait until the test creates `path` + ".go" (the
+    cancel flag unread), then return, or raise when `outcome` is "raise"."""
+    append_line(path, "started")
+    wait_for_file(path + ".go")
+    if outcome == "raise":
+        raise RuntimeError("ended by raising after its cancel")
+    return outcome

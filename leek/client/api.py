@@ -96,9 +96,10 @@ class TaskHandle:
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
 
-    def cancel(self) -> bool:
-        """Cancel the task if it has not started; True when it was cancelled."""
-        return cancel(self.id)
+    def cancel(self, running: bool = False) -> bool:
+        """Cancel the task (see :func:`cancel`); True when it never runs, or,
+        with `running`, was stopped where it ran."""
+        return cancel(self.id, running=running)
 
 
 def _describe(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = 2000) -> str:
@@ -345,21 +346,41 @@ def batch(
     return ids, {"options": options, "tasks": tasks}
 
 
-def cancel(task_id: uuid.UUID | str) -> bool:
-    """Cancel a task that has not started, through the broker or, when none
-    answers, in the database; True when it was cancelled."""
+def cancel(task_id: uuid.UUID | str, running: bool = False) -> bool:
+    """Cancel a task; True means it never runs.
+
+    The broker that holds the task decides: it refuses (False) once a worker
+    has taken it. With `running`, a task running on the broker asked is
+    cancelled too and stopped: its worker process is killed, or on the
+    threads pool ``current_task().cancelled`` turns True for it to read.
+
+    When no broker answers, the task is cancelled in the database, if it is
+    queued and no live broker owns it (one whose heartbeat is within
+    HEARTBEAT_TIMEOUT could start it any moment): else False."""
     try:
-        return bool(connection.call("cancel", {"id": str(task_id)}))
+        return bool(connection.call("cancel", {"id": str(task_id), "running": running}))
     except BrokerUnavailable:
-        from django.utils import timezone
+        return _cancel_in_database(task_id)
 
-        from ..models import Task
 
-        return bool(
-            Task.objects.filter(pk=task_id, status="queued").update(
-                status="cancelled", finished_at=timezone.now(), lock_key=None
-            )
-        )
+def _cancel_in_database(task_id: uuid.UUID | str) -> bool:
+    from datetime import timedelta
+
+    from django.db.models import Exists, OuterRef, Q
+    from django.utils import timezone
+
+    from ..models import BrokerNode, Task
+
+    now = timezone.now()
+    since = now - timedelta(seconds=float(conf.get("HEARTBEAT_TIMEOUT")))
+    live = BrokerNode.objects.filter(
+        name=OuterRef("broker"), stopped=False, heartbeat_at__gte=since
+    )
+    unowned = Q(broker="") | ~Exists(live)
+    cancelled = Task.objects.filter(unowned, pk=task_id, status="queued").update(
+        status="cancelled", finished_at=now, lock_key=None
+    )
+    return bool(cancelled)
 
 
 def _ask(verb: str, data: Any = None) -> tuple[bool, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import traceback
 import uuid
 from collections.abc import Coroutine
@@ -71,10 +72,12 @@ def perform(
     sink: ProgressSink | None,
     output: CapturedOutput | None,
     no_retry: tuple[type[BaseException], ...],
+    stop: threading.Event | None = None,
 ) -> Result:
     """Run the task once and say how it ended. `output` captures print() on
     this thread (the threads pool); None leaves the streams alone (a worker
-    process captures its file descriptors instead)."""
+    process captures its file descriptors instead). `stop` is what the task's
+    ``current_task().cancelled`` reads."""
 
     def will_retry(exc: BaseException) -> bool:
         return not final(attempt.number, attempt.max_retries, retryable(exc, no_retry))
@@ -87,7 +90,7 @@ def perform(
         return failed(exc, retryable=False)
     try:
         context = TaskContext(
-            attempt.task_id, attempt.name, attempt.number, sink, attempt.node, will_retry
+            attempt.task_id, attempt.name, attempt.number, sink, attempt.node, will_retry, stop
         )
         with bind_context(context, output):
             value = fn(*args, **kwargs)
@@ -182,6 +185,16 @@ def timed_out(limit: float | None) -> Result:
         False,
         exc_type="leek.exceptions.TaskTimeout",
         exc_message=f"timed out after {limit or 0:g} s",
+    )
+
+
+def cancelled() -> Result:
+    """The Result of an attempt whose worker process was killed by a cancel."""
+    return Result(
+        False,
+        exc_type="leek.exceptions.TaskCancelled",
+        exc_message="cancelled while it ran: its worker process was killed",
+        retryable=False,
     )
 
 

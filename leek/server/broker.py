@@ -33,6 +33,7 @@ from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
 from . import lifecycle, links
+from .cancel import Cancels
 from .controls import Controls
 from .delayed import Delayed
 from .duties import Duties
@@ -129,6 +130,15 @@ class Broker:
         self.adopt = Adopter(self.store, self.heartbeat_timeout, self.lanes.served)
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
         self.metrics = attach(self)
+        self.cancels = Cancels(
+            self.store,
+            self.delayed,
+            self.rates,
+            self.lanes,
+            self.heartbeat_timeout,
+            float(settings["WRITE_WAIT"]),
+            self.metrics,
+        )
 
     # -- life ----------------------------------------------------------------
 
@@ -369,21 +379,9 @@ class Broker:
         return "stopping"
 
     def cancel(self, data: Any) -> bool:
-        """Cancel a task that has not started; False when it has, or is unknown."""
-        task_id = uuid.UUID(str(data["id"]))
-
-        def forget(queue: str | None, error: BaseException | None = None) -> None:
-            """Drop the cancelled task from memory, whenever its cancel commits."""
-            if queue is not None:
-                self.metrics.cancelled(queue)
-            if queue is None or self.rates.cancel(task_id):
-                return
-            if not self.delayed.cancel(task_id):
-                self.lanes.cancel(task_id, queue)
-
-        queue = self.store.cancel(task_id).wait(float(conf.get("WRITE_WAIT")), late=forget)
-        forget(queue)
-        return queue is not None
+        """Cancel a task so that it never runs (cancel.py); with "running",
+        stop it too if it runs here. False when it was not cancelled."""
+        return self.cancels(uuid.UUID(str(data["id"])), bool(data.get("running", False)))
 
     def waiting(self, data: Any = None) -> int:
         queue = (data or {}).get("queue")

@@ -5,6 +5,13 @@ It holds ids, priorities and queue names; payloads only for the newest tasks
 lane is the id's 16 bytes alone for a task of the default queue (most of
 them), or (id, queue) for the others. Workers load
 the other payloads from the database in pages as they take tasks.
+
+The dispatcher also decides whether a task can still be cancelled, as it is
+the one that hands tasks out: under its lock a task is either taken (a worker
+has it, from `take` until `done`, which the pool calls once the attempt's
+outcome is committed) or held by a cancel in flight (`hold`), never both. A
+worker that meets a held task sets it aside; the cancel's `settle` then drops
+it for good, or puts it back at the front of its lane.
 """
 
 from __future__ import annotations
@@ -43,7 +50,10 @@ class Dispatcher:
         # as: a worker taking a held task builds no UUID from the key.
         self._jobs: dict[bytes, tuple[uuid.UUID, Job]] = {}
         self._memory_payloads = memory_payloads
-        self._cancelled: set[bytes] = set()
+        self._cancelled: set[bytes] = set()  # cancelled: skipped when met
+        self._taken: dict[bytes, int] = {}  # attempts taken whose outcome is not committed
+        self._holds: dict[bytes, int] = {}  # cancels whose database write is in flight
+        self._aside: dict[bytes, tuple[int, Entry]] = {}  # met while held
         self.waiting: Counter[str] = Counter()
         self._closed = False
         # Paused queues, and the entries of theirs a take passed over, in the
@@ -90,10 +100,14 @@ class Dispatcher:
                     if key in self._cancelled:
                         self._cancelled.discard(key)
                         continue
+                    if key in self._holds:
+                        self._aside[key] = (priority, entry)
+                        continue
                     if queue in self._paused:
                         self._parked.setdefault(queue, []).append((priority, entry))
                         continue
                     self.waiting[queue] -= 1
+                    self._taken[key] = self._taken.get(key, 0) + 1
                     held = self._jobs.pop(key, None)
                     if held is not None:
                         return Ready(held[0], priority, queue, None, held[1]), []
@@ -140,8 +154,63 @@ class Dispatcher:
                         break
         return found
 
+    def done(self, task_id: uuid.UUID) -> None:
+        """The attempt a worker took of this task has ended and its outcome is
+        committed (or it never began): a cancel may hold the task again."""
+        key = task_id.bytes
+        with self._lock:
+            left = self._taken.get(key, 0) - 1
+            if left > 0:
+                self._taken[key] = left
+            else:
+                self._taken.pop(key, None)
+
+    def hold(self, task_id: uuid.UUID) -> bool:
+        """Keep this task from starting while a cancel writes to the database;
+        False, holding nothing, when a worker has taken it. Each hold is
+        settled once (`settle`)."""
+        key = task_id.bytes
+        with self._lock:
+            if key in self._taken:
+                return False
+            self._holds[key] = self._holds.get(key, 0) + 1
+            return True
+
+    def settle(self, task_id: uuid.UUID, cancelled: str | None, here: bool) -> None:
+        """End a hold. `cancelled` is the queue of a task the database now
+        shows cancelled, None for one it did not cancel. `here`: the task is in
+        this lane or on its way to it, so it is skipped when it comes; else it
+        is dropped only if a worker set it aside meanwhile."""
+        key = task_id.bytes
+        with self._lock:
+            left = self._holds.get(key, 0) - 1
+            if left > 0:
+                self._holds[key] = left
+            else:
+                self._holds.pop(key, None)
+            aside = self._aside.get(key) if left <= 0 or cancelled is not None else None
+            if aside is not None:
+                del self._aside[key]
+            if cancelled is not None:
+                if aside is not None or here:
+                    self.waiting[cancelled] -= 1
+                    self._jobs.pop(key, None)
+                if aside is None and here:
+                    self._cancelled.add(key)
+            elif aside is not None:
+                self._put_back(*aside)
+
+    def _put_back(self, priority: int, entry: Entry) -> None:
+        """An entry set aside, at the front of its lane again (under the lock)."""
+        lane = self._lanes.get(priority)
+        if lane is None:
+            lane = self._lanes[priority] = deque()
+            bisect.insort(self._order, priority)
+        lane.appendleft(entry)
+        self._ready.notify()
+
     def cancel(self, task_id: uuid.UUID, queue: str) -> None:
-        """Skip this task, which the database shows cancelled while it waited here."""
+        """Skip this task, which the database shows ended (expired) while it waited here."""
         with self._lock:
             self._cancelled.add(task_id.bytes)
             self.waiting[queue] -= 1

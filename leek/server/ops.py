@@ -49,6 +49,9 @@ class Record:
     done: Done | None = None
     tries: int = 0
     kind: ClassVar[str] = "outcome"
+    #: Called once the outcome is committed; unlike `done` it makes no waiter
+    #: of the op, which stays retried while the database is away.
+    committed: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)

@@ -19,6 +19,12 @@ itself when it stops, so a task is never recorded failed while its code still
 runs. A thread still running STUCK_AFTER seconds past its limit is stuck: it
 is no longer counted, and a new thread takes its place while fewer than
 `size` threads are stuck; past that, the broker reports itself unhealthy.
+
+Cancelling a running task (cancel.py) flags its Running here first, so that
+its attempt, however it ends, is final and never retried; once the database
+shows the task cancelled, the thread's task sees ``current_task().cancelled``
+(threads) or its worker process is killed (processes), and the attempt is
+recorded as it ended (a killed process's as TaskCancelled).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..logs import task_extra
 from ..runtime import CapturedOutput
 from . import lifecycle
-from .attempt import Attempt, Result, perform, timed_out
+from .attempt import Attempt, Result, cancelled, perform, timed_out
 from .dispatch import Dispatcher
 from .limits import RateLimits
 from .metrics import OFF, Metrics
@@ -66,7 +72,17 @@ RESTART_MAX = 30.0
 class Running:
     """What one worker is running now, for the watchdog and the stats."""
 
-    __slots__ = ("task_id", "name", "started", "deadline", "attempt", "timed_out", "done")
+    __slots__ = (
+        "task_id",
+        "name",
+        "started",
+        "deadline",
+        "attempt",
+        "timed_out",
+        "done",
+        "cancelled",
+        "stop",
+    )
 
     def __init__(
         self, task_id: uuid.UUID, name: str, started: float, deadline: float | None, attempt: int
@@ -75,6 +91,8 @@ class Running:
         self.deadline, self.attempt = deadline, attempt
         self.timed_out = 0.0  # when the watchdog raised TaskTimeout in the thread
         self.done = False
+        self.cancelled = False  # a cancel asked it to stop: its attempt is final
+        self.stop = threading.Event()  # what the task's current_task().cancelled reads
 
 
 class Pool:
@@ -236,8 +254,9 @@ class Pool:
                 if taken is None:
                     continue
                 ready, ahead = taken
+                recorded = False  # then the store tells the dispatcher (Dispatcher.done)
                 try:
-                    self._run(me, ready, ahead, process)
+                    recorded = self._run(me, ready, ahead, process)
                 except TaskTimeout:
                     pass  # raised after its attempt ended: nothing left to stop
                 except Exception:
@@ -253,6 +272,9 @@ class Pool:
                     self.retry_later(
                         [Ready(ready.id, ready.priority, ready.queue, time.time() + 1.0, ready.job)]
                     )
+                finally:
+                    if not recorded:
+                        self.dispatcher.done(ready.id)
                 if me not in self.running:
                     return  # set aside as stuck, and replaced
         finally:
@@ -297,7 +319,8 @@ class Pool:
         ready: Ready,
         ahead: list[uuid.UUID],
         process: WorkerProcess | None,
-    ) -> None:
+    ) -> bool:
+        """Run the task once; True when its outcome went to the store."""
         job = ready.job
         if job is None:
             found = self.store.jobs([ready.id, *ahead])
@@ -305,18 +328,18 @@ class Pool:
                 {i: j for i, (s, j) in found.items() if i != ready.id and s == "queued"}
             )
             if ready.id not in found or found[ready.id][0] not in ("queued", "running"):
-                return  # cancelled or deleted while it waited
+                return False  # cancelled or deleted while it waited
             job = found[ready.id][1]
         if job.expires is not None and job.attempts == 0 and time.time() >= job.expires:
             self.store.controls.expire(ready.id)  # not started by its expiry: it never runs
-            return
+            return False
         if self.limits is not None and self.limits.defer(ready, job):
-            return  # it waits, queued, for its rate limit's token: its attempts as they were
+            return False  # it waits, queued, for its rate limit's token: its attempts as they were
         if process is not None and not process.alive and not self._start(process, 0):
             # Its process died while it waited for this task, and cannot start:
             # the task has not begun, so it waits again, its attempts as they were.
             self.retry_later([Ready(ready.id, ready.priority, ready.queue, time.time(), job)])
-            return
+            return False
         started = time.time()
         number = job.attempts + 1
         timeout = job.timeout if job.timeout is not None else self.default_timeout
@@ -333,33 +356,75 @@ class Pool:
             result = self._on_thread(me, run, attempt)
         else:
             ran = process.run(attempt, lambda pct, note: self.store.progress(ready.id, pct, note))
-            run.done = True
+            with self._lock:
+                run.done = True  # a cancel kills no process from here on
             if ran is None:  # its process had ended while idle: the task never began
                 with self._lock:
                     self.running[me] = None
                 self.retry_later([Ready(ready.id, ready.priority, ready.queue, time.time(), job)])
-                return
+                return False
             result = ran
         with self._lock:
             if self.running.get(me) is run:
                 self.running[me] = None
         if process is not None and self._halted:
-            return  # killed by the stop: it stays running, and runs again at the next start
+            return False  # killed by the stop: it stays running, and runs again at the next start
+        if run.cancelled:  # read after the lock: a cancel flags a run only while it is listed
+            if process is not None and not result.succeeded:
+                result = cancelled()
+            result.retryable = False
         outcome, retry = outcome_of(ready, job, number, started, result)
         if retry is not None:
             self.retry_later([retry])
-        self.store.record(outcome)
+        self.store.record(outcome, lambda: self.dispatcher.done(ready.id))
         self.handled[ready.queue] += 1
         self.metrics.finished(ready.queue, outcome)
         lifecycle.finished(ready.queue, outcome)
+        if run.cancelled:
+            return True  # asked for: no failure to tell
         if not outcome.succeeded and outcome.final:
             self._run_hooks(ready, job.name, outcome)
+        return True
+
+    # -- cancelling a running task ---------------------------------------------
+
+    def flag(self, task_id: uuid.UUID) -> Running | None:
+        """Mark the attempt of `task_id` running here as cancelled, so it ends
+        final whatever it does; None when no worker runs it now."""
+        with self._lock:
+            for run in self.running.values():
+                if run is not None and run.task_id == task_id:
+                    run.cancelled = True
+                    return run
+        return None
+
+    def unflag(self, run: Running) -> None:
+        """The cancel did not happen after all: the attempt ends as it would have."""
+        with self._lock:
+            run.cancelled = False
+
+    def interrupt(self, run: Running) -> None:
+        """Stop a flagged attempt: set the flag its task reads (threads), or
+        kill its worker process while it still runs it (processes)."""
+        with self._lock:
+            run.stop.set()
+            if self.kind != "processes" or run.done:
+                return
+            for thread, current in self.running.items():
+                if current is run and thread in self.processes:
+                    logger.info(
+                        "worker process killed by a cancel task=%s name=%s",
+                        run.task_id,
+                        run.name,
+                        extra={"action": "task_cancelled_running"},
+                    )
+                    self.processes[thread].halt()
 
     def _on_thread(self, me: threading.Thread, run: Running, attempt: Attempt) -> Result:
         """Run the attempt on this thread, its output captured."""
         output = CapturedOutput(self.capture_limit)
         try:
-            result = perform(attempt, self.store, output, self.no_retry)
+            result = perform(attempt, self.store, output, self.no_retry, run.stop)
             with self._lock:
                 run.done = True  # the watchdog raises nothing in this thread from here on
                 _raise_in(me, None)  # and what it raised too late is dropped

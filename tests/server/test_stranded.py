@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 import leek
@@ -152,8 +151,7 @@ def test_a_cancel_committed_after_its_wait_still_keeps_the_task_from_running(
     with writes_held("leek_task"):
         sweep = sweeping()
         wait_until_a_write_waits()
-        with pytest.raises(leek.LeekError, match="not committed within 0.5 s"):
-            doomed.cancel()
+        assert doomed.cancel() is False  # not cancelled yet, as far as the caller knows
     sweep.join(30)
     wait_for(lambda: doomed.status() == "cancelled")  # the cancel committed after all
     assert sentinel.result(timeout=30) == "sentinel"  # due after the cancelled one

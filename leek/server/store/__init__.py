@@ -201,12 +201,15 @@ class Store:
         self.starts.started(task_id, attempt, started)
         self.outcomes.later(Mark(task_id, attempt, started), wake=False)
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: Outcome, committed: Callable[[], None] | None = None) -> None:
         """Write an attempt's outcome in the next batch, its texts as
-        storable.py has them. One the database refuses ends its task failed,
-        saying why (Writes.write_apart)."""
+        storable.py has them; `committed` is called once it is. One the
+        database refuses ends its task failed, saying why (Writes.write_apart).
+        An outcome never overwrites a cancel: the attempt is recorded, the
+        task stays cancelled."""
         self.starts.ended()
-        self.outcomes.later(Record(storable.outcome(outcome, self.text_limit)))
+        row = storable.outcome(outcome, self.text_limit)
+        self.outcomes.later(Record(row, committed=committed))
 
     def route(self, ready: list[Ready]) -> None:
         """Hand tasks this broker took to its queues (as after an insert):
@@ -257,15 +260,23 @@ class Store:
 
         self.outcomes.later(Call(write))
 
-    def cancel(self, task_id: uuid.UUID) -> Waiter:
-        """Cancel a task that has not started; the Waiter's value is its queue,
-        or None when it has started or is unknown."""
-        sql = self.sql.cancel
+    def cancel(self, task_id: uuid.UUID, dead_after: float, running: bool = False) -> Waiter:
+        """Cancel a queued task that no other live broker owns: this broker's,
+        nobody's, or one whose broker has not beaten within `dead_after`
+        seconds. `running`: cancel instead a task this broker owns, queued or
+        running. The Waiter's value is (queue, owning broker) of the task
+        cancelled, or None when nothing was."""
+        sql, node = self.sql, self.node
 
-        def mark(cursor: Any, d: Dialect) -> str | None:
-            cursor.execute(sql, (d.time(time.time()), d.pk(task_id)))
+        def mark(cursor: Any, d: Dialect) -> tuple[str, str] | None:
+            now = time.time()
+            if running:
+                cursor.execute(sql.cancel_running, (d.time(now), d.pk(task_id), node))
+            else:
+                since = d.time(now - dead_after)
+                cursor.execute(sql.cancel, (d.time(now), d.pk(task_id), node, since))
             row = cursor.fetchone()
-            return None if row is None else str(row[0])
+            return None if row is None else (str(row[0]), str(row[1]))
 
         return self.call(mark)
 

@@ -71,7 +71,11 @@ class Writes:
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Tell of the tasks just inserted (lifecycle.received), then send
-        them to the broker's queues."""
+        them to the broker's queues; tell the outcomes just written
+        (Record.committed)."""
+        for op in ops:
+            if isinstance(op, Record) and op.committed is not None:
+                op.committed()
         ready = [
             r
             for op, result in zip(ops, results, strict=True)

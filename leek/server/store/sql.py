@@ -120,7 +120,8 @@ class Statements:
         self.finish = q(
             "UPDATE leek_task SET status = %s, started_at = %s, finished_at = %s, attempts = %s, "
             "run_after = COALESCE(%s, run_after), "
-            "lock_key = CASE WHEN %s AND key_running THEN lock_key ELSE NULL END WHERE id = %s"
+            "lock_key = CASE WHEN %s AND key_running THEN lock_key ELSE NULL END "
+            "WHERE id = %s AND status <> 'cancelled'"
         )
         self.success = q(
             "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "
@@ -133,9 +134,19 @@ class Statements:
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s)"
         )
         self.progress = q("UPDATE leek_task SET progress = %s, progress_note = %s WHERE id = %s")
+        # A queued task is cancelled here only where no other live broker may
+        # hold it in memory: its own, nobody's, or one silent since the time bound.
         self.cancel = q(
             "UPDATE leek_task SET status = 'cancelled', finished_at = %s, lock_key = NULL "
-            "WHERE id = %s AND status = 'queued' RETURNING queue"
+            "WHERE id = %s AND status = 'queued' AND (broker = %s OR broker = '' "
+            "OR NOT EXISTS (SELECT 1 FROM leek_brokernode n WHERE n.name = leek_task.broker "
+            "AND NOT n.stopped AND n.heartbeat_at >= %s)) RETURNING queue, broker"
+        )
+        # A task this broker runs now, or holds queued.
+        self.cancel_running = q(
+            "UPDATE leek_task SET status = 'cancelled', finished_at = %s, lock_key = NULL "
+            "WHERE id = %s AND status IN ('queued', 'running') AND broker = %s "
+            "RETURNING queue, broker"
         )
         # A task that has not started, at or past its expiry (attempts = 0: a
         # task that started once is not cut by it).
@@ -161,10 +172,12 @@ class Statements:
         self.task_exists = q(
             "SELECT 1 FROM leek_task WHERE id = %s" + ("" if d.sqlite else " FOR KEY SHARE")
         )
-        self.requeue = q("UPDATE leek_task SET status = 'queued' WHERE id = %s")
+        self.requeue = q(
+            "UPDATE leek_task SET status = 'queued' WHERE id = %s AND status <> 'cancelled'"
+        )
         self.fail_cut = q(
             "UPDATE leek_task SET status = 'failed', finished_at = %s, lock_key = NULL "
-            "WHERE id = %s"
+            "WHERE id = %s AND status <> 'cancelled'"
         )
         # An attempt a worker had started (the file of starts.py) counts though
         # its running mark never reached the database.
