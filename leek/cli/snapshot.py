@@ -47,8 +47,8 @@ class BrokerRow:
 @dataclass(frozen=True, slots=True)
 class QueueRow:
     """One queue: tasks due and waiting, waiting for a later time, running;
-    runs finished per second over RATE_WINDOW; the age of its oldest due task.
-    `paused` is always False until queues can be paused."""
+    runs finished per second over RATE_WINDOW; the age of its oldest due task;
+    whether it is paused (`leek pause`)."""
 
     name: str
     waiting: int = 0
@@ -195,9 +195,11 @@ def _replied(stats: dict[str, Any], address: str = "", age: float | None = None)
 
 
 def _queues(now: datetime) -> list[QueueRow]:
-    """Every queue with tasks waiting or running, or runs finished of late."""
+    """Every queue with tasks waiting or running, or runs finished of late,
+    and every paused queue."""
     from django.db.models import Count, Q
 
+    from .. import queues
     from ..models import FailedTask, Status, SuccessTask, Task
 
     found: dict[str, dict[str, Any]] = {}
@@ -227,6 +229,8 @@ def _queues(now: datetime) -> list[QueueRow]:
     for queue, figures in found.items():
         if figures.get("waiting"):
             figures["oldest_age"] = _oldest(now, queue)
+    for queue in queues.paused():
+        found.setdefault(queue, {})["paused"] = True
     return [QueueRow(queue, **found[queue]) for queue in sorted(found)]
 
 

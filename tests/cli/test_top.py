@@ -379,3 +379,14 @@ def test_ctrl_c_or_sigterm_ends_the_live_view_with_status_0_and_restores_the_ter
         assert "Traceback" not in "\n".join(term.screen.display)
     finally:
         term.close()
+
+
+def test_a_paused_queue_is_shown_paused_even_with_nothing_waiting(transactional_db: None) -> None:
+    from leek import queues
+
+    queued("mail.send", "mail", age=5)
+    queues.pause("mail", by="ops")
+    queues.pause("reports", by="ops")
+    done = leek_cli(free_port(), "top", "--once", COLUMNS="80")
+    rows = [line.split()[:2] for line in section(done.stdout, "queues")[1:]]
+    assert rows == [["mail", "(paused)"], ["reports", "(paused)"]]
