@@ -55,7 +55,7 @@ def key(value: Any) -> str | None:
         raise ValueError(f"key must be a string, got {type(value).__name__}")
     if not 1 <= len(value) <= KEY_LENGTH:
         raise ValueError(f"key must be 1 to {KEY_LENGTH} characters, got {len(value)}")
-    if "\x00" in value or not _encodes(value):
+    if "\x00" in value or not encodes(value):
         raise ValueError(f"key must be valid Unicode without NUL characters, got {value!r}")
     return value
 
@@ -70,7 +70,8 @@ def expires(value: Any) -> float | None:
     return moment
 
 
-def _encodes(value: str) -> bool:
+def encodes(value: str) -> bool:
+    """Whether `value` encodes to UTF-8 (no lone surrogates), as every column takes text."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

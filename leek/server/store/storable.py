@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from ...exceptions import OutcomeNotStored
+from ...fields import encodes
 from ..rows import NewTask, Outcome
 
 #: Column lengths, as models.py declares them.
@@ -40,7 +41,7 @@ def text(value: str, limit: int, tail: bool = False) -> str:
     """`value` as every database stores it: NULs and lone surrogates escaped,
     at most `limit` characters (its end kept when `tail`)."""
     if not _clean(value):
-        if not value.isascii() and not _encodes(value):
+        if not value.isascii() and not encodes(value):
             value = value.encode("utf-8", "backslashreplace").decode("utf-8")
         value = value.replace("\x00", "\\x00")
     if len(value) <= limit:
@@ -52,15 +53,7 @@ def text(value: str, limit: int, tail: bool = False) -> str:
 
 def _clean(value: str) -> bool:
     """Whether `value` is stored as it is (its length aside)."""
-    return (value.isascii() or _encodes(value)) and "\x00" not in value
-
-
-def _encodes(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return (value.isascii() or encodes(value)) and "\x00" not in value
 
 
 def _fits(value: str, limit: int) -> bool:
