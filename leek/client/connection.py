@@ -2,8 +2,8 @@
 
 A thread holds up to two: one for its pushes, spread over the brokers
 (spread.py), and one for the other verbs, which go to HOST:PORT first and
-then to the brokers of BROKERS in order. With SPREAD off, pushes take the
-second connection, in that order, too."""
+then to the brokers of BROKERS in order. With SPREAD off, or a single
+broker, pushes take the second connection, in that order, too."""
 
 from __future__ import annotations
 
@@ -175,9 +175,9 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
 
     Uses this thread's open connection; on a broken connection it reconnects
     and resends once (enqueue is idempotent), then tries the other brokers:
-    for a push with SPREAD on, the healthy ones from the next in turn, a
-    broker that fails resting meanwhile (spread.py); else HOST:PORT, then
-    BROKERS in order. Raises BrokerUnavailable naming every address tried,
+    for a push with SPREAD on and several brokers, the healthy ones from the
+    next in turn, a broker that fails resting meanwhile (spread.py); else
+    HOST:PORT, then BROKERS in order. Raises BrokerUnavailable naming every address tried,
     AuthenticationFailed when a broker rejects the secret, BrokerError when
     it answers with an error.
 
@@ -188,12 +188,12 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
     every broker tried. A push the broker refuses for what it holds (a value
     out of range) raises BrokerError at once, as any other verb does.
     """
-    spreading = push and bool(conf.get("SPREAD"))
+    addresses = conf.brokers()
+    spreading = push and len(addresses) > 1 and bool(conf.get("SPREAD"))
     slot = SPREAD_SLOT if spreading else ORDERED_SLOT
     current: Connection | None = getattr(_local, slot, None)
     tried: list[str] = []
     refused: list[LeekError] = []  # a push's failures that the next broker may not have
-    addresses = conf.brokers()
     if current is not None and current.address not in addresses:
         _drop(current)  # the settings no longer name its broker
         current = None

@@ -1,7 +1,7 @@
 """Which broker a push goes to: spread over the healthy brokers, a failed one left to rest.
 
-With SPREAD on (the default), a thread's push connection goes to the brokers
-of `conf.brokers()` in turn, and the thread keeps it while it works: the
+With SPREAD on (the default) and several brokers, a thread's push connection
+goes to the brokers of `conf.brokers()` in turn, and the thread keeps it while it works: the
 choice is made when the thread connects, never per push. The turn is one
 counter for the process, started at random: the threads of a process divide
 evenly over the brokers, and processes that start together do not all begin
@@ -14,8 +14,8 @@ to BROKER_BACKOFF_MAX, and the push goes on to the next broker at once. A
 failure seen while the broker rests starts no new rest, so threads that meet
 one outage together count it once. A broker that answers a new connection is
 healthy again. When every broker rests, a push still tries the one whose rest
-ends first before the database, so a lone broker that restarts is used again
-at its first push.
+ends first before the database, so the first broker back after an outage of
+them all is used again at once.
 """
 
 from __future__ import annotations
