@@ -197,13 +197,14 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
     if current is not None and current.address not in addresses:
         _drop(current)  # the settings no longer name its broker
         current = None
+    since = 0.0  # when the connection in use was made, if this call made it
     for address in _candidates(current, addresses, spreading):
         for attempt in range(2):
             reused = attempt == 0 and current is not None and current.address == address
             conn = current if reused else None
-            since = time.monotonic()
             try:
                 if conn is None:
+                    since = time.monotonic()
                     conn = connect(address)
                 ok, value = conn.request(verb, data)
             except AuthenticationFailed as exc:
