@@ -177,9 +177,9 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
     and resends once (enqueue is idempotent), then tries the other brokers:
     for a push with SPREAD on and several brokers, the healthy ones from the
     next in turn, a broker that fails resting meanwhile (spread.py); else
-    HOST:PORT, then BROKERS in order. Raises BrokerUnavailable naming every address tried,
-    AuthenticationFailed when a broker rejects the secret, BrokerError when
-    it answers with an error.
+    HOST:PORT, then BROKERS in order. Raises BrokerUnavailable naming every
+    address tried, AuthenticationFailed when a broker rejects the secret,
+    BrokerError when it answers with an error.
 
     A push (`push=True`) that a broker could not commit (CommitFailed), or
     whose reply cannot be verified (AuthenticationFailed), goes on to the
