@@ -206,11 +206,37 @@ def _check_push_settings(settings: dict[str, Any]) -> list[checks.CheckMessage]:
                 id="leek.E012",
             )
         )
-    if not isinstance(settings["ACCEPT_UNSIGNED_ROWS"], bool):
+    for key in ("ACCEPT_UNSIGNED_ROWS", "SPREAD"):
+        if not isinstance(settings[key], bool):
+            errors.append(
+                checks.Error(
+                    f"LEEK[{key!r}] must be True or False, got {settings[key]!r}.",
+                    id="leek.E012",
+                )
+            )
+    errors += _check_broker_backoff(settings["BROKER_BACKOFF"], settings["BROKER_BACKOFF_MAX"])
+    return errors
+
+
+def _check_broker_backoff(least: Any, most: Any) -> list[checks.CheckMessage]:
+    """leek.E012: BROKER_BACKOFF and BROKER_BACKOFF_MAX, read at a broker's
+    first failure, are seconds greater than zero, the first no more than the
+    second."""
+    errors: list[checks.CheckMessage] = []
+    for key, value in (("BROKER_BACKOFF", least), ("BROKER_BACKOFF_MAX", most)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            errors.append(
+                checks.Error(
+                    f"LEEK[{key!r}] must be a number of seconds greater than zero, got {value!r}.",
+                    id="leek.E012",
+                )
+            )
+    if not errors and least > most:
         errors.append(
             checks.Error(
-                "LEEK['ACCEPT_UNSIGNED_ROWS'] must be True or False, "
-                f"got {settings['ACCEPT_UNSIGNED_ROWS']!r}.",
+                f"LEEK['BROKER_BACKOFF'] ({least!r}) is greater than "
+                f"LEEK['BROKER_BACKOFF_MAX'] ({most!r}).",
+                hint="The first back-off of a broker must not exceed the longest.",
                 id="leek.E012",
             )
         )

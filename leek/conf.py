@@ -27,9 +27,18 @@ DEFAULTS: dict[str, Any] = {
     # Address the broker listens on, and the address clients connect to.
     "HOST": "127.0.0.1",
     "PORT": 8002,
-    # Extra brokers a client may fail over to, as "host:port" strings. The first
-    # broker tried is always HOST:PORT.
+    # More brokers a client sends to, as "host:port" strings, besides HOST:PORT.
+    # Every verb but a push tries HOST:PORT first, then these in order.
     "BROKERS": [],
+    # Spread pushes over HOST:PORT and BROKERS: each thread connects to the next
+    # healthy broker in turn and keeps it while it works. False: pushes try
+    # HOST:PORT first, then BROKERS in order, as the other verbs do.
+    "SPREAD": True,
+    # Seconds every thread of a process skips a broker that failed a push
+    # (refused, reset, timed out, could not commit), doubled at each failure
+    # that follows, up to BROKER_BACKOFF_MAX (leek/client/spread.py).
+    "BROKER_BACKOFF": 5.0,
+    "BROKER_BACKOFF_MAX": 60.0,
     # Shared secret that signs every frame (HMAC-SHA256). Empty: derived from
     # Django's SECRET_KEY, so a client and broker of the same project agree.
     "SECRET": "",

@@ -38,6 +38,27 @@ def test_accept_unsigned_rows_must_be_a_boolean(settings: Any) -> None:
     assert "True or False, got 'no'" in message
 
 
+@pytest.mark.parametrize("key", ["BROKER_BACKOFF", "BROKER_BACKOFF_MAX"])
+@pytest.mark.parametrize("value", [0, -1.0, "5", None, False])
+def test_a_broker_backoff_that_is_not_a_positive_number_is_an_error(
+    settings: Any, key: str, value: Any
+) -> None:
+    assert messages(settings, "leek.E012", **{key: value}) == [
+        f"LEEK[{key!r}] must be a number of seconds greater than zero, got {value!r}."
+    ]
+
+
+def test_a_broker_backoff_longer_than_its_maximum_is_an_error(settings: Any) -> None:
+    assert messages(settings, "leek.E012", BROKER_BACKOFF=10, BROKER_BACKOFF_MAX=5.0) == [
+        "LEEK['BROKER_BACKOFF'] (10) is greater than LEEK['BROKER_BACKOFF_MAX'] (5.0)."
+    ]
+
+
+def test_spread_must_be_a_boolean(settings: Any) -> None:
+    [message] = messages(settings, "leek.E012", SPREAD="yes")
+    assert "LEEK['SPREAD'] must be True or False, got 'yes'" in message
+
+
 def test_too_few_replay_nonces_is_an_error(settings: Any) -> None:
     [message] = messages(settings, "leek.E002", REPLAY_NONCES=0)
     assert "REPLAY_NONCES" in message
@@ -45,5 +66,6 @@ def test_too_few_replay_nonces_is_an_error(settings: Any) -> None:
 
 def test_the_defaults_and_good_values_pass(settings: Any) -> None:
     assert messages(settings, "leek.E012") == []
-    good = {"REPLAY_WINDOW": 5, "WRITE_WAIT": 2.5, "ATOMIC_PUSH": "outbox"}
+    good = {"REPLAY_WINDOW": 5, "WRITE_WAIT": 2.5, "ATOMIC_PUSH": "outbox", "SPREAD": False}
+    good |= {"BROKER_BACKOFF": 1, "BROKER_BACKOFF_MAX": 1.0}
     assert messages(settings, "leek.E012", ACCEPT_UNSIGNED_ROWS=True, **good) == []

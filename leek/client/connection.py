@@ -1,11 +1,18 @@
-"""One persistent broker connection per thread, with failover between brokers."""
+"""Persistent broker connections per thread, with failover between brokers.
+
+A thread holds up to two: one for its pushes, spread over the brokers
+(spread.py), and one for the other verbs, which go to HOST:PORT first and
+then to the brokers of BROKERS in order. With SPREAD off, or a single
+broker, pushes take the second connection, in that order, too."""
 
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .. import conf
@@ -24,8 +31,14 @@ from ..exceptions import (
 from ..protocol import tls
 from ..protocol.frame import NO_NONCE, Frame, Keys
 from ..protocol.sockets import FrameSocket
+from . import spread
+
+logger = logging.getLogger(__name__)
 
 _local = threading.local()
+#: The attributes of `_local` holding a thread's connections: to the broker
+#: its pushes are spread to, and for every other verb (and pushes, unspread).
+SPREAD_SLOT, ORDERED_SLOT = "spread", "connection"
 #: What a broker answers for a request it refuses for what the request holds:
 #: sent again, to it or to another broker, it would be refused again.
 REQUEST_ERRORS = frozenset({"ValueError", "TypeError", "KeyError"})
@@ -141,6 +154,12 @@ def connect(address: tuple[str, int], reply_timeout: float | None = None) -> Con
     a reply. The caller closes it. Raises OSError when the broker cannot be
     reached."""
     settings = conf.get_settings()
+    logger.debug(
+        "connecting to broker address=%s:%s",
+        address[0],
+        address[1],
+        extra={"action": "broker_connect"},
+    )
     return Connection(
         address,
         str(settings["SECRET"]).encode(),
@@ -155,9 +174,12 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
     """Send one request to a broker and return its answer.
 
     Uses this thread's open connection; on a broken connection it reconnects
-    and resends once (enqueue is idempotent), then tries the other brokers.
-    Raises BrokerUnavailable naming every address tried, AuthenticationFailed
-    when a broker rejects the secret, BrokerError when it answers with an error.
+    and resends once (enqueue is idempotent), then tries the other brokers:
+    for a push with SPREAD on and several brokers, the healthy ones from the
+    next in turn, a broker that fails resting meanwhile (spread.py); else
+    HOST:PORT, then BROKERS in order. Raises BrokerUnavailable naming every
+    address tried, AuthenticationFailed when a broker rejects the secret,
+    BrokerError when it answers with an error.
 
     A push (`push=True`) that a broker could not commit (CommitFailed), or
     whose reply cannot be verified (AuthenticationFailed), goes on to the
@@ -166,26 +188,23 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
     every broker tried. A push the broker refuses for what it holds (a value
     out of range) raises BrokerError at once, as any other verb does.
     """
-    current: Connection | None = getattr(_local, "connection", None)
+    addresses = conf.brokers()
+    spreading = push and len(addresses) > 1 and bool(conf.get("SPREAD"))
+    slot = SPREAD_SLOT if spreading else ORDERED_SLOT
+    current: Connection | None = getattr(_local, slot, None)
     tried: list[str] = []
     refused: list[LeekError] = []  # a push's failures that the next broker may not have
-    candidates = conf.brokers()
-    if current is not None:
-        if current.address in candidates:
-            candidates.remove(current.address)
-            candidates.insert(0, current.address)
-        else:  # the settings no longer name its broker
-            _drop(current)
-            current = None
-    for address in candidates:
+    if current is not None and current.address not in addresses:
+        _drop(current)  # the settings no longer name its broker
+        current = None
+    since = 0.0  # when the connection in use was made, if this call made it
+    for address in _candidates(current, addresses, spreading):
         for attempt in range(2):
-            conn = (
-                current
-                if (attempt == 0 and current is not None and current.address == address)
-                else None
-            )
+            reused = attempt == 0 and current is not None and current.address == address
+            conn = current if reused else None
             try:
                 if conn is None:
+                    since = time.monotonic()
                     conn = connect(address)
                 ok, value = conn.request(verb, data)
             except AuthenticationFailed as exc:
@@ -194,6 +213,8 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
                     raise
                 current = None
                 refused.append(exc)
+                if spreading:
+                    spread.failed(address, exc)
                 break
             except (OSError, ProtocolError) as exc:
                 _drop(conn)
@@ -201,10 +222,16 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
                 reason = f"{address[0]}:{address[1]} ({exc.__class__.__name__}: {exc})"
                 if reason not in tried:
                     tried.append(reason)
-                if isinstance(exc, ConnectionRefusedError | socket.timeout | socket.gaierror):
-                    break  # nothing listens there: try the next broker
+                unreachable = isinstance(
+                    exc, ConnectionRefusedError | socket.timeout | socket.gaierror
+                )
+                if spreading and (unreachable or not reused):
+                    spread.failed(address, exc)
+                    break
+                if unreachable or (spreading and spread.resting(address)):
+                    break  # nothing listens there, or another thread saw it fail
                 continue
-            _local.connection = conn
+            setattr(_local, slot, conn)
             if not ok:
                 error = _error_reply(conn, verb, value, push)
                 if not isinstance(error, CommitFailed):
@@ -212,11 +239,28 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
                 _drop(conn)
                 current = None
                 refused.append(error)
+                if spreading:
+                    spread.failed(address, error)
                 break
+            if spreading and not reused:
+                spread.answered(address, since)
             return value
     if refused:
         raise _uncommitted(refused, tried)
     raise BrokerUnavailable("no broker answered: tried " + "; ".join(tried))
+
+
+def _candidates(
+    current: Connection | None, addresses: list[tuple[str, int]], spreading: bool
+) -> Iterator[tuple[str, int]]:
+    """The brokers a request tries, in order: the one this thread is connected
+    to, then the others, in turn from spread.py for a spread push (asked only
+    when the connection held fails), else in the order of the settings."""
+    if current is not None:
+        yield current.address
+    for address in spread.order(addresses) if spreading else addresses:
+        if current is None or address != current.address:
+            yield address
 
 
 def _error_reply(conn: Connection, verb: str, value: Any, push: bool) -> BrokerError:
@@ -239,12 +283,15 @@ def _uncommitted(refused: list[LeekError], unreachable: list[str]) -> LeekError:
 
 
 def _drop(conn: Connection | None) -> None:
-    if conn is not None:
-        conn.close()
-    if getattr(_local, "connection", None) is conn:
-        _local.connection = None
+    if conn is None:
+        return
+    conn.close()
+    for slot in (SPREAD_SLOT, ORDERED_SLOT):
+        if getattr(_local, slot, None) is conn:
+            setattr(_local, slot, None)
 
 
 def close() -> None:
-    """Close this thread's broker connection, if any."""
-    _drop(getattr(_local, "connection", None))
+    """Close this thread's broker connections, if any."""
+    for slot in (SPREAD_SLOT, ORDERED_SLOT):
+        _drop(getattr(_local, slot, None))
