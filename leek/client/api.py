@@ -367,12 +367,14 @@ def _cancel_in_database(task_id: uuid.UUID | str) -> bool:
     from datetime import timedelta
 
     from django.db.models import Exists, OuterRef, Q
+    from django.db.models.functions import Now
     from django.utils import timezone
 
     from ..models import BrokerNode, Task
 
     now = timezone.now()
-    since = now - timedelta(seconds=float(conf.get("HEARTBEAT_TIMEOUT")))
+    # Alive or not by the database's clock, the one every heartbeat is written by.
+    since = Now() - timedelta(seconds=float(conf.get("HEARTBEAT_TIMEOUT")))
     live = BrokerNode.objects.filter(
         name=OuterRef("broker"), stopped=False, heartbeat_at__gte=since
     )
