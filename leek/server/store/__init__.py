@@ -328,14 +328,10 @@ class Store:
     def unserved(self, queued: dict[str, int], dead_after: float) -> list[str]:
         """The queues of `queued` (tasks waiting per queue) that no broker
         alive within `dead_after` seconds serves."""
-        from datetime import timedelta
-
-        from django.db.models.functions import Now
-
+        from ...liveness import alive
         from ...models import BrokerNode
 
-        since = Now() - timedelta(seconds=dead_after)
-        live = list(BrokerNode.objects.filter(stopped=False, heartbeat_at__gte=since))
+        live = list(BrokerNode.objects.filter(alive(dead_after)))
         return sorted(q for q, n in queued.items() if n and not any(b.serves(q) for b in live))
 
     def beats(self) -> list[tuple[str, float, bool]]:
