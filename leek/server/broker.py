@@ -312,7 +312,14 @@ class Broker:
         except HEARTBEAT_ERRORS:
             return  # the store logged it and reports the database unhealthy
         if not stopped:
-            self.lease.committed(sent, lambda: self.lanes.drop_lost(self.store.still_mine))
+            self.lease.committed(sent, self.drop_lost)
+
+    def drop_lost(self) -> int:
+        """Drop the tasks held in memory that the database no longer shows as
+        this broker's (another adopted them); how many. The delayed heap goes
+        first: a task it releases meanwhile is then met in its lane."""
+        mine = self.store.still_mine
+        return self.delayed.drop_lost(mine) + self.lanes.drop_lost(mine)
 
     # -- verbs ---------------------------------------------------------------
 

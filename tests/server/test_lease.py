@@ -21,6 +21,8 @@ from tests.server.test_pauses import OBSERVE, paused_on
 FAST = {"LEEK_HEARTBEAT_INTERVAL": "0.2", "LEEK_HEARTBEAT_TIMEOUT": "2", "LEEK_WORKERS": "1"}
 #: Seconds a skewed broker's own clock runs behind: several HEARTBEAT_TIMEOUTs.
 SKEW = "-10"
+#: Seconds ahead a delayed task is due: past the adoption and the wake.
+DELAY = 8.0
 
 
 def lines(path: Path) -> list[str]:
@@ -67,6 +69,8 @@ def test_a_paused_broker_whose_tasks_were_adopted_runs_none_of_them_when_it_wake
     held = [
         leek.enqueue(control_tasks.mark, (str(marks), f"held{i}"), queue="slow") for i in range(5)
     ]
+    # And one in its heap of delayed tasks, due after the first broker wakes.
+    held.append(leek.enqueue(control_tasks.mark, (str(marks), "later"), queue="slow", delay=DELAY))
     ids = [h.id for h in held]
     assert first.proc is not None
     os.kill(first.proc.pid, signal.SIGSTOP)
@@ -82,15 +86,15 @@ def test_a_paused_broker_whose_tasks_were_adopted_runs_none_of_them_when_it_wake
         os.kill(first.proc.pid, signal.SIGCONT)
     # The first broker still holds the five in memory; it learns that they are
     # no longer its own before it starts any task.
-    wait_for(lambda: "lease regained dropped=5" in first.output())
+    wait_for(lambda: "lease regained dropped=6" in first.output())
     assert "lease lost: no heartbeat committed for" in first.output()
     queues.resume("slow", "test")
-    assert sorted(h.result(timeout=20) for h in held) == [f"held{i}" for i in range(5)]
+    assert sorted(h.result(timeout=20) for h in held) == [*(f"held{i}" for i in range(5)), "later"]
     use(first.port, leek_settings)
     fresh = leek.enqueue(control_tasks.mark, (str(marks), "fresh"), queue="slow")
     assert fresh.result(timeout=20) == "fresh"
     assert leek.ping() == (True, "I'm OK")
     time.sleep(OBSERVE)  # time for a second run of any of the five to show
-    assert sorted(lines(marks)) == sorted([*(f"held{i}" for i in range(5)), "fresh"])
+    assert sorted(lines(marks)) == sorted([*(f"held{i}" for i in range(5)), "later", "fresh"])
     assert Task.objects.get(pk=fresh.id).broker == node(first.port)
     assert BrokerNode.objects.get(name=node(first.port)).healthy
