@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from django.db import connection
+from django.utils import timezone
 
 import leek
 from leek import queues
 from leek.client import connection as client
+from leek.liveness import alive, database_now
 from leek.models import BrokerNode, Task
 from tests.conftest import wait_for
 from tests.server import control_tasks
@@ -57,6 +63,24 @@ def test_a_broker_whose_own_clock_runs_behind_is_not_adopted_by_another(
     queues.resume("slow", "test")
     assert sorted(h.result(timeout=20) for h in held) == ["t0", "t1", "t2"]
     assert sorted(lines(marks)) == ["t0", "t1", "t2"]
+
+
+def test_a_heartbeat_is_stamped_in_the_form_the_orm_writes_and_compares_with_it(
+    broker_factory: Any,
+) -> None:
+    broker = broker_factory(**FAST, LEEK_TEST_CLOCK_SKEW=SKEW)
+    name = node(broker.port)
+    if connection.vendor == "sqlite":  # text there: Django's own form, which sorts as time
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT heartbeat_at || '' FROM leek_brokernode WHERE name = %s", [name])
+            (text,) = cursor.fetchone()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", text), text
+    now = timezone.now()  # this process's clock, not the broker's (skewed) one
+    rows = BrokerNode.objects.filter(name=name)
+    assert rows.filter(heartbeat_at__gt=now - timedelta(seconds=int(SKEW) / -2)).exists()
+    assert not rows.filter(heartbeat_at__gt=now + timedelta(minutes=1)).exists()
+    assert rows.filter(alive(float(FAST["LEEK_HEARTBEAT_TIMEOUT"]))).exists()
+    assert database_now() - rows.get().heartbeat_at < timedelta(seconds=-int(SKEW) / 2)
 
 
 def test_a_paused_broker_whose_tasks_were_adopted_runs_none_of_them_when_it_wakes(
