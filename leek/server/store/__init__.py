@@ -336,12 +336,20 @@ class Store:
 
     def beats(self) -> list[tuple[str, float, bool]]:
         """Every broker's name, the time of its last heartbeat (seconds since
-        the epoch) and whether it stopped, as their rows have them."""
+        the epoch, on this broker's clock: now less its age by the database's)
+        and whether it stopped, as their rows have them."""
+        from django.db.models.functions import Now
+
         from ...models import BrokerNode
 
-        rows = BrokerNode.objects.values_list("name", "heartbeat_at", "stopped")
-        read = self.dialect.read_time
-        return [(name, read(beat) or 0.0, stopped) for name, beat, stopped in rows]
+        rows = BrokerNode.objects.annotate(db_now=Now()).values_list(
+            "name", "heartbeat_at", "stopped", "db_now"
+        )
+        here = time.time()
+        return [
+            (name, here - (now - beat).total_seconds(), stopped)
+            for name, beat, stopped, now in rows
+        ]
 
     def still_mine(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """The tasks of `ids` the database shows unfinished and this broker's."""
