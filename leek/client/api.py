@@ -364,7 +364,6 @@ def cancel(task_id: uuid.UUID | str, running: bool = False) -> bool:
 
 
 def _cancel_in_database(task_id: uuid.UUID | str) -> bool:
-
     from django.db.models import Exists, OuterRef, Q
     from django.utils import timezone
 
