@@ -32,6 +32,14 @@ if os.environ.get("LEEK_TEST_BREAK_WORKER_PROCESS"):
     if multiprocessing.parent_process() is not None:
         raise ImportError("these settings cannot be imported in a worker process (as a test asks)")
 
+if os.environ.get("LEEK_TEST_CLOCK_SKEW"):
+    # A broker whose own clock is off by this many seconds (tests/server/test_lease.py).
+    import time
+
+    _skew = float(os.environ["LEEK_TEST_CLOCK_SKEW"])
+    _real_time = time.time
+    time.time = lambda: _real_time() + _skew
+
 # The periodic tests' rows, written as the admin writes them, run this task.
 LEEK = {"PERIODIC_ALLOWED": ["tests.server.periodic_tasks.stamp"]}
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.utils import timezone
@@ -283,9 +284,14 @@ class BrokerNodeAdmin(ReadOnly, ModelAdmin):
     ]
     ordering = ["name"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BrokerNode]:
+        rows: QuerySet[BrokerNode] = super().get_queryset(request)
+        return rows.annotate(db_now=Now())
+
     @admin.display(description="alive", boolean=True)
     def alive(self, obj: BrokerNode) -> bool:
-        age = (timezone.now() - obj.heartbeat_at).total_seconds()
+        now = getattr(obj, "db_now", None) or timezone.now()  # the database's clock
+        age = (now - obj.heartbeat_at).total_seconds()
         return not obj.stopped and age <= float(conf.get("HEARTBEAT_TIMEOUT"))
 
     @admin.display(description="workers alive")

@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from .. import conf, queues, ratelimit
+from ..liveness import database_now
 from ..models import BrokerNode, FailedTask, QueueState, RateLimit, Status, SuccessTask, Task
 
 #: Minutes the throughput chart covers, one bar each.
@@ -71,7 +72,8 @@ def _age(delta: timedelta) -> str:
 
 
 def broker_nodes(now: datetime) -> list[Node]:
-    """Every broker that ever sent a heartbeat, alive ones first."""
+    """Every broker that ever sent a heartbeat, alive ones first; `now` is
+    the database's clock (liveness.database_now)."""
     timeout = float(conf.get("HEARTBEAT_TIMEOUT"))
     ours = str(conf.get("CODE_VERSION"))
     nodes = []
@@ -237,7 +239,7 @@ def dashboard(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
     if not request.user.has_perm("leek.view_task"):
         raise PermissionDenied
     now = timezone.now()
-    nodes = broker_nodes(now)
+    nodes = broker_nodes(database_now())
     counts = status_counts()
     failures = FailedTask.objects.order_by("-failed_at").only(
         "id", "task_id", "name", "attempt", "exc_type", "exc_message", "failed_at", "final"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from ..exceptions import BrokerUnavailable, LeekError
@@ -183,7 +184,7 @@ def forget_brokers(older_than: str, dry_run: bool = False) -> int:
     alive writes its row again at its next heartbeat."""
     from ..models import BrokerNode, Status, Task
 
-    cutoff = timezone.now() - parse_age(older_than)
+    cutoff = Now() - parse_age(older_than)  # the database's clock, as every heartbeat's
     owners = Task.objects.filter(status__in=[Status.QUEUED, Status.RUNNING]).values("broker")
     old = BrokerNode.objects.filter(heartbeat_at__lt=cutoff).exclude(name__in=owners)
     if dry_run:

@@ -116,13 +116,15 @@ def gather(probe: Probe, running_rows: int = 10, failure_rows: int = 10) -> Snap
     from django.db import DatabaseError, connection
     from django.utils import timezone
 
+    from ..liveness import database_now
+
     answers = probe.ask()
     now = timezone.now()
     try:
         return Snapshot(
             now,
             answers,
-            _brokers(now, answers),
+            _brokers(database_now(), answers),
             _queues(now),
             *_running(now, running_rows),
             _failures(failure_rows),

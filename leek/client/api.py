@@ -364,18 +364,15 @@ def cancel(task_id: uuid.UUID | str, running: bool = False) -> bool:
 
 
 def _cancel_in_database(task_id: uuid.UUID | str) -> bool:
-    from datetime import timedelta
-
     from django.db.models import Exists, OuterRef, Q
     from django.utils import timezone
 
+    from ..liveness import alive
     from ..models import BrokerNode, Task
 
     now = timezone.now()
-    since = now - timedelta(seconds=float(conf.get("HEARTBEAT_TIMEOUT")))
-    live = BrokerNode.objects.filter(
-        name=OuterRef("broker"), stopped=False, heartbeat_at__gte=since
-    )
+    dead_after = float(conf.get("HEARTBEAT_TIMEOUT"))
+    live = BrokerNode.objects.filter(alive(dead_after), name=OuterRef("broker"))
     unowned = Q(broker="") | ~Exists(live)
     cancelled = Task.objects.filter(unowned, pk=task_id, status="queued").update(
         status="cancelled", finished_at=now, lock_key=None

@@ -40,6 +40,7 @@ from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
 from .intake import PUSHES, Intake
 from .lanes import Lanes
+from .lease import Lease
 from .limits import RateLimits
 from .memory import TRIM_INTERVAL, settle, trim
 from .metrics import attach
@@ -127,6 +128,8 @@ class Broker:
         self.heartbeat_timeout = float(settings["HEARTBEAT_TIMEOUT"])
         self.hostname = socket.gethostname()
         self.conflict = Conflict(self.node, self.hostname, self.heartbeat_timeout)
+        self.lease = Lease(self.heartbeat_timeout, self.heartbeat_interval)
+        self.lanes.gate(self.lease.held)
         self.adopt = Adopter(self.store, self.heartbeat_timeout, self.lanes.served)
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
         self.metrics = attach(self)
@@ -301,11 +304,22 @@ class Broker:
             "note": note[:255],
         }
         check = self.conflict.check if self.conflict.written else None
+        self.lease.tell()
+        sent = time.monotonic()
         try:
             self.store.heartbeat(values, self.started, check).wait(timeout)
             self.conflict.written = True  # the row is ours from here on
         except HEARTBEAT_ERRORS:
-            pass  # the store logged it and reports the database unhealthy
+            return  # the store logged it and reports the database unhealthy
+        if not stopped:
+            self.lease.committed(sent, self.drop_lost)
+
+    def drop_lost(self) -> int:
+        """Drop the tasks held in memory that the database no longer shows as
+        this broker's (another adopted them); how many. The delayed heap goes
+        first: a task it releases meanwhile is then met in its lane."""
+        mine = self.store.still_mine
+        return self.delayed.drop_lost(mine) + self.lanes.drop_lost(mine)
 
     # -- verbs ---------------------------------------------------------------
 
@@ -324,6 +338,8 @@ class Broker:
             return False, f"database unavailable: {error}"
         if self.conflict.message:
             return False, self.conflict.message
+        if self.lease.message:
+            return False, self.lease.message
         return True, "I'm OK"
 
     def answer(self, verb: str, data: Any) -> Any:

@@ -104,6 +104,14 @@ class Delayed:
             self._drop(task_id.int)
             return True
 
+    def drop_lost(self, owned: Callable[[list[uuid.UUID]], set[uuid.UUID]]) -> int:
+        """Drop the held tasks that `owned` (of their ids) leaves out: those
+        the database no longer shows as this broker's. How many."""
+        with self._wake:
+            held = [uuid.UUID(int=task_id) for task_id in self._live]
+        mine = owned(held)
+        return sum(self.cancel(task_id) for task_id in held if task_id not in mine)
+
     def counts(self) -> dict[str, int]:
         with self._wake:
             return {queue: n for queue, n in self.waiting.items() if n > 0}

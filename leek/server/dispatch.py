@@ -20,6 +20,7 @@ import bisect
 import threading
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from itertools import islice
 
 from .rows import Job, Ready
@@ -30,6 +31,8 @@ KEEP_WINDOW = 200
 DEFAULT_QUEUE = "default"
 #: Tasks of each priority looked at for the oldest waiting task of each queue.
 HEAD_SCAN = 1000
+#: Seconds a take waits before it looks at a closed gate again.
+GATE_POLL = 0.1
 
 Entry = bytes | tuple[bytes, str]
 
@@ -60,6 +63,8 @@ class Dispatcher:
         # order it met them, with their priorities (see `pause`).
         self._paused: frozenset[str] = frozenset()
         self._parked: dict[str, list[tuple[int, Entry]]] = {}
+        #: While this returns False no task is handed out (the broker's lease, lease.py).
+        self.gate: Callable[[], bool] | None = None
 
     def __len__(self) -> int:
         return sum(self.waiting.values())
@@ -84,6 +89,9 @@ class Dispatcher:
         with self._lock:
             while True:
                 if self._closed:
+                    return None
+                if self.gate is not None and not self.gate():
+                    self._ready.wait(GATE_POLL if timeout is None else min(timeout, GATE_POLL))
                     return None
                 while self._order:
                     priority = self._order[-1]
@@ -232,6 +240,18 @@ class Dispatcher:
                     lane.appendleft(entry)
             if resumed:
                 self._ready.notify_all()
+
+    def ids(self) -> list[tuple[uuid.UUID, str]]:
+        """The id and queue of every task waiting here, paused ones included."""
+        with self._lock:
+            entries = [e for lane in self._lanes.values() for e in lane]
+            entries += [e for parked in self._parked.values() for _, e in parked]
+            found = []
+            for entry in entries:
+                key, queue = (entry, DEFAULT_QUEUE) if isinstance(entry, bytes) else entry
+                if key not in self._cancelled:
+                    found.append((uuid.UUID(bytes=key), queue))
+            return found
 
     def close(self) -> None:
         with self._lock:

@@ -99,6 +99,21 @@ class Lanes:
         for lane, batch in lanes.values():
             lane.dispatcher.push(batch)
 
+    def gate(self, held: Callable[[], bool]) -> None:
+        """Hand out no task while `held()` is False (Dispatcher.gate)."""
+        for lane in self.all:
+            lane.dispatcher.gate = held
+
+    def drop_lost(self, owned: Callable[[list[Any]], set[Any]]) -> int:
+        """Drop the waiting tasks that `owned` (of their ids) leaves out: those
+        the database no longer shows as this broker's. How many."""
+        held = [(lane, i, q) for lane in self.all for i, q in lane.dispatcher.ids()]
+        mine = owned([i for _, i, _ in held])
+        lost = [(lane, i, q) for lane, i, q in held if i not in mine]
+        for lane, task_id, queue in lost:
+            lane.dispatcher.cancel(task_id, queue)
+        return len(lost)
+
     def cancel(self, task_id: Any, queue: str) -> None:
         lane = self.lane(queue)
         if lane is not None:

@@ -21,8 +21,6 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from django.utils import timezone
-
 from ..exceptions import NodeNameInUse
 from .store import Store
 
@@ -38,7 +36,7 @@ def ensure_free(store: Store, hostname: str, interval: float, timeout: float) ->
     last = store.node_row(node)
     if last is None or last["stopped"]:
         return
-    if timezone.now() - last["heartbeat_at"] > timedelta(seconds=timeout):
+    if last["db_now"] - last["heartbeat_at"] > timedelta(seconds=timeout):
         return  # silent past the timeout: the other brokers count it dead too
     if last["hostname"] == hostname and not _running(int(last["pid"])):
         return  # killed on this machine, and restarted

@@ -99,8 +99,7 @@ class Adopter:
         def walk(gone: dict[str, Any]) -> list[str]:
             return [name for name, beat in gone.items() if again or self._taken.get(name) != beat]
 
-        silent_since = time.time() - self.dead_after
-        claim = self.store.adopt(silent_since, walk, self.queues)
+        claim = self.store.adopt(self.dead_after, walk, self.queues)
         self._claim = claim
         wait = float(conf.get("WRITE_WAIT"))
         found: list[Ready]

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FRAMES = 4000
 #: Tasks a broker reads at a time of those it owns, at start.
 OWNED_PAGE = 5000
+#: Task ids asked about per query when a broker checks the tasks it holds.
+MINE_PAGE = 500
 
 
 class Store:
@@ -273,8 +275,7 @@ class Store:
             if running:
                 cursor.execute(sql.cancel_running, (d.time(now), d.pk(task_id), node))
             else:
-                since = d.time(now - dead_after)
-                cursor.execute(sql.cancel, (d.time(now), d.pk(task_id), node, since))
+                cursor.execute(sql.cancel, (d.time(now), d.pk(task_id), node, dead_after))
             row = cursor.fetchone()
             return None if row is None else (str(row[0]), str(row[1]))
 
@@ -300,7 +301,8 @@ class Store:
         started: float,
         check: Callable[[tuple[Any, ...] | None], None] | None = None,
     ) -> Waiter:
-        """Write this broker's row: NODE_COLUMNS from `values`, the time now.
+        """Write this broker's row: NODE_COLUMNS from `values`, and the
+        database's clock as its heartbeat.
 
         `check` first gets the row as it is (hostname, pid, host, port,
         stopped), read in the same transaction, or None when there is none."""
@@ -315,44 +317,65 @@ class Store:
                     self.last_life = tuple(row or ())
                 if check is not None:
                     check(row)
-            now = d.time(time.time())
             row = [values[name] for name in NODE_COLUMNS]
             row[NODE_COLUMNS.index("queues")] = json.dumps(values["queues"])
-            cursor.execute(sql.beat, (*row, now, node))
+            cursor.execute(sql.beat, (*row, node))
             if cursor.rowcount == 0:
-                cursor.execute(sql.first_beat, (*row, now, d.time(started), node))
+                cursor.execute(sql.first_beat, (*row, d.time(started), node))
 
         return self.call(write)
 
     def unserved(self, queued: dict[str, int], dead_after: float) -> list[str]:
         """The queues of `queued` (tasks waiting per queue) that no broker
         alive within `dead_after` seconds serves."""
-        from datetime import timedelta
-
-        from django.utils import timezone
-
+        from ...liveness import alive
         from ...models import BrokerNode
 
-        since = timezone.now() - timedelta(seconds=dead_after)
-        live = list(BrokerNode.objects.filter(stopped=False, heartbeat_at__gte=since))
+        live = list(BrokerNode.objects.filter(alive(dead_after)))
         return sorted(q for q, n in queued.items() if n and not any(b.serves(q) for b in live))
 
     def beats(self) -> list[tuple[str, float, bool]]:
         """Every broker's name, the time of its last heartbeat (seconds since
-        the epoch) and whether it stopped, as their rows have them."""
+        the epoch, on this broker's clock: now less its age by the database's)
+        and whether it stopped, as their rows have them."""
+        from django.db.models.functions import Now
+
         from ...models import BrokerNode
 
-        rows = BrokerNode.objects.values_list("name", "heartbeat_at", "stopped")
-        read = self.dialect.read_time
-        return [(name, read(beat) or 0.0, stopped) for name, beat, stopped in rows]
+        rows = BrokerNode.objects.annotate(db_now=Now()).values_list(
+            "name", "heartbeat_at", "stopped", "db_now"
+        )
+        here = time.time()
+        return [
+            (name, here - (now - beat).total_seconds(), stopped)
+            for name, beat, stopped, now in rows
+        ]
+
+    def still_mine(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """The tasks of `ids` the database shows unfinished and this broker's."""
+        from ...models import Status, Task
+
+        mine: set[uuid.UUID] = set()
+        for at in range(0, len(ids), MINE_PAGE):
+            rows = Task.objects.filter(
+                pk__in=ids[at : at + MINE_PAGE],
+                broker=self.node,
+                status__in=[Status.QUEUED, Status.RUNNING],
+            ).values_list("id", flat=True)
+            mine.update(rows)
+        return mine
 
     def node_row(self, name: str) -> dict[str, Any] | None:
-        """A broker's row as last written, or None."""
+        """A broker's row as last written, with the database's clock as
+        "db_now", or None."""
+        from django.db.models.functions import Now
+
         from ...models import BrokerNode
 
         row = (
             BrokerNode.objects.filter(name=name)
-            .values("hostname", "host", "port", "pid", "heartbeat_at", "stopped")
+            .annotate(db_now=Now())
+            .values("hostname", "host", "port", "pid", "heartbeat_at", "stopped", "db_now")
             .first()
         )
         return None if row is None else dict(row)
@@ -410,13 +433,14 @@ class Store:
 
     def adopt(
         self,
-        silent_since: float,
+        dead_after: float,
         walk: Callable[[dict[str, Any]], list[str]],
         queues: frozenset[str] | None = None,
     ) -> Waiter:
         """Claim spooled tasks and the unfinished tasks of gone brokers.
 
-        Gone: another broker stopped, or silent since before `silent_since`.
+        Gone: another broker stopped, or silent for `dead_after` seconds by
+        the database's clock.
         `walk` gets them ({name: heartbeat_at as stored}) and names those whose
         tasks to claim. Each row is claimed with a conditional update, so
         brokers sweeping at once each take a task at most once. A task found
@@ -430,7 +454,7 @@ class Store:
         count = None if of is None else len(of)
 
         def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], dict[str, Any], cut.Cut]:
-            cursor.execute(sql.gone, (node, d.time(silent_since)))
+            cursor.execute(sql.gone, (node, dead_after))
             found = cursor.fetchall()
             gone = {name: beat for name, beat, _ in found}
             stopped = {name for name, _, was in found if was}

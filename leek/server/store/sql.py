@@ -76,6 +76,24 @@ NODE_COLUMNS = (
     "note",
     "queues",
 )
+
+
+def db_now(d: Dialect) -> str:
+    """The database's clock now, in the form its DateTimeField columns hold:
+    on SQLite the text Django writes (microseconds, UTC, no offset), so that
+    it compares and sorts with the times stored by either."""
+    if d.sqlite:
+        return "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
+    return "statement_timestamp()"
+
+
+def db_since(d: Dialect) -> str:
+    """The database's clock a bound number of seconds ago (one placeholder)."""
+    if d.sqlite:
+        return "(strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || %s || ' seconds') || '000')"
+    return "(statement_timestamp() - %s * interval '1 second')"
+
+
 #: What a claim returns of each task it takes.
 CLAIMED = (
     "RETURNING id, priority, queue, run_after, status, name, attempts, started_at, max_retries"
@@ -140,7 +158,7 @@ class Statements:
             "UPDATE leek_task SET status = 'cancelled', finished_at = %s, lock_key = NULL "
             "WHERE id = %s AND status = 'queued' AND (broker = %s OR broker = '' "
             "OR NOT EXISTS (SELECT 1 FROM leek_brokernode n WHERE n.name = leek_task.broker "
-            "AND NOT n.stopped AND n.heartbeat_at >= %s)) RETURNING queue, broker"
+            f"AND NOT n.stopped AND n.heartbeat_at >= {db_since(d)})) RETURNING queue, broker"
         )
         # A task this broker runs now, or holds queued.
         self.cancel_running = q(
@@ -202,14 +220,16 @@ class Statements:
         )
         self.gone = q(
             "SELECT name, heartbeat_at, stopped FROM leek_brokernode WHERE name <> %s "
-            "AND (stopped OR heartbeat_at < %s)"
+            f"AND (stopped OR heartbeat_at < {db_since(d)})"
         )
         self.claim_spooled = claim_spooled(d)
         # The lanes are a JSON document: bound as text, read as jsonb on PostgreSQL.
         marks = {k: "%s" if d.sqlite or k != "queues" else "%s::jsonb" for k in NODE_COLUMNS}
         names = ", ".join(f"{k} = {marks[k]}" for k in NODE_COLUMNS)
-        self.beat = q(f"UPDATE leek_brokernode SET {names}, heartbeat_at = %s WHERE name = %s")
-        values = ", ".join([*marks.values(), "%s", "%s", "%s"])
+        self.beat = q(
+            f"UPDATE leek_brokernode SET {names}, heartbeat_at = {db_now(d)} WHERE name = %s"
+        )
+        values = ", ".join([*marks.values(), db_now(d), "%s", "%s"])
         self.first_beat = q(
             f"INSERT INTO leek_brokernode ({', '.join(NODE_COLUMNS)}, "
             f"heartbeat_at, started_at, name) VALUES ({values})"
