@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +40,9 @@ class TwoBrokers:
 
 def two_brokers(broker_factory: BrokerFactory, pool: str = "threads", **env: str) -> TwoBrokers:
     """Two brokers on one database; the client pushes to the busy one (started last)."""
-    idle = broker_factory(args=("--queues", "other"), LEEK_POOL=pool, **env)
-    busy = broker_factory(LEEK_WORKERS="1", LEEK_POOL=pool, **env)
+    start: Callable[..., BrokerProcess] = broker_factory  # `env` holds only variables
+    idle = start(args=("--queues", "other"), LEEK_POOL=pool, **env)
+    busy = start(LEEK_WORKERS="1", LEEK_POOL=pool, **env)
     running = leek.enqueue(tasks.sleep, (60,))
     wait_for(lambda: Task.objects.filter(pk=running.id, status=Status.RUNNING).exists())
     for _ in range(2):
