@@ -7,11 +7,13 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
 from leek import cluster
+from tests.admin.factories import make_node, make_task
 from tests.cli.test_cluster import two_brokers
 from tests.conftest import BrokerFactory, wait_for
 
@@ -62,3 +64,19 @@ def test_the_dashboard_shows_each_brokers_address_busy_workers_heartbeat_and_tas
     row = broker_row(page, busy)
     assert 'class="leek-node-dead"' in row and "silent" in row
     assert 'class="leek-node-alive"' in broker_row(page, idle)
+
+
+@pytest.mark.django_db
+def test_the_dashboard_counts_the_unfinished_tasks_that_no_listed_broker_owns(
+    admin_client: Client,
+) -> None:
+    make_node("web1:8002", workers_busy=1)
+    make_task("running", broker="web1:8002")
+    make_task("queued")  # spooled: nobody's yet
+    make_task("queued", broker="purged:8002")
+    make_task("succeeded", broker="purged:8002")
+    page = admin_client.get(reverse("admin:leek_task_dashboard")).content.decode()
+    row = broker_row(page, "web1:8002")
+    assert '<td class="num leek-busy">1/4</td>' in row
+    assert ">1<br><small>0 queued, 1 running</small>" in row
+    assert "2 unfinished tasks owned by no broker listed" in page

@@ -8,12 +8,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
+
+from django.utils import timezone
 
 import leek
 from leek import cluster
 from leek.models import BrokerNode, Status, Task
 from tests import tasks
+from tests.admin.factories import make_node, make_task
 from tests.conftest import (
     BOTH_POOLS,
     REPO,
@@ -158,3 +162,17 @@ def test_cluster_without_any_broker_row_says_so_and_exits_1(transactional_db: An
     done = leek_cli(1, "cluster")
     assert done.returncode == 1, done.stderr
     assert done.stdout.splitlines()[0] == "No broker has ever sent a heartbeat to this database."
+
+
+def test_the_last_line_counts_the_unfinished_tasks_that_no_listed_broker_owns(
+    transactional_db: Any,
+) -> None:
+    make_node("web1:8002", seen=timezone.now() - timedelta(minutes=5))
+    make_task("queued")  # spooled: nobody's yet
+    make_task("running", broker="purged:8002")
+    done = leek_cli(1, "cluster")
+    assert done.returncode == 1, done.stderr  # no live broker
+    assert lines(done.stdout)["web1:8002"][2] == "SILENT"
+    assert done.stdout.splitlines()[-1] == (
+        "1 broker, 0 live (silent after 30 s); 2 unfinished task(s) owned by no broker listed"
+    )
