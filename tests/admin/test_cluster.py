@@ -17,7 +17,7 @@ from tests.admin.factories import make_node, make_task
 from tests.cli.test_cluster import two_brokers
 from tests.conftest import BrokerFactory, wait_for
 
-SHORT = {"LEEK_HEARTBEAT_INTERVAL": "0.2", "LEEK_HEARTBEAT_TIMEOUT": "1", "LEEK_CODE_VERSION": "v7"}
+SHORT = {"LEEK_HEARTBEAT_INTERVAL": "0.2", "LEEK_HEARTBEAT_TIMEOUT": "2", "LEEK_CODE_VERSION": "v7"}
 
 
 def staff(client: Client, django_user_model: Any) -> Client:
@@ -41,7 +41,7 @@ def test_the_dashboard_shows_each_brokers_address_busy_workers_heartbeat_and_tas
     django_user_model: Any,
     leek_settings: Callable[..., None],
 ) -> None:
-    leek_settings(CODE_VERSION="v7", HEARTBEAT_TIMEOUT=1.0)
+    leek_settings(CODE_VERSION="v7", HEARTBEAT_TIMEOUT=2.0)
     brokers = two_brokers(broker_factory, **SHORT)
     busy, idle = brokers.name(brokers.busy), brokers.name(brokers.idle)
     viewer = staff(client, django_user_model)
@@ -59,7 +59,7 @@ def test_the_dashboard_shows_each_brokers_address_busy_workers_heartbeat_and_tas
     assert ">0<br><small>0 queued, 0 running</small>" in row
 
     brokers.busy.kill(signal.SIGKILL)
-    wait_for(lambda: not {b.name: b for b in cluster.read(1.0).brokers}[busy].alive)
+    wait_for(lambda: not {b.name: b for b in cluster.read(2.0).brokers}[busy].alive)
     page = viewer.get(reverse("admin:leek_task_dashboard")).content.decode()
     row = broker_row(page, busy)
     assert 'class="leek-node-dead"' in row and "silent" in row

@@ -127,7 +127,7 @@ def test_manage_py_leek_cluster_prints_the_same_table(broker_factory: BrokerFact
 def test_a_killed_broker_shows_as_silent_and_a_stopped_one_as_stopped(
     broker_factory: BrokerFactory,
 ) -> None:
-    short = {"LEEK_HEARTBEAT_INTERVAL": "0.2", "LEEK_HEARTBEAT_TIMEOUT": "1"}
+    short = {"LEEK_HEARTBEAT_INTERVAL": "0.2", "LEEK_HEARTBEAT_TIMEOUT": "2"}
     brokers = two_brokers(broker_factory, **short)
     busy, idle = brokers.name(brokers.busy), brokers.name(brokers.idle)
     brokers.busy.kill(signal.SIGKILL)
@@ -138,7 +138,7 @@ def test_a_killed_broker_shows_as_silent_and_a_stopped_one_as_stopped(
     table = lines(done.stdout)
     assert table[busy][2] == "SILENT"
     assert table[idle][2] == "live"
-    assert done.stdout.splitlines()[-1].startswith("2 brokers, 1 live (silent after 1 s)")
+    assert done.stdout.splitlines()[-1].startswith("2 brokers, 1 live (silent after 2 s)")
 
     assert brokers.idle.kill(signal.SIGTERM) == 0
     done = leek_cli(brokers.idle.port, "--json", "cluster", **short)
@@ -154,7 +154,7 @@ def test_a_killed_broker_shows_as_silent_and_a_stopped_one_as_stopped(
 
 
 def _silent(name: str) -> bool:
-    found = {b.name: b for b in cluster.read(timeout=1.0).brokers}
+    found = {b.name: b for b in cluster.read(timeout=2.0).brokers}
     return found[name].state == cluster.SILENT
 
 
