@@ -98,6 +98,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     errors += _check_queues(settings["QUEUES"])
     errors += _check_exposure(settings)
     errors += _check_push_settings(settings)
+    errors += _check_heartbeat(settings["HEARTBEAT_INTERVAL"], settings["HEARTBEAT_TIMEOUT"])
     if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:
         errors.append(
             checks.Error(
@@ -238,6 +239,34 @@ def _check_broker_backoff(least: Any, most: Any) -> list[checks.CheckMessage]:
                 f"LEEK['BROKER_BACKOFF_MAX'] ({most!r}).",
                 hint="The first back-off of a broker must not exceed the longest.",
                 id="leek.E012",
+            )
+        )
+    return errors
+
+
+def _check_heartbeat(interval: Any, timeout: Any) -> list[checks.CheckMessage]:
+    """leek.E015: HEARTBEAT_INTERVAL and HEARTBEAT_TIMEOUT are seconds greater
+    than zero, with at least two heartbeats in a timeout."""
+    errors: list[checks.CheckMessage] = []
+    for key, value in (("HEARTBEAT_INTERVAL", interval), ("HEARTBEAT_TIMEOUT", timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            errors.append(
+                checks.Error(
+                    f"LEEK[{key!r}] must be a number of seconds greater than zero, got {value!r}.",
+                    id="leek.E015",
+                )
+            )
+    if not errors and interval * 2 > timeout:
+        errors.append(
+            checks.Error(
+                f"LEEK['HEARTBEAT_INTERVAL'] ({interval!r}) is more than half of "
+                f"LEEK['HEARTBEAT_TIMEOUT'] ({timeout!r}).",
+                hint="A broker starts tasks only while its last heartbeat is younger than "
+                "the timeout less a margin of max(interval, timeout / 4): with fewer than "
+                "two heartbeats in a timeout, one late heartbeat stops its tasks, and other "
+                "brokers count it silent and adopt them. Keep the interval at most half "
+                "the timeout (the defaults are 5 and 30).",
+                id="leek.E015",
             )
         )
     return errors

@@ -94,7 +94,8 @@ DEFAULTS: dict[str, Any] = {
     "ALLOWED_CLIENTS": [],
     # Seconds between sweeps for spooled tasks and orphans of dead brokers.
     "SWEEP_INTERVAL": 2.0,
-    # Seconds between broker heartbeats, and after which a silent broker is dead.
+    # Seconds between broker heartbeats, and after which a silent broker is dead;
+    # the interval at most half the timeout (leek.E015).
     "HEARTBEAT_INTERVAL": 5.0,
     "HEARTBEAT_TIMEOUT": 30.0,
     # Seconds running tasks get to finish after SIGTERM or `leek stop`.

@@ -201,6 +201,8 @@ class BrokerNode(models.Model):
     heartbeat_at = models.DateTimeField()
     workers = models.PositiveIntegerField(default=0)
     workers_alive = models.PositiveIntegerField(default=0)
+    #: Workers running a task at the heartbeat.
+    workers_busy = models.PositiveIntegerField(default=0)
     handled = models.PositiveBigIntegerField(default=0)
     healthy = models.BooleanField(default=True)
     stopped = models.BooleanField(default=False)

@@ -69,3 +69,21 @@ def test_the_defaults_and_good_values_pass(settings: Any) -> None:
     good = {"REPLAY_WINDOW": 5, "WRITE_WAIT": 2.5, "ATOMIC_PUSH": "outbox", "SPREAD": False}
     good |= {"BROKER_BACKOFF": 1, "BROKER_BACKOFF_MAX": 1.0}
     assert messages(settings, "leek.E012", ACCEPT_UNSIGNED_ROWS=True, **good) == []
+
+
+@pytest.mark.parametrize("key", ["HEARTBEAT_INTERVAL", "HEARTBEAT_TIMEOUT"])
+@pytest.mark.parametrize("value", [0, -1.0, "5", None, True])
+def test_a_heartbeat_setting_that_is_not_a_positive_number_is_an_error(
+    settings: Any, key: str, value: Any
+) -> None:
+    assert messages(settings, "leek.E015", **{key: value}) == [
+        f"LEEK[{key!r}] must be a number of seconds greater than zero, got {value!r}."
+    ]
+
+
+def test_a_heartbeat_interval_more_than_half_the_timeout_is_an_error(settings: Any) -> None:
+    assert messages(settings, "leek.E015", HEARTBEAT_INTERVAL=20, HEARTBEAT_TIMEOUT=30.0) == [
+        "LEEK['HEARTBEAT_INTERVAL'] (20) is more than half of LEEK['HEARTBEAT_TIMEOUT'] (30.0)."
+    ]
+    assert messages(settings, "leek.E015", HEARTBEAT_INTERVAL=15, HEARTBEAT_TIMEOUT=30) == []
+    assert messages(settings, "leek.E015") == []  # the defaults, 5 and 30

@@ -21,8 +21,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from .. import conf, queues, ratelimit
-from ..liveness import database_now
+from .. import cluster, conf, queues, ratelimit
 from ..models import BrokerNode, FailedTask, QueueState, RateLimit, Status, SuccessTask, Task
 
 #: Minutes the throughput chart covers, one bar each.
@@ -36,13 +35,27 @@ RATE_LIMITS_SHOWN = 50
 
 @dataclass
 class Node:
-    """A broker as the dashboard shows it."""
+    """A broker as the dashboard shows it: its row, state and tasks owned
+    (cluster.py), and whether it runs code other than this site's."""
 
-    row: BrokerNode
-    alive: bool
+    broker: cluster.Broker
     drift: bool
-    seen: str
-    uptime: str
+
+    @property
+    def row(self) -> BrokerNode:
+        return self.broker.row
+
+    @property
+    def alive(self) -> bool:
+        return self.broker.alive
+
+    @property
+    def seen(self) -> str:
+        return cluster.age_text(self.broker.heartbeat_age)
+
+    @property
+    def uptime(self) -> str:
+        return cluster.age_text(self.broker.uptime)
 
     @property
     def lanes(self) -> str:
@@ -59,35 +72,10 @@ def lanes(row: BrokerNode) -> str:
     )
 
 
-def _age(delta: timedelta) -> str:
-    """A time span in whole units: 4 s, 3 min 13 s, 5 h 2 min, 3 d 4 h."""
-    total = int(max(delta.total_seconds(), 0.0))
-    if total < 60:
-        return f"{total} s"
-    if total < 3600:
-        return f"{total // 60} min {total % 60} s"
-    if total < 2 * 86400:
-        return f"{total // 3600} h {total % 3600 // 60} min"
-    return f"{total // 86400} d {total % 86400 // 3600} h"
-
-
-def broker_nodes(now: datetime) -> list[Node]:
-    """Every broker that ever sent a heartbeat, alive ones first; `now` is
-    the database's clock (liveness.database_now)."""
-    timeout = float(conf.get("HEARTBEAT_TIMEOUT"))
+def broker_nodes(brokers: cluster.Cluster) -> list[Node]:
+    """Every broker that ever sent a heartbeat, alive ones first."""
     ours = str(conf.get("CODE_VERSION"))
-    nodes = []
-    for row in BrokerNode.objects.order_by("name"):
-        alive = not row.stopped and (now - row.heartbeat_at).total_seconds() <= timeout
-        nodes.append(
-            Node(
-                row,
-                alive,
-                alive and row.code_version != ours,
-                _age(now - row.heartbeat_at),
-                _age(now - row.started_at),
-            )
-        )
+    nodes = [Node(b, b.alive and b.row.code_version != ours) for b in brokers.brokers]
     return sorted(nodes, key=lambda n: not n.alive)
 
 
@@ -161,7 +149,9 @@ def oldest_waiting(now: datetime, queues: list[str]) -> dict[str, Any] | None:
         )
         if row is not None and (found is None or row["queued_at"] < found["queued_at"]):
             found = row
-    return None if found is None else {**found, "age": _age(now - found["queued_at"])}
+    if found is None:
+        return None
+    return {**found, "age": cluster.age_text((now - found["queued_at"]).total_seconds())}
 
 
 def _per_minute(rows: Any) -> dict[int, int]:
@@ -239,7 +229,8 @@ def dashboard(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
     if not request.user.has_perm("leek.view_task"):
         raise PermissionDenied
     now = timezone.now()
-    nodes = broker_nodes(database_now())
+    brokers = cluster.read()
+    nodes = broker_nodes(brokers)
     counts = status_counts()
     failures = FailedTask.objects.order_by("-failed_at").only(
         "id", "task_id", "name", "attempt", "exc_type", "exc_message", "failed_at", "final"
@@ -254,6 +245,7 @@ def dashboard(request: HttpRequest, site: admin.AdminSite) -> HttpResponse:
         "oldest": oldest_waiting(now, counts["waiting_queues"]),
         "chart": throughput(now),
         "failures": failures,
+        "unowned": brokers.unowned,
         "rate_limits": rate_limits(),
         "code_version": conf.get("CODE_VERSION"),
         "heartbeat_timeout": conf.get("HEARTBEAT_TIMEOUT"),

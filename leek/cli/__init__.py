@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..exceptions import SettingsUnavailable
-from . import broker, pauses, project, repair, schedule, top
+from . import broker, cluster, pauses, project, repair, schedule, top
 from .output import OK, UNHEALTHY, UNREACHABLE, emit
 
 __all__ = [
@@ -65,6 +65,12 @@ VERBS = (
         broker.run_handled,
     ),
     Verb("stats", "the broker's figures", no_arguments, broker.run_stats),
+    Verb(
+        "cluster",
+        "the brokers sharing the database: workers, heartbeat, tasks owned",
+        no_arguments,
+        cluster.run_cluster,
+    ),
     Verb(
         "top",
         "a live view of the brokers, queues, tasks and failures",

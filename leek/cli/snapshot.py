@@ -152,7 +152,6 @@ def _brokers(now: datetime, answers: list[Answer]) -> list[BrokerRow]:
             continue
         if node.stopped and age > STOPPED_SHOWN:
             continue
-        lanes = (node.queues or {}).values()
         if node.stopped:
             health = "stopped"
         elif age > timeout:
@@ -170,7 +169,7 @@ def _brokers(now: datetime, answers: list[Answer]) -> list[BrokerRow]:
                 age,
                 node.workers,
                 node.workers_alive,
-                sum(int(lane.get("busy", 0)) for lane in lanes),
+                node.workers_busy,
                 node.code_version,
                 False,
             )

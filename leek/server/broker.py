@@ -297,6 +297,7 @@ class Broker:
             "code_version": self.code_version,
             "workers": self.lanes.size,
             "workers_alive": self.lanes.alive(),
+            "workers_busy": len(self.lanes.busy()),
             "queues": self.lanes.describe(),
             "handled": sum(self.lanes.handled().values()),
             "healthy": ok,

@@ -14,6 +14,7 @@ import termios
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pyte
 import pytest
@@ -390,3 +391,20 @@ def test_a_paused_queue_is_shown_paused_even_with_nothing_waiting(transactional_
     done = leek_cli(free_port(), "top", "--once", COLUMNS="80")
     rows = [line.split()[:2] for line in section(done.stdout, "queues")[1:]]
     assert rows == [["mail", "(paused)"], ["reports", "(paused)"]]
+
+
+def test_a_broker_that_does_not_answer_shows_the_busy_workers_its_row_counts_once(
+    transactional_db: None, leek_settings: Any
+) -> None:
+    # A broker serving two queues on its default lane lists that lane under each.
+    port = free_port()
+    leek_settings(PORT=port)
+    lane = {"pool": "threads", "workers": 2, "alive": 2, "busy": 1, "stuck": 0}
+    row = node("web1:8002", "127.0.0.1", port, heartbeat_age=1)
+    BrokerNode.objects.filter(pk=row.pk).update(queues={"mail": lane, "pdfs": lane}, workers_busy=1)
+    probe = Probe()
+    try:
+        (broker,) = gather(probe).brokers
+    finally:
+        probe.close()
+    assert (broker.health, broker.busy, broker.workers) == ("no answer", 1, 2)

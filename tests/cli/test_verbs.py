@@ -22,6 +22,7 @@ NAMES = [
     "waiting",
     "handled",
     "stats",
+    "cluster",
     "top",
     "retry-failed",
     "purge",

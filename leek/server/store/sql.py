@@ -70,6 +70,7 @@ NODE_COLUMNS = (
     "code_version",
     "workers",
     "workers_alive",
+    "workers_busy",
     "handled",
     "healthy",
     "stopped",
