@@ -69,3 +69,16 @@ def test_the_defaults_and_good_values_pass(settings: Any) -> None:
     good = {"REPLAY_WINDOW": 5, "WRITE_WAIT": 2.5, "ATOMIC_PUSH": "outbox", "SPREAD": False}
     good |= {"BROKER_BACKOFF": 1, "BROKER_BACKOFF_MAX": 1.0}
     assert messages(settings, "leek.E012", ACCEPT_UNSIGNED_ROWS=True, **good) == []
+
+
+def test_reload_on_new_code_must_be_a_boolean(settings: Any) -> None:
+    assert messages(settings, "leek.E015", RELOAD_ON_NEW_CODE="yes") == [
+        "LEEK['RELOAD_ON_NEW_CODE'] must be True or False, got 'yes'."
+    ]
+    assert messages(settings, "leek.E015", RELOAD_ON_NEW_CODE=True, CODE_VERSION="A") == []
+
+
+def test_reload_on_new_code_without_a_code_version_is_a_warning(settings: Any) -> None:
+    [message] = messages(settings, "leek.W015", RELOAD_ON_NEW_CODE=True)
+    assert "CODE_VERSION is empty" in message
+    assert messages(settings, "leek.W015", RELOAD_ON_NEW_CODE=True, CODE_VERSION="A") == []
