@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -148,6 +149,36 @@ def test_leek_reload_does_the_same_and_waits_for_the_new_life(
     thread.join(60)
     assert done and done[0].returncode == 0, done
     assert "broker reloaded" in done[0].stdout
+
+
+def test_no_connection_is_refused_during_a_reload(broker_factory: Any) -> None:
+    # The listening socket outlives the exec: a connection made meanwhile
+    # waits in its backlog.
+    broker = broker_factory(LEEK_WORKERS="1")
+    handle = leek.push_task_to_queue(tasks.sleep, 1.0)
+    wait_for(lambda: handle.status() == "running")
+    before = started(broker)
+    refused: list[BaseException] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", broker.port), timeout=5):
+                    pass
+            except OSError as exc:
+                refused.append(exc)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: reloaded(before), timeout=60, interval=0.1)
+    done.set()
+    thread.join(10)
+    assert not refused, refused[:3]
+    assert handle.result(timeout=20) == 1.0
 
 
 def test_a_second_sighup_during_the_reload_does_not_kill_the_broker(
