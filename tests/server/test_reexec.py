@@ -19,6 +19,8 @@ import leek
 from leek.models import BrokerNode, Task
 from tests import tasks
 from tests.conftest import BOTH_POOLS, BrokerProcess, leek_cli, wait_for
+from tests.protocol.wire import exchange, messages, refusal
+from tests.server.test_replay import captured
 
 
 class Pusher:
@@ -179,6 +181,20 @@ def test_no_connection_is_refused_during_a_reload(broker_factory: Any) -> None:
     thread.join(10)
     assert not refused, refused[:3]
     assert handle.result(timeout=20) == 1.0
+
+
+def test_a_reload_frame_replayed_to_the_new_life_is_refused(broker_factory: Any) -> None:
+    broker = broker_factory()
+    frame = captured("reload", {})
+    before = started(broker)
+    assert messages(exchange(broker.port, frame)) == [(1, True, "reloading")]
+    wait_for(lambda: reloaded(before), timeout=60, interval=0.1)
+    again = started(broker)
+    # The same bytes, sent to the new life within the window: stamped before it started.
+    assert refusal(exchange(broker.port, frame)) == "StaleFrame"
+    time.sleep(0.5)
+    assert started(broker) == again and leek.stats()[1]["reloads"]["count"] == 1
+    assert "before this broker started" in broker.output()
 
 
 def test_a_second_sighup_during_the_reload_does_not_kill_the_broker(
