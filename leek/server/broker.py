@@ -418,6 +418,7 @@ class Broker:
         return handled[queue] if queue else sum(handled.values())
 
     def stop(self, data: Any = None) -> str:
+        self.reloads.cancel()  # a stop during a reload's drain wins
         threading.Timer(0.05, self.request_stop).start()
         return "stopping"
 

@@ -214,14 +214,19 @@ def test_a_second_sighup_during_the_reload_does_not_kill_the_broker(
     assert leek.push_task_to_queue(tasks.add, 1, 2).result(timeout=20) == 3
 
 
-def test_sigterm_during_the_drain_stops_the_broker_instead(broker_factory: Any) -> None:
+@pytest.mark.parametrize("how", ["SIGTERM", "leek stop"])
+def test_a_stop_during_the_drain_stops_the_broker_instead(broker_factory: Any, how: str) -> None:
     broker = broker_factory(LEEK_WORKERS="1")
     handle = leek.push_task_to_queue(tasks.sleep, 1.5)
     wait_for(lambda: handle.status() == "running")
     assert broker.proc is not None
     broker.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "broker_reloading" in broker.output() or "reloading reason" in broker.output())
-    assert broker.kill(signal.SIGTERM) == 0
+    wait_for(lambda: "reloading reason" in broker.output())
+    if how == "SIGTERM":
+        broker.proc.send_signal(signal.SIGTERM)
+    else:
+        assert leek.stop() == (True, "stopping")
+    assert broker.proc.wait(30) == 0
     assert handle.result(timeout=10) == 1.5
     assert BrokerNode.objects.get(port=broker.port).stopped
 
