@@ -177,7 +177,7 @@ def run_reload(options: argparse.Namespace) -> int:
     if before is None or value != "reloading":
         emit(options, f"broker is {value}", {"ok": True, "message": value})
         return OK
-    started = _restarted(before["started"], options.wait)
+    started = _restarted(before["node"], before["started"], options.wait)
     if started is None:
         message = f"the broker did not serve again within {options.wait:g} s"
         emit(options, f"error: {message}", {"ok": False, "error": message})
@@ -186,18 +186,19 @@ def run_reload(options: argparse.Namespace) -> int:
     return OK
 
 
-def _restarted(before: float, timeout: float) -> float | None:
-    """The start time of the broker's new life, once it answers; None past `timeout`."""
+def _restarted(node: str, before: float, timeout: float) -> float | None:
+    """The start time of the new life of the broker named `node`, once it
+    answers; None past `timeout`."""
     from ..client import connection
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            started = float(connection.call("stats", {})["started"])
+            stats = connection.call("stats", {})
         except LeekError:  # it is between lives: not listening yet, or refusing
-            started = before
-        if started != before:
-            return started
+            stats = {}
+        if stats.get("node") == node and stats.get("started") != before:
+            return float(stats["started"])
         time.sleep(0.1)
     return None
 
