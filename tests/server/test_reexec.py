@@ -153,6 +153,19 @@ def test_leek_reload_does_the_same_and_waits_for_the_new_life(
     assert "broker reloaded" in done[0].stdout
 
 
+def test_leek_reload_wait_fails_when_the_broker_is_not_back_in_time(
+    broker_factory: Any,
+) -> None:
+    broker = broker_factory(LEEK_WORKERS="1")
+    handle = leek.push_task_to_queue(tasks.sleep, 3.0)
+    wait_for(lambda: handle.status() == "running")
+    done = leek_cli(broker.port, "reload", "--wait", "0.5")
+    assert done.returncode == 1, done
+    assert "the broker did not serve again within 0.5 s" in done.stdout + done.stderr
+    assert handle.result(timeout=30) == 3.0
+    wait_for(lambda: "broker reloaded" in broker.output())
+
+
 def test_no_connection_is_refused_during_a_reload(broker_factory: Any) -> None:
     # The listening socket outlives the exec: a connection made meanwhile
     # waits in its backlog.
