@@ -95,6 +95,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="leek.E014",
             )
         )
+    errors += _check_reload(settings)
     errors += _check_queues(settings["QUEUES"])
     errors += _check_exposure(settings)
     errors += _check_push_settings(settings)
@@ -274,6 +275,29 @@ def _check_heartbeat(interval: Any, timeout: Any) -> list[checks.CheckMessage]:
 
 #: What a lane of LEEK["QUEUES"] may say.
 LANE_KEYS = frozenset({"workers", "pool", "rate_limit"})
+
+
+def _check_reload(settings: dict[str, Any]) -> list[checks.CheckMessage]:
+    """RELOAD_ON_NEW_CODE is a bool, and has a CODE_VERSION to compare."""
+    value = settings["RELOAD_ON_NEW_CODE"]
+    if not isinstance(value, bool):
+        return [
+            checks.Error(
+                f"LEEK['RELOAD_ON_NEW_CODE'] must be True or False, got {value!r}.",
+                id="leek.E016",
+            )
+        ]
+    if value and not settings["CODE_VERSION"]:
+        return [
+            checks.Warning(
+                "LEEK['RELOAD_ON_NEW_CODE'] is on, but CODE_VERSION is empty: a broker "
+                "that knows no version of its own never reloads for a client's.",
+                hint="Set LEEK['CODE_VERSION'] from the deployed code (a REVISION file, "
+                "the commit), or LEEK_CODE_VERSION.",
+                id="leek.W016",
+            )
+        ]
+    return []
 
 
 def _check_queues(queues: Any) -> list[checks.CheckMessage]:

@@ -98,7 +98,7 @@ DEFAULTS: dict[str, Any] = {
     # the interval at most half the timeout (leek.E015).
     "HEARTBEAT_INTERVAL": 5.0,
     "HEARTBEAT_TIMEOUT": 30.0,
-    # Seconds running tasks get to finish after SIGTERM or `leek stop`.
+    # Seconds running tasks get to finish after SIGTERM, `leek stop` or a reload.
     "SHUTDOWN_GRACE": 30.0,
     # Name of this broker in the database, unique among the brokers sharing it:
     # a broker recovers the unfinished tasks under its name when it starts.
@@ -107,6 +107,10 @@ DEFAULTS: dict[str, Any] = {
     # Version of the deployed code, compared between clients and brokers.
     # Empty: read from the environment's LEEK_CODE_VERSION or left unknown.
     "CODE_VERSION": "",
+    # A broker that receives tasks from clients of another CODE_VERSION reloads
+    # itself gracefully, as on SIGHUP, once per version (leek/server/reexec.py).
+    # False: it logs the difference and shows it in `leek stats` and the admin.
+    "RELOAD_ON_NEW_CODE": False,
     # SQLite only: synchronous mode of the WAL ("NORMAL", or "FULL" to survive
     # a power cut), set on every connection leek's app sees.
     "SQLITE_SYNCHRONOUS": "NORMAL",

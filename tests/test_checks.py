@@ -87,3 +87,16 @@ def test_a_heartbeat_interval_more_than_half_the_timeout_is_an_error(settings: A
     ]
     assert messages(settings, "leek.E015", HEARTBEAT_INTERVAL=15, HEARTBEAT_TIMEOUT=30) == []
     assert messages(settings, "leek.E015") == []  # the defaults, 5 and 30
+
+
+def test_reload_on_new_code_must_be_a_boolean(settings: Any) -> None:
+    assert messages(settings, "leek.E016", RELOAD_ON_NEW_CODE="yes") == [
+        "LEEK['RELOAD_ON_NEW_CODE'] must be True or False, got 'yes'."
+    ]
+    assert messages(settings, "leek.E016", RELOAD_ON_NEW_CODE=True, CODE_VERSION="A") == []
+
+
+def test_reload_on_new_code_without_a_code_version_is_a_warning(settings: Any) -> None:
+    [message] = messages(settings, "leek.W016", RELOAD_ON_NEW_CODE=True)
+    assert "CODE_VERSION is empty" in message
+    assert messages(settings, "leek.W016", RELOAD_ON_NEW_CODE=True, CODE_VERSION="A") == []

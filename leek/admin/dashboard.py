@@ -101,7 +101,8 @@ def problems(nodes: list[Node], waiting: Sequence[str] = ()) -> list[str]:
             found.append(
                 f"Broker {node.row.name} runs code version "
                 f"{node.row.code_version or 'unknown'}, this site runs {ours}: "
-                "restart the broker after a deploy."
+                "reload the broker after a deploy (`leek reload`, or SIGHUP), or let it "
+                "reload itself (LEEK['RELOAD_ON_NEW_CODE'])."
             )
         if node.alive and not node.row.healthy:
             found.append(f"Broker {node.row.name} is unhealthy: {node.row.note}")

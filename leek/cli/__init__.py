@@ -56,6 +56,12 @@ class Verb:
 VERBS = (
     Verb("start", "run the broker in the foreground", broker.add_start_arguments, broker.run_start),
     Verb("stop", "ask the broker to stop gracefully", no_arguments, broker.run_stop),
+    Verb(
+        "reload",
+        "reload the broker gracefully: it lets running tasks finish, then runs the new code",
+        broker.add_reload_arguments,
+        broker.run_reload,
+    ),
     Verb("ping", "is the broker up and healthy?", no_arguments, broker.run_ping),
     Verb("waiting", "how many tasks wait", broker.add_queue_argument, broker.run_waiting),
     Verb(

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from ..exceptions import BrokerUnavailable, DatabaseUnavailable, LeekError, NodeNameInUse
 from .output import OK, UNHEALTHY, UNREACHABLE, emit
+
+#: Seconds `leek reload --wait` waits by default for the broker's new life.
+RELOAD_WAIT = 120.0
 
 
 def add_start_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +112,8 @@ def run_start(options: argparse.Namespace) -> int:
             broker.serve()
         elif reload.serve(broker):
             return reload.RELOAD
+        if broker.reloads.reason:  # asked to execute itself again, and it could not
+            return UNHEALTHY
     except NodeNameInUse as exc:
         sys.stderr.write(f"error: {exc}\n")
         return UNHEALTHY
@@ -143,6 +149,58 @@ def run_stop(options: argparse.Namespace) -> int:
     if status == OK:
         emit(options, "broker is stopping", {"ok": True, "message": value})
     return status
+
+
+def add_reload_arguments(parser: argparse.ArgumentParser) -> None:
+    """--wait: until the broker serves again."""
+    parser.add_argument(
+        "--wait",
+        type=float,
+        nargs="?",
+        const=RELOAD_WAIT,
+        metavar="SECONDS",
+        help=f"wait until the broker serves again, up to SECONDS ({RELOAD_WAIT:g} by default)",
+    )
+
+
+def run_reload(options: argparse.Namespace) -> int:
+    """Ask the broker to reload gracefully (leek/server/reexec.py); with
+    --wait, return once its new life answers: UNHEALTHY when it does not in time."""
+    before: Any = None
+    if options.wait is not None:
+        status, before = _call(options, "stats", {})
+        if status != OK:
+            return status
+    status, value = _call(options, "reload", {})
+    if status != OK:
+        return status
+    if before is None or value != "reloading":
+        emit(options, f"broker is {value}", {"ok": True, "message": value})
+        return OK
+    started = _restarted(before["node"], before["started"], options.wait)
+    if started is None:
+        message = f"the broker did not serve again within {options.wait:g} s"
+        emit(options, f"error: {message}", {"ok": False, "error": message})
+        return UNHEALTHY
+    emit(options, "broker reloaded", {"ok": True, "message": "reloaded", "started": started})
+    return OK
+
+
+def _restarted(node: str, before: float, timeout: float) -> float | None:
+    """The start time of the new life of the broker named `node`, once it
+    answers; None past `timeout`."""
+    from ..client import connection
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stats = connection.call("stats", {})
+        except LeekError:  # it is between lives: not listening yet, or refusing
+            stats = {}
+        if stats.get("node") == node and stats.get("started") != before:
+            return float(stats["started"])
+        time.sleep(0.1)
+    return None
 
 
 def run_ping(options: argparse.Namespace) -> int:

@@ -1,11 +1,13 @@
 """The broker process: a threaded TCP server in front of the store and the workers.
 
 `Broker` wires the parts together and owns the process's life: recovery at
-start, serving, and the graceful stop on SIGTERM, SIGINT or the `stop` verb.
+start, serving, the graceful stop on SIGTERM, SIGINT or the `stop` verb, and
+the graceful reload on SIGHUP, the `reload` verb or new client code (reexec.py).
 It is the `Endpoint` of tcp.py, which holds the server and the connections:
 the pushes (intake.PUSHES) go to the store, and every other verb is in the
 broker's table of verbs (`Broker.verbs`): ``cancel``, ``ping``, ``waiting``,
-``handled``, ``stats``, ``sweep`` (adopt spooled tasks now) and ``stop``.
+``handled``, ``stats``, ``sweep`` (adopt spooled tasks now), ``stop`` and
+``reload``.
 
 The path of one task: a client's frame → tcp.Handler → intake (checks) →
 store (group commit; the reply goes out after the commit) → dispatch (the
@@ -26,13 +28,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .. import __version__, conf, ratelimit
+from .. import conf, ratelimit
 from ..exceptions import DatabaseUnavailable
 from ..logs import task_extra
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
-from . import lifecycle, links
+from . import lifecycle, links, reexec, report
 from .cancel import Cancels
 from .controls import Controls
 from .delayed import Delayed
@@ -105,10 +107,13 @@ class Broker:
             "stats": self.stats,
             "sweep": self.sweep,
             "stop": self.stop,
+            "reload": self.reload,
         }
         self.grace = float(settings["SHUTDOWN_GRACE"])
         self.code_version = str(settings["CODE_VERSION"])
         self.intake = Intake(int(settings["MAX_RETRIES"]), self.code_version)
+        self.reloads = reexec.Reloads(self.code_version, bool(settings["RELOAD_ON_NEW_CODE"]))
+        self.intake.new_code = self.new_code
         self.rejected = 0
         self.stopping = threading.Event()
         self.delayed = Delayed(self.route, int(settings["MEMORY_DELAYED"]))
@@ -122,7 +127,8 @@ class Broker:
         )
         self.duties = Duties()
         self.controls = Controls(self.store, self.lanes, self.delayed)
-        self.server = Server((self.host, self.port), self)
+        listener = reexec.inherited(self.host, self.port)
+        self.server = Server((self.host, self.port), self, listener)
         self.port = self.server.server_address[1]
         self.heartbeat_interval = float(settings["HEARTBEAT_INTERVAL"])
         self.heartbeat_timeout = float(settings["HEARTBEAT_TIMEOUT"])
@@ -219,6 +225,7 @@ class Broker:
             extra={"action": "broker_started"},
         )
         lifecycle.broker_started(self.node, self.host, self.port)
+        self.reloads.told()
         recovered = 0
         for page in pages:
             recovered += len(page)
@@ -235,9 +242,22 @@ class Broker:
             pass
         lifecycle.broker_stopping(self.node)
         self._stop(thread)
+        self.reloads.execute(self.server.socket)  # returns when no reload is asked, or it failed
 
     def request_stop(self) -> None:
         self.stopping.set()
+
+    def request_reload(self, reason: str, version: str = "") -> bool:
+        """Reload gracefully (reexec.py); False when a stop or a reload is under way."""
+        if self.stopping.is_set() or not self.reloads.request(reason, version):
+            return False
+        self.stopping.set()
+        return True
+
+    def new_code(self, version: str) -> None:
+        """A client of another code version pushed: reload for it, when asked to."""
+        if self.reloads.wants(version):
+            self.request_reload(f"code version {version} seen from a client", version)
 
     def install_signals(self) -> None:
         def on_signal(signum: int, frame: Any) -> None:
@@ -246,19 +266,34 @@ class Broker:
                 signal.Signals(signum).name,
                 extra={"action": "broker_stopping"},
             )
+            self.reloads.cancel()  # a stop during a reload's drain wins
             self.stopping.set()
+
+        def on_hangup(signum: int, frame: Any) -> None:
+            self.request_reload("signal SIGHUP")
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
 
     def _stop(self, thread: threading.Thread) -> None:
+        """Stop gracefully; for a reload, keep the listening socket open and
+        let the running tasks finish first, committing pushes meanwhile."""
+        drained = bool(self.reloads.reason)
+        if drained:
+            left = self.lanes.stop(self.grace)
         self.server.shutdown()
         self.server.close_clients()
-        self.server.server_close()
+        reloading = bool(self.reloads.reason)  # a SIGTERM during the drain makes it a stop
+        if reloading:
+            self.server.detach()
+        else:
+            self.server.server_close()
         thread.join(5)
         self.duties.stop()
         self.delayed.stop()
-        left = self.lanes.stop(self.grace)
+        if not drained:
+            left = self.lanes.stop(self.grace)
         for run in left:
             logger.warning(
                 "task still running at the deadline task=%s name=%s; it will be "
@@ -267,7 +302,9 @@ class Broker:
                 run.name,
                 extra=task_extra("task_interrupted", run.task_id, run.name, attempt=run.attempt),
             )
-        self.heartbeat(stopped=True, timeout=HEARTBEAT_AT_STOP)  # best effort: within the grace
+        # Best effort, within the grace; a broker about to reload stays alive
+        # to the others, so that none adopts its tasks meanwhile.
+        self.heartbeat(stopped=not reloading, timeout=HEARTBEAT_AT_STOP)
         self.store.stop()
         self.metrics.stop()
         logger.info(
@@ -287,23 +324,7 @@ class Broker:
 
     def heartbeat(self, stopped: bool = False, timeout: float = HEARTBEAT_TIMEOUT) -> None:
         """Write this broker's BrokerNode row, waiting up to `timeout` seconds."""
-        ok, note = self.healthy()
-        values = {
-            "hostname": self.hostname,
-            "host": self.host,
-            "port": self.port,
-            "pid": os.getpid(),
-            "version": __version__,
-            "code_version": self.code_version,
-            "workers": self.lanes.size,
-            "workers_alive": self.lanes.alive(),
-            "workers_busy": len(self.lanes.busy()),
-            "queues": self.lanes.describe(),
-            "handled": sum(self.lanes.handled().values()),
-            "healthy": ok,
-            "stopped": stopped,
-            "note": note[:255],
-        }
+        values = report.node_values(self, stopped)
         check = self.conflict.check if self.conflict.written else None
         self.lease.tell()
         sent = time.monotonic()
@@ -325,6 +346,11 @@ class Broker:
     # -- verbs ---------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
+        if self.reloads.reason:  # its workers stop on purpose
+            written, error = self.store.health()
+            if not written:
+                return False, f"database unavailable: {error}"
+            return True, f"reloading: {self.reloads.reason}"
         broken = self.lanes.broken()
         if broken:
             return False, broken
@@ -392,8 +418,15 @@ class Broker:
         return handled[queue] if queue else sum(handled.values())
 
     def stop(self, data: Any = None) -> str:
+        self.reloads.cancel()  # a stop during a reload's drain wins
         threading.Timer(0.05, self.request_stop).start()
         return "stopping"
+
+    def reload(self, data: Any = None) -> str:
+        """Reload gracefully (reexec.py): "reloading", or what is under way instead."""
+        if self.request_reload("the reload verb"):
+            return "reloading"
+        return f"already {'reloading' if self.reloads.reason else 'stopping'}"
 
     def cancel(self, data: Any) -> bool:
         """Cancel a task so that it never runs (cancel.py); with "running",
@@ -406,37 +439,4 @@ class Broker:
         return counts[queue] if queue else sum(counts.values())
 
     def stats(self, data: Any = None) -> dict[str, Any]:
-        ok, message = self.healthy()
-        waiting = (
-            self.lanes.counts() + Counter(self.delayed.counts()) + Counter(self.rates.counts())
-        )
-        database = self.store.counts()
-        return {
-            "node": self.node,
-            "version": __version__,
-            "code_version": self.code_version,
-            "healthy": ok,
-            "message": message,
-            "uptime": round(time.time() - self.started, 3),
-            "workers": self.lanes.size,
-            "workers_alive": self.lanes.alive(),
-            "workers_stuck": self.lanes.stuck(),
-            "queues": self.lanes.describe(),
-            "running": len(self.lanes.busy()),
-            "waiting": dict(waiting),
-            "paused": sorted(self.controls.paused),
-            "expired": self.controls.expired,
-            "payloads_in_memory": self.lanes.held(),
-            "delayed_payloads_in_memory": self.delayed.held(),
-            "handled": dict(self.lanes.handled()),
-            "rejected_frames": self.rejected,
-            "replay": self.replay.counts(),
-            "connections": self.server.figures(),
-            "commits": self.store.all_commits(),
-            "code_drift": dict(self.intake.drift),
-            "rate_limits": self.rates.describe(),
-            "database": database,
-            "unserved_queues": self.store.unserved(
-                database.get("queued", {}), self.heartbeat_timeout
-            ),
-        }
+        return report.stats(self)

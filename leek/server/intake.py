@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from .. import fields, ratelimit
@@ -36,6 +37,8 @@ class Intake:
         self.code_version = code_version
         self.drift: Counter[str] = Counter()  # pushes per client code version unlike ours
         self.metrics: Metrics = OFF
+        #: Called with a client code version unlike ours, the first time one is seen.
+        self.new_code: Callable[[str], object] | None = None
 
     def tasks(self, verb: str, data: Any) -> list[NewTask]:
         """The tasks of a push."""
@@ -93,14 +96,17 @@ class Intake:
         batch of `count` tasks (NewTask's fields in that order)."""
         code = str(item.get("code_version") or "")
         if code and self.code_version and code != self.code_version:
-            if not self.drift[code]:
+            first = not self.drift[code]
+            self.drift[code] += count
+            if first:
                 logger.warning(
                     "client code differs client_version=%s broker_version=%s",
                     code,
                     self.code_version,
                     extra={"action": "code_drift"},
                 )
-            self.drift[code] += count
+                if self.new_code is not None:
+                    self.new_code(code[:64])
         retries = fields.max_retries(item.get("max_retries"))
         return (
             str(item.get("queue") or "default")[:64],

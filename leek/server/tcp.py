@@ -235,7 +235,14 @@ class Server(socketserver.ThreadingTCPServer):
     block_on_close = False
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], endpoint: Endpoint) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        endpoint: Endpoint,
+        listener: socket.socket | None = None,
+    ) -> None:
+        """Listen on `address`, or on `listener`: a socket already listening,
+        handed over by the broker's last life (reexec.py)."""
         self.endpoint = endpoint
         limits = endpoint.limits
         self.gate = Gate(
@@ -247,10 +254,15 @@ class Server(socketserver.ThreadingTCPServer):
         self._accept_log = Every()
         self._tls_log = Every()
         try:
-            super().__init__(address, Handler)
+            super().__init__(address, Handler, bind_and_activate=listener is None)
         except BaseException:
             self.lobby.stop()
             raise
+        if listener is not None:
+            self.socket.close()
+            self.socket = listener
+            self.server_address = listener.getsockname()
+            listener.listen(self.request_queue_size)
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self.gate.measure()
@@ -336,3 +348,9 @@ class Server(socketserver.ThreadingTCPServer):
     def server_close(self) -> None:
         super().server_close()
         self.lobby.stop()
+
+    def detach(self) -> socket.socket:
+        """Stop serving but leave the listening socket open, for the broker's
+        next life: connections made meanwhile wait in its backlog."""
+        self.lobby.stop()
+        return self.socket

@@ -18,6 +18,7 @@ from tests.conftest import REPO, broker_env, free_port
 NAMES = [
     "start",
     "stop",
+    "reload",
     "ping",
     "waiting",
     "handled",
