@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Test processes run side by side: the tests mostly wait on brokers, not on the CPU.
+TEST_JOBS ?= 2
 PG_URL ?= $(or $(LEEK_TEST_POSTGRES_URL),postgres://postgres@127.0.0.1:5432/leek)
 
 .PHONY: install run migrate test test-sqlite test-postgres test-slow test-django6 lint typecheck bench clean
@@ -25,12 +27,12 @@ run: migrate
 test: test-sqlite test-postgres
 
 test-sqlite: install
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(TEST_JOBS) -m "not slow"
 
 test-postgres: install
 	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect('$(PG_URL)'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then \
 		echo "== PostgreSQL run: $(PG_URL)"; \
-		DATABASE_URL='$(PG_URL)' $(BIN)/pytest -m "not slow"; \
+		DATABASE_URL='$(PG_URL)' $(BIN)/pytest -n $(TEST_JOBS) -m "not slow"; \
 	else \
 		echo "== PostgreSQL not reachable at $(PG_URL): skipped the PostgreSQL run"; \
 	fi

@@ -54,10 +54,10 @@ fi
 "$VENV/bin/pip" install --quiet -e '.[dev]' "$DJANGO_SPEC"
 "$VENV/bin/python" -c 'import django; print("== Django", django.get_version())'
 
-"$VENV/bin/pytest" -m "not slow"
+"$VENV/bin/pytest" -n "${TEST_JOBS:-2}" -m "not slow"
 if "$VENV/bin/python" -c "import psycopg,sys; psycopg.connect('$PG_URL'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then
     echo "== PostgreSQL run (Django 6.x): $PG_URL"
-    DATABASE_URL="$PG_URL" "$VENV/bin/pytest" -m "not slow"
+    DATABASE_URL="$PG_URL" "$VENV/bin/pytest" -n "${TEST_JOBS:-2}" -m "not slow"
 else
     echo "== PostgreSQL not reachable at $PG_URL: skipped the PostgreSQL run (Django 6.x)"
 fi
