@@ -341,6 +341,7 @@ class Pool:
             self.retry_later([Ready(ready.id, ready.priority, ready.queue, time.time(), job)])
             return False
         started = time.time()
+        epoch = self.store.epoch  # the claim it starts under: its writes need it still
         number = job.attempts + 1
         timeout = job.timeout if job.timeout is not None else self.default_timeout
         attempt = Attempt(
@@ -350,7 +351,7 @@ class Pool:
         run = Running(ready.id, job.name, started, deadline, number)
         with self._lock:
             self.running[me] = run
-        self.store.mark_running(ready.id, number, started)
+        self.store.mark_running(ready.id, number, started, epoch)
         lifecycle.started(ready.id, job.name, ready.queue, number)
         if process is None:
             result = self._on_thread(me, run, attempt)
@@ -374,6 +375,7 @@ class Pool:
                 result = cancelled()
             result.retryable = False
         outcome, retry = outcome_of(ready, job, number, started, result)
+        outcome.epoch = epoch
         if retry is not None:
             self.retry_later([retry])
         self.store.record(outcome, lambda: self.dispatcher.done(ready.id))
