@@ -1,0 +1,135 @@
+"""Fencing: every claim stamps its task with a broker and an epoch, and a
+broker writes a task only under its own claim, so a late outcome of a task
+another broker took over is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import leek
+from leek.client import connection as client
+from leek.models import FailedTask, SuccessTask, Task
+from leek.server.rows import Outcome
+from leek.server.store import Store
+from tests.conftest import BOTH_POOLS, BrokerProcess, wait_for
+from tests.server import fence_tasks
+from tests.server.fence_tasks import gate_for, runs_of
+from tests.server.test_lease import FAST, node, use
+from tests.server.test_pauses import OBSERVE
+from tests.server.test_store import new_task
+
+
+def stats(port: int, leek_settings: Any) -> dict[str, Any]:
+    use(port, leek_settings)
+    found: dict[str, Any] = client.call("stats", {})
+    return found
+
+
+def stop_until_adopted(paused: BrokerProcess, ids: list[Any], adopter: Any) -> BrokerProcess:
+    """SIGSTOP `paused` until `adopter()` (a broker it starts) owns every task of `ids`."""
+    assert paused.proc is not None
+    os.kill(paused.proc.pid, signal.SIGSTOP)
+    try:
+        other: BrokerProcess = adopter()
+        wait_for(
+            lambda: (
+                set(Task.objects.filter(pk__in=ids).values_list("broker", flat=True))
+                == {node(other.port)}
+            )
+        )
+    except BaseException:
+        os.kill(paused.proc.pid, signal.SIGCONT)
+        raise
+    return other
+
+
+@BOTH_POOLS
+def test_the_late_outcome_of_a_task_another_broker_took_over_is_refused(
+    broker_factory: Any, leek_settings: Any, tmp_path: Path, pool: str
+) -> None:
+    runs, gates = tmp_path / "runs", tmp_path / "gates"
+    gates.mkdir()
+    first = broker_factory(**FAST, LEEK_POOL=pool)
+    handle = leek.enqueue(fence_tasks.held_per_broker, (str(runs), str(gates)))
+    wait_for(lambda: runs_of(runs))  # it runs on the first broker, held at its gate
+    wait_for(lambda: Task.objects.get(pk=handle.id).status == "running")
+    second = stop_until_adopted(first, [handle.id], lambda: broker_factory(**FAST, LEEK_POOL=pool))
+    try:
+        gate_for(str(gates), node(second.port)).touch()
+        assert handle.result(timeout=20) == node(second.port)
+        gate_for(str(gates), node(first.port)).touch()  # the first run may end now
+    finally:
+        assert first.proc is not None
+        os.kill(first.proc.pid, signal.SIGCONT)
+    wait_for(lambda: stats(first.port, leek_settings)["outcomes_refused"] == 1)
+    assert "outcome refused" in first.output()
+    assert [(n, a) for _, n, a in runs_of(runs)] == [(node(first.port), 1), (node(second.port), 2)]
+    time.sleep(OBSERVE)  # time for a stale write or a third run to show
+    task = Task.objects.get(pk=handle.id)
+    assert (task.status, task.broker, task.attempts) == ("succeeded", node(second.port), 2)
+    assert list(SuccessTask.objects.filter(task=task).values_list("broker", flat=True)) == [
+        node(second.port)
+    ]
+    # The first run's attempt is the one the adoption counted as cut short.
+    assert list(FailedTask.objects.filter(task=task).values_list("broker", "attempt")) == [
+        (node(first.port), 1)
+    ]
+    assert len(runs_of(runs)) == 2
+    assert stats(second.port, leek_settings)["outcomes_refused"] == 0
+    assert leek.ping() == (True, "I'm OK")
+
+
+def _written(store: Store, outcome: Outcome) -> None:
+    """Record `outcome` through `store` and wait for its batch's commit."""
+    done = threading.Event()
+    store.record(outcome, done.set)
+    assert done.wait(10)
+
+
+def test_a_store_writes_under_its_own_claim_only_and_never_over_an_end(
+    transactional_db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    mine, theirs = Store("fence-a", lambda ready: None), Store("fence-b", lambda ready: None)
+    mine.epoch, theirs.epoch = 3, 9
+    for store in (mine, theirs):
+        store.start()
+    try:
+        task = new_task()
+        done = threading.Event()
+        mine.insert([task], lambda value, error: done.set())
+        assert done.wait(10)
+        assert Task.objects.filter(pk=task.id, broker="fence-a", epoch=3).exists()
+        # Another broker takes it over, as an adoption stamps it.
+        Task.objects.filter(pk=task.id).update(broker="fence-b", epoch=9)
+        now = time.time()
+        mine.mark_running(task.id, 1, now, 3)
+        _written(mine, Outcome(task.id, task.name, 1, now, now, True, epoch=3))
+        row = Task.objects.get(pk=task.id)
+        assert (row.status, row.attempts, row.started_at) == ("queued", 0, None)
+        assert not SuccessTask.objects.filter(task_id=task.id).exists()
+        assert mine.writes.refused == 1
+        assert [r.action for r in caplog.records if hasattr(r, "action")].count(
+            "outcome_refused"
+        ) == 1
+        # Its owner's outcome is written; a second one of the same claim is
+        # refused, and so is a late failure of the broker that lost it.
+        _written(theirs, Outcome(task.id, task.name, 1, now, now, True, epoch=9))
+        _written(theirs, Outcome(task.id, task.name, 1, now, now, False, epoch=9))
+        _written(mine, Outcome(task.id, task.name, 1, now, now, False, final=False, epoch=3))
+        row = Task.objects.get(pk=task.id)
+        assert (row.status, row.broker) == ("succeeded", "fence-b")
+        assert list(
+            SuccessTask.objects.filter(task_id=task.id).values_list("broker", flat=True)
+        ) == ["fence-b"]
+        assert not FailedTask.objects.filter(task_id=task.id).exists()
+        assert (mine.writes.refused, theirs.writes.refused) == (2, 1)
+    finally:
+        for store in (mine, theirs):
+            store.stop()
