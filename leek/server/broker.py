@@ -130,7 +130,7 @@ class Broker:
         self.hostname = socket.gethostname()
         self.conflict = Conflict(self.node, self.hostname, self.heartbeat_timeout)
         self.lease = Lease(self.heartbeat_timeout, self.heartbeat_interval)
-        self.lanes.gate(self.lease.held)
+        self.lanes.gate(self.lease)
         self.adopt = Adopter(self.store, self.heartbeat_timeout, self.lanes.served)
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
         self.metrics = attach(self)

@@ -14,20 +14,22 @@ def _record(runs: str) -> str:
     assert me is not None
     with open(runs, "a") as handle:
         handle.write(f"{me.id} {me.node} {me.attempt}\n")
-    return me.node
+    return str(me.node)
 
 
-def gate_for(gates: str, node: str) -> Path:
-    """The file that lets a run on broker `node` end."""
-    return Path(gates) / node.replace(":", "_")
+def gate_for(gates: str, node: str, attempt: int) -> Path:
+    """The file that lets attempt `attempt` on broker `node` end."""
+    return Path(gates) / f"{node.replace(':', '_')}-{attempt}"
 
 
 def held_per_broker(runs: str, gates: str) -> str:
-    """Record the run, then wait until the gate of the broker running it is
+    """Record the run, then wait until the gate of its broker and attempt is
     open (at most a minute); the broker's name."""
     node = _record(runs)
+    me = current_task()
+    assert me is not None
     deadline = time.monotonic() + 60
-    while not gate_for(gates, node).exists():
+    while not gate_for(gates, node, me.attempt).exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"the gate of {node} was not opened")
         time.sleep(0.01)

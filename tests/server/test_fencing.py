@@ -4,6 +4,7 @@ another broker took over is refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -62,9 +63,9 @@ def test_the_late_outcome_of_a_task_another_broker_took_over_is_refused(
     wait_for(lambda: Task.objects.get(pk=handle.id).status == "running")
     second = stop_until_adopted(first, [handle.id], lambda: broker_factory(**FAST, LEEK_POOL=pool))
     try:
-        gate_for(str(gates), node(second.port)).touch()
+        gate_for(str(gates), node(second.port), 2).touch()
         assert handle.result(timeout=20) == node(second.port)
-        gate_for(str(gates), node(first.port)).touch()  # the first run may end now
+        gate_for(str(gates), node(first.port), 1).touch()  # the first run may end now
     finally:
         assert first.proc is not None
         os.kill(first.proc.pid, signal.SIGCONT)
@@ -133,3 +134,61 @@ def test_a_store_writes_under_its_own_claim_only_and_never_over_an_end(
     finally:
         for store in (mine, theirs):
             store.stop()
+
+
+def test_a_late_outcome_of_a_broker_s_earlier_life_under_its_name_is_refused(
+    broker_factory: Any, leek_settings: Any, tmp_path: Path
+) -> None:
+    # The broker's name alone cannot tell its lives apart: its epoch does.
+    runs, gates = tmp_path / "runs", tmp_path / "gates"
+    gates.mkdir()
+    name = {"LEEK_NODE_NAME": "fence-one"}
+    first = broker_factory(**FAST, **name)
+    handle = leek.enqueue(fence_tasks.held_per_broker, (str(runs), str(gates)))
+    wait_for(lambda: Task.objects.get(pk=handle.id).status == "running")
+    assert first.proc is not None
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    try:
+        again = broker_factory(**FAST, **name)  # a supervisor starts it anew
+        wait_for(lambda: len(runs_of(runs)) == 2)
+        gate_for(str(gates), "fence-one", 2).touch()
+        assert handle.result(timeout=20) == "fence-one"
+        gate_for(str(gates), "fence-one", 1).touch()
+    finally:
+        os.kill(first.proc.pid, signal.SIGCONT)
+    wait_for(lambda: stats(first.port, leek_settings)["outcomes_refused"] == 1)
+    assert (
+        stats(again.port, leek_settings)["epoch"] == stats(first.port, leek_settings)["epoch"] + 1
+    )
+    time.sleep(OBSERVE)
+    task = Task.objects.get(pk=handle.id)
+    assert (task.status, task.attempts) == ("succeeded", 2)
+    assert list(SuccessTask.objects.filter(task=task).values_list("attempt", flat=True)) == [2]
+    assert [a for _, _, a in runs_of(runs)] == [1, 2]
+
+
+def test_tasks_waiting_in_a_rate_limit_s_line_are_dropped_once_another_broker_adopted_them(
+    broker_factory: Any, leek_settings: Any, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    limited = json.dumps({"limited": {"rate_limit": "1/m"}})
+    first = broker_factory(**FAST, LEEK_QUEUES=limited)
+    handles = [
+        leek.enqueue(fence_tasks.run_for, (str(runs), 0.0), queue="limited") for _ in range(4)
+    ]
+    assert handles[0].result(timeout=20) == node(first.port)
+    # One more waits for its token in the delayed heap, the others in the line behind it.
+    wait_for(lambda: leek.waiting("limited") == (True, 3))
+    waiting = [h.id for h in handles[1:]]
+    # The other broker has no rate limit on the queue: it runs them at once.
+    second = stop_until_adopted(first, waiting, lambda: broker_factory(**FAST))
+    assert first.proc is not None
+    os.kill(first.proc.pid, signal.SIGCONT)
+    assert [h.result(timeout=20) for h in handles[1:]] == [node(second.port)] * 3
+    wait_for(lambda: "lease regained dropped=3" in first.output())
+    use(first.port, leek_settings)
+    assert leek.waiting("limited") == (True, 0)
+    assert stats(first.port, leek_settings)["rate_limits"]["waiting"] == {}
+    time.sleep(OBSERVE)
+    ran = sorted(n for _, n, _ in runs_of(runs))
+    assert ran == sorted([node(first.port)] + [node(second.port)] * 3)

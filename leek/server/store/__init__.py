@@ -492,7 +492,9 @@ class Store:
             if names:
                 cursor.execute(sql.running_of(len(names)), names)
                 ran_on = dict(cursor.fetchall())
-                cursor.execute(sql.adopt(len(names), count), (*mine, *names, *(of or ())))
+                cursor.execute(
+                    sql.adopt(len(names), count), (*mine, *names, *(of or ()), dead_after)
+                )
                 rows += cursor.fetchall()
             running = []
             for r in rows:

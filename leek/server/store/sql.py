@@ -333,12 +333,19 @@ class Statements:
 
     def adopt(self, brokers: int, queues: int | None) -> str:
         """Claim the unfinished tasks of `brokers` gone brokers (of `queues`
-        queues only, unless None)."""
+        queues only, unless None), each while its broker is still gone (bound
+        last: the seconds of silence that make it so). Read again by the
+        update itself: on PostgreSQL a broker's renewed heartbeat committed
+        since the sweep read the brokers' rows keeps its tasks."""
         marks = ", ".join(["%s"] * brokers)
+        still_gone = (
+            "EXISTS (SELECT 1 FROM leek_brokernode n WHERE n.name = leek_task.broker "
+            f"AND (n.stopped OR n.heartbeat_at < {db_since(self.dialect)}))"
+        )
         return self.dialect.sql(
             f"UPDATE leek_task SET {STAMP} "
             f"WHERE broker IN ({marks}) AND status IN ('queued', 'running')"
-            f"{_of_queues(queues)} {CLAIMED}"
+            f"{_of_queues(queues)} AND {still_gone} {CLAIMED}"
         )
 
     def running_of(self, brokers: int) -> str:
