@@ -135,7 +135,7 @@ def at(start: float, moment: float) -> None:
 
 
 def stats(broker: BrokerProcess) -> dict[str, Any]:
-    done = leek_cli(broker.port, "stats", "--json")
+    done = leek_cli(broker.port, "--json", "stats")
     found: dict[str, Any] = json.loads(done.stdout)
     return found
 
