@@ -192,3 +192,28 @@ def test_tasks_waiting_in_a_rate_limit_s_line_are_dropped_once_another_broker_ad
     time.sleep(OBSERVE)
     ran = sorted(n for _, n, _ in runs_of(runs))
     assert ran == sorted([node(first.port)] + [node(second.port)] * 3)
+
+
+def test_two_outcomes_of_one_task_in_one_batch_are_both_written(transactional_db: Any) -> None:
+    store = Store("fence-a", lambda ready: None)
+    store.epoch = 4
+    store.start()
+    try:
+        task = new_task(max_retries=1)
+        done = threading.Event()
+        store.insert([task], lambda value, error: done.set())
+        assert done.wait(10)
+        now = time.time()
+        retried = Outcome(task.id, task.name, 1, now, now, False, final=False, epoch=4)
+        ended = threading.Event()
+        with store.outcomes._lock:  # no batch is written until both wait: one batch
+            store.record(retried)
+            store.record(Outcome(task.id, task.name, 2, now, now, True, epoch=4), ended.set)
+        assert ended.wait(10)
+        row = Task.objects.get(pk=task.id)
+        assert (row.status, row.attempts) == ("succeeded", 2)
+        assert FailedTask.objects.filter(task_id=task.id).count() == 1
+        assert SuccessTask.objects.filter(task_id=task.id).count() == 1
+        assert store.writes.refused == 0
+    finally:
+        store.stop()

@@ -81,7 +81,10 @@ class Writes:
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Tell of the tasks just inserted (lifecycle.received), then send
         them to the broker's queues; tell the outcomes just written
-        (Record.committed)."""
+        (Record.committed), those refused first (`refuse`)."""
+        refused: list[Outcome] = self._released.__dict__.pop("refused", [])
+        if refused:
+            self._tell_refused(refused)
         for op in ops:
             if isinstance(op, Record) and op.committed is not None:
                 op.committed()
@@ -91,10 +94,7 @@ class Writes:
             if isinstance(op, Insert)
             for r in result
         ]
-        refused: list[Outcome] = self._released.__dict__.pop("refused", [])
         ready += self._take_released()
-        if refused:
-            self._tell_refused(refused)
         if ready:
             received(ready)
             self.on_ready(ready)
@@ -369,6 +369,8 @@ class Writes:
         ended already. They are told and counted once the batch commits."""
         d = self.dialect
         missed = [o for o in outcomes if d.pk(o.task_id) not in written]
+        if not missed:  # a task with two outcomes in the batch, both written
+            return outcomes
         cursor.execute(self.sql.unwritten(len(missed)), [d.pk(o.task_id) for o in missed])
         now = {d.read_uuid(r[0]): (r[1], r[2], int(r[3])) for r in cursor.fetchall()}
         refused = []
