@@ -321,8 +321,9 @@ class Broker:
 
     def drop_lost(self) -> int:
         """Drop the tasks held in memory that the database no longer shows as
-        this broker's (another adopted them); how many. The delayed heap goes
-        first: a task it releases meanwhile is then met in its lane."""
+        this broker's claim (another adopted them); how many: in the delayed
+        heap, the rate limits' lines, then the lanes, so that a task one of
+        them releases meanwhile is met in the next."""
         mine = self.store.still_mine
         return (
             self.delayed.drop_lost(mine) + self.rates.drop_lost(mine) + self.lanes.drop_lost(mine)

@@ -165,7 +165,6 @@ class Statements:
             f"WHERE id = %s AND status IN ('queued', 'running', 'expired') AND {OWNED}"
             + ("" if d.sqlite else " RETURNING id")
         )
-
         self.success = q(
             "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "
             "duration, result, result_repr, stdout, stderr, broker) "
