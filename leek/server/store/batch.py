@@ -346,7 +346,17 @@ class Writes:
     def _finish(self, cursor: Any, finishes: list[tuple[Any, ...]]) -> set[Any]:
         """Run the finish of each outcome; the keys of the tasks it wrote."""
         sql = self.sql.finish
-        if self.dialect.sqlite:  # in process: a statement per row costs no round trip
+        if self.dialect.sqlite:
+            # All at once, as nearly always all are written; else again one
+            # by one (in process, that costs no round trip) to see which.
+            cursor.execute(f"SAVEPOINT {FINISH_SAVEPOINT}")
+            cursor.executemany(sql, finishes)
+            every = cursor.rowcount == len(finishes)  # one row each at most: by id
+            if not every:
+                cursor.execute(f"ROLLBACK TO SAVEPOINT {FINISH_SAVEPOINT}")
+            cursor.execute(f"RELEASE SAVEPOINT {FINISH_SAVEPOINT}")
+            if every:
+                return {row[6] for row in finishes}
             written = set()
             for row in finishes:
                 cursor.execute(sql, row)
@@ -431,6 +441,8 @@ def failure_row(d: Dialect, o: Outcome, broker: str, task_key: Any = None) -> tu
 _ORDER = {Insert: 0, Mark: 1, Record: 2, Call: 3}
 #: The savepoint each op of `Writes.write_apart` is written in.
 SAVEPOINT = "leek_op"
+#: The savepoint of a batch's finishes on SQLite (Writes._finish).
+FINISH_SAVEPOINT = "leek_finish"
 
 
 def _alone(cursor: Any, write: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
