@@ -21,7 +21,8 @@ from django.db.models import Count
 
 import leek
 from leek.client import connection as client
-from leek.models import SuccessTask, Task
+from leek.models import FailedTask, SuccessTask, Task
+from leek.server.store.cut import LOST
 from tests.conftest import BrokerProcess, leek_cli, wait_for
 from tests.server import fence_tasks
 from tests.server.fence_tasks import runs_of
@@ -222,10 +223,17 @@ def test_every_acknowledged_task_runs_and_only_runs_in_flight_on_a_lost_broker_r
     assert all(set(ran[:-1]) <= {lost, before, after} for ran in repeated.values()), repeated
     taken_at_the_stop = [t for t, ran in repeated.items() if after in ran[:-1]]
     assert len(taken_at_the_stop) <= int(LOAD["LEEK_WORKERS"]), repeated
+    # A task adopted from the paused broker while it ran there (its attempt
+    # cut short, on that broker) ends with the adopter's outcome: the late
+    # one of the paused broker is refused.
+    cut = FailedTask.objects.filter(task_id__in=acknowledged, broker=stopped, exc_type=LOST)
+    adopted = set(cut.values_list("task_id", flat=True))
+    assert not SuccessTask.objects.filter(task_id__in=adopted, broker=stopped).exists()
     refused = stats(paused)["outcomes_refused"]
     if any({before, after} & set(ran[:-1]) for ran in repeated.values()):
         assert refused >= 1
     sys.stderr.write(
         f"acknowledged={len(acknowledged)} failed_pushes={load.failed} "
-        f"repeated={len(repeated)} refused_on_paused={refused}\n"
+        f"repeated={len(repeated)} adopted_while_running={len(adopted)} "
+        f"refused_on_paused={refused}\n"
     )
