@@ -72,6 +72,10 @@ class Task(models.Model):
     #: Its task's rate limit ("10/m", leek/ratelimit.py), "" for none; the
     #: database default serves writers that leave it out.
     rate_limit = models.CharField(max_length=32, blank=True, default="", db_default="")
+    #: The lease token of the claim that holds the task: the epoch of `broker`
+    #: when it claimed it (BrokerNode.epoch). A broker writes the task's running
+    #: mark, outcome, requeue and progress only while both still name its claim.
+    epoch = models.BigIntegerField(default=0, db_default=0, editable=False)
 
     class Meta:
         permissions = [("run_task", "Can run tasks and listed commands from the admin")]
@@ -210,6 +214,9 @@ class BrokerNode(models.Model):
     #: The broker's lanes: {queue: {"pool", "workers", "alive", "busy", "stuck"}};
     #: the lane "*" serves every queue that has no lane of its own.
     queues = models.JSONField(default=dict, blank=True)
+    #: The broker's lives under this name: one more at each start. Its tasks
+    #: carry the epoch they were claimed in (Task.epoch).
+    epoch = models.BigIntegerField(default=0, db_default=0)
 
     def __str__(self) -> str:
         return self.name

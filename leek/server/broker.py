@@ -118,6 +118,7 @@ class Broker:
         self.stopping = threading.Event()
         self.delayed = Delayed(self.route, int(settings["MEMORY_DELAYED"]))
         self.store = Store(self.node, self.route)
+        self.store.writes.on_lost = self.forget
         self.periodic = Periodic(self.store, self.route)
         size = int(settings["WORKERS"] if workers is None else workers)
         kind = str(settings["POOL"] if pool is None else pool)
@@ -135,7 +136,7 @@ class Broker:
         self.hostname = socket.gethostname()
         self.conflict = Conflict(self.node, self.hostname, self.heartbeat_timeout)
         self.lease = Lease(self.heartbeat_timeout, self.heartbeat_interval)
-        self.lanes.gate(self.lease.held)
+        self.lanes.gate(self.lease)
         self.adopt = Adopter(self.store, self.heartbeat_timeout, self.lanes.served)
         self.sweep_interval = float(settings["SWEEP_INTERVAL"])
         self.metrics = attach(self)
@@ -191,6 +192,7 @@ class Broker:
         gc.freeze()  # what setup made lives as long as the broker: never scan it again
         self.store.start()
         self.heartbeat()
+        self.store.begin_epoch(RECOVERY_TIMEOUT)  # this life's lease token, before any claim
         interrupted = interrupt_running(self.store, RECOVERY_TIMEOUT)
         self.metrics.lost("", "interrupted", interrupted)
         self.controls.poll()  # no task of a paused queue starts, from the first
@@ -315,7 +317,10 @@ class Broker:
         )
 
     def sweep(self, data: Any = None) -> int:
-        """Adopt spooled tasks and those of gone brokers now; how many."""
+        """Adopt spooled tasks and those of gone brokers now; how many. None
+        while the lease is lost: a broker that may be counted dead claims nothing."""
+        if not self.lease.held():
+            return 0
         found = self.adopt()
         if found:
             logger.info("adopted tasks count=%s", len(found), extra={"action": "tasks_adopted"})
@@ -338,10 +343,31 @@ class Broker:
 
     def drop_lost(self) -> int:
         """Drop the tasks held in memory that the database no longer shows as
-        this broker's (another adopted them); how many. The delayed heap goes
-        first: a task it releases meanwhile is then met in its lane."""
+        this broker's claim (another adopted them); how many: in the delayed
+        heap, the rate limits' lines, then the lanes, so that a task one of
+        them releases meanwhile is met in the next."""
         mine = self.store.still_mine
-        return self.delayed.drop_lost(mine) + self.lanes.drop_lost(mine)
+        return (
+            self.delayed.drop_lost(mine) + self.rates.drop_lost(mine) + self.lanes.drop_lost(mine)
+        )
+
+    def forget(self, ids: list[uuid.UUID]) -> None:
+        """Drop what this broker holds of tasks whose outcomes were refused
+        (another broker's claim holds them now): a retry waiting for its time,
+        in a rate limit's line, or in a lane."""
+        lost = set(ids)
+
+        def mine(held: list[uuid.UUID]) -> set[uuid.UUID]:
+            return {task_id for task_id in held if task_id not in lost}
+
+        dropped = self.delayed.drop_lost(mine) + self.rates.drop_lost(mine)
+        dropped += self.lanes.drop_lost(mine)
+        if dropped:
+            logger.info(
+                "tasks dropped: another broker holds them count=%s",
+                dropped,
+                extra={"action": "tasks_dropped"},
+            )
 
     # -- verbs ---------------------------------------------------------------
 

@@ -158,6 +158,11 @@ class BrokerCollector(Collector):
             backlog.add_metric([writer.name], writer.backlog)
         yield commits
         yield backlog
+        yield CounterMetricFamily(
+            "leek_outcomes_refused",
+            "Outcomes not written: their task was another broker's claim by then, or had ended.",
+            value=self.broker.store.writes.refused,
+        )
 
     def _heartbeats(self) -> Iterator[Metric]:
         ages = GaugeMetricFamily(

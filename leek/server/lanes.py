@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .dispatch import Dispatcher
+from .lease import Lease
 from .limits import RateLimits
 from .rows import Ready
 from .store import Store
@@ -99,10 +100,13 @@ class Lanes:
         for lane, batch in lanes.values():
             lane.dispatcher.push(batch)
 
-    def gate(self, held: Callable[[], bool]) -> None:
-        """Hand out no task while `held()` is False (Dispatcher.gate)."""
+    def gate(self, lease: Lease) -> None:
+        """Hand out no task while `lease` is not held (Dispatcher.gate), and
+        start none taken before it ran out that is no longer this broker's
+        (Pool.lease)."""
         for lane in self.all:
-            lane.dispatcher.gate = held
+            lane.dispatcher.gate = lease.held
+            lane.pool.lease = lease
 
     def drop_lost(self, owned: Callable[[list[Any]], set[Any]]) -> int:
         """Drop the waiting tasks that `owned` (of their ids) leaves out: those

@@ -35,6 +35,10 @@ class Lease:
         self._sent = 0.0  # time.monotonic() when the last committed heartbeat was sent
         self._until = 0.0  # the lease ends then; 0 until a first heartbeat commits
         self._told = False  # the loss is logged
+        #: Times the lease was regained after it ran out: a worker that took a
+        #: task before one starts it only once the database says it is still
+        #: this broker's (workers.Pool).
+        self.regains = 0
 
     def held(self) -> bool:
         """True while tasks may start."""
@@ -71,6 +75,7 @@ class Lease:
                     dropped,
                     extra={"action": "lease_regained"},
                 )
+                self.regains += 1
             self._sent = max(self._sent, sent)
             self._until = self._sent + self.length
             self._told = False

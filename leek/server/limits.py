@@ -173,6 +173,31 @@ class RateLimits:
             self.release(out)
         return found
 
+    def drop_lost(self, owned: Callable[[list[uuid.UUID]], set[uuid.UUID]]) -> int:
+        """Drop the tasks waiting in lines that `owned` (of their ids) leaves
+        out: those the database no longer shows as this broker's. A line
+        whose head is lost sends the next in line out in its place, due when
+        the head was. How many were dropped from the lines."""
+        with self._lock:
+            held = [t.id for line in self._lines.values() for t in line.tasks]
+            held += [line.probe for line in self._lines.values() if line.probe is not None]
+        mine = owned(held)
+        lost = set(held) - mine  # a task that came meanwhile was not asked about
+        dropped = 0
+        out: list[Ready] = []
+        with self._lock:
+            for key, line in list(self._lines.items()):
+                for item in [t for t in line.tasks if t.id in lost]:
+                    line.tasks.remove(item)
+                    self.waiting[item.queue] -= 1
+                    dropped += 1
+                if line.probe in lost:
+                    ready = self._next(key, line, line.due)
+                    out += [ready] if ready is not None else []
+        if out:
+            self.release(out)
+        return dropped
+
     def watch(self) -> None:
         """Replace the heads of lines that are PROBE_GRACE seconds overdue (a broker duty)."""
         now = time.time()

@@ -36,6 +36,7 @@ class Mark:
     task_id: Any
     attempt: int
     started: float
+    epoch: int = 0  # of the claim the attempt started under (Store.epoch)
     done: Done | None = None
     tries: int = 0
     kind: ClassVar[str] = "mark"

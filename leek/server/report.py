@@ -46,6 +46,8 @@ def stats(broker: Broker) -> dict[str, Any]:
         "replay": broker.replay.counts(),
         "connections": broker.server.figures(),
         "commits": broker.store.all_commits(),
+        "epoch": broker.store.epoch,
+        "outcomes_refused": broker.store.writes.refused,
         "code_drift": dict(broker.intake.drift),
         "reloads": {
             "count": reloads.count,

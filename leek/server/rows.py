@@ -81,6 +81,9 @@ class Outcome:
     traceback: str = ""
     final: bool = True
     retry_at: float | None = None
+    #: The epoch of the claim the attempt started under (Store.epoch): its
+    #: outcome is written only while that claim still holds the task.
+    epoch: int = 0
 
 
 class Dialect:

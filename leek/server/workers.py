@@ -46,7 +46,8 @@ from ..logs import task_extra
 from ..runtime import CapturedOutput
 from . import lifecycle
 from .attempt import Attempt, Result, cancelled, perform, timed_out
-from .dispatch import Dispatcher
+from .dispatch import GATE_POLL, Dispatcher
+from .lease import Lease
 from .limits import RateLimits
 from .metrics import OFF, Metrics
 from .notify import failure_hooks, run_hooks
@@ -134,6 +135,8 @@ class Pool:
         self.no_retry = tuple(import_string(path) for path in settings["NO_RETRY"])
         self.hooks = failure_hooks()
         self.metrics: Metrics = OFF
+        #: The broker's lease (Lanes.gate); None for a pool outside a broker.
+        self.lease: Lease | None = None
 
     # -- life ----------------------------------------------------------------
 
@@ -250,13 +253,14 @@ class Pool:
                     failures = 0
                 while not self.store.room() and not self._stopping.is_set():
                     pass  # outcomes wait to be written: take no task meanwhile
+                regains = self.lease.regains if self.lease is not None else 0
                 taken = self.dispatcher.take(timeout=1.0)
                 if taken is None:
                     continue
                 ready, ahead = taken
                 recorded = False  # then the store tells the dispatcher (Dispatcher.done)
                 try:
-                    recorded = self._run(me, ready, ahead, process)
+                    recorded = self._run(me, ready, ahead, process, regains)
                 except TaskTimeout:
                     pass  # raised after its attempt ended: nothing left to stop
                 except Exception:
@@ -319,8 +323,10 @@ class Pool:
         ready: Ready,
         ahead: list[uuid.UUID],
         process: WorkerProcess | None,
+        regains: int = 0,
     ) -> bool:
-        """Run the task once; True when its outcome went to the store."""
+        """Run the task once; True when its outcome went to the store.
+        `regains`: the lease's regains when the task was taken."""
         job = ready.job
         if job is None:
             found = self.store.jobs([ready.id, *ahead])
@@ -340,7 +346,16 @@ class Pool:
             # the task has not begun, so it waits again, its attempts as they were.
             self.retry_later([Ready(ready.id, ready.priority, ready.queue, time.time(), job)])
             return False
+        if not self._still_ours(ready, regains):
+            logger.warning(
+                "task not started: another broker took it over while this one's lease "
+                "was lost task=%s",
+                ready.id,
+                extra=task_extra("task_lost_before_start", ready.id, job.name, queue=ready.queue),
+            )
+            return False
         started = time.time()
+        epoch = self.store.epoch  # the claim it starts under: its writes need it still
         number = job.attempts + 1
         timeout = job.timeout if job.timeout is not None else self.default_timeout
         attempt = Attempt(
@@ -350,7 +365,7 @@ class Pool:
         run = Running(ready.id, job.name, started, deadline, number)
         with self._lock:
             self.running[me] = run
-        self.store.mark_running(ready.id, number, started)
+        self.store.mark_running(ready.id, number, started, epoch)
         lifecycle.started(ready.id, job.name, ready.queue, number)
         if process is None:
             result = self._on_thread(me, run, attempt)
@@ -374,6 +389,7 @@ class Pool:
                 result = cancelled()
             result.retryable = False
         outcome, retry = outcome_of(ready, job, number, started, result)
+        outcome.epoch = epoch
         if retry is not None:
             self.retry_later([retry])
         self.store.record(outcome, lambda: self.dispatcher.done(ready.id))
@@ -385,6 +401,20 @@ class Pool:
         if not outcome.succeeded and outcome.final:
             self._run_hooks(ready, job.name, outcome)
         return True
+
+    def _still_ours(self, ready: Ready, regains: int) -> bool:
+        """Whether a task this worker took may start: at once while the lease
+        has held since the take (no read); else, once it holds again, as the
+        database has it. A task taken just before the lease ran out (the
+        broker paused, the database away) may have been adopted since, and
+        the regain's check (Broker.drop_lost) does not see a task a worker holds."""
+        lease = self.lease
+        if lease is None or (lease.regains == regains and lease.held()):
+            return True
+        while not lease.held():
+            if self._stopping.wait(GATE_POLL):
+                return False  # it stays queued in the database for the next start
+        return ready.id in self.store.still_mine([ready.id])
 
     # -- cancelling a running task ---------------------------------------------
 

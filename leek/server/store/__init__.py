@@ -43,7 +43,7 @@ from .batch import Writes
 from .controls import ControlRows
 from .cursor import raw_cursor
 from .periodic import PeriodicRows
-from .sql import NODE_COLUMNS, Statements
+from .sql import NODE_COLUMNS, Statements, stamp
 
 __all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
 
@@ -66,7 +66,11 @@ class Store:
         self.dialect = Dialect(connection.vendor)
         self.sql = Statements(self.dialect)
         self.text_limit = int(conf.get("CAPTURE_LIMIT"))
-        self.writes = Writes(node, self.sql, on_ready, self.text_limit)
+        #: This broker's epoch, its lease token: every claim it makes is
+        #: stamped with it (sql.STAMP). 0 until `begin_epoch`, for a Store
+        #: used outside a broker.
+        self.epoch = 0
+        self.writes = Writes(node, self.sql, on_ready, self.text_limit, lambda: self.epoch)
         self.tasks = GroupCommit("leek-writer", self.writes)
         self.outcomes = (
             self.tasks if self.dialect.sqlite else GroupCommit("leek-outcomes", self.writes)
@@ -193,15 +197,30 @@ class Store:
 
         self.outcomes.later(Call(write))
 
-    def mark_running(self, task_id: uuid.UUID, attempt: int, started: float) -> None:
-        """Show the task as running; rides in the next batch, nothing waits for it.
+    def begin_epoch(self, timeout: float) -> int:
+        """Begin this broker's life: bump its epoch in the database (its row
+        exists: a heartbeat committed) and stamp its claims with it from now on."""
+
+        def bump(cursor: Any, d: Dialect) -> int:
+            cursor.execute(self.sql.begin_epoch, (self.node,))
+            row = cursor.fetchone()
+            if row is None:
+                raise RuntimeError(f"no row of broker {self.node!r} to count its lives in")
+            return int(row[0])
+
+        self.epoch = int(self.call(bump).wait(timeout))
+        return self.epoch
+
+    def mark_running(self, task_id: uuid.UUID, attempt: int, started: float, epoch: int) -> None:
+        """Show the task as running, if the claim of `epoch` still holds it;
+        rides in the next batch, nothing waits for it.
 
         It wakes no thread: waking the writer as the task starts would hold
         the start up. It is written with the next commit, at the latest the
         one the duties' next `nudge` sets off. The file of starts
         (starts.py) has it at once."""
         self.starts.started(task_id, attempt, started)
-        self.outcomes.later(Mark(task_id, attempt, started), wake=False)
+        self.outcomes.later(Mark(task_id, attempt, started, epoch), wake=False)
 
     def record(self, outcome: Outcome, committed: Callable[[], None] | None = None) -> None:
         """Write an attempt's outcome in the next batch, its texts as
@@ -219,11 +238,13 @@ class Store:
         self.writes.on_ready(ready)
 
     def progress(self, task_id: uuid.UUID, percent: float, note: str) -> None:
-        """Record a running task's progress in the next batch."""
+        """Record a running task's progress in the next batch, while this
+        broker's claim holds it."""
         sql = self.sql.progress
+        owner = stamp(self.node, self.epoch)
 
         def write(cursor: Any, d: Dialect) -> None:
-            cursor.execute(sql, (percent, note, d.pk(task_id)))
+            cursor.execute(sql, (percent, note, d.pk(task_id), *owner))
 
         self.outcomes.later(Call(write))
 
@@ -255,10 +276,10 @@ class Store:
         d = self.dialect
         keys = [d.pk(i) for i in ids]
         sql = self.sql.release(len(keys))
-        node = self.node
+        owner = stamp(self.node, self.epoch)
 
         def write(cursor: Any, d: Dialect) -> None:
-            cursor.execute(sql, (node, *keys))
+            cursor.execute(sql, (*owner, *keys))
 
         self.outcomes.later(Call(write))
 
@@ -352,7 +373,8 @@ class Store:
         ]
 
     def still_mine(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        """The tasks of `ids` the database shows unfinished and this broker's."""
+        """The tasks of `ids` the database shows unfinished and held by this
+        broker's claim (its name and epoch)."""
         from ...models import Status, Task
 
         mine: set[uuid.UUID] = set()
@@ -360,6 +382,7 @@ class Store:
             rows = Task.objects.filter(
                 pk__in=ids[at : at + MINE_PAGE],
                 broker=self.node,
+                epoch=self.epoch,
                 status__in=[Status.QUEUED, Status.RUNNING],
             ).values_list("id", flat=True)
             mine.update(rows)
@@ -409,9 +432,11 @@ class Store:
         database shows running, and the `started` ones (task id, attempt
         number, start) its workers had begun (Starts.previous). Each gets a
         FailedTask row (cut.py); a task runs again unless that attempt was its
-        last, and then it fails for good. The value is a cut.Cut."""
+        last, and then it fails for good. Every unfinished task under this
+        broker's name is then claimed under its new epoch. The value is a cut.Cut."""
         sql = self.sql
         node = self.node
+        claim = stamp(node, self.epoch)
         graceful = bool(self.last_life and self.last_life[4])  # its last life stopped
 
         def requeue(cursor: Any, d: Dialect) -> cut.Cut:
@@ -422,6 +447,7 @@ class Store:
             last = cursor.fetchall()
             cursor.execute(sql.interrupt, (node,))
             again = cursor.fetchall()
+            cursor.execute(sql.recover, (*claim, node))
             found = [
                 cut.CutShort(r[0], r[1], r[2], r[3], node, graceful, final)
                 for batch, final in ((last, True), (again, False))
@@ -452,20 +478,23 @@ class Store:
         node = self.node
         of = None if queues is None else sorted(queues)
         count = None if of is None else len(of)
+        mine = stamp(node, self.epoch)
 
         def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], dict[str, Any], cut.Cut]:
             cursor.execute(sql.gone, (node, dead_after))
             found = cursor.fetchall()
             gone = {name: beat for name, beat, _ in found}
             stopped = {name for name, _, was in found if was}
-            cursor.execute(sql.claim_spooled_of(count), (node, False, *(of or ())))
+            cursor.execute(sql.claim_spooled_of(count), (*mine, False, *(of or ())))
             rows = cursor.fetchall()
             names = walk(gone)
             ran_on: dict[Any, str] = {}  # the broker each running task was cut short on
             if names:
                 cursor.execute(sql.running_of(len(names)), names)
                 ran_on = dict(cursor.fetchall())
-                cursor.execute(sql.adopt(len(names), count), (node, *names, *(of or ())))
+                cursor.execute(
+                    sql.adopt(len(names), count), (*mine, *names, *(of or ()), dead_after)
+                )
                 rows += cursor.fetchall()
             running = []
             for r in rows:
@@ -476,9 +505,9 @@ class Store:
             over = {c.key for c in running if c.final}
             if over:
                 now = d.time(time.time())
-                cursor.executemany(sql.fail_cut, [(now, key) for key in over])
+                cursor.executemany(sql.fail_cut, [(now, key, *mine) for key in over])
             if len(over) < len(running):
-                cursor.executemany(sql.requeue, [(c.key,) for c in running if not c.final])
+                cursor.executemany(sql.requeue, [(c.key, *mine) for c in running if not c.final])
             ready = [
                 Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3]))
                 for r in rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..lifecycle import received
 from ..ops import Call, Insert, Mark, Op, Record
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from . import chains, keys, storable
-from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements
+from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements, stamp
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +41,24 @@ class Writes:
         sql: Statements,
         on_ready: Callable[[list[Ready]], None],
         text_limit: int,
+        epoch: Callable[[], int] = lambda: 0,
     ) -> None:
         self.node = node
+        self.epoch = epoch  # this broker's epoch now, which its claims are stamped with
         self.text_limit = text_limit  # CAPTURE_LIMIT, for storable's texts
         self.sql = sql
         self.dialect: Dialect = sql.dialect
         self.on_ready = on_ready
         self._inserts: dict[tuple[int, bool], str] = {}
-        # The steps the outcomes of the batch being written released, per
-        # writing thread (a lane each), for `committed` to dispatch.
+        # The steps the outcomes of the batch being written released, and the
+        # outcomes it refused, per writing thread (a lane each), for
+        # `committed` to dispatch and to tell.
         self._released = threading.local()
+        #: Outcomes refused since the start: their task's claim was another's.
+        self.refused = 0
+        #: Called after a commit with the ids of the tasks whose outcomes it
+        #: refused: the broker drops what it still holds of them.
+        self.on_lost: Callable[[list[uuid.UUID]], None] = lambda ids: None
 
     def open(self, cursor: Any, db: Any) -> Any:
         """Set up a new writing connection; the cursor that binds parameters."""
@@ -72,7 +81,10 @@ class Writes:
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Tell of the tasks just inserted (lifecycle.received), then send
         them to the broker's queues; tell the outcomes just written
-        (Record.committed)."""
+        (Record.committed), those refused first (`refuse`)."""
+        refused: list[Outcome] = self._released.__dict__.pop("refused", [])
+        if refused:
+            self._tell_refused(refused)
         for op in ops:
             if isinstance(op, Record) and op.committed is not None:
                 op.committed()
@@ -105,7 +117,7 @@ class Writes:
             finished = {o.task_id for o in outcomes}
             # A task whose outcome is in this batch needs no running mark.
             marks = [
-                (d.time(op.started), op.attempt, d.pk(op.task_id))
+                (d.time(op.started), op.attempt, d.pk(op.task_id), *stamp(self.node, op.epoch))
                 for op in ops
                 if isinstance(op, Mark) and op.task_id not in finished
             ]
@@ -145,7 +157,12 @@ class Writes:
                 if isinstance(op, Insert):
                     written[i] = _alone(cursor, self.insert_tasks, bound, op.tasks)
                 elif isinstance(op, Mark) and op.task_id not in finished:
-                    row = (d.time(op.started), op.attempt, d.pk(op.task_id))
+                    row = (
+                        d.time(op.started),
+                        op.attempt,
+                        d.pk(op.task_id),
+                        *stamp(self.node, op.epoch),
+                    )
                     written[i] = _alone(cursor, bound.execute, self.sql.mark, row)
                 elif isinstance(op, Record):
                     written[i] = self._outcome_alone(cursor, bound, op.outcome)
@@ -217,7 +234,7 @@ class Writes:
             return []
         d = self.dialect
         now = d.time(time.time())
-        node = self.node
+        owner = stamp(self.node, self.epoch())
         rows = [  # the bound values of TASK_ROW, in its order
             (
                 d.pk(t.id),
@@ -230,7 +247,7 @@ class Writes:
                 t.timeout,
                 now,
                 None if t.run_after is None else d.time(t.run_after),
-                node,
+                *owner,
                 t.code_version,
                 t.key,
                 t.key,
@@ -247,7 +264,7 @@ class Writes:
             # One array per column: psycopg parses a statement of thousands of
             # placeholders anew in Python on each call, but not ten of them.
             columns = list(zip(*[[r[i] for i in PG_ARRAY_COLUMNS] for r in rows], strict=True))
-            cursor.execute(PG_INSERT_MANY, (now, node, *map(list, columns)))
+            cursor.execute(PG_INSERT_MANY, (now, *owner, *map(list, columns)))
             ids = {key for (key,) in cursor.fetchall()}
             fresh = _once(tasks, [t.id for t in tasks], ids)
         else:
@@ -272,23 +289,34 @@ class Writes:
 
     def write_outcomes(self, cursor: Any, outcomes: list[Outcome]) -> None:
         """The task's new status and its SuccessTask or FailedTask row, for each
-        outcome; the row names this broker (Store.node) as the attempt's."""
+        outcome; the row names this broker (Store.node) as the attempt's.
+
+        Only while the claim the attempt started under still holds the task
+        (its broker and epoch, sql.OWNED): an outcome of a task another broker
+        has taken over since, or that ended already, is refused, nothing of
+        it written (`refuse`). A cancelled task keeps its status and still
+        gets its attempt's row."""
         if not outcomes:
             return
         d = self.dialect
-        finishes, successes, failures = [], [], []
+        finishes = []
         for o in outcomes:
-            tid = d.pk(o.task_id)
             if o.succeeded:
                 status = "succeeded"
             else:
                 status = "failed" if o.final else "queued"
+            finishes.append(
+                (status, d.time(o.started), d.time(o.finished), o.attempt, d.time(o.retry_at))
+                + (status == "queued", d.pk(o.task_id), *stamp(self.node, o.epoch))
+            )
+        written = self._finish(cursor, finishes)
+        if len(written) < len(outcomes):
+            outcomes = self.refuse(cursor, outcomes, written)
+        successes, failures = [], []
+        for o in outcomes:
+            tid = d.pk(o.task_id)
             finished = d.time(o.finished)
             started = d.time(o.started)
-            retrying = status == "queued"
-            finishes.append(
-                (status, started, finished, o.attempt, d.time(o.retry_at), retrying, tid)
-            )
             if o.succeeded:
                 successes.append(
                     (
@@ -307,19 +335,87 @@ class Writes:
                 )
             else:
                 failures.append(failure_row(d, o, self.node, tid))
-        cursor.executemany(self.sql.finish, finishes)
         if successes:
             cursor.executemany(self.sql.success, successes)
         if failures:
             cursor.executemany(self.sql.failure, failures)
-        released = chains.follow(cursor, d, outcomes, self.node)
+        released = chains.follow(cursor, d, outcomes, stamp(self.node, self.epoch()))
         if released:
             self._released.__dict__.setdefault("steps", []).extend(released)
+
+    def _finish(self, cursor: Any, finishes: list[tuple[Any, ...]]) -> set[Any]:
+        """Run the finish of each outcome; the keys of the tasks it wrote."""
+        sql = self.sql.finish
+        if self.dialect.sqlite:
+            # All at once, as nearly always all are written; else again one
+            # by one (in process, that costs no round trip) to see which.
+            cursor.execute(f"SAVEPOINT {FINISH_SAVEPOINT}")
+            cursor.executemany(sql, finishes)
+            every = cursor.rowcount == len(finishes)  # one row each at most: by id
+            if not every:
+                cursor.execute(f"ROLLBACK TO SAVEPOINT {FINISH_SAVEPOINT}")
+            cursor.execute(f"RELEASE SAVEPOINT {FINISH_SAVEPOINT}")
+            if every:
+                return {row[6] for row in finishes}
+            written = set()
+            for row in finishes:
+                cursor.execute(sql, row)
+                if cursor.rowcount == 1:
+                    written.add(row[6])
+            return written
+        # One round trip for all (psycopg's pipeline), a result set each.
+        cursor.executemany(sql, finishes, returning=True)
+        written = set()
+        while True:
+            written.update(key for (key,) in cursor.fetchall())
+            if not cursor.nextset():
+                return written
+
+    def refuse(self, cursor: Any, outcomes: list[Outcome], written: set[Any]) -> list[Outcome]:
+        """The outcomes to record of those whose finish wrote nothing (not in
+        `written`): a cancelled task's, still under the attempt's claim, and a
+        deleted task's (its row is refused at the commit: `write_apart`). The
+        others are refused: their task is another broker's claim now, or
+        ended already. They are told and counted once the batch commits."""
+        d = self.dialect
+        missed = [o for o in outcomes if d.pk(o.task_id) not in written]
+        if not missed:  # a task with two outcomes in the batch, both written
+            return outcomes
+        cursor.execute(self.sql.unwritten(len(missed)), [d.pk(o.task_id) for o in missed])
+        now = {d.read_uuid(r[0]): (r[1], r[2], int(r[3])) for r in cursor.fetchall()}
+        refused = []
+        for o in missed:
+            row = now.get(o.task_id)
+            if row is not None and row != ("cancelled", self.node, o.epoch):
+                refused.append(o)
+        if not refused:
+            return outcomes
+        self._released.__dict__.setdefault("refused", []).extend(refused)
+        gone = {id(o) for o in refused}
+        return [o for o in outcomes if id(o) not in gone]
+
+    def _tell_refused(self, refused: list[Outcome]) -> None:
+        """Log and count the outcomes a commit refused; drop what this broker
+        still holds of their tasks (a retry waiting for its time)."""
+        once = {(o.task_id, o.attempt): o for o in refused}  # a stand-in refused again too
+        self.refused += len(once)
+        for o in once.values():
+            logger.warning(
+                "outcome refused: the task is no longer this broker's claim, or it ended "
+                "task=%s name=%s attempt=%s epoch=%s",
+                o.task_id,
+                o.name,
+                o.attempt,
+                o.epoch,
+                extra=task_extra("outcome_refused", o.task_id, o.name, attempt=o.attempt),
+            )
+        self.on_lost(list({o.task_id for o in once.values()}))
 
     def _take_released(self) -> list[Ready]:
         """The steps released by the outcomes written on this thread since
         the last call, forgotten here."""
         steps: list[Ready] = self._released.__dict__.pop("steps", [])
+        self._released.__dict__.pop("refused", None)
         return steps
 
 
@@ -345,6 +441,8 @@ def failure_row(d: Dialect, o: Outcome, broker: str, task_key: Any = None) -> tu
 _ORDER = {Insert: 0, Mark: 1, Record: 2, Call: 3}
 #: The savepoint each op of `Writes.write_apart` is written in.
 SAVEPOINT = "leek_op"
+#: The savepoint of a batch's finishes on SQLite (Writes._finish).
+FINISH_SAVEPOINT = "leek_finish"
 
 
 def _alone(cursor: Any, write: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..rows import Dialect, NewTask, Outcome, Ready
+from .sql import STAMP
 
 if TYPE_CHECKING:
     from ..links import Link
@@ -66,9 +67,13 @@ def insert_steps(
     return [r for r in fresh if r.id not in waiting]
 
 
-def follow(cursor: Any, d: Dialect, outcomes: Sequence[Outcome], node: str) -> list[Ready]:
+def follow(
+    cursor: Any, d: Dialect, outcomes: Sequence[Outcome], owner: tuple[str, int]
+) -> list[Ready]:
     """Release or fail the next steps of the tasks whose `outcomes` were just
-    written; the steps released, to dispatch after the commit."""
+    written; the steps released, claimed with `owner` (sql.stamp), to
+    dispatch after the commit."""
+    node = owner[0]
     ended = [o for o in outcomes if o.succeeded or o.final]
     if not ended:
         return []
@@ -88,7 +93,7 @@ def follow(cursor: Any, d: Dialect, outcomes: Sequence[Outcome], node: str) -> l
     if not nexts:
         return []
     steps = sorted({nexts[o.task_id] for o in ended if o.succeeded and o.task_id in nexts})
-    released = _release(cursor, d, steps, node)
+    released = _release(cursor, d, steps, owner)
     for o in ended:
         if not o.succeeded and o.task_id in nexts:
             reason = _failed(o.task_id, o.exc_type, o.exc_message)
@@ -96,9 +101,11 @@ def follow(cursor: Any, d: Dialect, outcomes: Sequence[Outcome], node: str) -> l
     return released
 
 
-def _release(cursor: Any, d: Dialect, steps: list[uuid.UUID], node: str) -> list[Ready]:
+def _release(
+    cursor: Any, d: Dialect, steps: list[uuid.UUID], owner: tuple[str, int]
+) -> list[Ready]:
     """Queue each waiting step of `steps` whose every predecessor has
-    succeeded, owned by broker `node`, which dispatches it (whichever broker
+    succeeded, claimed by `owner` (a broker's stamp), which dispatches it (whichever broker
     took the push: a chord's members may end on several). A step the client
     spooled is no longer spooled, so no sweep claims it a second time."""
     if not steps:
@@ -113,13 +120,13 @@ def _release(cursor: Any, d: Dialect, steps: list[uuid.UUID], node: str) -> list
         cursor.fetchall()
     cursor.execute(
         d.sql(
-            f"UPDATE leek_task SET status = 'queued', broker = %s, spooled = FALSE "
+            f"UPDATE leek_task SET status = 'queued', {STAMP}, spooled = FALSE "
             f"WHERE id IN ({marks}) "
             "AND status = 'waiting' AND NOT EXISTS (SELECT 1 FROM leek_task p "
             "WHERE p.next_step = leek_task.id AND p.status <> 'succeeded') "
             "RETURNING id, priority, queue, run_after"
         ),
-        (node, *keys),
+        (*owner, *keys),
     )
     return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in cursor.fetchall()]
 

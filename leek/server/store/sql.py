@@ -11,6 +11,26 @@ from __future__ import annotations
 
 from ..rows import Dialect
 
+#: The stamp of a claim: the broker that owns a task from then on and the
+#: lease token it owns it under, its epoch (bumped in the database at each of
+#: its starts, `Statements.begin_epoch`). Every statement that claims a task,
+#: the broker's own insert included, writes these columns and nothing else
+#: names them: bound as `stamp(node, epoch)`, in this order.
+STAMP_COLUMNS = ("broker", "epoch")
+#: The SET clause of a claim (two placeholders: `stamp`).
+STAMP = ", ".join(f"{column} = %s" for column in STAMP_COLUMNS)
+#: The condition of every write a broker makes to a task it holds (its running
+#: mark, outcome, requeue, release, progress): the task is still stamped as
+#: the claim it holds has it, so a write of a broker whose claim another took
+#: over changes nothing (two placeholders: `stamp`).
+OWNED = " AND ".join(f"{column} = %s" for column in STAMP_COLUMNS)
+
+
+def stamp(node: str, epoch: int) -> tuple[str, int]:
+    """The bound values of STAMP and OWNED."""
+    return (node, epoch)
+
+
 #: The columns of a new task's row, each with what the insert puts there: a
 #: placeholder for a value it binds (in `batch.task_rows`' order), or the SQL
 #: of a value every new row shares, which costs no binding.
@@ -29,7 +49,7 @@ TASK_ROW = (
     ("run_after", "%s"),
     ("started_at", "NULL"),
     ("finished_at", "NULL"),
-    ("broker", "%s"),
+    *((column, "%s") for column in STAMP_COLUMNS),
     ("spooled", "FALSE"),
     ("code_version", "%s"),
     ("progress", "NULL"),
@@ -41,16 +61,18 @@ TASK_ROW = (
     ("rate_limit", "%s"),
 )
 #: PostgreSQL inserts a batch from one array per bound column (the queue time
-#: and the broker are one value for all): the indexes of those columns in a row.
-PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15, 16)
+#: and the stamp are one value for all): the indexes of those columns in a row.
+PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17)
 #: No conflict target: a task is skipped whether its id is there already (a
 #: replay) or another task holds its key (the unique lock_key).
 PG_INSERT_MANY = (
     "INSERT INTO leek_task (id, name, queue, priority, payload, args_repr, max_retries, "
     "timeout, run_after, code_version, key, lock_key, key_running, expires_at, rate_limit, "
-    "status, attempts, queued_at, started_at, finished_at, broker, spooled, progress, "
-    "progress_note) "
-    "SELECT u.*, 'queued', 0, %s, NULL, NULL, %s, false, NULL, '' FROM unnest("
+    f"status, attempts, queued_at, started_at, finished_at, {', '.join(STAMP_COLUMNS)}, "
+    "spooled, progress, progress_note) "
+    "SELECT u.*, 'queued', 0, %s, NULL, NULL, "
+    + ", ".join(["%s"] * len(STAMP_COLUMNS))
+    + ", false, NULL, '' FROM unnest("
     "%s::uuid[], %s::varchar[], %s::varchar[], %s::integer[], %s::bytea[], %s::text[], "
     "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[], %s::varchar[], "
     "%s::varchar[], %s::boolean[], %s::timestamptz[], %s::varchar[]) AS u "
@@ -132,15 +154,17 @@ class Statements:
         # A task's key stops locking when it starts, unless it is key_running.
         self.mark = q(
             "UPDATE leek_task SET status = 'running', started_at = %s, attempts = %s, "
-            f"lock_key = {KEEP_RUNNING_KEY} WHERE id = %s AND status = 'queued'"
+            f"lock_key = {KEEP_RUNNING_KEY} WHERE id = %s AND status = 'queued' AND {OWNED}"
         )
         # Its key stops locking when it ends, unless it waits for a retry and is
-        # key_running (bound: whether it waits for a retry).
+        # key_running (bound: whether it waits for a retry). An ended task
+        # (cancelled, succeeded, failed) keeps its end: an outcome never flips it.
         self.finish = q(
             "UPDATE leek_task SET status = %s, started_at = %s, finished_at = %s, attempts = %s, "
             "run_after = COALESCE(%s, run_after), "
             "lock_key = CASE WHEN %s AND key_running THEN lock_key ELSE NULL END "
-            "WHERE id = %s AND status <> 'cancelled'"
+            f"WHERE id = %s AND status IN ('queued', 'running', 'expired') AND {OWNED}"
+            + ("" if d.sqlite else " RETURNING id")
         )
         self.success = q(
             "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "
@@ -152,7 +176,9 @@ class Statements:
             "exc_type, exc_message, traceback, final, requeued_at, stdout, stderr, broker) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s)"
         )
-        self.progress = q("UPDATE leek_task SET progress = %s, progress_note = %s WHERE id = %s")
+        self.progress = q(
+            f"UPDATE leek_task SET progress = %s, progress_note = %s WHERE id = %s AND {OWNED}"
+        )
         # A queued task is cancelled here only where no other live broker may
         # hold it in memory: its own, nobody's, or one silent since the time bound.
         self.cancel = q(
@@ -192,11 +218,12 @@ class Statements:
             "SELECT 1 FROM leek_task WHERE id = %s" + ("" if d.sqlite else " FOR KEY SHARE")
         )
         self.requeue = q(
-            "UPDATE leek_task SET status = 'queued' WHERE id = %s AND status <> 'cancelled'"
+            "UPDATE leek_task SET status = 'queued' "
+            f"WHERE id = %s AND status <> 'cancelled' AND {OWNED}"
         )
         self.fail_cut = q(
             "UPDATE leek_task SET status = 'failed', finished_at = %s, lock_key = NULL "
-            "WHERE id = %s AND status <> 'cancelled'"
+            f"WHERE id = %s AND status <> 'cancelled' AND {OWNED}"
         )
         # An attempt a worker had started (the file of starts.py) counts though
         # its running mark never reached the database.
@@ -214,6 +241,15 @@ class Statements:
         self.interrupt = q(
             "UPDATE leek_task SET status = 'queued' WHERE broker = %s AND status = 'running' "
             "RETURNING id, name, attempts, started_at"
+        )
+        # At its start a broker claims again, under its new epoch, every
+        # unfinished task its earlier lives left under its name.
+        self.recover = q(
+            f"UPDATE leek_task SET {STAMP} WHERE broker = %s AND status IN ('queued', 'running')"
+        )
+        # A new life's epoch: past every epoch of this name's earlier lives.
+        self.begin_epoch = q(
+            "UPDATE leek_brokernode SET epoch = epoch + 1 WHERE name = %s RETURNING epoch"
         )
         self.owned = q(
             "SELECT id, priority, queue, run_after FROM leek_task "
@@ -279,6 +315,15 @@ class Statements:
             + (" RETURNING id" if returning else "")
         )
 
+    def unwritten(self, count: int) -> str:
+        """The status and stamp of `count` tasks by id: those of outcomes the
+        finish did not write, to tell a cancel from a claim lost."""
+        return (
+            f"SELECT id, status, {', '.join(STAMP_COLUMNS)} FROM leek_task WHERE id IN ("
+            + ", ".join([self.dialect.ph] * count)
+            + ")"
+        )
+
     def jobs(self, count: int) -> str:
         """The status and job of `count` tasks by id."""
         return (
@@ -288,12 +333,19 @@ class Statements:
 
     def adopt(self, brokers: int, queues: int | None) -> str:
         """Claim the unfinished tasks of `brokers` gone brokers (of `queues`
-        queues only, unless None)."""
+        queues only, unless None), each while its broker is still gone (bound
+        last: the seconds of silence that make it so). Read again by the
+        update itself: on PostgreSQL a broker's renewed heartbeat committed
+        since the sweep read the brokers' rows keeps its tasks."""
         marks = ", ".join(["%s"] * brokers)
+        still_gone = (
+            "EXISTS (SELECT 1 FROM leek_brokernode n WHERE n.name = leek_task.broker "
+            f"AND (n.stopped OR n.heartbeat_at < {db_since(self.dialect)}))"
+        )
         return self.dialect.sql(
-            "UPDATE leek_task SET broker = %s "
+            f"UPDATE leek_task SET {STAMP} "
             f"WHERE broker IN ({marks}) AND status IN ('queued', 'running')"
-            f"{_of_queues(queues)} {CLAIMED}"
+            f"{_of_queues(queues)} AND {still_gone} {CLAIMED}"
         )
 
     def running_of(self, brokers: int) -> str:
@@ -312,7 +364,7 @@ class Statements:
     def release(self, count: int) -> str:
         """Give `count` queued tasks of this broker up to whichever broker serves their queue."""
         return self.dialect.sql(
-            "UPDATE leek_task SET broker = '', spooled = TRUE WHERE broker = %s "
+            f"UPDATE leek_task SET broker = '', spooled = TRUE WHERE {OWNED} "
             "AND status = 'queued' AND id IN (" + ", ".join(["%s"] * count) + ")"
         )
 
@@ -339,6 +391,6 @@ def claim_spooled(d: Dialect, condition: str = "") -> str:
     task, at every sweep, inside a write."""
     spooled = "spooled AND spooled = 1" if d.sqlite else "spooled"
     return d.sql(
-        "UPDATE leek_task SET broker = %s, spooled = %s "
+        f"UPDATE leek_task SET {STAMP}, spooled = %s "
         f"WHERE {spooled} AND status || '' = 'queued'{condition} {CLAIMED}"
     )

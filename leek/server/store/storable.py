@@ -126,4 +126,5 @@ def not_stored(o: Outcome, error: BaseException, limit: int) -> Outcome:
         exc_message=text(message, limit),
         final=o.succeeded or o.final,
         retry_at=None if o.succeeded else o.retry_at,
+        epoch=o.epoch,
     )
