@@ -49,6 +49,7 @@ from .periodic import Periodic
 from .recovery import Adopter, interrupt_running
 from .replay import ReplayGuard
 from .rows import Ready
+from .share import Share
 from .store import Store
 from .tcp import Limits, Reply, Server
 
@@ -122,6 +123,14 @@ class Broker:
         )
         self.duties = Duties()
         self.controls = Controls(self.store, self.lanes, self.delayed)
+        self.share = Share(
+            self.store,
+            self.lanes,
+            self.route,
+            lambda: self.controls.paused,
+            float(settings["SWEEP_INTERVAL"]),
+        )
+        self.store.writes.admit = self.share.admit
         self.server = Server((self.host, self.port), self)
         self.port = self.server.server_address[1]
         self.heartbeat_interval = float(settings["HEARTBEAT_INTERVAL"])
@@ -151,6 +160,8 @@ class Broker:
         mine: list[Ready] = []
         elsewhere: list[uuid.UUID] = []
         for item in items:
+            if item.shared:
+                continue  # inserted unowned: the broker that claims it runs it
             if self.lanes.serves(item.queue):
                 mine.append(item)
             else:
@@ -195,6 +206,7 @@ class Broker:
         self.duties.every(0, self.lanes.watch)
         self.duties.every(0, self.store.checkpoint)
         self.duties.every(0, self.store.nudge)  # the running marks (see Store.mark_running)
+        self.duties.every(0, self.share.tick)
         self.duties.every(1.0, self.rates.watch)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
         self.duties.every(PERIODIC_TICK, self.periodic.tick)
@@ -278,7 +290,10 @@ class Broker:
         )
 
     def sweep(self, data: Any = None) -> int:
-        """Adopt spooled tasks and those of gone brokers now; how many."""
+        """Adopt spooled tasks and those of gone brokers now; how many. The
+        unowned tasks due are claimed apart, as the lanes have room (share.py):
+        they are looked for at the next tick."""
+        self.share.poke()
         found = self.adopt()
         if found:
             logger.info("adopted tasks count=%s", len(found), extra={"action": "tasks_adopted"})

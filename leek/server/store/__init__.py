@@ -43,7 +43,7 @@ from .batch import Writes
 from .controls import ControlRows
 from .cursor import raw_cursor
 from .periodic import PeriodicRows
-from .sql import NODE_COLUMNS, Statements
+from .sql import NODE_COLUMNS, Ask, Statements
 
 __all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
 
@@ -262,6 +262,28 @@ class Store:
 
         self.outcomes.later(Call(write))
 
+    def claim_unowned(self, asks: Sequence[Ask], done: Done) -> None:
+        """Claim unowned tasks due now, in the next batch of the outcomes
+        lane: for each ask, up to its limit of its queues' tasks, highest
+        priority first, then oldest (sql.claim_unowned). `done` gets (the
+        tasks claimed, as Ready, in that order; how many each ask took), or
+        the error."""
+        node = self.node
+
+        def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], list[int]]:
+            now = d.time(time.time())
+            found: list[Ready] = []
+            took: list[int] = []
+            for ask in asks:
+                cursor.execute(ask.sql, (node, False, now, *ask.queues, ask.limit))
+                rows = cursor.fetchall()
+                took.append(len(rows))
+                found += [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
+            found.sort(key=lambda r: (-r.priority, r.id.bytes))  # ids are time-ordered
+            return found, took
+
+        self.outcomes.later(Call(claim, done))
+
     def cancel(self, task_id: uuid.UUID, dead_after: float, running: bool = False) -> Waiter:
         """Cancel a queued task that no other live broker owns: this broker's,
         nobody's, or one whose broker has not beaten within `dead_after`
@@ -458,7 +480,8 @@ class Store:
             found = cursor.fetchall()
             gone = {name: beat for name, beat, _ in found}
             stopped = {name for name, _, was in found if was}
-            cursor.execute(sql.claim_spooled_of(count), (node, False, *(of or ())))
+            now = d.time(time.time())
+            cursor.execute(sql.claim_spooled_of(count), (node, False, now, *(of or ())))
             rows = cursor.fetchall()
             names = walk(gone)
             ran_on: dict[Any, str] = {}  # the broker each running task was cut short on
