@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,7 +52,9 @@ class Writes:
         #: are inserted unowned, for any broker to claim: server/share.py);
         #: None keeps them all.
         self.admit: Callable[[Sequence[NewTask]], list[bool] | None] | None = None
-        self._unowned: set[Any] = set()  # ids the last insert_tasks left unowned
+        # The ids of the tasks the insert being written left unowned, per
+        # writing thread (a lane each), as `_released`.
+        self._unowned = threading.local()
         # The steps the outcomes of the batch being written released, per
         # writing thread (a lane each), for `committed` to dispatch.
         self._released = threading.local()
@@ -203,11 +206,13 @@ class Writes:
         A task with a key that another task holds is not inserted: its
         `holder` is set to that task's id (keys.py). A task inserted unowned
         (`admit`) is `shared`: the broker does not queue it."""
-        self._unowned = set()
+        if not tasks:
+            return []
+        unowned: set[uuid.UUID] = set()
+        self._unowned.ids = unowned
         fresh = self._insert_rows(cursor, tasks)
         if any(t.key is not None for t in tasks):
             fresh = keys.settle(self.dialect, self._insert_rows, cursor, tasks, fresh)
-        unowned = self._unowned
         return [
             Ready(
                 t.id,
@@ -230,7 +235,7 @@ class Writes:
         kept = None if self.admit is None else self.admit(tasks)
         owners = [node] * len(tasks) if kept is None else [node if k else "" for k in kept]
         if kept is not None:
-            self._unowned.update(t.id for t, k in zip(tasks, kept, strict=True) if not k)
+            self._unowned.ids.update(t.id for t, k in zip(tasks, kept, strict=True) if not k)
         rows = [  # the bound values of TASK_ROW, in its order
             (
                 d.pk(t.id),
