@@ -104,7 +104,7 @@ class Broker:
             "handled": self.handled,
             "cancel": self.cancel,
             "stats": self.stats,
-            "sweep": self.sweep,
+            "sweep": self.sweep_now,
             "stop": self.stop,
         }
         self.grace = float(settings["SHUTDOWN_GRACE"])
@@ -289,11 +289,14 @@ class Broker:
             extra={"action": "broker_stopped"},
         )
 
-    def sweep(self, data: Any = None) -> int:
-        """Adopt spooled tasks and those of gone brokers now; how many. The
-        unowned tasks due are claimed apart, as the lanes have room (share.py):
-        they are looked for at the next tick."""
+    def sweep_now(self, data: Any = None) -> int:
+        """The sweep verb (a client spooled): `sweep` now, and a claim of the
+        unowned tasks due (share.py)."""
         self.share.poke()
+        return self.sweep()
+
+    def sweep(self) -> int:
+        """Adopt spooled tasks not due yet and the tasks of gone brokers; how many."""
         found = self.adopt()
         if found:
             logger.info("adopted tasks count=%s", len(found), extra={"action": "tasks_adopted"})
@@ -441,6 +444,7 @@ class Broker:
             "paused": sorted(self.controls.paused),
             "expired": self.controls.expired,
             "payloads_in_memory": self.lanes.held(),
+            "sharing": self.share.figures(),
             "delayed_payloads_in_memory": self.delayed.held(),
             "handled": dict(self.lanes.handled()),
             "rejected_frames": self.rejected,

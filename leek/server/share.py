@@ -72,6 +72,10 @@ class Share:
         for lane in lanes.all:
             lane.dispatcher.taken = self.taken
 
+    def figures(self) -> dict[str, int]:
+        """Claims made, tasks claimed, pushes inserted unowned, since the start."""
+        return {"claims": self.claims, "claimed": self.claimed, "unowned": self._given}
+
     # -- the push path ---------------------------------------------------------
 
     def admit(self, tasks: Sequence[NewTask]) -> list[bool] | None:
@@ -121,9 +125,12 @@ class Share:
         self._claim(low=False)
 
     def poke(self) -> None:
-        """Look at the table at the next tick (the sweep verb: a client spooled)."""
+        """Look at the table now (the sweep verb: a client spooled or wrote
+        an outbox row), and from the shortest back-off again."""
         self._next = 0.0
         self._delay = TICK
+        self._more = True
+        self.tick()
 
     def _claim(self, low: bool) -> None:
         asks = self._asks(low)
