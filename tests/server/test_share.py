@@ -31,7 +31,7 @@ def ports(path: Path) -> Counter[str]:
     return Counter(line.split()[1] for line in path.read_text().splitlines() if line)
 
 
-def brokers(broker_factory: BrokerFactory, count: int, **env: str) -> list[Any]:
+def brokers(broker_factory: Any, count: int, **env: str) -> list[Any]:
     """`count` brokers on the test's database; the client pushes to the first only."""
     started = []
     for _ in range(count):
