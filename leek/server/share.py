@@ -156,6 +156,9 @@ class Share:
         paused = self.paused()
         asks = []
         for lane in self.lanes.all:
+            gate = lane.dispatcher.gate
+            if gate is not None and not gate():
+                continue  # it starts no task now (its lease, lease.py): it claims none
             waiting = lane.dispatcher.ready()
             bound = UNBOUNDED_CLAIM if lane.bound is None else lane.bound
             room = bound - waiting
