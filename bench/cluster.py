@@ -144,7 +144,9 @@ def _clear() -> None:
     BrokerNode.objects.all().delete()
 
 
-def _scale(url: str, logs: Path, brokers: int, fn: Any, count: int, workers: int) -> dict[str, Any]:
+def _scale(
+    url: str, logs: Path, brokers: int, fn: Any, count: int, workers: int, **env: str
+) -> dict[str, Any]:
     """Push `count` tasks of `fn` to the first of `brokers`; their rate and spread."""
     from django.db.models import Count, Max, Min
 
@@ -152,7 +154,7 @@ def _scale(url: str, logs: Path, brokers: int, fn: Any, count: int, workers: int
     from leek.models import SuccessTask
 
     _clear()
-    with Brokers(url, brokers, logs, LEEK_WORKERS=str(workers)) as running:
+    with Brokers(url, brokers, logs, LEEK_WORKERS=str(workers), **env) as running:
         with _client(running.ports[0]):
             for at in range(0, count, FRAME):
                 leek.enqueue_many([(fn, ()) for _ in range(min(FRAME, count - at))])
@@ -161,6 +163,7 @@ def _scale(url: str, logs: Path, brokers: int, fn: Any, count: int, workers: int
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{SuccessTask.objects.count()} of {count} ran")
                 time.sleep(0.05)
+            claims = leek.stats()[1].get("sharing", {})
         span = SuccessTask.objects.aggregate(a=Min("started_at"), b=Max("finished_at"))
         per = dict(
             SuccessTask.objects.values_list("broker").annotate(n=Count("id")).order_by("broker")
@@ -176,6 +179,7 @@ def _scale(url: str, logs: Path, brokers: int, fn: Any, count: int, workers: int
         "seconds": round(seconds, 2),
         "per_second": round(count / seconds),
         "per_broker": [per.get(f"bench-{p}", 0) for p in running.ports],
+        "first_broker_claims": claims,
     }
 
 
@@ -230,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noop", type=int, default=6000, help="no-op tasks per run (6000)")
     parser.add_argument("--io", type=int, default=3000, help="10 ms tasks per run (3000)")
     parser.add_argument("--brokers", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--scale-only", action="store_true", help="no idle and push figures")
+    parser.add_argument("--prefetch", default="", help="LEEK_PREFETCH of the brokers (its default)")
     args = parser.parse_args(argv)
     from bench.systems.pg_util import require_database, url_for
 
@@ -245,18 +251,24 @@ def main(argv: list[str] | None = None) -> int:
 
     django.setup()
     logs = Path(tempfile.mkdtemp(prefix="leek-bench-cluster-"))
-    print(f"PostgreSQL, {args.workers} thread workers per broker; logs in {logs}")  # noqa: T201
+    print(  # noqa: T201
+        f"PostgreSQL, {args.workers} thread workers per broker, PREFETCH "
+        f"{args.prefetch or 'default'}; logs in {logs}"
+    )
     print(f"{'task':<6} {'brokers':>7} {'tasks':>6} {'seconds':>8} {'tasks/s':>8}  per broker")  # noqa: T201
     results = []
     for fn, count in ((noop, args.noop), (io10, args.io)):
         for brokers in args.brokers:
-            r = _scale(url, logs, brokers, fn, count, args.workers)
+            env = {"LEEK_PREFETCH": args.prefetch} if args.prefetch else {}
+            r = _scale(url, logs, brokers, fn, count, args.workers, **env)
             results.append(r)
             print(  # noqa: T201
                 f"{r['task']:<6} {r['brokers']:>7} {r['tasks']:>6} {r['seconds']:>8.2f} "
-                f"{r['per_second']:>8}  {r['per_broker']}",
+                f"{r['per_second']:>8}  {r['per_broker']}  {r['first_broker_claims']}",
                 flush=True,
             )
+    if args.scale_only:
+        return 0
     idle = _idle(url, logs)
     print(  # noqa: T201
         f"idle broker: {idle['claims_per_second']} claims/s, {idle['cpu_percent']}% of a core"

@@ -119,3 +119,38 @@ def test_brokers_sharing_a_database_never_run_one_task_twice(
     assert len(seen) == count and max(seen.values()) == 1, seen.most_common(3)
     assert len(ports(marks)) >= 2
     assert Task.objects.filter(status="succeeded").count() == count
+
+
+def test_a_claim_reads_the_unowned_rows_in_its_order_however_many_wait(
+    transactional_db: Any,
+) -> None:
+    # Every idle broker claims often: were its claim to sort every unowned
+    # task, or walk the queued ones, a large backlog would slow each claim.
+    from django.db import connection
+    from django.utils import timezone
+
+    from leek.server.rows import Dialect
+    from leek.server.store import raw_cursor
+    from leek.server.store.sql import claim_unowned
+
+    now = timezone.now()
+    rows = [Task(name="t", payload=b"", queued_at=now, spooled=i < 5) for i in range(20_000)]
+    Task.objects.bulk_create(rows, batch_size=2_000)
+    d = Dialect(connection.vendor)
+    claim = claim_unowned(d, " AND queue IN (%s)")
+    raw = raw_cursor()
+    try:
+        params = ("me", False, d.time(time.time()), "default", 10)
+        if d.sqlite:  # a broker's SQLite file has no statistics
+            raw.execute("EXPLAIN QUERY PLAN " + claim, params)
+            plan = " ".join(str(row[-1]) for row in raw.fetchall())
+            assert "TEMP B-TREE" not in plan, plan  # no sort
+        else:
+            raw.execute("ANALYZE leek_task")
+            raw.execute("EXPLAIN " + claim, params)
+            plan = " ".join(row[0] for row in raw.fetchall())
+            assert "Sort" not in plan, plan
+    finally:
+        raw.close()
+    assert "leek_task_spooled" in plan, plan
+    assert "status_queued_at" not in plan and "Seq Scan" not in plan, plan

@@ -282,7 +282,7 @@ class Store:
             found.sort(key=lambda r: (-r.priority, r.id.bytes))  # ids are time-ordered
             return found, took
 
-        self.outcomes.later(Call(claim, done))
+        self.outcomes.lead(Call(claim, done))
 
     def cancel(self, task_id: uuid.UUID, dead_after: float, running: bool = False) -> Waiter:
         """Cancel a queued task that no other live broker owns: this broker's,
