@@ -209,6 +209,7 @@ class Broker:
         self.duties.every(0, self.share.tick)
         self.duties.every(1.0, self.rates.watch)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
+        self.duties.every(self.heartbeat_interval, self.look_for_peers)
         self.duties.every(PERIODIC_TICK, self.periodic.tick)
         self.controls.every(self.duties.every)
         self.duties.every(TRIM_INTERVAL, trim)
@@ -331,6 +332,10 @@ class Broker:
             return  # the store logged it and reports the database unhealthy
         if not stopped:
             self.lease.committed(sent, self.drop_lost)
+
+    def look_for_peers(self) -> None:
+        """Count the other live brokers, for the bound of the lanes (share.py)."""
+        self.share.look(self.heartbeat_timeout)
 
     def drop_lost(self) -> int:
         """Drop the tasks held in memory that the database no longer shows as

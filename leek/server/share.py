@@ -3,7 +3,10 @@
 Each lane has a bound (`Lane.bound`: PREFETCH tasks per worker, or the
 lane's own "prefetch"). A push whose lane is at its bound is inserted in the
 same statement as the others, but owned by no broker (spooled, broker ''),
-and its payload is not kept (`admit`, called by the insert). So is a push
+and its payload is not kept (`admit`, called by the insert), while another
+live broker with workers shares the database (counted at each heartbeat): a
+broker alone keeps every task it accepts, as a claim of its own tasks back
+would only cost it a round trip. So is a push
 of a queue this broker does not serve. A task not due yet stays with the
 broker that took it, in its delayed heap.
 
@@ -69,12 +72,25 @@ class Share:
         self._sql: dict[tuple[int, bool], str] = {}
         self.claims = 0
         self.claimed = 0
+        #: Other live brokers with workers on the database, as last read:
+        #: while there is none, a lane keeps every push (`admit`).
+        self.peers = 0
         for lane in lanes.all:
             lane.dispatcher.taken = self.taken
 
     def figures(self) -> dict[str, int]:
-        """Claims made, tasks claimed, pushes inserted unowned, since the start."""
-        return {"claims": self.claims, "claimed": self.claimed, "unowned": self._given}
+        """Claims made, tasks claimed, pushes inserted unowned, since the
+        start; the other live brokers."""
+        return {
+            "claims": self.claims,
+            "claimed": self.claimed,
+            "unowned": self._given,
+            "peers": self.peers,
+        }
+
+    def look(self, dead_after: float) -> None:
+        """Count the other live brokers (a duty, at each heartbeat)."""
+        self.peers = self.store.peers(dead_after)
 
     # -- the push path ---------------------------------------------------------
 
@@ -82,8 +98,10 @@ class Share:
         """Which of `tasks`, about to be inserted, this broker keeps; None: all.
 
         A task due now is kept while its lane is below its bound, counting the
-        tasks of this batch kept before it; one not due yet is kept (the
-        delayed heap); one of a queue not served here is not."""
+        tasks of this batch kept before it, or while no other broker is alive
+        to take it; one not due yet is kept (the delayed heap); one of a
+        queue not served here is not."""
+        alone = self.peers == 0
         now = time.time()
         kept: list[bool] = []
         room: dict[int, int] = {}
@@ -93,7 +111,7 @@ class Share:
             if lane is None:
                 kept.append(False)
                 given += 1
-            elif lane.bound is None or (t.run_after is not None and t.run_after > now):
+            elif alone or lane.bound is None or (t.run_after is not None and t.run_after > now):
                 kept.append(True)
             else:
                 left = room.get(id(lane))

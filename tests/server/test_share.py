@@ -39,7 +39,18 @@ def brokers(broker_factory: Any, count: int, **env: str) -> list[Any]:
         started.append(broker_factory(**env))
     client.close()
     broker_factory.leek_settings(PORT=started[0].port)
+    wait_for(lambda: leek.stats()[1]["sharing"]["peers"] == count - 1)
     return started
+
+
+def beside_a_peer(broker_factory: Any, **env: str) -> Any:
+    """A broker that knows another broker is alive (one serving another queue
+    only, which claims none of its tasks): the client pushes to it."""
+    broker_factory(args=("--queues", "elsewhere"))
+    client.close()
+    broker = broker_factory(**env)
+    wait_for(lambda: leek.stats()[1]["sharing"]["peers"] == 1)
+    return broker
 
 
 def test_three_brokers_share_the_tasks_pushed_to_one(
@@ -63,7 +74,9 @@ def test_three_brokers_share_the_tasks_pushed_to_one(
 def test_a_full_lane_leaves_its_pushes_in_the_table_and_still_runs_them(
     broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
-    broker_factory(LEEK_WORKERS="1", LEEK_PREFETCH="2", LEEK_SWEEP_INTERVAL="0.5")
+    broker = beside_a_peer(
+        broker_factory, LEEK_WORKERS="1", LEEK_PREFETCH="2", LEEK_SWEEP_INTERVAL="0.5"
+    )
     gate = tmp_path / "gate"
     blocker = leek.enqueue(tasks.wait_for_file, (str(gate),))
     wait_for(lambda: blocker.status() == "running")
@@ -79,7 +92,7 @@ def test_a_full_lane_leaves_its_pushes_in_the_table_and_still_runs_them(
     time.sleep(0.5)  # several ticks: the lane is full, so nothing is claimed
     assert unowned.count() == 4
     gate.touch()
-    assert [h.result(timeout=20) for h in handles] == [str(broker_factory.processes[0].port)] * 6
+    assert [h.result(timeout=20) for h in handles] == [str(broker.port)] * 6
     assert sorted(runs(marks).values()) == [1] * 6
     assert not Task.objects.filter(spooled=True, status="succeeded").exists()
 
@@ -87,7 +100,7 @@ def test_a_full_lane_leaves_its_pushes_in_the_table_and_still_runs_them(
 def test_unowned_tasks_are_claimed_highest_priority_first_then_oldest(
     broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
-    broker_factory(LEEK_WORKERS="1", LEEK_PREFETCH="1")
+    beside_a_peer(broker_factory, LEEK_WORKERS="1", LEEK_PREFETCH="1")
     gate = tmp_path / "gate"
     blocker = leek.enqueue(tasks.wait_for_file, (str(gate),))
     wait_for(lambda: blocker.status() == "running")
@@ -154,3 +167,18 @@ def test_a_claim_reads_the_unowned_rows_in_its_order_however_many_wait(
         raw.close()
     assert "leek_task_spooled" in plan, plan
     assert "status_queued_at" not in plan and "Seq Scan" not in plan, plan
+
+
+def test_a_broker_alone_keeps_every_task_it_accepts(
+    broker_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    broker_factory(LEEK_WORKERS="1", LEEK_PREFETCH="1")
+    gate = tmp_path / "gate"
+    blocker = leek.enqueue(tasks.wait_for_file, (str(gate),))
+    wait_for(lambda: blocker.status() == "running")
+    handles = [leek.enqueue(tasks.add, (i, 1)) for i in range(5)]
+    assert not Task.objects.filter(broker="").exists()  # nobody else to take them
+    sharing = leek.stats()[1]["sharing"]
+    assert sharing["unowned"] == 0 and sharing["peers"] == 0
+    gate.touch()
+    assert [h.result(timeout=20) for h in handles] == [1, 2, 3, 4, 5]

@@ -356,6 +356,14 @@ class Store:
         live = list(BrokerNode.objects.filter(alive(dead_after)))
         return sorted(q for q, n in queued.items() if n and not any(b.serves(q) for b in live))
 
+    def peers(self, dead_after: float) -> int:
+        """The other brokers alive within `dead_after` seconds that have workers."""
+        from ...liveness import alive
+        from ...models import BrokerNode
+
+        live = BrokerNode.objects.filter(alive(dead_after), workers__gt=0)
+        return live.exclude(name=self.node).count()
+
     def beats(self) -> list[tuple[str, float, bool]]:
         """Every broker's name, the time of its last heartbeat (seconds since
         the epoch, on this broker's clock: now less its age by the database's)
