@@ -13,7 +13,9 @@ finish, by the database's clock) and how many each broker ran:
 Then what sharing costs: the claims an idle broker makes and its CPU time
 over IDLE_SECONDS, and one client's sequential pushes per second to a broker
 whose lane has room (PREFETCH 0: nothing is ever left unowned) and to one
-whose lane is full (every push inserted unowned). Run it from the repository,
+whose lane is full (every push inserted unowned; a second broker claims
+them). A broker alone keeps every task, so the 1-broker figures are those of
+a broker without sharing. Run it from the repository,
 with PostgreSQL on BENCH_PG_URL (bench/systems/pg_util.py):
 
     python -m bench.cluster [--workers 4] [--noop 6000] [--io 3000]
@@ -99,6 +101,11 @@ class Brokers:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"broker on {port} did not answer")
                     time.sleep(0.05)
+        with _client(self.ports[0]):  # the first one knows of the others
+            while leek.stats()[1]["sharing"]["peers"] < len(self.ports) - 1:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the first broker does not see the others")
+                time.sleep(0.05)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -210,13 +217,14 @@ def _idle(url: str, logs: Path) -> dict[str, Any]:
 
 
 def _pushes(url: str, logs: Path, prefetch: str, count: int = 2000) -> float:
-    """One client's sequential pushes per second to a broker whose single
-    worker is held by a long task (PREFETCH 0: each push kept in memory;
-    otherwise the lane is full and each is inserted unowned)."""
+    """One client's sequential pushes per second to the first of two brokers,
+    whose single worker a long task holds (PREFETCH 0: each push kept in
+    memory; otherwise its lane is full and each is inserted unowned, for the
+    second broker to claim)."""
     import leek
 
     _clear()
-    with Brokers(url, 1, logs, LEEK_WORKERS="1", LEEK_PREFETCH=prefetch) as running:
+    with Brokers(url, 2, logs, LEEK_WORKERS="1", LEEK_PREFETCH=prefetch) as running:
         with _client(running.ports[0]):
             leek.enqueue(time.sleep, (60,))
             leek.enqueue(noop)  # fills a lane of bound 1
