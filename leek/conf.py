@@ -127,8 +127,9 @@ DEFAULTS: dict[str, Any] = {
     # sets the bound itself). A push that finds its lane at the bound is
     # committed owned by no broker, and the first broker with room in that
     # queue claims it (leek/server/share.py), so idle brokers on the same
-    # database take work that any broker accepted. 0: no bound, every task a
-    # broker accepts waits on it.
+    # database take work that any broker accepted. The bound applies while
+    # another live broker with workers shares the database; a broker alone
+    # keeps every task. 0: no bound, every task a broker accepts waits on it.
     "PREFETCH": 4,
     # Most tasks whose payload the broker keeps in memory; past this, workers
     # load payloads from the database as they take tasks.

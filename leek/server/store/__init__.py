@@ -267,7 +267,8 @@ class Store:
         lane: for each ask, up to its limit of its queues' tasks, highest
         priority first, then oldest (sql.claim_unowned). `done` gets (the
         tasks claimed, as Ready, in that order; how many each ask took), or
-        the error."""
+        the error, on the writer's thread: the caller (a worker, the duties)
+        never waits on the database for it."""
         node = self.node
 
         def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], list[int]]:
@@ -282,7 +283,7 @@ class Store:
             found.sort(key=lambda r: (-r.priority, r.id.bytes))  # ids are time-ordered
             return found, took
 
-        self.outcomes.lead(Call(claim, done))
+        self.outcomes.later(Call(claim, done))
 
     def cancel(self, task_id: uuid.UUID, dead_after: float, running: bool = False) -> Waiter:
         """Cancel a queued task that no other live broker owns: this broker's,
