@@ -54,6 +54,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         ("MAX_UNAUTHENTICATED", 1),
         ("REPLAY_NONCES", 1),
         ("MEMORY_DELAYED", 0),
+        ("PREFETCH", 0),
     ):
         if not isinstance(settings[key], int) or settings[key] < least:
             errors.append(
@@ -274,7 +275,7 @@ def _check_heartbeat(interval: Any, timeout: Any) -> list[checks.CheckMessage]:
 
 
 #: What a lane of LEEK["QUEUES"] may say.
-LANE_KEYS = frozenset({"workers", "pool", "rate_limit"})
+LANE_KEYS = frozenset({"workers", "pool", "rate_limit", "prefetch"})
 
 
 def _check_reload(settings: dict[str, Any]) -> list[checks.CheckMessage]:
@@ -302,7 +303,7 @@ def _check_reload(settings: dict[str, Any]) -> list[checks.CheckMessage]:
 
 def _check_queues(queues: Any) -> list[checks.CheckMessage]:
     """LEEK["QUEUES"]: a dict of queue name to {"workers": n, "pool": kind,
-    "rate_limit": "N/s"}, each key optional."""
+    "rate_limit": "N/s", "prefetch": n}, each key optional."""
     hint = 'For example {"pdfs": {"workers": 2, "pool": "processes", "rate_limit": "30/m"}}.'
     if not isinstance(queues, dict):
         return [
@@ -323,6 +324,8 @@ def _check_queues(queues: Any) -> list[checks.CheckMessage]:
             problem = f"has unknown keys {', '.join(sorted(set(lane) - LANE_KEYS))}"
         elif "workers" in lane and (not isinstance(lane["workers"], int) or lane["workers"] < 0):
             problem = f"has workers {lane['workers']!r}, not a whole number of at least 0"
+        elif "prefetch" in lane and (not isinstance(lane["prefetch"], int) or lane["prefetch"] < 0):
+            problem = f"has prefetch {lane['prefetch']!r}, not a whole number of at least 0"
         elif "pool" in lane and lane["pool"] not in ("threads", "processes"):
             problem = f'has pool {lane["pool"]!r}, not "threads" or "processes"'
         elif "rate_limit" in lane:

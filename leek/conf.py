@@ -127,6 +127,15 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFY_ADMINS_ON_FAILURE": False,
     # Periodic tasks declared in settings.
     "SCHEDULE": {},
+    # Tasks per worker a lane keeps waiting in memory, ready to start: its
+    # bound is PREFETCH times its workers ("prefetch" in a lane of QUEUES
+    # sets the bound itself). A push that finds its lane at the bound is
+    # committed owned by no broker, and the first broker with room in that
+    # queue claims it (leek/server/share.py), so idle brokers on the same
+    # database take work that any broker accepted. The bound applies while
+    # another live broker with workers shares the database; a broker alone
+    # keeps every task. 0: no bound, every task a broker accepts waits on it.
+    "PREFETCH": 4,
     # Most tasks whose payload the broker keeps in memory; past this, workers
     # load payloads from the database as they take tasks.
     "MEMORY_PAYLOADS": 10_000,

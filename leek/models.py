@@ -87,9 +87,13 @@ class Task(models.Model):
                 fields=["status", "queue", "queued_at"], name="leek_task_status_queued_at"
             ),
             models.Index(fields=["-queued_at"], name="leek_task_queued_at"),
-            # Only spooled rows are in it, so the broker's inserts never touch it.
+            # Only spooled rows (unowned) are in it, so a broker's own inserts never
+            # touch it; in the order claims take them (server/share.py), so a
+            # claim reads the rows it takes, not every task that waits unowned.
             models.Index(
-                fields=["spooled"], name="leek_task_spooled", condition=models.Q(spooled=True)
+                fields=["-priority", "queued_at"],
+                name="leek_task_spooled",
+                condition=models.Q(spooled=True),
             ),
             # Only tasks that wait and may expire: the expiry sweep's query.
             models.Index(

@@ -246,3 +246,15 @@ def ignore_cancel(path: str, outcome: str) -> str:
     if outcome == "raise":
         raise RuntimeError("ended by raising after its cancel")
     return outcome
+
+
+def note_run(path: str, seconds: float = 0.0) -> str:
+    """Sleep `seconds`, then append "<task id> <broker port>" to `path`: which
+    broker ran which task, one line per run."""
+    import leek
+
+    time.sleep(seconds)
+    context = leek.current_task()
+    port = os.environ.get("LEEK_PORT", "")
+    append_line(path, f"{context.id if context else ''} {port}")
+    return port

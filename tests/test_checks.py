@@ -100,3 +100,23 @@ def test_reload_on_new_code_without_a_code_version_is_a_warning(settings: Any) -
     [message] = messages(settings, "leek.W016", RELOAD_ON_NEW_CODE=True)
     assert "CODE_VERSION is empty" in message
     assert messages(settings, "leek.W016", RELOAD_ON_NEW_CODE=True, CODE_VERSION="A") == []
+
+
+@pytest.mark.parametrize("value", [-1, "4", 2.5, None])
+def test_a_prefetch_that_is_not_a_whole_number_of_at_least_zero_is_an_error(
+    settings: Any, value: Any
+) -> None:
+    assert messages(settings, "leek.E002", PREFETCH=value) == [
+        f"LEEK['PREFETCH'] must be a whole number of at least 0, got {value!r}."
+    ]
+
+
+def test_a_lane_with_a_bad_prefetch_is_an_error(settings: Any) -> None:
+    [message] = messages(settings, "leek.E007", QUEUES={"pdfs": {"prefetch": -2}})
+    assert "has prefetch -2, not a whole number of at least 0" in message
+
+
+def test_a_prefetch_of_zero_and_a_lane_of_its_own_pass(settings: Any) -> None:
+    queues = {"pdfs": {"workers": 2, "prefetch": 8}}
+    assert messages(settings, "leek.E002", PREFETCH=0, QUEUES=queues) == []
+    assert messages(settings, "leek.E007", PREFETCH=0, QUEUES=queues) == []

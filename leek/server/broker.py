@@ -51,6 +51,7 @@ from .periodic import Periodic
 from .recovery import Adopter, interrupt_running
 from .replay import ReplayGuard
 from .rows import Ready
+from .share import Share
 from .store import Store
 from .tcp import Limits, Reply, Server
 
@@ -105,7 +106,7 @@ class Broker:
             "handled": self.handled,
             "cancel": self.cancel,
             "stats": self.stats,
-            "sweep": self.sweep,
+            "sweep": self.sweep_now,
             "stop": self.stop,
             "reload": self.reload,
         }
@@ -128,6 +129,14 @@ class Broker:
         )
         self.duties = Duties()
         self.controls = Controls(self.store, self.lanes, self.delayed)
+        self.share = Share(
+            self.store,
+            self.lanes,
+            self.route,
+            lambda: self.controls.paused,
+            float(settings["SWEEP_INTERVAL"]),
+        )
+        self.store.writes.admit = self.share.admit
         listener = reexec.inherited(self.host, self.port)
         self.server = Server((self.host, self.port), self, listener)
         self.port = self.server.server_address[1]
@@ -158,6 +167,8 @@ class Broker:
         mine: list[Ready] = []
         elsewhere: list[uuid.UUID] = []
         for item in items:
+            if item.shared:
+                continue  # inserted unowned: the broker that claims it runs it
             if self.lanes.serves(item.queue):
                 mine.append(item)
             else:
@@ -203,8 +214,10 @@ class Broker:
         self.duties.every(0, self.lanes.watch)
         self.duties.every(0, self.store.checkpoint)
         self.duties.every(0, self.store.nudge)  # the running marks (see Store.mark_running)
+        self.duties.every(0, self.share.tick)
         self.duties.every(1.0, self.rates.watch)
         self.duties.every(self.heartbeat_interval, self.heartbeat)
+        self.duties.every(self.heartbeat_interval, self.look_for_peers)
         self.duties.every(PERIODIC_TICK, self.periodic.tick)
         self.controls.every(self.duties.every)
         self.duties.every(TRIM_INTERVAL, trim)
@@ -316,9 +329,16 @@ class Broker:
             extra={"action": "broker_stopped"},
         )
 
-    def sweep(self, data: Any = None) -> int:
-        """Adopt spooled tasks and those of gone brokers now; how many. None
-        while the lease is lost: a broker that may be counted dead claims nothing."""
+    def sweep_now(self, data: Any = None) -> int:
+        """The sweep verb (a client spooled): `sweep` now, and a claim of the
+        unowned tasks due (share.py)."""
+        self.share.poke()
+        return self.sweep()
+
+    def sweep(self) -> int:
+        """Adopt spooled tasks not due yet and the tasks of gone brokers; how
+        many. None while the lease is lost: a broker that may be counted dead
+        claims nothing."""
         if not self.lease.held():
             return 0
         found = self.adopt()
@@ -340,6 +360,10 @@ class Broker:
             return  # the store logged it and reports the database unhealthy
         if not stopped:
             self.lease.committed(sent, self.drop_lost)
+
+    def look_for_peers(self) -> None:
+        """Count the other live brokers, for the bound of the lanes (share.py)."""
+        self.share.look(self.heartbeat_timeout)
 
     def drop_lost(self) -> int:
         """Drop the tasks held in memory that the database no longer shows as

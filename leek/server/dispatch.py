@@ -65,6 +65,9 @@ class Dispatcher:
         self._parked: dict[str, list[tuple[int, Entry]]] = {}
         #: While this returns False no task is handed out (the broker's lease, lease.py).
         self.gate: Callable[[], bool] | None = None
+        #: Called after each take, off the lock: the lane may have room for
+        #: tasks waiting in the database (share.py).
+        self.taken: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return sum(self.waiting.values())
@@ -86,6 +89,18 @@ class Dispatcher:
     def take(self, timeout: float | None = None) -> tuple[Ready, list[uuid.UUID]] | None:
         """The next task, and the ids after it whose payloads are not in memory
         (so the caller can load a page of them at once); None when closed or idle."""
+        found = self._take(timeout)
+        if found is not None and self.taken is not None:
+            self.taken()
+        return found
+
+    def ready(self) -> int:
+        """Tasks waiting here that may start: those of paused queues left out."""
+        with self._lock:
+            paused = self._paused
+            return sum(n for queue, n in self.waiting.items() if queue not in paused)
+
+    def _take(self, timeout: float | None) -> tuple[Ready, list[uuid.UUID]] | None:
         with self._lock:
             while True:
                 if self._closed:

@@ -39,6 +39,8 @@ class Lane:
     name: str
     dispatcher: Dispatcher
     pool: Pool
+    #: Most tasks waiting in memory (server/share.py); None: no bound.
+    bound: int | None = None
 
 
 class Lanes:
@@ -57,6 +59,7 @@ class Lanes:
         self.store = store
         self.served = None if served is None else frozenset(served)
         memory = int(settings["MEMORY_PAYLOADS"])
+        prefetch = int(settings["PREFETCH"])
         own: dict[str, Any] = dict(settings["QUEUES"] or {})
         self.by_queue: dict[str, Lane] = {}
         for queue, config in own.items():
@@ -67,7 +70,8 @@ class Lanes:
             kind = str(config.get("pool", pool))
             dispatcher = Dispatcher(memory)
             lane_pool = Pool(store, dispatcher, size, retry_later, kind, queue, limits)
-            self.by_queue[queue] = Lane(queue, dispatcher, lane_pool)
+            bound = int(config.get("prefetch", prefetch * size)) if prefetch else None
+            self.by_queue[queue] = Lane(queue, dispatcher, lane_pool, bound)
         self.default: Lane | None = None
         if self.served is None or self.served - set(own):
             dispatcher = Dispatcher(memory)
@@ -75,6 +79,7 @@ class Lanes:
                 DEFAULT_LANE,
                 dispatcher,
                 Pool(store, dispatcher, workers, retry_later, pool, limits=limits),
+                prefetch * workers if prefetch else None,
             )
         self.all = list(self.by_queue.values()) + ([self.default] if self.default else [])
 

@@ -40,6 +40,7 @@ def stats(broker: Broker) -> dict[str, Any]:
         "paused": sorted(broker.controls.paused),
         "expired": broker.controls.expired,
         "payloads_in_memory": broker.lanes.held(),
+        "sharing": broker.share.figures(),
         "delayed_payloads_in_memory": broker.delayed.held(),
         "handled": dict(broker.lanes.handled()),
         "rejected_frames": broker.rejected,

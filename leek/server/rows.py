@@ -60,6 +60,9 @@ class Ready:
     queue: str
     run_after: float | None
     job: Job | None = None
+    #: Inserted unowned, for whichever broker claims it (server/share.py):
+    #: not for this broker's queues.
+    shared: bool = False
 
 
 @dataclass(slots=True)

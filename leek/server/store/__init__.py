@@ -43,7 +43,7 @@ from .batch import Writes
 from .controls import ControlRows
 from .cursor import raw_cursor
 from .periodic import PeriodicRows
-from .sql import NODE_COLUMNS, Statements, stamp
+from .sql import NODE_COLUMNS, Ask, Statements, stamp
 
 __all__ = ["DATABASE_ERRORS", "Store", "Waiter", "raw_cursor"]
 
@@ -283,6 +283,29 @@ class Store:
 
         self.outcomes.later(Call(write))
 
+    def claim_unowned(self, asks: Sequence[Ask], done: Done) -> None:
+        """Claim unowned tasks due now, in the next batch of the outcomes
+        lane: for each ask, up to its limit of its queues' tasks, highest
+        priority first, then oldest (sql.claim_unowned). `done` gets (the
+        tasks claimed, as Ready, in that order; how many each ask took), or
+        the error, on the writer's thread: the caller (a worker, the duties)
+        never waits on the database for it."""
+        owner = stamp(self.node, self.epoch)
+
+        def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], list[int]]:
+            now = d.time(time.time())
+            found: list[Ready] = []
+            took: list[int] = []
+            for ask in asks:
+                cursor.execute(ask.sql, (*owner, False, now, *ask.queues, ask.limit))
+                rows = cursor.fetchall()
+                took.append(len(rows))
+                found += [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]
+            found.sort(key=lambda r: (-r.priority, r.id.bytes))  # ids are time-ordered
+            return found, took
+
+        self.outcomes.later(Call(claim, done))
+
     def cancel(self, task_id: uuid.UUID, dead_after: float, running: bool = False) -> Waiter:
         """Cancel a queued task that no other live broker owns: this broker's,
         nobody's, or one whose broker has not beaten within `dead_after`
@@ -354,6 +377,14 @@ class Store:
 
         live = list(BrokerNode.objects.filter(alive(dead_after)))
         return sorted(q for q, n in queued.items() if n and not any(b.serves(q) for b in live))
+
+    def peers(self, dead_after: float) -> int:
+        """The other brokers alive within `dead_after` seconds that have workers."""
+        from ...liveness import alive
+        from ...models import BrokerNode
+
+        live = BrokerNode.objects.filter(alive(dead_after), workers__gt=0)
+        return live.exclude(name=self.node).count()
 
     def beats(self) -> list[tuple[str, float, bool]]:
         """Every broker's name, the time of its last heartbeat (seconds since
@@ -485,7 +516,8 @@ class Store:
             found = cursor.fetchall()
             gone = {name: beat for name, beat, _ in found}
             stopped = {name for name, _, was in found if was}
-            cursor.execute(sql.claim_spooled_of(count), (*mine, False, *(of or ())))
+            now = d.time(time.time())
+            cursor.execute(sql.claim_spooled_of(count), (*mine, False, now, *(of or ())))
             rows = cursor.fetchall()
             names = walk(gone)
             ran_on: dict[Any, str] = {}  # the broker each running task was cut short on

@@ -50,6 +50,13 @@ class Writes:
         self.dialect: Dialect = sql.dialect
         self.on_ready = on_ready
         self._inserts: dict[tuple[int, bool], str] = {}
+        #: Which of the tasks about to be inserted this broker keeps (the rest
+        #: are inserted unowned, for any broker to claim: server/share.py);
+        #: None keeps them all.
+        self.admit: Callable[[Sequence[NewTask]], list[bool] | None] | None = None
+        # The ids of the tasks the insert being written left unowned, per
+        # writing thread (a lane each), as `_released`.
+        self._unowned = threading.local()
         # The steps the outcomes of the batch being written released, and the
         # outcomes it refused, per writing thread (a lane each), for
         # `committed` to dispatch and to tell.
@@ -213,7 +220,12 @@ class Writes:
         """Insert the tasks not already there, on `cursor`; the ones inserted, as Ready.
 
         A task with a key that another task holds is not inserted: its
-        `holder` is set to that task's id (keys.py)."""
+        `holder` is set to that task's id (keys.py). A task inserted unowned
+        (`admit`) is `shared`: the broker does not queue it."""
+        if not tasks:
+            return []
+        unowned: set[uuid.UUID] = set()
+        self._unowned.ids = unowned
         fresh = self._insert_rows(cursor, tasks)
         if any(t.key is not None for t in tasks):
             fresh = keys.settle(self.dialect, self._insert_rows, cursor, tasks, fresh)
@@ -224,6 +236,7 @@ class Writes:
                 t.queue,
                 t.run_after,
                 Job(t.payload, t.name, 0, t.max_retries, t.timeout, t.expires, t.rate_limit),
+                shared=t.id in unowned,
             )
             for t in fresh
         ]
@@ -234,7 +247,12 @@ class Writes:
             return []
         d = self.dialect
         now = d.time(time.time())
-        owner = stamp(self.node, self.epoch())
+        epoch = self.epoch()
+        node = self.node
+        kept = None if self.admit is None else self.admit(tasks)
+        owners = [node] * len(tasks) if kept is None else [node if k else "" for k in kept]
+        if kept is not None:
+            self._unowned.ids.update(t.id for t, k in zip(tasks, kept, strict=True) if not k)
         rows = [  # the bound values of TASK_ROW, in its order
             (
                 d.pk(t.id),
@@ -247,7 +265,8 @@ class Writes:
                 t.timeout,
                 now,
                 None if t.run_after is None else d.time(t.run_after),
-                *owner,
+                *stamp(owner, epoch),
+                not owner,
                 t.code_version,
                 t.key,
                 t.key,
@@ -255,7 +274,7 @@ class Writes:
                 None if t.expires is None else d.time(t.expires),
                 t.rate_limit,
             )
-            for t in tasks
+            for t, owner in zip(tasks, owners, strict=True)
         ]
         if len(rows) == 1:  # the rowcount says whether it was new
             cursor.execute(self._insert_sql(1, returning=False), rows[0])
@@ -264,7 +283,7 @@ class Writes:
             # One array per column: psycopg parses a statement of thousands of
             # placeholders anew in Python on each call, but not ten of them.
             columns = list(zip(*[[r[i] for i in PG_ARRAY_COLUMNS] for r in rows], strict=True))
-            cursor.execute(PG_INSERT_MANY, (now, *owner, *map(list, columns)))
+            cursor.execute(PG_INSERT_MANY, (now, epoch, *map(list, columns)))
             ids = {key for (key,) in cursor.fetchall()}
             fresh = _once(tasks, [t.id for t in tasks], ids)
         else:

@@ -9,6 +9,8 @@ must carry is added in one file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..rows import Dialect
 
 #: The stamp of a claim: the broker that owns a task from then on and the
@@ -50,7 +52,7 @@ TASK_ROW = (
     ("started_at", "NULL"),
     ("finished_at", "NULL"),
     *((column, "%s") for column in STAMP_COLUMNS),
-    ("spooled", "FALSE"),
+    ("spooled", "%s"),
     ("code_version", "%s"),
     ("progress", "NULL"),
     ("progress_note", "''"),
@@ -61,21 +63,21 @@ TASK_ROW = (
     ("rate_limit", "%s"),
 )
 #: PostgreSQL inserts a batch from one array per bound column (the queue time
-#: and the stamp are one value for all): the indexes of those columns in a row.
-PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17)
+#: and the epoch are one value for all): the indexes of those columns in a row,
+#: in the order of PG_INSERT_MANY (the owner and spooled last).
+PG_ARRAY_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 9, 13, 14, 15, 16, 17, 18, 10, 12)
 #: No conflict target: a task is skipped whether its id is there already (a
 #: replay) or another task holds its key (the unique lock_key).
 PG_INSERT_MANY = (
     "INSERT INTO leek_task (id, name, queue, priority, payload, args_repr, max_retries, "
     "timeout, run_after, code_version, key, lock_key, key_running, expires_at, rate_limit, "
-    f"status, attempts, queued_at, started_at, finished_at, {', '.join(STAMP_COLUMNS)}, "
-    "spooled, progress, progress_note) "
-    "SELECT u.*, 'queued', 0, %s, NULL, NULL, "
-    + ", ".join(["%s"] * len(STAMP_COLUMNS))
-    + ", false, NULL, '' FROM unnest("
+    "broker, spooled, status, attempts, queued_at, started_at, finished_at, epoch, progress, "
+    "progress_note) "
+    "SELECT u.*, 'queued', 0, %s, NULL, NULL, %s, NULL, '' FROM unnest("
     "%s::uuid[], %s::varchar[], %s::varchar[], %s::integer[], %s::bytea[], %s::text[], "
     "%s::integer[], %s::float8[], %s::timestamptz[], %s::varchar[], %s::varchar[], "
-    "%s::varchar[], %s::boolean[], %s::timestamptz[], %s::varchar[]) AS u "
+    "%s::varchar[], %s::boolean[], %s::timestamptz[], %s::varchar[], %s::varchar[], "
+    "%s::boolean[]) AS u "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
 #: A task's lock_key once it starts: kept only for a key_running task.
@@ -136,6 +138,16 @@ PERIODIC_COLUMNS = (
     "last_run_at",
     "next_run_at",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One lane's claim of unowned tasks: its statement, the queues it binds
+    and the most tasks it takes (Statements.claim_unowned)."""
+
+    sql: str
+    queues: tuple[str, ...]
+    limit: int
 
 
 #: PostgreSQL's estimate of a table's rows, by the table's name (admin/paging.py).
@@ -259,7 +271,7 @@ class Statements:
             "SELECT name, heartbeat_at, stopped FROM leek_brokernode WHERE name <> %s "
             f"AND (stopped OR heartbeat_at < {db_since(d)})"
         )
-        self.claim_spooled = claim_spooled(d)
+        self.claim_spooled = claim_spooled(d, NOT_DUE)
         # The lanes are a JSON document: bound as text, read as jsonb on PostgreSQL.
         marks = {k: "%s" if d.sqlite or k != "queues" else "%s::jsonb" for k in NODE_COLUMNS}
         names = ", ".join(f"{k} = {marks[k]}" for k in NODE_COLUMNS)
@@ -356,10 +368,20 @@ class Statements:
         )
 
     def claim_spooled_of(self, queues: int | None) -> str:
-        """The sweep's claim of spooled tasks (of `queues` queues only, unless None)."""
+        """The sweep's claim of spooled tasks not due yet (of `queues` queues
+        only, unless None; bound after the broker: the time now)."""
         if queues is None:
             return self.claim_spooled
-        return claim_spooled(self.dialect, _of_queues(queues))
+        return claim_spooled(self.dialect, NOT_DUE + _of_queues(queues))
+
+    def claim_unowned(self, queues: int, among: bool) -> str:
+        """The claim of unowned tasks due now for one lane: of `queues` queues
+        (`among`), or of every queue but those (not `among`). Bound: the
+        broker, False, the time now, the queues, the most rows to claim."""
+        if not queues:
+            return claim_unowned(self.dialect)
+        marks = ", ".join(["%s"] * queues)
+        return claim_unowned(self.dialect, f" AND queue {'' if among else 'NOT '}IN ({marks})")
 
     def release(self, count: int) -> str:
         """Give `count` queued tasks of this broker up to whichever broker serves their queue."""
@@ -379,6 +401,11 @@ def _of_queues(count: int | None) -> str:
     return "" if count is None else f" AND queue IN ({', '.join(['%s'] * count)})"
 
 
+#: The spooled tasks the sweep claims: those not due yet (bound: the time now),
+#: for the delayed heap; the due ones are shared (`claim_unowned`).
+NOT_DUE = " AND run_after > %s"
+
+
 def claim_spooled(d: Dialect, condition: str = "") -> str:
     """The sweep's claim of spooled tasks, in `d`'s SQL.
 
@@ -393,4 +420,22 @@ def claim_spooled(d: Dialect, condition: str = "") -> str:
     return d.sql(
         f"UPDATE leek_task SET {STAMP}, spooled = %s "
         f"WHERE {spooled} AND status || '' = 'queued'{condition} {CLAIMED}"
+    )
+
+
+def claim_unowned(d: Dialect, condition: str = "") -> str:
+    """A claim of the unowned tasks due now (spooled, owned by no broker),
+    highest priority first, then oldest, up to a bound number: every broker
+    sharing the database takes its work this way (server/share.py).
+
+    Two brokers never claim one row: PostgreSQL locks the rows the inner
+    select picks and skips those another claim has locked; SQLite runs the
+    whole statement under its one write lock. It reads the partial index of
+    spooled rows, as `claim_spooled` does."""
+    spooled = "spooled AND spooled = 1" if d.sqlite else "spooled"
+    lock = "" if d.sqlite else " FOR UPDATE SKIP LOCKED"
+    return d.sql(
+        f"UPDATE leek_task SET {STAMP}, spooled = %s WHERE id IN (SELECT id FROM leek_task "
+        f"WHERE {spooled} AND status || '' = 'queued' AND (run_after IS NULL OR run_after <= %s)"
+        f"{condition} ORDER BY priority DESC, queued_at LIMIT %s{lock}) {CLAIMED}"
     )
