@@ -1,7 +1,8 @@
 """Fencing under faults: three brokers under a steady push load lose one to
 SIGKILL, one to SIGSTOP past the heartbeat timeout (then SIGCONT), and every
-PostgreSQL connection they hold; every acknowledged task runs, only the runs
-in flight on the killed or paused broker are repeated, and no outcome flips."""
+PostgreSQL connection they hold, then the two left are reloaded one after the
+other (SIGHUP); every acknowledged task runs, only the runs in flight on the
+killed or paused broker are repeated, and no outcome flips."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ WORK = 0.05
 PACE = 0.03
 PUSHERS = 3
 #: Seconds into the load at which each fault comes, and the load ends.
-KILL_AT, STOP_AT, CONT_AT, CUT_AT, END_AT = 2.0, 4.0, 8.0, 10.0, 13.0
+KILL_AT, STOP_AT, CONT_AT, CUT_AT, RELOAD_AT, END_AT = 2.0, 4.0, 8.0, 10.0, 11.0, 16.0
 
 
 class Load:
@@ -131,6 +132,15 @@ def cut_connections(spared: set[int]) -> int:
     return int(count)
 
 
+def _reloaded(broker: BrokerProcess) -> bool:
+    """The broker answers again after a reload."""
+    try:
+        found = stats(broker)
+    except (ValueError, KeyError):
+        return False  # not answering yet
+    return bool(found["reloads"]["count"] >= 1 and not found["reloads"]["under_way"])
+
+
 def at(start: float, moment: float) -> None:
     time.sleep(max(0.0, start + moment - time.monotonic()))
 
@@ -177,6 +187,15 @@ def test_every_acknowledged_task_runs_and_only_runs_in_flight_on_a_lost_broker_r
     mark(runs, "cont")
     at(start, CUT_AT)
     assert cut_connections(load.pids) > 0
+    at(start, RELOAD_AT)
+    refused = 0  # outcomes the paused broker refused: its count starts anew at a reload
+    for broker in (serving, paused):  # a rolling reload, each back before the next
+        assert broker.proc is not None
+        if broker is paused:
+            refused += stats(paused)["outcomes_refused"]
+        os.kill(broker.proc.pid, signal.SIGHUP)
+        mark(runs, "reload")
+        wait_for(lambda b=broker: _reloaded(b), timeout=30, interval=0.2)
     at(start, END_AT)
     load.stop()
     acknowledged = set(load.acknowledged)
@@ -229,7 +248,7 @@ def test_every_acknowledged_task_runs_and_only_runs_in_flight_on_a_lost_broker_r
     cut = FailedTask.objects.filter(task_id__in=acknowledged, broker=stopped, exc_type=LOST)
     adopted = set(cut.values_list("task_id", flat=True))
     assert not SuccessTask.objects.filter(task_id__in=adopted, broker=stopped).exists()
-    refused = stats(paused)["outcomes_refused"]
+    refused += stats(paused)["outcomes_refused"]
     if any({before, after} & set(ran[:-1]) for ran in repeated.values()):
         assert refused >= 1
     sys.stderr.write(
