@@ -132,9 +132,11 @@ def test_a_broker_killed_while_threads_push_loses_nothing_and_is_skipped_after_i
     assert Task.objects.filter(pk__in=ids).count() == 400
     # Each thread met the dead broker once at most (and may have connected to it
     # just before the kill), then every thread skipped it, though the threads
-    # reconnected many times over: a third of those would have tried it.
+    # reconnected many times over: a third of those would have tried it. The
+    # first failure may come on a connection made before the kill, so none
+    # need be made after it.
     assert rests(caplog, victim.port) == 1
-    assert 1 <= connects(caplog, victim.port, after=killed) <= 2 * THREADS
+    assert connects(caplog, victim.port, after=killed) <= 2 * THREADS
     others = sum(connects(caplog, b.port, after=killed) for b in brokers if b is not victim)
     assert others >= 10 * THREADS
     # The dead broker's tasks are adopted by the others; every task ends.
