@@ -6,6 +6,7 @@ killed or paused broker are repeated, and no outcome flips."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -195,7 +196,7 @@ def test_every_acknowledged_task_runs_and_only_runs_in_flight_on_a_lost_broker_r
             refused += stats(paused)["outcomes_refused"]
         os.kill(broker.proc.pid, signal.SIGHUP)
         mark(runs, "reload")
-        wait_for(lambda b=broker: _reloaded(b), timeout=30, interval=0.2)
+        wait_for(functools.partial(_reloaded, broker), timeout=30, interval=0.2)
     at(start, END_AT)
     load.stop()
     acknowledged = set(load.acknowledged)
