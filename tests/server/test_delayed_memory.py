@@ -308,7 +308,9 @@ def test_two_hundred_thousand_delayed_tasks_stay_small_in_the_broker_and_after_i
     # held whole, their payloads alone would take 2 GB
     assert rss_kib(broker) < 150 * 1024, f"broker RSS {rss_kib(broker)} KiB"
     broker.kill(signal.SIGTERM)
-    broker.start()
+    # Its start claims the 200k tasks again under its new epoch (one UPDATE)
+    # before it listens: longer than a start's usual wait.
+    broker.start(wait=False).wait_ready(timeout=300)
     wait_for(lambda: delayed_stats()[0] == count, timeout=120, interval=0.5)
     assert delayed_stats() == (count, 0)  # loaded from the database without their payloads
     assert rss_kib(broker) < 150 * 1024, f"broker RSS {rss_kib(broker)} KiB after its restart"
