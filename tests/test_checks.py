@@ -7,6 +7,9 @@ from typing import Any
 import pytest
 from django.core import checks
 
+# Django 6 runs the model checks of JSONField against the database (its features).
+pytestmark = pytest.mark.django_db
+
 
 def messages(settings: Any, code: str, **leek: Any) -> list[str]:
     settings.LEEK = leek

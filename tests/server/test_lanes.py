@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from django.core import checks
 from django.test import Client
 from django.urls import reverse
@@ -65,6 +66,7 @@ def test_a_queue_no_live_broker_serves_is_reported(
     assert handle.status() == "queued"
 
 
+@pytest.mark.django_db  # the model checks read the database on Django 6
 def test_the_lanes_are_checked(settings: Any) -> None:
     settings.LEEK = {"POOL": "fork", "QUEUES": {"pdfs": {"workers": -1}, "mail": {"pol": 1}}}
     ids = [(m.id, m.msg) for m in checks.run_checks() if m.id and m.id.startswith("leek.")]

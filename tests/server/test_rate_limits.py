@@ -71,6 +71,7 @@ def test_the_broker_refuses_a_push_whose_rate_limit_does_not_read(
     assert not Task.objects.exists()
 
 
+@pytest.mark.django_db  # the model checks read the database on Django 6
 def test_a_queue_rate_limit_that_does_not_read_fails_the_checks(settings: Any) -> None:
     settings.LEEK = {"QUEUES": {"reports": {"workers": 1, "rate_limit": "30/d"}}}
     found = [m for m in checks.run_checks() if m.id == "leek.E007"]
