@@ -15,6 +15,10 @@ from django.core import checks
 
 from . import conf, logs, ratelimit
 
+#: The most seconds SPIN may be: past it a thread burns a core on a reply
+#: that sleeping would catch as soon.
+MAX_SPIN = 0.01
+
 
 @checks.register()
 def check_installed(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -101,6 +105,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     errors += _check_exposure(settings)
     errors += _check_push_settings(settings)
     errors += _check_heartbeat(settings["HEARTBEAT_INTERVAL"], settings["HEARTBEAT_TIMEOUT"])
+    errors += _check_spin(settings["SPIN"])
     if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:
         errors.append(
             checks.Error(
@@ -244,6 +249,20 @@ def _check_broker_backoff(least: Any, most: Any) -> list[checks.CheckMessage]:
             )
         )
     return errors
+
+
+def _check_spin(value: Any) -> list[checks.CheckMessage]:
+    """leek.E017: SPIN is seconds from 0 to MAX_SPIN."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_SPIN:
+        return [
+            checks.Error(
+                f"LEEK['SPIN'] must be a number of seconds from 0 to {MAX_SPIN}, got {value!r}.",
+                hint="It is how long a thread polls its socket for a reply before it sleeps: "
+                "a few hundred microseconds (the default is 0.0003); 0 turns it off.",
+                id="leek.E017",
+            )
+        ]
+    return []
 
 
 def _check_heartbeat(interval: Any, timeout: Any) -> list[checks.CheckMessage]:

@@ -90,6 +90,13 @@ DEFAULTS: dict[str, Any] = {
     # and for a silent connection before closing it.
     "FRAME_TIMEOUT": 10.0,
     "IDLE_TIMEOUT": 300.0,
+    # Seconds a client waits for a reply, and a broker's connection for the
+    # client's next request, polling the socket before the thread sleeps on
+    # it: waking a sleeping thread costs more than a short reply takes (tens
+    # of microseconds, more on a virtual machine). Only while that side's
+    # recent waits were shorter than this, and one thread of a process at a
+    # time (leek/protocol/sockets.py). 0: always sleep.
+    "SPIN": 0.0003,
     # Client addresses allowed to connect (empty: any address).
     "ALLOWED_CLIENTS": [],
     # Seconds between sweeps for spooled tasks and orphans of dead brokers.

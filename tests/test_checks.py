@@ -92,6 +92,17 @@ def test_a_heartbeat_interval_more_than_half_the_timeout_is_an_error(settings: A
     assert messages(settings, "leek.E015") == []  # the defaults, 5 and 30
 
 
+@pytest.mark.parametrize("value", [-0.001, 0.5, "0.0003", None, True])
+def test_a_spin_that_is_not_seconds_from_zero_to_the_most_is_an_error(
+    settings: Any, value: Any
+) -> None:
+    assert messages(settings, "leek.E017", SPIN=value) == [
+        f"LEEK['SPIN'] must be a number of seconds from 0 to 0.01, got {value!r}."
+    ]
+    for fine in (0, 0.0003, 0.01):
+        assert messages(settings, "leek.E017", SPIN=fine) == []
+
+
 def test_reload_on_new_code_must_be_a_boolean(settings: Any) -> None:
     assert messages(settings, "leek.E016", RELOAD_ON_NEW_CODE="yes") == [
         "LEEK['RELOAD_ON_NEW_CODE'] must be True or False, got 'yes'."

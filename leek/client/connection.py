@@ -61,6 +61,7 @@ class Connection:
         reply_timeout: float,
         max_frame: int,
         tls_options: dict[str, Any] | None = None,
+        spin: float = 0.0,
     ) -> None:
         self.address = address
         sock = socket.create_connection(address, timeout=connect_timeout)
@@ -68,7 +69,7 @@ class Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             channel = tls.connect(sock, tls_options, address) if tls_options else None
             self.frames = FrameSocket(
-                sock, Keys.client(secret), max_frame, reply_timeout, tls=channel
+                sock, Keys.client(secret), max_frame, reply_timeout, tls=channel, spin=spin
             )
         except BaseException:
             sock.close()
@@ -167,6 +168,7 @@ def connect(address: tuple[str, int], reply_timeout: float | None = None) -> Con
         float(settings["REPLY_TIMEOUT"] if reply_timeout is None else reply_timeout),
         int(settings["MAX_FRAME"]),
         settings["TLS"],
+        float(settings["SPIN"]),
     )
 
 

@@ -97,6 +97,7 @@ class Broker:
             max_connections=int(settings["MAX_CONNECTIONS"]),
             max_unauthenticated=int(settings["MAX_UNAUTHENTICATED"]),
             first_frame_timeout=float(settings["FIRST_FRAME_TIMEOUT"]),
+            spin=float(settings["SPIN"]),
             tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
         self.pushes = PUSHES | {links.VERB}

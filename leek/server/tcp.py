@@ -30,7 +30,7 @@ from django.db import connection
 
 from ..exceptions import LeekError, ProtocolError, ReplayedFrame, StaleFrame
 from ..protocol.frame import MAGIC, NO_NONCE, Check, Keys
-from ..protocol.sockets import FrameSocket
+from ..protocol.sockets import FrameSocket, Spins
 from ..protocol.tls import Channel
 from .admission import Conn, Every, Gate, Lobby
 
@@ -63,6 +63,7 @@ class Limits:
     max_unauthenticated: int = 128  # of which, at most, not authenticated yet
     first_frame_timeout: float = 5.0  # seconds from accept to the first valid frame
     tls: ssl.SSLContext | None = None  # the broker's TLS, or None for plain TCP
+    spin: float = 0.0  # seconds a connection polls for the next request before it sleeps
 
 
 class Endpoint(Protocol):
@@ -195,6 +196,7 @@ class Handler(socketserver.BaseRequestHandler):
             never_wait=True,
             check=limits.check,
             tls=channel,
+            spin=limits.spin,
         )
 
     def _answer(self, request_id: int, nonce: bytes) -> Reply:
@@ -339,6 +341,8 @@ class Server(socketserver.ThreadingTCPServer):
             **self.gate.figures(),
             "accept_failures": self.accept_failures,
             "tls_failures": self.tls_failures,
+            "spins": Spins.polled,
+            "spun": Spins.received,
         }
 
     def close_clients(self) -> None:
