@@ -37,9 +37,16 @@ test-postgres: install
 		echo "== PostgreSQL not reachable at $(PG_URL): skipped the PostgreSQL run"; \
 	fi
 
-## test-slow: the fault-injection runs (random SIGKILLs of brokers and worker processes)
+## test-slow: the fault-injection runs (random SIGKILLs of brokers and worker processes),
+## on SQLite, then those that need PostgreSQL on it when one is reachable
 test-slow: install
 	$(BIN)/pytest -m slow
+	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect('$(PG_URL)'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then \
+		echo "== PostgreSQL slow run: $(PG_URL)"; \
+		DATABASE_URL='$(PG_URL)' $(BIN)/pytest -m "slow and postgresql"; \
+	else \
+		echo "== PostgreSQL not reachable at $(PG_URL): skipped the PostgreSQL slow run"; \
+	fi
 
 ## test-django6: the suite on Django 6.x and Python 3.12+ (skipped, exit 0, without one)
 test-django6:

@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.profile --db sqlite --verb push --n 20000
     .venv/bin/python -m bench.profile --db pg --verb ping --spy /tmp/broker.txt
 
-Starts `leek start` with no workers on an empty database of its own (SQLite
+Starts `leek start` with no workers (`--workers N` to run the tasks meanwhile,
+on `--pool`) on an empty database of its own (SQLite
 NORMAL in a temporary directory, or the PostgreSQL database `leek_profile`),
 then `--threads` client threads of this process (1) send `--n` requests of one
 verb each, each waiting for its answer. It prints the rate, the wall time of
@@ -49,7 +50,7 @@ def client_cpu() -> float:
     return time.process_time()
 
 
-def prepare(db: str, workdir: Path) -> dict[str, str]:
+def prepare(db: str, workdir: Path, workers: int, pool: str) -> dict[str, str]:
     env = dict(os.environ)
     if db == "pg":
         from bench.systems import pg_util
@@ -63,7 +64,9 @@ def prepare(db: str, workdir: Path) -> dict[str, str]:
         DATABASE_URL=url,
         LEEK_PORT=PORT,
         LEEK_HOST="127.0.0.1",
-        LEEK_WORKERS="0",
+        LEEK_WORKERS=str(workers),
+        LEEK_POOL=pool,
+        BENCH_STAMP_FILE=str(workdir / "stamps"),
         LEEK_FALLBACK="raise",
         LEEK_LOG_LEVEL="WARNING",
         LEEK_SQLITE_SYNCHRONOUS="FULL" if db == "sqlite-full" else "NORMAL",
@@ -102,11 +105,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=1, help="client threads, N requests each")
     parser.add_argument("--spy", type=Path, help="write the broker's collapsed stacks here")
+    parser.add_argument("--workers", type=int, default=0, help="workers running the no-op tasks")
+    parser.add_argument("--pool", choices=["threads", "processes"], default="threads")
+    parser.add_argument("--syscalls", type=Path, help="count the broker's system calls (strace)")
     parser.add_argument("--gil", action="store_true", help="sample threads holding the GIL only")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="leek-profile-"))
-    env = prepare(args.db, workdir)
+    env = prepare(args.db, workdir, args.workers, args.pool)
     log = open(workdir / "broker.log", "wb")  # noqa: SIM115 - closed below
     broker = subprocess.Popen(
         [sys.executable, "-m", "leek.cli", "start"], cwd=REPO, env=env, stdout=log, stderr=log
@@ -148,6 +154,13 @@ def main() -> None:
                 ["py-spy", "record", "--pid", str(broker.pid), "--format", "raw", "--rate", "997"]
                 + ["--nonblocking", "-o", str(args.spy)]
                 + (["--gil"] if args.gil else []),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
+        if args.syscalls:
+            spy = subprocess.Popen(
+                ["strace", "-c", "-f", "-p", str(broker.pid), "-o", str(args.syscalls)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

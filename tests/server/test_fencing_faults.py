@@ -153,6 +153,7 @@ def stats(broker: BrokerProcess) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.postgresql
 def test_every_acknowledged_task_runs_and_only_runs_in_flight_on_a_lost_broker_repeat(
     broker_factory: Any, leek_settings: Any, tmp_path: Path
 ) -> None:

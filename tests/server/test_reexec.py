@@ -245,6 +245,7 @@ def test_a_stop_during_the_drain_stops_the_broker_instead(broker_factory: Any, h
 
 
 @pytest.mark.slow
+@pytest.mark.postgresql
 def test_a_rolling_reload_of_three_brokers_under_load_runs_every_task_once(
     broker_factory: Any, leek_settings: Any, tmp_path: Path
 ) -> None:
