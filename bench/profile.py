@@ -98,10 +98,36 @@ def summarise(collapsed: Path, top: int = 25) -> list[tuple[str, float, float]]:
     return [(f, n / samples, total[f] / samples) for f, n in own.most_common(top)]
 
 
+def latency(stamps: str, n: int) -> None:
+    """`n` pushes 2 ms apart, each timed from the call to its task's start
+    (its stamp), with the workers idle: p50 and p99 in ms."""
+    import statistics
+
+    import leek
+    from bench import tasks
+
+    def count() -> int:
+        return os.stat(stamps).st_size // tasks.STAMP_LEN if os.path.exists(stamps) else 0
+
+    samples = []
+    for _ in range(n):
+        time.sleep(0.002)
+        base = count()
+        start = time.time()
+        leek.push_task_to_queue(tasks.noop)
+        while count() <= base:  # as the bench's Stamps.wait waits
+            time.sleep(0.0002)
+        with open(stamps, "rb") as f:
+            f.seek(-tasks.STAMP_LEN, os.SEEK_END)
+            samples.append((float(f.read(tasks.STAMP_LEN)) - start) * 1000)
+    cuts = statistics.quantiles(samples, n=100)
+    print(f"latency: p50 {cuts[49]:.2f} ms, p99 {cuts[98]:.2f} ms over {n} pushes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", choices=["sqlite", "sqlite-full", "pg"], default="sqlite")
-    parser.add_argument("--verb", choices=["push", "ping", "many"], default="push")
+    parser.add_argument("--verb", choices=["push", "ping", "many", "latency"], default="push")
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=1, help="client threads, N requests each")
     parser.add_argument("--spy", type=Path, help="write the broker's collapsed stacks here")
@@ -135,6 +161,9 @@ def main() -> None:
                 if time.monotonic() > deadline or broker.poll() is not None:
                     raise
             time.sleep(0.05)
+        if args.verb == "latency":
+            latency(env["BENCH_STAMP_FILE"], args.n)
+            return
         if args.verb == "ping":
             call: Any = leek.ping
         elif args.verb == "many":

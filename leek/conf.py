@@ -90,8 +90,8 @@ DEFAULTS: dict[str, Any] = {
     # and for a silent connection before closing it.
     "FRAME_TIMEOUT": 10.0,
     "IDLE_TIMEOUT": 300.0,
-    # Seconds a client waits for a reply, and a broker's connection for the
-    # client's next request, polling the socket before the thread sleeps on
+    # Seconds a client waits for a reply, and a broker on SQLite for a
+    # connection's next request, polling the socket before the thread sleeps on
     # it: waking a sleeping thread costs more than a short reply takes (tens
     # of microseconds, more on a virtual machine). Only while that side's
     # recent waits were shorter than this, and one thread of a process at a

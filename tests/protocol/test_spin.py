@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
+from django.db import connection as db
 
 from leek.protocol.frame import Keys
 from leek.protocol.sockets import FrameSocket
@@ -129,7 +130,7 @@ def test_a_connection_does_not_spin_while_another_of_its_process_is_busy(
     assert one.spun >= 10, (one.spins, one.spun)
 
 
-def test_a_client_spins_on_a_brokers_replies_and_the_broker_on_its_requests(
+def test_a_client_spins_on_a_brokers_replies_and_a_broker_on_sqlite_on_its_requests(
     broker_factory: BrokerFactory, leek_settings: Callable[..., None]
 ) -> None:
     import leek
@@ -142,4 +143,7 @@ def test_a_client_spins_on_a_brokers_replies_and_the_broker_on_its_requests(
     frames = connection._local.connection.frames
     assert frames.spun >= 10, (frames.spins, frames.spun)
     ok, figures = leek.stats()
-    assert figures["connections"]["spun"] >= 10, figures["connections"]
+    if db.vendor == "sqlite":
+        assert figures["connections"]["spun"] >= 10, figures["connections"]
+    else:  # each push sleeps on PostgreSQL's answer anyway: the broker does not spin
+        assert figures["connections"]["spins"] == 0, figures["connections"]
