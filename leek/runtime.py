@@ -17,6 +17,23 @@ class ProgressSink(Protocol):
     def progress(self, task_id: uuid.UUID, percent: float, note: str) -> None: ...
 
 
+class Flag:
+    """Set once by one thread, read by another: a running task's cancel
+    (Running.stop). A threading.Event would do, at the cost of a lock and a
+    condition made for every task."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContext:
     """The task a worker thread is running."""
@@ -27,7 +44,7 @@ class TaskContext:
     sink: ProgressSink | None = None
     node: str = ""  # the broker running it
     retry_rule: Callable[[BaseException], bool] | None = None  # the broker's: see will_retry
-    stop: threading.Event | None = None  # set by cancel(running=True): see cancelled
+    stop: Flag | None = None  # set by cancel(running=True): see cancelled
 
     @property
     def cancelled(self) -> bool:

@@ -102,24 +102,29 @@ def unsigned(blob: bytes) -> bytes:
     return blob[SIGNED_PREFIX:] if is_signed(blob) else blob
 
 
-def _opened(magic: bytes, blob: bytes | memoryview, what: str) -> bytes | memoryview:
+def _opened(
+    magic: bytes, blob: bytes | memoryview, kind: str, task_id: uuid.UUID | str | None
+) -> bytes | memoryview:
     """The pickle inside `blob` once its tag matches; AuthenticationFailed
-    otherwise, with `what` ("task <id>'s payload") saying which blob."""
+    otherwise, saying which blob ("task <id>'s payload": `kind` of `task_id`,
+    written only then)."""
     view = memoryview(blob)
     found = bytes(view[:4])
     if found != magic or len(view) < SIGNED_PREFIX:
         if found not in MAGICS and conf.get("ACCEPT_UNSIGNED_ROWS"):
             security.warning(
                 "unsigned blob loaded blob=%s (ACCEPT_UNSIGNED_ROWS is on)",
-                what,
+                _which(kind, task_id),
                 extra={"action": "unsigned_row_accepted"},
             )
             return view
-        raise AuthenticationFailed(f"{what} was refused unread: {_unfit(found, magic)}")
+        raise AuthenticationFailed(
+            f"{_which(kind, task_id)} was refused unread: {_unfit(found, magic)}"
+        )
     body = view[SIGNED_PREFIX:]
     if not hmac.compare_digest(bytes(view[4:SIGNED_PREFIX]), _tag(magic, body)):
         raise AuthenticationFailed(
-            f"{what} was refused unread: its signature does not match LEEK_SECRET "
+            f"{_which(kind, task_id)} was refused unread: its signature does not match LEEK_SECRET "
             "(changed in the database, or signed under another secret)"
         )
     return body
@@ -172,7 +177,7 @@ def load_task(
     """The callable and arguments of a signed payload (of task `task_id`, named
     in errors). AuthenticationFailed for a payload whose signature is missing
     or does not match (it is never unpickled); PayloadError names what is missing."""
-    body = _opened(TASK_MAGIC, payload, _which("payload", task_id))
+    body = _opened(TASK_MAGIC, payload, "payload", task_id)
     try:
         fn, args, kwargs = pickle.loads(body)  # noqa: S301 - its signature was checked above
     except Exception as exc:
@@ -194,7 +199,7 @@ def load_value(blob: bytes | memoryview | None, task_id: uuid.UUID | str | None 
     whose signature is missing or does not match: it is never unpickled."""
     if blob is None:
         return None
-    body = _opened(VALUE_MAGIC, blob, _which("result", task_id))
+    body = _opened(VALUE_MAGIC, blob, "result", task_id)
     value = pickle.loads(body)  # noqa: S301 - its signature was checked above
     return value.text if isinstance(value, _Unpicklable) else value
 

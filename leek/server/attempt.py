@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import threading
 import traceback
 import uuid
 from collections.abc import Coroutine
@@ -30,7 +29,7 @@ from typing import Any
 from ..exceptions import AuthenticationFailed, PayloadError, Retry, TaskTimeout
 from ..logs import task_extra
 from ..protocol.payload import dump_value, load_task
-from ..runtime import CapturedOutput, ProgressSink, TaskContext, bind_context
+from ..runtime import CapturedOutput, Flag, ProgressSink, TaskContext, bind_context
 
 #: Characters of a return value's repr kept for the admin.
 REPR_LIMIT = 2000
@@ -72,7 +71,7 @@ def perform(
     sink: ProgressSink | None,
     output: CapturedOutput | None,
     no_retry: tuple[type[BaseException], ...],
-    stop: threading.Event | None = None,
+    stop: Flag | None = None,
 ) -> Result:
     """Run the task once and say how it ended. `output` captures print() on
     this thread (the threads pool); None leaves the streams alone (a worker

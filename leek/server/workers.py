@@ -43,7 +43,7 @@ from django.utils.module_loading import import_string
 from .. import conf
 from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..logs import task_extra
-from ..runtime import CapturedOutput
+from ..runtime import CapturedOutput, Flag
 from . import lifecycle
 from .attempt import Attempt, Result, cancelled, perform, timed_out
 from .dispatch import GATE_POLL, Dispatcher
@@ -93,7 +93,7 @@ class Running:
         self.timed_out = 0.0  # when the watchdog raised TaskTimeout in the thread
         self.done = False
         self.cancelled = False  # a cancel asked it to stop: its attempt is final
-        self.stop = threading.Event()  # what the task's current_task().cancelled reads
+        self.stop = Flag()  # what the task's current_task().cancelled reads
 
 
 class Pool:
