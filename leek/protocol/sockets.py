@@ -18,7 +18,8 @@ client pushing in a loop; not one that pushes now and then, nor one waiting on
 a PostgreSQL commit), and only while no other connection of the process
 received a frame in the last SHARED_WINDOW seconds, one thread at a time: a
 thread that polls holds the interpreter lock, which the others need for the
-frames they have.
+frames they have. Between two polls it yields its core to any process waiting
+for it, which on busy cores may be its peer.
 """
 
 from __future__ import annotations
@@ -247,6 +248,9 @@ class FrameSocket:
             except BlockingIOError:
                 if time.perf_counter() >= deadline:
                     return -1
+                # A process the kernel would run on this core goes first: on
+                # busy cores the one this thread spins on may be its peer's.
+                os.sched_yield()
 
     def _read_large(self, size: int, since: float) -> Frame:
         """A frame of `size` bytes, larger than the receive buffer, whose first
