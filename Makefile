@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # Test processes run side by side: the tests mostly wait on brokers, not on the CPU.
 TEST_JOBS ?= 2
 PG_URL ?= $(or $(LEEK_TEST_POSTGRES_URL),postgres://postgres@127.0.0.1:5432/leek)
+# Succeeds when PostgreSQL answers at PG_URL's server.
+PG_REACHABLE = $(BIN)/python -c "import psycopg; psycopg.connect('$(PG_URL)'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null
 
 .PHONY: install run migrate test test-sqlite test-postgres test-slow test-django6 lint typecheck bench clean
 
@@ -30,7 +32,7 @@ test-sqlite: install
 	$(BIN)/pytest -n $(TEST_JOBS) -m "not slow"
 
 test-postgres: install
-	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect('$(PG_URL)'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then \
+	@if $(PG_REACHABLE); then \
 		echo "== PostgreSQL run: $(PG_URL)"; \
 		DATABASE_URL='$(PG_URL)' $(BIN)/pytest -n $(TEST_JOBS) -m "not slow"; \
 	else \
@@ -41,7 +43,7 @@ test-postgres: install
 ## on SQLite, then those that need PostgreSQL on it when one is reachable
 test-slow: install
 	$(BIN)/pytest -m slow
-	@if $(BIN)/python -c "import psycopg,sys; psycopg.connect('$(PG_URL)'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then \
+	@if $(PG_REACHABLE); then \
 		echo "== PostgreSQL slow run: $(PG_URL)"; \
 		DATABASE_URL='$(PG_URL)' $(BIN)/pytest -m "slow and postgresql"; \
 	else \

@@ -25,6 +25,7 @@ import argparse
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.common import Stamps, _percentiles
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = "8131"
@@ -45,9 +48,11 @@ def broker_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def client_cpu() -> float:
-    """Seconds of CPU this process has spent, every thread."""
-    return time.process_time()
+def sample(argv: list[str]) -> subprocess.Popen[bytes]:
+    """A sampler of the broker (py-spy, strace), given a second to attach."""
+    sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return sampler
 
 
 def prepare(db: str, workdir: Path, workers: int, pool: str) -> dict[str, str]:
@@ -98,30 +103,23 @@ def summarise(collapsed: Path, top: int = 25) -> list[tuple[str, float, float]]:
     return [(f, n / samples, total[f] / samples) for f, n in own.most_common(top)]
 
 
-def latency(stamps: str, n: int) -> None:
+def latency(stamps: Stamps, n: int) -> None:
     """`n` pushes 2 ms apart, each timed from the call to its task's start
-    (its stamp), with the workers idle: p50 and p99 in ms."""
-    import statistics
-
+    (its stamp), with the workers idle, as the bench's latency workload
+    times them: p50 and p99 in ms."""
     import leek
     from bench import tasks
-
-    def count() -> int:
-        return os.stat(stamps).st_size // tasks.STAMP_LEN if os.path.exists(stamps) else 0
 
     samples = []
     for _ in range(n):
         time.sleep(0.002)
-        base = count()
+        base = stamps.count()
         start = time.time()
         leek.push_task_to_queue(tasks.noop)
-        while count() <= base:  # as the bench's Stamps.wait waits
-            time.sleep(0.0002)
-        with open(stamps, "rb") as f:
-            f.seek(-tasks.STAMP_LEN, os.SEEK_END)
-            samples.append((float(f.read(tasks.STAMP_LEN)) - start) * 1000)
-    cuts = statistics.quantiles(samples, n=100)
-    print(f"latency: p50 {cuts[49]:.2f} ms, p99 {cuts[98]:.2f} ms over {n} pushes")
+        stamps.wait(base + 1, 30)
+        samples.append((stamps.last() - start) * 1000)
+    found = _percentiles(samples)
+    print(f"latency: p50 {found['p50']:.2f} ms, p99 {found['p99']:.2f} ms over {n} pushes")
 
 
 def main() -> None:
@@ -143,7 +141,7 @@ def main() -> None:
     broker = subprocess.Popen(
         [sys.executable, "-m", "leek.cli", "start"], cwd=REPO, env=env, stdout=log, stderr=log
     )
-    spy = None
+    samplers: list[subprocess.Popen[bytes]] = []
     try:
         import django
 
@@ -162,7 +160,7 @@ def main() -> None:
                     raise
             time.sleep(0.05)
         if args.verb == "latency":
-            latency(env["BENCH_STAMP_FILE"], args.n)
+            latency(Stamps(Path(env["BENCH_STAMP_FILE"])), args.n)
             return
         if args.verb == "ping":
             call: Any = leek.ping
@@ -179,34 +177,30 @@ def main() -> None:
         for _ in range(min(2000, args.n // 10 + 1)):  # warm both sides
             call()
         if args.spy:
-            spy = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(broker.pid), "--format", "raw", "--rate", "997"]
-                + ["--nonblocking", "-o", str(args.spy)]
-                + (["--gil"] if args.gil else []),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            samplers.append(
+                sample(
+                    ["py-spy", "record", "--pid", str(broker.pid), "--format", "raw"]
+                    + ["--rate", "997", "--nonblocking", "-o", str(args.spy)]
+                    + (["--gil"] if args.gil else [])
+                )
             )
-            time.sleep(1.0)
         if args.syscalls:
-            spy = subprocess.Popen(
-                ["strace", "-c", "-f", "-p", str(broker.pid), "-o", str(args.syscalls)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            samplers.append(
+                sample(["strace", "-c", "-f", "-p", str(broker.pid), "-o", str(args.syscalls)])
             )
-            time.sleep(1.0)
 
         def work() -> None:
             for _ in range(args.n):
                 call()
 
         threads = [threading.Thread(target=work) for _ in range(args.threads)]
-        cpu0, client0, wall0 = broker_cpu(broker.pid), client_cpu(), time.perf_counter()
+        cpu0, client0, wall0 = broker_cpu(broker.pid), time.process_time(), time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - wall0
-        client = client_cpu() - client0
+        client = time.process_time() - client0
         server = broker_cpu(broker.pid) - cpu0
         requests = args.n * args.threads
         per = 1e6 / requests
@@ -219,9 +213,9 @@ def main() -> None:
         )
         connection.close()
     finally:
-        if spy is not None:
-            spy.send_signal(2)
-            spy.wait(30)
+        for sampler in samplers:  # SIGINT: each writes what it found, then ends
+            sampler.send_signal(signal.SIGINT)
+            sampler.wait(30)
         broker.terminate()
         broker.wait(30)
         log.close()
