@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -297,3 +298,15 @@ def close() -> None:
     """Close this thread's broker connections, if any."""
     for slot in (SPREAD_SLOT, ORDERED_SLOT):
         _drop(getattr(_local, slot, None))
+
+
+def _forget_inherited() -> None:
+    """In a child forked from a process that had connected (a pre-fork web
+    server's master that pushed before forking its workers): its sockets are
+    the parent's too, and a frame written on one would take the parent's
+    replies. The child drops its copies unused and connects anew."""
+    global _local
+    _local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -54,6 +55,18 @@ class Rest:
 _lock = threading.Lock()
 _rests: dict[Address, Rest] = {}
 _turn = itertools.count(random.randrange(1 << 16))  # noqa: S311 (a start, not a secret)
+
+
+def _start_anew() -> None:
+    """In a forked child: a turn of its own, so that the workers a pre-fork
+    server forks together do not all begin with the same broker, and a lock
+    no thread of the parent can hold."""
+    global _lock, _turn
+    _lock = threading.Lock()
+    _turn = itertools.count(random.randrange(1 << 16))  # noqa: S311 (a start, not a secret)
+
+
+os.register_at_fork(after_in_child=_start_anew)
 
 
 def order(addresses: list[Address]) -> list[Address]:

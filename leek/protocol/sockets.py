@@ -71,6 +71,15 @@ _SPINNER = threading.Lock()
 SHARED_WINDOW = 0.002
 
 
+def _unlock_spinner() -> None:
+    """In a forked child: a spin lock that no thread of the parent can hold."""
+    global _SPINNER
+    _SPINNER = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlock_spinner)
+
+
 class Spins:
     """The waits of every connection of this process that polled (`polled`),
     and of those, the ones that received without sleeping (`received`)."""
