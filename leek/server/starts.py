@@ -5,19 +5,29 @@ so a task that kills the broker's process as soon as it starts (a crashing C
 extension, ``os._exit``, the OOM killer) can leave no trace in the database,
 and would run again, uncounted, at every restart. So each worker also writes
 the task it starts, with the attempt's number, into a slot of its own in this
-file: one ``pwrite`` and no fsync, since the kernel keeps what a killed
-process wrote. At its next start the broker reads the file (`Starts.previous`),
-counts those attempts in the database (Store.interrupt_running), then begins
-the file anew (`Starts.begin`). A worker empties its slot when its attempt
-ends, and a graceful stop that wrote every running mark removes the file.
+file. The file is mapped into the broker's memory (shared), so a write is a
+copy into memory: no system call, and so no hand-off of the interpreter lock
+to another thread, twice a task. The kernel keeps what a killed process wrote
+into a shared mapping, as it keeps what it wrote with ``write``; neither is
+synced to disk. At its next start the broker reads the file
+(`Starts.previous`), counts those attempts in the database
+(Store.interrupt_running), then begins a new file (`Starts.begin`). A worker
+empties its slot when its attempt ends, and a graceful stop that wrote every
+running mark removes the file.
 
 The file is ``<STATE_DIR>/<node name>.running``, a slot of SLOT bytes per
-worker thread, in the order the threads first started a task::
+worker thread, in the order the threads first started a task, then zeros::
 
     offset  0  16 bytes  the task's id (all zeros: no task)
            16   4 bytes  the attempt's number, unsigned, little-endian
            20   8 bytes  when it started, seconds since the epoch, a double
-           28   4 bytes  zeros
+           28   4 bytes  CRC-32 of the 28 bytes before it, little-endian
+
+A process killed in the middle of copying a slot leaves it torn: its CRC does
+not match, and it is read as empty, as if the attempt had not been written.
+Each life writes a new file, put in place by a rename: a broker still writing
+the file it mapped (a second broker started under the same name) writes on
+into a file no one reads, and is never cut short by the other's truncating it.
 
 Only a broker restarting under the same node name with the same STATE_DIR
 reads it: a broker that never comes back leaves its last starts to whichever
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import re
 import stat
@@ -35,16 +46,22 @@ import struct
 import tempfile
 import threading
 import uuid
+import zlib
 from pathlib import Path
 
 from .. import conf
 
 logger = logging.getLogger(__name__)
 
-#: One slot: the task's id, the attempt's number, its start, padding.
-RECORD = struct.Struct("<16sId4x")
+#: One slot: the task's id, the attempt's number, its start, the CRC of those.
+RECORD = struct.Struct("<16sIdI")
 SLOT = RECORD.size
+SIGNED = SLOT - 4  # the bytes the CRC covers
 EMPTY = bytes(SLOT)
+#: Slots of a new file; it doubles when a worker thread needs one more.
+FIRST_SLOTS = 64
+_NUMBERS = struct.Struct("<Id")
+_CRC = struct.Struct("<I")
 
 
 def path_for(node: str, directory: str = "") -> Path:
@@ -66,7 +83,7 @@ class Starts:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd: int | None = None
+        self._map: mmap.mmap | None = None
         self._slots: dict[int, int] = {}  # thread ident -> offset of its slot
         self._lock = threading.Lock()
 
@@ -82,13 +99,22 @@ class Starts:
             return []
         found = []
         for offset in range(0, len(data) - SLOT + 1, SLOT):
-            key, number, started = RECORD.unpack_from(data, offset)
-            if key != EMPTY[:16] and number > 0:
-                found.append((uuid.UUID(bytes=key), int(number), float(started)))
+            key, number, started, crc = RECORD.unpack_from(data, offset)
+            if key == EMPTY[:16] or number <= 0:
+                continue
+            if crc != zlib.crc32(data[offset : offset + SIGNED]):
+                logger.warning(
+                    "a torn slot in the file of running tasks was skipped path=%s",
+                    self.path,
+                    extra={"action": "starts_slot_torn"},
+                )
+                continue
+            found.append((uuid.UUID(bytes=key), int(number), float(started)))
         return found
 
     def begin(self) -> None:
-        """Empty the file and write the workers' starts into it from now on."""
+        """Start a new, empty file and write the workers' starts into it from now on."""
+        fresh = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             info = self.path.parent.stat()
@@ -97,20 +123,29 @@ class Starts:
                     f"{self.path.parent} is another user's, and anyone may write it"
                 )
             fd = os.open(
-                self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
+            try:
+                os.ftruncate(fd, FIRST_SLOTS * SLOT)
+                mapped = mmap.mmap(fd, FIRST_SLOTS * SLOT)  # shared, read and write
+            finally:
+                os.close(fd)  # the mapping keeps the file
+            os.replace(fresh, self.path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                fresh.unlink()
             self._unusable("create", exc)
             return
         with self._lock:
-            old, self._fd = self._fd, fd
+            old, self._map = self._map, mapped
             self._slots.clear()
         if old is not None:
-            os.close(old)
+            old.close()
 
     def started(self, task_id: uuid.UUID, attempt: int, at: float) -> None:
         """The calling worker has started attempt `attempt` of the task."""
-        self._write(RECORD.pack(task_id.bytes, attempt, at))
+        signed = task_id.bytes + _NUMBERS.pack(attempt, at)
+        self._write(signed + _CRC.pack(zlib.crc32(signed)))
 
     def ended(self) -> None:
         """The calling worker's attempt has ended: its slot is emptied."""
@@ -121,32 +156,32 @@ class Starts:
         """Stop writing; with `remove`, delete the file too (a stop that wrote
         every running mark leaves nothing the next start needs)."""
         with self._lock:  # no write is under way once it is taken
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+            mapped, self._map = self._map, None
+        if mapped is not None:
+            mapped.close()
             if remove:
                 with contextlib.suppress(OSError):
                     self.path.unlink()
 
     def _write(self, record: bytes) -> None:
-        if self._fd is None:
+        if self._map is None:
             return
         me = threading.get_ident()
-        # Under the lock: a descriptor closed meanwhile, and its number reused
-        # for another file, must never be written to.
-        with self._lock:
-            fd = self._fd
-            if fd is None:
+        with self._lock:  # a mapping closed meanwhile is never written to
+            mapped = self._map
+            if mapped is None:
                 return
             offset = self._slots.setdefault(me, len(self._slots) * SLOT)
             try:
-                os.pwrite(fd, record, offset)
+                if offset + SLOT > len(mapped):
+                    mapped.resize(2 * len(mapped))  # the file grows with it
+                mapped[offset : offset + SLOT] = record
                 return
             except OSError as exc:
-                self._fd = None
+                self._map = None
                 error = exc
-        os.close(fd)
-        self._unusable("write", error)
+        mapped.close()
+        self._unusable("grow", error)
 
     def _unusable(self, what: str, exc: OSError) -> None:
         logger.warning(

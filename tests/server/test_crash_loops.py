@@ -18,7 +18,7 @@ import pytest
 
 import leek
 from leek.models import FailedTask, Task
-from leek.server.starts import SLOT, Starts
+from leek.server.starts import FIRST_SLOTS, SLOT, Starts
 from tests import tasks
 from tests.conftest import BOTH_POOLS, BrokerProcess, free_port, wait_for
 from tests.server.test_notify import written
@@ -205,7 +205,7 @@ def test_the_file_of_starts_keeps_each_workers_task_until_its_attempt_ends(
     for thread in threads:
         thread.start()
     written_all.wait(5)
-    assert path.stat().st_size == 3 * SLOT
+    assert path.read_bytes()[3 * SLOT :] == bytes(path.stat().st_size - 3 * SLOT)
     assert sorted(Starts(path).previous()) == sorted([(ids[0], 1, 100.0), (ids[1], 2, 101.0)])
     done.set()
     for thread in threads:
@@ -214,6 +214,55 @@ def test_the_file_of_starts_keeps_each_workers_task_until_its_attempt_ends(
     assert Starts(path).previous() == []
     starts.close(remove=True)  # a graceful stop
     assert not path.exists()
+
+
+def test_the_file_of_starts_grows_past_its_first_slots_and_skips_a_torn_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "node.running"
+    starts = Starts(path)
+    starts.begin()
+    count = FIRST_SLOTS + 3
+    ids = [uuid.uuid4() for _ in range(count)]
+    written_all = threading.Barrier(count)
+
+    def worker(i: int) -> None:
+        starts.started(ids[i], 1, float(i))
+        written_all.wait(10)  # alive till all have written: each keeps its own slot
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    found = Starts(path).previous()
+    assert sorted(found) == sorted((ids[i], 1, float(i)) for i in range(count))
+    # A process killed while it copied a slot: the slot's first bytes are new.
+    data = bytearray(path.read_bytes())
+    data[SLOT : SLOT + 8] = uuid.uuid4().bytes[:8]
+    path.write_bytes(bytes(data))
+    assert len(Starts(path).previous()) == count - 1
+    assert "a torn slot in the file of running tasks was skipped" in caplog.text
+    starts.close()
+
+
+def test_a_broker_still_writing_the_file_of_its_last_life_leaves_the_new_one_alone(
+    tmp_path: Path,
+) -> None:
+    # Two brokers started under one name: the second one's file replaces the
+    # first one's, which writes on into its own, never read again.
+    path = tmp_path / "node.running"
+    first, second = Starts(path), Starts(path)
+    first.begin()
+    first.started(uuid.uuid4(), 1, 1.0)
+    second.begin()
+    task = uuid.uuid4()
+    second.started(task, 2, 2.0)
+    first.started(uuid.uuid4(), 3, 3.0)  # no SIGBUS: its file was not cut short
+    assert Starts(path).previous() == [(task, 2, 2.0)]
+    first.close()
+    second.close(remove=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_file_of_starts_that_cannot_be_written_is_logged_not_raised(
