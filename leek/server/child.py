@@ -2,8 +2,8 @@
 
 The broker starts each worker process with multiprocessing's spawn (a fresh
 interpreter: no thread, lock or connection of the broker is inherited) and
-talks to it over one pipe. Messages, each a tuple of plain values pickled by
-the standard pickler (`send`, `receive`):
+talks to it over one pipe (pipe.py). Messages, each a tuple of plain values
+pickled by the standard pickler:
 
     broker → child   ("run", id, name, attempt, payload, timeout, node, max_retries)
                                                  run one attempt
@@ -27,13 +27,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import pickle
 import signal
 import sys
 import tempfile
 import traceback
 import uuid
 from typing import Any
+
+from .pipe import Pipe
 
 #: Linux prctl option: the signal a process gets when its parent thread ends.
 PR_SET_PDEATHSIG = 1
@@ -42,9 +43,11 @@ TIME_LIMIT_EXIT = 124
 
 
 def main(conn: Any, stopping: Any) -> None:
-    """The worker process: its entry point, given its end of the pipe and the
+    """The worker process: its entry point, given its end of the pipe (a
+    multiprocessing Connection, which spawn knows how to hand over) and the
     flag its broker sets before it sends SIGTERM to stop a task at its limit."""
     _die_with_parent()
+    pipe = Pipe(conn)
     # The broker decides when to stop: a Ctrl-C in a terminal, or a service
     # manager's SIGTERM to every process of the service, leaves the task
     # running for the broker's graceful stop. A SIGTERM after the broker set
@@ -68,17 +71,17 @@ def main(conn: Any, stopping: Any) -> None:
         capture = Capture(int(settings["CAPTURE_LIMIT"]))
         measure = int(settings["MAX_MEMORY_PER_CHILD"]) > 0  # the broker recycles on it
     except BaseException:
-        send(conn, ("broken", traceback.format_exc()))
+        pipe.send(("broken", traceback.format_exc()))
         return
-    send(conn, ("ready", os.getpid()))
+    pipe.send(("ready", os.getpid()))
     from django.db import close_old_connections
 
     from .attempt import Attempt
 
-    sink = Sink(conn)
+    sink = Sink(pipe)
     while True:
         try:
-            message = receive(conn)
+            message = pipe.receive()
         except (EOFError, OSError):  # the broker is gone
             return
         if message[0] != "run":
@@ -89,17 +92,7 @@ def main(conn: Any, stopping: Any) -> None:
             result = perform(attempt, sink, None, no_retry)
         result.stdout, result.stderr = capture.values()
         close_old_connections()  # as a request's end does: CONN_MAX_AGE, broken connections
-        send(conn, ("done", result_fields(result), rss() if measure else 0))
-
-
-def send(conn: Any, message: tuple[Any, ...]) -> None:
-    """One message over the pipe, pickled with the standard pickler."""
-    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def receive(conn: Any) -> Any:
-    """The next message from the pipe (EOFError once the other end is gone)."""
-    return pickle.loads(conn.recv_bytes())  # noqa: S301 - our own end of our own pipe
+        pipe.send(("done", result_fields(result), rss() if measure else 0))
 
 
 def run_message(attempt: Any) -> tuple[Any, ...]:
@@ -135,11 +128,11 @@ def result_fields(result: Any) -> tuple[Any, ...]:
 class Sink:
     """set_progress() in a worker process: the progress goes to the broker."""
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
 
     def progress(self, task_id: Any, percent: float, note: str) -> None:
-        send(self.conn, ("progress", percent, note))
+        self.pipe.send(("progress", percent, note))
 
 
 class Capture:

@@ -22,6 +22,7 @@ from typing import Any
 from ..exceptions import WorkerLost, WorkerUnavailable
 from . import child
 from .attempt import Attempt, Result, failed, timed_out
+from .pipe import Pipe
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class WorkerProcess:
         self.tasks = 0
         self.pid: int | None = None
         self._process: Any = None
-        self._conn: Any = None
+        self._conn: Pipe | None = None
         self._stopping: Any = None  # set before a SIGTERM that must end the task
 
     @property
@@ -66,17 +67,16 @@ class WorkerProcess:
         )
         process.start()
         theirs.close()
-        self._process, self._conn, self.tasks = process, ours, 0
+        pipe = Pipe(ours)
+        self._process, self._conn, self.tasks = process, pipe, 0
         try:
-            if not ours.poll(START_TIMEOUT):
-                raise WorkerUnavailable(f"worker process not ready within {START_TIMEOUT:g} s")
-            message = child.receive(ours)
+            message = pipe.receive(START_TIMEOUT)
+        except TimeoutError as exc:
+            self.close()
+            raise WorkerUnavailable(f"worker process not ready within {START_TIMEOUT:g} s") from exc
         except (EOFError, OSError) as exc:
             lost = WorkerLost.of(self._reap())
             raise WorkerUnavailable(f"worker process ended at start: {lost}") from exc
-        except WorkerUnavailable:
-            self.close()
-            raise
         if message[0] != "ready":
             self.close()
             raise WorkerUnavailable(f"worker process cannot start:\n{message[1]}", reported=True)
@@ -89,21 +89,31 @@ class WorkerProcess:
         when the process had to be killed or died while it ran the task; None
         when it had died before it got the task (the attempt never began).
         The process is then gone, and the next `run` needs a `start`."""
-        deadline = None if not attempt.timeout else time.monotonic() + attempt.timeout
-        conn = self._conn
+        limit = attempt.timeout or None
+        deadline = None if limit is None else time.monotonic() + limit
+        pipe = self._conn
+        if pipe is None:  # not started: the attempt never begins
+            return None
         try:
-            child.send(conn, child.run_message(attempt))
+            pipe.send(child.run_message(attempt))
         except OSError:  # nobody reads the pipe: the process ended while idle
             self._reap()
             return None
         try:
+            wait = limit  # the whole limit while no message came: the socket keeps it set
             while True:
-                if deadline is not None and not conn.poll(max(0.0, deadline - time.monotonic())):
-                    self._kill()
-                    return timed_out(attempt.timeout)
-                message = child.receive(conn)
-                if message[0] == "progress":
-                    progress(message[1], message[2])
+                try:
+                    message = pipe.receive(wait)
+                except TimeoutError:
+                    message = None
+                if message is None or message[0] == "progress":
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self._kill()
+                        return timed_out(attempt.timeout)
+                    if message is not None:
+                        progress(message[1], message[2])
+                    if deadline is not None:
+                        wait = max(deadline - time.monotonic(), 0.001)
                     continue
                 result = Result(*message[1])
                 self.tasks += 1
@@ -131,7 +141,7 @@ class WorkerProcess:
         """Ask the process to exit between tasks; kill it if it does not."""
         if self._conn is not None:
             with contextlib.suppress(OSError):
-                child.send(self._conn, ("stop",))
+                self._conn.send(("stop",))
         if self._process is not None:
             self._process.join(timeout)
             if self._process.is_alive():
