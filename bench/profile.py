@@ -6,11 +6,15 @@
 Starts `leek start` with no workers (`--workers N` to run the tasks meanwhile,
 on `--pool`) on an empty database of its own (SQLite
 NORMAL in a temporary directory, or the PostgreSQL database `leek_profile`),
-then `--threads` client threads of this process (1) send `--n` requests of one
-verb each, each waiting for its answer. It prints the rate, the wall time of
-one request, and the CPU each side spent on it (the broker's from /proc, the
-client's from `time.process_time`), so a change to the push path shows on
-which side it saved. `many` sends enqueue_many of 1,000 tasks, and counts tasks.
+then `--threads` client threads of this process (1), or `--processes` client
+processes forked from it, send `--n` requests of one verb each, each waiting
+for its answer. It prints the rate, the wall time of one request, and the CPU
+each side spent on it (the broker's from /proc, with its share in the kernel;
+the clients' from getrusage), so a change to the push path shows on which side
+it saved. `many` sends enqueue_many of 1,000 tasks, and counts tasks. `drain`
+queues `--n` tasks with a broker that runs nothing, then starts another with
+`--workers` and times the drain from the first task's start to the last one's,
+with the broker's CPU a task, as the bench's drain does.
 
 With `--spy FILE`, py-spy samples the broker meanwhile (every thread, idle ones
 left out; with `--gil`, only the thread holding the interpreter lock) and FILE
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -42,10 +47,39 @@ PG_DATABASE = "leek_profile"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def broker_cpu(pid: int) -> float:
-    """Seconds of CPU the process has spent, user and system."""
+def broker_cpu(pid: int) -> tuple[float, float]:
+    """Seconds of CPU the process has spent, in user space and in the kernel."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def client_cpu() -> float:
+    """Seconds of CPU this process and its waited-for children have spent."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def in_processes(work: Any, count: int) -> None:
+    """Run `work` in `count` forked client processes at once, each on a
+    connection of its own, and wait for them all."""
+    children = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:  # a forked client connects anew (leek/client/connection.py)
+            code = 1
+            try:
+                work()
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        if status:
+            raise RuntimeError(f"a client process failed: status {status}")
 
 
 def sample(argv: list[str]) -> subprocess.Popen[bytes]:
@@ -125,9 +159,14 @@ def latency(stamps: Stamps, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", choices=["sqlite", "sqlite-full", "pg"], default="sqlite")
-    parser.add_argument("--verb", choices=["push", "ping", "many", "latency"], default="push")
+    parser.add_argument(
+        "--verb", choices=["push", "ping", "many", "latency", "drain"], default="push"
+    )
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=1, help="client threads, N requests each")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="client processes instead, N requests each"
+    )
     parser.add_argument("--spy", type=Path, help="write the broker's collapsed stacks here")
     parser.add_argument("--workers", type=int, default=0, help="workers running the no-op tasks")
     parser.add_argument("--pool", choices=["threads", "processes"], default="threads")
@@ -138,92 +177,164 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="leek-profile-"))
     env = prepare(args.db, workdir, args.workers, args.pool)
     log = open(workdir / "broker.log", "wb")  # noqa: SIM115 - closed below
-    broker = subprocess.Popen(
-        [sys.executable, "-m", "leek.cli", "start"], cwd=REPO, env=env, stdout=log, stderr=log
-    )
+    brokers: list[subprocess.Popen[bytes]] = []
     samplers: list[subprocess.Popen[bytes]] = []
     try:
         import django
 
         django.setup()
-        import leek
-        from bench import tasks
         from leek.client import connection
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if leek.ping()[0]:
-                    break
-            except Exception:
-                if time.monotonic() > deadline or broker.poll() is not None:
-                    raise
-            time.sleep(0.05)
-        if args.verb == "latency":
-            latency(Stamps(Path(env["BENCH_STAMP_FILE"])), args.n)
-            return
-        if args.verb == "ping":
-            call: Any = leek.ping
-        elif args.verb == "many":
-            batch = [(tasks.noop, ()) for _ in range(1000)]
-
-            def call() -> object:
-                return leek.enqueue_many(batch)
+        if args.verb == "drain":
+            # Filled by a broker that runs nothing, then drained by a fresh
+            # one, which finds the tasks in the database, as the bench's drain.
+            brokers.append(launch({**env, "LEEK_WORKERS": "0"}, log))
+            fill(args.n)
+            brokers[-1].terminate()
+            brokers[-1].wait(30)
+            brokers.append(launch(env, log))
+            drain(Stamps(Path(env["BENCH_STAMP_FILE"])), args, brokers[-1].pid, samplers)
         else:
-
-            def call() -> object:
-                return leek.push_task_to_queue(tasks.noop)
-
-        for _ in range(min(2000, args.n // 10 + 1)):  # warm both sides
-            call()
-        if args.spy:
-            samplers.append(
-                sample(
-                    ["py-spy", "record", "--pid", str(broker.pid), "--format", "raw"]
-                    + ["--rate", "997", "--nonblocking", "-o", str(args.spy)]
-                    + (["--gil"] if args.gil else [])
-                )
-            )
-        if args.syscalls:
-            samplers.append(
-                sample(["strace", "-c", "-f", "-p", str(broker.pid), "-o", str(args.syscalls)])
-            )
-
-        def work() -> None:
-            for _ in range(args.n):
-                call()
-
-        threads = [threading.Thread(target=work) for _ in range(args.threads)]
-        cpu0, client0, wall0 = broker_cpu(broker.pid), time.process_time(), time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - wall0
-        client = time.process_time() - client0
-        server = broker_cpu(broker.pid) - cpu0
-        requests = args.n * args.threads
-        per = 1e6 / requests
-        unit = "task" if args.verb == "many" else "request"
-        count = requests * (1000 if args.verb == "many" else 1)
-        print(
-            f"{args.db} {args.verb} x{args.threads}: {count / wall:,.0f}/s; per {unit}: "
-            f"{wall * 1e6 / count:.1f} µs wall, broker CPU {server * per:.1f} µs, "
-            f"client CPU {client * per:.1f} µs (per request)"
-        )
+            brokers.append(launch(env, log))
+            requests(args, env, brokers[-1].pid, samplers)
         connection.close()
     finally:
         for sampler in samplers:  # SIGINT: each writes what it found, then ends
             sampler.send_signal(signal.SIGINT)
             sampler.wait(30)
-        broker.terminate()
-        broker.wait(30)
+        for broker in brokers:
+            broker.terminate()
+            broker.wait(30)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
     if args.spy:
         print(f"broker, on the CPU ({args.spy}):")
         for name, share, total in summarise(args.spy):
             print(f"  {share:6.1%} {total:6.1%}  {name}")
+
+
+def launch(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+    """A broker, once it answers ping."""
+    import leek
+
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "leek.cli", "start"], cwd=REPO, env=env, stdout=log, stderr=log
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if leek.ping()[0]:
+                return broker
+        except Exception:
+            if time.monotonic() > deadline or broker.poll() is not None:
+                broker.kill()
+                raise
+        time.sleep(0.05)
+
+
+def samplers_of(
+    args: argparse.Namespace, pid: int, samplers: list[subprocess.Popen[bytes]]
+) -> None:
+    """Start the samplers the arguments ask for on the broker `pid`."""
+    if args.spy:
+        samplers.append(
+            sample(
+                ["py-spy", "record", "--pid", str(pid), "--format", "raw"]
+                + ["--rate", "997", "--nonblocking", "-o", str(args.spy)]
+                + (["--gil"] if args.gil else [])
+            )
+        )
+    if args.syscalls:
+        samplers.append(sample(["strace", "-c", "-f", "-p", str(pid), "-o", str(args.syscalls)]))
+
+
+def fill(n: int) -> None:
+    """`n` no-op tasks queued, in batches of 1,000."""
+    import leek
+    from bench import tasks
+
+    for start in range(0, n, 1000):
+        leek.enqueue_many([(tasks.noop, ()) for _ in range(min(1000, n - start))])
+
+
+def drain(
+    stamps: Stamps, args: argparse.Namespace, pid: int, samplers: list[subprocess.Popen[bytes]]
+) -> None:
+    """Time the drain of the `args.n` tasks queued, from the first task's
+    start to the last one's, and the broker's CPU a task meanwhile."""
+    stamps.wait(1, 60)
+    samplers_of(args, pid, samplers)
+    base, cpu0 = stamps.count(), broker_cpu(pid)
+    stamps.wait(args.n, 600)
+    user, system = (b - a for a, b in zip(cpu0, broker_cpu(pid), strict=True))
+    times = stamps.read()
+    count = args.n - base
+    wall = times[-1] - times[base - 1]
+    print(
+        f"{args.db} drain, {args.workers} {args.pool}: {count / wall:,.0f}/s; per task: "
+        f"broker CPU {(user + system) / count * 1e6:.1f} µs "
+        f"({system / (user + system) if user + system else 0:.0%} in the kernel)"
+    )
+
+
+def requests(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    pid: int,
+    samplers: list[subprocess.Popen[bytes]],
+) -> None:
+    """Time `args.n` requests of `args.verb` from each client."""
+    import leek
+    from bench import tasks
+
+    if args.verb == "latency":
+        latency(Stamps(Path(env["BENCH_STAMP_FILE"])), args.n)
+        return
+    if args.verb == "ping":
+        call: Any = leek.ping
+    elif args.verb == "many":
+        batch = [(tasks.noop, ()) for _ in range(1000)]
+
+        def call() -> object:
+            return leek.enqueue_many(batch)
+    else:
+
+        def call() -> object:
+            return leek.push_task_to_queue(tasks.noop)
+
+    for _ in range(min(2000, args.n // 10 + 1)):  # warm both sides
+        call()
+    samplers_of(args, pid, samplers)
+
+    def work() -> None:
+        for _ in range(args.n):
+            call()
+
+    clients = args.processes or args.threads
+    cpu0, client0, wall0 = broker_cpu(pid), client_cpu(), time.perf_counter()
+    if args.processes:
+        in_processes(work, args.processes)
+    else:
+        threads = [threading.Thread(target=work) for _ in range(args.threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    wall = time.perf_counter() - wall0
+    client = client_cpu() - client0
+    user, system = (b - a for a, b in zip(cpu0, broker_cpu(pid), strict=True))
+    server = user + system
+    requests = args.n * clients
+    per = 1e6 / requests
+    unit = "task" if args.verb == "many" else "request"
+    count = requests * (1000 if args.verb == "many" else 1)
+    print(
+        f"{args.db} {args.verb} x{clients}{' processes' if args.processes else ''}: "
+        f"{count / wall:,.0f}/s; per {unit}: "
+        f"{wall * 1e6 / count:.1f} µs wall, broker CPU {server * per:.1f} µs "
+        f"({system / server if server else 0:.0%} in the kernel), "
+        f"client CPU {client * per:.1f} µs (per request)"
+    )
 
 
 if __name__ == "__main__":
