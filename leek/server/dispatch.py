@@ -25,9 +25,14 @@ from itertools import islice
 
 from .rows import Job, Ready
 
-#: Tasks at the front of a lane whose payloads a worker may keep loaded: twice
-#: the page a worker loads ahead (see `take`).
-KEEP_WINDOW = 200
+#: Tasks after the one taken whose payloads a worker loads with its own, when
+#: they are not in memory or being loaded by another worker (see `take`).
+AHEAD = 99
+#: Tasks after the one taken looked at for those.
+AHEAD_SCAN = 2 * (AHEAD + 1)
+#: Tasks at the front of a lane whose payloads a worker may keep loaded: the
+#: tasks a take looks at, and as many again.
+KEEP_WINDOW = 2 * AHEAD_SCAN
 DEFAULT_QUEUE = "default"
 #: Tasks of each priority looked at for the oldest waiting task of each queue.
 HEAD_SCAN = 1000
@@ -54,6 +59,9 @@ class Dispatcher:
         self._jobs: dict[bytes, tuple[uuid.UUID, Job]] = {}
         self._memory_payloads = memory_payloads
         self._cancelled: set[bytes] = set()  # cancelled: skipped when met
+        # Tasks whose payloads a worker is loading (named in a take's `ahead`,
+        # until its `keep`): the next take names the page after them instead.
+        self._loading: set[bytes] = set()
         self._taken: dict[bytes, int] = {}  # attempts taken whose outcome is not committed
         self._holds: dict[bytes, int] = {}  # cancels whose database write is in flight
         self._aside: dict[bytes, tuple[int, Entry]] = {}  # met while held
@@ -87,8 +95,9 @@ class Dispatcher:
             self._ready.notify(len(items))
 
     def take(self, timeout: float | None = None) -> tuple[Ready, list[uuid.UUID]] | None:
-        """The next task, and the ids after it whose payloads are not in memory
-        (so the caller can load a page of them at once); None when closed or idle."""
+        """The next task, and the ids after it whose payloads are neither in
+        memory nor being loaded by another worker (so the caller can load a
+        page of them at once, then hand them to `keep`); None when closed or idle."""
         found = self._take(timeout)
         if found is not None and self.taken is not None:
             self.taken()
@@ -134,19 +143,27 @@ class Dispatcher:
                     held = self._jobs.pop(key, None)
                     if held is not None:
                         return Ready(held[0], priority, queue, None, held[1]), []
-                    keys = (_key(e) for e in islice(lane, 99))
-                    ahead = [uuid.UUID(bytes=k) for k in keys if k not in self._jobs]
+                    jobs, loading = self._jobs, self._loading
+                    keys = [
+                        k
+                        for k in map(_key, islice(lane, AHEAD_SCAN))
+                        if k not in jobs and k not in loading
+                    ][:AHEAD]
+                    loading.update(keys)
+                    ahead = [uuid.UUID(bytes=k) for k in keys]
                     return Ready(uuid.UUID(bytes=key), priority, queue, None, None), ahead
                 if not self._ready.wait(timeout):
                     return None
 
-    def keep(self, jobs: dict[uuid.UUID, Job]) -> None:
-        """Jobs loaded from the database ahead of their turn.
+    def keep(self, jobs: dict[uuid.UUID, Job], ahead: list[uuid.UUID]) -> None:
+        """Jobs loaded from the database ahead of their turn, for the `ahead`
+        a take named (whose loading is over, whether or not it found them).
 
         Only for tasks still waiting near the front of their lane: another
         worker may have taken some of them while these loaded, and a job kept
         for a task already taken would stay in memory for good."""
         with self._lock:
+            self._loading.difference_update(task_id.bytes for task_id in ahead)
             near = {_key(e) for lane in self._lanes.values() for e in islice(lane, KEEP_WINDOW)}
             for task_id, job in jobs.items():
                 key = task_id.bytes

@@ -329,9 +329,13 @@ class Pool:
         `regains`: the lease's regains when the task was taken."""
         job = ready.job
         if job is None:
-            found = self.store.jobs([ready.id, *ahead])
+            try:
+                found = self.store.jobs([ready.id, *ahead])
+            except BaseException:
+                self.dispatcher.keep({}, ahead)
+                raise
             self.dispatcher.keep(
-                {i: j for i, (s, j) in found.items() if i != ready.id and s == "queued"}
+                {i: j for i, (s, j) in found.items() if i != ready.id and s == "queued"}, ahead
             )
             if ready.id not in found or found[ready.id][0] not in ("queued", "running"):
                 return False  # cancelled or deleted while it waited
