@@ -184,6 +184,39 @@ def floor_table(results: dict[str, Any]) -> Table | None:
     return (head, rows) if rows else None
 
 
+def clients_table(results: dict[str, Any]) -> Table | None:
+    """Each leek's pushes from one client, from several client threads of one
+    process, and from as many client processes."""
+    rows = []
+    count = 4
+    for doc in measured(results):
+        floor = doc.get("extra", {}).get("floor")
+        if not floor or "push_processes_rate" not in floor:
+            continue
+        count = floor["threads"]
+        one, many = _median(doc, "enqueue_1"), _median(doc, f"enqueue_{count}")
+        processes = floor["push_processes_rate"]
+        rows.append(
+            [
+                doc["system"],
+                _rate(one),
+                _rate(many),
+                f"{many / one:.2f}x" if one and many else "-",
+                _rate(processes),
+                f"{processes / one:.2f}x" if one else "-",
+            ]
+        )
+    head = [
+        "leek",
+        "enqueue 1 client/s",
+        f"{count} client threads/s",
+        "of 1 client",
+        f"{count} client processes/s",
+        "of 1 client",
+    ]
+    return (head, rows) if rows else None
+
+
 #: leek's variant -> its database's floors in results["machine"]["floors"] (bench/floors.py)
 FLOOR_KEYS = {
     "leek-sqlite-normal": "sqlite_normal",
@@ -364,6 +397,16 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "database write), measured alike in the same run:",
             "",
             fmt(floor),
+        ]
+    clients = clients_table(results)
+    if clients:
+        out += [
+            "",
+            "leek's pushes from several clients at once: threads of one process, as "
+            "the table above has them, and processes, each with an interpreter of its "
+            "own (a web server's worker processes):",
+            "",
+            fmt(clients),
         ]
     ceiling = ceiling_table(results)
     if ceiling:

@@ -10,6 +10,9 @@ the database) and starts a broker with 2 workers, which recovers the queue and
 runs it: the same path a restarted production broker takes.
 
 Beyond the shared workloads, leek also measures:
+  floor     ping from one client and from several client threads, and pushes
+            from as many client processes as threads: the shared workloads'
+            clients are threads of one process, which share its interpreter
   backlog   enqueue rate and broker memory (RSS) with --backlog tasks waiting
   recovery  seconds from launching a broker with that backlog to its first task
             starting, to its answering ping, and to the backlog having run
@@ -208,16 +211,24 @@ class LeekRunner(Runner):
         """The protocol's round trip with no work behind it: `ping`, answered
         by the connection's thread with no database write, from one client and
         from `threads`, one request at a time each, as the timed pushes go. No
-        push can be faster than this on the same machine."""
+        push can be faster than this on the same machine. Then `n` pushes from
+        `threads` client processes, as the worker processes of a web server
+        push, each with an interpreter of its own."""
         print(f"  {self.name}: round-trip floor (ping)", file=sys.stderr, flush=True)
         self.start_broker(0)
         try:
             pinger = _Pinger(self)
             one = n / _timed_pushes(pinger, n, 1)
             many = n / _timed_pushes(pinger, n, threads)
+            processes = n / _forked_pushes(n, threads)
         finally:
             self.stop_workers()
-        return {"ping_1_rate": one, "ping_many_rate": many, "threads": threads}
+        return {
+            "ping_1_rate": one,
+            "ping_many_rate": many,
+            "threads": threads,
+            "push_processes_rate": processes,
+        }
 
     def _fill(self, count: int) -> float:
         """Queue `count` noops with enqueue_many (broker running, no workers); tasks/s."""
@@ -358,6 +369,50 @@ class _Pinger:
 
     def close_client(self) -> None:
         self.runner.close_client()
+
+
+def _forked_pushes(n: int, count: int) -> float:
+    """Push `n` tasks from `count` client processes forked from this one, each
+    on a connection of its own, made before the clock starts; seconds from go
+    to the last acknowledgement."""
+    from leek import ping, push_task_to_queue
+
+    share = [n // count + (1 if i < n % count else 0) for i in range(count)]
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    children = []
+    for pushes in share:
+        pid = os.fork()
+        if pid == 0:  # a forked client connects anew (leek/client/connection.py)
+            code = 1
+            try:
+                os.close(ready_r)
+                os.close(go_w)
+                ping()
+                os.write(ready_w, b".")
+                os.read(go_r, 1)  # the end of the pipe: go
+                for _ in range(pushes):
+                    push_task_to_queue(tasks.noop)
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    os.close(ready_w)
+    os.close(go_r)
+    ready = 0
+    while ready < count:
+        got = os.read(ready_r, count)
+        if not got:
+            break  # a client died before it connected: its status says why
+        ready += len(got)
+    os.close(ready_r)
+    start = time.perf_counter()
+    os.close(go_w)
+    failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+    elapsed = time.perf_counter() - start
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {count} client processes failed")
+    return elapsed
 
 
 def _use_port(port: int | str) -> None:
