@@ -53,6 +53,22 @@ def broker_cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
+def children_cpu(pid: int) -> float:
+    """Seconds of CPU the live child processes of `pid` (its worker processes) have spent."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                total += sum(broker_cpu(int(child)))
+            except OSError:
+                pass
+    return total
+
+
 def client_cpu() -> float:
     """Seconds of CPU this process and its waited-for children have spent."""
     own, children = (
@@ -264,9 +280,10 @@ def drain(
     start to the last one's, and the broker's CPU a task meanwhile."""
     stamps.wait(1, 60)
     samplers_of(args, pid, samplers)
-    base, cpu0 = stamps.count(), broker_cpu(pid)
+    base, cpu0, workers0 = stamps.count(), broker_cpu(pid), children_cpu(pid)
     stamps.wait(args.n, 600)
     user, system = (b - a for a, b in zip(cpu0, broker_cpu(pid), strict=True))
+    workers = children_cpu(pid) - workers0
     times = stamps.read()
     count = args.n - base
     wall = times[-1] - times[base - 1]
@@ -274,6 +291,7 @@ def drain(
         f"{args.db} drain, {args.workers} {args.pool}: {count / wall:,.0f}/s; per task: "
         f"broker CPU {(user + system) / count * 1e6:.1f} µs "
         f"({system / (user + system) if user + system else 0:.0%} in the kernel)"
+        + (f", worker processes' CPU {workers / count * 1e6:.1f} µs" if workers else "")
     )
 
 
