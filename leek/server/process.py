@@ -47,14 +47,14 @@ class WorkerProcess:
         self.tasks = 0
         self.pid: int | None = None
         self._process: Any = None
-        self._conn: Pipe | None = None
+        self._pipe: Pipe | None = None
         self._stopping: Any = None  # set before a SIGTERM that must end the task
 
     @property
     def alive(self) -> bool:
         """Whether a process was started and has not been seen to end (a
         process that dies while idle is seen at the next `run`)."""
-        return self._conn is not None
+        return self._pipe is not None
 
     def start(self) -> None:
         """Start a fresh process and wait until it is ready; WorkerUnavailable,
@@ -68,7 +68,7 @@ class WorkerProcess:
         process.start()
         theirs.close()
         pipe = Pipe(ours)
-        self._process, self._conn, self.tasks = process, pipe, 0
+        self._process, self._pipe, self.tasks = process, pipe, 0
         try:
             message = pipe.receive(START_TIMEOUT)
         except TimeoutError as exc:
@@ -91,7 +91,7 @@ class WorkerProcess:
         The process is then gone, and the next `run` needs a `start`."""
         limit = attempt.timeout or None
         deadline = None if limit is None else time.monotonic() + limit
-        pipe = self._conn
+        pipe = self._pipe
         if pipe is None:  # not started: the attempt never begins
             return None
         try:
@@ -139,9 +139,9 @@ class WorkerProcess:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask the process to exit between tasks; kill it if it does not."""
-        if self._conn is not None:
+        if self._pipe is not None:
             with contextlib.suppress(OSError):
-                self._conn.send(("stop",))
+                self._pipe.send(("stop",))
         if self._process is not None:
             self._process.join(timeout)
             if self._process.is_alive():
@@ -180,9 +180,9 @@ class WorkerProcess:
 
     def close(self) -> None:
         """Forget the process (it has exited, or is killed) and close the pipe."""
-        if self._conn is not None:
+        if self._pipe is not None:
             with contextlib.suppress(OSError):
-                self._conn.close()
+                self._pipe.close()
         if self._process is not None:
             if self._process.is_alive():
                 with contextlib.suppress(OSError):
@@ -190,5 +190,5 @@ class WorkerProcess:
                 self._process.join(KILL_GRACE)
             with contextlib.suppress(ValueError):
                 self._process.close()
-        self._process = self._conn = None
+        self._process = self._pipe = None
         self.pid = None
