@@ -36,9 +36,6 @@ class Pipe:
         self._start = self._end = 0  # received and not yet read: _buf[_start:_end]
         self._limit = 0.0  # the receive timeout set on the socket (0: none)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
     def send(self, message: tuple[Any, ...]) -> None:
         """Send one message; OSError when the other end is gone."""
         body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
