@@ -24,7 +24,11 @@ worker thread, in the order the threads first started a task, then zeros::
            28   4 bytes  CRC-32 of the 28 bytes before it, little-endian
 
 A process killed in the middle of copying a slot leaves it torn: its CRC does
-not match, and it is read as empty, as if the attempt had not been written.
+not match, and it is read as empty, as if the attempt had not been written. A
+slot whose CRC is zero is read as it is: the earlier format wrote zeros there,
+and a broker upgraded after a crash still counts its last life's starts. (A
+slot torn before its CRC was copied over zeros names an id no task has, or
+the attempt that did start.)
 Each life writes a new file, put in place by a rename: a broker still writing
 the file it mapped (a second broker started under the same name) writes on
 into a file no one reads, and is never cut short by the other's truncating it.
@@ -102,7 +106,7 @@ class Starts:
             key, number, started, crc = RECORD.unpack_from(data, offset)
             if key == EMPTY[:16] or number <= 0:
                 continue
-            if crc != zlib.crc32(data[offset : offset + SIGNED]):
+            if crc and crc != zlib.crc32(data[offset : offset + SIGNED]):
                 logger.warning(
                     "a torn slot in the file of running tasks was skipped path=%s",
                     self.path,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import struct
 import threading
 import uuid
 from collections.abc import Callable
@@ -244,6 +245,14 @@ def test_the_file_of_starts_grows_past_its_first_slots_and_skips_a_torn_one(
     assert len(Starts(path).previous()) == count - 1
     assert "a torn slot in the file of running tasks was skipped" in caplog.text
     starts.close()
+
+
+def test_a_file_of_starts_of_the_earlier_format_still_counts_its_starts(tmp_path: Path) -> None:
+    # Written by a broker before slots carried a CRC: those 4 bytes were zeros.
+    path = tmp_path / "node.running"
+    task = uuid.uuid4()
+    path.write_bytes(struct.pack("<16sId4x", task.bytes, 2, 7.0) + bytes(SLOT))
+    assert Starts(path).previous() == [(task, 2, 7.0)]
 
 
 def test_a_broker_still_writing_the_file_of_its_last_life_leaves_the_new_one_alone(
