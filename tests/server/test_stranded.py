@@ -91,10 +91,12 @@ def _sweep() -> None:
 def started(broker_factory: BrokerFactory, heartbeat: str) -> BrokerProcess:
     """A broker with a short WRITE_WAIT, heartbeats every `heartbeat` seconds
     and no sweeps of its own after the first; its SQLite writes wait for the
-    lock longer than any test holds it (they wait rather than fail)."""
+    lock longer than any test holds it (they wait rather than fail). The
+    heartbeat timeout is long enough for any interval a test gives."""
     return broker_factory(
         LEEK_WRITE_WAIT="0.5",
         LEEK_HEARTBEAT_INTERVAL=heartbeat,
+        LEEK_HEARTBEAT_TIMEOUT="600",
         LEEK_SWEEP_INTERVAL="3600",
         SQLITE_TIMEOUT="60",
     )
@@ -118,8 +120,10 @@ def test_a_sweep_whose_claim_commits_after_its_wait_still_runs_what_it_claimed(
 def test_a_periodic_run_claimed_after_its_wait_still_runs(
     broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
-    # The duties thread must be free to claim runs: no heartbeat while the test holds.
-    broker = started(broker_factory, heartbeat="20")
+    # The duties thread must be free to claim runs: no heartbeat while the test
+    # holds, however long a loaded machine takes to get there (a heartbeat
+    # waiting for the lock would hold the duties thread, and the claim).
+    broker = started(broker_factory, heartbeat="120")
     row = PeriodicTask.objects.create(
         name="tick", task=STAMP, args=[str(tmp_path / "marks")], every=1
     )
@@ -144,7 +148,7 @@ def test_a_periodic_run_claimed_after_its_wait_still_runs(
 def test_a_cancel_committed_after_its_wait_still_keeps_the_task_from_running(
     broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
-    started(broker_factory, heartbeat="20")
+    started(broker_factory, heartbeat="120")
     marks = tmp_path / "marks"
     doomed = leek.enqueue(tasks.append_line, args=(str(marks), "cancelled"), delay=6)
     sentinel = leek.enqueue(tasks.append_line, args=(str(marks), "sentinel"), delay=6.5)
