@@ -33,6 +33,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
@@ -110,6 +111,47 @@ class _Latest:
         return now - other > SHARED_WINDOW
 
 
+class _Large:
+    """A frame larger than the receive buffer, received into a buffer of its
+    own size and signed as its bytes arrive.
+
+    The buffer is an anonymous mapping: the kernel gives it memory as the
+    bytes arrive, so a peer that announces a large frame and sends little
+    holds little."""
+
+    def __init__(self, size: int, head: memoryview, key: bytes) -> None:
+        self.size = size
+        self.signed = size - TAG_SIZE
+        self.frame = memoryview(mmap.mmap(-1, size))
+        self.have = len(head)
+        self.frame[: self.have] = head
+        self.mac = keyed(key)
+        self.mac.update(self.frame[: min(self.have, self.signed)])
+
+    @property
+    def whole(self) -> bool:
+        return self.have >= self.size
+
+    def room(self) -> memoryview:
+        """Where the next bytes go."""
+        return self.frame[self.have :]
+
+    def received(self, got: int) -> None:
+        """`got` bytes arrived in `room`: sign what of them is signed."""
+        have = self.have
+        if have < self.signed:
+            self.mac.update(self.frame[have : min(have + got, self.signed)])
+        self.have = have + got
+
+    def open(self, reply_key: bytes, check: Check | None) -> Frame:
+        """The frame, once whole: its tag compared, then its body unpickled."""
+        frame, signed = self.frame, self.signed
+        tag = frame[signed:]
+        if not hmac.compare_digest(tag, self.mac.digest()):
+            raise refusal(frame[:signed], tag, reply_key)
+        return unpack(frame, frame[PREFIX:signed], check)
+
+
 class FrameSocket:
     """Frames over one connected socket: read from one buffer, each written in one call.
 
@@ -166,6 +208,9 @@ class FrameSocket:
         self.clock_offset = 0.0
         self._buf = memoryview(bytearray(RECV_SIZE))
         self._start = self._end = 0  # the bytes received and not yet read: _buf[_start:_end]
+        self._large: _Large | None = None  # a frame larger than _buf, being received (`pull`)
+        #: Called once frames queued behind a short write have all been sent.
+        self.on_paid: Callable[[], object] | None = None
         self._write_lock = threading.Lock()
         self._owed: deque[bytes] | None = None  # frames queued behind a short write
         self._owed_bytes = 0
@@ -263,38 +308,91 @@ class FrameSocket:
 
     def _read_large(self, size: int, since: float) -> Frame:
         """A frame of `size` bytes, larger than the receive buffer, whose first
-        bytes are in it: received into a buffer of its own, signed as it arrives.
-
-        The buffer is an anonymous mapping: the kernel gives it memory as the
-        bytes arrive, so a peer that announces a large frame and sends little
-        holds little."""
-        have = self._end - self._start
-        signed = size - TAG_SIZE
-        frame = memoryview(mmap.mmap(-1, size))
-        frame[:have] = self._buf[self._start : self._end]
+        bytes are in it: received into a buffer of its own (`_Large`)."""
+        large = _Large(size, self._buf[self._start : self._end], self.keys.receive)
         self._start = self._end = 0
-        mac = keyed(self.keys.receive)
-        mac.update(frame[: min(have, signed)])
-        while have < size:
+        while not large.whole:
             if time.monotonic() - since >= self.timeout:
                 raise TimeoutError(f"frame not finished within {self.timeout:g} s of its start")
             try:
-                got = self._recv_into(frame[have:])
+                got = self._recv_into(large.room())
             except BlockingIOError:  # the kernel's receive timeout
                 raise TimeoutError(
                     f"frame not finished within {self.timeout:g} s of its start"
                 ) from None
             if not got:
                 raise ProtocolError(
-                    f"connection closed mid-frame: {have} bytes of a frame received"
+                    f"connection closed mid-frame: {large.have} bytes of a frame received"
                 )
-            if have < signed:
-                mac.update(frame[have : min(have + got, signed)])
-            have += got
-        tag = frame[signed:]
-        if not hmac.compare_digest(tag, mac.digest()):
-            raise refusal(frame[:signed], tag, self.keys.send)
-        return unpack(frame, frame[PREFIX:signed], self.check)
+            large.received(got)
+        return large.open(self.keys.send, self.check)
+
+    # -- for a reader that polls many connections (server/loop.py) -------------
+
+    def pull(self) -> int:
+        """Receive what has arrived, without waiting: the bytes received, 0
+        when the peer closed. Raises BlockingIOError when nothing has.
+
+        The receive buffer always has room: `whole` moves a frame larger than
+        it to a buffer of its own, and the bytes of a frame that fits are
+        moved to its front here."""
+        large = self._large
+        if large is not None:
+            got = self.sock.recv_into(large.room(), 0, socket.MSG_DONTWAIT)
+            large.received(got)
+            return got
+        start, end = self._start, self._end
+        buf = self._buf
+        if start:
+            end -= start
+            buf[:end] = buf[start : start + end]
+            self._start, self._end = 0, end
+        got = self.sock.recv_into(buf[end:], 0, socket.MSG_DONTWAIT)
+        self._end = end + got
+        return got
+
+    def whole(self) -> Frame | None:
+        """The next frame received whole, checked and unpickled; None while
+        none is. Raises what :func:`~leek.protocol.frame.open_frame` raises
+        for a bad frame."""
+        large = self._large
+        if large is not None:
+            if not large.whole:
+                return None
+            self._large = None
+            return large.open(self.keys.send, self.check)
+        start, end = self._start, self._end
+        if end - start < HEADER.size:
+            return None
+        buf = self._buf
+        size = body_length(buf, self.max_size, start) + OVERHEAD
+        if end - start >= size:
+            if start + size == end:
+                self._start = self._end = 0
+            else:
+                self._start = start + size
+            return open_frame(
+                self.keys.receive, buf[start : start + size], self.check, self.keys.send
+            )
+        if size > len(buf):
+            self._large = _Large(size, buf[start:end], self.keys.receive)
+            self._start = self._end = 0
+        return None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received and not read yet: part of a frame, or more."""
+        return self._large.have if self._large is not None else self._end - self._start
+
+    @property
+    def partial(self) -> bool:
+        """Whether bytes have been received and not read yet."""
+        return self._end > self._start or self._large is not None
+
+    @property
+    def paid(self) -> bool:
+        """Whether the peer has taken every frame queued for it (`never_wait`)."""
+        return self._paid.is_set()
 
     def write(self, message: tuple[Any, ...], nonce: bytes | None = None) -> bytes:
         """Send one frame and return its nonce: `nonce` for a reply (that of
@@ -337,7 +435,8 @@ class FrameSocket:
                 if not self._owed:
                     self._owed = None
                     self._paid.set()
-                    return
+                    paid = self.on_paid
+                    break
                 data = self._owed.popleft()
                 self._owed_bytes -= len(data)
             try:
@@ -349,6 +448,8 @@ class FrameSocket:
                         self._owed_bytes = 0
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)
+        if paid is not None:
+            paid()
 
     def caught_up(self) -> bool:
         """Wait until the peer has taken every frame queued for it; False when

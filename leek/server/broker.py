@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from django.db import connection
@@ -110,6 +111,8 @@ class Broker:
             tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
         self.pushes = PUSHES | {links.VERB}
+        #: The verbs answered on the event loop's thread: they read no database.
+        self.quick = frozenset({"ping", "waiting", "handled", "stop"})
         self.verbs: dict[str, Callable[[Any], Any]] = {
             "ping": self.ping,
             "waiting": self.waiting,
@@ -450,6 +453,10 @@ class Broker:
             reply(None if error is not None else self.intake.reply(verb, tasks), error)
 
         self.store.insert(tasks, committed)
+
+    def gathered(self) -> AbstractContextManager[None]:
+        """Within it, the pushes this thread makes share one commit, at its end."""
+        return self.store.gathered()
 
     def push_steps(self, data: Any, reply: Reply) -> None:
         """Insert a chain's, group's or chord's tasks (links.py); once they

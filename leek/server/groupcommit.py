@@ -120,6 +120,8 @@ class GroupCommit:
         self._stopping = False
         self._retry = False
         self._finished: list[tuple[Done, Any, BaseException | None]] = []  # under _lock
+        self._gatherer: int | None = None  # the thread whose leads wait (`gathered`)
+        self._gathering = Gathering(self)
         self._db: Any = None  # a DatabaseWrapper of this writer's own
         self._cursor: Any = None
         self._bound: Any = None
@@ -143,9 +145,17 @@ class GroupCommit:
     # -- queueing ------------------------------------------------------------
 
     def lead(self, op: Op) -> None:
-        """Queue an op someone waits for, and write the queue now if nobody is."""
+        """Queue an op someone waits for, and write the queue now if nobody is
+        (at the end of the gathering, on the thread that gathers)."""
         self._pending.append(op)
-        self._flush_all(blocking=False)
+        if self._gatherer != threading.get_ident():
+            self._flush_all(blocking=False)
+
+    def gathered(self) -> Gathering:
+        """Within it, what the thread in it `lead`s waits, and is written at its
+        end in one batch with whatever else is queued: the event loop's round
+        of pushes from many connections (loop.py). One thread at a time."""
+        return self._gathering
 
     def wait_for(self, op: Call) -> Waiter:
         """Queue a call as `lead` does; the Waiter completes when it is committed."""
@@ -416,6 +426,25 @@ class GroupCommit:
                     extra={"action": "write_dropped"},
                 )
         return retry
+
+
+class Gathering:
+    """GroupCommit.gathered: entered and left once per round of the event
+    loop, so it is a plain object, made once."""
+
+    __slots__ = ("_commit",)
+
+    def __init__(self, commit: GroupCommit) -> None:
+        self._commit = commit
+
+    def __enter__(self) -> None:
+        self._commit._gatherer = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        commit = self._commit
+        commit._gatherer = None
+        if commit._pending:
+            commit._flush_all(blocking=False)
 
 
 def _finish(done: Done, value: Any, error: BaseException | None) -> None:

@@ -1,16 +1,18 @@
-"""The broker's TCP side: socketserver's server and one client connection.
+"""The broker's TCP side: socketserver's server, and a TLS client connection.
 
 `Server` fills the hooks `socketserver.BaseServer` documents (``verify_request``
-for the address allowlist and the gate, ``process_request`` to wait in the
-lobby, ``get_request`` to survive running out of descriptors,
-``service_actions``, ``handle_error`` so errors are logged rather than
-printed); admission.py holds and limits the connections. `Handler` serves one
-persistent client connection: it completes the TLS handshake when the broker
-has TLS, reads frames (the protocol package checks size and signature, and the
-limits' check refuses replays, before anything is unpickled), hands each
-request to the `Endpoint` behind the server (the broker), and writes each reply
-in one call, naming the nonce of the request it answers. It knows nothing of
-the broker but the `Endpoint` protocol and its `Limits`.
+for the address allowlist and the gate, ``process_request`` to hand each
+connection to the event loop or, with TLS, to the lobby, ``get_request`` to
+survive running out of descriptors, ``service_actions``, ``handle_error`` so
+errors are logged rather than printed); admission.py holds and limits the
+connections. Plain connections are read by one thread, the event loop
+(loop.py). `Handler` serves one TLS connection on a thread of its own: it
+completes the handshake, then reads frames (the protocol package checks size
+and signature, and the limits' check refuses replays, before anything is
+unpickled). Either way, a `Peer` (peer.py) hands each request to the
+`Endpoint` behind the server (the broker) and writes each reply in one call,
+naming the nonce of the request it answers. This package knows nothing of the
+broker but the `Endpoint` protocol and its `Limits`.
 """
 
 from __future__ import annotations
@@ -23,20 +25,23 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.db import connection
 
-from ..exceptions import LeekError, ProtocolError, ReplayedFrame, StaleFrame
-from ..protocol.frame import MAGIC, NO_NONCE, Check, Keys
+from ..exceptions import ProtocolError
+from ..protocol.frame import MAGIC, Check, Keys
 from ..protocol.sockets import FrameSocket, Spins
 from ..protocol.tls import Channel
 from .admission import Conn, Every, Gate, Lobby
+from .loop import Loop
+from .peer import Peer
 
 logger = logging.getLogger(__name__)
 security = logging.getLogger("leek.security")
-#: Seconds a connection's thread waits for its last enqueue to be committed
+#: Seconds a TLS connection's thread waits for its last enqueue to be committed
 #: before it reads on regardless (a write fails well before: see groupcommit.py).
 ENQUEUE_TIMEOUT = 60.0
 
@@ -72,6 +77,12 @@ class Endpoint(Protocol):
     limits: Limits
     #: The verbs answered once their tasks are committed, through `push`.
     pushes: frozenset[str]
+    #: The verbs the event loop answers on its own thread; it answers the
+    #: others on a thread aside.
+    quick: frozenset[str]
+
+    def gathered(self) -> AbstractContextManager[None]:
+        """Within it, the pushes of the calling thread share one commit, at its end."""
 
     def push(self, verb: str, data: Any, reply: Reply) -> None:
         """Queue the tasks of a push; `reply` is called once they are committed."""
@@ -85,22 +96,18 @@ class Endpoint(Protocol):
 
 
 class Handler(socketserver.BaseRequestHandler):
-    """One client connection: frames in, replies out, until the client leaves.
+    """One TLS client connection, on a thread of its own: the handshake, then
+    frames in, replies out, until the client leaves (peer.py serves them).
 
     A push's reply is sent by the thread that commits it (see groupcommit.py),
-    so this thread goes back to reading as soon as the task is queued for the
-    commit; every other verb is answered here."""
+    so this thread waits for it before it reads the next request."""
 
     server: Server
     request: socket.socket
 
     def setup(self) -> None:
         self.conn = self.server.gate.held(self.request)
-        # Set while no enqueue of this connection waits for its commit: one at
-        # a time per connection, so a client that pipelines requests cannot keep
-        # this thread busy (and the GIL from the others') without pause.
-        self.settled = threading.Event()
-        self.settled.set()
+        self.settled = threading.Event()  # set once a request's owed reply is sent
 
     def handle(self) -> None:
         conn = self.conn
@@ -109,85 +116,49 @@ class Handler(socketserver.BaseRequestHandler):
         frames = self._open()
         if frames is None:
             return
-        self.frames = frames
         endpoint = self.server.endpoint
+        peer = Peer(endpoint, self.server.gate, conn, frames, self.settled.set)
         idle = endpoint.limits.idle_timeout
-        trusted = False
         while True:
-            if not self.settled.is_set():
+            if peer.busy:
                 self.settled.wait(ENQUEUE_TIMEOUT)
-            if not self.frames.caught_up():  # sends, but does not read its replies
+            if not frames.caught_up():  # sends, but does not read its replies
                 return
             try:
-                frame = self.frames.read(idle=idle)
-            except StaleFrame as exc:  # signed and whole, but a replay: the stream goes on
-                endpoint.frame_rejected(exc)
-                security.warning(
-                    "frame refused client=%s error=%s",
-                    self.client_address[0],
-                    exc,
-                    extra={
-                        "action": "frame_replayed"
-                        if isinstance(exc, ReplayedFrame)
-                        else "frame_stale"
-                    },
-                )
-                if not self._reply((0, False, _error(exc)), exc.nonce):
+                frame = frames.read(idle=idle)
+            except ProtocolError as exc:
+                if not peer.refused(exc):
                     return
                 continue
-            except ProtocolError as exc:
-                endpoint.frame_rejected(exc)
-                security.warning(
-                    "frame rejected client=%s error=%s",
-                    self.client_address[0],
-                    exc,
-                    extra={"action": "frame_rejected"},
-                )
-                self._reply((0, False, _error(exc)), NO_NONCE)
-                return
             except OSError:  # timed out, reset, or shut by the broker's stop
                 return
             if frame is None:
                 return
-            if not trusted:  # signed with the secret: it keeps its place from now on
-                self.server.gate.trust(conn)
-                trusted = True
-            request_id, verb, data = frame.message
-            try:
-                if verb in endpoint.pushes:
-                    self.settled.clear()
-                    endpoint.push(verb, data, self._answer(request_id, frame.nonce))
-                    continue
-                reply = (request_id, True, endpoint.answer(verb, data))
-            except (LeekError, ValueError, TypeError, KeyError) as exc:
-                reply = (request_id, False, _error(exc))
-            except Exception as exc:
-                logger.exception("request failed verb=%s", verb, extra={"action": "request_failed"})
-                reply = (request_id, False, _error(exc))
-            self.settled.set()  # nothing of this request waits for a commit
-            if not self._reply(reply, frame.nonce):
+            self.settled.clear()
+            if not peer.request(frame):
                 return
 
     def _open(self) -> FrameSocket | None:
-        """The frames of this connection, once its TLS handshake (if any) is
-        done; None when it fails."""
+        """The frames of this connection, once its TLS handshake is done; None
+        when it fails."""
         limits = self.server.endpoint.limits
         sock = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        channel = None
-        if limits.tls is not None:
-            sock.settimeout(limits.first_frame_timeout)  # the gate's deadline bounds it too
-            try:
-                first = sock.recv(len(MAGIC), socket.MSG_PEEK)
-                if not first:  # connected and left, as a port check does
-                    return None
-                if first == MAGIC:
-                    raise ssl.SSLError("a plain frame: the client lacks LEEK['TLS']")
-                channel = Channel(sock, limits.tls, server_side=True)
-                channel.handshake()
-            except OSError as exc:  # ssl.SSLError and timeouts included
-                self.server.tls_failed(self.client_address, exc)
+        context = limits.tls
+        if context is None:  # cannot happen: plain connections are the loop's
+            return None
+        sock.settimeout(limits.first_frame_timeout)  # the gate's deadline bounds it too
+        try:
+            first = sock.recv(len(MAGIC), socket.MSG_PEEK)
+            if not first:  # connected and left, as a port check does
                 return None
+            if first == MAGIC:
+                raise ssl.SSLError("a plain frame: the client lacks LEEK['TLS']")
+            channel = Channel(sock, context, server_side=True)
+            channel.handshake()
+        except OSError as exc:  # ssl.SSLError and timeouts included
+            self.server.tls_failed(self.client_address, exc)
+            return None
         return FrameSocket(
             sock,
             limits.keys,
@@ -196,37 +167,12 @@ class Handler(socketserver.BaseRequestHandler):
             never_wait=True,
             check=limits.check,
             tls=channel,
-            spin=limits.spin,
         )
-
-    def _answer(self, request_id: int, nonce: bytes) -> Reply:
-        """The reply to a push, once its tasks are committed."""
-
-        def done(value: Any, error: BaseException | None) -> None:
-            if error is not None:
-                self._reply((request_id, False, _error(error)), nonce)
-            else:
-                self._reply((request_id, True, value), nonce)
-            self.settled.set()
-
-        return done
-
-    def _reply(self, message: tuple[Any, ...], nonce: bytes) -> bool:
-        """Send a reply to the request of `nonce`; False when the client is gone."""
-        try:
-            self.frames.write(message, nonce)
-        except OSError:
-            return False
-        return True
 
     def finish(self) -> None:
         if self.conn is not None:
             self.server.gate.leave(self.conn)
         connection.close()
-
-
-def _error(exc: BaseException) -> dict[str, str]:
-    return {"error": type(exc).__name__, "message": str(exc)}
 
 
 class Server(socketserver.ThreadingTCPServer):
@@ -250,7 +196,8 @@ class Server(socketserver.ThreadingTCPServer):
         self.gate = Gate(
             limits.max_connections, limits.max_unauthenticated, limits.first_frame_timeout
         )
-        self.lobby = Lobby(self.gate, self._hand_off)
+        self.lobby = Lobby(self.gate, self._hand_off)  # TLS connections, until their first bytes
+        self.loop = Loop(endpoint, self.gate)  # plain connections
         self.accept_failures = 0
         self.tls_failures = 0
         self._accept_log = Every()
@@ -259,6 +206,7 @@ class Server(socketserver.ThreadingTCPServer):
             super().__init__(address, Handler, bind_and_activate=listener is None)
         except BaseException:
             self.lobby.stop()
+            self.loop.stop()
             raise
         if listener is not None:
             self.socket.close()
@@ -269,6 +217,7 @@ class Server(socketserver.ThreadingTCPServer):
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self.gate.measure()
         self.lobby.start()
+        self.loop.start()
         super().serve_forever(poll_interval)
 
     def service_actions(self) -> None:
@@ -307,10 +256,13 @@ class Server(socketserver.ThreadingTCPServer):
         return self.gate.admit(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Wait in the lobby, with no thread, until the first bytes arrive."""
+        """Serve on the event loop; with TLS, wait in the lobby, with no
+        thread, until the first bytes arrive."""
         conn = self.gate.held(request)
         if conn is None:  # cannot happen: admitted by verify_request just before
             self.shutdown_request(request)
+        elif self.endpoint.limits.tls is None:
+            self.loop.add(conn)
         else:
             self.lobby.add(conn)
 
@@ -352,9 +304,11 @@ class Server(socketserver.ThreadingTCPServer):
     def server_close(self) -> None:
         super().server_close()
         self.lobby.stop()
+        self.loop.stop()
 
     def detach(self) -> socket.socket:
         """Stop serving but leave the listening socket open, for the broker's
         next life: connections made meanwhile wait in its backlog."""
         self.lobby.stop()
+        self.loop.stop()
         return self.socket

@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection
@@ -156,6 +157,11 @@ class Store:
             cursor.close()
 
     # -- the hot path ----------------------------------------------------------
+
+    def gathered(self) -> AbstractContextManager[None]:
+        """Within it, the inserts this thread makes are written together at
+        its end (GroupCommit.gathered)."""
+        return self.tasks.gathered()
 
     def insert(self, tasks: Sequence[NewTask], done: Done) -> None:
         """Insert `tasks` (once each: a replayed id is ignored); after the
