@@ -230,19 +230,12 @@ class FrameSocket:
         buf = self._buf
         since = time.monotonic()  # idle since, or the frame's start once bytes arrive
         while True:
+            frame = self.whole()
+            if frame is not None:
+                return frame
+            if self._large is not None:
+                return self._read_large(self._large, since)
             start, end = self._start, self._end
-            if end - start >= HEADER.size:
-                size = body_length(buf, self.max_size, start) + OVERHEAD
-                if end - start >= size:
-                    if start + size == end:
-                        self._start = self._end = 0
-                    else:
-                        self._start = start + size
-                    return open_frame(
-                        self.keys.receive, buf[start : start + size], self.check, self.keys.send
-                    )
-                if size > len(buf):
-                    return self._read_large(size, since)
             if start:  # room for the rest of the frame: move what it has to the front
                 end -= start
                 buf[:end] = buf[start : start + end]
@@ -306,11 +299,8 @@ class FrameSocket:
                 # busy cores the one this thread spins on may be its peer's.
                 os.sched_yield()
 
-    def _read_large(self, size: int, since: float) -> Frame:
-        """A frame of `size` bytes, larger than the receive buffer, whose first
-        bytes are in it: received into a buffer of its own (`_Large`)."""
-        large = _Large(size, self._buf[self._start : self._end], self.keys.receive)
-        self._start = self._end = 0
+    def _read_large(self, large: _Large, since: float) -> Frame:
+        """The rest of a frame larger than the receive buffer."""
         while not large.whole:
             if time.monotonic() - since >= self.timeout:
                 raise TimeoutError(f"frame not finished within {self.timeout:g} s of its start")
@@ -325,6 +315,7 @@ class FrameSocket:
                     f"connection closed mid-frame: {large.have} bytes of a frame received"
                 )
             large.received(got)
+        self._large = None
         return large.open(self.keys.send, self.check)
 
     # -- for a reader that polls many connections (server/loop.py) -------------

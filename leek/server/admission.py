@@ -238,6 +238,32 @@ def open_descriptors() -> int | None:
     return None
 
 
+class Waking:
+    """A selector one thread waits on, and a socket pair through which any
+    other thread wakes it: the key of the pair's end has no data."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+        self.selector.register(self._read, selectors.EVENT_READ, None)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # full: it will wake anyway
+            self._write.send(b"\0")
+
+    def woken(self) -> None:
+        """Take the bytes that woke it."""
+        with contextlib.suppress(OSError):
+            self._read.recv(4096)
+
+    def close(self) -> None:
+        self.selector.close()
+        self._read.close()
+        self._write.close()
+
+
 class Lobby:
     """Connections that have sent nothing yet, on one selector and one thread.
 
@@ -248,11 +274,8 @@ class Lobby:
     def __init__(self, gate: Gate, hand_off: Callable[[Conn], None]) -> None:
         self.gate = gate
         self.hand_off = hand_off
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._waking = Waking()
+        self._selector = self._waking.selector
         self._arrivals: deque[Conn] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -264,11 +287,7 @@ class Lobby:
     def add(self, conn: Conn) -> None:
         """Wait in the lobby for its first bytes."""
         self._arrivals.append(conn)
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # full: it will wake anyway
-            self._wake_w.send(b"\0")
+        self._waking.wake()
 
     def _run(self) -> None:
         while not self._stopping:
@@ -285,8 +304,7 @@ class Lobby:
             for key, _ in self._selector.select(wait):
                 conn = key.data
                 if conn is None:
-                    with contextlib.suppress(OSError):
-                        self._wake_r.recv(4096)
+                    self._waking.woken()
                     continue
                 self._selector.unregister(conn.sock)
                 if conn.dropped:
@@ -316,7 +334,7 @@ class Lobby:
         if self._selector.get_map() is None:  # stopped already
             return
         self._stopping = True
-        self._wake()
+        self._waking.wake()
         if self._thread is not None:
             self._thread.join(5)
         for key in list(self._selector.get_map().values()):
@@ -324,6 +342,4 @@ class Lobby:
                 self._close(key.data)
         while self._arrivals:
             self._close(self._arrivals.popleft())
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waking.close()

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
 from ..protocol.sockets import WAIT_WEIGHT, FrameSocket, Spins
-from .admission import Conn, Gate
+from .admission import Conn, Gate, Waking
 from .peer import Peer
 
 if TYPE_CHECKING:
@@ -113,11 +113,8 @@ class Loop:
         self.limits = limits
         self.spin = limits.spin
         self._wait = 0.0  # seconds the loop waited for a frame, a moving average
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._waking = Waking()
+        self._selector = self._waking.selector
         self._readers: set[Reader] = set()
         self._silent: set[Conn] = set()  # connections that have sent nothing yet
         self._arrivals: deque[Conn] = deque()
@@ -135,11 +132,7 @@ class Loop:
     def add(self, conn: Conn) -> None:
         """Serve a connection just accepted (and admitted by the gate)."""
         self._arrivals.append(conn)
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # full: it will wake anyway
-            self._wake_w.send(b"\0")
+        self._waking.wake()
 
     # -- the rounds ----------------------------------------------------------
 
@@ -160,8 +153,7 @@ class Loop:
                 for key, _ in events:
                     reader = key.data
                     if reader is None:
-                        with contextlib.suppress(OSError):
-                            self._wake_r.recv(4096)
+                        self._waking.woken()
                     elif isinstance(reader, Conn):
                         self._open(reader)
                     else:
@@ -299,7 +291,7 @@ class Loop:
                 return
             self._again.append(reader)
         if threading.current_thread() is not self._thread:
-            self._wake()
+            self._waking.wake()
 
     def _serve_again(self, reader: Reader) -> None:
         if reader not in self._readers:  # closed meanwhile
@@ -361,7 +353,7 @@ class Loop:
         if self._stopping:
             return
         self._stopping = True
-        self._wake()
+        self._waking.wake()
         if self._thread is not None:
             self._thread.join(5)
         for reader in list(self._readers):
@@ -371,6 +363,4 @@ class Loop:
         while self._arrivals:
             self._close_conn(self._arrivals.popleft())
         self._aside.stop()
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waking.close()
