@@ -18,6 +18,8 @@ from . import conf, logs, ratelimit
 #: The most seconds SPIN may be: past it a thread burns a core on a reply
 #: that sleeping would catch as soon.
 MAX_SPIN = 0.01
+#: The most seconds SWITCH_INTERVAL may be.
+MAX_SWITCH_INTERVAL = 0.1
 
 
 @checks.register()
@@ -106,6 +108,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     errors += _check_push_settings(settings)
     errors += _check_heartbeat(settings["HEARTBEAT_INTERVAL"], settings["HEARTBEAT_TIMEOUT"])
     errors += _check_spin(settings["SPIN"])
+    errors += _check_switch_interval(settings["SWITCH_INTERVAL"])
     if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:
         errors.append(
             checks.Error(
@@ -260,6 +263,25 @@ def _check_spin(value: Any) -> list[checks.CheckMessage]:
                 hint="It is how long a thread polls its socket for a reply before it sleeps: "
                 "a few hundred microseconds (the default is 0.0003); 0 turns it off.",
                 id="leek.E017",
+            )
+        ]
+    return []
+
+
+def _check_switch_interval(value: Any) -> list[checks.CheckMessage]:
+    """leek.E018: SWITCH_INTERVAL is seconds above 0, to MAX_SWITCH_INTERVAL."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_SWITCH_INTERVAL
+    ):
+        return [
+            checks.Error(
+                "LEEK['SWITCH_INTERVAL'] must be a number of seconds above 0 and at most "
+                f"{MAX_SWITCH_INTERVAL}, got {value!r}.",
+                hint="It is how long a broker's thread may keep the interpreter lock from "
+                "another that waits for it (the default is 0.0002; Python's own, 0.005).",
+                id="leek.E018",
             )
         ]
     return []

@@ -97,6 +97,11 @@ DEFAULTS: dict[str, Any] = {
     # recent waits were shorter than this, and one thread of a process at a
     # time (leek/protocol/sockets.py). 0: always sleep.
     "SPIN": 0.0003,
+    # Seconds a broker's thread may hold the interpreter lock while another
+    # waits for it (sys.setswitchinterval; Python's default is 0.005). Worker
+    # threads running Python code hold it that long each time a connection's
+    # push needs it back, and a push needs it back a few dozen times.
+    "SWITCH_INTERVAL": 0.0002,
     # Client addresses allowed to connect (empty: any address).
     "ALLOWED_CLIENTS": [],
     # Seconds between sweeps for spooled tasks and orphans of dead brokers.

@@ -103,6 +103,18 @@ def test_a_spin_that_is_not_seconds_from_zero_to_the_most_is_an_error(
         assert messages(settings, "leek.E017", SPIN=fine) == []
 
 
+@pytest.mark.parametrize("value", [0, -0.001, 0.5, "0.0002", None, True])
+def test_a_switch_interval_that_is_not_seconds_above_zero_is_an_error(
+    settings: Any, value: Any
+) -> None:
+    assert messages(settings, "leek.E018", SWITCH_INTERVAL=value) == [
+        "LEEK['SWITCH_INTERVAL'] must be a number of seconds above 0 and at most 0.1, "
+        f"got {value!r}."
+    ]
+    for fine in (0.0001, 0.0002, 0.005, 0.1):
+        assert messages(settings, "leek.E018", SWITCH_INTERVAL=fine) == []
+
+
 def test_reload_on_new_code_must_be_a_boolean(settings: Any) -> None:
     assert messages(settings, "leek.E016", RELOAD_ON_NEW_CODE="yes") == [
         "LEEK['RELOAD_ON_NEW_CODE'] must be True or False, got 'yes'."

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -124,6 +125,7 @@ class Broker:
             "reload": self.reload,
         }
         self.grace = float(settings["SHUTDOWN_GRACE"])
+        self.switch_interval = float(settings["SWITCH_INTERVAL"])
         self.code_version = str(settings["CODE_VERSION"])
         self.intake = Intake(int(settings["MAX_RETRIES"]), self.code_version)
         self.reloads = reexec.Reloads(self.code_version, bool(settings["RELOAD_ON_NEW_CODE"]))
@@ -211,6 +213,9 @@ class Broker:
             self.server.server_close()
             raise
         install_capture()
+        # Python's 5 ms let two worker threads running Python code keep the
+        # interpreter from the event loop for seconds a push (docs/benchmarks.md).
+        sys.setswitchinterval(self.switch_interval)
         settle()
         gc.collect()
         gc.freeze()  # what setup made lives as long as the broker: never scan it again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ def stats(broker: Broker) -> dict[str, Any]:
         "message": message,
         "started": broker.started,
         "uptime": round(time.time() - broker.started, 3),
+        "switch_interval": sys.getswitchinterval(),
         "workers": broker.lanes.size,
         "workers_alive": broker.lanes.alive(),
         "workers_busy": len(broker.lanes.busy()),

@@ -155,6 +155,17 @@ def test_stats(broker: BrokerProcess) -> None:
     assert stats["version"] == leek.__version__
 
 
+def test_the_broker_keeps_the_interpreter_lock_for_its_switch_interval(
+    broker_factory: Any,
+) -> None:
+    first = broker_factory()
+    assert leek.stats()[1]["switch_interval"] == pytest.approx(0.0002)  # the default
+    first.kill()
+    client.close()
+    broker_factory(LEEK_SWITCH_INTERVAL="0.001")
+    assert leek.stats()[1]["switch_interval"] == pytest.approx(0.001)
+
+
 def test_enqueue_many_is_one_frame(broker: BrokerProcess) -> None:
     handles = leek.enqueue_many([(operator.add, (i, i)) for i in range(50)])
     assert [h.result(timeout=10) for h in handles] == [2 * i for i in range(50)]
