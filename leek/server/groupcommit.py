@@ -239,7 +239,9 @@ class GroupCommit:
                     self._wake.notify()
                 return True
             rounds += 1
-            if not blocking and not any(op.done for op in self._pending):
+            # A copy, made whole while other threads queue: iterating the
+            # deque itself raises when one appends meanwhile.
+            if not blocking and not any(op.done for op in list(self._pending)):
                 # What came meanwhile waits for no client (running marks and
                 # outcomes): the writer thread or the next commit takes it,
                 # while this thread goes back to its client, and the task it

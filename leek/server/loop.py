@@ -36,6 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
@@ -137,27 +138,60 @@ class Loop:
     # -- the rounds ----------------------------------------------------------
 
     def _run(self) -> None:
-        scan = time.monotonic() + SCAN_INTERVAL
         gathered = self.endpoint.gathered()
+        scan = time.monotonic() + SCAN_INTERVAL
         while not self._stopping:
-            while self._arrivals:
-                self._arrive(self._arrivals.popleft())
-            now = time.monotonic()
-            if now >= scan:
-                self._scan(now)
-                scan = now + SCAN_INTERVAL
-            events = [] if self._again else self._select(scan - now)
-            with gathered:  # the round's pushes, in one commit
-                while self._again:
-                    self._serve_again(self._again.popleft())
-                for key, _ in events:
-                    reader = key.data
-                    if reader is None:
-                        self._waking.woken()
-                    elif isinstance(reader, Conn):
-                        self._open(reader)
-                    else:
-                        self._read(reader)
+            try:
+                scan = self._round(gathered, scan)
+            except Exception:  # a defect: logged, and the loop serves on
+                logger.exception("event loop round failed", extra={"action": "loop_failed"})
+                time.sleep(0.01)  # a round that fails again fails no faster than this
+
+    def _round(self, gathered: AbstractContextManager[None], scan: float) -> float:
+        """One round: the new connections, the deadlines when due, then what
+        is ready to read; the time of the next check of the deadlines."""
+        while self._arrivals:
+            self._arrive(self._arrivals.popleft())
+        now = time.monotonic()
+        if now >= scan:
+            self._scan(now)
+            scan = now + SCAN_INTERVAL
+        events = [] if self._again else self._select(scan - now)
+        with gathered:  # the round's pushes, in one commit
+            while self._again:
+                self._serve(self._again.popleft(), again=True)
+            for key, _ in events:
+                if key.data is None:
+                    self._waking.woken()
+                else:
+                    self._serve(key.data)
+        return scan
+
+    def _serve(self, item: Reader | Conn, again: bool = False) -> None:
+        """Serve one connection: its first bytes, what it sent, or what it
+        holds once settled. A defect met on the way closes that connection,
+        loudly, and the loop goes on with the others."""
+        try:
+            if isinstance(item, Conn):
+                self._open(item)
+            elif again:
+                self._serve_again(item)
+            else:
+                self._read(item)
+        except Exception:
+            conn = item if isinstance(item, Conn) else item.conn
+            logger.exception(
+                "connection failed client=%s",
+                conn.address[0],
+                extra={"action": "connection_failed"},
+            )
+            if isinstance(item, Conn):
+                self._silent.discard(item)
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(item.sock)
+                self._close_conn(item)
+            else:
+                self._close(item)
 
     def _select(self, timeout: float) -> list[tuple[selectors.SelectorKey, int]]:
         """What is ready to read: polled first, with a spin, else waited for."""

@@ -1,0 +1,60 @@
+"""GroupCommit on a real database connection, with threads queueing as it writes."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from leek.server.groupcommit import GroupCommit
+from leek.server.ops import Insert, Mark, Op
+
+
+class Nothing:
+    """Batches that write nothing: one result an op, in a transaction of SQLite's own."""
+
+    def open(self, cursor: Any, db: Any) -> Any:
+        return cursor
+
+    def write(self, cursor: Any, bound: Any, ops: list[Op]) -> list[Any]:
+        cursor.execute("SELECT 1")
+        return [None] * len(ops)
+
+    def write_apart(self, cursor: Any, bound: Any, ops: list[Op]) -> list[Any]:
+        return [(None, None) for _ in ops]
+
+    def committed(self, ops: list[Op], results: list[Any]) -> None:
+        pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_thread_that_leads_while_others_queue_outcomes_never_fails() -> None:
+    """The event loop leads its round's inserts while worker threads queue
+    running marks: the check of what is left must not iterate a queue that
+    another thread appends to (it raised 'deque mutated during iteration',
+    which stopped the loop)."""
+    commit = GroupCommit("test", Nothing())
+    stop = threading.Event()
+
+    def queue_marks() -> None:
+        while not stop.is_set():
+            commit.later(Mark("id", 1, 0.0), wake=False)
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch within the check's loop
+    marks = [threading.Thread(target=queue_marks) for _ in range(2)]
+    for thread in marks:
+        thread.start()
+    committed = []
+    try:
+        for _ in range(300):
+            commit.lead(Insert([], done=lambda value, error: committed.append(error)))
+    finally:
+        stop.set()
+        for thread in marks:
+            thread.join()
+        sys.setswitchinterval(before)
+        commit._close()
+    assert committed and not any(committed)
