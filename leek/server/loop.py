@@ -229,8 +229,14 @@ class Loop:
         self._silent.add(conn)
 
     def _open(self, conn: Conn) -> None:
-        """A connection's first bytes came: its frames, its peer, then read them."""
+        """A connection's first bytes came: its frames, its peer, then read them.
+        One the gate made leave (evicted, or late) is only closed: under a flood
+        of strangers, closing keeps up with accepting."""
         self._silent.discard(conn)
+        if conn.dropped:
+            self._selector.unregister(conn.sock)
+            self._close_conn(conn)
+            return
         limits = self.limits
         try:
             frames = FrameSocket(

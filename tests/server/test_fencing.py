@@ -144,6 +144,9 @@ def test_a_late_outcome_of_a_broker_s_earlier_life_under_its_name_is_refused(
     name = {"LEEK_NODE_NAME": "fence-one"}
     first = broker_factory(**FAST, **name)
     handle = leek.enqueue(fence_tasks.held_per_broker, (str(runs), str(gates)))
+    # Its run recorded, not only its status: a broker stopped between the two
+    # would record the first run only once it wakes.
+    wait_for(lambda: runs_of(runs))
     wait_for(lambda: Task.objects.get(pk=handle.id).status == "running")
     assert first.proc is not None
     os.kill(first.proc.pid, signal.SIGSTOP)
