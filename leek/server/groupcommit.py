@@ -6,7 +6,9 @@ reply. The thread that queues such an op writes every queued op itself in one
 transaction when no other thread is writing, so one client pushing alone pays
 one commit and no thread switch. When another thread is writing, the op rides
 in that thread's next batch and the queuing thread goes back to its client
-socket: nobody sleeps on the op and nobody has to be woken for it. Ops nobody
+socket: nobody sleeps on the op and nobody has to be woken for it. A call
+waited for with a timeout (a heartbeat, a claim, a cancel: `wait_for`) goes to
+the writer thread, so its caller waits no longer than it chose. Ops nobody
 waits for (running marks, outcomes) go to the writer thread, which lets them
 linger a moment so they share the commit of the next insert, and which retries
 them with a backoff while the database is away.
@@ -158,10 +160,14 @@ class GroupCommit:
         return self._gathering
 
     def wait_for(self, op: Call) -> Waiter:
-        """Queue a call as `lead` does; the Waiter completes when it is committed."""
+        """Queue a call for the writer thread, which writes it at once; the
+        Waiter completes when it is committed. The caller never writes it
+        itself: a thread that led the write into a database holding its lock
+        would wait out the database's own timeout, not its own (a heartbeat,
+        a periodic claim, a cancel waits at most WRITE_WAIT)."""
         waiter = Waiter()
         op.done = waiter.resolve
-        self.lead(op)
+        self.later(op)
         return waiter
 
     def later(self, op: Op, wake: bool = True) -> None:

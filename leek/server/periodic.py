@@ -301,6 +301,13 @@ class Periodic:
 
         def late(ready: list[Ready] | None, error: BaseException | None) -> None:
             if ready:  # committed after the wait below gave up: its task is ours to run
+                logger.info(
+                    "periodic task pushed after the claim's wait name=%s task=%s due=%s",
+                    row.name,
+                    row.task,
+                    _iso(due),
+                    extra=task_extra("periodic_pushed", ready[0].id, row.task, row.queue),
+                )
                 self.route(ready)
 
         ready = claim.wait(float(conf.get("WRITE_WAIT")), late=late)

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 
@@ -22,6 +23,7 @@ import leek
 from leek.client import connection as client
 from leek.client.spool import spool
 from leek.models import PeriodicTask, Task
+from leek.server.store import Store
 from tests import tasks
 from tests.conftest import BrokerFactory, BrokerProcess, task_message, wait_for
 
@@ -102,6 +104,38 @@ def started(broker_factory: BrokerFactory, heartbeat: str) -> BrokerProcess:
     )
 
 
+def test_a_thread_waiting_for_a_write_gives_up_at_its_wait_even_as_the_first_writer(
+    transactional_db: Any,
+) -> None:
+    # No other write leads: the caller's own is the first to meet the lock.
+    # Were it written on the caller's thread, the caller would wait out the
+    # database's timeout (20 s on SQLite here), not its own.
+    store = Store("test-node", lambda ready: None)
+    store.start()
+    gave_up: list[BaseException] = []
+
+    def touch(cursor: Any, dialect: Any) -> None:
+        cursor.execute("UPDATE leek_task SET priority = priority WHERE 1 = 0")
+
+    def wait() -> None:
+        try:
+            store.call(touch).wait(0.5)
+        except TimeoutError as exc:
+            gave_up.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    try:
+        with writes_held("leek_task"):
+            waiter.start()
+            waiter.join(10)
+            assert not waiter.is_alive(), "the wait outlasted its 0.5 s while the write waited"
+        assert len(gave_up) == 1
+        assert store.call(lambda cursor, dialect: "written").wait(10) == "written"
+    finally:
+        waiter.join(30)
+        store.stop()
+
+
 def test_a_sweep_whose_claim_commits_after_its_wait_still_runs_what_it_claimed(
     broker_factory: BrokerFactory,
 ) -> None:
@@ -120,9 +154,6 @@ def test_a_sweep_whose_claim_commits_after_its_wait_still_runs_what_it_claimed(
 def test_a_periodic_run_claimed_after_its_wait_still_runs(
     broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
-    # The duties thread must be free to claim runs: no heartbeat while the test
-    # holds, however long a loaded machine takes to get there (a heartbeat
-    # waiting for the lock would hold the duties thread, and the claim).
     broker = started(broker_factory, heartbeat="120")
     row = PeriodicTask.objects.create(
         name="tick", task=STAMP, args=[str(tmp_path / "marks")], every=1
@@ -135,14 +166,15 @@ def test_a_periodic_run_claimed_after_its_wait_still_runs(
         wait_until_a_write_waits()
         wait_for(lambda: "periodic tasks paused error=TimeoutError" in broker.output())
     sweep.join(30)
-    row.enabled = False
-    row.save()
+    # The claim that gave up commits now, and its run is routed to a worker.
+    wait_for(lambda: "periodic task pushed after the claim's wait" in broker.output())
 
     def all_ran() -> bool:
         statuses = list(runs.values_list("status", flat=True))
         return len(statuses) > before and set(statuses) == {"succeeded"}
 
     wait_for(all_ran)
+    PeriodicTask.objects.filter(pk=row.pk).update(enabled=False)
 
 
 def test_a_cancel_committed_after_its_wait_still_keeps_the_task_from_running(
