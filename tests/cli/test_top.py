@@ -295,6 +295,7 @@ class Terminal:
         self.mode = termios.tcgetattr(self.slave)
         env = {k: v for k, v in broker_env(port).items() if k not in ("COLUMNS", "LINES")}
         env["TERM"] = "xterm-256color"
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack (`type`)
         self.screen = pyte.Screen(80, 24)
         self.stream = pyte.ByteStream(self.screen)
         self.proc = subprocess.Popen(
@@ -306,6 +307,7 @@ class Terminal:
             stderr=self.slave,
         )
         self.frames = 0
+        self.raw = bytearray()  # all it wrote, for a failure's message
 
     def read(self, seconds: float) -> None:
         """Feed pyte what the view writes for `seconds`."""
@@ -314,6 +316,7 @@ class Terminal:
             ready, _, _ = select.select([self.master], [], [], left)
             if ready:
                 data = os.read(self.master, 65536)
+                self.raw += data
                 self.frames += data.count(b"\x1b[H")
                 self.stream.feed(data)
 
@@ -329,6 +332,11 @@ class Terminal:
         deadline = time.monotonic() + 30
         while self.proc.poll() is None and time.monotonic() < deadline:
             self.read(0.1)
+        if self.proc.poll() is None:  # hung: where, from its own stacks
+            self.proc.send_signal(signal.SIGABRT)
+            self.read(2.0)
+            tail = self.raw[-6000:].decode(errors="replace")
+            raise AssertionError(f"leek top did not end after {keys!r}:\n{tail}")
         return self.proc.wait(5)
 
     def lflag(self) -> int:
