@@ -212,7 +212,7 @@ class Share:
         look again soon while the table may have more: a lane took all it
         asked for, or a push went to the table meanwhile."""
         found, took = value if value is not None else ([], [])
-        full = any(n >= ask.limit for n, ask in zip(took, asks, strict=True))
+        full = error is None and any(n >= ask.limit for n, ask in zip(took, asks, strict=True))
         more = error is None and (full or self._given != self._given_at_claim)
         if more or found:
             self._delay = TICK

@@ -8,11 +8,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+from django.db import connection
+
 import leek
 from leek.client import connection as client
+from leek.client.spool import spool
 from leek.models import Task
 from tests import tasks
-from tests.conftest import BOTH_POOLS, BrokerFactory, wait_for
+from tests.conftest import BOTH_POOLS, BrokerFactory, task_message, wait_for
+from tests.server.test_stranded import writes_held
 
 #: Tasks and seconds each of the three brokers' test.
 SHARED_TASKS = 30
@@ -95,6 +100,24 @@ def test_a_full_lane_leaves_its_pushes_in_the_table_and_still_runs_them(
     assert [h.result(timeout=20) for h in handles] == [str(broker.port)] * 6
     assert sorted(runs(marks).values()) == [1] * 6
     assert not Task.objects.filter(spooled=True, status="succeeded").exists()
+
+
+@pytest.mark.skipif(
+    connection.vendor != "sqlite",
+    reason="SQLite fails a write that waits past its timeout; PostgreSQL waits for the lock",
+)
+def test_a_claim_the_database_failed_leaves_the_broker_claiming_once_it_is_back(
+    broker_factory: BrokerFactory,
+) -> None:
+    broker = beside_a_peer(broker_factory, SQLITE_TIMEOUT="0.3", LEEK_SWEEP_INTERVAL="3600")
+    with writes_held("leek_task"):
+        time.sleep(4.0)  # past the claims' back-off: one claim meets the lock, and fails
+    message = task_message(tasks.add, 2, 5)
+    spool([message])  # unowned, in the table: for a claim, not a sweep (none comes)
+    task = Task.objects.filter(pk=message["id"])
+    wait_for(lambda: task.filter(status="succeeded").exists())
+    assert "database write failed error=OperationalError: database is locked" in broker.output()
+    assert "callback failed" not in broker.output()
 
 
 def test_unowned_tasks_are_claimed_highest_priority_first_then_oldest(
