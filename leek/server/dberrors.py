@@ -40,3 +40,13 @@ def transient(exc: BaseException) -> bool:
     """Whether a write that raised `exc` may succeed when tried again: the
     database failed, not the op (see the module's docstring)."""
     return isinstance(exc, DATABASE_ERRORS) and not isinstance(exc, PERMANENT_ERRORS)
+
+
+def locked(exc: BaseException) -> bool:
+    """Whether a write raised `exc` because another connection holds a lock
+    it waited for: SQLite's write lock, past its busy timeout, or on
+    PostgreSQL any lock, past `lock_timeout` (SQLSTATE 55P03)."""
+    if not isinstance(exc, DATABASE_ERRORS):
+        return False
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return getattr(cause, "sqlstate", None) == "55P03" or "database is locked" in str(exc)

@@ -47,6 +47,7 @@ unwritten (flag ``_crowded`` under it).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -56,7 +57,7 @@ from typing import Any, Protocol
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from .dberrors import DATABASE_ERRORS as DATABASE_ERRORS
-from .dberrors import transient
+from .dberrors import locked, transient
 from .metrics import OFF, Metrics
 from .ops import Call, Done, Op, Waiter
 
@@ -80,6 +81,15 @@ RETRY_DELAY_MAX = 5.0
 OUTCOME_TRIES = 1000
 #: Failed tries after which a stopping writer gives up on what it could not write.
 TRIES_AT_STOP = 5
+#: Seconds a write waits for a lock another connection holds (SQLite's write
+#: lock; on PostgreSQL a table's or a row's, `lock_timeout`) before it leaves
+#: the batch to the writer thread: the thread that leads it (the event loop)
+#: goes back to its connections. The writer thread tries again every
+#: LOCKED_RETRY seconds, on SQLite for as long as the database's own `timeout`
+#: option allows (Python's default, 5 s, without one), on PostgreSQL until the
+#: lock is let go, as a write waiting for it would.
+LOCK_WAIT = 0.02
+LOCKED_RETRY = 0.005
 
 
 class Batches(Protocol):
@@ -124,6 +134,8 @@ class GroupCommit:
         self._finished: list[tuple[Done, Any, BaseException | None]] = []  # under _lock
         self._gatherer: int | None = None  # the thread whose leads wait (`gathered`)
         self._gathering = Gathering(self)
+        self._lock_timeout = 0.0  # how long a write may be held back by a lock (LOCK_WAIT)
+        self._locked_since: float | None = None  # while the write lock is another's
         self._db: Any = None  # a DatabaseWrapper of this writer's own
         self._cursor: Any = None
         self._bound: Any = None
@@ -150,7 +162,9 @@ class GroupCommit:
         """Queue an op someone waits for, and write the queue now if nobody is
         (at the end of the gathering, on the thread that gathers)."""
         self._pending.append(op)
-        if self._gatherer != threading.get_ident():
+        if self._locked_since is not None:  # the writer thread waits out a lock: it takes it
+            self.nudge()
+        elif self._gatherer != threading.get_ident():
             self._flush_all(blocking=False)
 
     def gathered(self) -> Gathering:
@@ -239,6 +253,13 @@ class GroupCommit:
                 with self._room:
                     self._crowded = False
                     self._room.notify_all()
+            if self._locked_since is not None:  # held back: its ops wait at the head of the queue
+                if not blocking:
+                    with self._wake:
+                        self._wake.notify()
+                    return False
+                time.sleep(LOCKED_RETRY)
+                continue
             if failed:
                 with self._wake:
                     self._retry = True
@@ -325,6 +346,14 @@ class GroupCommit:
                 self._db.inc_thread_sharing()
             self._db.ensure_connection()
             self._cursor = self._db.connection.cursor()
+            wait = int(LOCK_WAIT * 1000)
+            if self._db.vendor == "sqlite":
+                options = self._db.settings_dict.get("OPTIONS") or {}
+                self._lock_timeout = float(options.get("timeout", 5.0))
+                self._cursor.execute(f"PRAGMA busy_timeout = {wait}")
+            elif self._db.vendor == "postgresql":
+                self._lock_timeout = math.inf
+                self._cursor.execute(f"SET lock_timeout = '{wait}ms'")
             self._bound = self.batches.open(self._cursor, self._db)
         return self._cursor, self._bound
 
@@ -346,11 +375,26 @@ class GroupCommit:
             cursor, bound = self._connection()
             results = self.batches.write(cursor, bound, ops)
         except Exception as exc:
+            if self._lock_timeout and locked(exc):
+                return self._held_back(ops, exc)
             if transient(exc):
                 return self._after_failure(ops, exc)
             return self._write_apart(ops, started)
         self._committed(ops, results, started)
         return []
+
+    def _held_back(self, ops: list[Op], exc: BaseException) -> list[Op]:
+        """A lock another connection holds kept the ops out: they go back to
+        the head of the queue, for the writer thread to try again, until the
+        database's timeout has passed since a lock first held them back (on
+        SQLite); then they fail as any write the database failed does."""
+        now = time.monotonic()
+        if self._locked_since is None:
+            self._locked_since = now
+        elif now - self._locked_since >= self._lock_timeout:
+            self._locked_since = None
+            return self._after_failure(ops, exc)
+        return ops
 
     def _write_apart(self, ops: list[Op], started: float) -> list[Op]:
         """Write a batch that held an op with an error of its own again, each
@@ -359,6 +403,8 @@ class GroupCommit:
             cursor, bound = self._connection()
             written = self.batches.write_apart(cursor, bound, ops)
         except Exception as exc:
+            if self._lock_timeout and locked(exc):
+                return self._held_back(ops, exc)
             if transient(exc):
                 return self._after_failure(ops, exc)
             if len(ops) > 1:  # refused at the commit: each op in a transaction of its own
@@ -378,6 +424,7 @@ class GroupCommit:
 
     def _committed(self, ops: list[Op], results: list[Any], started: float) -> None:
         self.healthy, self.last_error = True, ""
+        self._locked_since = None
         self.commits += 1
         seconds = time.perf_counter() - started
         self.commit_time = 0.8 * self.commit_time + 0.2 * seconds
@@ -452,7 +499,10 @@ class Gathering:
         commit = self._commit
         commit._gatherer = None
         if commit._pending:
-            commit._flush_all(blocking=False)
+            if commit._locked_since is not None:
+                commit.nudge()
+            else:
+                commit._flush_all(blocking=False)
 
 
 def _finish(done: Done, value: Any, error: BaseException | None) -> None:

@@ -60,6 +60,27 @@ def test_a_verb_that_waits_for_the_database_holds_up_no_other_connection(
         other.close()
 
 
+def test_a_push_another_process_s_lock_holds_back_holds_up_no_other_connection(
+    broker: BrokerProcess,
+) -> None:
+    pushing, other = trusted(broker.port), trusted(broker.port)
+    try:
+        with writes_held(Task._meta.db_table):
+            # The push waits for the lock (SQLite's timeout here is 20 s; on
+            # PostgreSQL, until it is let go) on the writer thread: the loop
+            # answers the others meanwhile.
+            pushing.write((7, "enqueue", task_message(tasks.add, 2, 3)))
+            time.sleep(0.5)
+            reply = ping_on(other)
+            assert reply == (2, True, {"ok": True, "message": "I'm OK"})
+            assert not readable(pushing)  # not acknowledged: not committed
+        frame = pushing.read()  # committed once the lock is let go
+        assert frame is not None and frame.message[:2] == (7, True), frame
+    finally:
+        pushing.close()
+        other.close()
+
+
 def test_a_large_frame_sent_slowly_is_read_between_other_requests(
     broker: BrokerProcess,
 ) -> None:
