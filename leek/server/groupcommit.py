@@ -351,7 +351,7 @@ class GroupCommit:
                 options = self._db.settings_dict.get("OPTIONS") or {}
                 self._lock_timeout = float(options.get("timeout", 5.0))
                 self._cursor.execute(f"PRAGMA busy_timeout = {wait}")
-            elif self._db.vendor == "postgresql":
+            elif self._db.vendor == "postgresql" and _session_kept(self._db.settings_dict):
                 self._lock_timeout = math.inf
                 self._cursor.execute(f"SET lock_timeout = '{wait}ms'")
             self._bound = self.batches.open(self._cursor, self._db)
@@ -503,6 +503,14 @@ class Gathering:
                 commit.nudge()
             else:
                 commit._flush_all(blocking=False)
+
+
+def _session_kept(settings: dict[str, Any]) -> bool:
+    """Whether a setting of the connection's session stays its own: not behind
+    a pooler in transaction mode, which the settings say with
+    `prepare_threshold: None` (README), and which would hand it to others."""
+    options = settings.get("OPTIONS") or {}
+    return not ("prepare_threshold" in options and options["prepare_threshold"] is None)
 
 
 def _finish(done: Done, value: Any, error: BaseException | None) -> None:

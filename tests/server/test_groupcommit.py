@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from leek.server.groupcommit import GroupCommit
 from leek.server.ops import Insert, Mark, Op
@@ -58,3 +59,37 @@ def test_a_thread_that_leads_while_others_queue_outcomes_never_fails() -> None:
         sys.setswitchinterval(before)
         commit._close()
     assert committed and not any(committed)
+
+
+def _writer_lock_timeout() -> str:
+    """`lock_timeout` as a Store's writing connection has it."""
+    from leek.server.store import Store
+
+    store = Store("test-node", lambda ready: None)
+    store.start()
+    try:
+
+        def show(cursor: Any, dialect: Any) -> str:
+            cursor.execute("SHOW lock_timeout")
+            return str(cursor.fetchone()[0])
+
+        return str(store.call(show).wait(10))
+    finally:
+        store.stop()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="lock_timeout is PostgreSQL's")
+def test_the_writing_connection_waits_briefly_for_a_lock_unless_behind_a_pooler(
+    transactional_db: Any,
+) -> None:
+    from django.db import connections
+
+    assert _writer_lock_timeout() == "20ms"
+    options = connections.databases["default"].setdefault("OPTIONS", {})
+    saved = dict(options)
+    options["prepare_threshold"] = None  # what the README asks for behind PgBouncer
+    try:
+        assert _writer_lock_timeout() == "0"  # nothing set on a session others may get
+    finally:
+        options.clear()
+        options.update(saved)
