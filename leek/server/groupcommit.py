@@ -162,9 +162,15 @@ class GroupCommit:
         """Queue an op someone waits for, and write the queue now if nobody is
         (at the end of the gathering, on the thread that gathers)."""
         self._pending.append(op)
-        if self._locked_since is not None:  # the writer thread waits out a lock: it takes it
+        if self._gatherer != threading.get_ident():
+            self._write_now()
+
+    def _write_now(self) -> None:
+        """Write the queue on this thread, unless the writer thread is waiting
+        out a lock: then it takes what is queued with what it holds."""
+        if self._locked_since is not None:
             self.nudge()
-        elif self._gatherer != threading.get_ident():
+        else:
             self._flush_all(blocking=False)
 
     def gathered(self) -> Gathering:
@@ -375,13 +381,19 @@ class GroupCommit:
             cursor, bound = self._connection()
             results = self.batches.write(cursor, bound, ops)
         except Exception as exc:
-            if self._lock_timeout and locked(exc):
-                return self._held_back(ops, exc)
-            if transient(exc):
-                return self._after_failure(ops, exc)
-            return self._write_apart(ops, started)
+            retry = self._database_failed(ops, exc)
+            return self._write_apart(ops, started) if retry is None else retry
         self._committed(ops, results, started)
         return []
+
+    def _database_failed(self, ops: list[Op], exc: BaseException) -> list[Op] | None:
+        """The ops to try again when the database failed them (a lock held
+        elsewhere, or a transient error); None when the error is an op's own."""
+        if self._lock_timeout and locked(exc):
+            return self._held_back(ops, exc)
+        if transient(exc):
+            return self._after_failure(ops, exc)
+        return None
 
     def _held_back(self, ops: list[Op], exc: BaseException) -> list[Op]:
         """A lock another connection holds kept the ops out: they go back to
@@ -403,10 +415,9 @@ class GroupCommit:
             cursor, bound = self._connection()
             written = self.batches.write_apart(cursor, bound, ops)
         except Exception as exc:
-            if self._lock_timeout and locked(exc):
-                return self._held_back(ops, exc)
-            if transient(exc):
-                return self._after_failure(ops, exc)
+            retry = self._database_failed(ops, exc)
+            if retry is not None:
+                return retry
             if len(ops) > 1:  # refused at the commit: each op in a transaction of its own
                 return [op for alone in ops for op in self._write_apart([alone], started)]
             self._refused(ops[0], exc)
@@ -499,10 +510,7 @@ class Gathering:
         commit = self._commit
         commit._gatherer = None
         if commit._pending:
-            if commit._locked_since is not None:
-                commit.nudge()
-            else:
-                commit._flush_all(blocking=False)
+            commit._write_now()
 
 
 def _session_kept(settings: dict[str, Any]) -> bool:
@@ -510,7 +518,7 @@ def _session_kept(settings: dict[str, Any]) -> bool:
     a pooler in transaction mode, which the settings say with
     `prepare_threshold: None` (README), and which would hand it to others."""
     options = settings.get("OPTIONS") or {}
-    return not ("prepare_threshold" in options and options["prepare_threshold"] is None)
+    return options.get("prepare_threshold", 5) is not None
 
 
 def _finish(done: Done, value: Any, error: BaseException | None) -> None:
