@@ -372,7 +372,7 @@ class Broker:
         self.lease.tell()
         sent = time.monotonic()
         try:
-            self.store.heartbeat(values, self.started, check).wait(timeout)
+            self.store.nodes.heartbeat(values, self.started, check).wait(timeout)
             self.conflict.written = True  # the row is ours from here on
         except HEARTBEAT_ERRORS:
             return  # the store logged it and reports the database unhealthy

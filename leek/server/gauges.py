@@ -183,7 +183,7 @@ class BrokerCollector(Collector):
                 return self._beats
             self._read_at = time.monotonic()
             try:
-                self._beats = self.broker.store.beats()
+                self._beats = self.broker.store.nodes.beats()
             except DATABASE_ERRORS as exc:
                 logger.warning(
                     "metrics could not read the brokers' heartbeats error=%s",

@@ -33,7 +33,7 @@ WATCH_INTERVALS = 2
 def ensure_free(store: Store, hostname: str, interval: float, timeout: float) -> None:
     """Return when no live broker runs as the store's node; raise NodeNameInUse when one does."""
     node = store.node
-    last = store.node_row(node)
+    last = store.nodes.node_row(node)
     if last is None or last["stopped"]:
         return
     if last["db_now"] - last["heartbeat_at"] > timedelta(seconds=timeout):
@@ -43,7 +43,7 @@ def ensure_free(store: Store, hostname: str, interval: float, timeout: float) ->
     deadline = time.monotonic() + WATCH_INTERVALS * interval + 0.5
     while time.monotonic() < deadline:
         time.sleep(min(0.1, interval / 4))
-        now = store.node_row(node)
+        now = store.nodes.node_row(node)
         if now is None or now["stopped"]:
             return
         if now["heartbeat_at"] != last["heartbeat_at"]:

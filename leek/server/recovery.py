@@ -39,7 +39,7 @@ def interrupt_running(store: Store, timeout: float) -> int:
     """Count the attempts this broker's last life left running, those its
     workers' file of starts names included (starts.py), and begin that file
     anew; tell of the tasks that failed for good. Returns how many attempts."""
-    cut: Cut = store.interrupt_running(store.starts.previous()).wait(timeout)
+    cut: Cut = store.nodes.interrupt_running(store.starts.previous()).wait(timeout)
     store.starts.begin()
     _tell(cut)
     return cut.count
@@ -99,7 +99,7 @@ class Adopter:
         def walk(gone: dict[str, Any]) -> list[str]:
             return [name for name, beat in gone.items() if again or self._taken.get(name) != beat]
 
-        claim = self.store.adopt(self.dead_after, walk, self.queues)
+        claim = self.store.nodes.adopt(self.dead_after, walk, self.queues)
         self._claim = claim
         wait = float(conf.get("WRITE_WAIT"))
         found: list[Ready]

@@ -59,7 +59,7 @@ def stats(broker: Broker) -> dict[str, Any]:
         },
         "rate_limits": broker.rates.describe(),
         "database": database,
-        "unserved_queues": broker.store.unserved(
+        "unserved_queues": broker.store.nodes.unserved(
             database.get("queued", {}), broker.heartbeat_timeout
         ),
     }

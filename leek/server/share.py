@@ -90,7 +90,7 @@ class Share:
 
     def look(self, dead_after: float) -> None:
         """Count the other live brokers (a duty, at each heartbeat)."""
-        self.peers = self.store.peers(dead_after)
+        self.peers = self.store.nodes.peers(dead_after)
 
     # -- the push path ---------------------------------------------------------
 

@@ -11,7 +11,7 @@ to another thread, twice a task. The kernel keeps what a killed process wrote
 into a shared mapping, as it keeps what it wrote with ``write``; neither is
 synced to disk. At its next start the broker reads the file
 (`Starts.previous`), counts those attempts in the database
-(Store.interrupt_running), then begins a new file (`Starts.begin`). A worker
+(Store.nodes.interrupt_running), then begins a new file (`Starts.begin`). A worker
 empties its slot when its attempt ends, and a graceful stop that wrote every
 running mark removes the file.
 
