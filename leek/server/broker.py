@@ -3,11 +3,8 @@
 `Broker` wires the parts together and owns the process's life: recovery at
 start, serving, the graceful stop on SIGTERM, SIGINT or the `stop` verb, and
 the graceful reload on SIGHUP, the `reload` verb or new client code (reexec.py).
-It is the `Endpoint` of tcp.py, which holds the server and the connections:
-the pushes (intake.PUSHES) go to the store, and every other verb is in the
-broker's table of verbs (`Broker.verbs`): ``cancel``, ``ping``, ``waiting``,
-``handled``, ``stats``, ``sweep`` (adopt spooled tasks now), ``stop`` and
-``reload``.
+The server of tcp.py holds the connections; what their requests do to the
+broker is in verbs.py.
 
 The path of one task: a client's frame → tcp.Handler → intake (checks) →
 store (group commit; the reply goes out after the commit) → dispatch (the
@@ -25,9 +22,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from django.db import connection
@@ -38,13 +32,13 @@ from ..logs import task_extra
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
-from . import lifecycle, links, reexec, report
+from . import lifecycle, reexec, report
 from .cancel import Cancels
 from .controls import Controls
 from .delayed import Delayed
 from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
-from .intake import PUSHES, Intake
+from .intake import Intake
 from .lanes import Lanes
 from .lease import Lease
 from .limits import RateLimits
@@ -57,7 +51,8 @@ from .replay import ReplayGuard
 from .rows import Ready
 from .share import Share
 from .store import Store
-from .tcp import Limits, Reply, Server
+from .tcp import Limits, Server
+from .verbs import Verbs
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
@@ -111,19 +106,6 @@ class Broker:
             spin=_spin(float(settings["SPIN"])),
             tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
-        self.pushes = PUSHES | {links.VERB}
-        #: The verbs answered on the event loop's thread: they read no database.
-        self.quick = frozenset({"ping", "waiting", "handled", "stop"})
-        self.verbs: dict[str, Callable[[Any], Any]] = {
-            "ping": self.ping,
-            "waiting": self.waiting,
-            "handled": self.handled,
-            "cancel": self.cancel,
-            "stats": self.stats,
-            "sweep": self.sweep_now,
-            "stop": self.stop,
-            "reload": self.reload,
-        }
         self.grace = float(settings["SHUTDOWN_GRACE"])
         self.switch_interval = float(settings["SWITCH_INTERVAL"])
         self.code_version = str(settings["CODE_VERSION"])
@@ -153,7 +135,8 @@ class Broker:
         )
         self.store.writes.admit = self.share.admit
         listener = reexec.inherited(self.host, self.port)
-        self.server = Server((self.host, self.port), self, listener)
+        self.verbs = Verbs(self, self.limits)
+        self.server = Server((self.host, self.port), self.verbs, listener)
         self.port = self.server.server_address[1]
         self.heartbeat_interval = float(settings["HEARTBEAT_INTERVAL"])
         self.heartbeat_timeout = float(settings["HEARTBEAT_TIMEOUT"])
@@ -347,12 +330,6 @@ class Broker:
             extra={"action": "broker_stopped"},
         )
 
-    def sweep_now(self, data: Any = None) -> int:
-        """The sweep verb (a client spooled): `sweep` now, and a claim of the
-        unowned tasks due (share.py)."""
-        self.share.poke()
-        return self.sweep()
-
     def sweep(self) -> int:
         """Adopt spooled tasks not due yet and the tasks of gone brokers; how
         many. None while the lease is lost: a broker that may be counted dead
@@ -411,9 +388,8 @@ class Broker:
                 extra={"action": "tasks_dropped"},
             )
 
-    # -- verbs ---------------------------------------------------------------
-
     def healthy(self) -> tuple[bool, str]:
+        """Whether the broker is well (ping, stats, its heartbeat row), and why not."""
         if self.reloads.reason:  # its workers stop on purpose
             written, error = self.store.health()
             if not written:
@@ -436,79 +412,3 @@ class Broker:
         if self.lease.message:
             return False, self.lease.message
         return True, "I'm OK"
-
-    def answer(self, verb: str, data: Any) -> Any:
-        """The value of any verb but the pushes (see `push`)."""
-        handler = self.verbs.get(verb)
-        if handler is None:
-            known = ", ".join(sorted([*self.pushes, *self.verbs]))
-            raise ValueError(f"unknown verb {verb!r}: expected one of {known}")
-        return handler(data)
-
-    def push(self, verb: str, data: Any, reply: Reply) -> None:
-        """Insert the tasks of a push; once they are committed, `reply` gets
-        the reply's value (see Intake.reply), or the error."""
-        if verb == links.VERB:
-            self.push_steps(data, reply)
-            return
-        tasks = self.intake.tasks(verb, data)
-
-        def committed(inserted: Any, error: BaseException | None) -> None:
-            self.metrics.pushed(tasks, error)
-            reply(None if error is not None else self.intake.reply(verb, tasks), error)
-
-        self.store.insert(tasks, committed)
-
-    def gathered(self) -> AbstractContextManager[None]:
-        """Within it, the pushes this thread makes share one commit, at its end."""
-        return self.store.gathered()
-
-    def push_steps(self, data: Any, reply: Reply) -> None:
-        """Insert a chain's, group's or chord's tasks (links.py); once they
-        are committed, route the first steps and reply with every id."""
-        tasks, linked, value = links.steps(self.intake, data)
-
-        def committed(ready: Any, error: BaseException | None) -> None:
-            self.metrics.pushed(tasks, error)
-            if error is None and ready:
-                self.route(ready)
-            reply(None if error is not None else value, error)
-
-        self.store.insert_steps(tasks, linked, committed)
-
-    def frame_rejected(self, error: BaseException) -> None:
-        self.rejected += 1
-        self.metrics.frame_rejected(error)
-
-    def ping(self, data: Any = None) -> dict[str, Any]:
-        ok, message = self.healthy()
-        return {"ok": ok, "message": message}
-
-    def handled(self, data: Any = None) -> int:
-        queue = (data or {}).get("queue")
-        handled = self.lanes.handled()
-        return handled[queue] if queue else sum(handled.values())
-
-    def stop(self, data: Any = None) -> str:
-        self.reloads.cancel()  # a stop during a reload's drain wins
-        threading.Timer(0.05, self.request_stop).start()
-        return "stopping"
-
-    def reload(self, data: Any = None) -> str:
-        """Reload gracefully (reexec.py): "reloading", or what is under way instead."""
-        if self.request_reload("the reload verb"):
-            return "reloading"
-        return f"already {'reloading' if self.reloads.reason else 'stopping'}"
-
-    def cancel(self, data: Any) -> bool:
-        """Cancel a task so that it never runs (cancel.py); with "running",
-        stop it too if it runs here. False when it was not cancelled."""
-        return self.cancels(uuid.UUID(str(data["id"])), bool(data.get("running", False)))
-
-    def waiting(self, data: Any = None) -> int:
-        queue = (data or {}).get("queue")
-        counts = self.lanes.counts() + Counter(self.delayed.counts()) + self.rates.counts()
-        return counts[queue] if queue else sum(counts.values())
-
-    def stats(self, data: Any = None) -> dict[str, Any]:
-        return report.stats(self)

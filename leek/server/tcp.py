@@ -72,7 +72,7 @@ class Limits:
 
 
 class Endpoint(Protocol):
-    """What serves the requests of the connections: the broker."""
+    """What serves the requests of the connections: the broker's verbs (verbs.py)."""
 
     limits: Limits
     #: The verbs answered once their tasks are committed, through `push`.
