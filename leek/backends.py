@@ -11,21 +11,8 @@ task's ``queue_name``, ``priority`` and ``run_after``. The backend's task_class
 is `LeekTask`, which takes leek's own options: ``@task(max_retries=2,
 timeout=30)``; the backend's ``OPTIONS`` give the defaults of its tasks.
 
-Results come from the database, so ``get_result()`` works from any process:
-
-=================  ==========================================================
-leek               TaskResult
-=================  ==========================================================
-queued             READY (also while a failed attempt waits for its retry)
-running            RUNNING
-succeeded          SUCCESSFUL, ``return_value`` from the SuccessTask row
-failed             FAILED
-cancelled          FAILED, with a ``leek.exceptions.TaskCancelled`` error
-FailedTask rows    ``errors``: exception class path and traceback, per attempt
-attempts           ``worker_ids``: for each attempt, the one running
-                   included, the node name of the broker that ran it;
-                   ``attempts`` is their number
-=================  ==========================================================
+Results come from the database, so ``get_result()`` works from any process;
+leek/task_results.py says how a task's rows become its TaskResult.
 
 Inside transaction.atomic() the push waits for the commit, as every leek push
 does (ON_COMMIT): the TaskResult is READY with ``enqueued_at`` None, its id
@@ -45,70 +32,36 @@ An ``async def`` task is awaited in the worker's event loop, as leek's own are
 from __future__ import annotations
 
 import asyncio
-import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from inspect import iscoroutinefunction
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from . import conf
 from . import fields as checked
 from .exceptions import TaskTimeout
+from .framework import (
+    BaseTaskBackend,
+    InvalidTask,
+    Task,
+    TaskContext,
+    TaskError,
+    TaskResult,
+    TaskResultStatus,
+    normalize_json,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
+from .task_results import load_result as load_result
+from .task_results import running_result
 
-if TYPE_CHECKING:
-    from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
-    from django.tasks.backends.base import BaseTaskBackend
-    from django.tasks.base import TaskError
-    from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
-    from django.tasks.signals import task_enqueued, task_finished, task_started
-    from django.utils.json import normalize_json
-else:
-    try:  # Django 6.0 and later
-        from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
-        from django.tasks.backends.base import BaseTaskBackend
-        from django.tasks.base import TaskError
-        from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
-        from django.tasks.signals import task_enqueued, task_finished, task_started
-        from django.utils.json import normalize_json
-    except ImportError:
-        try:  # Django 5.2 with the django-tasks package
-            from django_tasks import TaskContext, TaskResult, TaskResultStatus
-            from django_tasks.backends.base import BaseTaskBackend
-            from django_tasks.base import Task, TaskError
-            from django_tasks.exceptions import InvalidTaskError as InvalidTask
-            from django_tasks.exceptions import TaskResultDoesNotExist
-            from django_tasks.signals import task_enqueued, task_finished, task_started
-            from django_tasks.utils import normalize_json
-        except ImportError as exc:
-            raise ImproperlyConfigured(
-                "leek.backends.LeekBackend needs Django's tasks framework: Django 6.0 or later, "
-                'or the django-tasks package on Django 5.2 (pip install "leek[tasks]")'
-            ) from exc
-
-logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
-
-STATUSES = {
-    "queued": TaskResultStatus.READY,
-    "running": TaskResultStatus.RUNNING,
-    "succeeded": TaskResultStatus.SUCCESSFUL,
-    "failed": TaskResultStatus.FAILED,
-    "cancelled": TaskResultStatus.FAILED,
-    "expired": TaskResultStatus.FAILED,
-}
-CANCELLED = "leek.exceptions.TaskCancelled"
-EXPIRED = "leek.exceptions.TaskExpired"
-#: The worker id of an attempt whose broker is not known (a row written before
-#: outcomes named their broker).
-UNKNOWN_WORKER = "leek"
 
 
 def _check_max_retries(value: Any) -> None:
@@ -197,7 +150,7 @@ class TaskCall:
 
         task = import_task(self.path, self.alias)
         context = current_task()
-        result = _running(
+        result = running_result(
             task,
             context.id if context else None,
             context.attempt if context else 1,
@@ -367,107 +320,3 @@ class LeekBackend(BaseTaskBackend):
         or a task that was not pushed through this framework; AuthenticationFailed
         for a payload or return value whose signature fails (never unpickled)."""
         return load_result(result_id)
-
-
-def load_result(result_id: str) -> TaskResult[..., Any]:
-    """A TaskResult from the Task row and its SuccessTask and FailedTask rows."""
-    from .models import FailedTask, SuccessTask
-    from .models import Task as TaskRow
-    from .protocol.payload import load_task, load_value
-
-    try:
-        key = uuid.UUID(str(result_id))
-    except ValueError:
-        raise TaskResultDoesNotExist(f"no task result {result_id!r}: not a leek task id") from None
-    row = TaskRow.objects.filter(pk=key).first()
-    if row is None:
-        raise TaskResultDoesNotExist(f"no task result {result_id!r}")
-    fn, args, kwargs = load_task(bytes(row.payload), key)
-    if not isinstance(fn, TaskCall):
-        raise TaskResultDoesNotExist(
-            f"task {result_id} was pushed by leek's own API, not through Django's tasks framework"
-        )
-    task = import_task(fn.path, fn.alias)
-    try:
-        task = task.using(
-            queue_name=row.queue, priority=row.priority, backend=fn.alias, run_after=fn.run_after
-        )
-    except (InvalidTask, KeyError, ImproperlyConfigured):
-        logger.debug("task %s kept its declared options", fn.path)
-    failures = list(FailedTask.objects.filter(task_id=key).order_by("attempt", "id"))
-    success = SuccessTask.objects.filter(task_id=key).order_by("-id").first()
-    errors = [TaskError(exception_class_path=f.exc_type, traceback=f.traceback) for f in failures]
-    if row.status == "cancelled":
-        errors.append(TaskError(exception_class_path=CANCELLED, traceback=""))
-    elif row.status == "expired":
-        errors.append(TaskError(exception_class_path=EXPIRED, traceback=""))
-    # The broker of each attempt: its outcome row's, the later row of a number
-    # run twice (after retry-failed); the task's owner for the one running.
-    brokers = {f.attempt: f.broker for f in failures}
-    if success is not None:
-        brokers[success.attempt] = success.broker
-    owner = row.broker or UNKNOWN_WORKER
-    starts = [f.started_at for f in failures if f.started_at]
-    starts += [s.started_at for s in (success,) if s] + ([row.started_at] if row.started_at else [])
-    finished = row.status in ("succeeded", "failed", "cancelled", "expired")
-    result: TaskResult[..., Any] = TaskResult(
-        task=task,
-        id=str(key),
-        status=STATUSES[str(row.status)],
-        enqueued_at=row.queued_at,
-        started_at=min(starts) if starts else None,
-        finished_at=row.finished_at if finished else None,
-        last_attempted_at=row.started_at,
-        args=list(args),
-        kwargs=dict(kwargs),
-        backend=fn.alias,
-        errors=errors,
-        worker_ids=[brokers.get(n) or owner for n in range(1, int(row.attempts) + 1)],
-    )
-    if row.status == "succeeded" and success is not None:
-        object.__setattr__(result, "_return_value", load_value(success.result, key))
-    return result
-
-
-def _running(
-    task: Task[..., Any],
-    task_id: uuid.UUID | None,
-    attempt: int,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    alias: str,
-    node: str,
-) -> TaskResult[..., Any]:
-    """The TaskResult of attempt number `attempt`, running on this worker of broker `node`."""
-    now = timezone.now()
-    node = node or conf.node_name()
-    if task_id is not None:
-        try:
-            loaded = load_result(str(task_id))
-        except TaskResultDoesNotExist:
-            pass
-        else:
-            # The attempts before this one as the database has them (their
-            # outcomes may still wait for the broker's next batch).
-            before = loaded.worker_ids[: attempt - 1]
-            before += [node] * (attempt - 1 - len(before))
-            object.__setattr__(loaded, "status", TaskResultStatus.RUNNING)
-            object.__setattr__(loaded, "started_at", loaded.started_at or now)
-            object.__setattr__(loaded, "last_attempted_at", now)
-            object.__setattr__(loaded, "finished_at", None)
-            object.__setattr__(loaded, "worker_ids", [*before, node])
-            return loaded
-    return TaskResult(
-        task=task,
-        id=str(task_id or ""),
-        status=TaskResultStatus.RUNNING,
-        enqueued_at=None,
-        started_at=now,
-        finished_at=None,
-        last_attempted_at=now,
-        args=list(args),
-        kwargs=dict(kwargs),
-        backend=alias,
-        errors=[],
-        worker_ids=[node] * attempt,
-    )
