@@ -3,8 +3,9 @@
 Every insert of a batch, whichever clients sent them, is one multi-row
 statement (on PostgreSQL, one statement over an array per column); a batch of
 inserts alone is that one statement in autocommit, with no BEGIN and COMMIT.
-The SQL is prepared by hand on the raw DB-API cursor: the models are the
-schema, and the ORM's per-object cost would dominate the commit it waits for.
+The rows of its outcomes are outcomes.py's. The SQL is prepared by hand on the
+raw DB-API cursor: the models are the schema, and the ORM's per-object cost
+would dominate the commit it waits for.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from ..dberrors import transient
 from ..lifecycle import received
 from ..ops import Call, Insert, Mark, Op, Record
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
-from . import chains, keys, storable
+from . import keys, storable
+from .outcomes import failure_row as failure_row
+from .outcomes import tell_refused, write_rows
 from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements, stamp
 
 logger = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ class Writes:
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Tell of the tasks just inserted (lifecycle.received), then send
         them to the broker's queues; tell the outcomes just written
-        (Record.committed), those refused first (`refuse`)."""
+        (Record.committed), those refused first (outcomes.refuse)."""
         refused: list[Outcome] = self._released.__dict__.pop("refused", [])
         if refused:
             self._tell_refused(refused)
@@ -307,128 +310,21 @@ class Writes:
         return sql
 
     def write_outcomes(self, cursor: Any, outcomes: list[Outcome]) -> None:
-        """The task's new status and its SuccessTask or FailedTask row, for each
-        outcome; the row names this broker (Store.node) as the attempt's.
-
-        Only while the claim the attempt started under still holds the task
-        (its broker and epoch, sql.OWNED): an outcome of a task another broker
-        has taken over since, or that ended already, is refused, nothing of
-        it written (`refuse`). A cancelled task keeps its status and still
-        gets its attempt's row."""
-        if not outcomes:
-            return
-        d = self.dialect
-        finishes = []
-        for o in outcomes:
-            if o.succeeded:
-                status = "succeeded"
-            else:
-                status = "failed" if o.final else "queued"
-            finishes.append(
-                (status, d.time(o.started), d.time(o.finished), o.attempt, d.time(o.retry_at))
-                + (status == "queued", d.pk(o.task_id), *stamp(self.node, o.epoch))
-            )
-        written = self._finish(cursor, finishes)
-        if len(written) < len(outcomes):
-            outcomes = self.refuse(cursor, outcomes, written)
-        successes, failures = [], []
-        for o in outcomes:
-            tid = d.pk(o.task_id)
-            finished = d.time(o.finished)
-            started = d.time(o.started)
-            if o.succeeded:
-                successes.append(
-                    (
-                        tid,
-                        o.name,
-                        o.attempt,
-                        started,
-                        finished,
-                        o.finished - o.started,
-                        o.result,
-                        o.result_repr,
-                        o.stdout,
-                        o.stderr,
-                        self.node,
-                    )
-                )
-            else:
-                failures.append(failure_row(d, o, self.node, tid))
-        if successes:
-            cursor.executemany(self.sql.success, successes)
-        if failures:
-            cursor.executemany(self.sql.failure, failures)
-        released = chains.follow(cursor, d, outcomes, stamp(self.node, self.epoch()))
-        if released:
-            self._released.__dict__.setdefault("steps", []).extend(released)
-
-    def _finish(self, cursor: Any, finishes: list[tuple[Any, ...]]) -> set[Any]:
-        """Run the finish of each outcome; the keys of the tasks it wrote."""
-        sql = self.sql.finish
-        if self.dialect.sqlite:
-            # All at once, as nearly always all are written; else again one
-            # by one (in process, that costs no round trip) to see which.
-            cursor.execute(f"SAVEPOINT {FINISH_SAVEPOINT}")
-            cursor.executemany(sql, finishes)
-            every = cursor.rowcount == len(finishes)  # one row each at most: by id
-            if not every:
-                cursor.execute(f"ROLLBACK TO SAVEPOINT {FINISH_SAVEPOINT}")
-            cursor.execute(f"RELEASE SAVEPOINT {FINISH_SAVEPOINT}")
-            if every:
-                return {row[6] for row in finishes}
-            written = set()
-            for row in finishes:
-                cursor.execute(sql, row)
-                if cursor.rowcount == 1:
-                    written.add(row[6])
-            return written
-        # One round trip for all (psycopg's pipeline), a result set each.
-        cursor.executemany(sql, finishes, returning=True)
-        written = set()
-        while True:
-            written.update(key for (key,) in cursor.fetchall())
-            if not cursor.nextset():
-                return written
-
-    def refuse(self, cursor: Any, outcomes: list[Outcome], written: set[Any]) -> list[Outcome]:
-        """The outcomes to record of those whose finish wrote nothing (not in
-        `written`): a cancelled task's, still under the attempt's claim, and a
-        deleted task's (its row is refused at the commit: `write_apart`). The
-        others are refused: their task is another broker's claim now, or
-        ended already. They are told and counted once the batch commits."""
-        d = self.dialect
-        missed = [o for o in outcomes if d.pk(o.task_id) not in written]
-        if not missed:  # a task with two outcomes in the batch, both written
-            return outcomes
-        cursor.execute(self.sql.unwritten(len(missed)), [d.pk(o.task_id) for o in missed])
-        now = {d.read_uuid(r[0]): (r[1], r[2], int(r[3])) for r in cursor.fetchall()}
-        refused = []
-        for o in missed:
-            row = now.get(o.task_id)
-            if row is not None and row != ("cancelled", self.node, o.epoch):
-                refused.append(o)
-        if not refused:
-            return outcomes
-        self._released.__dict__.setdefault("refused", []).extend(refused)
-        gone = {id(o) for o in refused}
-        return [o for o in outcomes if id(o) not in gone]
+        """Write the rows of `outcomes` on `cursor` (outcomes.write_rows);
+        hold the steps they released and the outcomes refused for `committed`."""
+        steps, refused = write_rows(cursor, self.sql, self.node, self.epoch, outcomes)
+        if refused:
+            self._released.__dict__.setdefault("refused", []).extend(refused)
+        if steps:
+            self._released.__dict__.setdefault("steps", []).extend(steps)
 
     def _tell_refused(self, refused: list[Outcome]) -> None:
-        """Log and count the outcomes a commit refused; drop what this broker
-        still holds of their tasks (a retry waiting for its time)."""
-        once = {(o.task_id, o.attempt): o for o in refused}  # a stand-in refused again too
-        self.refused += len(once)
-        for o in once.values():
-            logger.warning(
-                "outcome refused: the task is no longer this broker's claim, or it ended "
-                "task=%s name=%s attempt=%s epoch=%s",
-                o.task_id,
-                o.name,
-                o.attempt,
-                o.epoch,
-                extra=task_extra("outcome_refused", o.task_id, o.name, attempt=o.attempt),
-            )
-        self.on_lost(list({o.task_id for o in once.values()}))
+        """Log and count the outcomes a commit refused (outcomes.tell_refused);
+        drop what this broker still holds of their tasks (a retry waiting for
+        its time)."""
+        told = tell_refused(refused)
+        self.refused += len(told)
+        self.on_lost(list({o.task_id for o in told}))
 
     def _take_released(self) -> list[Ready]:
         """The steps released by the outcomes written on this thread since
@@ -438,30 +334,10 @@ class Writes:
         return steps
 
 
-def failure_row(d: Dialect, o: Outcome, broker: str, task_key: Any = None) -> tuple[Any, ...]:
-    """The bound values of Statements.failure for a failed attempt run by `broker`."""
-    return (
-        d.pk(o.task_id) if task_key is None else task_key,
-        o.name,
-        o.attempt,
-        d.time(o.started),
-        d.time(o.finished),
-        o.exc_type,
-        o.exc_message,
-        o.traceback,
-        o.final,
-        o.stdout,
-        o.stderr,
-        broker,
-    )
-
-
 #: The order in which a batch writes its kinds of ops.
 _ORDER = {Insert: 0, Mark: 1, Record: 2, Call: 3}
 #: The savepoint each op of `Writes.write_apart` is written in.
 SAVEPOINT = "leek_op"
-#: The savepoint of a batch's finishes on SQLite (Writes._finish).
-FINISH_SAVEPOINT = "leek_finish"
 
 
 def _alone(cursor: Any, write: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:

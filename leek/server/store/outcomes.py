@@ -1,0 +1,174 @@
+"""The outcomes of a batch as written: each task's new status, its attempt's row, what follows.
+
+Writes (batch.py) calls `write_rows` inside its batch's transaction and holds
+what it returns until the commit: the steps the outcomes released, which it
+then dispatches, and the outcomes refused, which it then tells
+(`tell_refused`). An outcome is written only under the claim its attempt
+started under; `refuse` sorts out those that were not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ...logs import task_extra
+from ..rows import Dialect, Outcome, Ready
+from . import chains
+from .sql import Statements, stamp
+
+logger = logging.getLogger(__name__)
+
+#: The savepoint of a batch's finishes on SQLite (`_finish`).
+FINISH_SAVEPOINT = "leek_finish"
+
+
+def write_rows(
+    cursor: Any, sql: Statements, node: str, epoch: Callable[[], int], outcomes: list[Outcome]
+) -> tuple[list[Ready], list[Outcome]]:
+    """The task's new status and its SuccessTask or FailedTask row, for each
+    outcome; the row names `node` as the attempt's broker. The steps the
+    outcomes released, claimed under `node` and its epoch now, and the
+    outcomes refused.
+
+    Only while the claim the attempt started under still holds the task
+    (its broker and epoch, sql.OWNED): an outcome of a task another broker
+    has taken over since, or that ended already, is refused, nothing of
+    it written (`refuse`). A cancelled task keeps its status and still
+    gets its attempt's row."""
+    if not outcomes:
+        return [], []
+    d = sql.dialect
+    finishes = []
+    for o in outcomes:
+        if o.succeeded:
+            status = "succeeded"
+        else:
+            status = "failed" if o.final else "queued"
+        finishes.append(
+            (status, d.time(o.started), d.time(o.finished), o.attempt, d.time(o.retry_at))
+            + (status == "queued", d.pk(o.task_id), *stamp(node, o.epoch))
+        )
+    written = _finish(cursor, sql, finishes)
+    refused: list[Outcome] = []
+    if len(written) < len(outcomes):
+        outcomes, refused = refuse(cursor, sql, node, outcomes, written)
+    successes, failures = [], []
+    for o in outcomes:
+        tid = d.pk(o.task_id)
+        finished = d.time(o.finished)
+        started = d.time(o.started)
+        if o.succeeded:
+            successes.append(
+                (
+                    tid,
+                    o.name,
+                    o.attempt,
+                    started,
+                    finished,
+                    o.finished - o.started,
+                    o.result,
+                    o.result_repr,
+                    o.stdout,
+                    o.stderr,
+                    node,
+                )
+            )
+        else:
+            failures.append(failure_row(d, o, node, tid))
+    if successes:
+        cursor.executemany(sql.success, successes)
+    if failures:
+        cursor.executemany(sql.failure, failures)
+    return chains.follow(cursor, d, outcomes, stamp(node, epoch())), refused
+
+
+def _finish(cursor: Any, sql: Statements, finishes: list[tuple[Any, ...]]) -> set[Any]:
+    """Run the finish of each outcome; the keys of the tasks it wrote."""
+    finish = sql.finish
+    if sql.dialect.sqlite:
+        # All at once, as nearly always all are written; else again one
+        # by one (in process, that costs no round trip) to see which.
+        cursor.execute(f"SAVEPOINT {FINISH_SAVEPOINT}")
+        cursor.executemany(finish, finishes)
+        every = cursor.rowcount == len(finishes)  # one row each at most: by id
+        if not every:
+            cursor.execute(f"ROLLBACK TO SAVEPOINT {FINISH_SAVEPOINT}")
+        cursor.execute(f"RELEASE SAVEPOINT {FINISH_SAVEPOINT}")
+        if every:
+            return {row[6] for row in finishes}
+        written = set()
+        for row in finishes:
+            cursor.execute(finish, row)
+            if cursor.rowcount == 1:
+                written.add(row[6])
+        return written
+    # One round trip for all (psycopg's pipeline), a result set each.
+    cursor.executemany(finish, finishes, returning=True)
+    written = set()
+    while True:
+        written.update(key for (key,) in cursor.fetchall())
+        if not cursor.nextset():
+            return written
+
+
+def refuse(
+    cursor: Any, sql: Statements, node: str, outcomes: list[Outcome], written: set[Any]
+) -> tuple[list[Outcome], list[Outcome]]:
+    """The outcomes to record and those refused. Of the outcomes whose finish
+    wrote nothing (not in `written`), a cancelled task's, still under the
+    attempt's claim, is recorded, and so is a deleted task's (its row is
+    refused at the commit: Writes.write_apart). The others are refused: their
+    task is another broker's claim now, or ended already. They are told and
+    counted once the batch commits."""
+    d = sql.dialect
+    missed = [o for o in outcomes if d.pk(o.task_id) not in written]
+    if not missed:  # a task with two outcomes in the batch, both written
+        return outcomes, []
+    cursor.execute(sql.unwritten(len(missed)), [d.pk(o.task_id) for o in missed])
+    now = {d.read_uuid(r[0]): (r[1], r[2], int(r[3])) for r in cursor.fetchall()}
+    refused = []
+    for o in missed:
+        row = now.get(o.task_id)
+        if row is not None and row != ("cancelled", node, o.epoch):
+            refused.append(o)
+    if not refused:
+        return outcomes, []
+    gone = {id(o) for o in refused}
+    return [o for o in outcomes if id(o) not in gone], refused
+
+
+def tell_refused(refused: list[Outcome]) -> list[Outcome]:
+    """Log the outcomes a commit refused, each attempt's once (a stand-in
+    refused again too); those logged."""
+    once = {(o.task_id, o.attempt): o for o in refused}
+    for o in once.values():
+        logger.warning(
+            "outcome refused: the task is no longer this broker's claim, or it ended "
+            "task=%s name=%s attempt=%s epoch=%s",
+            o.task_id,
+            o.name,
+            o.attempt,
+            o.epoch,
+            extra=task_extra("outcome_refused", o.task_id, o.name, attempt=o.attempt),
+        )
+    return list(once.values())
+
+
+def failure_row(d: Dialect, o: Outcome, broker: str, task_key: Any = None) -> tuple[Any, ...]:
+    """The bound values of Statements.failure for a failed attempt run by `broker`."""
+    return (
+        d.pk(o.task_id) if task_key is None else task_key,
+        o.name,
+        o.attempt,
+        d.time(o.started),
+        d.time(o.finished),
+        o.exc_type,
+        o.exc_message,
+        o.traceback,
+        o.final,
+        o.stdout,
+        o.stderr,
+        broker,
+    )
