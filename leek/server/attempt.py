@@ -12,7 +12,7 @@ An ``async def`` task's coroutine is run to its end in an event loop of its
 own (`run_coroutine`), on the worker thread or in the worker process, so its
 result is the coroutine's value and nothing one task leaves scheduled runs
 during another. Its time limit cancels it where it awaits; a coroutine that
-blocks its loop meets the pool's own limit instead (workers.py, process.py).
+blocks its loop meets the pool's own limit instead (stops.py, process.py).
 """
 
 from __future__ import annotations

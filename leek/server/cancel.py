@@ -13,7 +13,7 @@ added before a start.
 A write that outlasts WRITE_WAIT answers False and keeps its hold until it
 ends: a False that cancels later is allowed, a True that runs is not.
 
-``running=True`` also stops a task this broker runs now (workers.py): its
+``running=True`` also stops a task this broker runs now (stops.py): its
 attempt is flagged, the database shows it cancelled, then its thread's task
 is told or its worker process is killed.
 """

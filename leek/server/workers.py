@@ -11,25 +11,12 @@ retries are exhausted, then it fails for good and the ON_FAILURE hooks run, in
 the broker, whichever pool ran it. Each attempt's start and end are told
 (lifecycle.py: a log record and a leek signal each) on its worker thread.
 
-Time limits. A worker process is killed at its task's limit (process.py). A
-thread cannot be killed: the watchdog (`Pool.watch`, a broker duty) raises
-TaskTimeout in it, which pure-Python code meets at its next bytecode and a
-blocking C call only when it returns. The attempt is recorded by the thread
-itself when it stops, so a task is never recorded failed while its code still
-runs. A thread still running STUCK_AFTER seconds past its limit is stuck: it
-is no longer counted, and a new thread takes its place while fewer than
-`size` threads are stuck; past that, the broker reports itself unhealthy.
-
-Cancelling a running task (cancel.py) flags its Running here first, so that
-its attempt, however it ends, is final and never retried; once the database
-shows the task cancelled, the thread's task sees ``current_task().cancelled``
-(threads) or its worker process is killed (processes), and the attempt is
-recorded as it ended (a killed process's as TaskCancelled).
+A running attempt is stopped from outside its worker at its time limit or by
+a cancel (stops.py).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -44,7 +31,7 @@ from .. import conf
 from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..logs import task_extra
 from ..runtime import CapturedOutput, Flag
-from . import lifecycle
+from . import lifecycle, stops
 from .attempt import Attempt, Result, cancelled, perform, timed_out
 from .dispatch import GATE_POLL, Dispatcher
 from .lease import Lease
@@ -54,14 +41,13 @@ from .notify import failure_hooks, run_hooks
 from .outcome import outcome_of
 from .process import WorkerProcess
 from .rows import Outcome, Ready
+from .stops import STUCK_AFTER as STUCK_AFTER
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
 #: Where tasks run: on the worker threads, or in a process each thread drives.
 POOLS = ("threads", "processes")
-#: Seconds past its time limit after which a thread that has not stopped is stuck.
-STUCK_AFTER = 5.0
 #: Failed starts of a worker process in a row after which the pool is broken.
 START_FAILURES = 3
 #: Seconds a worker waits before it starts a process again once the pool is
@@ -187,52 +173,8 @@ class Pool:
     # -- the watchdog ----------------------------------------------------------
 
     def watch(self) -> None:
-        """Stop threads past their time limit; set aside stuck threads and
-        replace them; replace dead workers (a broker duty)."""
-        now = time.time()
-        replace = 0
-        with self._lock:
-            for thread, run in list(self.running.items()):
-                if not thread.is_alive():
-                    if not self._stopping.is_set():
-                        del self.running[thread]
-                        logger.error(
-                            "worker thread died thread=%s",
-                            thread.name,
-                            extra={"action": "worker_died"},
-                        )
-                        replace += 1
-                    continue
-                if run is None or run.done or not run.deadline or now <= run.deadline:
-                    continue
-                if not run.timed_out:
-                    run.timed_out = now
-                    _raise_in(thread, TaskTimeout)
-                    logger.warning(
-                        "task timed out task=%s name=%s limit=%.1fs",
-                        run.task_id,
-                        run.name,
-                        run.deadline - run.started,
-                        extra=task_extra(
-                            "task_timed_out", run.task_id, run.name, attempt=run.attempt
-                        ),
-                    )
-                elif now - run.timed_out > STUCK_AFTER and len(self.stuck) < self.size:
-                    del self.running[thread]
-                    self.stuck.add(thread)
-                    logger.error(
-                        "worker thread stuck past its time limit thread=%s task=%s",
-                        thread.name,
-                        run.task_id,
-                        extra=task_extra(
-                            "worker_stuck", run.task_id, run.name, attempt=run.attempt
-                        ),
-                    )
-                    replace += 1
-            self.stuck = {t for t in self.stuck if t.is_alive()}
-        for _ in range(replace):
-            if not self._stopping.is_set():
-                self._spawn()
+        """The watchdog (stops.py): a broker duty."""
+        stops.watch(self)
 
     # -- one worker ------------------------------------------------------------
 
@@ -423,36 +365,16 @@ class Pool:
     # -- cancelling a running task ---------------------------------------------
 
     def flag(self, task_id: uuid.UUID) -> Running | None:
-        """Mark the attempt of `task_id` running here as cancelled, so it ends
-        final whatever it does; None when no worker runs it now."""
-        with self._lock:
-            for run in self.running.values():
-                if run is not None and run.task_id == task_id:
-                    run.cancelled = True
-                    return run
-        return None
+        """Mark the attempt of `task_id` as cancelled (stops.py)."""
+        return stops.flag(self, task_id)
 
     def unflag(self, run: Running) -> None:
-        """The cancel did not happen after all: the attempt ends as it would have."""
-        with self._lock:
-            run.cancelled = False
+        """Undo `flag` (stops.py)."""
+        stops.unflag(self, run)
 
     def interrupt(self, run: Running) -> None:
-        """Stop a flagged attempt: set the flag its task reads (threads), or
-        kill its worker process while it still runs it (processes)."""
-        with self._lock:
-            run.stop.set()
-            if self.kind != "processes" or run.done:
-                return
-            for thread, current in self.running.items():
-                if current is run and thread in self.processes:
-                    logger.info(
-                        "worker process killed by a cancel task=%s name=%s",
-                        run.task_id,
-                        run.name,
-                        extra={"action": "task_cancelled_running"},
-                    )
-                    self.processes[thread].halt()
+        """Stop a flagged attempt (stops.py)."""
+        stops.interrupt(self, run)
 
     def _on_thread(self, me: threading.Thread, run: Running, attempt: Attempt) -> Result:
         """Run the attempt on this thread, its output captured."""
@@ -461,7 +383,7 @@ class Pool:
             result = perform(attempt, self.store, output, self.no_retry, run.stop)
             with self._lock:
                 run.done = True  # the watchdog raises nothing in this thread from here on
-                _raise_in(me, None)  # and what it raised too late is dropped
+                stops.raise_in(me, None)  # and what it raised too late is dropped
         except TaskTimeout:
             result = timed_out(attempt.timeout)
             with self._lock:
@@ -471,10 +393,3 @@ class Pool:
 
     def _run_hooks(self, ready: Ready, name: str, outcome: Outcome) -> None:
         run_hooks(self.hooks, outcome)
-
-
-def _raise_in(thread: threading.Thread, exc: type[BaseException] | None) -> None:
-    """Raise `exc` in `thread` at its next bytecode; None drops one still pending."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread.ident or 0), None if exc is None else ctypes.py_object(exc)
-    )
