@@ -47,19 +47,17 @@ unwritten (flag ``_crowded`` under it).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from django.db import DEFAULT_DB_ALIAS, connections
-
 from .dberrors import DATABASE_ERRORS as DATABASE_ERRORS
 from .dberrors import locked, transient
 from .metrics import OFF, Metrics
 from .ops import Call, Done, Op, Waiter
+from .writing import WritingConnection
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +79,8 @@ RETRY_DELAY_MAX = 5.0
 OUTCOME_TRIES = 1000
 #: Failed tries after which a stopping writer gives up on what it could not write.
 TRIES_AT_STOP = 5
-#: Seconds a write waits for a lock another connection holds (SQLite's write
-#: lock; on PostgreSQL a table's or a row's, `lock_timeout`) before it leaves
-#: the batch to the writer thread: the thread that leads it (the event loop)
-#: goes back to its connections. The writer thread tries again every
-#: LOCKED_RETRY seconds, on SQLite for as long as the database's own `timeout`
-#: option allows (Python's default, 5 s, without one), on PostgreSQL until the
-#: lock is let go, as a write waiting for it would.
-LOCK_WAIT = 0.02
+#: Seconds between the writer thread's tries of a batch a lock held elsewhere
+#: holds back (writing.LOCK_WAIT).
 LOCKED_RETRY = 0.005
 
 
@@ -134,11 +126,8 @@ class GroupCommit:
         self._finished: list[tuple[Done, Any, BaseException | None]] = []  # under _lock
         self._gatherer: int | None = None  # the thread whose leads wait (`gathered`)
         self._gathering = Gathering(self)
-        self._lock_timeout = 0.0  # how long a write may be held back by a lock (LOCK_WAIT)
         self._locked_since: float | None = None  # while the write lock is another's
-        self._db: Any = None  # a DatabaseWrapper of this writer's own
-        self._cursor: Any = None
-        self._bound: Any = None
+        self._writing = WritingConnection(batches.open)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
@@ -338,47 +327,15 @@ class GroupCommit:
                 delay = RETRY_DELAY_FIRST
         self._close()
 
-    def _connection(self) -> tuple[Any, Any]:
-        """The cursor every batch is written on, whichever thread writes it,
-        and the cursor that binds parameters (the same one on SQLite).
-
-        One connection of its own, used only under the lock: on SQLite a
-        connection that did not write the last commit finds its page cache
-        stale and reads the pages again, so several writing connections would
-        each pay for the others' commits."""
-        if self._cursor is None:
-            if self._db is None:
-                self._db = connections.create_connection(DEFAULT_DB_ALIAS)
-                self._db.inc_thread_sharing()
-            self._db.ensure_connection()
-            self._cursor = self._db.connection.cursor()
-            wait = int(LOCK_WAIT * 1000)
-            if self._db.vendor == "sqlite":
-                options = self._db.settings_dict.get("OPTIONS") or {}
-                self._lock_timeout = float(options.get("timeout", 5.0))
-                self._cursor.execute(f"PRAGMA busy_timeout = {wait}")
-            elif self._db.vendor == "postgresql" and _session_kept(self._db.settings_dict):
-                self._lock_timeout = math.inf
-                self._cursor.execute(f"SET lock_timeout = '{wait}ms'")
-            self._bound = self.batches.open(self._cursor, self._db)
-        return self._cursor, self._bound
-
     def _close(self) -> None:
-        """Close the writing cursor and connection; the next batch opens them again."""
-        if self._cursor is not None:
-            try:
-                self._cursor.close()
-            except Exception:
-                logger.debug("closing the writing cursor failed", exc_info=True)
-            self._cursor = self._bound = None
-        if self._db is not None:
-            self._db.close()
+        """Close the writing connection; the next batch opens it again."""
+        self._writing.close()
 
     def _write(self, ops: list[Op]) -> list[Op]:
         """Write `ops` in one transaction; return the ops to try again."""
         started = time.perf_counter()
         try:
-            cursor, bound = self._connection()
+            cursor, bound = self._writing.cursors()
             results = self.batches.write(cursor, bound, ops)
         except Exception as exc:
             retry = self._database_failed(ops, exc)
@@ -389,7 +346,7 @@ class GroupCommit:
     def _database_failed(self, ops: list[Op], exc: BaseException) -> list[Op] | None:
         """The ops to try again when the database failed them (a lock held
         elsewhere, or a transient error); None when the error is an op's own."""
-        if self._lock_timeout and locked(exc):
+        if self._writing.lock_timeout and locked(exc):
             return self._held_back(ops, exc)
         if transient(exc):
             return self._after_failure(ops, exc)
@@ -403,7 +360,7 @@ class GroupCommit:
         now = time.monotonic()
         if self._locked_since is None:
             self._locked_since = now
-        elif now - self._locked_since >= self._lock_timeout:
+        elif now - self._locked_since >= self._writing.lock_timeout:
             self._locked_since = None
             return self._after_failure(ops, exc)
         return ops
@@ -412,7 +369,7 @@ class GroupCommit:
         """Write a batch that held an op with an error of its own again, each
         op apart; the ops to try again."""
         try:
-            cursor, bound = self._connection()
+            cursor, bound = self._writing.cursors()
             written = self.batches.write_apart(cursor, bound, ops)
         except Exception as exc:
             retry = self._database_failed(ops, exc)
@@ -511,14 +468,6 @@ class Gathering:
         commit._gatherer = None
         if commit._pending:
             commit._write_now()
-
-
-def _session_kept(settings: dict[str, Any]) -> bool:
-    """Whether a setting of the connection's session stays its own: not behind
-    a pooler in transaction mode, which the settings say with
-    `prepare_threshold: None` (README), and which would hand it to others."""
-    options = settings.get("OPTIONS") or {}
-    return options.get("prepare_threshold", 5) is not None
 
 
 def _finish(done: Done, value: Any, error: BaseException | None) -> None:
