@@ -299,6 +299,13 @@ class Broker:
         if drained:
             left = self.lanes.stop(self.grace)
         self.server.shutdown()
+        owed = self.verbs.drain()
+        if owed:
+            logger.warning(
+                "pushes unanswered at the stop count=%s: their clients send them again",
+                owed,
+                extra={"action": "pushes_unanswered"},
+            )
         self.server.close_clients()
         reloading = bool(self.reloads.reason)  # a SIGTERM during the drain makes it a stop
         if reloading:

@@ -81,8 +81,12 @@ class Peer:
         return False
 
     def request(self, frame: Frame) -> bool:
-        """Serve one verified frame; False when the client is gone. A push, or
-        a verb answered aside, leaves the peer busy until its reply is sent."""
+        """Serve one verified frame; False when the client is gone, or the
+        broker stops (`Endpoint.closing`: the connection is closed, unanswered).
+        A push, or a verb answered aside, leaves the peer busy until its reply
+        is sent."""
+        if self.endpoint.closing:
+            return False
         if not self.trusted:  # signed with the secret: it keeps its place from now on
             self.gate.trust(self.conn)
             self.trusted = True

@@ -80,6 +80,8 @@ class Endpoint(Protocol):
     #: The verbs the event loop answers on its own thread; it answers the
     #: others on a thread aside.
     quick: frozenset[str]
+    #: Set once the broker stops: a connection's next request closes it.
+    closing: bool
 
     def gathered(self) -> AbstractContextManager[None]:
         """Within it, the pushes of the calling thread share one commit, at its end."""

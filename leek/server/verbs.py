@@ -6,6 +6,12 @@ table `Verbs.table`: ``cancel``, ``ping``, ``waiting``, ``handled``,
 ``stats``, ``sweep`` (adopt spooled tasks now), ``stop`` and ``reload``. The
 verbs in `quick` read no database, so the event loop answers them on its own
 thread (loop.py); the others are answered on a thread aside.
+
+A stopping broker (`drain`) serves no new request: a connection's next one
+closes it, and the client sends it again, to this broker's next life or to
+another. The pushes already read are answered first, once committed, within
+REPLIES_AT_STOP: a client whose push is committed hears so from the broker
+that committed it rather than sending it again.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from .tcp import Limits, Reply
 if TYPE_CHECKING:
     from .broker import Broker
 
+#: Seconds a stopping broker waits for the replies it owes: the pushes it read,
+#: still to be committed (a lock held elsewhere may hold their write back).
+REPLIES_AT_STOP = 5.0
+
 
 class Verbs:
     """What each request of a connection does to the broker."""
@@ -31,6 +41,10 @@ class Verbs:
     def __init__(self, broker: Broker, limits: Limits) -> None:
         self.broker = broker
         self.limits = limits
+        #: Set when the broker stops: a connection's next request closes it.
+        self.closing = False
+        self._owed = 0  # pushes read and not answered yet
+        self._answered = threading.Condition()
         self.pushes = PUSHES | {links.VERB}
         #: The verbs answered on the event loop's thread: they read no database.
         self.quick = frozenset({"ping", "waiting", "handled", "stop"})
@@ -62,12 +76,20 @@ class Verbs:
         broker = self.broker
         intake, metrics = broker.intake, broker.metrics
         tasks = intake.tasks(verb, data)
+        answered = self._owe()
 
         def committed(inserted: Any, error: BaseException | None) -> None:
-            metrics.pushed(tasks, error)
-            reply(None if error is not None else intake.reply(verb, tasks), error)
+            try:
+                metrics.pushed(tasks, error)
+                reply(None if error is not None else intake.reply(verb, tasks), error)
+            finally:
+                answered()
 
-        broker.store.insert(tasks, committed)
+        try:
+            broker.store.insert(tasks, committed)
+        except BaseException:
+            answered()
+            raise
 
     def gathered(self) -> AbstractContextManager[None]:
         """Within it, the pushes this thread makes share one commit, at its end."""
@@ -78,14 +100,46 @@ class Verbs:
         are committed, route the first steps and reply with every id."""
         broker = self.broker
         tasks, linked, value = links.steps(broker.intake, data)
+        answered = self._owe()
 
         def committed(ready: Any, error: BaseException | None) -> None:
-            broker.metrics.pushed(tasks, error)
-            if error is None and ready:
-                broker.route(ready)
-            reply(None if error is not None else value, error)
+            try:
+                broker.metrics.pushed(tasks, error)
+                if error is None and ready:
+                    broker.route(ready)
+                reply(None if error is not None else value, error)
+            finally:
+                answered()
 
-        broker.store.insert_steps(tasks, linked, committed)
+        try:
+            broker.store.insert_steps(tasks, linked, committed)
+        except BaseException:
+            answered()
+            raise
+
+    def _owe(self) -> Callable[[], None]:
+        """Count a push read and not answered yet; what to call, once, when
+        its reply is sent (or it will never be)."""
+        with self._answered:
+            self._owed += 1
+        once = [True]
+
+        def answered() -> None:
+            if once and once.pop():
+                with self._answered:
+                    self._owed -= 1
+                    if not self._owed:
+                        self._answered.notify_all()
+
+        return answered
+
+    def drain(self, timeout: float = REPLIES_AT_STOP) -> int:
+        """Serve no new request, and wait up to `timeout` seconds for the
+        replies owed to the pushes already read; how many are still owed."""
+        self.closing = True
+        with self._answered:
+            self._answered.wait_for(lambda: not self._owed, timeout)
+            return self._owed
 
     def frame_rejected(self, error: BaseException) -> None:
         self.broker.rejected += 1

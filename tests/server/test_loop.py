@@ -9,6 +9,7 @@ deadlines (a frame's, an idle connection's) close whoever is late.
 from __future__ import annotations
 
 import select
+import signal
 import time
 import uuid
 from typing import Any
@@ -76,6 +77,33 @@ def test_a_push_another_process_s_lock_holds_back_holds_up_no_other_connection(
             assert not readable(pushing)  # not acknowledged: not committed
         frame = pushing.read()  # committed once the lock is let go
         assert frame is not None and frame.message[:2] == (7, True), frame
+    finally:
+        pushing.close()
+        other.close()
+
+
+def test_a_stopping_broker_answers_the_push_it_read_and_serves_no_new_request(
+    broker: BrokerProcess,
+) -> None:
+    pushing, other = trusted(broker.port), trusted(broker.port)
+    message = task_message(tasks.add, 2, 3)
+    assert broker.proc is not None
+    try:
+        with writes_held(Task._meta.db_table):
+            pushing.write((7, "enqueue", message))
+            time.sleep(0.5)  # read, and held back by the lock
+            broker.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.5)  # stopping: it waits for the push's commit
+            assert not readable(pushing)
+            try:  # a request on another connection now closes it, unanswered
+                assert ping_on(other) is None
+            except ConnectionResetError:
+                pass
+        frame = pushing.read()  # committed once the lock is let go, then answered
+        assert frame is not None and frame.message[:2] == (7, True), frame
+        assert broker.proc.wait(30) == 0
+        assert Task.objects.filter(pk=message["id"]).exists()
+        assert "pushes unanswered" not in broker.output()
     finally:
         pushing.close()
         other.close()

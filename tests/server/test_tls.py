@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ from leek.protocol import tls
 from leek.protocol.frame import Keys, encode, read_frame
 from leek.protocol.sockets import FrameSocket
 from tests import tasks
-from tests.conftest import REPO, broker_env, free_port, wait_for
+from tests.conftest import REPO, broker_env, free_port, task_message, wait_for
+from tests.server.test_stranded import writes_held
 
 
 @dataclass
@@ -99,6 +102,28 @@ def test_a_standard_tls_client_speaks_to_the_broker(
         reply = read_frame(sock.makefile("rb"), keys.receive, 1 << 20)
     assert reply is not None
     assert reply.message == (7, True, {"ok": True, "message": "I'm OK"})
+
+
+def test_a_stopping_broker_answers_the_push_it_read_over_tls(
+    broker_factory: Any, leek_settings: Any, certs: Certs
+) -> None:
+    leek_settings(TLS=paths(ca=certs.ca))
+    broker = broker_factory(LEEK_TLS=json.dumps(paths(cert=certs.cert, key=certs.key)))
+    assert broker.proc is not None
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    keys = Keys.client(str(conf.get("SECRET")).encode())
+    message = task_message(tasks.add, 2, 3)
+    raw = socket.create_connection(("127.0.0.1", broker.port), timeout=20)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        with writes_held(Task._meta.db_table):
+            sock.sendall(encode(keys.send, (7, "enqueue", message)))
+            time.sleep(0.5)  # read, and held back by the lock
+            broker.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.5)  # stopping: it waits for the push's commit
+        reply = read_frame(sock.makefile("rb"), keys.receive, 1 << 20)
+    assert reply is not None and reply.message[:2] == (7, True), reply
+    assert broker.proc.wait(30) == 0
+    assert Task.objects.filter(pk=message["id"]).exists()
 
 
 def test_a_client_with_the_wrong_ca_fails_clearly(
