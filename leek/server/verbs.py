@@ -69,69 +69,70 @@ class Verbs:
 
     def push(self, verb: str, data: Any, reply: Reply) -> None:
         """Insert the tasks of a push; once they are committed, `reply` gets
-        the reply's value (see Intake.reply), or the error."""
-        if verb == links.VERB:
-            self.push_steps(data, reply)
-            return
+        the reply's value (see Intake.reply), or the error. Counted as owed
+        (`drain`) until the reply is sent, or the push is refused here."""
+        settle = self._owe()
+
+        def answer(value: Any, error: BaseException | None) -> None:
+            try:
+                reply(value, error)
+            finally:
+                settle()
+
+        try:
+            if verb == links.VERB:
+                self._push_steps(data, answer)
+            else:
+                self._push_tasks(verb, data, answer)
+        except BaseException:  # refused before it was queued: the peer answers it
+            settle()
+            raise
+
+    def _push_tasks(self, verb: str, data: Any, reply: Reply) -> None:
         broker = self.broker
         intake, metrics = broker.intake, broker.metrics
         tasks = intake.tasks(verb, data)
-        answered = self._owe()
 
         def committed(inserted: Any, error: BaseException | None) -> None:
-            try:
-                metrics.pushed(tasks, error)
-                reply(None if error is not None else intake.reply(verb, tasks), error)
-            finally:
-                answered()
+            metrics.pushed(tasks, error)
+            reply(None if error is not None else intake.reply(verb, tasks), error)
 
-        try:
-            broker.store.insert(tasks, committed)
-        except BaseException:
-            answered()
-            raise
+        broker.store.insert(tasks, committed)
+
+    def _push_steps(self, data: Any, reply: Reply) -> None:
+        """A chain's, group's or chord's tasks (links.py); once they are
+        committed, route the first steps and reply with every id."""
+        broker = self.broker
+        tasks, linked, value = links.steps(broker.intake, data)
+
+        def committed(ready: Any, error: BaseException | None) -> None:
+            broker.metrics.pushed(tasks, error)
+            if error is None and ready:
+                broker.route(ready)
+            reply(None if error is not None else value, error)
+
+        broker.store.insert_steps(tasks, linked, committed)
 
     def gathered(self) -> AbstractContextManager[None]:
         """Within it, the pushes this thread makes share one commit, at its end."""
         return self.broker.store.gathered()
 
-    def push_steps(self, data: Any, reply: Reply) -> None:
-        """Insert a chain's, group's or chord's tasks (links.py); once they
-        are committed, route the first steps and reply with every id."""
-        broker = self.broker
-        tasks, linked, value = links.steps(broker.intake, data)
-        answered = self._owe()
-
-        def committed(ready: Any, error: BaseException | None) -> None:
-            try:
-                broker.metrics.pushed(tasks, error)
-                if error is None and ready:
-                    broker.route(ready)
-                reply(None if error is not None else value, error)
-            finally:
-                answered()
-
-        try:
-            broker.store.insert_steps(tasks, linked, committed)
-        except BaseException:
-            answered()
-            raise
-
     def _owe(self) -> Callable[[], None]:
-        """Count a push read and not answered yet; what to call, once, when
-        its reply is sent (or it will never be)."""
+        """Count a push read and not answered yet; what to call when its reply
+        is sent, or it never will be (a second call does nothing)."""
+        owed = [self]  # emptied by the first call
         with self._answered:
             self._owed += 1
-        once = [True]
 
-        def answered() -> None:
-            if once and once.pop():
-                with self._answered:
+        def settle() -> None:
+            with self._answered:
+                if owed:
+                    owed.clear()
                     self._owed -= 1
                     if not self._owed:
                         self._answered.notify_all()
 
-        return answered
+        return settle
 
     def drain(self, timeout: float = REPLIES_AT_STOP) -> int:
         """Serve no new request, and wait up to `timeout` seconds for the

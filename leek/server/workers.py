@@ -41,7 +41,6 @@ from .notify import failure_hooks, run_hooks
 from .outcome import outcome_of
 from .process import WorkerProcess
 from .rows import Outcome, Ready
-from .stops import STUCK_AFTER as STUCK_AFTER
 from .store import Store
 
 logger = logging.getLogger(__name__)

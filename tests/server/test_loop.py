@@ -89,6 +89,10 @@ def test_a_stopping_broker_answers_the_push_it_read_and_serves_no_new_request(
     message = task_message(tasks.add, 2, 3)
     assert broker.proc is not None
     try:
+        bad = {**task_message(tasks.add, 1, 1), "max_retries": -1}  # the broker checks again
+        other.write((5, "enqueue", bad))
+        refused = other.read()  # answered at once: nothing owed for it at the stop
+        assert refused is not None and refused.message[:2] == (5, False), refused
         with writes_held(Task._meta.db_table):
             pushing.write((7, "enqueue", message))
             time.sleep(0.5)  # read, and held back by the lock

@@ -23,7 +23,6 @@ from ..lifecycle import received
 from ..ops import Call, Insert, Mark, Op, Record
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from . import keys, storable
-from .outcomes import failure_row as failure_row
 from .outcomes import tell_refused, write_rows
 from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements, stamp
 
