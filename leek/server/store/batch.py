@@ -23,7 +23,7 @@ from ..lifecycle import received
 from ..ops import Call, Insert, Mark, Op, Record
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from . import keys, storable
-from .outcomes import tell_refused, write_rows
+from .outcomes import at_once, tell_refused, write_rows
 from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements, stamp
 
 logger = logging.getLogger(__name__)
@@ -119,19 +119,39 @@ class Writes:
             # autocommit): no BEGIN and COMMIT to send, which on PostgreSQL
             # are two round trips.
             return _per_op(ops, self.insert_tasks(bound, tasks))
+        outcomes = [op.outcome for op in ops if isinstance(op, Record)]
+        finished = {o.task_id for o in outcomes}
+        # A task whose outcome is in this batch needs no running mark.
+        marks = [
+            (d.time(op.started), op.attempt, d.pk(op.task_id), *stamp(self.node, op.epoch))
+            for op in ops
+            if isinstance(op, Mark) and op.task_id not in finished
+        ]
+        # On PostgreSQL, where each statement is a round trip, an outcome is
+        # one statement (outcomes.at_once), and a write alone in its batch (a
+        # task's start, or its end, which made its start moot) is a
+        # transaction of its own, in autocommit, with no BEGIN and COMMIT.
+        quick = (
+            not d.sqlite
+            and not tasks
+            and len(finished) == len(outcomes)
+            and not any(isinstance(op, Call) for op in ops)
+        )
+        if quick and len(outcomes) + len(marks) == 1:
+            if marks:
+                bound.execute(self.sql.mark, marks[0])
+                return _per_op(ops, [])
+            if at_once(bound, self.sql, self.node, outcomes):
+                return _per_op(ops, [])
+            quick = False  # nothing written: write_rows tells why
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
         try:
             results = _per_op(ops, self.insert_tasks(bound, tasks))
-            outcomes = [op.outcome for op in ops if isinstance(op, Record)]
-            finished = {o.task_id for o in outcomes}
-            # A task whose outcome is in this batch needs no running mark.
-            marks = [
-                (d.time(op.started), op.attempt, d.pk(op.task_id), *stamp(self.node, op.epoch))
-                for op in ops
-                if isinstance(op, Mark) and op.task_id not in finished
-            ]
             if marks:
                 bound.executemany(self.sql.mark, marks)
+            if quick:
+                written = at_once(bound, self.sql, self.node, outcomes)
+                outcomes = [o for o in outcomes if d.pk(o.task_id) not in written]
             self.write_outcomes(bound, outcomes)
             for i, op in enumerate(ops):
                 if isinstance(op, Call):

@@ -40,48 +40,84 @@ def write_rows(
     if not outcomes:
         return [], []
     d = sql.dialect
-    finishes = []
-    for o in outcomes:
-        if o.succeeded:
-            status = "succeeded"
-        else:
-            status = "failed" if o.final else "queued"
-        finishes.append(
-            (status, d.time(o.started), d.time(o.finished), o.attempt, d.time(o.retry_at))
-            + (status == "queued", d.pk(o.task_id), *stamp(node, o.epoch))
-        )
+    finishes = [finish_row(d, o, node) for o in outcomes]
     written = _finish(cursor, sql, finishes)
     refused: list[Outcome] = []
     if len(written) < len(outcomes):
         outcomes, refused = refuse(cursor, sql, node, outcomes, written)
     successes, failures = [], []
     for o in outcomes:
-        tid = d.pk(o.task_id)
-        finished = d.time(o.finished)
-        started = d.time(o.started)
         if o.succeeded:
-            successes.append(
-                (
-                    tid,
-                    o.name,
-                    o.attempt,
-                    started,
-                    finished,
-                    o.finished - o.started,
-                    o.result,
-                    o.result_repr,
-                    o.stdout,
-                    o.stderr,
-                    node,
-                )
-            )
+            successes.append(success_row(d, o, node))
         else:
-            failures.append(failure_row(d, o, node, tid))
+            failures.append(failure_row(d, o, node))
     if successes:
         cursor.executemany(sql.success, successes)
     if failures:
         cursor.executemany(sql.failure, failures)
     return chains.follow(cursor, d, outcomes, stamp(node, epoch())), refused
+
+
+def at_once(cursor: Any, sql: Statements, node: str, outcomes: list[Outcome]) -> set[Any]:
+    """Write each outcome in one statement, its finish and its attempt's row
+    (PostgreSQL; each task once in `outcomes`); the keys of the tasks written.
+
+    An outcome not written has nothing of it written: its finish wrote
+    nothing (its task is refused, cancelled or gone, which `write_rows` tells
+    apart), or its task is a chain's step (whose next one `write_rows`
+    releases). Where `write_rows` costs a statement for each kind of row and
+    one to look for chains, this is one statement an outcome, and a round
+    trip for the successes and one for the failures."""
+    d = sql.dialect
+    written: set[Any] = set()
+    for statement, succeeded, row in (
+        (sql.success_at_once, True, success_row),
+        (sql.failure_at_once, False, failure_row),
+    ):
+        rows = [
+            finish_row(d, o, node) + row(d, o, node) for o in outcomes if o.succeeded is succeeded
+        ]
+        if len(rows) == 1:
+            cursor.execute(statement, rows[0])
+            written.update(key for (key,) in cursor.fetchall())
+        elif rows:  # psycopg's pipeline: a result set each
+            cursor.executemany(statement, rows, returning=True)
+            while True:
+                written.update(key for (key,) in cursor.fetchall())
+                if not cursor.nextset():
+                    break
+    return written
+
+
+def finish_row(d: Dialect, o: Outcome, node: str) -> tuple[Any, ...]:
+    """The bound values of Statements.finish for outcome `o`, its attempt
+    started under `node`'s claim of epoch `o.epoch`."""
+    if o.succeeded:
+        status = "succeeded"
+    else:
+        status = "failed" if o.final else "queued"
+    return (status, d.time(o.started), d.time(o.finished), o.attempt, d.time(o.retry_at)) + (
+        status == "queued",
+        d.pk(o.task_id),
+        *stamp(node, o.epoch),
+    )
+
+
+def success_row(d: Dialect, o: Outcome, broker: str) -> tuple[Any, ...]:
+    """The bound values of Statements.success for a succeeded attempt run by `broker`."""
+    return (
+        d.pk(o.task_id),
+        o.name,
+        o.attempt,
+        d.time(o.started),
+        d.time(o.finished),
+        o.finished - o.started,
+        o.result,
+        o.result_repr,
+        o.stdout,
+        o.stderr,
+        broker,
+    )
 
 
 def _finish(cursor: Any, sql: Statements, finishes: list[tuple[Any, ...]]) -> set[Any]:

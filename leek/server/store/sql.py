@@ -171,23 +171,31 @@ class Statements:
         # Its key stops locking when it ends, unless it waits for a retry and is
         # key_running (bound: whether it waits for a retry). An ended task
         # (cancelled, succeeded, failed) keeps its end: an outcome never flips it.
-        self.finish = q(
+        finish = (
             "UPDATE leek_task SET status = %s, started_at = %s, finished_at = %s, attempts = %s, "
             "run_after = COALESCE(%s, run_after), "
             "lock_key = CASE WHEN %s AND key_running THEN lock_key ELSE NULL END "
             f"WHERE id = %s AND status IN ('queued', 'running', 'expired') AND {OWNED}"
-            + ("" if d.sqlite else " RETURNING id")
         )
-        self.success = q(
+        self.finish = q(finish + ("" if d.sqlite else " RETURNING id"))
+        success = (
             "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "
             "duration, result, result_repr, stdout, stderr, broker) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         )
-        self.failure = q(
+        success_row = "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+        self.success = q(f"{success}VALUES ({success_row})")
+        failure = (
             "INSERT INTO leek_failedtask (task_id, name, attempt, started_at, failed_at, "
             "exc_type, exc_message, traceback, final, requeued_at, stdout, stderr, broker) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s)"
         )
+        failure_row = "%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s"
+        self.failure = q(f"{failure}VALUES ({failure_row})")
+        # An outcome in one statement (PostgreSQL): its finish, and its
+        # attempt's row only where the finish wrote (outcomes.at_once). A step
+        # of a chain is left to write_rows, which releases the next one.
+        at_once = f"WITH f AS ({finish} AND next_step IS NULL RETURNING id) "
+        self.success_at_once = f"{at_once}{success}SELECT {success_row} FROM f RETURNING task_id"
+        self.failure_at_once = f"{at_once}{failure}SELECT {failure_row} FROM f RETURNING task_id"
         self.progress = q(
             f"UPDATE leek_task SET progress = %s, progress_note = %s WHERE id = %s AND {OWNED}"
         )

@@ -1,0 +1,206 @@
+"""The outcomes of tasks as the store writes them, in batches of one and of many.
+
+On PostgreSQL an outcome is one statement, and a batch of one write is a
+transaction of its own (store/batch.py, store/outcomes.py `at_once`), while a
+task that is refused, cancelled, gone or a chain's step goes the whole way
+(`write_rows`). Each case here ends its task as the whole way would, on both
+databases.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from leek.models import FailedTask, SuccessTask, Task
+from leek.server.rows import Outcome
+from leek.server.store import Store
+from tests.server.test_store import new_task
+
+EPOCH = 3
+
+
+@pytest.fixture
+def store(transactional_db: Any) -> Iterator[Store]:
+    routed: list[Any] = []
+    store = Store("write-a", routed.extend)
+    store.epoch = EPOCH
+    store.routed = routed  # type: ignore[attr-defined]
+    store.start()
+    try:
+        yield store
+    finally:
+        store.stop()
+
+
+def inserted(store: Store, count: int, **changes: Any) -> list[Any]:
+    tasks = [new_task(**changes) for _ in range(count)]
+    done = threading.Event()
+    store.insert(tasks, lambda value, error: done.set())
+    assert done.wait(10)
+    return [t.id for t in tasks]
+
+
+def alone(store: Store, outcome: Outcome) -> None:
+    """Write `outcome` in a batch of its own, and wait for its commit."""
+    ended = threading.Event()
+    store.record(outcome, ended.set)
+    assert ended.wait(10)
+
+
+def success(key: Any) -> Outcome:
+    now = time.time()
+    return Outcome(key, "t", 1, now, now + 1, True, b"r", "'r'", "out", epoch=EPOCH)
+
+
+def failure(key: Any, final: bool, retry_at: float | None = None) -> Outcome:
+    now = time.time()
+    return Outcome(key, "t", 1, now, now + 1, False, exc_type="E", exc_message="m",
+                   traceback="tb", final=final, retry_at=retry_at, epoch=EPOCH)  # fmt: skip
+
+
+def test_one_success_alone_ends_its_task_with_its_row(store: Store) -> None:
+    (key,) = inserted(store, 1)
+    alone(store, success(key))
+    row = Task.objects.get(pk=key)
+    assert (row.status, row.attempts) == ("succeeded", 1)
+    attempt = SuccessTask.objects.get(task_id=key)
+    assert (attempt.result, attempt.stdout, attempt.broker) == (b"r", "out", "write-a")
+    assert abs(attempt.duration - 1) < 0.001
+
+
+def test_one_failure_alone_retries_or_ends_its_task(store: Store) -> None:
+    again, over = inserted(store, 2, max_retries=1)
+    later = time.time() + 60
+    alone(store, failure(again, final=False, retry_at=later))
+    alone(store, failure(over, final=True))
+    rows = {t.id: t for t in Task.objects.all()}
+    assert rows[again].status == "queued" and rows[over].status == "failed"
+    retry_at = rows[again].run_after
+    assert retry_at is not None and abs(retry_at.timestamp() - later) < 0.001
+    finals = dict(FailedTask.objects.values_list("task_id", "final"))
+    assert finals == {again: False, over: True}
+
+
+def test_one_mark_alone_shows_its_task_running(store: Store) -> None:
+    (key,) = inserted(store, 1)
+    store.mark_running(key, 1, time.time(), EPOCH)
+    store.outcomes.nudge()  # a mark waits for the next commit, or this
+    wait = time.monotonic() + 10
+    while Task.objects.get(pk=key).status != "running":
+        assert time.monotonic() < wait
+        time.sleep(0.01)
+    assert Task.objects.get(pk=key).attempts == 1
+
+
+def test_the_outcome_of_a_task_another_claim_holds_is_refused(store: Store) -> None:
+    (key,) = inserted(store, 1)
+    Task.objects.filter(pk=key).update(broker="write-b")
+    alone(store, success(key))
+    assert Task.objects.get(pk=key).status == "queued"
+    assert not SuccessTask.objects.exists() and store.writes.refused == 1
+
+
+def test_a_cancelled_task_keeps_its_status_and_gets_its_attempt_s_row(store: Store) -> None:
+    (key,) = inserted(store, 1)
+    Task.objects.filter(pk=key).update(status="cancelled")
+    alone(store, success(key))
+    assert Task.objects.get(pk=key).status == "cancelled"
+    assert SuccessTask.objects.filter(task_id=key).count() == 1
+    assert store.writes.refused == 0
+
+
+def test_the_outcome_of_a_task_gone_is_dropped_loudly(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    (key,) = inserted(store, 1)
+    Task.objects.filter(pk=key).delete()
+    alone(store, success(key))
+    assert not SuccessTask.objects.exists()
+    assert "outcome dropped: its task is gone" in caplog.text
+
+
+def test_the_success_of_a_chain_s_step_releases_the_next_one(store: Store) -> None:
+    first, then = inserted(store, 2)
+    Task.objects.filter(pk=then).update(status="waiting")
+    Task.objects.filter(pk=first).update(next_step=then)
+    alone(store, success(first))
+    assert Task.objects.get(pk=first).status == "succeeded"
+    assert Task.objects.get(pk=then).status == "queued"
+    assert then in [r.id for r in store.routed]  # type: ignore[attr-defined]
+
+
+def test_a_batch_of_marks_and_outcomes_writes_each_task_as_one_by_one_would(
+    transactional_db: Any,
+) -> None:
+    """Marks and outcomes of several tasks in one batch (on PostgreSQL, one
+    statement an outcome, in one transaction): every task ends as its own
+    statements would leave it, the task another claim took over included."""
+    store = Store("batch-a", lambda ready: None)
+    store.epoch = 3
+    store.start()
+    try:
+        tasks = [new_task(max_retries=1) for _ in range(8)]
+        done = threading.Event()
+        store.insert(tasks, lambda value, error: done.set())
+        assert done.wait(10)
+        a, b, c, d, e, f, g, h = (t.id for t in tasks)
+        Task.objects.filter(pk=h).update(broker="batch-b")  # another broker's claim now
+        now = time.time()
+        later = now + 60
+        ended = threading.Event()
+        with store.outcomes._lock:  # no batch is written until all wait: one batch
+            for key in (a, b, c, d, e, f):
+                store.mark_running(key, 1, now, 3)
+            store.record(Outcome(c, "c", 1, now, now + 1, True, b"\x00r", "'r'", "out", epoch=3))
+            store.record(Outcome(d, "d", 1, now, now + 2, True, None, "None", epoch=3))
+            store.record(
+                Outcome(e, "e", 1, now, now + 3, False, exc_type="E", exc_message="again",
+                        traceback="tb", final=False, retry_at=later, epoch=3)
+            )  # fmt: skip
+            store.record(
+                Outcome(f, "f", 1, now, now + 4, False, exc_type="F", exc_message="over",
+                        stderr="err", final=True, epoch=3)
+            )  # fmt: skip
+            store.record(Outcome(g, "g", 1, now, now + 5, True, epoch=3))
+            store.record(Outcome(h, "h", 1, now, now + 6, True, epoch=3), ended.set)
+        assert ended.wait(10)
+    finally:
+        store.stop()
+    rows = {t.id: t for t in Task.objects.all()}
+    assert [(rows[k].status, rows[k].attempts) for k in (a, b, c, d, e, f, g, h)] == [
+        ("running", 1),
+        ("running", 1),
+        ("succeeded", 1),
+        ("succeeded", 1),
+        ("queued", 1),
+        ("failed", 1),
+        ("succeeded", 1),
+        ("queued", 0),  # refused: another claim holds it
+    ]
+    assert rows[a].started_at is not None and rows[a].finished_at is None
+    retry_at, failed_at = rows[e].run_after, rows[f].finished_at
+    assert retry_at is not None and abs(retry_at.timestamp() - later) < 0.001
+    assert failed_at is not None and abs(failed_at.timestamp() - (now + 4)) < 0.001
+    successes = {s.task_id: s for s in SuccessTask.objects.all()}
+    assert sorted(successes) == sorted([c, d, g])
+    assert (successes[c].result, successes[c].result_repr, successes[c].stdout) == (
+        b"\x00r",
+        "'r'",
+        "out",
+    )
+    assert successes[d].result is None and abs(successes[d].duration - 2) < 0.001
+    assert {s.broker for s in successes.values()} == {"batch-a"}
+    failures = {x.task_id: x for x in FailedTask.objects.all()}
+    assert sorted(failures) == sorted([e, f])
+    assert (failures[e].final, failures[e].exc_message, failures[e].traceback) == (
+        False,
+        "again",
+        "tb",
+    )
+    assert (failures[f].final, failures[f].exc_type, failures[f].stderr) == (True, "F", "err")
+    assert store.writes.refused == 1
