@@ -57,13 +57,13 @@ fi
 
 # On SQLite, every test outside tests/server (the tasks framework's backend, the
 # admin, the commands, the client, the checks) and the server's core: its
-# start, store, pools, schedules, recovery, cancels, chains and retries. The
-# rest of tests/server exercises leek's own sockets and processes, which do not
-# change with Django; DJANGO6_TESTS="tests" runs the whole suite (CI keeps
-# within its time without it).
+# start, store, outcome writes, pools, schedules, recovery, cancels, chains and
+# retries. The rest of tests/server exercises leek's own sockets and processes,
+# which do not change with Django; DJANGO6_TESTS="tests" runs the whole suite
+# (CI keeps within its time without it).
 SERVER_CORE="tests/server/test_broker.py tests/server/test_store.py tests/server/test_pools.py
 tests/server/test_periodic.py tests/server/test_recovery.py tests/server/test_cancel.py
-tests/server/test_chains.py tests/server/test_retries.py"
+tests/server/test_chains.py tests/server/test_retries.py tests/server/test_outcome_writes.py"
 OUTSIDE=$(ls -d tests/*/ tests/test_*.py | grep -v '^tests/server/$')
 TESTS=${DJANGO6_TESTS:-$OUTSIDE $SERVER_CORE}
 echo "== SQLite run (Django 6.x):" $TESTS
@@ -72,7 +72,7 @@ echo "== SQLite run (Django 6.x):" $TESTS
 # On PostgreSQL, the tests of what differs by database (the store's statements,
 # work sharing, fencing, the tasks framework's backend), to keep CI within its
 # time; DJANGO6_PG_TESTS="tests" runs the whole suite there.
-PG_TESTS=${DJANGO6_PG_TESTS:-tests/server/test_store.py tests/server/test_share.py tests/server/test_fencing.py tests/server/test_database_outage.py tests/backends}
+PG_TESTS=${DJANGO6_PG_TESTS:-tests/server/test_store.py tests/server/test_outcome_writes.py tests/server/test_share.py tests/server/test_fencing.py tests/server/test_database_outage.py tests/backends}
 if "$VENV/bin/python" -c "import psycopg,sys; psycopg.connect('$PG_URL'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then
     echo "== PostgreSQL run (Django 6.x): $PG_URL: $PG_TESTS"
     # shellcheck disable=SC2086 # a list of paths
