@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 from collections.abc import Callable
 from typing import Any
 
@@ -46,10 +47,16 @@ class WritingConnection:
         self._db: Any = None
         self._cursor: Any = None
         self._bound: Any = None
+        #: The socket of a PostgreSQL connection, watched for what the server
+        #: says while the connection is idle (see `_cut`).
+        self._idle: Any = None
 
     def cursors(self) -> tuple[Any, Any]:
         """The cursor every batch is written on, and the cursor that binds
-        parameters (the same one on SQLite); opened when there is none."""
+        parameters (the same one on SQLite); opened when there is none, or
+        when the server has cut the one there is."""
+        if self._idle is not None and self._idle.poll(0):
+            self._cut()
         if self._cursor is None:
             if self._db is None:
                 self._db = connections.create_connection(DEFAULT_DB_ALIAS)
@@ -64,11 +71,27 @@ class WritingConnection:
             elif self._db.vendor == "postgresql" and session_kept(self._db.settings_dict):
                 self.lock_timeout = math.inf
                 self._cursor.execute(f"SET lock_timeout = '{wait}ms'")
+            if self._db.vendor == "postgresql":
+                self._idle = select.poll()
+                self._idle.register(self._db.connection.fileno(), select.POLLIN)
             self._bound = self._open(self._cursor, self._db)
         return self._cursor, self._bound
 
+    def _cut(self) -> None:
+        """The server spoke while no statement was in flight: between batches a
+        PostgreSQL connection hears nothing unless the server is ending it (a
+        restart, a failover, `pg_terminate_backend`). It is closed, and the
+        batch is written on a new one rather than failed on the dead one:
+        nothing was sent on it, so nothing can be written twice."""
+        logger.info(
+            "writing connection closed by the database, reconnecting",
+            extra={"action": "db_reconnect"},
+        )
+        self.close()
+
     def close(self) -> None:
         """Close the cursor and the connection; the next batch opens them again."""
+        self._idle = None
         if self._cursor is not None:
             try:
                 self._cursor.close()

@@ -69,3 +69,39 @@ def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> Non
     assert leek_cli(broker.port, "ping").returncode == 0
     assert leek.push_task_to_queue(tasks.add, 3, 3).result(timeout=10) == 6
     assert "database write failed" in broker.output()
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs a database reached over a socket"
+)
+def test_a_push_after_the_database_cut_the_brokers_connections_is_accepted(
+    broker_factory: Any, leek_settings: Any
+) -> None:
+    """PostgreSQL ends every connection of the broker's (a restart, a failover,
+    an administrator) while the broker is idle: the next push is written on a
+    fresh connection, not failed on the dead one."""
+    from leek.client import connection as client
+
+    leek_settings(FALLBACK="raise")
+    broker: BrokerProcess = broker_factory(LEEK_HEARTBEAT_INTERVAL="60")
+    assert leek.push_task_to_queue(tasks.add, 1, 1).result(timeout=10) == 2
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT array_agg(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        cut = cursor.fetchone()[0]
+        assert cut
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM unnest(%s) pid", [cut])
+
+    def gone() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [cut])
+            return bool(cursor.fetchone()[0] == 0)
+
+    wait_for(gone)
+    client.close()
+    for n in range(5):
+        assert leek.push_task_to_queue(tasks.add, n, 1).result(timeout=10) == n + 1
+    assert leek.ping() == (True, "I'm OK")
+    assert "database write failed" not in broker.output()

@@ -353,7 +353,7 @@ def test_near_its_descriptor_limit_the_broker_reconnects_to_its_database(
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
             assert cursor.fetchone()[0] > 0
-        wait_for(lambda: "database write failed" in broker.output())
+        wait_for(lambda: "closed by the database, reconnecting" in broker.output())
         wait_for(lambda: ping_on(old)[2]["ok"], timeout=30)  # reconnected from the reserve
         new_client()
         assert leek.push_task_to_queue(tasks.add, 4, 4).result(timeout=10) == 8
