@@ -249,7 +249,22 @@ def test_every_acknowledged_task_runs_and_only_runs_in_flight_on_a_lost_broker_r
     # one of the paused broker is refused.
     cut = FailedTask.objects.filter(task_id__in=acknowledged, broker=stopped, exc_type=LOST)
     adopted = set(cut.values_list("task_id", flat=True))
-    assert not SuccessTask.objects.filter(task_id__in=adopted, broker=stopped).exists()
+    late = set(
+        SuccessTask.objects.filter(task_id__in=adopted, broker=stopped).values_list(
+            "task_id", flat=True
+        )
+    )
+    assert not late, {
+        str(t): (
+            [r for r in runs_of(runs) if r[0] in (str(t), "-")],
+            list(
+                FailedTask.objects.filter(task_id=t).values_list("broker", "attempt", "exc_message")
+            ),
+            list(SuccessTask.objects.filter(task_id=t).values_list("broker", "attempt")),
+            list(Task.objects.filter(pk=t).values_list("broker", "status", "attempts", "epoch")),
+        )
+        for t in late
+    }
     refused += stats(paused)["outcomes_refused"]
     if any({before, after} & set(ran[:-1]) for ran in repeated.values()):
         assert refused >= 1
