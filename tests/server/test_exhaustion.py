@@ -361,4 +361,4 @@ def test_near_its_descriptor_limit_the_broker_reconnects_to_its_database(
     finally:
         for sock in flood:
             sock.close()
-    old.close()
+        old.close()
