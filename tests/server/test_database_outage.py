@@ -84,7 +84,9 @@ def test_a_push_after_the_database_cut_the_brokers_connections_is_accepted(
 
     leek_settings(FALLBACK="raise")
     broker: BrokerProcess = broker_factory(LEEK_HEARTBEAT_INTERVAL="60")
-    assert leek.push_task_to_queue(tasks.add, 1, 1).result(timeout=10) == 2
+    for n in range(20):  # batches of every kind, on connections nobody cut
+        assert leek.push_task_to_queue(tasks.add, n, 1).result(timeout=10) == n + 1
+    assert "reconnecting" not in broker.output()
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT array_agg(pid) FROM pg_stat_activity "
@@ -105,3 +107,4 @@ def test_a_push_after_the_database_cut_the_brokers_connections_is_accepted(
         assert leek.push_task_to_queue(tasks.add, n, 1).result(timeout=10) == n + 1
     assert leek.ping() == (True, "I'm OK")
     assert "database write failed" not in broker.output()
+    assert "writing connection closed by the database, reconnecting" in broker.output()
