@@ -69,6 +69,29 @@ def children_cpu(pid: int) -> float:
     return total
 
 
+def database_cpu() -> float:
+    """Seconds of CPU this host's PostgreSQL processes have spent, the server's
+    own (walwriter, checkpointer) with the backends' (0 where none runs here)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "postgres":
+                continue
+            total += sum(broker_cpu(int(proc.name)))
+        except (OSError, ValueError):
+            continue  # ended meanwhile
+    return total
+
+
+def host_busy() -> tuple[float, float]:
+    """Seconds this host's CPUs have been busy, and in all, since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields) - idle) / TICKS, sum(fields) / TICKS
+
+
 def client_cpu() -> float:
     """Seconds of CPU this process and its waited-for children have spent."""
     own, children = (
@@ -281,9 +304,11 @@ def drain(
     stamps.wait(1, 60)
     samplers_of(args, pid, samplers)
     base, cpu0, workers0 = stamps.count(), broker_cpu(pid), children_cpu(pid)
+    database0, host0 = database_cpu(), host_busy()
     stamps.wait(args.n, 600)
     user, system = (b - a for a, b in zip(cpu0, broker_cpu(pid), strict=True))
     workers = children_cpu(pid) - workers0
+    database, host = database_cpu() - database0, host_busy()
     times = stamps.read()
     count = args.n - base
     wall = times[-1] - times[base - 1]
@@ -292,7 +317,18 @@ def drain(
         f"broker CPU {(user + system) / count * 1e6:.1f} µs "
         f"({system / (user + system) if user + system else 0:.0%} in the kernel)"
         + (f", worker processes' CPU {workers / count * 1e6:.1f} µs" if workers else "")
+        + elsewhere(database, host0, host, count)
     )
+
+
+def elsewhere(
+    database: float, host0: tuple[float, float], host: tuple[float, float], count: int
+) -> str:
+    """The database server's CPU a task (when it runs on this host), and how
+    busy the host's CPUs were meanwhile."""
+    busy, total = (b - a for a, b in zip(host0, host, strict=True))
+    said = f", database server's CPU {database / count * 1e6:.1f} µs" if database else ""
+    return f"{said}; the host's CPUs {busy / total if total else 0:.0%} busy"
 
 
 def requests(
@@ -330,6 +366,7 @@ def requests(
 
     clients = args.processes or args.threads
     cpu0, client0, wall0 = broker_cpu(pid), client_cpu(), time.perf_counter()
+    workers0, database0, host0 = children_cpu(pid), database_cpu(), host_busy()
     if args.processes:
         in_processes(work, args.processes)
     else:
@@ -341,6 +378,8 @@ def requests(
     wall = time.perf_counter() - wall0
     client = client_cpu() - client0
     user, system = (b - a for a, b in zip(cpu0, broker_cpu(pid), strict=True))
+    workers = children_cpu(pid) - workers0
+    database, host = database_cpu() - database0, host_busy()
     server = user + system
     requests = args.n * clients
     per = 1e6 / requests
@@ -352,6 +391,8 @@ def requests(
         f"{wall * 1e6 / count:.1f} µs wall, broker CPU {server * per:.1f} µs "
         f"({system / server if server else 0:.0%} in the kernel), "
         f"client CPU {client * per:.1f} µs (per request)"
+        + (f", worker processes' CPU {workers * per:.1f} µs" if workers else "")
+        + elsewhere(database, host0, host, requests)
     )
 
 
