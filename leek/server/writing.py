@@ -47,8 +47,8 @@ class WritingConnection:
         self._db: Any = None
         self._cursor: Any = None
         self._bound: Any = None
-        #: The socket of a PostgreSQL connection, watched for what the server
-        #: says while the connection is idle (see `_cut`).
+        #: A poll of a PostgreSQL connection's socket, for what the server
+        #: says while the connection is idle (see `_cut`); None on SQLite.
         self._idle: Any = None
 
     def cursors(self) -> tuple[Any, Any]:
