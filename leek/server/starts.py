@@ -1,9 +1,10 @@
 """The task each worker is running, in a file that outlives the broker's process.
 
-A task's running mark rides in the next batch of writes (Store.mark_running),
-so a task that kills the broker's process as soon as it starts (a crashing C
-extension, ``os._exit``, the OOM killer) can leave no trace in the database,
-and would run again, uncounted, at every restart. So each worker also writes
+A task's running mark reaches the database only once the task has run a
+moment (Store.mark_running, store/marks.py), so a task that kills the
+broker's process as soon as it starts (a crashing C extension, ``os._exit``,
+the OOM killer) can leave no trace in the database, and would run again,
+uncounted, at every restart. So each worker also writes
 the task it starts, with the attempt's number, into a slot of its own in this
 file. The file is mapped into the broker's memory (shared), so a write is a
 copy into memory: no system call, and so no hand-off of the interpreter lock

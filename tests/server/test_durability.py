@@ -65,7 +65,8 @@ def test_workers_wait_while_too_many_outcomes_wait_to_be_written(transactional_d
 
     store = Store("test-node", lambda ready: None)
     for _ in range(groupcommit.BACKLOG_LIMIT):  # a drain faster than its writes
-        store.mark_running(uuid.uuid4(), 1, time.time(), 0)
+        store.mark_running(uuid.uuid4(), 1, time.time() - 1, 0)
+    store.nudge()  # the marks, due, go to the lane
     assert not store.room(timeout=0.2)  # the writer thread has not started
     store.start()
     try:

@@ -75,7 +75,7 @@ def test_a_running_task_frees_its_key_unless_key_running(broker: Any, tmp_path: 
     plain = leek.enqueue(control_tasks.gated, (gate,), key="plain")
     held = leek.enqueue(control_tasks.gated, (gate,), key="held", key_running=True)
     wait_for(lambda: plain.status() == "running" and held.status() == "running")
-    # The running marks reach the database in the writers' next batch.
+    # The running marks reach the database once the tasks have run a moment.
     wait_for(lambda: not Task.objects.filter(pk=plain.id).exclude(lock_key=None).exists())
     again_plain = leek.enqueue(control_tasks.mark, (str(tmp_path / "m"), "p"), key="plain")
     again_held = leek.enqueue(control_tasks.mark, (str(tmp_path / "m"), "h"), key="held")

@@ -43,6 +43,7 @@ from . import chains, storable
 from .batch import Writes
 from .controls import ControlRows
 from .cursor import raw_cursor
+from .marks import HeldMarks
 from .nodes import NodeRows
 from .periodic import PeriodicRows
 from .sql import Ask, Statements, stamp
@@ -81,6 +82,7 @@ class Store:
         self.controls = ControlRows(self)
         self.nodes = NodeRows(self)
         self.starts = Starts(path_for(node))
+        self.marks = HeldMarks()
         self._checkpointed = 0
 
     @property
@@ -94,7 +96,10 @@ class Store:
             lane.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what waits (the workers have stopped: their last outcomes too)."""
+        """Write what waits (the workers have stopped: their last outcomes too),
+        the running marks held back included."""
+        for mark in self.marks.take(every=True):
+            self.outcomes.later(mark, wake=False)
         for lane in reversed(self.lanes):
             lane.stop(timeout)
         self.starts.close(remove=self.healthy and not any(lane.backlog for lane in self.lanes))
@@ -124,7 +129,10 @@ class Store:
         return self.outcomes.room(timeout)
 
     def nudge(self) -> None:
-        """Have the writers write what was queued without waking them (a duty)."""
+        """Have the writers write what was queued without waking them, and
+        the running marks now due (marks.py); a duty, at every tick."""
+        for mark in self.marks.take():
+            self.outcomes.later(mark, wake=False)
         for lane in self.lanes:
             lane.nudge()
 
@@ -217,15 +225,13 @@ class Store:
         return self.epoch
 
     def mark_running(self, task_id: uuid.UUID, attempt: int, started: float, epoch: int) -> None:
-        """Show the task as running, if the claim of `epoch` still holds it;
-        rides in the next batch, nothing waits for it.
-
-        It wakes no thread: waking the writer as the task starts would hold
-        the start up. It is written with the next commit, at the latest the
-        one the duties' next `nudge` sets off. The file of starts
-        (starts.py) has it at once."""
+        """Show the task as running, if the claim of `epoch` still holds it,
+        once it has run a moment (marks.py): a task that ends sooner is
+        written once, by its outcome. Nothing waits for it, and it wakes no
+        thread: waking the writer as the task starts would hold the start
+        up. The file of starts (starts.py) has it at once."""
         self.starts.started(task_id, attempt, started)
-        self.outcomes.later(Mark(task_id, attempt, started, epoch), wake=False)
+        self.marks.hold(Mark(task_id, attempt, started, epoch))
 
     def record(self, outcome: Outcome, committed: Callable[[], None] | None = None) -> None:
         """Write an attempt's outcome in the next batch, its texts as
@@ -234,6 +240,7 @@ class Store:
         An outcome never overwrites a cancel: the attempt is recorded, the
         task stays cancelled."""
         self.starts.ended()
+        self.marks.drop(outcome.task_id)
         row = storable.outcome(outcome, self.text_limit)
         self.outcomes.later(Record(row, committed=committed))
 
