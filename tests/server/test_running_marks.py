@@ -17,9 +17,9 @@ from django.db import connection
 
 import leek
 from leek.models import Task
-from leek.server.ops import Call
+from leek.server.ops import Call, Mark
 from leek.server.store import Store
-from leek.server.store.marks import MARK_AFTER
+from leek.server.store.marks import MARK_AFTER, HeldMarks
 from tests import tasks
 from tests.conftest import BOTH_POOLS, wait_for
 from tests.server.test_outcome_writes import EPOCH, inserted, success
@@ -146,3 +146,13 @@ def test_a_broker_marks_its_long_tasks_running_and_not_its_short_ones(
     assert all(h.status() == "succeeded" for h in short)
     assert long.result(timeout=20) == MARK_AFTER * 15
     assert marks_seen() == [hexed(long.id)]
+
+
+def test_a_mark_whose_start_is_ahead_of_the_clock_is_not_held_for_ever() -> None:
+    # The clock was set back an hour after the task started.
+    marks = HeldMarks()
+    ahead, now = Mark("a", 1, time.time() + 3600), Mark("b", 1, time.time())
+    marks.hold(ahead)
+    marks.hold(now)
+    assert marks.take() == [ahead]
+    assert marks.take(every=True) == [now]

@@ -55,10 +55,12 @@ class HeldMarks:
 
     def take(self, every: bool = False) -> list[Mark]:
         """The marks whose tasks have run `after` seconds (`every`: all), no
-        longer held; in the order the tasks started."""
-        cutoff = time.time() - self.after
+        longer held; in the order the tasks started. A start later than now
+        (the clock was set back since) is due too."""
+        now = time.time()
+        cutoff = now - self.after
         with self._lock:
-            due = [m for m in self._marks.values() if every or m.started <= cutoff]
+            due = [m for m in self._marks.values() if every or not cutoff < m.started <= now + 1]
             for mark in due:
                 del self._marks[mark.task_id]
         return due
