@@ -57,7 +57,7 @@ def marks_seen(transactional_db: Any) -> Iterator[Any]:
     def seen() -> list[str]:
         with connection.cursor() as cursor:
             cursor.execute("SELECT task_id FROM marks_seen")
-            return [str(key).replace("-", "") for (key,) in cursor.fetchall()]
+            return [hexed(key) for (key,) in cursor.fetchall()]
 
     try:
         yield seen

@@ -98,8 +98,7 @@ class Store:
     def stop(self, timeout: float = 10.0) -> None:
         """Write what waits (the workers have stopped: their last outcomes too),
         the running marks held back included."""
-        for mark in self.marks.take(every=True):
-            self.outcomes.later(mark, wake=False)
+        self._hand_marks(every=True)
         for lane in reversed(self.lanes):
             lane.stop(timeout)
         self.starts.close(remove=self.healthy and not any(lane.backlog for lane in self.lanes))
@@ -131,10 +130,14 @@ class Store:
     def nudge(self) -> None:
         """Have the writers write what was queued without waking them, and
         the running marks now due (marks.py); a duty, at every tick."""
-        for mark in self.marks.take():
-            self.outcomes.later(mark, wake=False)
+        self._hand_marks()
         for lane in self.lanes:
             lane.nudge()
+
+    def _hand_marks(self, every: bool = False) -> None:
+        """Queue the held running marks that are due (`every`: all) on the outcomes lane."""
+        for mark in self.marks.take(every):
+            self.outcomes.later(mark, wake=False)
 
     def between_batches(self, fn: Callable[[], Any]) -> Any:
         return self.tasks.between_batches(fn)

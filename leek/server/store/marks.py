@@ -36,8 +36,7 @@ MARK_AFTER = 0.1
 class HeldMarks:
     """The running marks not yet handed to the lanes, by task id."""
 
-    def __init__(self, after: float = MARK_AFTER) -> None:
-        self.after = after
+    def __init__(self) -> None:
         self._marks: dict[uuid.UUID, Mark] = {}
         self._lock = threading.Lock()
 
@@ -48,17 +47,17 @@ class HeldMarks:
         with self._lock:
             self._marks[mark.task_id] = mark
 
-    def drop(self, task_id: uuid.UUID) -> bool:
-        """Forget the mark of a task that ended; whether one was held."""
+    def drop(self, task_id: uuid.UUID) -> None:
+        """Forget the mark of a task that ended, if one is held."""
         with self._lock:
-            return self._marks.pop(task_id, None) is not None
+            self._marks.pop(task_id, None)
 
     def take(self, every: bool = False) -> list[Mark]:
-        """The marks whose tasks have run `after` seconds (`every`: all), no
+        """The marks whose tasks have run MARK_AFTER seconds (`every`: all), no
         longer held; in the order the tasks started. A start later than now
         (the clock was set back since) is due too."""
         now = time.time()
-        cutoff = now - self.after
+        cutoff = now - MARK_AFTER
         with self._lock:
             due = [m for m in self._marks.values() if every or not cutoff < m.started <= now + 1]
             for mark in due:
