@@ -113,6 +113,31 @@ def test_a_new_task_keeps_its_values_unless_a_column_refuses_them() -> None:
     assert odd.args_repr == "\\ud800"
 
 
+def test_a_batch_with_values_a_column_refuses_is_stored_made_storable(
+    transactional_db: Any,
+) -> None:
+    # Several tasks go in one statement (on PostgreSQL, one binary array a column).
+    store = Store("odd-batch", lambda ready: None)
+    store.start()
+    try:
+        tasks = [
+            new_task(name="n\0x", payload=b"\0\xff" * 50),
+            new_task(args_repr="\ud800", queue="q" * 80),
+            new_task(timeout=2.5, run_after=time.time() + 60, priority=-3),
+        ]
+        replies = Replies()
+        store.insert(tasks, replies.to("batch", 1))
+        assert replies.all_in.wait(10) and replies.got["batch"][1] is None
+    finally:
+        store.stop()
+    rows = {t.id: t for t in Task.objects.all()}
+    first, second, third = (rows[t.id] for t in tasks)
+    assert first.name == "n\\x00x" and bytes(first.payload) == b"\0\xff" * 50
+    assert second.args_repr == "\\ud800" and len(second.queue) == 64
+    assert (third.timeout, third.priority) == (2.5, -3)
+    assert third.run_after is not None and third.run_after.timestamp() > time.time() + 50
+
+
 # -- brokers --------------------------------------------------------------------
 
 
