@@ -53,6 +53,9 @@ class Record:
     #: Called once the outcome is committed; unlike `done` it makes no waiter
     #: of the op, which stays retried while the database is away.
     committed: Callable[[], None] | None = None
+    #: Committed on its own (in autocommit) by a batch that then failed: a
+    #: retry of the batch leaves it out.
+    written: bool = False
 
 
 @dataclass(slots=True)

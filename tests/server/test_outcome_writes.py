@@ -1,7 +1,8 @@
 """The outcomes of tasks as the store writes them, in batches of one and of many.
 
-On PostgreSQL an outcome is one statement, and a batch of one write is a
-transaction of its own (store/batch.py, store/outcomes.py `at_once`), while a
+On PostgreSQL a batch's successes are one statement and each failure one, and
+a batch of one write, or of successes alone, is a transaction of its own
+(store/batch.py, store/outcomes.py `at_once`), while a
 task that is refused, cancelled, gone or a chain's step goes the whole way
 (`write_rows`). Each case here ends its task as the whole way would, on both
 databases.
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from leek.models import FailedTask, SuccessTask, Task
 from leek.server.rows import Outcome
@@ -204,3 +206,163 @@ def test_a_batch_of_marks_and_outcomes_writes_each_task_as_one_by_one_would(
     )
     assert (failures[f].final, failures[f].exc_type, failures[f].stderr) == (True, "F", "err")
     assert store.writes.refused == 1
+
+
+def successes_in_one_batch(store: Store, outcomes: list[Outcome]) -> None:
+    """Record `outcomes` so that one batch takes them all, and wait for its commit."""
+    ended = threading.Event()
+    with store.outcomes._lock:  # no batch is written until all wait: one batch
+        for outcome in outcomes[:-1]:
+            store.record(outcome)
+        store.record(outcomes[-1], ended.set)
+    assert ended.wait(10)
+
+
+def test_a_batch_of_successes_ends_each_task_as_one_by_one_would(store: Store) -> None:
+    """Successes alone in a batch (on PostgreSQL one statement, in autocommit,
+    and the whole way for the rest): plain ones, one another claim holds, one
+    cancelled, one gone and a chain's step."""
+    plain, empty, taken, cancelled, gone, first, then = inserted(store, 7)
+    Task.objects.filter(pk=taken).update(broker="write-b")
+    Task.objects.filter(pk=cancelled).update(status="cancelled")
+    Task.objects.filter(pk=then).update(status="waiting")
+    Task.objects.filter(pk=first).update(next_step=then)
+    Task.objects.filter(pk=gone).delete()
+    now = time.time()
+    outcomes = [success(key) for key in (plain, taken, cancelled, gone, first)]
+    outcomes.insert(1, Outcome(empty, "e", 1, now, now + 2, True, None, "None", epoch=EPOCH))
+    successes_in_one_batch(store, outcomes)
+    status = dict(Task.objects.values_list("id", "status"))
+    assert [status[k] for k in (plain, empty, taken, cancelled, first, then)] == [
+        "succeeded",
+        "succeeded",
+        "queued",  # refused: another claim holds it
+        "cancelled",
+        "succeeded",
+        "queued",  # released by its step
+    ]
+    rows = {s.task_id: s for s in SuccessTask.objects.all()}
+    assert sorted(rows) == sorted([plain, empty, cancelled, first])
+    assert (rows[plain].result, rows[plain].stdout, rows[plain].broker) == (b"r", "out", "write-a")
+    assert rows[empty].result is None and abs(rows[empty].duration - 2) < 0.001
+    assert Task.objects.get(pk=plain).lock_key is None
+    assert store.writes.refused == 1
+    assert then in [r.id for r in store.routed]  # type: ignore[attr-defined]
+
+
+@pytest.mark.postgresql
+def test_a_batch_held_back_after_its_successes_were_committed_writes_none_twice(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The successes of a batch are committed by their own statement; a chain's
+    step in the same batch waits for a row another transaction holds, and the
+    batch is tried again until it is let go: the retry writes the rest, and
+    not the successes already committed (which it would find ended, and refuse)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    plain, other, first, then = inserted(store, 4)
+    Task.objects.filter(pk=then).update(status="waiting")
+    Task.objects.filter(pk=first).update(next_step=then)
+    holder = connections.create_connection(DEFAULT_DB_ALIAS)
+    holder.inc_thread_sharing()  # let go of by a timer's thread
+    try:
+        holder.set_autocommit(False)
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM leek_task WHERE id = %s FOR UPDATE", [first])
+        threading.Timer(0.5, holder.rollback).start()
+        successes_in_one_batch(store, [success(key) for key in (plain, other, first)])
+    finally:
+        time.sleep(0.6)
+        holder.close()
+    status = dict(Task.objects.values_list("id", "status"))
+    assert [status[k] for k in (plain, other, first, then)] == [
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "queued",
+    ]
+    assert sorted(SuccessTask.objects.values_list("task_id", flat=True)) == sorted(
+        [plain, other, first]
+    )
+    assert store.writes.refused == 0, caplog.text
+    assert "outcome refused" not in caplog.text
+
+
+@pytest.fixture
+def success_statements(store: Store) -> Iterator[Any]:
+    """How many statements have inserted SuccessTask rows (PostgreSQL: a
+    trigger for each statement logs it)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a statement trigger: PostgreSQL")
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE success_statements (xid bigint)")
+        cursor.execute(
+            "CREATE FUNCTION success_statements_log() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN INSERT INTO success_statements VALUES (txid_current()); RETURN NULL; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER success_statements_log AFTER INSERT ON leek_successtask "
+            "FOR EACH STATEMENT EXECUTE FUNCTION success_statements_log()"
+        )
+
+    def count() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM success_statements")
+            return int(cursor.fetchone()[0])
+
+    try:
+        yield count
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS success_statements_log ON leek_successtask")
+            cursor.execute("DROP FUNCTION IF EXISTS success_statements_log()")
+            cursor.execute("DROP TABLE IF EXISTS success_statements")
+
+
+@pytest.mark.postgresql
+def test_a_batch_of_successes_is_one_statement(store: Store, success_statements: Any) -> None:
+    keys = inserted(store, 3)
+    successes_in_one_batch(store, [success(key) for key in keys])
+    assert set(Task.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert SuccessTask.objects.count() == 3
+    assert success_statements() == 1
+
+
+@pytest.mark.postgresql
+def test_the_successes_statement_finds_each_task_by_its_id_when_the_statistics_are_stale(
+    transactional_db: Any,
+) -> None:
+    """The statistics saw only ended tasks; then a backlog came. Read by the
+    status index, each batch of successes would read every queued task."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's planner")
+    import psycopg
+
+    from leek.server.rows import Dialect
+    from leek.server.store.outcomes import success_columns
+    from leek.server.store.sql import PG_SUCCESS_MANY
+
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE leek_task SET (autovacuum_enabled = false)")
+        insert = (
+            "INSERT INTO leek_task (id, name, queue, priority, status, payload, args_repr, "
+            "attempts, max_retries, queued_at, broker, spooled, code_version, progress_note, "
+            "requeues, key_running, rate_limit, epoch) SELECT gen_random_uuid(), 'n', "
+            "'default', 0, %s, '\\x00', '', 0, 0, now(), 'b', false, '', '', 0, false, '', 1 "
+            "FROM generate_series(1, 20000)"
+        )
+        try:
+            cursor.execute(insert, ["succeeded"])
+            cursor.execute("ANALYZE leek_task")
+            cursor.execute(insert, ["queued"])
+            cursor.execute("SELECT id FROM leek_task WHERE status = 'queued' LIMIT 3")
+            keys = [key for (key,) in cursor.fetchall()]
+            plan = psycopg.Cursor(cursor.connection)
+            plan.execute(
+                "EXPLAIN " + PG_SUCCESS_MANY,
+                (*success_columns(Dialect("postgresql"), [success(k) for k in keys]), "b", "b"),
+            )
+            text = "\n".join(line for (line,) in plan.fetchall())
+        finally:
+            cursor.execute("ALTER TABLE leek_task RESET (autovacuum_enabled)")
+    assert "leek_task_pkey" in text and "leek_task_status_queued_at" not in text, text

@@ -119,7 +119,7 @@ class Writes:
             # autocommit): no BEGIN and COMMIT to send, which on PostgreSQL
             # are two round trips.
             return _per_op(ops, self.insert_tasks(bound, tasks))
-        outcomes = [op.outcome for op in ops if isinstance(op, Record)]
+        outcomes = [op.outcome for op in ops if isinstance(op, Record) and not op.written]
         finished = {o.task_id for o in outcomes}
         # A task whose outcome is in this batch needs no running mark.
         marks = [
@@ -127,23 +127,33 @@ class Writes:
             for op in ops
             if isinstance(op, Mark) and op.task_id not in finished
         ]
-        # On PostgreSQL, where each statement is a round trip, an outcome is
-        # one statement (outcomes.at_once), and a write alone in its batch (a
-        # task's start, or its end, which made its start moot) is a
-        # transaction of its own, in autocommit, with no BEGIN and COMMIT.
+        # On PostgreSQL, where each statement is a round trip, a batch's
+        # successes are one statement and each failure one (outcomes.at_once),
+        # and a batch of one running mark, of one outcome, or of successes
+        # alone is a transaction of its own, in autocommit, with no BEGIN and
+        # COMMIT.
         quick = (
             not d.sqlite
             and not tasks
             and len(finished) == len(outcomes)
             and not any(isinstance(op, Call) for op in ops)
         )
-        if quick and len(outcomes) + len(marks) == 1:
-            if marks:
-                bound.execute(self.sql.mark, marks[0])
+        if quick and len(marks) == 1 and not outcomes:
+            bound.execute(self.sql.mark, marks[0])
+            return _per_op(ops, [])
+        if quick and not marks and (len(outcomes) == 1 or all(o.succeeded for o in outcomes)):
+            # One statement (at_once): the outcomes written are committed.
+            written = at_once(bound, self.sql, self.node, outcomes)
+            if len(written) == len(outcomes):
                 return _per_op(ops, [])
-            if at_once(bound, self.sql, self.node, outcomes):
-                return _per_op(ops, [])
-            quick = False  # nothing written: write_rows tells why
+            # write_rows tells why the rest were not written (or writes a
+            # chain's step), in a transaction that a retry of the batch
+            # repeats without those committed here.
+            for op in ops:
+                if isinstance(op, Record) and d.pk(op.outcome.task_id) in written:
+                    op.written = True
+            outcomes = [o for o in outcomes if d.pk(o.task_id) not in written]
+            quick = False
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
         try:
             results = _per_op(ops, self.insert_tasks(bound, tasks))
@@ -193,7 +203,7 @@ class Writes:
                         *stamp(self.node, op.epoch),
                     )
                     written[i] = _alone(cursor, bound.execute, self.sql.mark, row)
-                elif isinstance(op, Record):
+                elif isinstance(op, Record) and not op.written:
                     written[i] = self._outcome_alone(cursor, bound, op.outcome)
                 elif isinstance(op, Call):
                     written[i] = _alone(cursor, op.fn, cursor, d)

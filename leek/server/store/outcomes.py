@@ -16,7 +16,7 @@ from typing import Any
 from ...logs import task_extra
 from ..rows import Dialect, Outcome, Ready
 from . import chains
-from .sql import Statements, stamp
+from .sql import PG_SUCCESS_MANY, Statements, stamp
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,15 @@ def at_once(cursor: Any, sql: Statements, node: str, outcomes: list[Outcome]) ->
     nothing (its task is refused, cancelled or gone, which `write_rows` tells
     apart), or its task is a chain's step (whose next one `write_rows`
     releases). Where `write_rows` costs a statement for each kind of row and
-    one to look for chains, this is one statement an outcome, and a round
-    trip for the successes and one for the failures."""
+    one to look for chains, this is one statement for all the successes
+    (PG_SUCCESS_MANY) and one for each failure."""
     d = sql.dialect
     written: set[Any] = set()
+    successes = [o for o in outcomes if o.succeeded]
+    if len(successes) > 1:
+        cursor.execute(PG_SUCCESS_MANY, (*success_columns(d, successes), node, node))
+        written.update(key for (key,) in cursor.fetchall())
+        outcomes = [o for o in outcomes if not o.succeeded]
     for statement, succeeded, row in (
         (sql.success_at_once, True, success_row),
         (sql.failure_at_once, False, failure_row),
@@ -87,6 +92,23 @@ def at_once(cursor: Any, sql: Statements, node: str, outcomes: list[Outcome]) ->
                 if not cursor.nextset():
                     break
     return written
+
+
+def success_columns(d: Dialect, outcomes: list[Outcome]) -> list[list[Any]]:
+    """The arrays PG_SUCCESS_MANY binds for `outcomes`, all succeeded, one a column."""
+    return [
+        [d.pk(o.task_id) for o in outcomes],
+        [o.name for o in outcomes],
+        [o.attempt for o in outcomes],
+        [d.time(o.started) for o in outcomes],
+        [d.time(o.finished) for o in outcomes],
+        [o.finished - o.started for o in outcomes],
+        [o.result for o in outcomes],
+        [o.result_repr for o in outcomes],
+        [o.stdout for o in outcomes],
+        [o.stderr for o in outcomes],
+        [o.epoch for o in outcomes],
+    ]
 
 
 def finish_row(d: Dialect, o: Outcome, node: str) -> tuple[Any, ...]:

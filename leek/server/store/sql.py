@@ -82,6 +82,30 @@ PG_INSERT_MANY = (
     "%b::boolean[]) AS u "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
+#: The successes of a batch in one statement (PostgreSQL), from one array per
+#: column, in binary as PG_INSERT_MANY's: each task's finish (as
+#: Statements.finish writes a success) under the claim its attempt started
+#: under, and its SuccessTask row where the finish wrote; a chain's step is left
+#: to outcomes.write_rows. Each task is found by its id: the status test is
+#: written so that no index serves it (IS TRUE), as the statistics may say few
+#: tasks are queued when a backlog has just come, and the planner would then
+#: read every queued task for each batch. Bound: the arrays in
+#: `outcomes.success_columns`' order, then the broker twice.
+PG_SUCCESS_MANY = (
+    "WITH f AS (UPDATE leek_task t SET status = 'succeeded', started_at = u.started_at, "
+    "finished_at = u.finished_at, attempts = u.attempt, lock_key = NULL FROM unnest("
+    "%b::uuid[], %b::varchar[], %b::integer[], %b::timestamptz[], %b::timestamptz[], "
+    "%b::float8[], %b::bytea[], %b::text[], %b::text[], %b::text[], %b::bigint[]) "
+    "AS u (id, name, attempt, started_at, finished_at, duration, result, result_repr, "
+    "stdout, stderr, epoch) "
+    "WHERE t.id = u.id AND (t.status IN ('queued', 'running', 'expired')) IS TRUE "
+    "AND t.broker = %s AND t.epoch = u.epoch AND t.next_step IS NULL "
+    "RETURNING t.id, u.name, u.attempt, u.started_at, u.finished_at, u.duration, u.result, "
+    "u.result_repr, u.stdout, u.stderr) "
+    "INSERT INTO leek_successtask (task_id, name, attempt, started_at, finished_at, "
+    "duration, result, result_repr, stdout, stderr, broker) "
+    "SELECT f.*, %s FROM f RETURNING task_id"
+)
 #: A task's lock_key once it starts: kept only for a key_running task.
 KEEP_RUNNING_KEY = "CASE WHEN key_running THEN lock_key ELSE NULL END"
 #: The queues paused, for every broker sharing the database.
