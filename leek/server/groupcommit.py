@@ -36,9 +36,7 @@ Invariant: every op in ``_pending`` is written by a later batch, because each
 thread that queues an op then either writes the queue itself (it took
 ``_lock``), or finds ``_lock`` held by a writer that checks ``_pending`` again
 after it lets go, or wakes the writer thread. ``done`` callbacks run after
-``_lock`` is released, so a reply never holds up the next batch, and before
-`Batches.committed` hands the tasks to the workers, so a reply never waits
-for their dispatch.
+``_lock`` is released, so a reply never holds up the next batch.
 
 Synchronisation: ``_lock`` is held while a batch is written; ``_wake`` is the
 writer thread's sleep (flags ``_idle``, ``_stopping`` and ``_retry`` are read
@@ -103,8 +101,7 @@ class Batches(Protocol):
         permanent error. A transient error is raised."""
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
-        """Called after each commit, on the thread that wrote it, once the
-        commit's `done` callbacks ran, with ``_lock`` free."""
+        """Called after each commit, on the thread that wrote it."""
 
 
 class GroupCommit:
@@ -127,7 +124,6 @@ class GroupCommit:
         self._stopping = False
         self._retry = False
         self._finished: list[tuple[Done, Any, BaseException | None]] = []  # under _lock
-        self._handed: list[tuple[list[Op], list[Any]]] = []  # under _lock: for `committed`
         self._gatherer: int | None = None  # the thread whose leads wait (`gathered`)
         self._gathering = Gathering(self)
         self._locked_since: float | None = None  # while the write lock is another's
@@ -245,12 +241,9 @@ class GroupCommit:
                 failed = self._flush()
             finally:
                 finished, self._finished = self._finished, []
-                handed, self._handed = self._handed, []
                 self._lock.release()
             for done, value, error in finished:  # replies go out with the lock free
                 _finish(done, value, error)
-            for ops, results in handed:  # then the tasks go to the workers
-                self._hand(ops, results)
             if self._crowded and len(self._pending) < BACKLOG_LIMIT // 2:
                 with self._room:
                     self._crowded = False
@@ -404,17 +397,13 @@ class GroupCommit:
         seconds = time.perf_counter() - started
         self.commit_time = 0.8 * self.commit_time + 0.2 * seconds
         self.metrics.committed(self.name, len(ops), seconds)
-        self._handed.append((ops, results))
+        try:
+            self.batches.committed(ops, results)
+        except Exception:  # committed all the same: the clients get their replies
+            logger.exception("handling a commit failed", extra={"action": "committed_failed"})
         self._finished.extend(
             (op.done, result, None) for op, result in zip(ops, results, strict=True) if op.done
         )
-
-    def _hand(self, ops: list[Op], results: list[Any]) -> None:
-        """Tell the store of a commit (Batches.committed), after its replies."""
-        try:
-            self.batches.committed(ops, results)
-        except Exception:  # committed all the same: the clients have their replies
-            logger.exception("handling a commit failed", extra={"action": "committed_failed"})
 
     def _refused(self, op: Op, exc: BaseException) -> None:
         """An op that fails for a reason of its own: writing it again would fail

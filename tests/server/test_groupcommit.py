@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import uuid
 from typing import Any
 
 import pytest
@@ -94,26 +93,3 @@ def test_the_writing_connection_waits_briefly_for_a_lock_unless_behind_a_pooler(
     finally:
         options.clear()
         options.update(saved)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_push_is_answered_before_its_tasks_go_to_the_workers() -> None:
-    """The client's reply goes out first, then the tasks are handed on, with
-    the group commit's lock free: a reply never waits for a dispatch, and a
-    dispatch never holds up the next batch."""
-    from leek.server.rows import NewTask
-    from leek.server.store import Store
-
-    events: list[tuple[str, object]] = []
-
-    def dispatch(ready: list[Any]) -> None:
-        events.append(("dispatched", store.tasks._lock.locked()))
-
-    store = Store("test-node", dispatch)
-    store.start()
-    try:
-        task = NewTask(uuid.uuid4(), "tests.tasks.noop", b"x", "", "default", 0, 0, None, None, "")
-        store.insert([task], lambda value, error: events.append(("replied", error)))
-    finally:
-        store.stop()
-    assert events == [("replied", None), ("dispatched", False)]
