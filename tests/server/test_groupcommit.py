@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -93,3 +94,21 @@ def test_the_writing_connection_waits_briefly_for_a_lock_unless_behind_a_pooler(
     finally:
         options.clear()
         options.update(saved)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_push_is_answered_once_its_tasks_are_in_the_broker_s_queues() -> None:
+    """The reply comes after the dispatch: a client that pushes and then asks
+    (`waiting`, the gauges) finds its task counted."""
+    from leek.server.rows import NewTask
+    from leek.server.store import Store
+
+    events: list[str] = []
+    store = Store("test-node", lambda ready: events.append("dispatched"))
+    store.start()
+    try:
+        task = NewTask(uuid.uuid4(), "tests.tasks.noop", b"x", "", "default", 0, 0, None, None, "")
+        store.insert([task], lambda value, error: events.append(f"replied {error}"))
+    finally:
+        store.stop()
+    assert events == ["dispatched", "replied None"]
