@@ -85,12 +85,13 @@ PG_INSERT_MANY = (
 #: The successes of a batch in one statement (PostgreSQL), from one array per
 #: column, in binary as PG_INSERT_MANY's: each task's finish (as
 #: Statements.finish writes a success) under the claim its attempt started
-#: under, and its SuccessTask row where the finish wrote; a chain's step is left
-#: to outcomes.write_rows. Each task is found by its id: the status test is
-#: written so that no index serves it (IS TRUE), as the statistics may say few
-#: tasks are queued when a backlog has just come, and the planner would then
-#: read every queued task for each batch. Bound: the arrays in
-#: `outcomes.success_columns`' order, then the broker twice.
+#: under (OWNED, with each row's own epoch), and its SuccessTask row where the
+#: finish wrote; a chain's step is left to outcomes.write_rows. Each task is
+#: found by its id: the status test is written so that no index serves it
+#: (IS TRUE), as the statistics may say few tasks are queued when a backlog
+#: has just come, and the planner would then read every queued task for each
+#: batch. Bound: the arrays in `outcomes.success_columns`' order, then the
+#: broker twice.
 PG_SUCCESS_MANY = (
     "WITH f AS (UPDATE leek_task t SET status = 'succeeded', started_at = u.started_at, "
     "finished_at = u.finished_at, attempts = u.attempt, lock_key = NULL FROM unnest("
