@@ -63,6 +63,7 @@ def test_the_node_filter_names_the_broker_unless_the_record_does() -> None:
     assert (named.node, plain.node) == ("elsewhere:1", "web1:8002")  # type: ignore[attr-defined]
 
 
+@pytest.mark.django_db  # the model checks read the database on Django 6
 @pytest.mark.parametrize("value", ["JSON", "xml", ""])
 def test_a_log_format_other_than_text_or_json_is_an_error(settings: Any, value: str) -> None:
     settings.LEEK = {"LOG_FORMAT": value}
@@ -71,6 +72,7 @@ def test_a_log_format_other_than_text_or_json_is_an_error(settings: Any, value: 
     ]
 
 
+@pytest.mark.django_db  # the model checks read the database on Django 6
 @pytest.mark.parametrize("value", ["text", "json"])
 def test_text_and_json_pass(settings: Any, value: str) -> None:
     settings.LEEK = {"LOG_FORMAT": value}
