@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..rows import Dialect, NewTask, Outcome, Ready
-from .sql import STAMP
+from .sql import STAMP, by_list
 
 if TYPE_CHECKING:
     from ..links import Link
@@ -85,7 +85,9 @@ def follow(
         return []
     keys = [d.pk(o.task_id) for o in ended]
     marks = ", ".join([d.ph] * len(keys))
-    cursor.execute(
+    by_list(
+        d,
+        cursor,
         f"SELECT id, next_step FROM leek_task WHERE next_step IS NOT NULL AND id IN ({marks})",
         keys,
     )
@@ -114,11 +116,16 @@ def _release(
     marks = ", ".join(["%s"] * len(keys))
     if not d.sqlite:
         # Ordered, so two writers locking the same steps cannot deadlock.
-        cursor.execute(
-            d.sql(f"SELECT id FROM leek_task WHERE id IN ({marks}) ORDER BY id FOR UPDATE"), keys
+        by_list(
+            d,
+            cursor,
+            d.sql(f"SELECT id FROM leek_task WHERE id IN ({marks}) ORDER BY id FOR UPDATE"),
+            keys,
         )
         cursor.fetchall()
-    cursor.execute(
+    by_list(
+        d,
+        cursor,
         d.sql(
             f"UPDATE leek_task SET status = 'queued', {STAMP}, spooled = FALSE "
             f"WHERE id IN ({marks}) "

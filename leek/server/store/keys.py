@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..rows import Dialect, NewTask
+from .sql import by_list
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +68,14 @@ def holders(d: Dialect, cursor: Any, keys: Iterable[str]) -> dict[str, Any]:
     """The id of the task holding each of `keys` that is held."""
     wanted = sorted(keys)
     sql = _marks(d, "SELECT lock_key, id FROM leek_task WHERE lock_key IN", wanted)
-    cursor.execute(sql, wanted)
+    by_list(d, cursor, sql, wanted)
     return {str(key): d.read_uuid(task_id) for key, task_id in cursor.fetchall()}
 
 
 def existing(d: Dialect, cursor: Any, ids: Sequence[Any]) -> set[Any]:
     """Which of task `ids` are there."""
     keys = [d.pk(i) for i in ids]
-    cursor.execute(_marks(d, "SELECT id FROM leek_task WHERE id IN", keys), keys)
+    by_list(d, cursor, _marks(d, "SELECT id FROM leek_task WHERE id IN", keys), keys)
     return {d.read_uuid(task_id) for (task_id,) in cursor.fetchall()}
 
 

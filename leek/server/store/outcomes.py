@@ -16,7 +16,7 @@ from typing import Any
 from ...logs import task_extra
 from ..rows import Dialect, Outcome, Ready
 from . import chains
-from .sql import PG_SUCCESS_MANY, Statements, stamp
+from .sql import PG_SUCCESS_MANY, Statements, by_list, stamp
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def at_once(cursor: Any, sql: Statements, node: str, outcomes: list[Outcome]) ->
     written: set[Any] = set()
     successes = [o for o in outcomes if o.succeeded]
     if len(successes) > 1:
-        cursor.execute(PG_SUCCESS_MANY, (*success_columns(d, successes), node, node))
+        by_list(d, cursor, PG_SUCCESS_MANY, (*success_columns(d, successes), node, node))
         written.update(key for (key,) in cursor.fetchall())
         outcomes = [o for o in outcomes if not o.succeeded]
     for statement, succeeded, row in (
@@ -184,7 +184,7 @@ def refuse(
     missed = [o for o in outcomes if d.pk(o.task_id) not in written]
     if not missed:  # a task with two outcomes in the batch, both written
         return outcomes, []
-    cursor.execute(sql.unwritten(len(missed)), [d.pk(o.task_id) for o in missed])
+    by_list(d, cursor, sql.unwritten(len(missed)), [d.pk(o.task_id) for o in missed])
     now = {d.read_uuid(r[0]): (r[1], r[2], int(r[3])) for r in cursor.fetchall()}
     refused = []
     for o in missed:

@@ -9,7 +9,9 @@ must carry is added in one file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..rows import Dialect
 
@@ -31,6 +33,27 @@ OWNED = " AND ".join(f"{column} = %s" for column in STAMP_COLUMNS)
 def stamp(node: str, epoch: int) -> tuple[str, int]:
     """The bound values of STAMP and OWNED."""
     return (node, epoch)
+
+
+def by_list(d: Dialect, cursor: Any, statement: str, params: Sequence[Any]) -> None:
+    """Run `statement`, which finds tasks by a list of them (ids in an IN list
+    or an array, keys), on a writing connection's cursor: on PostgreSQL it is
+    planned for this run and never prepared. psycopg prepares a statement
+    after five runs, and PostgreSQL may then keep one generic plan for the
+    connection's life: made while the task table was small, where reading the
+    whole table costs less than looking up each task, it reads the whole table
+    on every run once the table has grown. A statement of one task by its
+    primary key keeps its prepared plan: a lookup by the key costs less than
+    reading even the smallest table the planner assumes."""
+    if d.sqlite:
+        cursor.execute(statement, params)
+        return
+    import psycopg
+
+    if isinstance(cursor, psycopg.Cursor):
+        cursor.execute(statement, params, prepare=False)
+    else:  # Django's cursor, which binds on the client and prepares nothing
+        cursor.execute(statement, params)
 
 
 #: The columns of a new task's row, each with what the insert puts there: a
@@ -91,7 +114,8 @@ PG_INSERT_MANY = (
 #: (IS TRUE), as the statistics may say few tasks are queued when a backlog
 #: has just come, and the planner would then read every queued task for each
 #: batch. Bound: the arrays in `outcomes.success_columns`' order, then the
-#: broker twice.
+#: broker twice. Run through `by_list`: planned for each batch, never from a
+#: plan kept since the table was small.
 PG_SUCCESS_MANY = (
     "WITH f AS (UPDATE leek_task t SET status = 'succeeded', started_at = u.started_at, "
     "finished_at = u.finished_at, attempts = u.attempt, lock_key = NULL FROM unnest("
