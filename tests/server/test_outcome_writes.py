@@ -328,6 +328,18 @@ def test_a_batch_of_successes_is_one_statement(store: Store, success_statements:
     assert success_statements() == 1
 
 
+def add_tasks(cursor: Any, status: str, broker: str) -> None:
+    """20,000 tasks of `status`, owned by `broker`, straight into the table (PostgreSQL)."""
+    cursor.execute(
+        "INSERT INTO leek_task (id, name, queue, priority, status, payload, args_repr, "
+        "attempts, max_retries, queued_at, broker, spooled, code_version, progress_note, "
+        "requeues, key_running, rate_limit, epoch) SELECT gen_random_uuid(), 'n', "
+        "'default', 0, %s, '\\x00', '', 0, 0, now(), %s, false, '', '', 0, false, '', 1 "
+        "FROM generate_series(1, 20000)",
+        [status, broker],
+    )
+
+
 @pytest.mark.postgresql
 def test_the_successes_statement_finds_each_task_by_its_id_when_the_statistics_are_stale(
     transactional_db: Any,
@@ -344,17 +356,10 @@ def test_the_successes_statement_finds_each_task_by_its_id_when_the_statistics_a
 
     with connection.cursor() as cursor:
         cursor.execute("ALTER TABLE leek_task SET (autovacuum_enabled = false)")
-        insert = (
-            "INSERT INTO leek_task (id, name, queue, priority, status, payload, args_repr, "
-            "attempts, max_retries, queued_at, broker, spooled, code_version, progress_note, "
-            "requeues, key_running, rate_limit, epoch) SELECT gen_random_uuid(), 'n', "
-            "'default', 0, %s, '\\x00', '', 0, 0, now(), 'b', false, '', '', 0, false, '', 1 "
-            "FROM generate_series(1, 20000)"
-        )
         try:
-            cursor.execute(insert, ["succeeded"])
+            add_tasks(cursor, "succeeded", "b")
             cursor.execute("ANALYZE leek_task")
-            cursor.execute(insert, ["queued"])
+            add_tasks(cursor, "queued", "b")
             cursor.execute("SELECT id FROM leek_task WHERE status = 'queued' LIMIT 3")
             keys = [key for (key,) in cursor.fetchall()]
             plan = psycopg.Cursor(cursor.connection)
@@ -406,13 +411,7 @@ def read_on_a_grown_table(action: Callable[[Store], None]) -> int:
         for _ in range(15):
             action(store)
         with connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO leek_task (id, name, queue, priority, status, payload, args_repr, "
-                "attempts, max_retries, queued_at, broker, spooled, code_version, progress_note, "
-                "requeues, key_running, rate_limit, epoch) SELECT gen_random_uuid(), 'n', "
-                "'default', 0, 'succeeded', '\\x00', '', 1, 0, now(), 'write-a', false, '', '', "
-                "0, false, '', 1 FROM generate_series(1, 20000)"
-            )
+            add_tasks(cursor, "succeeded", "write-a")
         for _ in range(3):
             action(store)
     finally:
