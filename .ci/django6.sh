@@ -72,7 +72,7 @@ echo "== SQLite run (Django 6.x):" $TESTS
 # On PostgreSQL, the tests of what differs by database (the store's statements,
 # work sharing, fencing, the tasks framework's backend), to keep CI within its
 # time; DJANGO6_PG_TESTS="tests" runs the whole suite there.
-PG_TESTS=${DJANGO6_PG_TESTS:-tests/server/test_store.py tests/server/test_outcome_writes.py tests/server/test_share.py tests/server/test_fencing.py tests/server/test_database_outage.py tests/backends}
+PG_TESTS=${DJANGO6_PG_TESTS:-tests/server/test_store.py tests/server/test_outcome_writes.py tests/server/test_plans.py tests/server/test_share.py tests/server/test_fencing.py tests/server/test_database_outage.py tests/backends}
 if "$VENV/bin/python" -c "import psycopg,sys; psycopg.connect('$PG_URL'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then
     echo "== PostgreSQL run (Django 6.x): $PG_URL: $PG_TESTS"
     # shellcheck disable=SC2086 # a list of paths
