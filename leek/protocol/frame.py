@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..exceptions import BadSignature, FrameTooLarge, ProtocolError, ReflectedFrame
+from .mac import mac
 
 MAGIC = b"LK02"
 #: The first bytes of a frame, checked before anything else is read.
@@ -65,10 +66,6 @@ REPLY = "frame:reply"
 #: Called with a verified frame's stamp and nonce before its body is unpickled;
 #: raises (StaleFrame) to refuse it.
 Check = Callable[[float, bytes], None]
-
-#: An HMAC that has taken its key and nothing else, per key: each frame copies
-#: it instead of hashing the key again.
-_KEYED: dict[bytes, Any] = {}
 
 
 def derive_key(secret: bytes, purpose: str) -> bytes:
@@ -105,19 +102,9 @@ class Frame:
     message: tuple[Any, ...]
 
 
-def keyed(key: bytes) -> Any:
-    """An HMAC-SHA256 under `key` that has taken nothing yet."""
-    mac = _KEYED.get(key)
-    if mac is None:
-        mac = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
-    return mac.copy()
-
-
 def sign(key: bytes, signed: bytes | memoryview) -> bytes:
     """The tag of a frame whose bytes before the tag are `signed`."""
-    mac = keyed(key)
-    mac.update(signed)
-    return mac.digest()  # type: ignore[no-any-return]
+    return mac(key).tag(signed)
 
 
 def encode(

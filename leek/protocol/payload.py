@@ -42,6 +42,7 @@ import cloudpickle
 from .. import conf
 from ..exceptions import AuthenticationFailed, PayloadError
 from .frame import PICKLE_PROTOCOL
+from .mac import Mac, mac
 
 security = logging.getLogger("leek.security")
 
@@ -55,9 +56,8 @@ SIGNED_PREFIX = 4 + 32
 #: The label of the rest key: HMAC-SHA256(SECRET, REST_LABEL).
 REST_LABEL = b"leek.rest"
 
-#: Per secret, the SHA-256 states that have taken the rest key's inner and
-#: outer pads (RFC 2104): each blob copies them instead of hashing the key again.
-_KEYED: dict[str, tuple[Any, Any]] = {}
+#: Per secret, the Mac of its rest key.
+_MACS: dict[str, Mac] = {}
 
 
 def rest_key(secret: str) -> bytes:
@@ -65,25 +65,13 @@ def rest_key(secret: str) -> bytes:
     return hmac.new(secret.encode(), REST_LABEL, hashlib.sha256).digest()
 
 
-def _pads(secret: str) -> tuple[Any, Any]:
-    key = rest_key(secret).ljust(64, b"\0")  # SHA-256's block
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-    return inner, outer
-
-
 def _tag(magic: bytes, body: bytes | memoryview) -> bytes:
     """HMAC-SHA256 of `magic` and `body` under the rest key of the current SECRET."""
     secret = str(conf.get("SECRET"))
-    pads = _KEYED.get(secret)
-    if pads is None:
-        pads = _KEYED[secret] = _pads(secret)
-    inner, outer = pads[0].copy(), pads[1].copy()
-    inner.update(magic)
-    inner.update(body)
-    outer.update(inner.digest())
-    digest: bytes = outer.digest()
-    return digest
+    found = _MACS.get(secret)
+    if found is None:
+        found = _MACS[secret] = mac(rest_key(secret))
+    return found.tag(magic, body)
 
 
 def signed(magic: bytes, body: bytes) -> bytes:

@@ -48,11 +48,11 @@ from .frame import (
     Keys,
     body_length,
     encode,
-    keyed,
     open_frame,
     refusal,
     unpack,
 )
+from .mac import mac
 
 if TYPE_CHECKING:
     from .tls import Channel
@@ -125,8 +125,9 @@ class _Large:
         self.frame = memoryview(mmap.mmap(-1, size))
         self.have = len(head)
         self.frame[: self.have] = head
-        self.mac = keyed(key)
-        self.mac.update(self.frame[: min(self.have, self.signed)])
+        self.mac = mac(key)
+        self.running = self.mac.begin()
+        self.running.update(self.frame[: min(self.have, self.signed)])
 
     @property
     def whole(self) -> bool:
@@ -140,14 +141,14 @@ class _Large:
         """`got` bytes arrived in `room`: sign what of them is signed."""
         have = self.have
         if have < self.signed:
-            self.mac.update(self.frame[have : min(have + got, self.signed)])
+            self.running.update(self.frame[have : min(have + got, self.signed)])
         self.have = have + got
 
     def open(self, reply_key: bytes, check: Check | None) -> Frame:
         """The frame, once whole: its tag compared, then its body unpickled."""
         frame, signed = self.frame, self.signed
         tag = frame[signed:]
-        if not hmac.compare_digest(tag, self.mac.digest()):
+        if not hmac.compare_digest(tag, self.mac.finish(self.running)):
             raise refusal(frame[:signed], tag, reply_key)
         return unpack(frame, frame[PREFIX:signed], check)
 
