@@ -50,4 +50,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'leek' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # found at once from now on: a push is a hot path
+    return value

@@ -282,7 +282,8 @@ def enqueue(
         rate_limit=rate_limit,
     )
     held = send("enqueue", data)
-    return TaskHandle(held or task_id)
+    # the id sent back is this push's own unless another task holds its key
+    return TaskHandle(task_id if held is None or held == data["id"] else held)
 
 
 def push_task_to_queue(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskHandle:

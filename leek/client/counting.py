@@ -26,15 +26,17 @@ from typing import Any
 NAME = "leek_client_pushes"
 OUTCOMES = ("sent", "spooled", "outbox", "failed")
 
-_counter: Any = None  # the Counter; False once prometheus_client was found missing
+#: The counter's child of each outcome (looked up once: `labels` takes a lock
+#: and builds a key); empty once prometheus_client was found missing.
+_outcomes: dict[str, Any] | None = None
 _lock = threading.Lock()
 
 
 def pushed(outcome: str, verb: str, data: Any) -> None:
     """Count the tasks of a push (`verb`, `data` as sent) under `outcome`."""
-    counter = _counter if _counter is not None else _register()
-    if counter:
-        counter.labels(outcome).inc(size(verb, data))
+    outcomes = _outcomes if _outcomes is not None else _register()
+    if outcomes:
+        outcomes[outcome].inc(size(verb, data))
 
 
 def size(verb: str, data: Any) -> int:
@@ -46,17 +48,16 @@ def size(verb: str, data: Any) -> int:
     return 1
 
 
-def _register() -> Any:
-    """The counter, registered in the default registry at the first push."""
-    global _counter
+def _register() -> dict[str, Any]:
+    """The counter's children, registered in the default registry at the first push."""
+    global _outcomes
     with _lock:
-        if _counter is None:
+        if _outcomes is None:
             try:
                 from prometheus_client import Counter
             except ImportError:
-                _counter = False
+                _outcomes = {}
             else:
-                _counter = Counter(NAME, "Tasks pushed by this process, by outcome.", ["outcome"])
-                for outcome in OUTCOMES:
-                    _counter.labels(outcome)
-        return _counter
+                counter = Counter(NAME, "Tasks pushed by this process, by outcome.", ["outcome"])
+                _outcomes = {outcome: counter.labels(outcome) for outcome in OUTCOMES}
+        return _outcomes
