@@ -67,7 +67,8 @@ def send(verb: str, data: Any, using: str | None = None) -> Any:
     Raises AppNotInstalled when INSTALLED_APPS lacks leek: the results and the
     database fallback are its tables; ImproperlyConfigured for an unknown
     ATOMIC_PUSH."""
-    config = apps.app_configs.get("leek")  # is_installed reads every app: once per push adds up
+    # By its label first: is_installed reads every app, on every push.
+    config = apps.app_configs.get("leek") if apps.apps_ready else None
     if (config is None or config.name != "leek") and not apps.is_installed("leek"):
         raise AppNotInstalled(
             "a push needs leek's tables (for its result, and to keep it when no broker "

@@ -102,3 +102,20 @@ def test_manage_py_check_reports_leek_missing_from_installed_apps(tmp_path: Path
 
 def test_the_installed_app_check_is_silent_when_installed_apps_lists_leek() -> None:
     assert check_installed() == []
+
+
+def test_an_app_of_the_project_labelled_leek_is_not_taken_for_leek(tmp_path: Path) -> None:
+    directory = project(tmp_path)
+    (directory / "shop" / "apps.py").write_text(
+        "from django.apps import AppConfig\n\n\n"
+        "class ShopConfig(AppConfig):\n"
+        '    name = "shop"\n'
+        '    label = "leek"\n'
+    )
+    settings = directory / "forgetful_settings.py"
+    settings.write_text(settings.read_text().replace('"shop"]', '"shop.apps.ShopConfig"]'))
+    done = run(directory, "-c", textwrap.dedent(PUSH))
+    assert done.returncode == 0, done.stderr
+    kind, message = done.stdout.splitlines()
+    assert kind == "AppNotInstalled None None"
+    assert 'INSTALLED_APPS lacks "leek"' in message
