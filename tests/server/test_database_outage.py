@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -71,6 +75,59 @@ def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> Non
     assert "database write failed" in broker.output()
 
 
+def cut_while_stopped(pid: int, tries: int = 20) -> list[int]:
+    """End every connection of the broker's from the server's side while no
+    statement of its is under way; the backends ended.
+
+    The broker's duties write several times a second, so it is never quite
+    idle: a statement running when the server ends its connection fails as
+    it should, and is not what is tested. So the broker is stopped (SIGSTOP)
+    until each of its backends is idle between transactions, then its
+    connections are ended, and it goes on (SIGCONT) to find them dead at its
+    next write. Stopped inside a transaction, it is let go on a moment and
+    stopped again."""
+    for _ in range(tries):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            cut = _idle_backends()
+            if cut:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT count(pg_terminate_backend(pid)) FROM unnest(%s) pid", [cut]
+                    )
+
+                wait_for(functools.partial(_ended, cut))
+                return cut
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError(f"the broker was inside a transaction each of {tries} times it stopped")
+
+
+def _ended(pids: list[int]) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids])
+        return bool(cursor.fetchone()[0] == 0)
+
+
+def _idle_backends(wait: float = 1.0) -> list[int]:
+    """The test database's backends other than this one, once each is idle
+    between transactions (within `wait` seconds); empty when one is not."""
+    deadline = time.monotonic() + wait
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT array_agg(pid), bool_and(state = 'idle') FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            pids, idle = cursor.fetchone()
+        if pids and idle:
+            return list(pids)
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(0.02)
+
+
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="needs a database reached over a socket"
 )
@@ -87,21 +144,9 @@ def test_a_push_after_the_database_cut_the_brokers_connections_is_accepted(
     for n in range(20):  # batches of every kind, on connections nobody cut
         assert leek.push_task_to_queue(tasks.add, n, 1).result(timeout=10) == n + 1
     assert "reconnecting" not in broker.output()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT array_agg(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        cut = cursor.fetchone()[0]
-        assert cut
-        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM unnest(%s) pid", [cut])
-
-    def gone() -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [cut])
-            return bool(cursor.fetchone()[0] == 0)
-
-    wait_for(gone)
+    assert broker.proc is not None
+    cut = cut_while_stopped(broker.proc.pid)
+    assert cut
     client.close()
     for n in range(5):
         assert leek.push_task_to_queue(tasks.add, n, 1).result(timeout=10) == n + 1
