@@ -42,7 +42,7 @@ import cloudpickle
 from .. import conf
 from ..exceptions import AuthenticationFailed, PayloadError
 from .frame import PICKLE_PROTOCOL
-from .mac import Mac, mac
+from .mac import Mac
 
 security = logging.getLogger("leek.security")
 
@@ -70,7 +70,7 @@ def _tag(magic: bytes, body: bytes | memoryview) -> bytes:
     secret = str(conf.get("SECRET"))
     found = _MACS.get(secret)
     if found is None:
-        found = _MACS[secret] = mac(rest_key(secret))
+        found = _MACS[secret] = Mac(rest_key(secret))
     return found.tag(magic, body)
 
 
