@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,10 @@ def in_processes(work: Any, count: int) -> None:
             try:
                 work()
                 code = 0
+            except BaseException:  # said here: os._exit below leaves no traceback
+                traceback.print_exc()
             finally:
+                sys.stderr.flush()
                 os._exit(code)
         children.append(pid)
     for pid in children:
