@@ -55,6 +55,28 @@ def outage() -> Iterator[None]:
         admin.close()
 
 
+@contextmanager
+def busy_timeout(seconds: float) -> Iterator[None]:
+    """This process's SQLite connection waits at most `seconds` for a lock
+    (the tests' settings give it 20): its fallback write into a database held
+    by another fails after that, as a client's would after its own timeout."""
+    if connection.vendor != "sqlite":
+        yield
+        return
+    options = connection.settings_dict.setdefault("OPTIONS", {})
+    before = options.get("timeout")
+    options["timeout"] = seconds
+    connection.close()
+    try:
+        yield
+    finally:
+        connection.close()
+        if before is None:
+            options.pop("timeout")
+        else:
+            options["timeout"] = before
+
+
 def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> None:
     broker: BrokerProcess = broker_factory(SQLITE_TIMEOUT="0.2", LEEK_HEARTBEAT_INTERVAL="0.2")
     assert leek.push_task_to_queue(tasks.add, 1, 1).result(timeout=10) == 2
@@ -66,7 +88,10 @@ def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> Non
         assert down.returncode == 1 and "database unavailable" in down.stdout
         # The broker cannot commit and the client cannot write the row itself:
         # a clear error, nothing silently lost.
-        with pytest.raises(leek.CommitFailed, match="could not commit enqueue.*fallback failed"):
+        with (
+            busy_timeout(0.5),
+            pytest.raises(leek.CommitFailed, match="could not commit enqueue.*fallback failed"),
+        ):
             leek.push_task_to_queue(tasks.add, 2, 2)
         assert broker.alive
     wait_for(lambda: leek.ping() == (True, "I'm OK"), timeout=30)
