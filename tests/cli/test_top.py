@@ -329,14 +329,19 @@ class Terminal:
     def type(self, keys: bytes) -> int:
         """Type `keys`; the exit status of `leek top`, once it ends."""
         os.write(self.master, keys)
+        drawn = self.frames
         deadline = time.monotonic() + 30
         while self.proc.poll() is None and time.monotonic() < deadline:
             self.read(0.1)
-        if self.proc.poll() is None:  # hung: where, from its own stacks
+        if self.proc.poll() is None:  # hung: its signal masks, then its own stacks
+            masks = _signal_masks(self.proc.pid)
+            drawn = self.frames - drawn
             self.proc.send_signal(signal.SIGABRT)
             self.read(2.0)
             tail = self.raw[-6000:].decode(errors="replace")
-            raise AssertionError(f"leek top did not end after {keys!r}:\n{tail}")
+            raise AssertionError(
+                f"leek top did not end after {keys!r} ({masks}; {drawn} frames since):\n{tail}"
+            )
         return self.proc.wait(5)
 
     def lflag(self) -> int:
@@ -348,6 +353,30 @@ class Terminal:
             self.proc.wait()
         os.close(self.master)
         os.close(self.slave)
+
+
+def _signal_masks(pid: int) -> str:
+    """Whether SIGINT is pending, blocked, ignored or caught in process `pid`,
+    from Linux's /proc: what a view that a Ctrl-C did not end says about it."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.split(":\t", 1) for line in status if ":\t" in line)
+    except OSError as exc:
+        return f"no status: {exc}"
+    bit = 1 << (signal.SIGINT - 1)
+    return (
+        ", ".join(
+            f"SIGINT {word} {bool(int(fields[key], 16) & bit)}"
+            for word, key in (
+                ("pending", "SigPnd"),
+                ("pending to the process", "ShdPnd"),
+                ("blocked", "SigBlk"),
+                ("ignored", "SigIgn"),
+                ("caught", "SigCgt"),
+            )
+        )
+        + f", state {fields['State'].strip()}"
+    )
 
 
 def live(broker: BrokerProcess) -> Terminal:
