@@ -55,20 +55,43 @@ class BrokerProcess:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Until a ping over the protocol answers (no fixed sleep)."""
+        """Until this broker answers a ping over the protocol (no fixed sleep).
+
+        Another test's broker may have taken the port between free_port() and
+        this one's start: it answers pings too, while this one fails to listen
+        and exits (PortTaken, which the factory meets with another port)."""
         from leek.client import connection as client
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.output()}")
+                output = self.output()
+                taken = "Address already in use" in output
+                error = PortTaken if taken else RuntimeError
+                raise error(f"broker exited with {self.proc.returncode}:\n{output}")
             try:
                 client.call("ping", {})
-                return
             except Exception:
                 time.sleep(0.05)
+                continue
+            if self._answers():
+                return
+            time.sleep(0.05)
         raise RuntimeError(f"broker did not answer within {timeout} s:\n{self.output()}")
+
+    def _answers(self) -> bool:
+        """Whether the broker on the port is this process or one it started
+        (`leek start --reload` runs the broker in a child); True when its
+        `stats` cannot say (read from a database that is away)."""
+        from leek.client import connection as client
+
+        assert self.proc is not None
+        try:
+            pid = int(client.call("stats", {})["pid"])
+        except Exception:
+            return True
+        return self.proc.pid in _lineage(pid)
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None
@@ -82,6 +105,23 @@ class BrokerProcess:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class PortTaken(RuntimeError):
+    """A broker could not listen: another process holds its port."""
+
+
+def _lineage(pid: int) -> list[int]:
+    """`pid` and its ancestors, from Linux's /proc."""
+    found: list[int] = []
+    while pid > 1 and len(found) < 8:
+        found.append(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
 
 
 def broker_env(port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -137,6 +177,10 @@ def leek_settings(settings: Any) -> Callable[..., None]:
     return apply
 
 
+#: Ports a broker_factory broker is started on before its start fails.
+PORT_TRIES = 3
+
+
 class BrokerFactory:
     """Starts real brokers; the test's client talks to the last one started."""
 
@@ -148,14 +192,25 @@ class BrokerFactory:
     def __call__(
         self, wait: bool = True, port: int | None = None, args: tuple[str, ...] = (), **env: str
     ) -> BrokerProcess:
-        """A broker on `port`; `args` follow `leek start` on its command line."""
-        port = port or free_port()
-        self.leek_settings(PORT=port)
-        log = self.tmp_path / f"broker-{port}.log"
+        """A broker on `port`; `args` follow `leek start` on its command line.
+        Without a `port`, a free one, and another if a process takes it first."""
+        from leek.client import connection as client
+
         env = {"LEEK_STATE_DIR": str(self.tmp_path / "state"), **env}
-        process = BrokerProcess(port, broker_env(port, env), log, args)
-        self.processes.append(process)
-        return process.start(wait=wait)
+        tries = 0
+        while True:
+            chosen = port or free_port()
+            self.leek_settings(PORT=chosen)
+            log = self.tmp_path / f"broker-{chosen}.log"
+            process = BrokerProcess(chosen, broker_env(chosen, env), log, args)
+            self.processes.append(process)
+            try:
+                return process.start(wait=wait)
+            except PortTaken:
+                tries += 1
+                if port or tries == PORT_TRIES:
+                    raise
+                client.close()  # it may be connected to the process that took the port
 
     def running(self) -> list[BrokerProcess]:
         return [p for p in self.processes if p.alive]
