@@ -111,15 +111,21 @@ class PortTaken(RuntimeError):
     """A broker could not listen: another process holds its port."""
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of Linux's /proc/<pid>/stat after the command's name: its
+    state, its parent's pid, ... (OSError when the process is gone)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
 def _lineage(pid: int) -> list[int]:
-    """`pid` and its ancestors, from Linux's /proc."""
+    """`pid` and its ancestors."""
     found: list[int] = []
     while pid > 1 and len(found) < 8:
         found.append(pid)
         try:
-            with open(f"/proc/{pid}/stat") as stat:
-                pid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+            pid = int(proc_stat(pid)[1])
+        except OSError:
             break
     return found
 

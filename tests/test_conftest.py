@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 import leek
@@ -11,7 +9,7 @@ from tests import conftest
 from tests.conftest import BrokerFactory
 
 #: The fixtures' own free_port, before a test replaces it.
-_free: Any = conftest.free_port
+_free = conftest.free_port
 
 
 def test_a_port_another_broker_took_first_is_left_for_another(

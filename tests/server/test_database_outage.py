@@ -120,7 +120,6 @@ def cut_while_stopped(pid: int, tries: int = 20) -> list[int]:
                     cursor.execute(
                         "SELECT count(pg_terminate_backend(pid)) FROM unnest(%s) pid", [cut]
                     )
-
                 wait_for(functools.partial(_ended, cut))
                 return cut
         finally:

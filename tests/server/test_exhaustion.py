@@ -24,7 +24,7 @@ from leek import conf
 from leek.protocol.frame import Keys, encode
 from leek.protocol.sockets import FrameSocket
 from tests import tasks
-from tests.conftest import BrokerProcess, wait_for
+from tests.conftest import BrokerProcess, proc_stat, wait_for
 
 #: Idle connections the broker must shrug off.
 IDLE = 2000
@@ -40,7 +40,7 @@ def status(pid: int, field: str) -> int:
 
 def cpu_ticks(pid: int) -> int:
     """User and system time of the process, in clock ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return int(fields[11]) + int(fields[12])
 
 

@@ -14,7 +14,7 @@ import pytest
 import leek
 from leek.models import FailedTask, Task
 from tests import tasks
-from tests.conftest import BOTH_POOLS, BrokerProcess, leek_cli, wait_for
+from tests.conftest import BOTH_POOLS, BrokerProcess, leek_cli, proc_stat, wait_for
 
 
 def processes(broker_factory: Any, port: int | None = None, **env: str) -> BrokerProcess:
@@ -183,13 +183,12 @@ def test_a_thread_stuck_past_its_limit_is_set_aside_and_replaced(broker_factory:
 
 
 def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Linux's /proc)."""
+    """The processes whose parent is `pid`."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
+                fields = proc_stat(int(entry))
             except OSError:
                 continue
             if int(fields[1]) == pid:
