@@ -278,10 +278,14 @@ def test_piped_it_prints_plain_frames_one_after_another_until_sigterm(
 
 # -- the live view, in a pseudo-terminal -------------------------------------
 
-#: Runs `leek` as the session leader of the pseudo-terminal on its stdin, so
-#: that Ctrl-C typed there reaches it as SIGINT.
+#: Runs `leek` as a shell runs a job in the foreground: the session leader of
+#: the pseudo-terminal on its stdin, so that Ctrl-C typed there reaches it as
+#: SIGINT, and with SIGINT's default action, which a process started in the
+#: background by a shell without job control (a CI runner's script) inherits
+#: as ignored, and Python then leaves ignored.
 LAUNCH = (
-    "import fcntl, os, sys, termios; os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "import fcntl, os, signal, sys, termios; os.setsid(); "
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0); signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "os.execv(sys.executable, [sys.executable, '-m', 'leek.cli', *sys.argv[1:]])"
 )
 
