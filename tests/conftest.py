@@ -21,6 +21,13 @@ for _name in list(os.environ):
     if _name.startswith("LEEK_") and _name != "LEEK_TEST_POSTGRES_URL":
         del os.environ[_name]
 
+# Bytecode caches on, here and in every broker, worker process and command the
+# tests start: where the environment turns them off (PYTHONDONTWRITEBYTECODE,
+# which some hosts and container images set), each of those hundreds of
+# processes compiles leek's modules again, about 0.1 s of CPU a start.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -1,6 +1,9 @@
-"""The fixtures' own promises: a broker a test starts is the one it talks to."""
+"""The fixtures' own promises: a broker a test starts is the one it talks to,
+and it starts without compiling leek again."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +37,15 @@ def test_a_port_given_that_another_broker_holds_fails_the_start(
     first = broker_factory()
     with pytest.raises(conftest.PortTaken, match="Address already in use"):
         broker_factory(port=first.port)
+
+
+def test_the_processes_the_tests_start_keep_bytecode_caches(
+    broker_factory: BrokerFactory,
+) -> None:
+    """Where the environment turns bytecode caches off, a broker the tests
+    start would compile leek's modules again at each start."""
+    broker = broker_factory()
+    assert broker.proc is not None
+    environ = Path(f"/proc/{broker.proc.pid}/environ").read_bytes().split(b"\0")
+    assert not [v for v in environ if v.startswith(b"PYTHONDONTWRITEBYTECODE=")]
+    assert (conftest.REPO / "leek" / "server" / "__pycache__").is_dir()
