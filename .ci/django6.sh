@@ -64,7 +64,7 @@ fi
 SERVER_CORE="tests/server/test_broker.py tests/server/test_store.py tests/server/test_pools.py
 tests/server/test_periodic.py tests/server/test_recovery.py tests/server/test_cancel.py
 tests/server/test_chains.py tests/server/test_retries.py tests/server/test_outcome_writes.py"
-OUTSIDE=$(ls -d tests/*/ tests/test_*.py | grep -v '^tests/server/$')
+OUTSIDE=$(ls -d tests/*/ tests/test_*.py | grep -v -e '^tests/server/$' -e '__pycache__')
 TESTS=${DJANGO6_TESTS:-$OUTSIDE $SERVER_CORE}
 echo "== SQLite run (Django 6.x):" $TESTS
 # shellcheck disable=SC2086 # a list of paths
