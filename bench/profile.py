@@ -104,25 +104,30 @@ def client_cpu() -> float:
 
 def in_processes(work: Any, count: int) -> None:
     """Run `work` in `count` forked client processes at once, each on a
-    connection of its own, and wait for them all."""
+    connection of its own, and wait for them all. A client that fails makes
+    this raise with the client's traceback."""
     children = []
-    for _ in range(count):
-        pid = os.fork()
-        if pid == 0:  # a forked client connects anew (leek/client/connection.py)
-            code = 1
-            try:
-                work()
-                code = 0
-            except BaseException:  # said here: os._exit below leaves no traceback
-                traceback.print_exc()
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        if status:
-            raise RuntimeError(f"a client process failed: status {status}")
+    with tempfile.TemporaryDirectory(prefix="leek-clients-") as told:
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:  # a forked client connects anew (leek/client/connection.py)
+                code = 1
+                try:
+                    work()
+                    code = 0
+                except BaseException:  # kept: os._exit below leaves no traceback
+                    Path(told, str(os.getpid())).write_text(traceback.format_exc())
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        failed = []
+        for pid in children:
+            _, status = os.waitpid(pid, 0)
+            if status:
+                said = Path(told, str(pid))
+                failed.append(f"status {status}: {said.read_text() if said.exists() else '?'}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} client process(es) failed, the first with {failed[0]}")
 
 
 def sample(argv: list[str]) -> subprocess.Popen[bytes]:
