@@ -69,6 +69,9 @@ class Lease:
         with self._lock:
             lost = self._sent and not self.held()
             if lost:
+                # Told here when no heartbeat began while it was lost: the
+                # process stopped (SIGSTOP, a frozen VM) after this one began.
+                self.tell()
                 dropped = reclaim()
                 logger.warning(
                     "lease regained dropped=%s: tasks resume",

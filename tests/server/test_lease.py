@@ -19,6 +19,7 @@ from leek import queues
 from leek.client import connection as client
 from leek.liveness import alive, database_now
 from leek.models import BrokerNode, Task
+from leek.server.lease import Lease
 from tests.conftest import wait_for
 from tests.server import control_tasks
 from tests.server.test_pauses import OBSERVE, paused_on
@@ -122,3 +123,20 @@ def test_a_paused_broker_whose_tasks_were_adopted_runs_none_of_them_when_it_wake
     assert sorted(lines(marks)) == sorted([*(f"held{i}" for i in range(5)), "later", "fresh"])
     assert Task.objects.get(pk=fresh.id).broker == node(first.port)
     assert BrokerNode.objects.get(name=node(first.port)).healthy
+
+
+def test_a_lease_lost_while_a_heartbeat_was_under_way_is_still_told(caplog: Any) -> None:
+    # The process stops after a heartbeat began (its tell() found the lease
+    # held) and wakes past the lease's end: no heartbeat began meanwhile, and
+    # the loss must still be logged before the lease is regained.
+    lease = Lease(timeout=0.2, interval=0.05)
+    lease.committed(time.monotonic(), lambda: 0)
+    lease.tell()  # the heartbeat begins, the lease held
+    sent = time.monotonic()
+    time.sleep(lease.length + 0.1)  # stopped past the lease's end
+    with caplog.at_level("WARNING", logger="leek.server.lease"):
+        lease.committed(sent, lambda: 3)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("lease lost: no heartbeat committed for")
+    assert messages[1] == "lease regained dropped=3: tasks resume"
