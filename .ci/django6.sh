@@ -57,13 +57,14 @@ fi
 
 # On SQLite, every test outside tests/server (the tasks framework's backend, the
 # admin, the commands, the client, the checks) and the server's core: its
-# start, store, outcome writes, pools, schedules, recovery, cancels, chains and
-# retries. The rest of tests/server exercises leek's own sockets and processes,
-# which do not change with Django; DJANGO6_TESTS="tests" runs the whole suite
-# (CI keeps within its time without it).
+# start, store, outcome writes, pools and how their processes start,
+# schedules, recovery, cancels, chains and retries. The rest of tests/server
+# exercises leek's own sockets and processes, which do not change with Django;
+# DJANGO6_TESTS="tests" runs the whole suite (CI keeps within its time without it).
 SERVER_CORE="tests/server/test_broker.py tests/server/test_store.py tests/server/test_pools.py
 tests/server/test_periodic.py tests/server/test_recovery.py tests/server/test_cancel.py
-tests/server/test_chains.py tests/server/test_retries.py tests/server/test_outcome_writes.py"
+tests/server/test_chains.py tests/server/test_retries.py tests/server/test_outcome_writes.py
+tests/server/test_forkserver.py"
 OUTSIDE=$(ls -d tests/*/ tests/test_*.py | grep -v -e '^tests/server/$' -e '__pycache__')
 TESTS=${DJANGO6_TESTS:-$OUTSIDE $SERVER_CORE}
 echo "== SQLite run (Django 6.x):" $TESTS

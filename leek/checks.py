@@ -94,6 +94,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="leek.E006",
             )
         )
+    if settings["PROCESS_START"] not in ("forkserver", "spawn"):
+        errors.append(
+            checks.Error(
+                f"LEEK['PROCESS_START'] is {settings['PROCESS_START']!r}.",
+                hint='Use "forkserver" or "spawn".',
+                id="leek.E019",
+            )
+        )
     if settings["LOG_FORMAT"] not in logs.FORMATS:
         errors.append(
             checks.Error(

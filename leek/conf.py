@@ -65,6 +65,11 @@ DEFAULTS: dict[str, Any] = {
     # tasks keep every core busy the broker (and the database, and the web
     # processes of the machine) still run first when they have work (0: none).
     "CHILD_NICE": 10,
+    # processes pool: how a worker process starts. "forkserver": forked, in
+    # milliseconds, from a process that set Django up once; "spawn": a fresh
+    # interpreter that sets Django up itself, for settings or apps that start
+    # threads at import (a fork does not carry them over).
+    "PROCESS_START": "forkserver",
     # How many times a task that raises is run again (0 = run once).
     "MAX_RETRIES": 3,
     # Backoff before retry n: min(RETRY_BACKOFF * 2**(n-1), RETRY_BACKOFF_MAX)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +30,12 @@ for _name in list(os.environ):
 # processes compiles leek's modules again, about 0.1 s of CPU a start.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
+
+# The temporary files of the brokers the tests start, removed when the tests
+# end: a broker killed with SIGKILL (as every one is at teardown) leaves its
+# forkserver's socket in a directory of its own there.
+BROKER_TMP = tempfile.mkdtemp(prefix="leek-brokers-")
+atexit.register(shutil.rmtree, BROKER_TMP, True)
 
 
 def free_port() -> int:
@@ -144,6 +153,7 @@ def broker_env(port: int, extra: dict[str, str] | None = None) -> dict[str, str]
         PYTHONPATH=str(REPO),
         LEEK_BROKER_TEST_DB=str(connection.settings_dict["NAME"]),
         LEEK_PORT=str(port),
+        TMPDIR=BROKER_TMP,
         LEEK_WORKERS="2",
         LEEK_SWEEP_INTERVAL="0.2",
         LEEK_HEARTBEAT_INTERVAL="0.5",

@@ -28,8 +28,10 @@ if os.environ.get("LEEK_BROKER_TEST_DB"):
 
 if os.environ.get("LEEK_TEST_BREAK_WORKER_PROCESS"):
     import multiprocessing
+    import sys
 
-    if multiprocessing.parent_process() is not None:
+    # A spawned process has a parent process; the forkserver runs as `python -c`.
+    if multiprocessing.parent_process() is not None or sys.argv[:1] == ["-c"]:
         raise ImportError("these settings cannot be imported in a worker process (as a test asks)")
 
 if os.environ.get("LEEK_TEST_CLOCK_SKEW"):

@@ -132,6 +132,11 @@ def pid() -> int:
     return os.getpid()
 
 
+def parent() -> int:
+    """The parent of the process the task runs in."""
+    return os.getppid()
+
+
 def exit_now(status: int) -> None:
     """End the process at once, as a crashing C extension or os._exit would."""
     os._exit(status)

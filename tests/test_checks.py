@@ -115,6 +115,14 @@ def test_a_switch_interval_that_is_not_seconds_above_zero_is_an_error(
         assert messages(settings, "leek.E018", SWITCH_INTERVAL=fine) == []
 
 
+def test_process_start_must_be_forkserver_or_spawn(settings: Any) -> None:
+    assert messages(settings, "leek.E019", PROCESS_START="fork") == [
+        "LEEK['PROCESS_START'] is 'fork'."
+    ]
+    for fine in ("forkserver", "spawn"):
+        assert messages(settings, "leek.E019", PROCESS_START=fine) == []
+
+
 def test_reload_on_new_code_must_be_a_boolean(settings: Any) -> None:
     assert messages(settings, "leek.E016", RELOAD_ON_NEW_CODE="yes") == [
         "LEEK['RELOAD_ON_NEW_CODE'] must be True or False, got 'yes'."

@@ -1,8 +1,9 @@
 """Inside a worker process: set Django up once, then run the tasks its thread sends.
 
-The broker starts each worker process with multiprocessing's spawn (a fresh
-interpreter: no thread, lock or connection of the broker is inherited) and
-talks to it over one pipe (pipe.py). Messages, each a tuple of plain values
+The broker starts each worker process from multiprocessing's forkserver, where
+Django is set up already (preload.py), or with spawn (PROCESS_START): either
+way no thread, lock or connection of the broker is inherited. It talks to the
+process over one pipe (pipe.py). Messages, each a tuple of plain values
 pickled by the standard pickler:
 
     broker → child   ("run", id, name, attempt, payload, timeout, node, max_retries)
@@ -18,8 +19,9 @@ pickled by the standard pickler:
 The task's payload travels as the bytes the broker holds and is unpickled only
 here, once its signature is checked (attempt.py). The task's stdout and stderr
 are captured at the file-descriptor level, so the output of C code and of
-subprocesses is kept too. The child dies with its broker (Linux's
-parent-death signal), so no task outlives the broker.
+subprocesses is kept too. The child dies with its parent (Linux's
+parent-death signal): the broker, or the forkserver, which dies with the
+broker in turn; so no task outlives the broker.
 """
 
 from __future__ import annotations
@@ -46,8 +48,15 @@ def main(conn: Any, stopping: Any) -> None:
     """The worker process: its entry point, given its end of the pipe (a
     multiprocessing Connection, which spawn knows how to hand over) and the
     flag its broker sets before it sends SIGTERM to stop a task at its limit."""
-    _die_with_parent()
+    die_with_parent()
     pipe = Pipe(conn)
+    warm = sys.modules.get(f"{__package__}.preload")  # forked from the forkserver
+    if warm is not None:
+        _leave_forkserver()
+        if warm.failure:
+            pipe.send(("broken", warm.failure))
+            _end_forkserver(warm.server)
+            return
     # The broker decides when to stop: a Ctrl-C in a terminal, or a service
     # manager's SIGTERM to every process of the service, leaves the task
     # running for the broker's graceful stop. A SIGTERM after the broker set
@@ -57,7 +66,8 @@ def main(conn: Any, stopping: Any) -> None:
     try:
         import django
 
-        django.setup()
+        if warm is None:
+            django.setup()
         from .. import conf
         from .attempt import perform
 
@@ -192,9 +202,31 @@ def _flush() -> None:
             stream.flush()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when the broker thread that started it
-    ends; exit now if the broker is already gone."""
+def _leave_forkserver() -> None:
+    """Close this process's copy of the forkserver's "alive" pipe, which
+    multiprocessing hands every process it forks: the forkserver ends when
+    its last writer closes it, which must be the broker alone, or the
+    forkserver would outlive a broker that exits (or executes itself again)
+    while a worker process still runs."""
+    server = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
+def _end_forkserver(pid: int) -> None:
+    """End the forkserver whose Django setup failed, so that the broker's next
+    start makes a new one, which imports the project again (fixed, perhaps)."""
+    if os.getppid() == pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when the thread that started it ends (a
+    broker's, or the forkserver's); exit now if that is already gone."""
     parent = os.getppid()
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)

@@ -1,6 +1,6 @@
 """A worker process, as its worker thread in the broker drives it (child.py runs inside).
 
-The thread starts the process warm (Django set up once), hands it one attempt
+The thread starts the process warm (Django set up), hands it one attempt
 at a time with the payload bytes it holds, forwards the attempt's progress to
 the store, and waits for the Result within the task's time limit. At the limit
 the process gets SIGTERM, then SIGKILL after KILL_GRACE seconds; a process
@@ -8,6 +8,14 @@ that dies mid-task fails the attempt with WorkerLost, which carries its exit
 status or signal. Either way the next attempt gets a fresh process. A process
 is also replaced after MAX_TASKS_PER_CHILD tasks, or once its resident memory
 passes MAX_MEMORY_PER_CHILD MiB.
+
+PROCESS_START says how a process starts. "forkserver" (the default): forked
+from multiprocessing's forkserver, a fresh interpreter started by the broker
+that set Django up once (preload.py), in milliseconds. "spawn": a fresh
+interpreter each time, which sets Django up itself (a quarter of a second
+here); for a project whose settings or apps start threads at import,
+which a fork would not carry over. Neither inherits a thread, lock or
+connection of the broker.
 """
 
 from __future__ import annotations
@@ -15,10 +23,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.forkserver
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import conf
 from ..exceptions import WorkerLost, WorkerUnavailable
 from . import child
 from .attempt import Attempt, Result, failed, timed_out
@@ -34,7 +46,45 @@ KILL_GRACE = 2.0
 #: Seconds a process that was asked to stop gets before it is killed.
 STOP_TIMEOUT = 5.0
 
-_spawn = multiprocessing.get_context("spawn")
+#: The module the forkserver imports before its first fork.
+PRELOAD = f"{__package__}.preload"
+
+
+def _context() -> Any:
+    """The multiprocessing context of PROCESS_START."""
+    if conf.get("PROCESS_START") == "spawn":
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([PRELOAD])
+    return context
+
+
+def prepare() -> None:
+    """Start the forkserver now, on this thread (the broker's main thread, as
+    a pool starts), so that it lives as long as the broker and sets Django up
+    while the broker goes on starting; a forkserver that ends is started again
+    by the next process's start."""
+    if conf.get("PROCESS_START") != "spawn":
+        _context()
+        multiprocessing.forkserver.ensure_running()
+
+
+def end_forkserver() -> None:
+    """Kill the forkserver and wait for it, before the broker executes itself
+    again (reexec.py): the exec keeps the process but none of its state, so
+    the next life starts a forkserver of its own, with the new code."""
+    server: Any = getattr(multiprocessing.forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    address = getattr(server, "_forkserver_address", None)
+    with contextlib.suppress(OSError):
+        server._stop()  # reaps it, removes its socket, forgets it
+    if isinstance(address, str) and os.path.basename(os.path.dirname(address)).startswith("pymp-"):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(address))  # made for its socket; the exec skips its cleanup
 
 
 class WorkerProcess:
@@ -60,12 +110,21 @@ class WorkerProcess:
         """Start a fresh process and wait until it is ready; WorkerUnavailable,
         with the process's traceback, when it cannot start."""
         self.close()
-        ours, theirs = _spawn.Pipe()
-        self._stopping = _spawn.Value("b", 0, lock=False)
-        process = _spawn.Process(
+        context = _context()
+        ours, theirs = context.Pipe()
+        self._stopping = context.Value("b", 0, lock=False)
+        process = context.Process(
             target=child.main, args=(theirs, self._stopping), name=self.name, daemon=True
         )
-        process.start()
+        try:
+            process.start()
+        except (
+            OSError,
+            EOFError,
+        ) as exc:  # the forkserver ended meanwhile: the next start makes one
+            theirs.close()
+            ours.close()
+            raise WorkerUnavailable(f"worker process did not start: {exc!r}") from exc
         theirs.close()
         pipe = Pipe(ours)
         self._process, self._pipe, self.tasks = process, pipe, 0

@@ -47,6 +47,8 @@ import sys
 import threading
 from typing import Any
 
+from .process import end_forkserver
+
 logger = logging.getLogger(__name__)
 
 #: The environment variable naming the listening socket's descriptor across the exec.
@@ -135,6 +137,7 @@ class Reloads:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the new life's handler
+        end_forkserver()
         try:
             os.execv(sys.executable, argv)  # noqa: S606 (this broker's own command line)
         except OSError:

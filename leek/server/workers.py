@@ -40,6 +40,7 @@ from .metrics import OFF, Metrics
 from .notify import failure_hooks, run_hooks
 from .outcome import outcome_of
 from .process import WorkerProcess
+from .process import prepare as prepare_processes
 from .rows import Outcome, Ready
 from .store import Store
 
@@ -126,6 +127,8 @@ class Pool:
     # -- life ----------------------------------------------------------------
 
     def start(self) -> None:
+        if self.kind == "processes" and self.size:
+            prepare_processes()
         for _ in range(self.size):
             self._spawn()
 

@@ -182,6 +182,12 @@ def test_a_thread_stuck_past_its_limit_is_set_aside_and_replaced(broker_factory:
     assert leek.stats()[1]["workers_stuck"] == 0
 
 
+def _worker_processes(broker: int) -> list[int]:
+    """The worker processes of `broker`: the children of its forkserver (and
+    of its resource tracker, which has none), not those two themselves."""
+    return [worker for child in _children(broker) for worker in _children(child)]
+
+
 def _children(pid: int) -> list[int]:
     """The processes whose parent is `pid`."""
     found = []
@@ -209,7 +215,7 @@ def test_random_sigkills_of_worker_processes_lose_no_task(broker_factory: Any) -
     deadline = time.monotonic() + 90
     while kills < 40 and not all(h.ready() for h in handles[-20:]) and time.monotonic() < deadline:
         time.sleep(rng.uniform(0.1, 0.4))
-        children = [p for p in _children(broker.proc.pid) if p != broker.proc.pid]
+        children = _worker_processes(broker.proc.pid)
         if children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rng.choice(children), signal.SIGKILL)

@@ -1,0 +1,218 @@
+"""How worker processes start: forked from a forkserver that set Django up, or spawned.
+
+The forkserver is the broker's child; the worker processes are its children.
+Each test breaks the chain as an outsider would: a SIGKILL of the broker or of
+the forkserver, settings that do not import, a reload onto new code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+import leek
+from leek.models import FailedTask, Task
+from tests import tasks
+from tests.conftest import REPO, BrokerProcess, leek_cli, proc_stat, wait_for
+
+
+def processes(broker_factory: Any, args: tuple[str, ...] = (), **env: str) -> BrokerProcess:
+    broker: BrokerProcess = broker_factory(args=args, LEEK_POOL="processes", **env)
+    return broker
+
+
+def parent_of(pid: int) -> int:
+    return int(proc_stat(pid)[1])
+
+
+def command(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def gone(pid: int) -> bool:
+    """Whether `pid` has ended and been reaped (a zombie is not gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def forkserver_of(broker: BrokerProcess) -> int:
+    """The forkserver the broker's worker processes are forked from, checked."""
+    server = leek.push_task_to_queue(tasks.parent).result(timeout=30)
+    assert server != broker.proc.pid  # type: ignore[union-attr]
+    assert parent_of(server) == broker.proc.pid  # type: ignore[union-attr]
+    assert "multiprocessing.forkserver" in command(server)
+    assert "leek.server.preload" in command(server)
+    return int(server)
+
+
+@pytest.mark.parametrize("start", ["forkserver", "spawn"])
+def test_worker_processes_start_as_process_start_says(broker_factory: Any, start: str) -> None:
+    broker = processes(broker_factory, LEEK_PROCESS_START=start, LEEK_MAX_TASKS_PER_CHILD="1")
+    assert broker.proc is not None
+    if start == "forkserver":
+        server = forkserver_of(broker)
+    else:
+        server = broker.proc.pid
+        assert leek.push_task_to_queue(tasks.parent).result(timeout=30) == server
+    # A process per task (MAX_TASKS_PER_CHILD=1): each one new, each from the same parent.
+    pids = [leek.push_task_to_queue(tasks.pid).result(timeout=30) for _ in range(3)]
+    assert len(set(pids)) == 3 and broker.proc.pid not in pids
+    assert leek.push_task_to_queue(tasks.parent).result(timeout=30) == server
+    assert leek.push_task_to_queue(tasks.add, 2, 3).result(timeout=30) == 5
+
+
+def test_a_killed_broker_takes_its_forkserver_and_worker_processes(broker_factory: Any) -> None:
+    broker = processes(broker_factory)
+    server = forkserver_of(broker)
+    worker = leek.push_task_to_queue(tasks.pid).result(timeout=30)
+    leek.enqueue(tasks.sleep, (60,))
+    wait_for(lambda: Task.objects.filter(status="running").exists())
+    broker.kill(signal.SIGKILL)
+    wait_for(lambda: gone(worker) and gone(server), timeout=10)
+
+
+def test_a_killed_forkserver_costs_its_running_task_one_attempt_and_comes_back(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    broker = processes(broker_factory, LEEK_WORKERS="1", LEEK_RETRY_BACKOFF="0.05")
+    server = forkserver_of(broker)
+    mark = tmp_path / "mark"
+    handle = leek.enqueue(tasks.sleep_once, (str(mark), 60), max_retries=1)
+    wait_for(mark.exists)
+    worker = int(mark.read_text())
+    os.kill(server, signal.SIGKILL)
+    wait_for(lambda: gone(worker), timeout=10)  # it dies with its forkserver
+    assert handle.result(timeout=60) == "ran again"
+    lost = FailedTask.objects.get(task_id=handle.id)
+    assert lost.exc_type == "leek.exceptions.WorkerLost"
+    assert forkserver_of(broker) != server  # a new one, started by the next process's start
+    assert leek_cli(broker.port, "ping").returncode == 0
+
+
+#: Settings that cannot be imported in the forkserver while the file BROKEN_FILE exists.
+BROKEN_SETTINGS = """
+import os
+import sys
+
+from tests.settings import *  # noqa: F403
+
+if sys.argv[:1] == ["-c"] and os.path.exists(os.environ["BROKEN_FILE"]):
+    raise RuntimeError("settings broken in the forkserver (as the test asks)")
+"""
+
+
+def test_settings_the_forkserver_cannot_import_are_reported_then_read_again_once_fixed(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    name = f"forkserver_settings_{uuid.uuid4().hex[:8]}"
+    (code / f"{name}.py").write_text(BROKEN_SETTINGS)
+    broken = tmp_path / "broken"
+    broken.write_text("yes")
+    broker = processes(
+        broker_factory,
+        DJANGO_SETTINGS_MODULE=name,
+        PYTHONPATH=os.pathsep.join([str(REPO), str(code)]),
+        BROKEN_FILE=str(broken),
+    )
+
+    def unhealthy() -> Any:
+        answer = leek_cli(broker.port, "ping")
+        return answer if answer.returncode == 1 else None
+
+    answer = wait_for(unhealthy)
+    assert "worker process cannot start" in answer.stdout
+    assert "settings broken in the forkserver" in answer.stdout
+    handle = leek.push_task_to_queue(tasks.add, 1, 1)
+    assert handle.status() == "queued"  # accepted, committed, waiting for a worker
+    broken.unlink()  # the fix: the next forkserver imports the settings again
+    assert handle.result(timeout=60) == 2
+    wait_for(lambda: leek_cli(broker.port, "ping").returncode == 0)
+
+
+def test_a_reload_ends_the_old_forkserver_and_the_new_code_forks_from_its_own(
+    broker_factory: Any,
+) -> None:
+    broker = processes(broker_factory)
+    server = forkserver_of(broker)
+    assert leek_cli(broker.port, "reload").returncode == 0
+    wait_for(lambda: leek.stats()[1]["reloads"]["count"] == 1, timeout=60, interval=0.1)
+    assert forkserver_of(broker) != server
+    assert gone(server)  # killed and reaped before the exec: no zombie, no orphan
+    assert broker.alive
+
+
+#: Settings with an app whose ready() queries the database.
+QUERYING_SETTINGS = """
+from tests.settings import *  # noqa: F403
+from tests.settings import INSTALLED_APPS
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.server.querying_app.QueryingConfig"]
+"""
+
+
+def open_files(pid: int) -> Iterator[str]:
+    """What the descriptors of `pid` point to: paths, and socket:[inode]."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            yield os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+
+
+def database_sockets() -> set[str]:
+    """socket:[inode] of every TCP connection to port 5432 on this machine."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[2].endswith(":1538"):  # the remote port, in hex
+                found.add(f"socket:[{fields[9]}]")
+    return found
+
+
+def test_the_forkserver_keeps_no_database_connection_its_setup_opened(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    name = f"querying_settings_{uuid.uuid4().hex[:8]}"
+    (code / f"{name}.py").write_text(QUERYING_SETTINGS)
+    broker = processes(
+        broker_factory,
+        DJANGO_SETTINGS_MODULE=name,
+        PYTHONPATH=os.pathsep.join([str(REPO), str(code)]),
+    )
+    server = forkserver_of(broker)
+    held = set(open_files(server))
+    if connection.vendor == "sqlite":
+        database = str(connection.settings_dict["NAME"])
+        assert not {path for path in held if path.startswith(database)}
+    else:
+        assert not held & database_sockets()
+    assert leek.push_task_to_queue(tasks.add, 2, 2).result(timeout=30) == 4
+
+
+def test_the_forkserver_imports_from_the_brokers_pythonpath(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    code = tmp_path / "elsewhere"
+    code.mkdir()
+    name = f"elsewhere_settings_{uuid.uuid4().hex[:8]}"
+    (code / f"{name}.py").write_text("from tests.settings import *  # noqa: F403\n")
+    # Found through --pythonpath alone: not on PYTHONPATH, nor in the directory
+    # the broker runs in.
+    broker = processes(broker_factory, args=("--settings", name, "--pythonpath", str(code)))
+    forkserver_of(broker)
+    assert leek.push_task_to_queue(tasks.add, 3, 4).result(timeout=30) == 7
+    assert leek_cli(broker.port, "ping").returncode == 0
