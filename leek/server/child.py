@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 import traceback
 import uuid
 from typing import Any
@@ -42,6 +43,8 @@ from .pipe import Pipe
 PR_SET_PDEATHSIG = 1
 #: The exit status of a worker process stopped at a task's time limit.
 TIME_LIMIT_EXIT = 124
+#: Seconds a worker process waits for a broken forkserver it ended to be gone.
+FORKSERVER_END_WAIT = 2.0
 
 
 def main(conn: Any, stopping: Any) -> None:
@@ -54,8 +57,8 @@ def main(conn: Any, stopping: Any) -> None:
     if warm is not None:
         _leave_forkserver()
         if warm.failure:
-            pipe.send(("broken", warm.failure))
             _end_forkserver(warm.server)
+            pipe.send(("broken", warm.failure))
             return
     # The broker decides when to stop: a Ctrl-C in a terminal, or a service
     # manager's SIGTERM to every process of the service, leaves the task
@@ -217,11 +220,19 @@ def _leave_forkserver() -> None:
 
 
 def _end_forkserver(pid: int) -> None:
-    """End the forkserver whose Django setup failed, so that the broker's next
-    start makes a new one, which imports the project again (fixed, perhaps)."""
-    if os.getppid() == pid:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
+    """End the forkserver whose Django setup failed, and wait until it has
+    ended (this process outlives it: its parent-death signal is cleared), so
+    that the broker's next start makes a new one, which imports the project
+    again (fixed, perhaps)."""
+    if os.getppid() != pid:
+        return
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 0)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + FORKSERVER_END_WAIT
+    while os.getppid() == pid and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def die_with_parent() -> None:

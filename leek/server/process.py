@@ -26,6 +26,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,8 @@ KILL_GRACE = 2.0
 #: Seconds a process that was asked to stop gets before it is killed.
 STOP_TIMEOUT = 5.0
 
+#: Held while a process forks from the forkserver and until it is ready.
+_STARTING = threading.Lock()
 #: The module the forkserver imports before its first fork.
 PRELOAD = f"{__package__}.preload"
 
@@ -108,9 +111,24 @@ class WorkerProcess:
 
     def start(self) -> None:
         """Start a fresh process and wait until it is ready; WorkerUnavailable,
-        with the process's traceback, when it cannot start."""
+        with the process's traceback, when it cannot start.
+
+        From a forkserver, one start at a time, until the process is ready (a
+        few milliseconds): a process that finds the forkserver broken ends it
+        before it says so (child.py), so the next start always meets a
+        forkserver that works or none, never one on its way out."""
         self.close()
         context = _context()
+        forked = context.get_start_method() == "forkserver"
+        with _STARTING if forked else contextlib.nullcontext():
+            message = self._launch(context)
+        if message[0] != "ready":
+            self.close()
+            raise WorkerUnavailable(f"worker process cannot start:\n{message[1]}", reported=True)
+        self.pid = int(message[1])
+
+    def _launch(self, context: Any) -> tuple[Any, ...]:
+        """Start the process; its first message."""
         ours, theirs = context.Pipe()
         self._stopping = context.Value("b", 0, lock=False)
         process = context.Process(
@@ -118,10 +136,7 @@ class WorkerProcess:
         )
         try:
             process.start()
-        except (
-            OSError,
-            EOFError,
-        ) as exc:  # the forkserver ended meanwhile: the next start makes one
+        except (OSError, EOFError) as exc:  # the forkserver ended meanwhile; the next makes one
             theirs.close()
             ours.close()
             raise WorkerUnavailable(f"worker process did not start: {exc!r}") from exc
@@ -129,17 +144,14 @@ class WorkerProcess:
         pipe = Pipe(ours)
         self._process, self._pipe, self.tasks = process, pipe, 0
         try:
-            message = pipe.receive(START_TIMEOUT)
+            message: tuple[Any, ...] = pipe.receive(START_TIMEOUT)
         except TimeoutError as exc:
             self.close()
             raise WorkerUnavailable(f"worker process not ready within {START_TIMEOUT:g} s") from exc
         except (EOFError, OSError) as exc:
             lost = WorkerLost.of(self._reap())
             raise WorkerUnavailable(f"worker process ended at start: {lost}") from exc
-        if message[0] != "ready":
-            self.close()
-            raise WorkerUnavailable(f"worker process cannot start:\n{message[1]}", reported=True)
-        self.pid = int(message[1])
+        return message
 
     def run(self, attempt: Attempt, progress: Callable[[float, str], None]) -> Result | None:
         """Run one attempt in the process, within its time limit.
