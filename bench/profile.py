@@ -55,9 +55,14 @@ def broker_cpu(pid: int) -> tuple[float, float]:
 
 
 def children_cpu(pid: int) -> float:
-    """Seconds of CPU the live child processes of `pid` (its worker processes) have spent."""
+    """Seconds of CPU the live descendants of `pid` have spent: its worker
+    processes, and the forkserver they are forked from."""
     total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return total
+    for task in tasks:
         try:
             children = (task / "children").read_text().split()
         except OSError:
@@ -66,7 +71,8 @@ def children_cpu(pid: int) -> float:
             try:
                 total += sum(broker_cpu(int(child)))
             except OSError:
-                pass
+                continue
+            total += children_cpu(int(child))
     return total
 
 

@@ -83,8 +83,12 @@ def end_forkserver() -> None:
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
     address = getattr(server, "_forkserver_address", None)
+    stop = getattr(server, "_stop", None)  # reaps it, removes its socket, forgets it
     with contextlib.suppress(OSError):
-        server._stop()  # reaps it, removes its socket, forgets it
+        if stop is not None:
+            stop()
+        else:
+            os.waitpid(pid, 0)
     if isinstance(address, str) and os.path.basename(os.path.dirname(address)).startswith("pymp-"):
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(address))  # made for its socket; the exec skips its cleanup
