@@ -20,8 +20,12 @@ from django.db import connection
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: The variables that set up the test run itself, kept: the rest of LEEK_* would
+#: change every broker the tests start. LEEK_TEST_SHOW_LOGS=1 writes the log of
+#: each test's brokers to its stderr at its end (shown with -s or -rA).
+TEST_RUN_VARIABLES = ("LEEK_TEST_POSTGRES_URL", "LEEK_TEST_SHOW_LOGS")
 for _name in list(os.environ):
-    if _name.startswith("LEEK_") and _name != "LEEK_TEST_POSTGRES_URL":
+    if _name.startswith("LEEK_") and _name not in TEST_RUN_VARIABLES:
         del os.environ[_name]
 
 # Bytecode caches on, here and in every broker, worker process and command the
