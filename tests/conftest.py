@@ -131,6 +131,15 @@ class PortTaken(RuntimeError):
     """A broker could not listen: another process holds its port."""
 
 
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended and been reaped (a zombie is not gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def proc_stat(pid: int) -> list[str]:
     """The fields of Linux's /proc/<pid>/stat after the command's name: its
     state, its parent's pid, ... (OSError when the process is gone)."""

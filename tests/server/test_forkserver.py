@@ -19,7 +19,7 @@ from django.db import connection
 import leek
 from leek.models import FailedTask, Task
 from tests import tasks
-from tests.conftest import REPO, BrokerProcess, leek_cli, proc_stat, wait_for
+from tests.conftest import REPO, BrokerProcess, gone, leek_cli, proc_stat, wait_for
 
 
 def processes(broker_factory: Any, args: tuple[str, ...] = (), **env: str) -> BrokerProcess:
@@ -33,15 +33,6 @@ def parent_of(pid: int) -> int:
 
 def command(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-
-
-def gone(pid: int) -> bool:
-    """Whether `pid` has ended and been reaped (a zombie is not gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def with_settings(broker_factory: Any, tmp_path: Path, text: str, **env: str) -> BrokerProcess:

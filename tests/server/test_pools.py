@@ -14,20 +14,12 @@ import pytest
 import leek
 from leek.models import FailedTask, Task
 from tests import tasks
-from tests.conftest import BOTH_POOLS, BrokerProcess, leek_cli, proc_stat, wait_for
+from tests.conftest import BOTH_POOLS, BrokerProcess, gone, leek_cli, proc_stat, wait_for
 
 
 def processes(broker_factory: Any, port: int | None = None, **env: str) -> BrokerProcess:
     """A broker of the processes pool."""
     return broker_factory(port=port, LEEK_POOL="processes", **env)  # type: ignore[no-any-return]
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize(
@@ -50,7 +42,7 @@ def test_a_task_that_kills_its_process_fails_and_the_broker_serves_on(
     assert how in str(failed.value)
     assert leek.ping() == (True, "I'm OK")
     assert leek.push_task_to_queue(tasks.pid).result(timeout=30) != before
-    assert _gone(before)
+    assert gone(before)
 
 
 def test_a_lost_worker_is_retried_with_backoff_then_fails_for_good(broker_factory: Any) -> None:
@@ -149,7 +141,7 @@ def test_worker_processes_die_with_a_killed_broker(broker_factory: Any) -> None:
     leek.enqueue(tasks.sleep, (60,))
     wait_for(lambda: Task.objects.filter(status="running").exists())
     broker.kill(signal.SIGKILL)
-    wait_for(lambda: all(_gone(pid) for pid in pids), timeout=10)
+    wait_for(lambda: all(gone(pid) for pid in pids), timeout=10)
 
 
 def test_a_stop_kills_what_runs_past_the_grace_and_its_task_runs_again(
@@ -163,7 +155,7 @@ def test_a_stop_kills_what_runs_past_the_grace_and_its_task_runs_again(
     started = time.monotonic()
     assert broker.kill(signal.SIGTERM) == 0
     assert time.monotonic() - started < 15
-    wait_for(lambda: _gone(child), timeout=10)
+    wait_for(lambda: gone(child), timeout=10)
     assert Task.objects.get(pk=handle.id).status == "running"  # not failed: it was cut short
     processes(broker_factory, port=broker.port)
     assert handle.result(timeout=30) == "ran again"
