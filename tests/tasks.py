@@ -137,6 +137,12 @@ def parent() -> int:
     return os.getppid()
 
 
+def comm() -> str:
+    """The name of the process the task runs in, as `top` shows it."""
+    with open(f"/proc/{os.getpid()}/comm") as name:
+        return name.read().strip()
+
+
 def exit_now(status: int) -> None:
     """End the process at once, as a crashing C extension or os._exit would."""
     os._exit(status)

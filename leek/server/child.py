@@ -41,6 +41,9 @@ from .pipe import Pipe
 
 #: Linux prctl option: the signal a process gets when its parent thread ends.
 PR_SET_PDEATHSIG = 1
+#: Linux prctl option: the name of the calling thread, the process's for its
+#: main thread (`top`, `ps -o comm`; 15 bytes at most).
+PR_SET_NAME = 15
 #: The exit status of a worker process stopped at a task's time limit.
 TIME_LIMIT_EXIT = 124
 #: Seconds a worker process waits for a broken forkserver it ended to be gone.
@@ -52,6 +55,7 @@ def main(conn: Any, stopping: Any) -> None:
     multiprocessing Connection, which spawn knows how to hand over) and the
     flag its broker sets before it sends SIGTERM to stop a task at its limit."""
     die_with_parent()
+    name_process(b"leek-worker")
     pipe = Pipe(conn)
     warm = sys.modules.get(f"{__package__}.preload")  # forked from the forkserver
     if warm is not None:
@@ -233,6 +237,13 @@ def _end_forkserver(pid: int) -> None:
     deadline = time.monotonic() + FORKSERVER_END_WAIT
     while os.getppid() == pid and time.monotonic() < deadline:
         time.sleep(0.005)
+
+
+def name_process(name: bytes) -> None:
+    """Name this process as `top` and `ps -o comm` show it (its command line
+    stays Python's)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]))
 
 
 def die_with_parent() -> None:

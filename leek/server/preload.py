@@ -30,8 +30,9 @@ server = os.getpid()
 def _warm() -> None:
     global failure
     try:
-        from .child import die_with_parent
+        from .child import die_with_parent, name_process
 
+        name_process(b"leek-forkserver")
         # The forkserver's parent is the broker thread that started it: the
         # broker's main thread (process.prepare), so it outlives no broker,
         # and the worker processes die with it (their own parent-death signal).

@@ -31,6 +31,11 @@ def parent_of(pid: int) -> int:
     return int(proc_stat(pid)[1])
 
 
+def comm(pid: int) -> str:
+    """The name of `pid` as `top` shows it."""
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
 def command(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
@@ -57,6 +62,7 @@ def forkserver_of(broker: BrokerProcess) -> int:
     assert parent_of(server) == broker.proc.pid  # type: ignore[union-attr]
     assert "multiprocessing.forkserver" in command(server)
     assert "leek.server.preload" in command(server)
+    assert comm(server) == "leek-forkserver"
     return int(server)
 
 
@@ -72,6 +78,9 @@ def test_worker_processes_start_as_process_start_says(broker_factory: Any, start
     # A process per task (MAX_TASKS_PER_CHILD=1): each one new, each from the same parent.
     pids = [leek.push_task_to_queue(tasks.pid).result(timeout=30) for _ in range(3)]
     assert len(set(pids)) == 3 and broker.proc.pid not in pids
+    # Named for top and ps -o comm, whichever way it started.
+    worker = leek.push_task_to_queue(tasks.comm).result(timeout=30)
+    assert worker == "leek-worker"
     assert leek.push_task_to_queue(tasks.parent).result(timeout=30) == server
     assert leek.push_task_to_queue(tasks.add, 2, 3).result(timeout=30) == 5
 
