@@ -230,8 +230,7 @@ def _end_forkserver(pid: int) -> None:
     again (fixed, perhaps)."""
     if os.getppid() != pid:
         return
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 0)
+    _prctl(PR_SET_PDEATHSIG, 0)
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + FORKSERVER_END_WAIT
@@ -239,19 +238,22 @@ def _end_forkserver(pid: int) -> None:
         time.sleep(0.005)
 
 
+def _prctl(option: int, value: Any) -> None:
+    """Linux's prctl(option, value); nothing where there is none."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(option, value)
+
+
 def name_process(name: bytes) -> None:
     """Name this process as `top` and `ps -o comm` show it (its command line
     stays Python's)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]))
+    _prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]))
 
 
 def die_with_parent() -> None:
     """Ask Linux to kill this process when the thread that started it ends (a
     broker's, or the forkserver's); exit now if that is already gone."""
     parent = os.getppid()
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)

@@ -5,8 +5,8 @@ thread, lock or connection of the broker's), which imports the modules it is
 told to preload, this one, and then forks a worker process from itself at
 each start (process.py). So each worker process starts with Django, the
 settings and the apps already loaded, in milliseconds, instead of setting them
-up in an interpreter of its own (a third of a second of a core, paid again at
-each recycle, time limit or crash).
+up in an interpreter of its own (a quarter of a second, paid again at each
+recycle, time limit or crash).
 
 The import never raises, or the forkserver would die at its start and take
 every start with it. When the setup fails, `failure` keeps its traceback:
