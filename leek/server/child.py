@@ -32,7 +32,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 import traceback
 import uuid
 from typing import Any
@@ -46,8 +45,6 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 #: The exit status of a worker process stopped at a task's time limit.
 TIME_LIMIT_EXIT = 124
-#: Seconds a worker process waits for a broken forkserver it ended to be gone.
-FORKSERVER_END_WAIT = 2.0
 
 
 def main(conn: Any, stopping: Any) -> None:
@@ -60,8 +57,7 @@ def main(conn: Any, stopping: Any) -> None:
     warm = sys.modules.get(f"{__package__}.preload")  # forked from the forkserver
     if warm is not None:
         _leave_forkserver()
-        if warm.failure:
-            _end_forkserver(warm.server)
+        if warm.failure:  # its thread ends the forkserver (process.py)
             pipe.send(("broken", warm.failure))
             return
     # The broker decides when to stop: a Ctrl-C in a terminal, or a service
@@ -221,21 +217,6 @@ def _leave_forkserver() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
         server._forkserver_alive_fd = None  # type: ignore[union-attr]
-
-
-def _end_forkserver(pid: int) -> None:
-    """End the forkserver whose Django setup failed, and wait until it has
-    ended (this process outlives it: its parent-death signal is cleared), so
-    that the broker's next start makes a new one, which imports the project
-    again (fixed, perhaps)."""
-    if os.getppid() != pid:
-        return
-    _prctl(PR_SET_PDEATHSIG, 0)
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + FORKSERVER_END_WAIT
-    while os.getppid() == pid and time.monotonic() < deadline:
-        time.sleep(0.005)
 
 
 def _prctl(option: int, value: Any) -> None:

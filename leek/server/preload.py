@@ -11,32 +11,32 @@ recycle, time limit or crash).
 The import never raises, or the forkserver would die at its start and take
 every start with it. When the setup fails, `failure` keeps its traceback:
 each process forked from here sends it to its worker thread as its own start's
-failure (child.py), and ends this forkserver, so that the next start imports
-the project anew, as a fresh interpreter would.
+failure (child.py), and the thread ends this forkserver (process.py), so that
+the next start imports the project anew, as a fresh interpreter would.
+
+The forkserver ends with the broker through multiprocessing's "alive" pipe:
+it exits when the pipe's last writer, the broker, is gone (each worker
+process closes its own copy as it starts). The worker processes die with the
+forkserver (their parent-death signal). Not a parent-death signal of its
+own: Linux sends that when the *thread* that started the process ends, and a
+forkserver started again by a worker thread would die with that thread.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
 #: The traceback of Django's setup in this forkserver when it failed, else "".
 failure = ""
-#: The pid of the forkserver that imported this module.
-server = os.getpid()
 
 
 def _warm() -> None:
     global failure
     try:
-        from .child import die_with_parent, name_process
+        from .child import name_process
 
         name_process(b"leek-forkserver")
-        # The forkserver's parent is the broker thread that started it: the
-        # broker's main thread (process.prepare), so it outlives no broker,
-        # and the worker processes die with it (their own parent-death signal).
-        die_with_parent()
         _broker_path()
         import django
 

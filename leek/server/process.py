@@ -72,10 +72,13 @@ def prepare() -> None:
         multiprocessing.forkserver.ensure_running()
 
 
-def end_forkserver() -> None:
-    """Kill the forkserver and wait for it, before the broker executes itself
-    again (reexec.py): the exec keeps the process but none of its state, so
-    the next life starts a forkserver of its own, with the new code."""
+def end_forkserver(*, for_exec: bool = False) -> None:
+    """Kill the forkserver and wait until it is gone, so that the next start
+    makes a new one: after a forkserver whose Django setup failed (the new
+    one imports the project again), and before the broker executes itself
+    again (reexec.py: `for_exec`), since the exec keeps the process but none
+    of its state, and its next life starts a forkserver of its own, with the
+    new code."""
     server: Any = getattr(multiprocessing.forkserver, "_forkserver", None)
     pid = getattr(server, "_forkserver_pid", None)
     if pid is None:
@@ -89,7 +92,11 @@ def end_forkserver() -> None:
             stop()
         else:
             os.waitpid(pid, 0)
-    if isinstance(address, str) and os.path.basename(os.path.dirname(address)).startswith("pymp-"):
+    if (
+        for_exec
+        and isinstance(address, str)
+        and os.path.basename(os.path.dirname(address)).startswith("pymp-")
+    ):
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(address))  # made for its socket; the exec skips its cleanup
 
@@ -118,14 +125,17 @@ class WorkerProcess:
         with the process's traceback, when it cannot start.
 
         From a forkserver, one start at a time, until the process is ready (a
-        few milliseconds): a process that finds the forkserver broken ends it
-        before it says so (child.py), so the next start always meets a
-        forkserver that works or none, never one on its way out."""
+        few milliseconds). A process that says the forkserver is broken (its
+        Django setup failed) gets it ended, and reaped, before the next start
+        begins: that start meets a forkserver that works or none, never one
+        on its way out, and a new one imports the project again."""
         self.close()
         context = _context()
         forked = context.get_start_method() == "forkserver"
         with _STARTING if forked else contextlib.nullcontext():
             message = self._launch(context)
+            if forked and message[0] != "ready":
+                end_forkserver()
         if message[0] != "ready":
             self.close()
             raise WorkerUnavailable(f"worker process cannot start:\n{message[1]}", reported=True)

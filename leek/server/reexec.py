@@ -137,7 +137,7 @@ class Reloads:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the new life's handler
-        end_forkserver()
+        end_forkserver(for_exec=True)
         try:
             os.execv(sys.executable, argv)  # noqa: S606 (this broker's own command line)
         except OSError:

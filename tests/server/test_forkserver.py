@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +22,16 @@ from django.db import connection
 import leek
 from leek.models import FailedTask, Task
 from tests import tasks
-from tests.conftest import REPO, BrokerProcess, gone, leek_cli, proc_stat, wait_for
+from tests.conftest import (
+    REPO,
+    BrokerProcess,
+    broker_env,
+    free_port,
+    gone,
+    leek_cli,
+    proc_stat,
+    wait_for,
+)
 
 
 def processes(broker_factory: Any, args: tuple[str, ...] = (), **env: str) -> BrokerProcess:
@@ -95,6 +107,57 @@ def test_a_killed_broker_takes_its_forkserver_and_worker_processes(broker_factor
     wait_for(lambda: gone(worker) and gone(server), timeout=10)
 
 
+#: A broker's worker thread that starts the forkserver (as one does after the
+#: last forkserver died) and a worker process from it, then ends.
+THREAD_SCRIPT = """
+import sys
+import threading
+
+import django
+
+from leek.server import process
+
+workers = []
+
+
+def start():
+    process.prepare()
+    workers.append(process.WorkerProcess("leek-worker-1", 0, 0))
+    workers[0].start()
+    server = process.multiprocessing.forkserver._forkserver._forkserver_pid
+    print(server, workers[0].pid, flush=True)
+
+
+if __name__ == "__main__":
+    django.setup()
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    sys.stdin.read()  # lives until the test closes its stdin
+    workers[0].stop()
+"""
+
+
+def test_the_forkserver_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
+    script = tmp_path / "thread_starts.py"
+    script.write_text(THREAD_SCRIPT)
+    with subprocess.Popen(
+        [sys.executable, str(script)],
+        env=broker_env(free_port(), {"LEEK_POOL": "processes"}),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as broker:
+        assert broker.stdout is not None and broker.stdin is not None
+        server, worker = map(int, broker.stdout.readline().split())
+        time.sleep(0.5)  # a parent-death signal would have come at the thread's end
+        assert proc_stat(server)[0] != "Z"  # neither dead nor a zombie
+        assert parent_of(worker) == server
+        broker.stdin.close()  # the broker exits: the alive pipe ends the forkserver
+        assert broker.wait(timeout=30) == 0
+    wait_for(lambda: gone(server) and gone(worker), timeout=10)
+
+
 def test_a_killed_forkserver_costs_its_running_task_one_attempt_and_comes_back(
     broker_factory: Any, tmp_path: Path
 ) -> None:
@@ -130,7 +193,7 @@ def test_settings_the_forkserver_cannot_import_are_reported_then_read_again_once
 ) -> None:
     broken = tmp_path / "broken"
     broken.write_text("yes")
-    # Four workers whose starts meet the broken forkserver, each ending it.
+    # Four workers whose starts meet the broken forkserver, each start ending it.
     broker = with_settings(
         broker_factory, tmp_path, BROKEN_SETTINGS, BROKEN_FILE=str(broken), LEEK_WORKERS="4"
     )
