@@ -102,6 +102,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="leek.E019",
             )
         )
+    start_timeout = settings["PROCESS_START_TIMEOUT"]
+    if isinstance(start_timeout, bool) or not isinstance(start_timeout, int | float):
+        start_timeout = -1
+    if not start_timeout > 0:
+        errors.append(
+            checks.Error(
+                "LEEK['PROCESS_START_TIMEOUT'] must be seconds above 0, "
+                f"got {settings['PROCESS_START_TIMEOUT']!r}.",
+                id="leek.E019",
+            )
+        )
     if settings["LOG_FORMAT"] not in logs.FORMATS:
         errors.append(
             checks.Error(

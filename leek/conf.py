@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     # interpreter that sets Django up itself, for settings or apps that start
     # threads at import (a fork does not carry them over).
     "PROCESS_START": "forkserver",
+    # processes pool: seconds a worker process has to start and say it is
+    # ready (its Django setup, or the forkserver's, included).
+    "PROCESS_START_TIMEOUT": 60.0,
     # How many times a task that raises is run again (0 = run once).
     "MAX_RETRIES": 3,
     # Backoff before retry n: min(RETRY_BACKOFF * 2**(n-1), RETRY_BACKOFF_MAX)

@@ -123,6 +123,17 @@ def test_process_start_must_be_forkserver_or_spawn(settings: Any) -> None:
         assert messages(settings, "leek.E019", PROCESS_START=fine) == []
 
 
+@pytest.mark.parametrize("value", [0, -5, "60", None, True])
+def test_a_process_start_timeout_that_is_not_seconds_above_zero_is_an_error(
+    settings: Any, value: Any
+) -> None:
+    assert messages(settings, "leek.E019", PROCESS_START_TIMEOUT=value) == [
+        f"LEEK['PROCESS_START_TIMEOUT'] must be seconds above 0, got {value!r}."
+    ]
+    for fine in (0.5, 60):
+        assert messages(settings, "leek.E019", PROCESS_START_TIMEOUT=fine) == []
+
+
 def test_reload_on_new_code_must_be_a_boolean(settings: Any) -> None:
     assert messages(settings, "leek.E016", RELOAD_ON_NEW_CODE="yes") == [
         "LEEK['RELOAD_ON_NEW_CODE'] must be True or False, got 'yes'."

@@ -14,12 +14,14 @@ each process forked from here sends it to its worker thread as its own start's
 failure (child.py), and the thread ends this forkserver (process.py), so that
 the next start imports the project anew, as a fresh interpreter would.
 
-The forkserver ends with the broker through multiprocessing's "alive" pipe:
-it exits when the pipe's last writer, the broker, is gone (each worker
-process closes its own copy as it starts). The worker processes die with the
-forkserver (their parent-death signal). Not a parent-death signal of its
-own: Linux sends that when the *thread* that started the process ends, and a
-forkserver started again by a worker thread would die with that thread.
+The forkserver ends with the broker twice over. multiprocessing's "alive"
+pipe: it exits when the pipe's last writer, the broker, is gone (each worker
+process closes its own copy as it starts). And a parent-death signal, for a
+broker that dies while the forkserver still sets Django up (or hangs there),
+before it reads that pipe. Linux sends that signal when the *thread* that
+started the process ends, so the broker starts every forkserver from one
+thread that lives as long as it does (process.py). The worker processes die
+with the forkserver (their own parent-death signal).
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ failure = ""
 def _warm() -> None:
     global failure
     try:
-        from .child import name_process
+        from .child import die_with_parent, name_process
 
         name_process(b"leek-forkserver")
+        die_with_parent()
         _broker_path()
         import django
 

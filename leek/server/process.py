@@ -20,6 +20,7 @@ connection of the broker.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
@@ -39,8 +40,6 @@ from .pipe import Pipe
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a new worker process has to set Django up and say it is ready.
-START_TIMEOUT = 60.0
 #: Seconds between SIGTERM and SIGKILL for a process past its time limit, or
 #: still running at the end of a stop's grace.
 KILL_GRACE = 2.0
@@ -49,6 +48,14 @@ STOP_TIMEOUT = 5.0
 
 #: Held while a process forks from the forkserver and until it is ready.
 _STARTING = threading.Lock()
+#: The one thread every forkserver is started from: a forkserver dies with the
+#: thread that started it (preload.py), so that thread lives as long as the
+#: broker, whichever worker thread finds the forkserver gone.
+_starter: concurrent.futures.ThreadPoolExecutor | None = None
+_starter_made = threading.Lock()
+#: The forkserver that forked a process that became ready: its setup is
+#: done, and a start from it needs no watch (a new one's setup may hang).
+_proven: int | None = None
 #: The module the forkserver imports before its first fork.
 PRELOAD = f"{__package__}.preload"
 
@@ -63,24 +70,49 @@ def _context() -> Any:
 
 
 def prepare() -> None:
-    """Start the forkserver now, on this thread (the broker's main thread, as
-    a pool starts), so that it lives as long as the broker and sets Django up
+    """Start the forkserver now, as a pool starts, so that it sets Django up
     while the broker goes on starting; a forkserver that ends is started again
     by the next process's start."""
     if conf.get("PROCESS_START") != "spawn":
         _context()
-        multiprocessing.forkserver.ensure_running()
+        _run_forkserver()
+
+
+def _run_forkserver() -> None:
+    """Start the forkserver, unless one runs, from the starter thread."""
+    global _starter
+    pid = _forkserver_pid()
+    if pid is not None and _running(pid):
+        return
+    with _starter_made:
+        if _starter is None:
+            _starter = concurrent.futures.ThreadPoolExecutor(1, "leek-fork-starter")
+    _starter.submit(multiprocessing.forkserver.ensure_running).result()
+
+
+def _forkserver_pid() -> int | None:
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def _running(pid: int) -> bool:
+    """Whether child `pid` has not ended; it is left to be reaped by multiprocessing."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
 
 
 def end_forkserver(*, for_exec: bool = False) -> None:
     """Kill the forkserver and wait until it is gone, so that the next start
-    makes a new one: after a forkserver whose Django setup failed (the new
-    one imports the project again), and before the broker executes itself
-    again (reexec.py: `for_exec`), since the exec keeps the process but none
-    of its state, and its next life starts a forkserver of its own, with the
-    new code."""
+    makes a new one: after a forkserver whose Django setup failed, or did not
+    finish within PROCESS_START_TIMEOUT (the new one imports the project
+    again), and before the broker executes itself again (reexec.py:
+    `for_exec`), since the exec keeps the process but none of its state, and
+    its next life starts a forkserver of its own, with the new code."""
     server: Any = getattr(multiprocessing.forkserver, "_forkserver", None)
-    pid = getattr(server, "_forkserver_pid", None)
+    pid = _forkserver_pid()
     if pid is None:
         return
     with contextlib.suppress(OSError):
@@ -129,39 +161,72 @@ class WorkerProcess:
         Django setup failed) gets it ended, and reaped, before the next start
         begins: that start meets a forkserver that works or none, never one
         on its way out, and a new one imports the project again."""
+        global _proven
         self.close()
         context = _context()
         forked = context.get_start_method() == "forkserver"
         with _STARTING if forked else contextlib.nullcontext():
-            message = self._launch(context)
+            if forked:
+                _run_forkserver()
+            server = _forkserver_pid() if forked else None
+            message = self._launch(context, watch=forked and server != _proven)
             if forked and message[0] != "ready":
                 end_forkserver()
+            elif forked:
+                _proven = server
         if message[0] != "ready":
             self.close()
             raise WorkerUnavailable(f"worker process cannot start:\n{message[1]}", reported=True)
         self.pid = int(message[1])
 
-    def _launch(self, context: Any) -> tuple[Any, ...]:
-        """Start the process; its first message."""
+    def _launch(self, context: Any, watch: bool) -> tuple[Any, ...]:
+        """Start the process; its first message, within PROCESS_START_TIMEOUT.
+
+        With `watch` (a forkserver that has not yet forked a ready process),
+        a forkserver that has not forked the process by then (its Django
+        setup hangs: an app's ready() waiting on the network, say) is ended,
+        which ends the wait, and the start is reported as one that cannot
+        start; the next start makes a new forkserver."""
+        timeout = float(conf.get("PROCESS_START_TIMEOUT"))
+        deadline = time.monotonic() + timeout
         ours, theirs = context.Pipe()
         self._stopping = context.Value("b", 0, lock=False)
         process = context.Process(
             target=child.main, args=(theirs, self._stopping), name=self.name, daemon=True
         )
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            end_forkserver()
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
         try:
+            if watch:
+                timer.start()
             process.start()
         except (OSError, EOFError) as exc:  # the forkserver ended meanwhile; the next makes one
             theirs.close()
             ours.close()
+            if expired.is_set():
+                raise WorkerUnavailable(
+                    f"worker process cannot start: the forkserver did not fork it within "
+                    f"{timeout:g} s (PROCESS_START_TIMEOUT): the project's setup there "
+                    "(its settings, an app's ready()) does not finish",
+                    reported=True,
+                ) from exc
             raise WorkerUnavailable(f"worker process did not start: {exc!r}") from exc
+        finally:
+            timer.cancel()
         theirs.close()
         pipe = Pipe(ours)
         self._process, self._pipe, self.tasks = process, pipe, 0
         try:
-            message: tuple[Any, ...] = pipe.receive(START_TIMEOUT)
+            message: tuple[Any, ...] = pipe.receive(max(deadline - time.monotonic(), 0.001))
         except TimeoutError as exc:
             self.close()
-            raise WorkerUnavailable(f"worker process not ready within {START_TIMEOUT:g} s") from exc
+            raise WorkerUnavailable(f"worker process not ready within {timeout:g} s") from exc
         except (EOFError, OSError) as exc:
             lost = WorkerLost.of(self._reap())
             raise WorkerUnavailable(f"worker process ended at start: {lost}") from exc

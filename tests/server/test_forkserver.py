@@ -215,6 +215,73 @@ def test_settings_the_forkserver_cannot_import_are_reported_then_read_again_once
     wait_for(lambda: leek_cli(broker.port, "ping").returncode == 0)
 
 
+#: Settings whose import in the forkserver hangs while the file HANG_FILE exists.
+HANGING_SETTINGS = """
+import os
+import sys
+import time
+
+from tests.settings import *  # noqa: F403
+
+if sys.argv[:1] == ["-c"] and os.path.exists(os.environ["HANG_FILE"]):
+    time.sleep(3600)  # an app's ready() waiting on the network, say
+"""
+
+
+def forkservers_under(pid: int) -> list[int]:
+    """The forkservers whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if comm(int(entry.name)) == "leek-forkserver" and parent_of(int(entry.name)) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_forkserver_whose_setup_hangs_is_ended_and_reported_at_the_start_timeout(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    hang = tmp_path / "hang"
+    hang.write_text("yes")
+    broker = with_settings(
+        broker_factory,
+        tmp_path,
+        HANGING_SETTINGS,
+        HANG_FILE=str(hang),
+        LEEK_WORKERS="1",
+        LEEK_PROCESS_START_TIMEOUT="2",
+    )
+    assert broker.proc is not None
+    pid = broker.proc.pid
+    hung = wait_for(lambda: forkservers_under(pid))
+    answer = wait_for(lambda: (a := leek_cli(broker.port, "ping")).returncode == 1 and a)
+    assert "the forkserver did not fork it within 2 s (PROCESS_START_TIMEOUT)" in answer.stdout
+    wait_for(lambda: all(gone(pid) for pid in hung))  # ended and reaped
+    handle = leek.push_task_to_queue(tasks.add, 1, 1)
+    assert handle.status() == "queued"
+    hang.unlink()  # the fix: the next forkserver imports the settings and forks
+    assert handle.result(timeout=60) == 2
+    wait_for(lambda: leek_cli(broker.port, "ping").returncode == 0)
+
+
+def test_a_killed_broker_takes_a_forkserver_whose_setup_still_runs(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    hang = tmp_path / "hang"
+    hang.write_text("yes")
+    broker = with_settings(
+        broker_factory, tmp_path, HANGING_SETTINGS, HANG_FILE=str(hang), LEEK_WORKERS="1"
+    )
+    assert broker.proc is not None
+    pid = broker.proc.pid
+    [server] = wait_for(lambda: forkservers_under(pid))
+    broker.kill(signal.SIGKILL)
+    wait_for(lambda: gone(server), timeout=10)  # it never reads the alive pipe: its own signal
+
+
 def test_a_reload_ends_the_old_forkserver_and_the_new_code_forks_from_its_own(
     broker_factory: Any,
 ) -> None:
