@@ -53,9 +53,6 @@ _STARTING = threading.Lock()
 #: broker, whichever worker thread finds the forkserver gone.
 _starter: concurrent.futures.ThreadPoolExecutor | None = None
 _starter_made = threading.Lock()
-#: The forkserver that forked a process that became ready: its setup is
-#: done, and a start from it needs no watch (a new one's setup may hang).
-_proven: int | None = None
 #: The module the forkserver imports before its first fork.
 PRELOAD = f"{__package__}.preload"
 
@@ -133,6 +130,44 @@ def end_forkserver(*, for_exec: bool = False) -> None:
             os.rmdir(os.path.dirname(address))  # made for its socket; the exec skips its cleanup
 
 
+class _Watch:
+    """One thread that ends the forkserver when a start from it (one at a
+    time: _STARTING) waits for the fork past its deadline: a Timer a start
+    would cost 0.2 ms of CPU."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self.fired = False  # the last armed deadline passed, and the forkserver was ended
+
+    def arm(self, deadline: float) -> None:
+        with self._changed:
+            self._deadline, self.fired = deadline, False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="leek-fork-watch", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify()
+
+    def disarm(self) -> None:
+        with self._changed:
+            self._deadline = None
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while self._deadline is None or self._deadline > time.monotonic():
+                    wait = None if self._deadline is None else self._deadline - time.monotonic()
+                    self._changed.wait(wait)
+                self._deadline, self.fired = None, True
+            end_forkserver()
+
+
+_WATCH = _Watch()
+
+
 class WorkerProcess:
     """One worker process and its end of the pipe; driven by one worker thread."""
 
@@ -161,32 +196,27 @@ class WorkerProcess:
         Django setup failed) gets it ended, and reaped, before the next start
         begins: that start meets a forkserver that works or none, never one
         on its way out, and a new one imports the project again."""
-        global _proven
         self.close()
         context = _context()
         forked = context.get_start_method() == "forkserver"
         with _STARTING if forked else contextlib.nullcontext():
             if forked:
                 _run_forkserver()
-            server = _forkserver_pid() if forked else None
-            message = self._launch(context, watch=forked and server != _proven)
+            message = self._launch(context, forked)
             if forked and message[0] != "ready":
                 end_forkserver()
-            elif forked:
-                _proven = server
         if message[0] != "ready":
             self.close()
             raise WorkerUnavailable(f"worker process cannot start:\n{message[1]}", reported=True)
         self.pid = int(message[1])
 
-    def _launch(self, context: Any, watch: bool) -> tuple[Any, ...]:
+    def _launch(self, context: Any, forked: bool) -> tuple[Any, ...]:
         """Start the process; its first message, within PROCESS_START_TIMEOUT.
 
-        With `watch` (a forkserver that has not yet forked a ready process),
-        a forkserver that has not forked the process by then (its Django
-        setup hangs: an app's ready() waiting on the network, say) is ended,
-        which ends the wait, and the start is reported as one that cannot
-        start; the next start makes a new forkserver."""
+        A forkserver that has not forked the process by then (its Django
+        setup hangs, an app's ready() waiting on the network, say; or it was
+        stopped) is ended, which ends the wait, and the start is reported as
+        one that cannot start; the next start makes a new forkserver."""
         timeout = float(conf.get("PROCESS_START_TIMEOUT"))
         deadline = time.monotonic() + timeout
         ours, theirs = context.Pipe()
@@ -194,31 +224,24 @@ class WorkerProcess:
         process = context.Process(
             target=child.main, args=(theirs, self._stopping), name=self.name, daemon=True
         )
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            end_forkserver()
-
-        timer = threading.Timer(timeout, expire)
-        timer.daemon = True
         try:
-            if watch:
-                timer.start()
+            if forked:
+                _WATCH.arm(deadline)
             process.start()
         except (OSError, EOFError) as exc:  # the forkserver ended meanwhile; the next makes one
             theirs.close()
             ours.close()
-            if expired.is_set():
+            if forked and _WATCH.fired:
                 raise WorkerUnavailable(
                     f"worker process cannot start: the forkserver did not fork it within "
-                    f"{timeout:g} s (PROCESS_START_TIMEOUT): the project's setup there "
-                    "(its settings, an app's ready()) does not finish",
+                    f"{timeout:g} s (PROCESS_START_TIMEOUT): the project's setup there (its "
+                    "settings, an app's ready()) does not finish, or it was stopped",
                     reported=True,
                 ) from exc
             raise WorkerUnavailable(f"worker process did not start: {exc!r}") from exc
         finally:
-            timer.cancel()
+            if forked:
+                _WATCH.disarm()
         theirs.close()
         pipe = Pipe(ours)
         self._process, self._pipe, self.tasks = process, pipe, 0

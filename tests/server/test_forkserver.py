@@ -267,6 +267,22 @@ def test_a_forkserver_whose_setup_hangs_is_ended_and_reported_at_the_start_timeo
     wait_for(lambda: leek_cli(broker.port, "ping").returncode == 0)
 
 
+def test_a_stopped_forkserver_is_ended_at_the_start_timeout_and_replaced(
+    broker_factory: Any,
+) -> None:
+    broker = processes(broker_factory, LEEK_WORKERS="1", LEEK_PROCESS_START_TIMEOUT="2")
+    server = forkserver_of(broker)
+    worker = leek.push_task_to_queue(tasks.pid).result(timeout=30)
+    os.kill(server, signal.SIGSTOP)
+    os.kill(worker, signal.SIGKILL)  # its replacement forks from the stopped forkserver
+    handle = leek.push_task_to_queue(tasks.add, 2, 3)
+    assert handle.result(timeout=60) == 5
+    assert gone(server)  # ended and reaped
+    assert "the forkserver did not fork it within 2 s" in broker.output()
+    assert forkserver_of(broker) != server
+    assert leek_cli(broker.port, "ping").returncode == 0
+
+
 def test_a_killed_broker_takes_a_forkserver_whose_setup_still_runs(
     broker_factory: Any, tmp_path: Path
 ) -> None:
