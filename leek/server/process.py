@@ -249,7 +249,12 @@ class WorkerProcess:
             message: tuple[Any, ...] = pipe.receive(max(deadline - time.monotonic(), 0.001))
         except TimeoutError as exc:
             self.close()
-            raise WorkerUnavailable(f"worker process not ready within {timeout:g} s") from exc
+            raise WorkerUnavailable(
+                f"worker process cannot start: not ready within {timeout:g} s "
+                "(PROCESS_START_TIMEOUT): the project's setup in it (its settings, an "
+                "app's ready()) does not finish",
+                reported=True,
+            ) from exc
         except (EOFError, OSError) as exc:
             lost = WorkerLost.of(self._reap())
             raise WorkerUnavailable(f"worker process ended at start: {lost}") from exc

@@ -217,13 +217,16 @@ def test_settings_the_forkserver_cannot_import_are_reported_then_read_again_once
 
 #: Settings whose import in the forkserver hangs while the file HANG_FILE exists.
 HANGING_SETTINGS = """
+import multiprocessing
 import os
 import sys
 import time
 
 from tests.settings import *  # noqa: F403
 
-if sys.argv[:1] == ["-c"] and os.path.exists(os.environ["HANG_FILE"]):
+# The forkserver runs as `python -c`; a spawned process has a parent process.
+in_pool = sys.argv[:1] == ["-c"] or multiprocessing.parent_process() is not None
+if in_pool and os.path.exists(os.environ["HANG_FILE"]):
     time.sleep(3600)  # an app's ready() waiting on the network, say
 """
 
@@ -265,6 +268,27 @@ def test_a_forkserver_whose_setup_hangs_is_ended_and_reported_at_the_start_timeo
     hang.unlink()  # the fix: the next forkserver imports the settings and forks
     assert handle.result(timeout=60) == 2
     wait_for(lambda: leek_cli(broker.port, "ping").returncode == 0)
+
+
+def test_a_spawned_process_whose_setup_hangs_is_reported_at_the_start_timeout(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    hang = tmp_path / "hang"
+    hang.write_text("yes")
+    broker = with_settings(
+        broker_factory,
+        tmp_path,
+        HANGING_SETTINGS,
+        HANG_FILE=str(hang),
+        LEEK_WORKERS="1",
+        LEEK_PROCESS_START="spawn",
+        LEEK_PROCESS_START_TIMEOUT="2",
+    )
+    answer = wait_for(lambda: (a := leek_cli(broker.port, "ping")).returncode == 1 and a)
+    assert "not ready within 2 s (PROCESS_START_TIMEOUT)" in answer.stdout
+    handle = leek.push_task_to_queue(tasks.add, 1, 1)
+    hang.unlink()
+    assert handle.result(timeout=60) == 2
 
 
 def test_a_stopped_forkserver_is_ended_at_the_start_timeout_and_replaced(
