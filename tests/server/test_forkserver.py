@@ -244,24 +244,30 @@ def forkservers_under(pid: int) -> list[int]:
     return found
 
 
+def hanging(broker_factory: Any, tmp_path: Path, **env: str) -> tuple[BrokerProcess, Path]:
+    """A processes broker, one worker, starts timed out after 2 s, whose
+    project's setup hangs in the pool while the file it returns exists."""
+    hang = tmp_path / "hang"
+    hang.write_text("yes")
+    env = {"LEEK_WORKERS": "1", "LEEK_PROCESS_START_TIMEOUT": "2", "HANG_FILE": str(hang), **env}
+    return with_settings(broker_factory, tmp_path, HANGING_SETTINGS, **env), hang
+
+
+def unhealthy_says(broker: BrokerProcess) -> str:
+    """What `leek ping` says once the broker is unhealthy."""
+    answer = wait_for(lambda: (a := leek_cli(broker.port, "ping")).returncode == 1 and a)
+    return str(answer.stdout)
+
+
 def test_a_forkserver_whose_setup_hangs_is_ended_and_reported_at_the_start_timeout(
     broker_factory: Any, tmp_path: Path
 ) -> None:
-    hang = tmp_path / "hang"
-    hang.write_text("yes")
-    broker = with_settings(
-        broker_factory,
-        tmp_path,
-        HANGING_SETTINGS,
-        HANG_FILE=str(hang),
-        LEEK_WORKERS="1",
-        LEEK_PROCESS_START_TIMEOUT="2",
-    )
+    broker, hang = hanging(broker_factory, tmp_path)
     assert broker.proc is not None
     pid = broker.proc.pid
     hung = wait_for(lambda: forkservers_under(pid))
-    answer = wait_for(lambda: (a := leek_cli(broker.port, "ping")).returncode == 1 and a)
-    assert "the forkserver did not fork it within 2 s (PROCESS_START_TIMEOUT)" in answer.stdout
+    said = unhealthy_says(broker)
+    assert "the forkserver did not fork it within 2 s (PROCESS_START_TIMEOUT)" in said
     wait_for(lambda: all(gone(pid) for pid in hung))  # ended and reaped
     handle = leek.push_task_to_queue(tasks.add, 1, 1)
     assert handle.status() == "queued"
@@ -273,19 +279,8 @@ def test_a_forkserver_whose_setup_hangs_is_ended_and_reported_at_the_start_timeo
 def test_a_spawned_process_whose_setup_hangs_is_reported_at_the_start_timeout(
     broker_factory: Any, tmp_path: Path
 ) -> None:
-    hang = tmp_path / "hang"
-    hang.write_text("yes")
-    broker = with_settings(
-        broker_factory,
-        tmp_path,
-        HANGING_SETTINGS,
-        HANG_FILE=str(hang),
-        LEEK_WORKERS="1",
-        LEEK_PROCESS_START="spawn",
-        LEEK_PROCESS_START_TIMEOUT="2",
-    )
-    answer = wait_for(lambda: (a := leek_cli(broker.port, "ping")).returncode == 1 and a)
-    assert "not ready within 2 s (PROCESS_START_TIMEOUT)" in answer.stdout
+    broker, hang = hanging(broker_factory, tmp_path, LEEK_PROCESS_START="spawn")
+    assert "not ready within 2 s (PROCESS_START_TIMEOUT)" in unhealthy_says(broker)
     handle = leek.push_task_to_queue(tasks.add, 1, 1)
     hang.unlink()
     assert handle.result(timeout=60) == 2
@@ -310,11 +305,7 @@ def test_a_stopped_forkserver_is_ended_at_the_start_timeout_and_replaced(
 def test_a_killed_broker_takes_a_forkserver_whose_setup_still_runs(
     broker_factory: Any, tmp_path: Path
 ) -> None:
-    hang = tmp_path / "hang"
-    hang.write_text("yes")
-    broker = with_settings(
-        broker_factory, tmp_path, HANGING_SETTINGS, HANG_FILE=str(hang), LEEK_WORKERS="1"
-    )
+    broker, _ = hanging(broker_factory, tmp_path, LEEK_PROCESS_START_TIMEOUT="60")
     assert broker.proc is not None
     pid = broker.proc.pid
     [server] = wait_for(lambda: forkservers_under(pid))
