@@ -131,19 +131,21 @@ def end_forkserver(*, for_exec: bool = False) -> None:
 
 
 class _Watch:
-    """One thread that ends the forkserver when a start from it (one at a
-    time: _STARTING) waits for the fork past its deadline: a Timer a start
-    would cost 0.2 ms of CPU."""
+    """One thread that kills the forkserver when a start from it (one at a
+    time: _STARTING) waits for the fork past its deadline, which ends the
+    wait; the starting thread then reaps it (end_forkserver) before the next
+    start. A Timer a start would cost 0.2 ms of CPU."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._deadline: float | None = None
+        self._server = 0  # the forkserver the start waits for
         self._thread: threading.Thread | None = None
-        self.fired = False  # the last armed deadline passed, and the forkserver was ended
+        self.fired = False  # the last armed deadline passed: the forkserver was killed
 
-    def arm(self, deadline: float) -> None:
+    def arm(self, deadline: float, server: int) -> None:
         with self._changed:
-            self._deadline, self.fired = deadline, False
+            self._deadline, self._server, self.fired = deadline, server, False
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="leek-fork-watch", daemon=True
@@ -162,7 +164,8 @@ class _Watch:
                     wait = None if self._deadline is None else self._deadline - time.monotonic()
                     self._changed.wait(wait)
                 self._deadline, self.fired = None, True
-            end_forkserver()
+                with contextlib.suppress(OSError):
+                    os.kill(self._server, signal.SIGKILL)
 
 
 _WATCH = _Watch()
@@ -224,14 +227,16 @@ class WorkerProcess:
         process = context.Process(
             target=child.main, args=(theirs, self._stopping), name=self.name, daemon=True
         )
+        server = _forkserver_pid() if forked else None
         try:
-            if forked:
-                _WATCH.arm(deadline)
+            if server is not None:
+                _WATCH.arm(deadline, server)
             process.start()
         except (OSError, EOFError) as exc:  # the forkserver ended meanwhile; the next makes one
             theirs.close()
             ours.close()
-            if forked and _WATCH.fired:
+            if server is not None and _WATCH.fired:
+                end_forkserver()  # killed by the watch: reaped before the next start
                 raise WorkerUnavailable(
                     f"worker process cannot start: the forkserver did not fork it within "
                     f"{timeout:g} s (PROCESS_START_TIMEOUT): the project's setup there (its "
@@ -240,7 +245,7 @@ class WorkerProcess:
                 ) from exc
             raise WorkerUnavailable(f"worker process did not start: {exc!r}") from exc
         finally:
-            if forked:
+            if server is not None:
                 _WATCH.disarm()
         theirs.close()
         pipe = Pipe(ours)
