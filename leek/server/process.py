@@ -78,13 +78,23 @@ def prepare() -> None:
 def _run_forkserver() -> None:
     """Start the forkserver, unless one runs, from the starter thread."""
     global _starter
-    pid = _forkserver_pid()
-    if pid is not None and _running(pid):
+    before = _forkserver_pid()
+    if before is not None and _running(before):
         return
     with _starter_made:
         if _starter is None:
             _starter = concurrent.futures.ThreadPoolExecutor(1, "leek-fork-starter")
     _starter.submit(multiprocessing.forkserver.ensure_running).result()
+    pid = _forkserver_pid()
+    if before is None:
+        logger.info("forkserver started pid=%s", pid, extra={"action": "forkserver_started"})
+    elif pid != before:
+        logger.info(
+            "forkserver started again pid=%s ended=%s",
+            pid,
+            before,
+            extra={"action": "forkserver_started"},
+        )
 
 
 def _forkserver_pid() -> int | None:

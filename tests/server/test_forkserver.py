@@ -174,6 +174,9 @@ def test_a_killed_forkserver_costs_its_running_task_one_attempt_and_comes_back(
     assert lost.exc_type == "leek.exceptions.WorkerLost"
     assert forkserver_of(broker) != server  # a new one, started by the next process's start
     assert leek_cli(broker.port, "ping").returncode == 0
+    log = broker.output()
+    assert f"forkserver started pid={server}" in log
+    assert f"forkserver started again pid={forkserver_of(broker)} ended={server}" in log
 
 
 #: Settings that cannot be imported in the forkserver while the file BROKEN_FILE exists.
