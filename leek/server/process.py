@@ -104,7 +104,11 @@ def _forkserver_pid() -> int | None:
 
 
 def _running(pid: int) -> bool:
-    """Whether child `pid` has not ended; it is left to be reaped by multiprocessing."""
+    """Whether child `pid` has not ended; it is left to be reaped by
+    multiprocessing. False where that cannot be asked (no waitid): the
+    starter thread then asks multiprocessing."""
+    if not hasattr(os, "waitid"):
+        return False
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
     except ChildProcessError:
