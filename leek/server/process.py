@@ -97,9 +97,13 @@ def _run_forkserver() -> None:
         )
 
 
+def _forkserver() -> Any:
+    """multiprocessing's record of the forkserver: its pid, socket, alive pipe."""
+    return getattr(multiprocessing.forkserver, "_forkserver", None)
+
+
 def _forkserver_pid() -> int | None:
-    server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    pid = getattr(server, "_forkserver_pid", None)
+    pid = getattr(_forkserver(), "_forkserver_pid", None)
     return pid if isinstance(pid, int) else None
 
 
@@ -122,7 +126,7 @@ def end_forkserver(*, for_exec: bool = False) -> None:
     again), and before the broker executes itself again (reexec.py:
     `for_exec`), since the exec keeps the process but none of its state, and
     its next life starts a forkserver of its own, with the new code."""
-    server: Any = getattr(multiprocessing.forkserver, "_forkserver", None)
+    server = _forkserver()
     pid = _forkserver_pid()
     if pid is None:
         return
@@ -153,7 +157,7 @@ class _Watch:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._deadline: float | None = None
-        self._server = 0  # the forkserver the start waits for
+        self._server: int | None = None  # the forkserver the start waits for
         self._thread: threading.Thread | None = None
         self.fired = False  # the last armed deadline passed: the forkserver was killed
 
@@ -178,8 +182,9 @@ class _Watch:
                     wait = None if self._deadline is None else self._deadline - time.monotonic()
                     self._changed.wait(wait)
                 self._deadline, self.fired = None, True
-                with contextlib.suppress(OSError):
-                    os.kill(self._server, signal.SIGKILL)
+                if self._server:  # never 0: that would signal the broker's whole group
+                    with contextlib.suppress(OSError):
+                        os.kill(self._server, signal.SIGKILL)
 
 
 _WATCH = _Watch()
