@@ -11,6 +11,12 @@ Beside the systems, each run measures what no queue's own work is in:
                write comes after it waited for the push
   batch        the same write of 1,000 tasks in one transaction (SQLite NORMAL):
                under each task of an enqueue_many
+  busy         while a process a core spins at the niceness of leek's worker
+               processes (CHILD_NICE), in the session of the process that
+               answers, one byte from a client in a session of its own, p50 and
+               p99: answered at once, and answered after leek's write of one
+               task (SQLite NORMAL, PostgreSQL): under each push while every
+               worker runs a CPU-bound task (cpu_push)
 
 A push from one client waits for a round trip and a commit one after the
 other, so it cannot beat 1 / (round trip + commit) a second on that machine.
@@ -20,14 +26,17 @@ other, so it cannot beat 1 / (round trip + commit) a second on that machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +48,19 @@ COMMITS = {"NORMAL": 3000, "FULL": 1000, "pg": 1000}
 BATCH, BATCHES = 1000, 20
 #: Seconds the thread sleeps before each write of the "after a nap" figure.
 NAP = 0.0003
+#: Round trips timed while every core is busy, each this many seconds after
+#: the last (cpu_push's spacing), and the niceness of the processes that keep
+#: the cores busy (leek's CHILD_NICE).
+BUSY_TRIPS, BUSY_SPACING, BUSY_NICE = 300, 0.005, 10
 PG_DATABASE = "leek_bench_floor"
 
 
 def measure() -> dict[str, Any]:
     """Every floor this machine offers; a database that cannot be measured is left out."""
-    floors: dict[str, Any] = {"round_trip_us": round_trip_us()}
+    floors: dict[str, Any] = {
+        "round_trip_us": round_trip_us(),
+        "busy_round_trip": busy_round_trips(lambda: None),
+    }
     with tempfile.TemporaryDirectory(prefix="leek-floor-") as tmp:
         for sync in ("NORMAL", "FULL"):
             found = _writes(f"sqlite:///{Path(tmp) / sync.lower()}.sqlite3", sync)
@@ -83,6 +99,81 @@ def round_trip_us(n: int = 5000) -> float:
                 samples.append(time.perf_counter() - start)
         os.waitpid(child, 0)
     return round(statistics.median(samples) * 1e6, 1)
+
+
+def busy_round_trips(answer: Callable[[], None]) -> dict[str, float]:
+    """p50 and p99 in ms of BUSY_TRIPS round trips, one every BUSY_SPACING, from
+    a client in a session of its own to this process, which calls `answer`
+    before it answers, while a process a core spins in this process's session:
+    as a broker's worker processes run in the broker's, and its clients in
+    sessions (or services) of their own. The kernel shares the cores between
+    sessions before it shares them between their processes, so the spinners'
+    niceness holds against this process only."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        reader, writer = os.pipe()
+        client = os.fork()
+        if client == 0:
+            try:
+                os.setsid()
+                found = _p50_p99(_timed_trips(server.getsockname()))
+                os.write(writer, json.dumps(found).encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        with _spinners():
+            peer, _ = server.accept()
+            peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with peer:
+                while peer.recv(64):
+                    answer()
+                    peer.sendall(b"x")
+        os.waitpid(client, 0)
+        with os.fdopen(reader) as done:
+            found: dict[str, float] = json.loads(done.read())
+    return found
+
+
+def _timed_trips(address: tuple[str, int]) -> list[float]:
+    """In the client: BUSY_TRIPS round trips to `address`, in ms."""
+    samples = []
+    with socket.create_connection(address) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        time.sleep(0.2)  # every spinner running
+        for _ in range(BUSY_TRIPS):
+            time.sleep(BUSY_SPACING)
+            start = time.perf_counter()
+            sock.sendall(b"x")
+            sock.recv(64)
+            samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+@contextlib.contextmanager
+def _spinners() -> Iterator[None]:
+    """While inside: a process a core, each spinning at BUSY_NICE, as worker
+    processes running CPU-bound tasks do."""
+    pids = []
+    for _ in range(os.cpu_count() or 1):
+        pid = os.fork()
+        if pid == 0:
+            os.nice(BUSY_NICE)
+            while True:
+                pass
+        pids.append(pid)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _p50_p99(samples: list[float]) -> dict[str, float]:
+    samples = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(samples), 2),
+        "p99_ms": round(samples[round(0.99 * len(samples)) - 1], 2),
+    }
 
 
 def _writes(url: str, sync: str) -> dict[str, float] | None:
@@ -162,6 +253,8 @@ def _time_writes(sync: str) -> dict[str, float]:
         for _ in range(BATCHES):
             write(BATCH)
         found["batch_row_us"] = round((time.perf_counter() - start) / BATCHES / BATCH * 1e6, 2)
+    if sync in ("NORMAL", "pg"):  # the databases of leek's processes variants
+        found["busy_push"] = busy_round_trips(lambda: write(1))
     return found
 
 

@@ -121,7 +121,30 @@ def targets_table(results: dict[str, Any]) -> Table | None:
                 ratio = theirs / mine if target.figure.endswith("_p99") else mine / theirs
                 row.append(f"{ratio:.2f}x, {_met(ratio >= target.needed)}")
         rows.append(row)
+    if leeks:
+        rows += _busy_floor_rows(results, leeks)
     return (["target", *leeks], rows) if leeks else None
+
+
+def _busy_floor_rows(results: dict[str, Any], leeks: list[str]) -> list[list[str]]:
+    """What a push with every worker busy waits for at least, measured while a
+    process a core spins (bench/floors.py): a round trip answered at once, and
+    one answered after leek's write of a task, each p50 / p99."""
+    floors = results["machine"].get("floors") or {}
+    trip = floors.get("busy_round_trip") or {}
+    pushes = [floors.get(FLOOR_KEYS.get(name, ""), {}).get("busy_push") or {} for name in leeks]
+    if not trip and not any(pushes):
+        return []
+
+    def cell(found: dict[str, float]) -> str:
+        if "p50_ms" not in found:
+            return "-"
+        return f"{found['p50_ms']:.2f} / {found['p99_ms']:.2f} ms"
+
+    return [
+        ["floor, every core busy: a round trip, p50 / p99", *(cell(trip) for _ in leeks)],
+        ["floor, every core busy: a round trip and a write, p50 / p99", *map(cell, pushes)],
+    ]
 
 
 def _met(met: bool) -> str:
