@@ -62,8 +62,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_TASKS_PER_CHILD": 0,
     "MAX_MEMORY_PER_CHILD": 0,
     # processes pool: niceness added to each worker process, so that while
-    # tasks keep every core busy the broker (and the database, and the web
-    # processes of the machine) still run first when they have work (0: none).
+    # tasks keep every core busy the broker's threads still run first when they
+    # have work (0: none). It counts within the broker's group of processes (its
+    # service's cgroup, else its session): the kernel shares the cores between
+    # groups first, so the database's and the web server's processes are weighed
+    # against the whole group (CPUWeight= in a systemd unit).
     "CHILD_NICE": 10,
     # processes pool: how a worker process starts. "forkserver": forked, in
     # milliseconds, from a process that set Django up once; "spawn": a fresh
