@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Test processes run side by side: the tests mostly wait on brokers, not on the CPU.
-TEST_JOBS ?= 3
+TEST_JOBS ?= 4
 PG_URL ?= $(or $(LEEK_TEST_POSTGRES_URL),postgres://postgres@127.0.0.1:5432/leek)
 # Succeeds when PostgreSQL answers at PG_URL's server.
 PG_REACHABLE = $(BIN)/python -c "import psycopg; psycopg.connect('$(PG_URL)'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null

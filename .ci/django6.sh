@@ -69,7 +69,7 @@ OUTSIDE=$(ls -d tests/*/ tests/test_*.py | grep -v -e '^tests/server/$' -e '__py
 TESTS=${DJANGO6_TESTS:-$OUTSIDE $SERVER_CORE}
 echo "== SQLite run (Django 6.x):" $TESTS
 # shellcheck disable=SC2086 # a list of paths
-"$VENV/bin/pytest" -n "${TEST_JOBS:-3}" -m "not slow" $TESTS
+"$VENV/bin/pytest" -n "${TEST_JOBS:-4}" -m "not slow" $TESTS
 # On PostgreSQL, the tests of what differs by database (the store's statements,
 # work sharing, fencing, the tasks framework's backend), to keep CI within its
 # time; DJANGO6_PG_TESTS="tests" runs the whole suite there.
@@ -77,7 +77,7 @@ PG_TESTS=${DJANGO6_PG_TESTS:-tests/server/test_store.py tests/server/test_outcom
 if "$VENV/bin/python" -c "import psycopg,sys; psycopg.connect('$PG_URL'.rsplit('/',1)[0] + '/postgres', connect_timeout=3).close()" 2>/dev/null; then
     echo "== PostgreSQL run (Django 6.x): $PG_URL: $PG_TESTS"
     # shellcheck disable=SC2086 # a list of paths
-    DATABASE_URL="$PG_URL" "$VENV/bin/pytest" -n "${TEST_JOBS:-3}" -m "not slow" $PG_TESTS
+    DATABASE_URL="$PG_URL" "$VENV/bin/pytest" -n "${TEST_JOBS:-4}" -m "not slow" $PG_TESTS
 else
     echo "== PostgreSQL not reachable at $PG_URL: skipped the PostgreSQL run (Django 6.x)"
 fi
