@@ -4,6 +4,12 @@ Beside the systems, each run measures what no queue's own work is in:
 
   round trip   one byte there and back between two Python processes over TCP
                on 127.0.0.1 (p50): under every one-at-a-time push of every system
+  framed       the same, with a leek frame each way: a ping request and its
+               reply, each made, signed, checked and unpickled by leek's frame
+               functions (leek/protocol/frame.py) and nothing else: under
+               every request of leek, whatever its broker does around them;
+               both round trips again with each side polling its socket
+               instead of sleeping on it, as leek's SPIN does
   commit       leek's write of one task, one transaction each, from plain Python
                on leek's schema, with no socket and no thread around it: SQLite
                with synchronous=NORMAL and FULL, and PostgreSQL when it answers;
@@ -42,10 +48,16 @@ from typing import Any
 
 from bench.common import REPO, Skip, _percentiles
 from bench.systems import pg_util
+from leek.protocol import frame
 
 #: Commits timed one task at a time, and tasks in each batch and how many batches.
 COMMITS = {"NORMAL": 3000, "FULL": 1000, "pg": 1000}
 BATCH, BATCHES = 1000, 20
+#: The most one receive of the echo takes, and the largest frame it reads
+#: (its frames are a ping's).
+ECHO_RECV = 4096
+#: The shared secret of the echo's frames.
+SECRET = b"leek-floor-" * 4
 #: Seconds the thread sleeps before each write of the "after a nap" figure.
 NAP = 0.0003
 #: Round trips timed while every core is busy, each this many seconds after
@@ -59,6 +71,9 @@ def measure() -> dict[str, Any]:
     """Every floor this machine offers; a database that cannot be measured is left out."""
     floors: dict[str, Any] = {
         "round_trip_us": round_trip_us(),
+        "framed_round_trip_us": echo_round_trip_us(framed=True, spin=False),
+        "spin_round_trip_us": echo_round_trip_us(framed=False, spin=True),
+        "framed_spin_round_trip_us": echo_round_trip_us(framed=True, spin=True),
         "busy_round_trip": busy_round_trips(lambda: None),
     }
     with tempfile.TemporaryDirectory(prefix="leek-floor-") as tmp:
@@ -79,26 +94,73 @@ def measure() -> dict[str, Any]:
 def round_trip_us(n: int = 5000) -> float:
     """The median round trip of one byte between two Python processes over TCP
     on 127.0.0.1, in microseconds."""
+    return echo_round_trip_us(framed=False, spin=False, n=n)
+
+
+def echo_round_trip_us(framed: bool, spin: bool, n: int = 5000) -> float:
+    """The median round trip between two Python processes over TCP on
+    127.0.0.1, in microseconds: of one byte, or (`framed`) of a leek ping
+    request and its reply, each side signing, checking and unpickling the
+    frames as leek's client and broker do, with no loop, no verb and no check
+    of a stamp around them. With `spin`, both sides poll their socket instead
+    of sleeping in the kernel until the bytes come, as leek's SPIN has them."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         child = os.fork()
-        if child == 0:  # the echo: no leek, no queue, nothing but the sockets
+        if child == 0:  # the echo: no leek around it, nothing but the sockets
             try:
+                keys = frame.Keys.broker(SECRET)
                 peer, _ = server.accept()
                 peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                while data := peer.recv(64):
+                while data := _receive(peer, framed, spin):
+                    if framed:  # check the request, sign the reply
+                        request = frame.open_frame(keys.receive, data)
+                        reply = (request.message[0], True, "I'm OK")
+                        data = frame.encode(keys.send, reply, request.nonce)
                     peer.sendall(data)
             finally:
                 os._exit(0)
+        keys = frame.Keys.client(SECRET)
         with socket.create_connection(server.getsockname()) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             samples = []
-            for _ in range(n):
+            for request_id in range(1, n + 1):
                 start = time.perf_counter()
-                sock.sendall(b"x")
-                sock.recv(64)
+                if framed:
+                    sock.sendall(frame.encode(keys.send, (request_id, "ping", None)))
+                    reply = frame.open_frame(keys.receive, _receive(sock, framed, spin))
+                else:
+                    sock.sendall(b"x")
+                    _receive(sock, framed, spin)
                 samples.append(time.perf_counter() - start)
+                if framed and reply.message[0] != request_id:
+                    raise RuntimeError(f"reply {reply.message[0]} to request {request_id}")
         os.waitpid(child, 0)
     return round(statistics.median(samples) * 1e6, 1)
+
+
+def _receive(sock: socket.socket, framed: bool, spin: bool) -> bytes:
+    """What comes next on `sock`: one receive, or (`framed`) a whole frame;
+    empty once the peer closed."""
+    data = _recv(sock, ECHO_RECV, spin)
+    if not framed or not data:
+        return data
+    size = frame.body_length(data, ECHO_RECV) + frame.OVERHEAD
+    while len(data) < size:
+        more = _recv(sock, size - len(data), spin)
+        if not more:
+            return b""
+        data += more
+    return data
+
+
+def _recv(sock: socket.socket, size: int, spin: bool) -> bytes:
+    if not spin:
+        return sock.recv(size)
+    while True:
+        try:
+            return sock.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue
 
 
 def busy_round_trips(answer: Callable[[], None]) -> dict[str, float]:

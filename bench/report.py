@@ -207,6 +207,44 @@ def floor_table(results: dict[str, Any]) -> Table | None:
     return (head, rows) if rows else None
 
 
+def ping_table(results: dict[str, Any]) -> Table | None:
+    """Each leek's ping from one client against the round trips under it: of a
+    byte, and of a leek frame each way, each side sleeping on its socket or
+    polling it (bench/floors.py)."""
+    floors = results["machine"].get("floors") or {}
+    keys = ("round_trip_us", "spin_round_trip_us")
+    framed_keys = ("framed_round_trip_us", "framed_spin_round_trip_us")
+    if not all(floors.get(k) for k in keys + framed_keys):
+        return None
+    trip, spun = (floors[k] for k in keys)
+    framed, framed_spun = (floors[k] for k in framed_keys)
+    rows = []
+    for doc in measured(results):
+        floor = doc.get("extra", {}).get("floor")
+        if not floor:
+            continue
+        ping = 1e6 / floor["ping_1_rate"]
+        rows.append(
+            [
+                doc["system"],
+                f"{ping:.1f}",
+                f"{trip:g} / {spun:g}",
+                _share(trip, ping),
+                f"{framed:g} / {framed_spun:g}",
+                _share(framed_spun, ping),
+            ]
+        )
+    head = [
+        "leek",
+        "ping µs",
+        "round trip µs, sleeping / polling",
+        "sleeping's of ping",
+        "framed µs, sleeping / polling",
+        "polling's of ping",
+    ]
+    return (head, rows) if rows else None
+
+
 def clients_table(results: dict[str, Any]) -> Table | None:
     """Each leek's pushes from one client, from several client threads of one
     process, and from as many client processes."""
@@ -420,6 +458,18 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "database write), measured alike in the same run:",
             "",
             fmt(floor),
+        ]
+    pings = ping_table(results)
+    if pings:
+        out += [
+            "",
+            "leek's ping from one client against the round trips under it: one byte "
+            "each way between two bare Python processes, and a leek frame each way, "
+            "made, signed, checked and unpickled by leek's frame functions with "
+            "nothing around them; each with both sides sleeping on their sockets, "
+            "and polling them as leek's SPIN does (bench/floors.py):",
+            "",
+            fmt(pings),
         ]
     clients = clients_table(results)
     if clients:
