@@ -8,18 +8,9 @@ kernel enforces its timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``), so a read or a
 write is one system call, where Python's own socket timeouts add a ``poll`` to
 each and an ``ioctl`` to each change of timeout.
 
-A read may spin first (`spin`, the SPIN setting): poll the socket without
-blocking for up to that many seconds before it sleeps in the kernel. Waking a
-sleeping thread costs tens of microseconds (a round trip on 127.0.0.1 between
-two sleeping Python processes took 84 µs on a 2-core virtual machine, and 7 µs
-between two spinning ones), more than a ping's or a SQLite push's own work. A
-connection spins only while its recent waits were shorter than the spin (a
-client pushing in a loop; not one that pushes now and then, nor one waiting on
-a PostgreSQL commit), and only while no other connection of the process
-received a frame in the last SHARED_WINDOW seconds, one thread at a time: a
-thread that polls holds the interpreter lock, which the others need for the
-frames they have. Between two polls it yields its core to any process waiting
-for it, which on busy cores may be its peer.
+A read may spin first (`spin`, the SPIN setting; spin.py tells when and why):
+poll the socket without blocking for a few hundred microseconds before it
+sleeps in the kernel.
 """
 
 from __future__ import annotations
@@ -53,6 +44,7 @@ from .frame import (
     unpack,
 )
 from .mac import mac
+from .spin import WAIT_WEIGHT, Latest, poll
 
 if TYPE_CHECKING:
     from .tls import Channel
@@ -60,55 +52,6 @@ if TYPE_CHECKING:
 #: Bytes of the receive buffer every connection keeps: the most one receive
 #: asks the kernel for, and the largest frame read where it lies.
 RECV_SIZE = 65536
-#: The weight of the last wait for a frame in the moving average that decides
-#: whether the next wait spins.
-WAIT_WEIGHT = 0.25
-#: Held by the thread that spins: one thread of a process at a time, so that
-#: threads spinning side by side never take the interpreter from each other.
-_SPINNER = threading.Lock()
-#: Seconds since another connection of the process last received a frame
-#: within which none spins: a thread that polls keeps the interpreter from
-#: the others, which have work (their frames to handle) while it waits.
-SHARED_WINDOW = 0.002
-
-
-def _unlock_spinner() -> None:
-    """In a forked child: a spin lock that no thread of the parent can hold."""
-    global _SPINNER
-    _SPINNER = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_unlock_spinner)
-
-
-class Spins:
-    """The waits of every connection of this process that polled (`polled`),
-    and of those, the ones that received without sleeping (`received`)."""
-
-    polled = 0
-    received = 0
-
-
-class _Latest:
-    """When the connections of this process last received a frame: the
-    latest one, and the latest of any other connection than that one's.
-    Updated without a lock: a lost update only delays or allows one spin."""
-
-    owner: object = None
-    at = 0.0
-    other_at = 0.0
-
-    @classmethod
-    def received(cls, owner: object, now: float) -> None:
-        if cls.owner is not owner:
-            cls.other_at, cls.owner = cls.at, owner
-        cls.at = now
-
-    @classmethod
-    def alone(cls, owner: object, now: float) -> bool:
-        """Whether no other connection than `owner`'s received a frame lately."""
-        other = cls.at if cls.owner is not owner else cls.other_at
-        return now - other > SHARED_WINDOW
 
 
 class _Large:
@@ -245,15 +188,13 @@ class FrameSocket:
                 raise TimeoutError(f"frame not finished within {self.timeout:g} s of its start")
             try:
                 got = -1
-                if (
-                    self._wait < self.spin
-                    and _Latest.alone(self, time.monotonic())
-                    and _SPINNER.acquire(blocking=False)
-                ):
-                    try:
-                        got = self._spun(buf[end:])
-                    finally:
-                        _SPINNER.release()
+                if self._wait < self.spin:
+                    spun = poll(self, self.sock.recv_into, buf[end:], self.spin)
+                    if spun is not None:
+                        self.spins += 1
+                        if spun >= 0:
+                            self.spun += 1
+                            got = spun
                 if got < 0:
                     got = self._recv_into(buf[end:])
             except BlockingIOError:  # the kernel's receive timeout
@@ -274,31 +215,9 @@ class FrameSocket:
             if not end:
                 now = time.monotonic()
                 self._wait += (now - since - self._wait) * WAIT_WEIGHT
-                _Latest.received(self, now)
+                Latest.received(self, now)
                 since = now
             self._end = end + got
-
-    def _spun(self, view: memoryview) -> int:
-        """What arrives within `spin` seconds, received without blocking; -1
-        when nothing did. A peer that answers within microseconds is read
-        without the thread sleeping and being woken, which costs more than the
-        answer (tens of microseconds on a virtual machine)."""
-        recv_into = self.sock.recv_into
-        deadline = time.perf_counter() + self.spin
-        self.spins += 1
-        Spins.polled += 1
-        while True:
-            try:
-                got = recv_into(view, 0, socket.MSG_DONTWAIT)
-                self.spun += 1
-                Spins.received += 1
-                return got
-            except BlockingIOError:
-                if time.perf_counter() >= deadline:
-                    return -1
-                # A process the kernel would run on this core goes first: on
-                # busy cores the one this thread spins on may be its peer's.
-                os.sched_yield()
 
     def _read_large(self, large: _Large, since: float) -> Frame:
         """The rest of a frame larger than the receive buffer."""

@@ -18,7 +18,7 @@ FRAME_TIMEOUT of its first byte, and the next frame within IDLE_TIMEOUT; the
 loop checks these every SCAN_INTERVAL and closes whoever is late.
 
 With SPIN, the loop polls the selector before it sleeps, while the recent
-waits for a frame were shorter than the spin (sockets.py tells why).
+waits for a frame were shorter than the spin (spin.py tells why).
 
 TLS connections keep a thread each (tcp.py's Handler): OpenSSL's records are
 read whole by blocking calls there.
@@ -40,7 +40,8 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
-from ..protocol.sockets import WAIT_WEIGHT, FrameSocket, Spins
+from ..protocol.sockets import FrameSocket
+from ..protocol.spin import WAIT_WEIGHT, Spins
 from .admission import Conn, Gate, Waking
 from .peer import Peer
 

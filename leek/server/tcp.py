@@ -33,7 +33,8 @@ from django.db import connection
 
 from ..exceptions import ProtocolError
 from ..protocol.frame import MAGIC, Check, Keys
-from ..protocol.sockets import FrameSocket, Spins
+from ..protocol.sockets import FrameSocket
+from ..protocol.spin import Spins
 from ..protocol.tls import Channel
 from .admission import Conn, Every, Gate, Lobby
 from .loop import Loop
