@@ -136,6 +136,15 @@ def in_processes(work: Any, count: int) -> None:
         raise RuntimeError(f"{len(failed)} client process(es) failed, the first with {failed[0]}")
 
 
+def _py_spy() -> str:
+    """py-spy: beside this interpreter (installed into its virtualenv), else on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        raise SystemExit("--spy needs py-spy: pip install py-spy into this virtualenv")
+    return found
+
+
 def sample(argv: list[str]) -> subprocess.Popen[bytes]:
     """A sampler of the broker (py-spy, strace), given a second to attach."""
     sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -293,7 +302,7 @@ def samplers_of(
     if args.spy:
         samplers.append(
             sample(
-                ["py-spy", "record", "--pid", str(pid), "--format", "raw"]
+                [_py_spy(), "record", "--pid", str(pid), "--format", "raw"]
                 + ["--rate", "997", "--nonblocking", "-o", str(args.spy)]
                 + (["--gil"] if args.gil else [])
             )
