@@ -207,17 +207,25 @@ def floor_table(results: dict[str, Any]) -> Table | None:
     return (head, rows) if rows else None
 
 
+#: The round trips under a ping (bench/floors.py): of a byte, sleeping and
+#: polling, then of a leek frame each way, sleeping and polling.
+PING_FLOORS = (
+    "round_trip_us",
+    "spin_round_trip_us",
+    "framed_round_trip_us",
+    "framed_spin_round_trip_us",
+)
+
+
 def ping_table(results: dict[str, Any]) -> Table | None:
     """Each leek's ping from one client against the round trips under it: of a
     byte, and of a leek frame each way, each side sleeping on its socket or
     polling it (bench/floors.py)."""
     floors = results["machine"].get("floors") or {}
-    keys = ("round_trip_us", "spin_round_trip_us")
-    framed_keys = ("framed_round_trip_us", "framed_spin_round_trip_us")
-    if not all(floors.get(k) for k in keys + framed_keys):
+    found = [floors.get(key) for key in PING_FLOORS]
+    if not all(found):
         return None
-    trip, spun = (floors[k] for k in keys)
-    framed, framed_spun = (floors[k] for k in framed_keys)
+    trip, spun, framed, framed_spun = found
     rows = []
     for doc in measured(results):
         floor = doc.get("extra", {}).get("floor")

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 #: The weight of the last wait for a frame in the moving average that decides
 #: whether the next wait spins.
@@ -35,6 +36,7 @@ SHARED_WINDOW = 0.002
 #: Held by the thread that spins: one thread of a process at a time, so that
 #: threads spinning side by side never take the interpreter from each other.
 _SPINNER = threading.Lock()
+T = TypeVar("T")
 
 
 def _unlock_spinner() -> None:
@@ -76,6 +78,23 @@ class Latest:
         return now - other > SHARED_WINDOW
 
 
+def until(attempt: Callable[[], T | None], seconds: float) -> T | None:
+    """The first answer of `attempt` other than None, asked again and again
+    for up to `seconds`; None when none came. Counted in `Spins`."""
+    deadline = time.perf_counter() + seconds
+    Spins.polled += 1
+    while True:
+        found = attempt()
+        if found is not None:
+            Spins.received += 1
+            return found
+        if time.perf_counter() >= deadline:
+            return None
+        # A process the kernel would run on this core goes first: on busy
+        # cores the one this thread spins on may be its peer's.
+        os.sched_yield()
+
+
 def poll(
     owner: object, recv_into: Callable[..., int], view: memoryview, seconds: float
 ) -> int | None:
@@ -85,19 +104,16 @@ def poll(
     received a frame lately, or another thread spins."""
     if not Latest.alone(owner, time.monotonic()) or not _SPINNER.acquire(blocking=False):
         return None
+
+    def received() -> int | None:
+        try:
+            got: int = recv_into(view, 0, socket.MSG_DONTWAIT)
+            return got
+        except BlockingIOError:
+            return None
+
     try:
-        deadline = time.perf_counter() + seconds
-        Spins.polled += 1
-        while True:
-            try:
-                got: int = recv_into(view, 0, socket.MSG_DONTWAIT)
-                Spins.received += 1
-                return got
-            except BlockingIOError:
-                if time.perf_counter() >= deadline:
-                    return -1
-                # A process the kernel would run on this core goes first: on
-                # busy cores the one this thread spins on may be its peer's.
-                os.sched_yield()
+        got = until(received, seconds)
     finally:
         _SPINNER.release()
+    return -1 if got is None else got

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import selectors
 import socket
@@ -41,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
 from ..protocol.sockets import FrameSocket
-from ..protocol.spin import WAIT_WEIGHT, Spins
+from ..protocol.spin import WAIT_WEIGHT, until
 from .admission import Conn, Gate, Waking
 from .peer import Peer
 
@@ -198,18 +197,9 @@ class Loop:
         """What is ready to read: polled first, with a spin, else waited for."""
         select = self._selector.select
         began = time.perf_counter()
-        events = []
+        events = None
         if self.spin and self._wait < self.spin:
-            Spins.polled += 1
-            deadline = began + self.spin
-            while True:
-                events = select(0)
-                if events:
-                    Spins.received += 1
-                    break
-                if time.perf_counter() >= deadline:
-                    break
-                os.sched_yield()
+            events = until(lambda: select(0) or None, self.spin)
         if not events:
             events = select(max(timeout, 0.0))
         self._wait += (time.perf_counter() - began - self._wait) * WAIT_WEIGHT
