@@ -293,5 +293,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {predicate}")
+            raise AssertionError(
+                f"not true within {timeout} s: {predicate}; it last gave {value!r:.300}"
+            )
         time.sleep(interval)
