@@ -285,15 +285,23 @@ def broker(broker_factory: BrokerFactory, pool: str) -> BrokerProcess:
     return broker_factory(LEEK_POOL=pool)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
-    """Poll until `predicate()` is truthy; its value, or AssertionError."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    *,
+    equals: Any = None,
+) -> Any:
+    """Poll until `predicate()` is truthy, or with `equals`, until it gives
+    that value; its value, or AssertionError with the value it last gave."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
-        if value:
+        if (value == equals) if equals is not None else value:
             return value
         if time.monotonic() > deadline:
+            wanted = f"{equals!r}" if equals is not None else "true"
             raise AssertionError(
-                f"not true within {timeout} s: {predicate}; it last gave {value!r:.300}"
+                f"not {wanted} within {timeout} s: {predicate}; it last gave {value!r:.300}"
             )
         time.sleep(interval)

@@ -121,8 +121,8 @@ def test_waiting_and_handled_per_queue(broker_factory: Callable[..., BrokerProce
     leek.enqueue(tasks.noop, queue="pdfs")
     assert leek.waiting("emails") == (True, 3)
     assert leek.waiting() == (True, 4)
-    wait_for(lambda: leek.waiting() == (True, 0))
-    wait_for(lambda: leek.handled() == (True, 5))
+    wait_for(leek.waiting, equals=(True, 0))
+    wait_for(leek.handled, equals=(True, 5))
     assert leek.handled("emails") == (True, 3)
     assert leek.handled("pdfs") == (True, 1)
 

@@ -94,7 +94,7 @@ def test_the_broker_survives_the_database_going_away(broker_factory: Any) -> Non
         ):
             leek.push_task_to_queue(tasks.add, 2, 2)
         assert broker.alive
-    wait_for(lambda: leek.ping() == (True, "I'm OK"), timeout=30)
+    wait_for(leek.ping, equals=(True, "I'm OK"), timeout=30)
     assert leek_cli(broker.port, "ping").returncode == 0
     assert leek.push_task_to_queue(tasks.add, 3, 3).result(timeout=10) == 6
     assert "database write failed" in broker.output()

@@ -105,7 +105,7 @@ def test_a_resent_batch_runs_only_its_new_tasks(broker: BrokerProcess) -> None:
     results = [leek.TaskHandle(m["id"]).result(timeout=10) for m in batch]
     assert results == [1, 2, 100, 101, 102, 3]
     assert Task.objects.count() == 6
-    wait_for(lambda: leek.handled() == (True, 6))
+    wait_for(leek.handled, equals=(True, 6))
     time.sleep(0.3)  # a task run twice would show here
     assert leek.handled() == (True, 6)
 
@@ -114,7 +114,7 @@ def test_a_batch_that_names_one_id_twice_runs_it_once(broker: BrokerProcess) -> 
     message = task_message(tasks.add, 2, 3)
     exchange(broker.port, request((1, "enqueue_many", [message, message])))
     assert leek.TaskHandle(message["id"]).result(timeout=10) == 5
-    wait_for(lambda: leek.handled() == (True, 1))
+    wait_for(leek.handled, equals=(True, 1))
     time.sleep(0.3)  # a second run would show here
     assert leek.handled() == (True, 1)
     assert Task.objects.count() == 1
@@ -126,7 +126,7 @@ def test_a_resent_enqueue_batch_makes_its_tasks_once(broker: BrokerProcess) -> N
     second = exchange(broker.port, request((1, "enqueue_batch", batch)))
     assert messages(first) == messages(second) == [(1, True, 2)]  # both accepted
     assert [leek.TaskHandle(i).result(timeout=10) for i in ids] == [3, 7]
-    wait_for(lambda: leek.handled() == (True, 2))
+    wait_for(leek.handled, equals=(True, 2))
     time.sleep(0.3)  # a task run twice would show here
     assert leek.handled() == (True, 2)
     assert Task.objects.count() == 2

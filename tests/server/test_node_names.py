@@ -106,7 +106,7 @@ def test_a_running_broker_whose_name_another_process_writes_turns_unhealthy(
     assert ping.returncode == 1 and "another broker also runs as node 'shared'" in ping.stdout
     assert "another broker also runs as node 'shared'" in broker.output()
     # Once no other process has written the row for HEARTBEAT_TIMEOUT, it is healthy again.
-    wait_for(lambda: leek.ping() == (True, "I'm OK"), timeout=10)
+    wait_for(leek.ping, equals=(True, "I'm OK"), timeout=10)
 
 
 def test_start_on_an_address_in_use_says_so(broker: BrokerProcess) -> None:

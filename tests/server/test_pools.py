@@ -217,7 +217,7 @@ def test_random_sigkills_of_worker_processes_lose_no_task(broker_factory: Any) -
     assert Task.objects.filter(status="succeeded").count() == 300
     lost = FailedTask.objects.filter(exc_type="leek.exceptions.WorkerLost").count()
     assert 0 < lost <= kills  # each kill cost at most one attempt of one task
-    wait_for(lambda: leek.ping() == (True, "I'm OK"))
+    wait_for(leek.ping, equals=(True, "I'm OK"))
 
 
 def test_a_process_killed_while_idle_costs_no_attempt(broker_factory: Any) -> None:

@@ -177,7 +177,7 @@ def test_a_task_cancelled_while_it_waits_in_line_never_runs_and_the_line_goes_on
     broker_factory(LEEK_WORKERS="2")
     path = tmp_path / "starts"
     handles = [leek.enqueue(limited_tasks.stamp, (str(path),), rate_limit="2/s") for _ in range(5)]
-    wait_for(lambda: leek.waiting() == (True, 4))  # the first runs; four wait their turn
+    wait_for(leek.waiting, equals=(True, 4))  # the first runs; four wait their turn
     assert handles[2].cancel() is True
     for handle in handles[:2] + handles[3:]:
         handle.result(timeout=30)
@@ -211,7 +211,7 @@ def test_a_task_spooled_without_a_broker_keeps_its_limit(
     assert set(Task.objects.values_list("spooled", "rate_limit")) == {(True, "1/h")}
     broker_factory(port=port)
     wait_for(lambda: Task.objects.filter(status="succeeded").count() == 1)
-    wait_for(lambda: leek.waiting() == (True, 1))
+    wait_for(leek.waiting, equals=(True, 1))
     assert sorted(Task.objects.values_list("status", "attempts")) == [
         ("queued", 0),
         ("succeeded", 1),

@@ -363,6 +363,6 @@ def test_payloads_loaded_ahead_are_not_kept_for_tasks_already_taken(
     handles = leek.enqueue_many([(tasks.noop, ()) for _ in range(3000)])
     assert first.kill(signal.SIGTERM) == 0
     broker_factory(port=first.port, LEEK_WORKERS="4")  # loads payloads ahead, in pages
-    wait_for(lambda: leek.handled() == (True, 3000), timeout=60)
+    wait_for(leek.handled, equals=(True, 3000), timeout=60)
     assert leek.stats()[1]["payloads_in_memory"] == 0
     assert handles[-1].result(timeout=10) is None
