@@ -71,3 +71,13 @@ def test_a_broker_runs_a_task_stored_under_the_old_path(broker: BrokerProcess) -
         max_retries=0,
     )
     assert "no issues" in leek.TaskHandle(task.id).result(timeout=20)
+
+
+def test_a_task_handle_pickled_under_leek_client_api_loads() -> None:
+    from leek.client.handle import TaskHandle
+
+    assert pickle.loads(_global("leek.client.api", "TaskHandle")) is TaskHandle
+    handle = TaskHandle("0190b2b0-0000-7000-8000-000000000001")
+    old = pickle.dumps(handle, protocol=0).replace(b"leek.client.handle", b"leek.client.api")
+    assert b"leek.client.api" in old
+    assert pickle.loads(old) == handle

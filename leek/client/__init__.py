@@ -1,7 +1,6 @@
 """What a Django process imports to push tasks and follow them."""
 
 from .api import (
-    TaskHandle,
     cancel,
     enqueue,
     enqueue_many,
@@ -14,6 +13,7 @@ from .api import (
 )
 from .canvas import Chain, Group, GroupHandle, Signature, chain, chord, group, signature
 from .decorator import TaskFunction, task
+from .handle import TaskHandle
 
 __all__ = [
     "Chain",

@@ -12,94 +12,15 @@ from .. import conf, fields, ratelimit
 from ..exceptions import (
     BrokerUnavailable,
     LeekError,
-    TaskCancelled,
-    TaskExpired,
-    TaskFailed,
-    TaskNotReady,
 )
 from ..ids import new_task_id, new_task_ids
-from ..protocol.payload import dump_task, load_value, task_name
-from . import connection
+from ..protocol.payload import dump_task, task_name
+from . import connection, sizes
 from .delivery import send
 from .delivery import waits_for_commit as waits_for_commit  # leek.backends imports it here
+from .handle import TaskHandle as TaskHandle  # its path until it had a module of its own
 
 TaskCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
-
-
-class TaskHandle:
-    """A pushed task: its id at once, its status and result from the database."""
-
-    def __init__(self, task_id: uuid.UUID | str) -> None:
-        self.id = task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(str(task_id))
-
-    def __repr__(self) -> str:
-        return f"<TaskHandle {self.id}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TaskHandle) and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    def _task(self) -> Any:
-        from ..models import Task
-
-        return Task.objects.filter(pk=self.id).only("status", "progress", "progress_note").first()
-
-    def status(self) -> str | None:
-        """queued, running, succeeded, failed, cancelled or expired; None while the push
-        waits for its transaction to commit (with ATOMIC_PUSH "outbox", the
-        transaction sees its own push queued)."""
-        task = self._task()
-        return None if task is None else str(task.status)
-
-    def ready(self) -> bool:
-        """True once the task has finished, whichever way."""
-        return self.status() in ("succeeded", "failed", "cancelled", "expired")
-
-    def progress(self) -> tuple[float | None, str]:
-        """The percentage and note the task last set with set_progress()."""
-        task = self._task()
-        return (None, "") if task is None else (task.progress, task.progress_note)
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The task's return value, waiting up to `timeout` seconds (None: forever).
-
-        Raises TaskFailed (with the remote type, message and traceback) when it
-        failed for good, TaskCancelled when cancelled, TaskExpired when it
-        expired before it started, TaskNotReady on timeout.
-        """
-        from ..models import FailedTask, SuccessTask
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.001
-        while True:
-            status = self.status()
-            if status == "succeeded":
-                success = SuccessTask.objects.filter(task_id=self.id).order_by("-id").first()
-                return load_value(success.result if success else None)
-            if status == "failed":
-                failure = FailedTask.objects.filter(task_id=self.id).order_by("-id").first()
-                if failure is None:
-                    raise TaskFailed("failed, and no failure was recorded")
-                raise TaskFailed(
-                    failure.exc_message, remote_type=failure.exc_type, traceback=failure.traceback
-                )
-            if status == "cancelled":
-                raise TaskCancelled(f"task {self.id} was cancelled")
-            if status == "expired":
-                raise TaskExpired(f"task {self.id} expired before it started")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TaskNotReady(
-                    f"task {self.id} is {status or 'not pushed yet'} after {timeout} s"
-                )
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
-
-    def cancel(self, running: bool = False) -> bool:
-        """Cancel the task (see :func:`cancel`); True when it never runs, or,
-        with `running`, was stopped where it ran."""
-        return cancel(self.id, running=running)
 
 
 def _describe(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = 2000) -> str:
@@ -187,10 +108,13 @@ def _options(
 def _parts(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[str, bytes, str]:
-    """The name, payload and args_repr of a call: what differs between the tasks of a push."""
+    """The name, payload and args_repr of a call: what differs between the tasks
+    of a push. Raises PayloadError for a call too large for a frame (sizes.py)."""
     if not callable(fn):
         raise TypeError(f"a task must be callable, got {type(fn).__name__}")
-    return task_name(fn), dump_task(fn, args, kwargs), _describe(args, kwargs)
+    parts = task_name(fn), dump_task(fn, args, kwargs), _describe(args, kwargs)
+    sizes.check(*parts)
+    return parts
 
 
 def _whole(
@@ -303,7 +227,10 @@ def enqueue_many(
     """Push many (fn, args[, kwargs]) calls in one frame and one commit.
 
     The options travel once for the whole batch and each task as a short
-    tuple (the ``enqueue_batch`` verb of docs/protocol.md)."""
+    tuple (the ``enqueue_batch`` verb of docs/protocol.md). A batch larger
+    than one frame (``LEEK["MAX_FRAME"]``) goes in parts, in order, each one
+    frame and one commit of its own (sizes.py); should a part fail, the parts
+    before it are committed, and the error's note says how many tasks they hold."""
     ids, data = batch(
         calls,
         queue=queue,
@@ -313,8 +240,30 @@ def enqueue_many(
         rate_limit=rate_limit,
     )
     if ids:
-        send("enqueue_batch", data)
+        _send_parts(data)
     return [TaskHandle(task_id) for task_id in ids]
+
+
+def _send_parts(data: dict[str, Any]) -> None:
+    """Send the ``enqueue_batch`` `data` in one frame, or in parts when it is
+    larger than one (sizes.cut), one after another."""
+    tasks = data["tasks"]
+    parts = list(sizes.cut(tasks, sizes.limit()))
+    if len(parts) == 1:
+        send("enqueue_batch", data)
+        return
+    sent = 0
+    for number, part in enumerate(parts):
+        try:
+            send("enqueue_batch", {"options": data["options"], "tasks": part})
+        except LeekError as exc:
+            if sent:
+                exc.add_note(
+                    f"enqueue_many: the first {sent:,} of its {len(tasks):,} tasks went in "
+                    f"{number} frames before this one and are committed: push only the rest again"
+                )
+            raise
+        sent += len(part)
 
 
 def batch(
@@ -327,7 +276,8 @@ def batch(
     rate_limit: str | None = None,
 ) -> tuple[list[uuid.UUID], dict[str, Any]]:
     """New ids for `calls`, each (fn, args) or (fn, args, kwargs), and the data
-    of the `enqueue_batch` verb that pushes them: what :func:`enqueue_many` sends.
+    of the `enqueue_batch` verb that pushes them: what :func:`enqueue_many`
+    sends, in one frame or in parts.
 
     Raises as :func:`message` does."""
     options = _options(

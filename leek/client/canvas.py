@@ -27,9 +27,10 @@ from ..exceptions import TaskNotReady
 from ..ids import new_task_id, new_task_ids
 from ..protocol.payload import dump_task
 from ..steps import run_step
-from .api import TaskHandle, message
+from .api import message
 from .decorator import TaskFunction
 from .delivery import send
+from .handle import TaskHandle
 
 #: The push verb of a chain, group or chord: its tasks as enqueue_many sends
 #: them, with their links (``waiting``, ``next_step``, ``chain``).

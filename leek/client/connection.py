@@ -23,7 +23,9 @@ from ..exceptions import (
     BrokerError,
     BrokerUnavailable,
     CommitFailed,
+    FrameTooLarge,
     LeekError,
+    PayloadError,
     ProtocolError,
     ReflectedFrame,
     ReplayedFrame,
@@ -81,7 +83,14 @@ class Connection:
         request_id = next(self.ids)
         restamped = False
         while True:
-            nonce = self.frames.write((request_id, verb, data))
+            try:
+                nonce = self.frames.write((request_id, verb, data), bounded=True)
+            except FrameTooLarge as exc:  # nothing was sent: no broker would read it
+                raise PayloadError(
+                    f"the {verb} request is too large to send: {exc} (LEEK['MAX_FRAME']); "
+                    "push fewer tasks at once, or pass references to the data (a primary "
+                    "key, a file's path) instead of the data"
+                ) from exc
             reply = self._read(verb)
             got_id, ok, value = reply.message
             refused = _frame_refusal(reply.message)

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .. import ratelimit
-from .api import TaskHandle, enqueue
+from .api import enqueue
+from .handle import TaskHandle
 
 if TYPE_CHECKING:
     from .canvas import Signature

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ProtocolError
+from ..exceptions import FrameTooLarge, ProtocolError
 from .frame import (
     HEADER,
     NONCE_SIZE,
@@ -305,13 +305,20 @@ class FrameSocket:
         """Whether the peer has taken every frame queued for it (`never_wait`)."""
         return self._paid.is_set()
 
-    def write(self, message: tuple[Any, ...], nonce: bytes | None = None) -> bytes:
+    def write(
+        self, message: tuple[Any, ...], nonce: bytes | None = None, bounded: bool = False
+    ) -> bytes:
         """Send one frame and return its nonce: `nonce` for a reply (that of
         the request it answers), fresh random bytes when None. Raises OSError
-        when the peer is gone or stops reading."""
+        when the peer is gone or stops reading; when `bounded`, FrameTooLarge
+        for a body over `max_size`, before a byte is sent."""
         if nonce is None:
             nonce = os.urandom(NONCE_SIZE)
         frame = encode(self.keys.send, message, nonce, time.time() + self.clock_offset)
+        if bounded and len(frame) - OVERHEAD > self.max_size:
+            raise FrameTooLarge(
+                f"frame of {len(frame) - OVERHEAD} bytes is over the limit of {self.max_size} bytes"
+            )
         with self._write_lock:
             if self.tls is not None:
                 frame = self.tls.seal(frame)

@@ -1,0 +1,70 @@
+"""What fits in one frame, so that no push is refused for its size.
+
+A broker refuses a frame whose body is over its ``LEEK["MAX_FRAME"]`` and
+closes the connection (docs/protocol.md), so a push too large for one frame
+would never be committed. The client settles it before it sends anything:
+
+- a task too large for a frame of its own cannot be pushed: `check` raises
+  PayloadError naming its size and the limit;
+- a batch larger than one frame goes in parts (`cut`), each a frame under the
+  limit with the batch's options, committed on its own.
+
+A part's size is counted from its tasks' fields as they will be pickled, with
+room left for what the pickle adds around them, so a part is never over the
+limit (tests/client/test_sizes.py sends parts right at it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .. import conf
+from ..exceptions import PayloadError
+
+#: Room in a frame for all but the tasks' fields: the request's id and verb,
+#: a batch's options (a key is at most 255 characters), the pickle's framing.
+ROOM = 16 * 1024
+#: What the pickle of a batch adds to each task beyond its fields' bytes: the
+#: tuple, the opcodes and lengths of its four fields (at most 9 bytes each),
+#: and their memo entries.
+PER_TASK = 64
+
+
+def limit() -> int:
+    """The most bytes of tasks a frame may carry: this client's MAX_FRAME, less ROOM."""
+    return int(conf.get("MAX_FRAME")) - ROOM
+
+
+def size(name: str, payload: bytes, args_repr: str) -> int:
+    """The bytes a task takes in a frame at most, its 16-byte id included."""
+    # A character takes at most four bytes in UTF-8; names and reprs are short.
+    return 16 + len(payload) + 4 * (len(name) + len(args_repr)) + PER_TASK
+
+
+def check(name: str, payload: bytes, args_repr: str) -> None:
+    """Raise PayloadError when one task alone is too large for a frame."""
+    took = size(name, payload, args_repr)
+    room = limit()
+    if took > room:
+        raise PayloadError(
+            f"task {name} pickles to {len(payload):,} bytes, more than a frame carries "
+            f"({room:,} bytes of tasks under LEEK['MAX_FRAME'] = {conf.get('MAX_FRAME'):,}): "
+            "pass a reference to the data (a primary key, a file's path) instead of the data"
+        )
+
+
+def cut(tasks: list[tuple[bytes, str, bytes, str]], room: int) -> Iterator[list[Any]]:
+    """`tasks` of a batch, (id, name, payload, args_repr) each, in parts of at
+    most `room` bytes, in order; one part when they all fit."""
+    part: list[Any] = []
+    taken = 0
+    for task in tasks:
+        took = size(task[1], task[2], task[3])
+        if part and taken + took > room:
+            yield part
+            part, taken = [], 0
+        part.append(task)
+        taken += took
+    if part:
+        yield part
