@@ -38,8 +38,13 @@ def limit() -> int:
 
 def size(name: str, payload: bytes, args_repr: str) -> int:
     """The bytes a task takes in a frame at most, its 16-byte id included."""
-    # A character takes at most four bytes in UTF-8; names and reprs are short.
-    return 16 + len(payload) + 4 * (len(name) + len(args_repr)) + PER_TASK
+    return 16 + len(payload) + _utf8(name) + _utf8(args_repr) + PER_TASK
+
+
+def _utf8(text: str) -> int:
+    """The length of `text` in UTF-8, as the pickle writes it (`isascii` is
+    a flag the string keeps: the common case encodes nothing)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def check(name: str, payload: bytes, args_repr: str) -> None:
