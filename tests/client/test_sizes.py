@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 import pytest
+from django.db import transaction
 
 import leek
 from leek.client import sizes
@@ -108,3 +109,19 @@ def test_a_part_that_fails_says_how_many_went_before_it(
     assert any("the first 300 of its 301 tasks" in note for note in raised.value.__notes__)
     assert Task.objects.count() == 300
     assert not Task.objects.filter(name="tests.tasks.echo").exists()
+
+
+@pytest.mark.parametrize("atomic_push", ["on_commit", "outbox"])
+def test_a_batch_larger_than_a_frame_in_a_transaction_goes_whole_after_the_commit(
+    small_frames: BrokerProcess, leek_settings: Callable[..., None], atomic_push: str
+) -> None:
+    leek_settings(ATOMIC_PUSH=atomic_push)
+    calls = [(tasks.add, (i, 1)) for i in range(1000)] + [(tasks.echo, ("x" * 20_000,))]
+    with transaction.atomic():
+        handles = leek.enqueue_many(calls)
+    assert len(handles) == 1001
+    assert handles[999].result(timeout=20) == 1000
+    assert handles[1000].result(timeout=20) == {"args": ["x" * 20_000], "kwargs": {}}
+    wait_for(leek.handled, equals=(True, 1001), timeout=60)
+    assert Task.objects.count() == 1001
+    assert rejected() == 0
