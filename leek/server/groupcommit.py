@@ -6,7 +6,10 @@ reply. The thread that queues such an op writes every queued op itself in one
 transaction when no other thread is writing, so one client pushing alone pays
 one commit and no thread switch. When another thread is writing, the op rides
 in that thread's next batch and the queuing thread goes back to its client
-socket: nobody sleeps on the op and nobody has to be woken for it. A call
+socket: nobody sleeps on the op and nobody has to be woken for it. A push
+of many tasks is the exception (`lead`'s `heavy`): its write takes long
+enough that the writer thread takes it, and the queuing thread goes back to
+its sockets, for a hand-off that costs a hundredth of the write. A call
 waited for with a timeout (a heartbeat, a claim, a cancel: `wait_for`) goes to
 the writer thread, so its caller waits no longer than it chose. Ops nobody
 waits for (running marks, outcomes) go to the writer thread, which lets them
@@ -127,6 +130,7 @@ class GroupCommit:
         self._gatherer: int | None = None  # the thread whose leads wait (`gathered`)
         self._gathering = Gathering(self)
         self._locked_since: float | None = None  # while the write lock is another's
+        self._heavy = False  # a heavy op was led: the writer thread writes the queue
         self._writing = WritingConnection(batches.open)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -147,17 +151,25 @@ class GroupCommit:
 
     # -- queueing ------------------------------------------------------------
 
-    def lead(self, op: Op) -> None:
+    def lead(self, op: Op, heavy: bool = False) -> None:
         """Queue an op someone waits for, and write the queue now if nobody is
-        (at the end of the gathering, on the thread that gathers)."""
+        (at the end of the gathering, on the thread that gathers). A `heavy`
+        op (a push of many tasks, which takes milliseconds to seconds to
+        write) goes to the writer thread with the ops queued around it, so the
+        thread that queued it goes back to its connections at once: the event
+        loop keeps reading pushes and answering pings meanwhile."""
         self._pending.append(op)
+        if heavy:
+            self._heavy = True
         if self._gatherer != threading.get_ident():
             self._write_now()
 
     def _write_now(self) -> None:
-        """Write the queue on this thread, unless the writer thread is waiting
-        out a lock: then it takes what is queued with what it holds."""
-        if self._locked_since is not None:
+        """Write the queue on this thread, unless a heavy op is queued or the
+        writer thread is waiting out a lock: then the writer thread takes what
+        is queued (with what it holds)."""
+        if self._heavy or self._locked_since is not None:
+            self._heavy = False
             self.nudge()
         else:
             self._flush_all(blocking=False)
