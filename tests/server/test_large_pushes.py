@@ -62,7 +62,8 @@ def writes_held() -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event = 'PgSleep' AND pid <> pg_backend_pid()"
+            "WHERE wait_event = 'PgSleep' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()"
         )
         return bool(cursor.fetchone()[0])
 
