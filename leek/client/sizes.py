@@ -11,7 +11,8 @@ would never be committed. The client settles it before it sends anything:
 
 A part's size is counted from its tasks' fields as they will be pickled, with
 room left for what the pickle adds around them, so a part is never over the
-limit (tests/client/test_sizes.py sends parts right at it).
+limit (tests/client/test_sizes.py encodes parts of random, non-ASCII tasks
+against it).
 """
 
 from __future__ import annotations
