@@ -9,7 +9,7 @@ import pytest
 
 import leek
 from tests import conftest
-from tests.conftest import BrokerFactory
+from tests.conftest import BrokerFactory, wait_for
 
 #: The fixtures' own free_port, before a test replaces it.
 _free = conftest.free_port
@@ -49,3 +49,12 @@ def test_the_processes_the_tests_start_keep_bytecode_caches(
     environ = Path(f"/proc/{broker.proc.pid}/environ").read_bytes().split(b"\0")
     assert not [v for v in environ if v.startswith(b"PYTHONDONTWRITEBYTECODE=")]
     assert (conftest.REPO / "leek" / "server" / "__pycache__").is_dir()
+
+
+def test_wait_for_a_value_says_the_value_it_last_got() -> None:
+    answers = iter([(True, 5), (True, 6)])
+    assert wait_for(lambda: next(answers), equals=(True, 6), interval=0) == (True, 6)
+    with pytest.raises(AssertionError, match=r"not \(True, 6\) within .* last gave \(True, 5\)"):
+        wait_for(lambda: (True, 5), timeout=0.05, equals=(True, 6))
+    with pytest.raises(AssertionError, match="not true within .* last gave 0"):
+        wait_for(lambda: 0, timeout=0.05)
