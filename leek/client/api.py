@@ -108,13 +108,10 @@ def _options(
 def _parts(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[str, bytes, str]:
-    """The name, payload and args_repr of a call: what differs between the tasks
-    of a push. Raises PayloadError for a call too large for a frame (sizes.py)."""
+    """The name, payload and args_repr of a call: what differs between the tasks of a push."""
     if not callable(fn):
         raise TypeError(f"a task must be callable, got {type(fn).__name__}")
-    parts = task_name(fn), dump_task(fn, args, kwargs), _describe(args, kwargs)
-    sizes.check(*parts)
-    return parts
+    return task_name(fn), dump_task(fn, args, kwargs), _describe(args, kwargs)
 
 
 def _whole(
@@ -145,8 +142,10 @@ def message(
 
     `run_after` and `expires` are Unix times, None for at once and never.
     Raises ValueError naming an option out of range, TypeError for a `fn`
-    that is not callable and PayloadError for a call that cannot be pickled."""
+    that is not callable and PayloadError for a call that cannot be pickled, or
+    is too large for a frame (sizes.py)."""
     parts = _parts(fn, args, kwargs or {})
+    sizes.check(*parts)
     options = _options(
         queue=queue,
         priority=priority,
@@ -246,7 +245,8 @@ def enqueue_many(
 
 def _send_parts(data: dict[str, Any]) -> None:
     """Send the ``enqueue_batch`` `data` in one frame, or in parts when it is
-    larger than one (sizes.cut), one after another."""
+    larger than one (sizes.cut), one after another. Raises PayloadError, before
+    anything is sent, for a task too large for a frame."""
     tasks = data["tasks"]
     parts = list(sizes.cut(tasks, sizes.limit()))
     if len(parts) == 1:
@@ -279,7 +279,8 @@ def batch(
     of the `enqueue_batch` verb that pushes them: what :func:`enqueue_many`
     sends, in one frame or in parts.
 
-    Raises as :func:`message` does."""
+    Raises as :func:`message` does, but for a task too large for a frame,
+    which :func:`enqueue_many` refuses before it sends the batch."""
     options = _options(
         queue=queue,
         priority=priority,

@@ -4,7 +4,8 @@ A broker refuses a frame whose body is over its ``LEEK["MAX_FRAME"]`` and
 closes the connection (docs/protocol.md), so a push too large for one frame
 would never be committed. The client settles it before it sends anything:
 
-- a task too large for a frame of its own cannot be pushed: `check` raises
+- a task too large for a frame of its own cannot be pushed: `check` (a
+  task alone) and `cut` (a batch, before its first part is sent) raise
   PayloadError naming its size and the limit;
 - a batch larger than one frame goes in parts (`cut`), each a frame under the
   limit with the batch's options, committed on its own.
@@ -50,23 +51,21 @@ def _utf8(text: str) -> int:
 
 def check(name: str, payload: bytes, args_repr: str) -> None:
     """Raise PayloadError when one task alone is too large for a frame."""
-    took = size(name, payload, args_repr)
     room = limit()
-    if took > room:
-        raise PayloadError(
-            f"task {name} pickles to {len(payload):,} bytes, more than a frame carries "
-            f"({room:,} bytes of tasks under LEEK['MAX_FRAME'] = {conf.get('MAX_FRAME'):,}): "
-            "pass a reference to the data (a primary key, a file's path) instead of the data"
-        )
+    if size(name, payload, args_repr) > room:
+        raise _too_large(name, payload, room)
 
 
 def cut(tasks: list[tuple[bytes, str, bytes, str]], room: int) -> Iterator[list[Any]]:
     """`tasks` of a batch, (id, name, payload, args_repr) each, in parts of at
-    most `room` bytes, in order; one part when they all fit."""
+    most `room` bytes, in order; one part when they all fit. Raises
+    PayloadError, when it comes to it, for a task alone over `room`."""
     part: list[Any] = []
     taken = 0
     for task in tasks:
         took = size(task[1], task[2], task[3])
+        if took > room:
+            raise _too_large(task[1], task[2], room)
         if part and taken + took > room:
             yield part
             part, taken = [], 0
@@ -74,3 +73,11 @@ def cut(tasks: list[tuple[bytes, str, bytes, str]], room: int) -> Iterator[list[
         taken += took
     if part:
         yield part
+
+
+def _too_large(name: str, payload: bytes, room: int) -> PayloadError:
+    return PayloadError(
+        f"task {name} pickles to {len(payload):,} bytes, more than a frame carries "
+        f"({room:,} bytes of tasks under LEEK['MAX_FRAME'] = {conf.get('MAX_FRAME'):,}): "
+        "pass a reference to the data (a primary key, a file's path) instead of the data"
+    )

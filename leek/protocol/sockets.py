@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import FrameTooLarge, ProtocolError
+from ..exceptions import ProtocolError
 from .frame import (
     HEADER,
     NONCE_SIZE,
@@ -315,10 +315,8 @@ class FrameSocket:
         if nonce is None:
             nonce = os.urandom(NONCE_SIZE)
         frame = encode(self.keys.send, message, nonce, time.time() + self.clock_offset)
-        if bounded and len(frame) - OVERHEAD > self.max_size:
-            raise FrameTooLarge(
-                f"frame of {len(frame) - OVERHEAD} bytes is over the limit of {self.max_size} bytes"
-            )
+        if bounded:
+            body_length(frame, self.max_size)  # the reader's own check, on its header
         with self._write_lock:
             if self.tls is not None:
                 frame = self.tls.seal(frame)
