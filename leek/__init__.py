@@ -38,6 +38,7 @@ _EXPORTS = {
     "TaskCancelled": "leek.exceptions",
     "TaskExpired": "leek.exceptions",
     "TaskNotReady": "leek.exceptions",
+    "PayloadError": "leek.exceptions",
     "Retry": "leek.exceptions",
 }
 

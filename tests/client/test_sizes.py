@@ -74,7 +74,9 @@ def test_every_part_fits_whatever_its_tasks_hold() -> None:
 def test_one_task_too_large_for_a_frame_is_refused_before_sending(
     small_frames: BrokerProcess,
 ) -> None:
-    with pytest.raises(PayloadError, match=r"tests\.tasks\.echo .* LEEK\['MAX_FRAME'\] = 65,536"):
+    with pytest.raises(
+        leek.PayloadError, match=r"tests\.tasks\.echo .* LEEK\['MAX_FRAME'\] = 65,536"
+    ):
         leek.enqueue(tasks.echo, (b"x" * LIMIT,))
     with pytest.raises(PayloadError, match="MAX_FRAME"):  # alone in a batch as well
         leek.enqueue_many([(tasks.add, (1, 2)), (tasks.echo, (b"x" * LIMIT,))])
