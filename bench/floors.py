@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -257,6 +258,17 @@ def _writes(url: str, sync: str) -> dict[str, float] | None:
     return found
 
 
+def _check_committed(timed: int) -> None:
+    """Every write timed is committed when its time is taken: a floor that
+    timed less than its writes (a batch handed to a writer thread and not
+    waited for) would be no floor."""
+    from leek.models import Task
+
+    stored = Task.objects.count()
+    if stored != timed:
+        raise RuntimeError(f"{timed:,} tasks written and timed, but {stored:,} committed")
+
+
 def _time_writes(sync: str) -> dict[str, float]:
     """In a process set up for one database: leek's schema, then its writes."""
     import django
@@ -273,21 +285,31 @@ def _time_writes(sync: str) -> dict[str, float]:
 
     payload = dump_task(tasks.noop, (), {})
     store = Store("bench-floor", lambda ready: None)
+    store.start()  # the writer thread, which writes a batch of HEAVY_PUSH or more
 
     errors: list[BaseException] = []
+    committed = threading.Event()
 
     def done(inserted: Any, error: BaseException | None) -> None:
         if error is not None:
             errors.append(error)
+        committed.set()
+
+    written = [0]
 
     def write(count: int) -> None:
+        written[0] += count
         new = [
             NewTask(i, "bench.tasks.noop", payload, "", "default", 0, 0, None, None, "")
             for i in new_task_ids(count)
         ]
-        # With no other writer, the calling thread writes the batch itself and
-        # commits it before insert returns, as a broker's connection thread does.
+        # With no other writer, the calling thread writes a few tasks itself
+        # and commits them before insert returns, as a broker's event loop
+        # does; a batch of HEAVY_PUSH tasks or more goes to the store's writer
+        # thread, and is timed until its commit all the same.
+        committed.clear()
         store.insert(new, done)
+        committed.wait()
         if errors:
             raise RuntimeError(f"the write failed: {errors[0]}") from errors[0]
 
@@ -313,8 +335,10 @@ def _time_writes(sync: str) -> dict[str, float]:
         for _ in range(BATCHES):
             write(BATCH)
         found["batch_row_us"] = round((time.perf_counter() - start) / BATCHES / BATCH * 1e6, 2)
+        _check_committed(written[0])
     if sync in ("NORMAL", "pg"):  # the databases of leek's processes variants
         found["busy_push"] = busy_round_trips(lambda: write(1))
+    store.stop()
     return found
 
 
