@@ -45,6 +45,9 @@ SPREAD_SLOT, ORDERED_SLOT = "spread", "connection"
 #: What a broker answers for a request it refuses for what the request holds:
 #: sent again, to it or to another broker, it would be refused again.
 REQUEST_ERRORS = frozenset({"ValueError", "TypeError", "KeyError"})
+#: Seconds a client whose send was cut short waits for the broker's refusal,
+#: which the broker sent before it closed: it is there already, or never comes.
+REFUSAL_WAIT = 0.5
 
 
 class Connection:
@@ -91,11 +94,16 @@ class Connection:
                     "push fewer tasks at once, or pass references to the data (a primary "
                     "key, a file's path) instead of the data"
                 ) from exc
+            except OSError as exc:  # the broker may have refused it, then closed, mid-send
+                refused = self._refusal()
+                if not refused:
+                    raise
+                raise self._refused(refused) from exc
             reply = self._read(verb)
             got_id, ok, value = reply.message
             refused = _frame_refusal(reply.message)
             if refused and reply.nonce == NO_NONCE:  # a frame it could not verify: it closes
-                raise ProtocolError(f"broker {self.where} refused the request: {refused}")
+                raise self._refused(refused)
             if reply.nonce != nonce:
                 raise AuthenticationFailed(
                     f"broker {self.where} sent a reply to another request than the {verb} "
@@ -115,6 +123,29 @@ class Connection:
                 else "; the clocks of this client and the broker must agree (run NTP)"
             )
             raise AuthenticationFailed(f"broker {self.where} refused {verb}: {refused}{hint}")
+
+    def _refusal(self) -> str:
+        """What the broker said when it refused a frame this client was still
+        sending, then closed (a reset cuts the send short, and the refusal
+        sent before it can still be read); empty when it said nothing."""
+        try:
+            self.frames.sock.settimeout(REFUSAL_WAIT)
+            reply = self.frames.read()
+        except (OSError, LeekError):
+            return ""
+        if reply is None or reply.nonce != NO_NONCE:
+            return ""
+        return _frame_refusal(reply.message)
+
+    def _refused(self, refused: str) -> ProtocolError:
+        """The error of a request frame the broker refused unread, and closed on."""
+        hint = ""
+        if refused.startswith(FrameTooLarge.__name__):
+            hint = (
+                f"; this client's LEEK['MAX_FRAME'] is {self.frames.max_size:,} bytes: "
+                "set it alike on clients and brokers"
+            )
+        return ProtocolError(f"broker {self.where} refused the request: {refused}{hint}")
 
     def _read(self, verb: str) -> Frame:
         """The next frame from the broker, verified."""

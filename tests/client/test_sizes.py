@@ -127,3 +127,22 @@ def test_a_batch_larger_than_a_frame_in_a_transaction_goes_whole_after_the_commi
     wait_for(leek.handled, equals=(True, 1001), timeout=60)
     assert Task.objects.count() == 1001
     assert rejected() == 0
+
+
+def test_a_broker_with_a_smaller_limit_says_so_when_it_cuts_a_send_short(
+    broker_factory: BrokerFactory, leek_settings: Callable[..., None]
+) -> None:
+    # The client sends frames of up to 8 MiB, the broker reads 64 KiB: it
+    # refuses a 4 MB push by its header and closes while the client still
+    # sends, so the client's write fails on a reset. It reads the refusal the
+    # broker sent before it closed, and says what it was.
+    leek_settings(MAX_FRAME=128 * LIMIT, FALLBACK="raise")
+    broker_factory(LEEK_MAX_FRAME=str(LIMIT))
+    with pytest.raises(BrokerUnavailable) as raised:
+        leek.enqueue(tasks.echo, (b"x" * (64 * LIMIT),))
+    message = str(raised.value)
+    assert "reset" not in message, message  # each try names the refusal, not the reset
+    assert f"over the limit of {LIMIT} bytes" in message, message
+    assert "LEEK['MAX_FRAME'] is 8,388,608 bytes: set it alike" in message
+    assert Task.objects.count() == 0
+    assert leek.enqueue(tasks.add, (2, 3)).result(timeout=20) == 5  # the broker serves on
