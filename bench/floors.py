@@ -65,6 +65,9 @@ NAP = 0.0003
 #: the last (cpu_push's spacing), and the niceness of the processes that keep
 #: the cores busy (leek's CHILD_NICE).
 BUSY_TRIPS, BUSY_SPACING, BUSY_NICE = 300, 0.005, 10
+if os.environ.get("BENCH_FLOORS_QUICK", "") not in ("", "0"):  # a few of each: the tests'
+    COMMITS = dict.fromkeys(COMMITS, 30)
+    BATCHES, BUSY_TRIPS = 2, 10
 PG_DATABASE = "leek_bench_floor"
 
 

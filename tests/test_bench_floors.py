@@ -1,0 +1,40 @@
+"""The floors `make bench` sets leek's figures against measure what they say.
+
+A floor is leek's own write with nothing around it: a figure from a write
+that was not committed when its time was taken would be no floor (a batch
+handed to the store's writer thread and not waited for was)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_the_write_floors_time_committed_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'floor.sqlite3'}"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "settings",
+        "DATABASE_URL": url,
+        "LEEK_SQLITE_SYNCHRONOUS": "NORMAL",
+        "BENCH_FLOORS_QUICK": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.floors", url, "NORMAL"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # It checks itself that every write it timed was committed when timed.
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(found) == {"commit_us", "commit_after_nap_us", "batch_row_us", "busy_push"}
+    assert all(found[key] > 0 for key in ("commit_us", "commit_after_nap_us", "batch_row_us"))
