@@ -138,14 +138,16 @@ class Connection:
         return _frame_refusal(reply.message)
 
     def _refused(self, refused: str) -> ProtocolError:
-        """The error of a request frame the broker refused unread, and closed on."""
-        hint = ""
+        """The error of a request frame the broker refused unread, and closed
+        on: FrameTooLarge for one over its MAX_FRAME, which it would refuse
+        again (`call` goes on to the next broker)."""
+        message = f"broker {self.where} refused the request: {refused}"
         if refused.startswith(FrameTooLarge.__name__):
-            hint = (
-                f"; this client's LEEK['MAX_FRAME'] is {self.frames.max_size:,} bytes: "
-                "set it alike on clients and brokers"
+            return FrameTooLarge(
+                f"{message}; this client's LEEK['MAX_FRAME'] is {self.frames.max_size:,} "
+                "bytes: set it alike on clients and brokers"
             )
-        return ProtocolError(f"broker {self.where} refused the request: {refused}{hint}")
+        return ProtocolError(message)
 
     def _read(self, verb: str) -> Frame:
         """The next frame from the broker, verified."""
@@ -273,6 +275,8 @@ def call(verb: str, data: Any = None, *, push: bool = False) -> Any:
                     break
                 if unreachable or (spreading and spread.resting(address)):
                     break  # nothing listens there, or another thread saw it fail
+                if isinstance(exc, FrameTooLarge):
+                    break  # it would refuse it again
                 continue
             setattr(_local, slot, conn)
             if not ok:

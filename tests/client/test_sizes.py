@@ -145,4 +145,5 @@ def test_a_broker_with_a_smaller_limit_says_so_when_it_cuts_a_send_short(
     assert f"over the limit of {LIMIT} bytes" in message, message
     assert "LEEK['MAX_FRAME'] is 8,388,608 bytes: set it alike" in message
     assert Task.objects.count() == 0
+    assert rejected() == 1  # refused once: not sent to it again
     assert leek.enqueue(tasks.add, (2, 3)).result(timeout=20) == 5  # the broker serves on
