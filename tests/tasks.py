@@ -193,7 +193,8 @@ def sleep_once(path: str, seconds: float) -> str:
     return at once."""
     if os.path.exists(path):
         return "ran again"
-    Path(path).write_text(str(os.getpid()))
+    Path(f"{path}.new").write_text(str(os.getpid()))
+    os.replace(f"{path}.new", path)  # whole once there: a test waiting for it reads the pid
     time.sleep(seconds)
     return "first run"
 
