@@ -298,10 +298,11 @@ def _time_writes(sync: str) -> dict[str, float]:
             errors.append(error)
         committed.set()
 
-    written = [0]
+    written = 0  # tasks written so far, each committed once `write` returns
 
     def write(count: int) -> None:
-        written[0] += count
+        nonlocal written
+        written += count
         new = [
             NewTask(i, "bench.tasks.noop", payload, "", "default", 0, 0, None, None, "")
             for i in new_task_ids(count)
@@ -338,7 +339,7 @@ def _time_writes(sync: str) -> dict[str, float]:
         for _ in range(BATCHES):
             write(BATCH)
         found["batch_row_us"] = round((time.perf_counter() - start) / BATCHES / BATCH * 1e6, 2)
-        _check_committed(written[0])
+        _check_committed(written)
     if sync in ("NORMAL", "pg"):  # the databases of leek's processes variants
         found["busy_push"] = busy_round_trips(lambda: write(1))
     store.stop()
