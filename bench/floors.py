@@ -23,6 +23,13 @@ Beside the systems, each run measures what no queue's own work is in:
                p99: answered at once, and answered after leek's write of one
                task (SQLite NORMAL, PostgreSQL): under each push while every
                worker runs a CPU-bound task (cpu_push)
+  group        pushes a second from one client process and from four, each
+               pushing one task at a time in leek frames to one thread that
+               reads every connection, checks each frame, writes the round's
+               tasks in one commit and sends the replies: leek's event loop
+               with nothing of leek's own around its frames and its write
+               (one client with both sides polling too, as leek's SPIN has
+               it): under "four clients push 1.8x one", on every database
 
 A push from one client waits for a round trip and a commit one after the
 other, so it cannot beat 1 / (round trip + commit) a second on that machine.
@@ -33,8 +40,10 @@ other, so it cannot beat 1 / (round trip + commit) a second on that machine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import selectors
 import signal
 import socket
 import statistics
@@ -43,6 +52,8 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,9 +76,11 @@ NAP = 0.0003
 #: the last (cpu_push's spacing), and the niceness of the processes that keep
 #: the cores busy (leek's CHILD_NICE).
 BUSY_TRIPS, BUSY_SPACING, BUSY_NICE = 300, 0.005, 10
+#: Pushes timed in all by the group floor, shared among its clients.
+GROUP_PUSHES = 6000
 if os.environ.get("BENCH_FLOORS_QUICK", "") not in ("", "0"):  # a few of each: the tests'
     COMMITS = dict.fromkeys(COMMITS, 30)
-    BATCHES, BUSY_TRIPS = 2, 10
+    BATCHES, BUSY_TRIPS, GROUP_PUSHES = 2, 10, 40
 PG_DATABASE = "leek_bench_floor"
 
 
@@ -234,6 +247,105 @@ def _spinners() -> Iterator[None]:
             os.waitpid(pid, 0)
 
 
+def group_pushes(
+    write: Callable[[list[Any]], None],
+    payload: bytes,
+    clients: int,
+    polling: bool,
+    clients_poll: bool,
+) -> float:
+    """Pushes a second from `clients` client processes, each pushing one task
+    at a time as leek's client does, to one thread of this process that reads
+    every connection (a selector), checks and unpickles each frame, `write`s
+    the round's tasks in one commit, then signs and sends each reply: leek's
+    event loop with nothing of leek's own around its frames and its write.
+    With `polling` that thread polls its selector instead of sleeping on it,
+    and with `clients_poll` the clients poll their sockets."""
+    from leek.server.store import NewTask
+
+    n = GROUP_PUSHES // clients
+    with socket.create_server(("127.0.0.1", 0), backlog=clients) as server:
+        go_read, go_write = os.pipe()
+        children = []
+        for _ in range(clients):
+            child = os.fork()
+            if child == 0:
+                code = 0
+                try:
+                    _group_client(server.getsockname(), go_read, payload, n, clients_poll)
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+                finally:
+                    os._exit(code)
+            children.append(child)
+        keys = frame.Keys.broker(SECRET)
+        selector = selectors.DefaultSelector()
+        for _ in range(clients):
+            peer, _ = server.accept()
+            peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            selector.register(peer, selectors.EVENT_READ)
+        connected = clients
+        os.write(go_write, b"x" * clients)
+        start = time.perf_counter()
+        while connected:
+            events = selector.select(0 if polling else None)
+            tasks, replies = [], []
+            for key, _ in events:
+                sock = key.fileobj
+                data = _receive(sock, framed=True, spin=False)
+                if not data:  # that client is done
+                    selector.unregister(sock)
+                    sock.close()
+                    connected -= 1
+                    continue
+                request = frame.open_frame(keys.receive, data)
+                request_id, _, item = request.message
+                tasks.append(
+                    NewTask(
+                        uuid.UUID(item["id"]),
+                        item["name"],
+                        item["payload"],
+                        "",
+                        "default",
+                        0,
+                        0,
+                        None,
+                        None,
+                        "",
+                    )
+                )
+                replies.append((sock, request_id, request.nonce, item["id"]))
+            if tasks:
+                write(tasks)
+            for sock, request_id, nonce, task_id in replies:
+                sock.sendall(frame.encode(keys.send, (request_id, True, task_id), nonce))
+        elapsed = time.perf_counter() - start
+        failed = sum(os.waitpid(child, 0)[1] != 0 for child in children)
+        selector.close()
+        os.close(go_read)
+        os.close(go_write)
+    if failed:
+        raise RuntimeError(f"{failed} of the group floor's {clients} clients failed")
+    return round(n * clients / elapsed)
+
+
+def _group_client(address: tuple[str, int], go: int, payload: bytes, n: int, spin: bool) -> None:
+    """In a client process of `group_pushes`: `n` pushes, one at a time."""
+    from leek.ids import new_task_ids
+
+    keys = frame.Keys.client(SECRET)
+    with socket.create_connection(address) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        os.read(go, 1)
+        for request_id, task_id in enumerate(new_task_ids(n), 1):
+            item = {"id": str(task_id), "name": "bench.tasks.noop", "payload": payload}
+            sock.sendall(frame.encode(keys.send, (request_id, "enqueue", item)))
+            reply = frame.open_frame(keys.receive, _receive(sock, framed=True, spin=spin))
+            if reply.message != (request_id, True, item["id"]):
+                raise RuntimeError(f"reply {reply.message} to request {request_id}")
+
+
 def _p50_p99(samples: list[float]) -> dict[str, float]:
     """The p50 and p99 of `samples` in ms, as cpu_push reports its pushes'."""
     found = _percentiles(samples)
@@ -301,12 +413,16 @@ def _time_writes(sync: str) -> dict[str, float]:
     written = 0  # tasks written so far, each committed once `write` returns
 
     def write(count: int) -> None:
+        write_tasks(
+            [
+                NewTask(i, "bench.tasks.noop", payload, "", "default", 0, 0, None, None, "")
+                for i in new_task_ids(count)
+            ]
+        )
+
+    def write_tasks(new: list[NewTask]) -> None:
         nonlocal written
-        written += count
-        new = [
-            NewTask(i, "bench.tasks.noop", payload, "", "default", 0, 0, None, None, "")
-            for i in new_task_ids(count)
-        ]
+        written += len(new)
         # With no other writer, the calling thread writes a few tasks itself
         # and commits them before insert returns, as a broker's event loop
         # does; a batch of HEAVY_PUSH tasks or more goes to the store's writer
@@ -342,6 +458,14 @@ def _time_writes(sync: str) -> dict[str, float]:
         _check_committed(written)
     if sync in ("NORMAL", "pg"):  # the databases of leek's processes variants
         found["busy_push"] = busy_round_trips(lambda: write(1))
+    group = functools.partial(group_pushes, write_tasks, payload)
+    found["group"] = {  # leek polls where one client pushes alone, and may not with four
+        "one_polling_per_s": group(1, polling=True, clients_poll=True),
+        "one_per_s": group(1, polling=False, clients_poll=False),
+        "four_polling_per_s": group(4, polling=True, clients_poll=False),
+        "four_per_s": group(4, polling=False, clients_poll=False),
+    }
+    _check_committed(written)
     store.stop()
     return found
 

@@ -258,6 +258,7 @@ def clients_table(results: dict[str, Any]) -> Table | None:
     process, and from as many client processes."""
     rows = []
     count = 4
+    floors = results["machine"].get("floors") or {}
     for doc in measured(results):
         floor = doc.get("extra", {}).get("floor")
         if not floor or "push_processes_rate" not in floor:
@@ -273,6 +274,7 @@ def clients_table(results: dict[str, Any]) -> Table | None:
                 f"{many / one:.2f}x" if one and many else "-",
                 _rate(processes),
                 f"{processes / one:.2f}x" if one else "-",
+                _group_share(floors.get(FLOOR_KEYS.get(doc["system"], ""), {}).get("group")),
             ]
         )
     head = [
@@ -282,8 +284,20 @@ def clients_table(results: dict[str, Any]) -> Table | None:
         "of 1 client",
         f"{count} client processes/s",
         "of 1 client",
+        "floor: 4 processes of 1",
     ]
     return (head, rows) if rows else None
+
+
+def _group_share(group: dict[str, float] | None) -> str:
+    """The group floor's four client processes against its one client, the
+    faster way of each (bench/floors.py's group_pushes), with the rates; '-'
+    where not measured."""
+    if not group:
+        return "-"
+    one = max(group["one_per_s"], group["one_polling_per_s"])
+    four = max(group["four_per_s"], group["four_polling_per_s"])
+    return f"{four / one:.2f}x ({_rate(four)} / {_rate(one)})"
 
 
 #: leek's variant -> its database's floors in results["machine"]["floors"] (bench/floors.py)
@@ -485,7 +499,10 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "",
             "leek's pushes from several clients at once: threads of one process, as "
             "the table above has them, and processes, each with an interpreter of its "
-            "own (a web server's worker processes):",
+            "own (a web server's worker processes); and the floor under their ratio: "
+            "four client processes against one, pushing to one Python thread that only "
+            "reads their frames, checks them, writes each round's tasks in one commit "
+            "and sends the replies, polling for one client (bench/floors.py):",
             "",
             fmt(clients),
         ]

@@ -36,5 +36,18 @@ def test_the_write_floors_time_committed_writes(tmp_path: Path) -> None:
     # It checks itself that every write it timed was committed when timed.
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(found) == {"commit_us", "commit_after_nap_us", "batch_row_us", "busy_push"}
+    assert set(found) == {
+        "commit_us",
+        "commit_after_nap_us",
+        "batch_row_us",
+        "busy_push",
+        "group",
+    }
     assert all(found[key] > 0 for key in ("commit_us", "commit_after_nap_us", "batch_row_us"))
+    assert set(found["group"]) == {
+        "one_polling_per_s",
+        "one_per_s",
+        "four_polling_per_s",
+        "four_per_s",
+    }
+    assert all(rate > 0 for rate in found["group"].values())
