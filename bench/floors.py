@@ -261,8 +261,6 @@ def group_pushes(
     event loop with nothing of leek's own around its frames and its write.
     With `polling` that thread polls its selector instead of sleeping on it,
     and with `clients_poll` the clients poll their sockets."""
-    from leek.server.store import NewTask
-
     n = GROUP_PUSHES // clients
     with socket.create_server(("127.0.0.1", 0), backlog=clients) as server:
         go_read, go_write = os.pipe()
@@ -301,20 +299,7 @@ def group_pushes(
                     continue
                 request = frame.open_frame(keys.receive, data)
                 request_id, _, item = request.message
-                tasks.append(
-                    NewTask(
-                        uuid.UUID(item["id"]),
-                        item["name"],
-                        item["payload"],
-                        "",
-                        "default",
-                        0,
-                        0,
-                        None,
-                        None,
-                        "",
-                    )
-                )
+                tasks.append(_new_task(uuid.UUID(item["id"]), item["name"], item["payload"]))
                 replies.append((sock, request_id, request.nonce, item["id"]))
             if tasks:
                 write(tasks)
@@ -344,6 +329,13 @@ def _group_client(address: tuple[str, int], go: int, payload: bytes, n: int, spi
             reply = frame.open_frame(keys.receive, _receive(sock, framed=True, spin=spin))
             if reply.message != (request_id, True, item["id"]):
                 raise RuntimeError(f"reply {reply.message} to request {request_id}")
+
+
+def _new_task(task_id: uuid.UUID, name: str, payload: bytes) -> Any:
+    """A task as the floors write it: on the default queue, with no options."""
+    from leek.server.store import NewTask
+
+    return NewTask(task_id, name, payload, "", "default", 0, 0, None, None, "")
 
 
 def _p50_p99(samples: list[float]) -> dict[str, float]:
@@ -396,7 +388,7 @@ def _time_writes(sync: str) -> dict[str, float]:
     from bench import tasks
     from leek.ids import new_task_ids
     from leek.protocol.payload import dump_task
-    from leek.server.store import NewTask, Store
+    from leek.server.store import Store
 
     payload = dump_task(tasks.noop, (), {})
     store = Store("bench-floor", lambda ready: None)
@@ -413,14 +405,9 @@ def _time_writes(sync: str) -> dict[str, float]:
     written = 0  # tasks written so far, each committed once `write` returns
 
     def write(count: int) -> None:
-        write_tasks(
-            [
-                NewTask(i, "bench.tasks.noop", payload, "", "default", 0, 0, None, None, "")
-                for i in new_task_ids(count)
-            ]
-        )
+        write_tasks([_new_task(i, "bench.tasks.noop", payload) for i in new_task_ids(count)])
 
-    def write_tasks(new: list[NewTask]) -> None:
+    def write_tasks(new: list[Any]) -> None:
         nonlocal written
         written += len(new)
         # With no other writer, the calling thread writes a few tasks itself
