@@ -67,13 +67,6 @@ PERIODIC_TICK = 0.2
 POLL_INTERVAL = 0.2
 
 
-def _spin(spin: float) -> float:
-    """The broker's spin: SPIN on SQLite. On PostgreSQL each push sleeps on
-    the database's answer anyway, and a connection spinning for the next
-    request took 100 µs of CPU a push there and gained nothing (docs/benchmarks.md)."""
-    return spin if connection.vendor == "sqlite" else 0.0
-
-
 class Broker:
     """One broker process: server, writer, workers, delayed tasks and duties."""
 
@@ -103,7 +96,12 @@ class Broker:
             max_connections=int(settings["MAX_CONNECTIONS"]),
             max_unauthenticated=int(settings["MAX_UNAUTHENTICATED"]),
             first_frame_timeout=float(settings["FIRST_FRAME_TIMEOUT"]),
-            spin=_spin(float(settings["SPIN"])),
+            spin=float(settings["SPIN"]),
+            # On PostgreSQL each push sleeps on the database's answer anyway,
+            # and polling for the next one took 100 µs of CPU a push there and
+            # gained nothing (docs/benchmarks.md): the loop polls only after a
+            # round that wrote nothing.
+            spin_after_writes=connection.vendor == "sqlite",
             tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
         self.grace = float(settings["SHUTDOWN_GRACE"])

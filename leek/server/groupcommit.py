@@ -465,12 +465,14 @@ class GroupCommit:
 
 class Gathering:
     """GroupCommit.gathered: entered and left once per round of the event
-    loop, so it is a plain object, made once."""
+    loop, so it is a plain object, made once. `wrote`: whether the last round
+    left anything to write."""
 
-    __slots__ = ("_commit",)
+    __slots__ = ("_commit", "wrote")
 
     def __init__(self, commit: GroupCommit) -> None:
         self._commit = commit
+        self.wrote = False
 
     def __enter__(self) -> None:
         self._commit._gatherer = threading.get_ident()
@@ -478,7 +480,8 @@ class Gathering:
     def __exit__(self, *exc: object) -> None:
         commit = self._commit
         commit._gatherer = None
-        if commit._pending:
+        self.wrote = bool(commit._pending)
+        if self.wrote:
             commit._write_now()
 
 

@@ -18,7 +18,10 @@ FRAME_TIMEOUT of its first byte, and the next frame within IDLE_TIMEOUT; the
 loop checks these every SCAN_INTERVAL and closes whoever is late.
 
 With SPIN, the loop polls the selector before it sleeps, while the recent
-waits for a frame were shorter than the spin (spin.py tells why).
+waits for a frame were shorter than the spin (spin.py tells why); on
+PostgreSQL (`spin_after_writes` off), only after a round that wrote nothing
+(a ping, a status): a push there waits for the database's answer anyway,
+and polling for the next one only spent the CPU.
 
 TLS connections keep a thread each (tcp.py's Handler): OpenSSL's records are
 read whole by blocking calls there.
@@ -35,7 +38,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
@@ -45,7 +47,7 @@ from .admission import Conn, Gate, Waking
 from .peer import Peer
 
 if TYPE_CHECKING:
-    from .tcp import Endpoint
+    from .tcp import Endpoint, Gathered
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +115,9 @@ class Loop:
         limits = endpoint.limits
         self.limits = limits
         self.spin = limits.spin
+        self.spin_after_writes = limits.spin_after_writes
         self._wait = 0.0  # seconds the loop waited for a frame, a moving average
+        self._wrote = False  # whether the last round wrote
         self._waking = Waking()
         self._selector = self._waking.selector
         self._readers: set[Reader] = set()
@@ -147,7 +151,7 @@ class Loop:
                 logger.exception("event loop round failed", extra={"action": "loop_failed"})
                 time.sleep(0.01)  # a round that fails again fails no faster than this
 
-    def _round(self, gathered: AbstractContextManager[None], scan: float) -> float:
+    def _round(self, gathered: Gathered, scan: float) -> float:
         """One round: the new connections, the deadlines when due, then what
         is ready to read; the time of the next check of the deadlines."""
         while self._arrivals:
@@ -165,6 +169,7 @@ class Loop:
                     self._waking.woken()
                 else:
                     self._serve(key.data)
+        self._wrote = gathered.wrote
         return scan
 
     def _serve(self, item: Reader | Conn, again: bool = False) -> None:
@@ -198,7 +203,7 @@ class Loop:
         select = self._selector.select
         began = time.perf_counter()
         events = None
-        if self.spin and self._wait < self.spin:
+        if self.spin and self._wait < self.spin and (self.spin_after_writes or not self._wrote):
             events = until(lambda: select(0) or None, self.spin)
         if not events:
             events = select(max(timeout, 0.0))

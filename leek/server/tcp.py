@@ -25,7 +25,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,6 +69,18 @@ class Limits:
     first_frame_timeout: float = 5.0  # seconds from accept to the first valid frame
     tls: ssl.SSLContext | None = None  # the broker's TLS, or None for plain TCP
     spin: float = 0.0  # seconds a connection polls for the next request before it sleeps
+    spin_after_writes: bool = True  # False: only after a round that wrote nothing
+
+
+class Gathered(Protocol):
+    """A round's pushes, written in one commit as it ends (GroupCommit.gathered)."""
+
+    #: Whether the last round left anything to write.
+    wrote: bool
+
+    def __enter__(self) -> None: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class Endpoint(Protocol):
@@ -84,7 +95,7 @@ class Endpoint(Protocol):
     #: Set once the broker stops: a connection's next request closes it.
     closing: bool
 
-    def gathered(self) -> AbstractContextManager[None]:
+    def gathered(self) -> Gathered:
         """Within it, the pushes of the calling thread share one commit, at its end."""
 
     def push(self, verb: str, data: Any, reply: Reply) -> None:

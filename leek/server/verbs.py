@@ -20,10 +20,10 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from . import links, report
+from .groupcommit import Gathering
 from .intake import PUSHES
 from .tcp import Limits, Reply
 
@@ -113,7 +113,7 @@ class Verbs:
 
         broker.store.insert_steps(tasks, linked, committed)
 
-    def gathered(self) -> AbstractContextManager[None]:
+    def gathered(self) -> Gathering:
         """Within it, the pushes this thread makes share one commit, at its end."""
         return self.broker.store.gathered()
 

@@ -26,13 +26,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 
 from ... import conf
-from ..groupcommit import DATABASE_ERRORS, GroupCommit
+from ..groupcommit import DATABASE_ERRORS, Gathering, GroupCommit
 from ..ops import Call, Done, Insert, Mark, Record, Waiter
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from ..starts import Starts, path_for
@@ -172,7 +171,7 @@ class Store:
 
     # -- the hot path ----------------------------------------------------------
 
-    def gathered(self) -> AbstractContextManager[None]:
+    def gathered(self) -> Gathering:
         """Within it, the inserts this thread makes are written together at
         its end (GroupCommit.gathered)."""
         return self.tasks.gathered()
