@@ -29,7 +29,7 @@ Beside the systems, each run measures what no queue's own work is in:
                tasks in one commit and sends the replies: leek's event loop
                with nothing of leek's own around its frames and its write
                (one client with both sides polling too, as leek's SPIN has
-               it): under "four clients push 1.8x one", on every database
+               it): beside "four clients push 1.8x one", on every database
 
 A push from one client waits for a round trip and a commit one after the
 other, so it cannot beat 1 / (round trip + commit) a second on that machine.

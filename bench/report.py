@@ -499,7 +499,7 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "",
             "leek's pushes from several clients at once: threads of one process, as "
             "the table above has them, and processes, each with an interpreter of its "
-            "own (a web server's worker processes); and the floor under their ratio: "
+            "own (a web server's worker processes); and the group floor's ratio: "
             "four client processes against one, pushing to one Python thread that only "
             "reads their frames, checks them, writes each round's tasks in one commit "
             "and sends the replies, polling for one client (bench/floors.py):",
