@@ -117,7 +117,6 @@ class Loop:
         self.spin = limits.spin
         self.spin_after_writes = limits.spin_after_writes
         self._wait = 0.0  # seconds the loop waited for a frame, a moving average
-        self._wrote = False  # whether the last round wrote
         self._waking = Waking()
         self._selector = self._waking.selector
         self._readers: set[Reader] = set()
@@ -160,7 +159,7 @@ class Loop:
         if now >= scan:
             self._scan(now)
             scan = now + SCAN_INTERVAL
-        events = [] if self._again else self._select(scan - now)
+        events = [] if self._again else self._select(scan - now, gathered.wrote)
         with gathered:  # the round's pushes, in one commit
             while self._again:
                 self._serve(self._again.popleft(), again=True)
@@ -169,7 +168,6 @@ class Loop:
                     self._waking.woken()
                 else:
                     self._serve(key.data)
-        self._wrote = gathered.wrote
         return scan
 
     def _serve(self, item: Reader | Conn, again: bool = False) -> None:
@@ -198,12 +196,13 @@ class Loop:
             else:
                 self._close(item)
 
-    def _select(self, timeout: float) -> list[tuple[selectors.SelectorKey, int]]:
-        """What is ready to read: polled first, with a spin, else waited for."""
+    def _select(self, timeout: float, wrote: bool) -> list[tuple[selectors.SelectorKey, int]]:
+        """What is ready to read: polled first, with a spin, else waited for;
+        `wrote`: whether the round before wrote."""
         select = self._selector.select
         began = time.perf_counter()
         events = None
-        if self.spin and self._wait < self.spin and (self.spin_after_writes or not self._wrote):
+        if self.spin and self._wait < self.spin and (self.spin_after_writes or not wrote):
             events = until(lambda: select(0) or None, self.spin)
         if not events:
             events = select(max(timeout, 0.0))
