@@ -5,7 +5,9 @@ statement (on PostgreSQL, one statement over an array per column); a batch of
 inserts alone is that one statement in autocommit, with no BEGIN and COMMIT.
 The rows of its outcomes are outcomes.py's. The SQL is prepared by hand on the
 raw DB-API cursor: the models are the schema, and the ORM's per-object cost
-would dominate the commit it waits for.
+would dominate the commit it waits for. On PostgreSQL, a statement of one
+row's values (a push of one task, a lone running mark) skips the cursor too
+and goes through libpq directly (wire.py).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...logs import task_extra
 from ..dberrors import transient
@@ -25,6 +28,9 @@ from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from . import keys, storable
 from .outcomes import at_once, tell_refused, write_rows
 from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements, stamp
+
+if TYPE_CHECKING:
+    from .wire import OneRow
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,8 @@ class Writes:
         self.dialect: Dialect = sql.dialect
         self.on_ready = on_ready
         self._inserts: dict[tuple[int, bool], str] = {}
+        #: Per writing connection on PostgreSQL, its statements of one row (`_run_one`).
+        self._one_row: weakref.WeakKeyDictionary[Any, OneRow] = weakref.WeakKeyDictionary()
         #: Which of the tasks about to be inserted this broker keeps (the rest
         #: are inserted unowned, for any broker to claim: server/share.py);
         #: None keeps them all.
@@ -83,9 +91,21 @@ class Writes:
         # that cannot hold prepared statements).
         import psycopg
 
+        from .wire import OneRow
+
         if "prepare_threshold" not in db.settings_dict.get("OPTIONS", {}):
             cursor.connection.prepare_threshold = PG_PREPARE_THRESHOLD
+        self._one_row[cursor.connection] = OneRow(cursor.connection)
         return psycopg.Cursor(cursor.connection)
+
+    def _run_one(self, bound: Any, statement: str, params: Sequence[Any]) -> int:
+        """Run a statement of one row's scalar values on `bound`; the count of
+        rows it wrote. On PostgreSQL it goes through libpq directly (wire.py)."""
+        one_row = None if self.dialect.sqlite else self._one_row.get(bound.connection)
+        if one_row is None:
+            bound.execute(statement, params)
+            return int(bound.rowcount)
+        return one_row.run(statement, params)
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Tell of the tasks just inserted (lifecycle.received), then send
@@ -139,7 +159,7 @@ class Writes:
             and not any(isinstance(op, Call) for op in ops)
         )
         if quick and len(marks) == 1 and not outcomes:
-            bound.execute(self.sql.mark, marks[0])
+            self._run_one(bound, self.sql.mark, marks[0])
             return _per_op(ops, [])
         if quick and not marks and (len(outcomes) == 1 or all(o.succeeded for o in outcomes)):
             # One statement (at_once): the outcomes written are committed.
@@ -309,8 +329,8 @@ class Writes:
             for t, owner in zip(tasks, owners, strict=True)
         ]
         if len(rows) == 1:  # the rowcount says whether it was new
-            cursor.execute(self._insert_sql(1, returning=False), rows[0])
-            fresh: Sequence[NewTask] = tasks if cursor.rowcount == 1 else ()
+            inserted = self._run_one(cursor, self._insert_sql(1, returning=False), rows[0])
+            fresh: Sequence[NewTask] = tasks if inserted == 1 else ()
         elif not d.sqlite:
             # One array per column: psycopg parses a statement of thousands of
             # placeholders anew in Python on each call, but not ten of them.

@@ -1,0 +1,176 @@
+"""Statements of one row sent through libpq directly (store/wire.py), on a real PostgreSQL.
+
+A push of one task and a lone running mark skip psycopg's cursor: each value
+must reach its column as psycopg would have sent it, a value of any other type
+must be refused before anything is sent, and the server's errors must keep
+the classes that tell an op's own fault from an outage (dberrors.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+
+from leek.models import Task
+from leek.server.dberrors import transient
+from leek.server.store import Store
+from tests.server.test_store import Replies, new_task
+
+
+@pytest.fixture
+def pg(transactional_db: Any) -> Iterator[Any]:
+    """A psycopg connection of its own to the test database, in autocommit."""
+    if connection.vendor != "postgresql":
+        pytest.skip("libpq's statements are PostgreSQL's")
+    db = connections.create_connection(DEFAULT_DB_ALIAS)
+    db.ensure_connection()
+    try:
+        yield db.connection
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def kinds(pg: Any) -> Any:
+    """A temporary table with a column of each kind a row holds, and its insert."""
+    pg.execute(
+        "CREATE TEMP TABLE kinds (b boolean, i bigint, f double precision, s text, "
+        "x bytea, u uuid, d timestamptz)"
+    )
+    return "INSERT INTO kinds VALUES (%s, %s, %s, %s, %s, %s, %s)"
+
+
+def one_row(pg: Any, prepare_threshold: int | None = 5) -> Any:
+    from leek.server.store.wire import OneRow
+
+    pg.prepare_threshold = prepare_threshold
+    return OneRow(pg)
+
+
+@pytest.mark.parametrize("prepare_threshold", [5, None])
+def test_each_kind_of_value_reaches_its_column_as_it_was(
+    pg: Any, kinds: str, prepare_threshold: int | None
+) -> None:
+    rows = one_row(pg, prepare_threshold)
+    when = datetime(2026, 12, 6, 4, 5, 6, 789012, tzinfo=UTC)
+    values = [
+        (True, -(2**62), 2.5, "é\u2603 '\"\\ %s $1", b"\0\xff\x00bytes", uuid.uuid4(), when),
+        (False, 0, -0.1, "", b"", uuid.uuid4(), when.astimezone(UTC) - timedelta(days=400)),
+        (None, None, None, None, None, None, None),
+    ]
+    for row in values:
+        assert rows.run(kinds, row) == 1
+    got = pg.execute("SELECT b, i, f, s, x, u, d FROM kinds").fetchall()
+    assert [(*r[:4], None if r[4] is None else bytes(r[4]), *r[5:]) for r in got] == values
+    named = pg.execute("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'leek_%'")
+    assert named.fetchone()[0] == (0 if prepare_threshold is None else 1)
+
+
+def test_floats_that_are_not_finite_go_as_postgresql_reads_them(pg: Any, kinds: str) -> None:
+    rows = one_row(pg)
+    for value in (math.inf, -math.inf, math.nan):
+        rows.run(kinds, (None, None, value, None, None, None, None))
+    got = [r[0] for r in pg.execute("SELECT f FROM kinds").fetchall()]
+    assert got[:2] == [math.inf, -math.inf] and math.isnan(got[2])
+
+
+@pytest.mark.parametrize("value", [Decimal("1.5"), datetime(2026, 1, 1), [1, 2], 1 + 2j], ids=repr)
+def test_a_value_of_another_kind_is_refused_before_anything_is_sent(
+    pg: Any, kinds: str, value: Any
+) -> None:
+    rows = one_row(pg)
+    with pytest.raises(TypeError):
+        rows.run(kinds, (None, None, None, None, None, None, value))
+    assert rows.run(kinds, (True, 1, 1.0, "next", b"", None, None)) == 1  # still usable
+    assert pg.execute("SELECT count(*) FROM kinds").fetchone()[0] == 1
+
+
+def test_a_value_refused_raises_psycopgs_class_and_leaves_the_connection_usable(
+    pg: Any, kinds: str
+) -> None:
+    import psycopg
+
+    rows = one_row(pg)
+    # libpq would end a text at its NUL: refused before it is sent, as psycopg does
+    with pytest.raises(psycopg.DataError) as nul:
+        rows.run(kinds, (None, None, None, "nul \0 inside", None, None, None))
+    assert not transient(nul.value)  # the op's own fault: it is not tried again
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange) as refused:  # by the server
+        rows.run(kinds, (None, 2**70, None, None, None, None, None))
+    assert not transient(refused.value) and refused.value.sqlstate == "22003"
+    pg.execute("CREATE UNIQUE INDEX ON kinds (i)")
+    rows.run(kinds, (None, 7, None, None, None, None, None))
+    with pytest.raises(psycopg.errors.UniqueViolation) as twice:
+        rows.run(kinds, (None, 7, None, None, None, None, None))
+    assert not transient(twice.value) and twice.value.sqlstate == "23505"
+    assert rows.run(kinds, (None, 8, None, None, None, None, None)) == 1
+
+
+def test_a_connection_the_server_ends_raises_an_outage(pg: Any, kinds: str) -> None:
+    rows = one_row(pg)
+    pid = pg.info.backend_pid
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    time.sleep(0.1)
+    with pytest.raises(Exception) as ended:
+        rows.run(kinds, (True, 1, None, None, None, None, None))
+    assert transient(ended.value)  # the database's fault: the write is tried again
+
+
+def test_a_statement_that_binds_anything_but_its_values_is_refused(pg: Any) -> None:
+    with pytest.raises(ValueError, match="binds %s and nothing else"):
+        one_row(pg).run("SELECT 1 WHERE 'a' LIKE '%%' AND %s", (True,))
+
+
+def test_a_task_pushed_alone_keeps_every_value_on_every_database(
+    transactional_db: Any,
+) -> None:
+    # One task is one statement of one row: on PostgreSQL, through libpq.
+    store = Store("one-row", lambda ready: None)
+    store.start()
+    task = new_task(
+        name="tâche.ünïcode",
+        payload=b"\0\xff" * 40,
+        args_repr="'quote' \"double\" %s $1",
+        queue="q" * 64,
+        priority=-7,
+        max_retries=4,
+        timeout=2.5,
+        run_after=time.time() + 60,
+        code_version="v9",
+        key="k:1",
+        key_running=True,
+        expires=time.time() + 120,
+        rate_limit="10/m",
+    )
+    try:
+        replies = Replies()
+        store.insert([task], replies.to("task", 1))
+        assert replies.all_in.wait(10) and replies.got["task"][1] is None
+        again = Replies()  # the same id again: accepted, inserted once
+        store.insert([task], again.to("task", 1))
+        assert again.all_in.wait(10) and again.got["task"] == ([], None)
+    finally:
+        store.stop()
+    row = Task.objects.get(pk=task.id)
+    assert (row.name, bytes(row.payload), row.args_repr) == (
+        task.name,
+        task.payload,
+        task.args_repr,
+    )
+    assert (row.queue, row.priority, row.max_retries, row.timeout) == (task.queue, -7, 4, 2.5)
+    assert (row.code_version, row.key, row.key_running) == ("v9", "k:1", True)
+    assert row.rate_limit == "10/m"
+    assert row.run_after is not None and row.expires_at is not None
+    assert abs(row.run_after.timestamp() - (task.run_after or 0)) < 1e-3
+    assert abs(row.expires_at.timestamp() - (task.expires or 0)) < 1e-3
+    assert (row.broker, row.status) == ("one-row", "queued")
+    assert Task.objects.count() == 1
