@@ -45,7 +45,6 @@ class OneRow:
     through libpq: `run` returns the count of rows it wrote."""
 
     def __init__(self, connection: Any) -> None:
-        self._connection = connection
         self._pgconn = connection.pgconn
         self._encoding = connection.info.encoding
         self._prepares = connection.prepare_threshold is not None
