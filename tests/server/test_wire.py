@@ -1,9 +1,10 @@
-"""Statements of one row sent through libpq directly (store/wire.py), on a real PostgreSQL.
+"""Statements of scalar values sent through libpq directly (store/wire.py), on a real PostgreSQL.
 
-A push of one task and a lone running mark skip psycopg's cursor: each value
-must reach its column as psycopg would have sent it, a value of any other type
-must be refused before anything is sent, and the server's errors must keep
-the classes that tell an op's own fault from an outage (dberrors.py).
+A push of one task, a round of a few and a lone running mark skip psycopg's
+cursor: each value must reach its column as psycopg would have sent it, a
+value of any other type must be refused before anything is sent, and the
+server's errors must keep the classes that tell an op's own fault from an
+outage (dberrors.py).
 """
 
 from __future__ import annotations
@@ -48,18 +49,18 @@ def kinds(pg: Any) -> Any:
     return "INSERT INTO kinds VALUES (%s, %s, %s, %s, %s, %s, %s)"
 
 
-def one_row(pg: Any, prepare_threshold: int | None = 5) -> Any:
-    from leek.server.store.wire import OneRow
+def direct(pg: Any, prepare_threshold: int | None = 5) -> Any:
+    from leek.server.store.wire import Direct
 
     pg.prepare_threshold = prepare_threshold
-    return OneRow(pg)
+    return Direct(pg)
 
 
 @pytest.mark.parametrize("prepare_threshold", [5, None])
 def test_each_kind_of_value_reaches_its_column_as_it_was(
     pg: Any, kinds: str, prepare_threshold: int | None
 ) -> None:
-    rows = one_row(pg, prepare_threshold)
+    rows = direct(pg, prepare_threshold)
     when = datetime(2026, 12, 6, 4, 5, 6, 789012, tzinfo=UTC)
     values = [
         (True, -(2**62), 2.5, "é\u2603 '\"\\ %s $1", b"\0\xff\x00bytes", uuid.uuid4(), when),
@@ -75,7 +76,7 @@ def test_each_kind_of_value_reaches_its_column_as_it_was(
 
 
 def test_floats_that_are_not_finite_go_as_postgresql_reads_them(pg: Any, kinds: str) -> None:
-    rows = one_row(pg)
+    rows = direct(pg)
     for value in (math.inf, -math.inf, math.nan):
         rows.run(kinds, (None, None, value, None, None, None, None))
     got = [r[0] for r in pg.execute("SELECT f FROM kinds").fetchall()]
@@ -86,7 +87,7 @@ def test_floats_that_are_not_finite_go_as_postgresql_reads_them(pg: Any, kinds: 
 def test_a_value_of_another_kind_is_refused_before_anything_is_sent(
     pg: Any, kinds: str, value: Any
 ) -> None:
-    rows = one_row(pg)
+    rows = direct(pg)
     with pytest.raises(TypeError):
         rows.run(kinds, (None, None, None, None, None, None, value))
     assert rows.run(kinds, (True, 1, 1.0, "next", b"", None, None)) == 1  # still usable
@@ -98,7 +99,7 @@ def test_a_value_refused_raises_psycopgs_class_and_leaves_the_connection_usable(
 ) -> None:
     import psycopg
 
-    rows = one_row(pg)
+    rows = direct(pg)
     # libpq would end a text at its NUL: refused before it is sent, as psycopg does
     with pytest.raises(psycopg.DataError) as nul:
         rows.run(kinds, (None, None, None, "nul \0 inside", None, None, None))
@@ -115,7 +116,7 @@ def test_a_value_refused_raises_psycopgs_class_and_leaves_the_connection_usable(
 
 
 def test_a_connection_the_server_ends_raises_an_outage(pg: Any, kinds: str) -> None:
-    rows = one_row(pg)
+    rows = direct(pg)
     pid = pg.info.backend_pid
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
@@ -125,15 +126,26 @@ def test_a_connection_the_server_ends_raises_an_outage(pg: Any, kinds: str) -> N
     assert transient(ended.value)  # the database's fault: the write is tried again
 
 
+def test_the_rows_a_statement_returns_come_back_as_text(pg: Any, kinds: str) -> None:
+    rows = direct(pg)
+    ids = [uuid.uuid4() for _ in range(3)]
+    many = "INSERT INTO kinds (u, i) VALUES (%s, %s), (%s, %s), (%s, %s) RETURNING u"
+    got = rows.returning(many, [value for n, u in enumerate(ids) for value in (u, n)])
+    assert [uuid.UUID(g.decode()) for g in got] == ids
+    assert rows.returning("UPDATE kinds SET i = %s WHERE false RETURNING u", (1,)) == []
+
+
 def test_a_statement_that_binds_anything_but_its_values_is_refused(pg: Any) -> None:
     with pytest.raises(ValueError, match="binds %s and nothing else"):
-        one_row(pg).run("SELECT 1 WHERE 'a' LIKE '%%' AND %s", (True,))
+        direct(pg).run("SELECT 1 WHERE 'a' LIKE '%%' AND %s", (True,))
 
 
-def test_a_task_pushed_alone_keeps_every_value_on_every_database(
-    transactional_db: Any,
+@pytest.mark.parametrize("others", [0, 2, 20], ids=["alone", "of three", "of 21"])
+def test_a_task_keeps_every_value_in_a_push_of_any_size_on_every_database(
+    transactional_db: Any, others: int
 ) -> None:
-    # One task is one statement of one row: on PostgreSQL, through libpq.
+    # On PostgreSQL, one task is one statement of one row and a few one of a
+    # few rows, through libpq; more than PG_DIRECT_ROWS go as arrays.
     store = Store("one-row", lambda ready: None)
     store.start()
     task = new_task(
@@ -151,15 +163,20 @@ def test_a_task_pushed_alone_keeps_every_value_on_every_database(
         expires=time.time() + 120,
         rate_limit="10/m",
     )
+    push = (
+        [new_task() for _ in range(others // 2)] + [task] + [new_task() for _ in range(others // 2)]
+    )
     try:
         replies = Replies()
-        store.insert([task], replies.to("task", 1))
-        assert replies.all_in.wait(10) and replies.got["task"][1] is None
-        again = Replies()  # the same id again: accepted, inserted once
-        store.insert([task], again.to("task", 1))
-        assert again.all_in.wait(10) and again.got["task"] == ([], None)
+        store.insert(push, replies.to("push", 1))
+        assert replies.all_in.wait(10) and replies.got["push"][1] is None
+        assert [r.id for r in replies.got["push"][0]] == [t.id for t in push]
+        again = Replies()  # the same ids again: accepted, inserted once
+        store.insert(push, again.to("push", 1))
+        assert again.all_in.wait(10) and again.got["push"] == ([], None)
     finally:
         store.stop()
+    assert Task.objects.count() == len(push)
     row = Task.objects.get(pk=task.id)
     assert (row.name, bytes(row.payload), row.args_repr) == (
         task.name,
@@ -173,4 +190,3 @@ def test_a_task_pushed_alone_keeps_every_value_on_every_database(
     assert abs(row.run_after.timestamp() - (task.run_after or 0)) < 1e-3
     assert abs(row.expires_at.timestamp() - (task.expires or 0)) < 1e-3
     assert (row.broker, row.status) == ("one-row", "queued")
-    assert Task.objects.count() == 1

@@ -5,9 +5,9 @@ statement (on PostgreSQL, one statement over an array per column); a batch of
 inserts alone is that one statement in autocommit, with no BEGIN and COMMIT.
 The rows of its outcomes are outcomes.py's. The SQL is prepared by hand on the
 raw DB-API cursor: the models are the schema, and the ORM's per-object cost
-would dominate the commit it waits for. On PostgreSQL, a statement of one
-row's values (a push of one task, a lone running mark) skips the cursor too
-and goes through libpq directly (wire.py).
+would dominate the commit it waits for. On PostgreSQL, a statement of
+scalar values (a push of one task, a round of a few, a lone running mark)
+skips the cursor too and goes through libpq directly (wire.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .outcomes import at_once, tell_refused, write_rows
 from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements, stamp
 
 if TYPE_CHECKING:
-    from .wire import OneRow
+    from .wire import Direct
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 INSERT_CHUNK = 500
 #: Runs of one statement after which the writing connection prepares it (PostgreSQL).
 PG_PREPARE_THRESHOLD = 5
+#: Most tasks in one insert of scalar values on PostgreSQL (wire.py), a
+#: statement prepared for each number of rows up to it; more go as one array
+#: a column, which psycopg dumps in Python at some 200 µs for a round of three.
+PG_DIRECT_ROWS = 16
 
 
 class Writes:
@@ -58,8 +62,8 @@ class Writes:
         self.dialect: Dialect = sql.dialect
         self.on_ready = on_ready
         self._inserts: dict[tuple[int, bool], str] = {}
-        #: Per writing connection on PostgreSQL, its statements of one row (`_run_one`).
-        self._one_row: weakref.WeakKeyDictionary[Any, OneRow] = weakref.WeakKeyDictionary()
+        #: Per writing connection on PostgreSQL, its statements sent directly (wire.py).
+        self._direct: weakref.WeakKeyDictionary[Any, Direct] = weakref.WeakKeyDictionary()
         #: Which of the tasks about to be inserted this broker keeps (the rest
         #: are inserted unowned, for any broker to claim: server/share.py);
         #: None keeps them all.
@@ -91,21 +95,21 @@ class Writes:
         # that cannot hold prepared statements).
         import psycopg
 
-        from .wire import OneRow
+        from .wire import Direct
 
         if "prepare_threshold" not in db.settings_dict.get("OPTIONS", {}):
             cursor.connection.prepare_threshold = PG_PREPARE_THRESHOLD
-        self._one_row[cursor.connection] = OneRow(cursor.connection)
+        self._direct[cursor.connection] = Direct(cursor.connection)
         return psycopg.Cursor(cursor.connection)
 
-    def _run_one(self, bound: Any, statement: str, params: Sequence[Any]) -> int:
-        """Run a statement of one row's scalar values on `bound`; the count of
-        rows it wrote. On PostgreSQL it goes through libpq directly (wire.py)."""
-        one_row = None if self.dialect.sqlite else self._one_row.get(bound.connection)
-        if one_row is None:
+    def _run_scalar(self, bound: Any, statement: str, params: Sequence[Any]) -> int:
+        """Run a statement of scalar values on `bound`; the count of rows it
+        wrote. On PostgreSQL it goes through libpq directly (wire.py)."""
+        direct = None if self.dialect.sqlite else self._direct.get(bound.connection)
+        if direct is None:
             bound.execute(statement, params)
             return int(bound.rowcount)
-        return one_row.run(statement, params)
+        return direct.run(statement, params)
 
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Tell of the tasks just inserted (lifecycle.received), then send
@@ -159,7 +163,7 @@ class Writes:
             and not any(isinstance(op, Call) for op in ops)
         )
         if quick and len(marks) == 1 and not outcomes:
-            self._run_one(bound, self.sql.mark, marks[0])
+            self._run_scalar(bound, self.sql.mark, marks[0])
             return _per_op(ops, [])
         if quick and not marks and (len(outcomes) == 1 or all(o.succeeded for o in outcomes)):
             # One statement (at_once): the outcomes written are committed.
@@ -329,8 +333,14 @@ class Writes:
             for t, owner in zip(tasks, owners, strict=True)
         ]
         if len(rows) == 1:  # the rowcount says whether it was new
-            inserted = self._run_one(cursor, self._insert_sql(1, returning=False), rows[0])
+            inserted = self._run_scalar(cursor, self._insert_sql(1, returning=False), rows[0])
             fresh: Sequence[NewTask] = tasks if inserted == 1 else ()
+        elif not d.sqlite and len(rows) <= PG_DIRECT_ROWS and cursor.connection in self._direct:
+            returned = self._direct[cursor.connection].returning(
+                self._insert_sql(len(rows), returning=True),
+                [value for row in rows for value in row],
+            )
+            fresh = _once(tasks, [t.id for t in tasks], {uuid.UUID(i.decode()) for i in returned})
         elif not d.sqlite:
             # One array per column: psycopg parses a statement of thousands of
             # placeholders anew in Python on each call, but not ten of them.

@@ -1,13 +1,15 @@
-"""The hot path's statements of one row on PostgreSQL, sent through libpq directly.
+"""The hot path's statements of scalar values on PostgreSQL, sent through libpq directly.
 
-A push of one task is one INSERT, and a running mark one UPDATE: a statement
-of scalar values whose only result is the count of rows it wrote. psycopg's
+A push of one task is one INSERT, a round of a few pushes one INSERT of a few
+rows, and a running mark one UPDATE: statements of scalar values whose only
+result is the count of rows they wrote, or the ids they inserted. psycopg's
 cursor spends some 20 µs of Python on each (turning the query, choosing a
-dumper for each value, its generators of waits, its result objects), in the
-broker's event loop where every microsecond comes before the client's reply.
-`OneRow` sends such a statement through psycopg's libpq wrapper
-(``psycopg.pq``, the layer its cursors are built on) with the values encoded
-here, waits for the socket itself, and raises the error class psycopg would.
+dumper for each value, its generators of waits, its result objects), and
+more for a round's arrays, in the broker's event loop where every
+microsecond comes before the clients' replies. `Direct` sends such a
+statement through psycopg's libpq wrapper (``psycopg.pq``, the layer its
+cursors are built on) with the values encoded here, waits for the socket
+itself, and raises the error class psycopg would.
 
 The values a row holds are few: None, bool, int, float, str, bytes, UUID and
 aware datetimes. Each goes as text, but bytes go as binary, and the
@@ -38,11 +40,14 @@ _PLACEHOLDER = re.compile(r"%s")
 _PERCENT = re.compile(r"%(?!s)")
 #: libpq's formats of a parameter.
 TEXT, BINARY = 0, 1
+#: The statuses of a statement that ran: with no rows back, and with rows.
+DONE = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 
 
-class OneRow:
+class Direct:
     """Statements of scalar values on one psycopg connection, each sent
-    through libpq: `run` returns the count of rows it wrote."""
+    through libpq: `run` returns the count of rows one wrote, `returning`
+    the first column of the rows it returned."""
 
     def __init__(self, connection: Any) -> None:
         self._pgconn = connection.pgconn
@@ -58,6 +63,15 @@ class OneRow:
     def run(self, statement: str, params: Sequence[Any]) -> int:
         """Run `statement` (the store's, with %s placeholders) with `params`;
         the count of rows it inserted or updated."""
+        return int(self._run(statement, params).command_tuples or 0)
+
+    def returning(self, statement: str, params: Sequence[Any]) -> list[bytes]:
+        """Run `statement` with `params`; the first column of each row it
+        returned, as text."""
+        result = self._run(statement, params)
+        return [result.get_value(row, 0) for row in range(result.ntuples)]
+
+    def _run(self, statement: str, params: Sequence[Any]) -> Any:
         pgconn = self._pgconn
         values = [self._encode(value) for value in params]
         formats = [BINARY if type(value) is bytes else TEXT for value in params]
@@ -68,8 +82,7 @@ class OneRow:
             if name is None:
                 name = self._prepare(statement)
             pgconn.send_query_prepared(name, values, param_formats=formats)
-        result = self._result()
-        return int(result.command_tuples or 0)
+        return self._result()
 
     def _prepare(self, statement: str) -> bytes:
         """Prepare `statement` on the connection; its name."""
@@ -84,7 +97,9 @@ class OneRow:
         text = self._texts.get(statement)
         if text is None:
             if _PERCENT.search(statement):
-                raise ValueError(f"a statement of one row binds %s and nothing else: {statement}")
+                raise ValueError(
+                    f"a statement sent directly binds %s and nothing else: {statement}"
+                )
             numbers = iter(range(1, statement.count("%s") + 1))
             text = _PLACEHOLDER.sub(lambda _: f"${next(numbers)}", statement).encode()
             self._texts[statement] = text
@@ -109,9 +124,9 @@ class OneRow:
                 result = got
         if error is not None:
             raise error
-        if result is None or result.status != pq.ExecStatus.COMMAND_OK:
+        if result is None or result.status not in DONE:
             said = pgconn.error_message.decode(self._encoding, "replace")
-            raise errors.OperationalError(f"a statement of one row had no result: {said!r}")
+            raise errors.OperationalError(f"a statement sent directly had no result: {said!r}")
         return result
 
     def _encode(self, value: Any) -> bytes | None:
@@ -135,7 +150,7 @@ class OneRow:
             if value.utcoffset() is None:
                 raise TypeError(f"a naive datetime has no place in a row: {value!r}")
             return value.isoformat().encode()  # type: ignore[no-any-return]
-        raise TypeError(f"a statement of one row does not send {kind.__name__} values")
+        raise TypeError(f"a statement sent directly does not send {kind.__name__} values")
 
 
 #: The text of the floats that are not finite, as PostgreSQL reads them.
