@@ -102,10 +102,14 @@ class Writes:
         self._direct[cursor.connection] = Direct(cursor.connection)
         return psycopg.Cursor(cursor.connection)
 
+    def _direct_of(self, bound: Any) -> Direct | None:
+        """The statements sent directly on `bound`'s connection; None on SQLite."""
+        return None if self.dialect.sqlite else self._direct.get(bound.connection)
+
     def _run_scalar(self, bound: Any, statement: str, params: Sequence[Any]) -> int:
         """Run a statement of scalar values on `bound`; the count of rows it
         wrote. On PostgreSQL it goes through libpq directly (wire.py)."""
-        direct = None if self.dialect.sqlite else self._direct.get(bound.connection)
+        direct = self._direct_of(bound)
         if direct is None:
             bound.execute(statement, params)
             return int(bound.rowcount)
@@ -335,8 +339,8 @@ class Writes:
         if len(rows) == 1:  # the rowcount says whether it was new
             inserted = self._run_scalar(cursor, self._insert_sql(1, returning=False), rows[0])
             fresh: Sequence[NewTask] = tasks if inserted == 1 else ()
-        elif not d.sqlite and len(rows) <= PG_DIRECT_ROWS and cursor.connection in self._direct:
-            returned = self._direct[cursor.connection].returning(
+        elif len(rows) <= PG_DIRECT_ROWS and (direct := self._direct_of(cursor)) is not None:
+            returned = direct.returning(
                 self._insert_sql(len(rows), returning=True),
                 [value for row in rows for value in row],
             )
