@@ -21,9 +21,13 @@ from .delivery import waits_for_commit as waits_for_commit  # leek.backends impo
 from .handle import TaskHandle as TaskHandle  # its path until it had a module of its own
 
 TaskCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+#: No callable yet (`batch`): None is not callable, and must be refused as one.
+_NONE = object()
 
 
 def _describe(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int = 2000) -> str:
+    if not args and not kwargs:
+        return ""
     parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
     text = ", ".join(parts)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -109,9 +113,14 @@ def _parts(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[str, bytes, str]:
     """The name, payload and args_repr of a call: what differs between the tasks of a push."""
+    return _name(fn), dump_task(fn, args, kwargs), _describe(args, kwargs)
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    """The name of a task's callable; TypeError for one that is not callable."""
     if not callable(fn):
         raise TypeError(f"a task must be callable, got {type(fn).__name__}")
-    return task_name(fn), dump_task(fn, args, kwargs), _describe(args, kwargs)
+    return task_name(fn)
 
 
 def _whole(
@@ -292,9 +301,16 @@ def batch(
     calls = list(calls)
     ids = new_task_ids(len(calls))
     tasks = []
+    # A batch mostly calls one function: its name is made once, and the frame
+    # pickles the one string once, the rest as references to it.
+    last: object = _NONE
+    name = ""
     for task_id, call in zip(ids, calls, strict=True):
         fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call
-        tasks.append((task_id.bytes, *_parts(fn, tuple(args), dict(kwargs))))
+        if fn is not last:
+            name, last = _name(fn), fn
+        args, kwargs = tuple(args), dict(kwargs)
+        tasks.append((task_id.bytes, name, dump_task(fn, args, kwargs), _describe(args, kwargs)))
     return ids, {"options": options, "tasks": tasks}
 
 

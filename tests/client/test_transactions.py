@@ -65,4 +65,6 @@ def test_a_batch_with_one_bad_call_sends_none_of_it(transactional_db: object) ->
         leek.enqueue_many([(tasks.add, (1, 2)), (tasks.add, (threading.Lock(), 1))])
     with pytest.raises(TypeError, match="must be callable"):
         leek.enqueue_many([(tasks.add, (1, 2)), ("tests.tasks.noop", ())])
+    with pytest.raises(TypeError, match="must be callable, got NoneType"):
+        leek.enqueue_many([(None, ())])
     assert Task.objects.count() == 0

@@ -172,6 +172,34 @@ def test_enqueue_many_is_one_frame(broker: BrokerProcess) -> None:
     assert leek.stats()[1]["commits"] < 50
 
 
+def test_a_batch_of_several_functions_names_and_runs_each(broker: BrokerProcess) -> None:
+    # The batch names a run of calls to one function once: a change of
+    # function, and a return to the first, each get their own name.
+    calls = [
+        (tasks.add, (1, 2)),
+        (tasks.add, (3, 4)),
+        (tasks.echo, (5,), {"k": 6}),
+        (tasks.noop, ()),
+        (tasks.add, (7, 8)),
+    ]
+    handles = leek.enqueue_many(calls)
+    assert [h.result(timeout=10) for h in handles] == [
+        3,
+        7,
+        {"args": [5], "kwargs": {"k": 6}},
+        None,
+        15,
+    ]
+    rows = {t.id: t for t in Task.objects.filter(id__in=[h.id for h in handles])}
+    assert [(rows[h.id].name, rows[h.id].args_repr) for h in handles] == [
+        ("tests.tasks.add", "1, 2"),
+        ("tests.tasks.add", "3, 4"),
+        ("tests.tasks.echo", "5, k=6"),
+        ("tests.tasks.noop", ""),
+        ("tests.tasks.add", "7, 8"),
+    ]
+
+
 def test_pushes_from_other_code_are_counted_and_logged_once(
     broker_factory: Any, leek_settings: Any
 ) -> None:
