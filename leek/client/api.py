@@ -14,7 +14,7 @@ from ..exceptions import (
     LeekError,
 )
 from ..ids import new_task_id, new_task_ids
-from ..protocol.payload import dump_task, task_name
+from ..protocol.payload import dump_task, task_dumper, task_name
 from . import connection, sizes
 from .delivery import send
 from .delivery import waits_for_commit as waits_for_commit  # leek.backends imports it here
@@ -305,12 +305,13 @@ def batch(
     # pickles the one string once, the rest as references to it.
     last: object = _NONE
     name = ""
+    dump = task_dumper()
     for task_id, call in zip(ids, calls, strict=True):
         fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call
         if fn is not last:
             name, last = _name(fn), fn
         args, kwargs = tuple(args), dict(kwargs)
-        tasks.append((task_id.bytes, name, dump_task(fn, args, kwargs), _describe(args, kwargs)))
+        tasks.append((task_id.bytes, name, dump(fn, args, kwargs), _describe(args, kwargs)))
     return ids, {"options": options, "tasks": tasks}
 
 

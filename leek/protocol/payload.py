@@ -65,13 +65,18 @@ def rest_key(secret: str) -> bytes:
     return hmac.new(secret.encode(), REST_LABEL, hashlib.sha256).digest()
 
 
-def _tag(magic: bytes, body: bytes | memoryview) -> bytes:
-    """HMAC-SHA256 of `magic` and `body` under the rest key of the current SECRET."""
+def _mac() -> Mac:
+    """The Mac of the rest key of the current SECRET."""
     secret = str(conf.get("SECRET"))
     found = _MACS.get(secret)
     if found is None:
         found = _MACS[secret] = Mac(rest_key(secret))
-    return found.tag(magic, body)
+    return found
+
+
+def _tag(magic: bytes, body: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 of `magic` and `body` under the rest key of the current SECRET."""
+    return _mac().tag(magic, body)
 
 
 def signed(magic: bytes, body: bytes) -> bytes:
@@ -143,20 +148,35 @@ def dump_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
     ``__main__`` (which a broker cannot import), and everything while a module
     is registered with ``cloudpickle.register_pickle_by_value``, goes through
     cloudpickle, which pickles it by value."""
-    task = (fn, args, kwargs)
-    if not cloudpickle.list_registry_pickle_by_value():
-        try:
-            payload = pickle.dumps(task, protocol=PICKLE_PROTOCOL)
-        except Exception:  # noqa: S110 - cloudpickle below tries, and reports
-            pass
-        else:
-            if b"__main__" not in payload:
-                return signed(TASK_MAGIC, payload)
-    try:
-        by_value: bytes = cloudpickle.dumps(task, protocol=PICKLE_PROTOCOL)
-    except Exception as exc:
-        raise PayloadError(f"cannot pickle task {task_name(fn)}: {exc}") from exc
-    return signed(TASK_MAGIC, by_value)
+    return task_dumper()(fn, args, kwargs)
+
+
+def task_dumper() -> Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], bytes]:
+    """`dump_task` for the tasks of one batch: the SECRET and cloudpickle's
+    registry are read once, when it is made, not for each task."""
+    by_value = bool(cloudpickle.list_registry_pickle_by_value())
+    mac = _mac()
+    dumps = pickle.dumps
+
+    def dump(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        task = (fn, args, kwargs)
+        body = None
+        if not by_value:
+            try:
+                body = dumps(task, protocol=PICKLE_PROTOCOL)
+            except Exception:  # noqa: S110 - cloudpickle below tries, and reports
+                pass
+            else:
+                if b"__main__" in body:
+                    body = None
+        if body is None:
+            try:
+                body = cloudpickle.dumps(task, protocol=PICKLE_PROTOCOL)
+            except Exception as exc:
+                raise PayloadError(f"cannot pickle task {task_name(fn)}: {exc}") from exc
+        return TASK_MAGIC + mac.tag(TASK_MAGIC, body) + body
+
+    return dump
 
 
 def load_task(

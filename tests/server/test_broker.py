@@ -181,15 +181,11 @@ def test_a_batch_of_several_functions_names_and_runs_each(broker: BrokerProcess)
         (tasks.echo, (5,), {"k": 6}),
         (tasks.noop, ()),
         (tasks.add, (7, 8)),
+        (lambda x: x * 3, (5,)),  # by value, as a lambda cannot be named
     ]
     handles = leek.enqueue_many(calls)
-    assert [h.result(timeout=10) for h in handles] == [
-        3,
-        7,
-        {"args": [5], "kwargs": {"k": 6}},
-        None,
-        15,
-    ]
+    results = [h.result(timeout=10) for h in handles]
+    assert results == [3, 7, {"args": [5], "kwargs": {"k": 6}}, None, 15, 15]
     rows = {t.id: t for t in Task.objects.filter(id__in=[h.id for h in handles])}
     assert [(rows[h.id].name, rows[h.id].args_repr) for h in handles] == [
         ("tests.tasks.add", "1, 2"),
@@ -197,6 +193,10 @@ def test_a_batch_of_several_functions_names_and_runs_each(broker: BrokerProcess)
         ("tests.tasks.echo", "5, k=6"),
         ("tests.tasks.noop", ""),
         ("tests.tasks.add", "7, 8"),
+        (
+            f"{__name__}.test_a_batch_of_several_functions_names_and_runs_each.<locals>.<lambda>",
+            "5",
+        ),
     ]
 
 
