@@ -112,7 +112,8 @@ class Direct:
         pgconn = self._pgconn
         while pgconn.flush():  # 1: more to send, once the socket takes it
             self._writable.poll()
-        pgconn.consume_input()
+        # Busy until the whole result is read: nothing is there to read yet
+        # (the server has only just been sent the statement), so wait first.
         while pgconn.is_busy():
             self._readable.poll()
             pgconn.consume_input()
