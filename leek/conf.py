@@ -101,13 +101,14 @@ DEFAULTS: dict[str, Any] = {
     # and for a silent connection before closing it.
     "FRAME_TIMEOUT": 10.0,
     "IDLE_TIMEOUT": 300.0,
-    # Seconds a client waits for a reply, and a broker for a connection's next
-    # request (on PostgreSQL, only after a round that wrote nothing), polling
-    # the socket before the thread sleeps on it: waking a sleeping thread
-    # costs more than a short reply takes (tens of microseconds, more on a
-    # virtual machine). Only while that side's recent waits were shorter than
-    # this, and one thread of a process at a time (leek/protocol/sockets.py).
-    # 0: always sleep.
+    # Seconds a client waits for a reply, a broker for a connection's next
+    # request (on PostgreSQL, only after a round that wrote nothing), and a
+    # broker for PostgreSQL's answer to a push's insert (while none of its
+    # tasks runs), polling the socket before the thread sleeps on it: waking
+    # a sleeping thread costs more than a short reply takes (tens of
+    # microseconds, more on a virtual machine). Only while that wait's recent
+    # ones were shorter than this, and one thread of a process at a time
+    # (leek/protocol/spin.py). 0: always sleep.
     "SPIN": 0.0003,
     # Seconds a broker's thread may hold the interpreter lock while another
     # waits for it (sys.setswitchinterval; Python's default is 0.005). Worker

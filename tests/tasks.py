@@ -132,6 +132,15 @@ def pid() -> int:
     return os.getpid()
 
 
+def tasks_running() -> tuple[int, float]:
+    """The tasks running in the process it runs in, itself included, and
+    the seconds since one started or ended, as the broker's waits for its
+    database read them (protocol/spin.py)."""
+    from leek.protocol.spin import RUNS
+
+    return RUNS.count, time.monotonic() - RUNS.at if RUNS.at else -1.0
+
+
 def parent() -> int:
     """The parent of the process the task runs in."""
     return os.getppid()

@@ -13,8 +13,10 @@ thread that polls holds the interpreter lock, which the others need for the
 frames they have. Between two polls it yields its core to any process waiting
 for it, which on busy cores may be its peer.
 
-The connections' reads (sockets.py) and the broker's event loop (server/loop.py)
-spin alike; `Spins` counts both, for the broker's figures.
+The connections' reads (sockets.py), the broker's event loop (server/loop.py)
+and its waits for PostgreSQL's answer to an insert (server/store/wire.py) spin
+alike; `Spins` counts them all, for the broker's figures. A wait for the
+database spins only while none of the broker's tasks runs (`RUNS`).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ T = TypeVar("T")
 
 
 def _unlock_spinner() -> None:
-    """In a forked child: a spin lock that no thread of the parent can hold."""
+    """In a forked child: a spin lock that no thread of the parent can hold,
+    and no task of the parent's running."""
     global _SPINNER
     _SPINNER = threading.Lock()
+    RUNS.forget()
 
 
 os.register_at_fork(after_in_child=_unlock_spinner)
@@ -78,6 +82,41 @@ class Latest:
         return now - other > SHARED_WINDOW
 
 
+class Runs:
+    """The tasks this process runs now, and when one last started or ended.
+    A broker's wait for its database's answer polls only while none runs and
+    none started or ended within SHARED_WINDOW (`still`): a task needs the
+    cores, and on the threads pool the interpreter lock, that a poll would
+    hold. A worker enters `RUNS` around each task it runs."""
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """No task running (in a forked child: the parent's are not its own)."""
+        self.count = 0
+        self.at = 0.0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.count += 1
+            self.at = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.count -= 1
+            self.at = time.monotonic()
+
+    def still(self) -> bool:
+        """Whether no task runs, nor started or ended lately."""
+        return not self.count and time.monotonic() - self.at > SHARED_WINDOW
+
+
+#: The task runs of this process.
+RUNS = Runs()
+
+
 def until(attempt: Callable[[], T | None], seconds: float) -> T | None:
     """The first answer of `attempt` other than None, asked again and again
     for up to `seconds`; None when none came. Counted in `Spins`."""
@@ -102,7 +141,7 @@ def poll(
     without blocking (`recv_into` is the socket's); -1 when nothing did, None
     when this thread may not spin now: another connection of the process
     received a frame lately, or another thread spins."""
-    if not Latest.alone(owner, time.monotonic()) or not _SPINNER.acquire(blocking=False):
+    if not Latest.alone(owner, time.monotonic()):
         return None
 
     def received() -> int | None:
@@ -112,8 +151,19 @@ def poll(
         except BlockingIOError:
             return None
 
+    spun = alone(received, seconds)
+    if spun is None:
+        return None
+    got = spun[0]
+    return -1 if got is None else got
+
+
+def alone(attempt: Callable[[], T | None], seconds: float) -> tuple[T | None] | None:
+    """`until`, by one thread of the process at a time: (its answer,), or None
+    at once, with no poll, while another thread spins."""
+    if not _SPINNER.acquire(blocking=False):
+        return None
     try:
-        got = until(received, seconds)
+        return (until(attempt, seconds),)
     finally:
         _SPINNER.release()
-    return -1 if got is None else got

@@ -30,6 +30,7 @@ from django.utils.module_loading import import_string
 from .. import conf
 from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..logs import task_extra
+from ..protocol.spin import RUNS
 from ..runtime import CapturedOutput, Flag
 from . import lifecycle, stops
 from .attempt import Attempt, Result, cancelled, perform, timed_out
@@ -315,18 +316,23 @@ class Pool:
             self.running[me] = run
         self.store.mark_running(ready.id, number, started, epoch)
         lifecycle.started(ready.id, job.name, ready.queue, number)
-        if process is None:
-            result = self._on_thread(me, run, attempt)
-        else:
-            ran = process.run(attempt, lambda pct, note: self.store.progress(ready.id, pct, note))
-            with self._lock:
-                run.done = True  # a cancel kills no process from here on
-            if ran is None:  # its process had ended while idle: the task never began
+        with RUNS:
+            if process is None:
+                result = self._on_thread(me, run, attempt)
+            else:
+                ran = process.run(
+                    attempt, lambda pct, note: self.store.progress(ready.id, pct, note)
+                )
                 with self._lock:
-                    self.running[me] = None
-                self.retry_later([Ready(ready.id, ready.priority, ready.queue, time.time(), job)])
-                return False
-            result = ran
+                    run.done = True  # a cancel kills no process from here on
+                if ran is None:  # its process had ended while idle: the task never began
+                    with self._lock:
+                        self.running[me] = None
+                    self.retry_later(
+                        [Ready(ready.id, ready.priority, ready.queue, time.time(), job)]
+                    )
+                    return False
+                result = ran
         with self._lock:
             if self.running.get(me) is run:
                 self.running[me] = None

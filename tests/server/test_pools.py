@@ -66,6 +66,16 @@ def test_the_broker_never_runs_task_code_in_processes_mode(broker_factory: Any) 
     assert len(ran_in) <= 2  # the two workers' processes, warm across tasks
 
 
+def test_a_task_on_a_thread_keeps_the_brokers_waits_from_polling(broker: BrokerProcess) -> None:
+    """A task running keeps the broker's waits for the database from polling
+    (protocol/spin.py's RUNS), in the path a process's task takes too."""
+    count, since = leek.push_task_to_queue(tasks.tasks_running).result(timeout=30)
+    assert count == 1  # itself
+    assert 0 <= since < 10  # its own start, a moment before it ran
+    count, _ = leek.push_task_to_queue(tasks.tasks_running).result(timeout=30)
+    assert count == 1  # the one before ended
+
+
 def test_a_task_blocked_in_a_sleep_is_stopped_at_its_limit(broker_factory: Any) -> None:
     processes(broker_factory)
     started = time.monotonic()

@@ -10,6 +10,7 @@ outage (dberrors.py).
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import pytest
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from leek.models import Task
+from leek.protocol import spin as spin_module
+from leek.protocol.spin import RUNS, SHARED_WINDOW, Spins
 from leek.server.dberrors import transient
 from leek.server.store import Store
 from tests.server.test_store import Replies, new_task
@@ -39,6 +42,13 @@ def pg(transactional_db: Any) -> Iterator[Any]:
         db.close()
 
 
+@pytest.fixture(autouse=True)
+def no_task_lately(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No task of this process runs, nor started or ended lately: the waits may poll."""
+    monkeypatch.setattr(RUNS, "count", 0)
+    monkeypatch.setattr(RUNS, "at", 0.0)
+
+
 @pytest.fixture
 def kinds(pg: Any) -> Any:
     """A temporary table with a column of each kind a row holds, and its insert."""
@@ -49,11 +59,16 @@ def kinds(pg: Any) -> Any:
     return "INSERT INTO kinds VALUES (%s, %s, %s, %s, %s, %s, %s)"
 
 
-def direct(pg: Any, prepare_threshold: int | None = 5) -> Any:
+def direct(pg: Any, prepare_threshold: int | None = 5, spin: float = 0.0) -> Any:
     from leek.server.store.wire import Direct
 
     pg.prepare_threshold = prepare_threshold
-    return Direct(pg)
+    return Direct(pg, spin)
+
+
+#: A wait for the answer that sleeps at once, and one that polls first, for
+#: as long as any answer of these tests takes.
+WAITS = pytest.mark.parametrize("spin", [0.0, 0.5], ids=["sleeping", "polling"])
 
 
 @pytest.mark.parametrize("prepare_threshold", [5, None])
@@ -94,12 +109,13 @@ def test_a_value_of_another_kind_is_refused_before_anything_is_sent(
     assert pg.execute("SELECT count(*) FROM kinds").fetchone()[0] == 1
 
 
+@WAITS
 def test_a_value_refused_raises_psycopgs_class_and_leaves_the_connection_usable(
-    pg: Any, kinds: str
+    pg: Any, kinds: str, spin: float
 ) -> None:
     import psycopg
 
-    rows = direct(pg)
+    rows = direct(pg, spin=spin)
     # libpq would end a text at its NUL: refused before it is sent, as psycopg does
     with pytest.raises(psycopg.DataError) as nul:
         rows.run(kinds, (None, None, None, "nul \0 inside", None, None, None))
@@ -115,8 +131,9 @@ def test_a_value_refused_raises_psycopgs_class_and_leaves_the_connection_usable(
     assert rows.run(kinds, (None, 8, None, None, None, None, None)) == 1
 
 
-def test_a_connection_the_server_ends_raises_an_outage(pg: Any, kinds: str) -> None:
-    rows = direct(pg)
+@WAITS
+def test_a_connection_the_server_ends_raises_an_outage(pg: Any, kinds: str, spin: float) -> None:
+    rows = direct(pg, spin=spin)
     pid = pg.info.backend_pid
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
@@ -124,6 +141,92 @@ def test_a_connection_the_server_ends_raises_an_outage(pg: Any, kinds: str) -> N
     with pytest.raises(Exception) as ended:
         rows.run(kinds, (True, 1, None, None, None, None, None))
     assert transient(ended.value)  # the database's fault: the write is tried again
+
+
+@WAITS
+def test_a_connection_the_server_ends_while_its_answer_is_awaited_raises_an_outage(
+    pg: Any, spin: float
+) -> None:
+    rows = direct(pg, spin=spin)
+    pid = pg.info.backend_pid
+    ender = threading.Timer(0.2, _terminate, [pid])
+    ender.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(Exception) as ended:
+            rows.run("SELECT pg_sleep(%s)", (5.0,))
+    finally:
+        ender.join()
+    assert transient(ended.value)
+    assert time.monotonic() - began < 4  # not the statement's own end
+
+
+def _terminate(pid: int) -> None:
+    db = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        with db.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        db.close()
+
+
+def test_the_wait_for_an_answer_polls_first_while_answers_come_within_the_spin(
+    pg: Any, kinds: str
+) -> None:
+    rows = direct(pg, spin=0.5)
+    rows.run(kinds, (True, 0, None, None, None, None, None))  # prepared, then run
+    polled, received = Spins.polled, Spins.received
+    for n in range(1, 6):
+        assert rows.run(kinds, (True, n, None, None, None, None, None)) == 1
+    assert Spins.polled - polled == 5
+    assert Spins.received - received == 5  # each answer found by a poll
+
+    polled = Spins.polled
+    unspun = direct(pg, None)  # another Direct on the connection: it prepares nothing
+    assert unspun.run(kinds, (True, 9, None, None, None, None, None)) == 1
+    assert Spins.polled == polled  # no spin: it sleeps at once
+
+
+def test_answers_slower_than_the_spin_are_slept_on(pg: Any) -> None:
+    rows = direct(pg, spin=0.01)
+    polled = Spins.polled
+    for _ in range(6):
+        rows.run("SELECT pg_sleep(%s)", (0.05,))
+    # Each wait of 50 ms moves the average most of the way past 10 ms: the
+    # first waits poll, and the later ones sleep at once.
+    assert 1 <= Spins.polled - polled < 6
+    polls = Spins.polled
+    rows.run("SELECT pg_sleep(%s)", (0.05,))
+    assert Spins.polled == polls
+
+
+def test_the_wait_does_not_poll_while_tasks_come_and_go(
+    pg: Any, kinds: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = direct(pg, spin=0.5)
+    rows.run(kinds, (True, 0, None, None, None, None, None))  # prepared, then run
+    polled = Spins.polled
+    with RUNS:  # a task of this process runs
+        assert rows.run(kinds, (True, 1, None, None, None, None, None)) == 1
+        monkeypatch.setattr(RUNS, "at", time.monotonic() - 2 * SHARED_WINDOW)
+        assert rows.run(kinds, (True, 2, None, None, None, None, None)) == 1  # long running
+    assert Spins.polled == polled
+    assert rows.run(kinds, (True, 3, None, None, None, None, None)) == 1  # one ended just now
+    assert Spins.polled == polled
+    monkeypatch.setattr(RUNS, "at", time.monotonic() - 2 * SHARED_WINDOW)  # a while ago
+    assert rows.run(kinds, (True, 4, None, None, None, None, None)) == 1
+    assert Spins.polled == polled + 1
+
+
+def test_one_thread_of_a_process_polls_at_a_time(pg: Any, kinds: str) -> None:
+    rows = direct(pg, spin=0.5)
+    polled = Spins.polled
+    with spin_module._SPINNER:  # another thread spins meanwhile
+        assert rows.run(kinds, (True, 1, None, None, None, None, None)) == 1
+    assert Spins.polled == polled
+    assert rows.run(kinds, (True, 2, None, None, None, None, None)) == 1
+    assert Spins.polled == polled + 1  # its turn again
+    assert pg.execute("SELECT count(*) FROM kinds").fetchone()[0] == 2
 
 
 def test_the_rows_a_statement_returns_come_back_as_text(pg: Any, kinds: str) -> None:

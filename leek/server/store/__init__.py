@@ -76,7 +76,14 @@ class Store:
         #: stamped with it (sql.STAMP). 0 until `begin_epoch`, for a Store
         #: used outside a broker.
         self.epoch = 0
-        self.writes = Writes(node, self.sql, on_ready, self.text_limit, lambda: self.epoch)
+        self.writes = Writes(
+            node,
+            self.sql,
+            on_ready,
+            self.text_limit,
+            lambda: self.epoch,
+            spin=float(conf.get("SPIN")),
+        )
         self.tasks = GroupCommit("leek-writer", self.writes)
         self.outcomes = (
             self.tasks if self.dialect.sqlite else GroupCommit("leek-outcomes", self.writes)

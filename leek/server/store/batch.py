@@ -54,8 +54,10 @@ class Writes:
         on_ready: Callable[[list[Ready]], None],
         text_limit: int,
         epoch: Callable[[], int] = lambda: 0,
+        spin: float = 0.0,
     ) -> None:
         self.node = node
+        self.spin = spin  # SPIN: how long a statement sent directly polls for its answer
         self.epoch = epoch  # this broker's epoch now, which its claims are stamped with
         self.text_limit = text_limit  # CAPTURE_LIMIT, for storable's texts
         self.sql = sql
@@ -99,7 +101,7 @@ class Writes:
 
         if "prepare_threshold" not in db.settings_dict.get("OPTIONS", {}):
             cursor.connection.prepare_threshold = PG_PREPARE_THRESHOLD
-        self._direct[cursor.connection] = Direct(cursor.connection)
+        self._direct[cursor.connection] = Direct(cursor.connection, self.spin)
         return psycopg.Cursor(cursor.connection)
 
     def _direct_of(self, bound: Any) -> Direct | None:
