@@ -15,8 +15,9 @@ for it, which on busy cores may be its peer.
 
 The connections' reads (sockets.py), the broker's event loop (server/loop.py)
 and its waits for PostgreSQL's answer to an insert (server/store/wire.py) spin
-alike; `Spins` counts them all, for the broker's figures. A wait for the
-database spins only while none of the broker's tasks runs (`RUNS`).
+alike; `Spins` counts the waits for a frame and `AnswerSpins` those for the
+database, for the broker's figures. A wait for the database spins only while
+none of the broker's tasks runs (`RUNS`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ os.register_at_fork(after_in_child=_unlock_spinner)
 class Spins:
     """The waits of every connection of this process that polled (`polled`),
     and of those, the ones that received without sleeping (`received`)."""
+
+    polled = 0
+    received = 0
+
+
+class AnswerSpins(Spins):
+    """The same, of a broker's waits for its database's answer (wire.py)."""
 
     polled = 0
     received = 0
@@ -117,15 +125,15 @@ class Runs:
 RUNS = Runs()
 
 
-def until(attempt: Callable[[], T | None], seconds: float) -> T | None:
+def until(attempt: Callable[[], T | None], seconds: float, tally: type[Spins] = Spins) -> T | None:
     """The first answer of `attempt` other than None, asked again and again
-    for up to `seconds`; None when none came. Counted in `Spins`."""
+    for up to `seconds`; None when none came. Counted in `tally`."""
     deadline = time.perf_counter() + seconds
-    Spins.polled += 1
+    tally.polled += 1
     while True:
         found = attempt()
         if found is not None:
-            Spins.received += 1
+            tally.received += 1
             return found
         if time.perf_counter() >= deadline:
             return None
@@ -158,12 +166,14 @@ def poll(
     return -1 if got is None else got
 
 
-def alone(attempt: Callable[[], T | None], seconds: float) -> tuple[T | None] | None:
+def alone(
+    attempt: Callable[[], T | None], seconds: float, tally: type[Spins] = Spins
+) -> tuple[T | None] | None:
     """`until`, by one thread of the process at a time: (its answer,), or None
     at once, with no poll, while another thread spins."""
     if not _SPINNER.acquire(blocking=False):
         return None
     try:
-        return (until(attempt, seconds),)
+        return (until(attempt, seconds, tally),)
     finally:
         _SPINNER.release()

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..protocol.spin import AnswerSpins
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -48,6 +49,7 @@ def stats(broker: Broker) -> dict[str, Any]:
         "rejected_frames": broker.rejected,
         "replay": broker.replay.counts(),
         "connections": broker.server.figures(),
+        "database_spins": {"spins": AnswerSpins.polled, "spun": AnswerSpins.received},
         "commits": broker.store.all_commits(),
         "epoch": broker.store.epoch,
         "outcomes_refused": broker.store.writes.refused,

@@ -18,7 +18,7 @@ from django.db import connection as db
 from leek.protocol.frame import Keys
 from leek.protocol.sockets import FrameSocket
 
-from ..conftest import BrokerFactory
+from ..conftest import BOTH_POOLS, BrokerFactory, wait_for
 
 SECRET = b"s" * 32
 #: A peer that answers every request frame, after `delay` seconds, in one
@@ -172,3 +172,33 @@ def test_a_broker_polls_for_the_next_push_on_sqlite_only(
         # wrote, the loop sleeps at once. It may poll around the stats
         # requests (answered aside), which write nothing.
         assert spins <= 3, (before["connections"], after["connections"])
+
+
+@BOTH_POOLS
+def test_a_broker_polls_for_postgresqls_answer_only_while_no_task_runs(
+    broker_factory: BrokerFactory, leek_settings: Callable[..., None], pool: str
+) -> None:
+    import leek
+    from tests import tasks
+
+    broker_factory(LEEK_SPIN="0.005", LEEK_POOL=pool, LEEK_WORKERS="1")
+    leek_settings(SPIN=0.005)
+
+    def polled_over(pushes: int) -> int:
+        """The broker's waits for the database that polled over `pushes`
+        pushes of tasks due in an hour (which run nothing meanwhile)."""
+        before = leek.stats()[1]["database_spins"]["spins"]
+        for _ in range(pushes):
+            leek.enqueue(operator.add, (1, 2), delay=3600)
+        return int(leek.stats()[1]["database_spins"]["spins"] - before)
+
+    idle = polled_over(30)
+    if db.vendor == "sqlite":
+        assert idle == 0  # SQLite answers within the call: there is nothing to wait for
+        return
+    assert idle >= 10
+    running = leek.push_task_to_queue(tasks.sleep, 3)
+    wait_for(lambda: leek.stats()[1]["running"], equals=1)
+    assert polled_over(30) == 0  # a task needs the cores meanwhile
+    assert running.result(timeout=30) == 3
+    wait_for(lambda: polled_over(5) >= 1)  # and once it has ended, they poll again

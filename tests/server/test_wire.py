@@ -23,7 +23,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from leek.models import Task
 from leek.protocol import spin as spin_module
-from leek.protocol.spin import RUNS, SHARED_WINDOW, Spins
+from leek.protocol.spin import RUNS, SHARED_WINDOW, AnswerSpins
 from leek.server.dberrors import transient
 from leek.server.store import Store
 from tests.server.test_store import Replies, new_task
@@ -175,29 +175,29 @@ def test_the_wait_for_an_answer_polls_first_while_answers_come_within_the_spin(
 ) -> None:
     rows = direct(pg, spin=0.5)
     rows.run(kinds, (True, 0, None, None, None, None, None))  # prepared, then run
-    polled, received = Spins.polled, Spins.received
+    polled, received = AnswerSpins.polled, AnswerSpins.received
     for n in range(1, 6):
         assert rows.run(kinds, (True, n, None, None, None, None, None)) == 1
-    assert Spins.polled - polled == 5
-    assert Spins.received - received == 5  # each answer found by a poll
+    assert AnswerSpins.polled - polled == 5
+    assert AnswerSpins.received - received == 5  # each answer found by a poll
 
-    polled = Spins.polled
+    polled = AnswerSpins.polled
     unspun = direct(pg, None)  # another Direct on the connection: it prepares nothing
     assert unspun.run(kinds, (True, 9, None, None, None, None, None)) == 1
-    assert Spins.polled == polled  # no spin: it sleeps at once
+    assert AnswerSpins.polled == polled  # no spin: it sleeps at once
 
 
 def test_answers_slower_than_the_spin_are_slept_on(pg: Any) -> None:
     rows = direct(pg, spin=0.01)
-    polled = Spins.polled
+    polled = AnswerSpins.polled
     for _ in range(6):
         rows.run("SELECT pg_sleep(%s)", (0.05,))
     # Each wait of 50 ms moves the average most of the way past 10 ms: the
     # first waits poll, and the later ones sleep at once.
-    assert 1 <= Spins.polled - polled < 6
-    polls = Spins.polled
+    assert 1 <= AnswerSpins.polled - polled < 6
+    polls = AnswerSpins.polled
     rows.run("SELECT pg_sleep(%s)", (0.05,))
-    assert Spins.polled == polls
+    assert AnswerSpins.polled == polls
 
 
 def test_the_wait_does_not_poll_while_tasks_come_and_go(
@@ -205,27 +205,27 @@ def test_the_wait_does_not_poll_while_tasks_come_and_go(
 ) -> None:
     rows = direct(pg, spin=0.5)
     rows.run(kinds, (True, 0, None, None, None, None, None))  # prepared, then run
-    polled = Spins.polled
+    polled = AnswerSpins.polled
     with RUNS:  # a task of this process runs
         assert rows.run(kinds, (True, 1, None, None, None, None, None)) == 1
         monkeypatch.setattr(RUNS, "at", time.monotonic() - 2 * SHARED_WINDOW)
         assert rows.run(kinds, (True, 2, None, None, None, None, None)) == 1  # long running
-    assert Spins.polled == polled
+    assert AnswerSpins.polled == polled
     assert rows.run(kinds, (True, 3, None, None, None, None, None)) == 1  # one ended just now
-    assert Spins.polled == polled
+    assert AnswerSpins.polled == polled
     monkeypatch.setattr(RUNS, "at", time.monotonic() - 2 * SHARED_WINDOW)  # a while ago
     assert rows.run(kinds, (True, 4, None, None, None, None, None)) == 1
-    assert Spins.polled == polled + 1
+    assert AnswerSpins.polled == polled + 1
 
 
 def test_one_thread_of_a_process_polls_at_a_time(pg: Any, kinds: str) -> None:
     rows = direct(pg, spin=0.5)
-    polled = Spins.polled
+    polled = AnswerSpins.polled
     with spin_module._SPINNER:  # another thread spins meanwhile
         assert rows.run(kinds, (True, 1, None, None, None, None, None)) == 1
-    assert Spins.polled == polled
+    assert AnswerSpins.polled == polled
     assert rows.run(kinds, (True, 2, None, None, None, None, None)) == 1
-    assert Spins.polled == polled + 1  # its turn again
+    assert AnswerSpins.polled == polled + 1  # its turn again
     assert pg.execute("SELECT count(*) FROM kinds").fetchone()[0] == 2
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from psycopg import errors, pq
 
-from ...protocol.spin import RUNS, WAIT_WEIGHT, alone
+from ...protocol.spin import RUNS, WAIT_WEIGHT, AnswerSpins, alone
 
 #: A placeholder of the store's statements (`%s`), and any other use of `%`.
 _PLACEHOLDER = re.compile(r"%s")
@@ -145,7 +145,7 @@ class Direct:
         pgconn = self._pgconn
         began = time.perf_counter()
         if self.spin and self._wait < self.spin and RUNS.still():
-            alone(self._answered, self.spin)
+            alone(self._answered, self.spin, AnswerSpins)
         while pgconn.is_busy():
             self._readable.poll()
             pgconn.consume_input()
