@@ -21,8 +21,9 @@ Beside the systems, each run measures what no queue's own work is in:
                processes (CHILD_NICE), in the session of the process that
                answers, one byte from a client in a session of its own, p50 and
                p99: answered at once, and answered after leek's write of one
-               task (SQLite NORMAL, PostgreSQL): under each push while every
-               worker runs a CPU-bound task (cpu_push)
+               task (SQLite NORMAL, PostgreSQL), which sleeps on PostgreSQL's
+               answer as a broker's does while a task runs: under each push
+               while every worker runs a CPU-bound task (cpu_push)
   group        pushes a second from one client process and from four, each
                pushing one task at a time in leek frames to one thread that
                reads every connection, checks each frame, writes the round's
@@ -61,6 +62,7 @@ from typing import Any
 from bench.common import REPO, Skip, _percentiles
 from bench.systems import pg_util
 from leek.protocol import frame
+from leek.protocol.spin import RUNS
 
 #: Commits timed one task at a time, and tasks in each batch and how many batches.
 COMMITS = {"NORMAL": 3000, "FULL": 1000, "pg": 1000}
@@ -199,7 +201,10 @@ def busy_round_trips(answer: Callable[[], None]) -> dict[str, float]:
             finally:
                 os._exit(0)
         os.close(writer)
-        with _spinners():
+        # The spinners stand for a broker's tasks: while one runs, the broker's
+        # waits for its database sleep at once (leek/protocol/spin.py), and so
+        # do the writes here.
+        with _spinners(), RUNS:
             peer, _ = server.accept()
             peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with peer:
