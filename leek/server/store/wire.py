@@ -27,7 +27,7 @@ connection before it sleeps on it, while the recent answers came within the
 spin and no task of the broker runs, nor started or ended lately, one thread
 of the process at a time (protocol/spin.py). A thread asleep is woken by the
 answer some 50 µs after it came: polling made one client's pushes to
-PostgreSQL a quarter faster on the 2-core host of docs/benchmarks.md.
+PostgreSQL 28% faster on the 2-core host of docs/benchmarks.md.
 """
 
 from __future__ import annotations
