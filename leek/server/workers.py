@@ -318,21 +318,20 @@ class Pool:
         lifecycle.started(ready.id, job.name, ready.queue, number)
         with RUNS:
             if process is None:
-                result = self._on_thread(me, run, attempt)
+                ran: Result | None = self._on_thread(me, run, attempt)
             else:
                 ran = process.run(
                     attempt, lambda pct, note: self.store.progress(ready.id, pct, note)
                 )
-                with self._lock:
-                    run.done = True  # a cancel kills no process from here on
-                if ran is None:  # its process had ended while idle: the task never began
-                    with self._lock:
-                        self.running[me] = None
-                    self.retry_later(
-                        [Ready(ready.id, ready.priority, ready.queue, time.time(), job)]
-                    )
-                    return False
-                result = ran
+        if process is not None:
+            with self._lock:
+                run.done = True  # a cancel kills no process from here on
+        if ran is None:  # its process had ended while idle: the task never began
+            with self._lock:
+                self.running[me] = None
+            self.retry_later([Ready(ready.id, ready.priority, ready.queue, time.time(), job)])
+            return False
+        result = ran
         with self._lock:
             if self.running.get(me) is run:
                 self.running[me] = None
