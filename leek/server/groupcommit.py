@@ -438,7 +438,10 @@ class GroupCommit:
         message = f"{type(exc).__name__}: {exc}".strip()
         if self.healthy or message != self.last_error:
             logger.error(
-                "database write failed error=%s", message, extra={"action": "db_write_failed"}
+                "database write failed lane=%s error=%s",
+                self.name,
+                message,
+                extra={"action": "db_write_failed"},
             )
         self.healthy, self.last_error = False, message
         try:
