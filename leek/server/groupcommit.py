@@ -438,7 +438,7 @@ class GroupCommit:
         message = f"{type(exc).__name__}: {exc}".strip()
         if self.healthy or message != self.last_error:
             logger.error(
-                "database write failed lane=%s error=%s",
+                "database write failed writer=%s error=%s",
                 self.name,
                 message,
                 extra={"action": "db_write_failed"},
