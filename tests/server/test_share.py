@@ -116,9 +116,8 @@ def test_a_claim_the_database_failed_leaves_the_broker_claiming_once_it_is_back(
     spool([message])  # unowned, in the table: for a claim, not a sweep (none comes)
     task = Task.objects.filter(pk=message["id"])
     wait_for(lambda: task.filter(status="succeeded").exists())
-    assert "database write failed writer=leek-writer error=OperationalError: database is locked" in (
-        broker.output()
-    )
+    failed = "database write failed writer=leek-writer error=OperationalError: database is locked"
+    assert failed in broker.output()
     assert "callback failed" not in broker.output()
 
 
