@@ -293,11 +293,18 @@ def _group_share(group: dict[str, float] | None) -> str:
     """The group floor's four client processes against its one client, the
     faster way of each (bench/floors.py's group_pushes), with the rates; '-'
     where not measured."""
-    if not group:
+    one = _group_one(group)
+    if not group or not one:
         return "-"
-    one = max(group["one_per_s"], group["one_polling_per_s"])
     four = max(group["four_per_s"], group["four_polling_per_s"])
     return f"{four / one:.2f}x ({_rate(four)} / {_rate(one)})"
+
+
+def _group_one(group: dict[str, float] | None) -> float | None:
+    """The group floor's one client, the faster way (sleeping or polling)."""
+    if not group:
+        return None
+    return max(group["one_per_s"], group["one_polling_per_s"])
 
 
 #: leek's variant -> its database's floors in results["machine"]["floors"] (bench/floors.py)
@@ -312,16 +319,21 @@ FLOOR_KEYS = {
 
 def ceiling_table(results: dict[str, Any]) -> Table | None:
     """Each leek's one-client pushes against the most one can reach on the
-    machine: a round trip, then leek's write of one task (bench/floors.py)."""
+    machine: a round trip, then leek's write of one task (bench/floors.py);
+    and against the group floor's one client, leek's frames and write in a
+    loop with nothing of leek's own around them: between the two, the loop's
+    own rounds; beyond the floor, leek's own work."""
     floors = results["machine"].get("floors") or {}
     trip = floors.get("round_trip_us")
     rows = []
     for doc in measured(results):
-        write = floors.get(FLOOR_KEYS.get(doc["system"], ""), {}).get("commit_us")
+        database = floors.get(FLOOR_KEYS.get(doc["system"], ""), {})
+        write = database.get("commit_us")
         one = _median(doc, "enqueue_1")
         if not trip or not write or not one:
             continue
         ceiling = 1e6 / (trip + write)
+        group = _group_one(database.get("group"))
         rows.append(
             [
                 doc["system"],
@@ -330,6 +342,8 @@ def ceiling_table(results: dict[str, Any]) -> Table | None:
                 _rate(ceiling),
                 _rate(one),
                 _share(one, ceiling),
+                f"{_rate(group)} ({_share(group, ceiling)})" if group else "-",
+                _share(one, group),
             ]
         )
     head = [
@@ -339,6 +353,8 @@ def ceiling_table(results: dict[str, Any]) -> Table | None:
         "1 client at most/s",
         "enqueue 1 client/s",
         "of that",
+        "group floor, 1 client/s (of at most)",
+        "enqueue of the group floor",
     ]
     return (head, rows) if rows else None
 
@@ -512,7 +528,9 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "",
             "leek's one-client pushes against the most a push can reach on this machine: "
             "a round trip, then leek's write of one task alone (one commit, from plain "
-            "Python, no socket; bench/floors.py):",
+            "Python, no socket); and against the group floor's one client, leek's "
+            "frames and write in a loop with nothing of leek's own around them "
+            "(bench/floors.py):",
             "",
             fmt(ceiling),
         ]
