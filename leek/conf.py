@@ -102,9 +102,9 @@ DEFAULTS: dict[str, Any] = {
     "FRAME_TIMEOUT": 10.0,
     "IDLE_TIMEOUT": 300.0,
     # Seconds a client waits for a reply, a broker for a connection's next
-    # request (on PostgreSQL, only after a round that wrote nothing), and a
-    # broker for PostgreSQL's answer to a push's insert (while none of its
-    # tasks runs), polling the socket before the thread sleeps on it: waking
+    # request and for PostgreSQL's answer to a push's insert (on PostgreSQL,
+    # after a push only while none of its tasks runs), polling the socket
+    # before the thread sleeps on it: waking
     # a sleeping thread costs more than a short reply takes (tens of
     # microseconds, more on a virtual machine). Only while that wait's recent
     # ones were shorter than this, and one thread of a process at a time

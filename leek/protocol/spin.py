@@ -16,7 +16,8 @@ for it, which on busy cores may be its peer.
 The connections' reads (sockets.py), the broker's event loop (server/loop.py)
 and its waits for PostgreSQL's answer to an insert (server/store/wire.py) spin
 alike; `Spins` counts the waits for a frame and `AnswerSpins` those for the
-database, for the broker's figures. A wait for the database spins only while
+database, for the broker's figures. A wait for the database, and on
+PostgreSQL the loop's wait for the next request after a push, spin only while
 none of the broker's tasks runs (`RUNS`).
 """
 

@@ -19,9 +19,10 @@ loop checks these every SCAN_INTERVAL and closes whoever is late.
 
 With SPIN, the loop polls the selector before it sleeps, while the recent
 waits for a frame were shorter than the spin (spin.py tells why); on
-PostgreSQL (`spin_after_writes` off), only after a round that wrote nothing
-(a ping, a status): a push there waits for the database's answer anyway,
-and polling for the next one only spent the CPU.
+PostgreSQL (`spin_after_writes` off), after a round that wrote only while
+none of the broker's tasks runs (`RUNS`), as its wait for the database's
+answer polls: a task needs the cores, and on the threads pool the
+interpreter lock, that a poll would hold.
 
 TLS connections keep a thread each (tcp.py's Handler): OpenSSL's records are
 read whole by blocking calls there.
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
 from ..protocol.sockets import FrameSocket
-from ..protocol.spin import WAIT_WEIGHT, until
+from ..protocol.spin import RUNS, WAIT_WEIGHT, until
 from .admission import Conn, Gate, Waking
 from .peer import Peer
 
@@ -202,7 +203,8 @@ class Loop:
         select = self._selector.select
         began = time.perf_counter()
         events = None
-        if self.spin and self._wait < self.spin and (self.spin_after_writes or not wrote):
+        after = self.spin_after_writes or not wrote or RUNS.still()
+        if self.spin and self._wait < self.spin and after:
             events = until(lambda: select(0) or None, self.spin)
         if not events:
             events = select(max(timeout, 0.0))

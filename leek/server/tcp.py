@@ -69,7 +69,7 @@ class Limits:
     first_frame_timeout: float = 5.0  # seconds from accept to the first valid frame
     tls: ssl.SSLContext | None = None  # the broker's TLS, or None for plain TCP
     spin: float = 0.0  # seconds a connection polls for the next request before it sleeps
-    spin_after_writes: bool = True  # False: only after a round that wrote nothing
+    spin_after_writes: bool = True  # False: after a round that wrote, only while no task runs
 
 
 class Gathered(Protocol):

@@ -153,25 +153,39 @@ def test_a_client_spins_on_a_brokers_replies_and_a_broker_on_its_requests(
     assert figures["connections"]["spins"] >= 1, figures["connections"]
 
 
-def test_a_broker_polls_for_the_next_push_on_sqlite_only(
-    broker_factory: BrokerFactory, leek_settings: Callable[..., None]
+@BOTH_POOLS
+def test_a_broker_polls_for_the_next_push_on_postgresql_only_while_no_task_runs(
+    broker_factory: BrokerFactory, leek_settings: Callable[..., None], pool: str
 ) -> None:
+    """After a round that wrote, the loop polls for the next request: on
+    SQLite always, on PostgreSQL only while none of the broker's tasks runs,
+    as its wait for the database's answer does (a task needs the cores)."""
     import leek
+    from tests import tasks
 
-    broker_factory(LEEK_SPIN="0.005")
+    broker_factory(LEEK_SPIN="0.005", LEEK_POOL=pool, LEEK_WORKERS="1")
     leek_settings(SPIN=0.005)
-    ok, before = leek.stats()
-    for _ in range(50):
-        leek.push_task_to_queue(operator.add, 1, 2)
-    ok, after = leek.stats()
-    spins = after["connections"]["spins"] - before["connections"]["spins"]
+
+    def spins_over(pushes: int) -> int:
+        """The loop's waits for a frame that polled over `pushes` pushes of
+        tasks due in an hour (which run nothing meanwhile)."""
+        before = leek.stats()[1]["connections"]["spins"]
+        for _ in range(pushes):
+            leek.enqueue(operator.add, (1, 2), delay=3600)
+        return int(leek.stats()[1]["connections"]["spins"] - before)
+
+    idle = spins_over(50)
+    assert idle >= 10
+    running = leek.push_task_to_queue(tasks.sleep, 3)
+    wait_for(lambda: leek.stats()[1]["running"], equals=1)
+    busy = spins_over(50)
+    assert running.result(timeout=30) == 3
     if db.vendor == "sqlite":
-        assert spins >= 10, (before["connections"], after["connections"])
+        assert busy >= 10
     else:
-        # A push waits for PostgreSQL's answer anyway: after a round that
-        # wrote, the loop sleeps at once. It may poll around the stats
-        # requests (answered aside), which write nothing.
-        assert spins <= 3, (before["connections"], after["connections"])
+        # It may poll around the stats requests (answered aside), which
+        # write nothing.
+        assert busy <= 3, busy
 
 
 @BOTH_POOLS
