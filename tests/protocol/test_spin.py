@@ -130,9 +130,8 @@ def test_a_connection_does_not_spin_while_another_of_its_process_is_busy(
     # other processes starting brokers) some replies come later than the
     # spin, and the waits after them sleep until replies come sooner again:
     # over more requests the reads that spun add up.
-    request_id = 20
-    for _ in range(5):
-        for request_id in range(request_id + 1, request_id + 101):
+    for hundred in range(5):
+        for request_id in range(21 + 100 * hundred, 121 + 100 * hundred):
             ask(one, request_id)
         if one.spun >= 10:
             break
