@@ -104,11 +104,11 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a client waits for a reply, a broker for a connection's next
     # request and for PostgreSQL's answer to a push's insert (on PostgreSQL,
     # after a push only while none of its tasks runs), polling the socket
-    # before the thread sleeps on it: waking
-    # a sleeping thread costs more than a short reply takes (tens of
-    # microseconds, more on a virtual machine). Only while that wait's recent
-    # ones were shorter than this, and one thread of a process at a time
-    # (leek/protocol/spin.py). 0: always sleep.
+    # before the thread sleeps on it: waking a sleeping thread costs more
+    # than a short reply takes (tens of microseconds, more on a virtual
+    # machine). Only while that wait's recent ones were shorter than this,
+    # and one thread of a process at a time (leek/protocol/spin.py). 0:
+    # always sleep.
     "SPIN": 0.0003,
     # Seconds a broker's thread may hold the interpreter lock while another
     # waits for it (sys.setswitchinterval; Python's default is 0.005). Worker
