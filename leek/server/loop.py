@@ -203,8 +203,11 @@ class Loop:
         select = self._selector.select
         began = time.perf_counter()
         events = None
-        after = self.spin_after_writes or not wrote or RUNS.still()
-        if self.spin and self._wait < self.spin and after:
+        if (
+            self.spin
+            and self._wait < self.spin
+            and (self.spin_after_writes or not wrote or RUNS.still())
+        ):
             events = until(lambda: select(0) or None, self.spin)
         if not events:
             events = select(max(timeout, 0.0))
