@@ -28,9 +28,11 @@ Beside the systems, each run measures what no queue's own work is in:
                pushing one task at a time in leek frames to one thread that
                reads every connection, checks each frame, writes the round's
                tasks in one commit and sends the replies: leek's event loop
-               with nothing of leek's own around its frames and its write
-               (one client with both sides polling too, as leek's SPIN has
-               it): beside "four clients push 1.8x one", on every database
+               with nothing of leek's own around its frames and its write,
+               beside "four clients push 1.8x one", on every database. Each
+               side sleeps on its sockets, or polls them for up to leek's
+               SPIN before it sleeps, as leek's client and loop may; and, for
+               reference only, polls them without bound (`GROUP_WAYS`)
 
 A push from one client waits for a round trip and a commit one after the
 other, so it cannot beat 1 / (round trip + commit) a second on that machine.
@@ -56,11 +58,13 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from math import inf
 from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, Skip, _percentiles
 from bench.systems import pg_util
+from leek.conf import DEFAULTS
 from leek.protocol import frame
 from leek.protocol.spin import RUNS
 
@@ -80,11 +84,29 @@ NAP = 0.0003
 #: the last (cpu_push's spacing), and the niceness of the processes that keep
 #: the cores busy (leek's CHILD_NICE).
 BUSY_TRIPS, BUSY_SPACING, BUSY_NICE = 300, 0.005, 10
-#: Pushes timed in all by the group floor, shared among its clients.
-GROUP_PUSHES = 6000
+#: Pushes timed in all by each run of the group floor, shared among its
+#: clients, and its runs of each way, taken in turns, whose median it is.
+GROUP_PUSHES, GROUP_RUNS = 6000, 3
+#: Seconds a side of the group floor polls its sockets before it sleeps:
+#: leek's SPIN, the most a client or the loop of a broker polls for.
+SPIN = float(DEFAULTS["SPIN"])
+#: The group floor's ways: its clients, and the seconds the loop and the
+#: clients poll before they sleep. leek's loop polls for up to SPIN, and its
+#: clients too while their replies come within it; a target's floor is the
+#: faster of the ways leek may take (bench/report.py's `_group_floor`). The
+#: ways that poll without bound (`inf`, a core held all along) are measured
+#: for reference only: no SPIN of leek's does.
+GROUP_WAYS = {
+    "one_polling_per_s": (1, inf, inf),
+    "one_spin_per_s": (1, SPIN, SPIN),
+    "one_per_s": (1, 0.0, 0.0),
+    "four_polling_per_s": (4, inf, 0.0),
+    "four_spin_per_s": (4, SPIN, 0.0),
+    "four_per_s": (4, 0.0, 0.0),
+}
 if os.environ.get("BENCH_FLOORS_QUICK", "") not in ("", "0"):  # a few of each: the tests'
     COMMITS = dict.fromkeys(COMMITS, 30)
-    BATCHES, BUSY_TRIPS, GROUP_PUSHES, ECHO_RUNS = 2, 10, 40, 1
+    BATCHES, BUSY_TRIPS, GROUP_PUSHES, ECHO_RUNS, GROUP_RUNS = 2, 10, 40, 1, 1
 PG_DATABASE = "leek_bench_floor"
 
 
@@ -113,10 +135,10 @@ def echo_round_trips(runs: int = ECHO_RUNS) -> dict[str, float]:
     the cores awake (a bare round trip once took 7.1 µs where it takes 60,
     and every ceiling of that run with it) moves one run, not the figure."""
     ways = {
-        "round_trip_us": (False, False),
-        "framed_round_trip_us": (True, False),
-        "spin_round_trip_us": (False, True),
-        "framed_spin_round_trip_us": (True, True),
+        "round_trip_us": (False, 0.0),
+        "framed_round_trip_us": (True, 0.0),
+        "spin_round_trip_us": (False, inf),
+        "framed_spin_round_trip_us": (True, inf),
     }
     found: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(runs):
@@ -128,16 +150,16 @@ def echo_round_trips(runs: int = ECHO_RUNS) -> dict[str, float]:
 def round_trip_us(n: int = 5000) -> float:
     """The median round trip of one byte between two Python processes over TCP
     on 127.0.0.1, in microseconds."""
-    return echo_round_trip_us(framed=False, spin=False, n=n)
+    return echo_round_trip_us(framed=False, spin=0.0, n=n)
 
 
-def echo_round_trip_us(framed: bool, spin: bool, n: int = 5000) -> float:
+def echo_round_trip_us(framed: bool, spin: float, n: int = 5000) -> float:
     """The median round trip between two Python processes over TCP on
     127.0.0.1, in microseconds: of one byte, or (`framed`) of a leek ping
     request and its reply, each side signing, checking and unpickling the
     frames as leek's client and broker do, with no loop, no verb and no check
-    of a stamp around them. With `spin`, both sides poll their socket instead
-    of sleeping in the kernel until the bytes come, as leek's SPIN has them."""
+    of a stamp around them. Both sides poll their socket for up to `spin`
+    seconds (`inf`: until the bytes come) before they sleep on it."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         child = os.fork()
         if child == 0:  # the echo: no leek around it, nothing but the sockets
@@ -172,9 +194,10 @@ def echo_round_trip_us(framed: bool, spin: bool, n: int = 5000) -> float:
     return round(statistics.median(samples) * 1e6, 1)
 
 
-def _receive(sock: socket.socket, framed: bool, spin: bool) -> bytes:
+def _receive(sock: socket.socket, framed: bool, spin: float) -> bytes:
     """What comes next on `sock`: one receive, or (`framed`) a whole frame;
-    empty once the peer closed."""
+    empty once the peer closed. Each receive polls for up to `spin` seconds
+    before it sleeps."""
     data = _recv(sock, ECHO_RECV, spin)
     if not framed or not data:
         return data
@@ -187,14 +210,30 @@ def _receive(sock: socket.socket, framed: bool, spin: bool) -> bytes:
     return data
 
 
-def _recv(sock: socket.socket, size: int, spin: bool) -> bytes:
-    if not spin:
-        return sock.recv(size)
-    while True:
-        try:
-            return sock.recv(size, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            continue
+def _recv(sock: socket.socket, size: int, spin: float) -> bytes:
+    if spin:
+        deadline = time.perf_counter() + spin
+        while True:
+            try:
+                return sock.recv(size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if time.perf_counter() >= deadline:
+                    break
+    return sock.recv(size)
+
+
+def _select(selector: selectors.BaseSelector, spin: float) -> list[Any]:
+    """The connections with bytes to read: polled for up to `spin` seconds,
+    then waited for."""
+    if spin:
+        deadline = time.perf_counter() + spin
+        while True:
+            events = selector.select(0)
+            if events:
+                return events
+            if time.perf_counter() >= deadline:
+                break
+    return selector.select(None)
 
 
 def busy_round_trips(answer: Callable[[], None]) -> dict[str, float]:
@@ -271,16 +310,17 @@ def group_pushes(
     write: Callable[[list[Any]], None],
     payload: bytes,
     clients: int,
-    polling: bool,
-    clients_poll: bool,
+    spin: float,
+    clients_spin: float,
 ) -> float:
     """Pushes a second from `clients` client processes, each pushing one task
     at a time as leek's client does, to one thread of this process that reads
     every connection (a selector), checks and unpickles each frame, `write`s
     the round's tasks in one commit, then signs and sends each reply: leek's
     event loop with nothing of leek's own around its frames and its write.
-    With `polling` that thread polls its selector instead of sleeping on it,
-    and with `clients_poll` the clients poll their sockets."""
+    That thread polls its selector for up to `spin` seconds before it sleeps
+    on it, and the clients their sockets for up to `clients_spin` (`inf`:
+    until the bytes come)."""
     n = GROUP_PUSHES // clients
     with socket.create_server(("127.0.0.1", 0), backlog=clients) as server:
         go_read, go_write = os.pipe()
@@ -290,7 +330,7 @@ def group_pushes(
             if child == 0:
                 code = 0
                 try:
-                    _group_client(server.getsockname(), go_read, payload, n, clients_poll)
+                    _group_client(server.getsockname(), go_read, payload, n, clients_spin)
                 except BaseException:
                     traceback.print_exc()
                     code = 1
@@ -307,11 +347,11 @@ def group_pushes(
         os.write(go_write, b"x" * clients)
         start = time.perf_counter()
         while connected:
-            events = selector.select(0 if polling else None)
+            events = _select(selector, spin)
             tasks, replies = [], []
             for key, _ in events:
                 sock = key.fileobj
-                data = _receive(sock, framed=True, spin=False)
+                data = _receive(sock, framed=True, spin=0.0)
                 if not data:  # that client is done
                     selector.unregister(sock)
                     sock.close()
@@ -335,7 +375,7 @@ def group_pushes(
     return round(n * clients / elapsed)
 
 
-def _group_client(address: tuple[str, int], go: int, payload: bytes, n: int, spin: bool) -> None:
+def _group_client(address: tuple[str, int], go: int, payload: bytes, n: int, spin: float) -> None:
     """In a client process of `group_pushes`: `n` pushes, one at a time."""
     from leek.ids import new_task_ids
 
@@ -466,12 +506,11 @@ def _time_writes(sync: str) -> dict[str, float]:
     if sync in ("NORMAL", "pg"):  # the databases of leek's processes variants
         found["busy_push"] = busy_round_trips(lambda: write(1))
     group = functools.partial(group_pushes, write_tasks, payload)
-    found["group"] = {  # leek polls where one client pushes alone, and may not with four
-        "one_polling_per_s": group(1, polling=True, clients_poll=True),
-        "one_per_s": group(1, polling=False, clients_poll=False),
-        "four_polling_per_s": group(4, polling=True, clients_poll=False),
-        "four_per_s": group(4, polling=False, clients_poll=False),
-    }
+    runs: dict[str, list[float]] = {name: [] for name in GROUP_WAYS}
+    for _ in range(GROUP_RUNS):  # in turns, as the round trips: see echo_round_trips
+        for name, way in GROUP_WAYS.items():
+            runs[name].append(group(*way))
+    found["group"] = {name: round(statistics.median(rates)) for name, rates in runs.items()}
     _check_committed(written)
     store.stop()
     return found

@@ -291,20 +291,23 @@ def clients_table(results: dict[str, Any]) -> Table | None:
 
 def _group_share(group: dict[str, float] | None) -> str:
     """The group floor's four client processes against its one client, the
-    faster way of each (bench/floors.py's group_pushes), with the rates; '-'
+    faster way leek may take of each (`_group_floor`), with the rates; '-'
     where not measured."""
-    one = _group_one(group)
-    if not group or not one:
+    one, four = _group_floor(group, "one"), _group_floor(group, "four")
+    if not one or not four:
         return "-"
-    four = max(group["four_per_s"], group["four_polling_per_s"])
     return f"{four / one:.2f}x ({_rate(four)} / {_rate(one)})"
 
 
-def _group_one(group: dict[str, float] | None) -> float | None:
-    """The group floor's one client, the faster way (sleeping or polling)."""
+def _group_floor(group: dict[str, float] | None, clients: str) -> float | None:
+    """The group floor's `clients` ("one" or "four"), the faster of the ways
+    leek may take: sleeping, or polling for up to SPIN first (bench/floors.py's
+    GROUP_WAYS). Results from before that way was measured have the way that
+    polls without bound instead."""
     if not group:
         return None
-    return max(group["one_per_s"], group["one_polling_per_s"])
+    bounded = group.get(f"{clients}_spin_per_s", group[f"{clients}_polling_per_s"])
+    return max(group[f"{clients}_per_s"], bounded)
 
 
 #: leek's variant -> its database's floors in results["machine"]["floors"] (bench/floors.py)
@@ -333,7 +336,7 @@ def ceiling_table(results: dict[str, Any]) -> Table | None:
         if not trip or not write or not one:
             continue
         ceiling = 1e6 / (trip + write)
-        group = _group_one(database.get("group"))
+        group = _group_floor(database.get("group"), "one")
         rows.append(
             [
                 doc["system"],
@@ -518,7 +521,8 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "own (a web server's worker processes); and the group floor's ratio: "
             "four client processes against one, pushing to one Python thread that only "
             "reads their frames, checks them, writes each round's tasks in one commit "
-            "and sends the replies, polling for one client (bench/floors.py):",
+            "and sends the replies, sleeping or polling for up to leek's SPIN first, "
+            "the faster way (bench/floors.py):",
             "",
             fmt(clients),
         ]
@@ -529,8 +533,8 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "leek's one-client pushes against the most a push can reach on this machine: "
             "a round trip, then leek's write of one task alone (one commit, from plain "
             "Python, no socket); and against the group floor's one client, leek's "
-            "frames and write in a loop with nothing of leek's own around them "
-            "(bench/floors.py):",
+            "frames and write in a loop with nothing of leek's own around them, "
+            "sleeping or polling for up to leek's SPIN first (bench/floors.py):",
             "",
             fmt(ceiling),
         ]

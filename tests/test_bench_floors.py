@@ -46,8 +46,10 @@ def test_the_write_floors_time_committed_writes(tmp_path: Path) -> None:
     assert all(found[key] > 0 for key in ("commit_us", "commit_after_nap_us", "batch_row_us"))
     assert set(found["group"]) == {
         "one_polling_per_s",
+        "one_spin_per_s",
         "one_per_s",
         "four_polling_per_s",
+        "four_spin_per_s",
         "four_per_s",
     }
     assert all(rate > 0 for rate in found["group"].values())
