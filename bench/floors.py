@@ -93,7 +93,7 @@ SPIN = float(DEFAULTS["SPIN"])
 #: The group floor's ways: its clients, and the seconds the loop and the
 #: clients poll before they sleep. leek's loop polls for up to SPIN, and its
 #: clients too while their replies come within it; a target's floor is the
-#: faster of the ways leek may take (bench/report.py's `_group_floor`). The
+#: faster of the ways leek may take (bench/figures.py's `group_floor`). The
 #: ways that poll without bound (`inf`, a core held all along) are measured
 #: for reference only: no SPIN of leek's does.
 GROUP_WAYS = {

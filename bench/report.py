@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.figures import (
+    Table,
+    floors_of,
+    group_floor,
+    measured,
+    median,
+    rate,
+    share,
+)
+from bench.targets import pool_table, push_table
 
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
@@ -33,51 +43,17 @@ CPU_COLUMNS = {
 }
 
 
-@dataclass(frozen=True)
-class Target:
-    """A target of leek's processes pool: `figure` at most `needed` (a latency
-    bound, when `against` is empty), or its ratio to `against`'s, leek ahead
-    above 1, at least `needed`. "@threads" is the same leek with the threads pool."""
-
-    what: str
-    figure: str
-    against: str
-    needed: float
-
-
-TARGETS = [
-    Target("push p99 with every worker busy ≤ 2 ms", "cpu_push_p99", "", 2.0),
-    Target("push p99, workers busy, within 2x of huey-redis's", "cpu_push_p99", "huey-redis", 0.5),
-    Target("CPU-bound drain ≥ 1.8x the threads pool's", "cpu_rate", "@threads", 1.8),
-    Target("CPU-bound drain ≥ celery-redis's", "cpu_rate", "celery-redis", 1.0),
-    Target("no-op drain ≥ 2x celery-redis's", "drain", "celery-redis", 2.0),
-]
-#: The suffix of leek's variants with the processes pool.
-PROCESSES = "-processes"
-
-Table = tuple[list[str], list[list[str]]]
-
-
 def _fmt(figure: str, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" if figure.endswith(("_p50", "_p99")) else f"{value:,.0f}"
 
 
-def _median(doc: dict[str, Any], figure: str) -> float | None:
-    found = doc.get("figures", {}).get(figure)
-    return float(found["median"]) if found else None
-
-
-def measured(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [d for d in results["systems"] if d.get("figures")]
-
-
 def figures_table(results: dict[str, Any]) -> Table:
     head = ["system", *(title for title, _ in COLUMNS.values()), "drain/mixed N"]
     rows = []
     for doc in measured(results):
-        cells = [_fmt(f, _median(doc, f)) for f in COLUMNS]
+        cells = [_fmt(f, median(doc, f)) for f in COLUMNS]
         rows.append([doc["system"], *cells, f"{doc.get('drain_n', '?'):,}"])
     return head, rows
 
@@ -92,63 +68,12 @@ def cpu_table(results: dict[str, Any]) -> Table | None:
     ]
     rows = []
     for doc in measured(results):
-        cells = [_fmt(f, _median(doc, f)) for f in CPU_COLUMNS]
+        cells = [_fmt(f, median(doc, f)) for f in CPU_COLUMNS]
         timed = sorted({r["n"] for r in doc.get("runs", {}).get("cpu_push", [])})
         if set(cells) != {"-"}:
             pushes = f"{timed[0]}-{timed[-1]}" if len(timed) > 1 else "".join(map(str, timed))
             rows.append([doc["system"], *cells, f"{doc.get('cpu_n', '?'):,}", pushes])
     return (head, rows) if rows else None
-
-
-def targets_table(results: dict[str, Any]) -> Table | None:
-    """Each leek processes variant against the targets of its pool: the ratio
-    (latency: theirs / leek's; throughput: leek's / theirs), or the figure when
-    the target is a bound, and whether it is met."""
-    docs = {d["system"]: d for d in measured(results)}
-    leeks = [name for name in docs if name.startswith("leek") and name.endswith(PROCESSES)]
-    rows = []
-    for target in TARGETS:
-        row = [target.what]
-        for name in leeks:
-            mine = _median(docs[name], target.figure)
-            other = name.removesuffix(PROCESSES) if target.against == "@threads" else target.against
-            theirs = _median(docs[other], target.figure) if other in docs else None
-            if not mine or (target.against and not theirs):
-                row.append("-")
-            elif not theirs:
-                row.append(f"{mine:.2f} ms, {_met(mine <= target.needed)}")
-            else:
-                ratio = theirs / mine if target.figure.endswith("_p99") else mine / theirs
-                row.append(f"{ratio:.2f}x, {_met(ratio >= target.needed)}")
-        rows.append(row)
-    if leeks:
-        rows += _busy_floor_rows(results, leeks)
-    return (["target", *leeks], rows) if leeks else None
-
-
-def _busy_floor_rows(results: dict[str, Any], leeks: list[str]) -> list[list[str]]:
-    """What a push with every worker busy waits for at least, measured while a
-    process a core spins (bench/floors.py): a round trip answered at once, and
-    one answered after leek's write of a task, each p50 / p99."""
-    floors = results["machine"].get("floors") or {}
-    trip = floors.get("busy_round_trip") or {}
-    pushes = [floors.get(FLOOR_KEYS.get(name, ""), {}).get("busy_push") or {} for name in leeks]
-    if not trip and not any(pushes):
-        return []
-
-    def cell(found: dict[str, float]) -> str:
-        if "p50_ms" not in found:
-            return "-"
-        return f"{found['p50_ms']:.2f} / {found['p99_ms']:.2f} ms"
-
-    return [
-        ["floor, every core busy: a round trip, p50 / p99", *(cell(trip) for _ in leeks)],
-        ["floor, every core busy: a round trip and a write, p50 / p99", *map(cell, pushes)],
-    ]
-
-
-def _met(met: bool) -> str:
-    return "met" if met else "not met"
 
 
 def ratio_tables(results: dict[str, Any]) -> list[tuple[str, Table]]:
@@ -162,7 +87,7 @@ def ratio_tables(results: dict[str, Any]) -> list[tuple[str, Table]]:
         for peer in peers:
             cells = []
             for figure, (_, higher) in COLUMNS.items():
-                mine, theirs = _median(leek, figure), _median(peer, figure)
+                mine, theirs = median(leek, figure), median(peer, figure)
                 if not mine or not theirs:
                     cells.append("-")
                 else:
@@ -183,16 +108,16 @@ def floor_table(results: dict[str, Any]) -> Table | None:
         if not floor:
             continue
         threads = floor["threads"]
-        one, many = _median(doc, "enqueue_1"), _median(doc, f"enqueue_{threads}")
+        one, many = median(doc, "enqueue_1"), median(doc, f"enqueue_{threads}")
         rows.append(
             [
                 doc["system"],
-                _rate(floor["ping_1_rate"]),
-                _rate(one),
-                _share(one or 0.0, floor["ping_1_rate"]),
-                _rate(floor["ping_many_rate"]),
-                _rate(many),
-                _share(many or 0.0, floor["ping_many_rate"]),
+                rate(floor["ping_1_rate"]),
+                rate(one),
+                share(one or 0.0, floor["ping_1_rate"]),
+                rate(floor["ping_many_rate"]),
+                rate(many),
+                share(many or 0.0, floor["ping_many_rate"]),
             ]
         )
     head = [
@@ -237,9 +162,9 @@ def ping_table(results: dict[str, Any]) -> Table | None:
                 doc["system"],
                 f"{ping:.1f}",
                 f"{trip:g} / {spun:g}",
-                _share(trip, ping),
+                share(trip, ping),
                 f"{framed:g} / {framed_spun:g}",
-                _share(framed_spun, ping),
+                share(framed_spun, ping),
             ]
         )
     head = [
@@ -258,23 +183,22 @@ def clients_table(results: dict[str, Any]) -> Table | None:
     process, and from as many client processes."""
     rows = []
     count = 4
-    floors = results["machine"].get("floors") or {}
     for doc in measured(results):
         floor = doc.get("extra", {}).get("floor")
         if not floor or "push_processes_rate" not in floor:
             continue
         count = floor["threads"]
-        one, many = _median(doc, "enqueue_1"), _median(doc, f"enqueue_{count}")
+        one, many = median(doc, "enqueue_1"), median(doc, f"enqueue_{count}")
         processes = floor["push_processes_rate"]
         rows.append(
             [
                 doc["system"],
-                _rate(one),
-                _rate(many),
+                rate(one),
+                rate(many),
                 f"{many / one:.2f}x" if one and many else "-",
-                _rate(processes),
+                rate(processes),
                 f"{processes / one:.2f}x" if one else "-",
-                _group_share(floors.get(FLOOR_KEYS.get(doc["system"], ""), {}).get("group")),
+                _group_share(floors_of(results, doc["system"]).get("group")),
             ]
         )
     head = [
@@ -291,33 +215,12 @@ def clients_table(results: dict[str, Any]) -> Table | None:
 
 def _group_share(group: dict[str, float] | None) -> str:
     """The group floor's four client processes against its one client, the
-    faster way leek may take of each (`_group_floor`), with the rates; '-'
-    where not measured."""
-    one, four = _group_floor(group, "one"), _group_floor(group, "four")
+    faster way leek may take of each (bench/figures.py's `group_floor`), with
+    the rates; '-' where not measured."""
+    one, four = group_floor(group, "one"), group_floor(group, "four")
     if not one or not four:
         return "-"
-    return f"{four / one:.2f}x ({_rate(four)} / {_rate(one)})"
-
-
-def _group_floor(group: dict[str, float] | None, clients: str) -> float | None:
-    """The group floor's `clients` ("one" or "four"), the faster of the ways
-    leek may take: sleeping, or polling for up to SPIN first (bench/floors.py's
-    GROUP_WAYS). Results from before that way was measured have the way that
-    polls without bound instead."""
-    if not group:
-        return None
-    bounded = group.get(f"{clients}_spin_per_s", group[f"{clients}_polling_per_s"])
-    return max(group[f"{clients}_per_s"], bounded)
-
-
-#: leek's variant -> its database's floors in results["machine"]["floors"] (bench/floors.py)
-FLOOR_KEYS = {
-    "leek-sqlite-normal": "sqlite_normal",
-    "leek-sqlite-full": "sqlite_full",
-    "leek-pg": "pg",
-    "leek-sqlite-normal-processes": "sqlite_normal",
-    "leek-pg-processes": "pg",
-}
+    return f"{four / one:.2f}x ({rate(four)} / {rate(one)})"
 
 
 def ceiling_table(results: dict[str, Any]) -> Table | None:
@@ -330,23 +233,23 @@ def ceiling_table(results: dict[str, Any]) -> Table | None:
     trip = floors.get("round_trip_us")
     rows = []
     for doc in measured(results):
-        database = floors.get(FLOOR_KEYS.get(doc["system"], ""), {})
+        database = floors_of(results, doc["system"])
         write = database.get("commit_us")
-        one = _median(doc, "enqueue_1")
+        one = median(doc, "enqueue_1")
         if not trip or not write or not one:
             continue
         ceiling = 1e6 / (trip + write)
-        group = _group_floor(database.get("group"), "one")
+        group = group_floor(database.get("group"), "one")
         rows.append(
             [
                 doc["system"],
                 f"{trip:g}",
                 f"{write:g}",
-                _rate(ceiling),
-                _rate(one),
-                _share(one, ceiling),
-                f"{_rate(group)} ({_share(group, ceiling)})" if group else "-",
-                _share(one, group),
+                rate(ceiling),
+                rate(one),
+                share(one, ceiling),
+                f"{rate(group)} ({share(group, ceiling)})" if group else "-",
+                share(one, group),
             ]
         )
     head = [
@@ -388,9 +291,9 @@ def extras_table(results: dict[str, Any]) -> Table | None:
                 doc["system"],
                 f"{extra['backlog']:,}",
                 f"{extra['enqueue_many_rate']:,.0f}",
-                _rate(extra.get("enqueue_1_rate_empty")),
+                rate(extra.get("enqueue_1_rate_empty")),
                 f"{extra['enqueue_1_rate_with_backlog']:,.0f}",
-                _share(extra["enqueue_1_rate_with_backlog"], extra.get("enqueue_1_rate_empty")),
+                share(extra["enqueue_1_rate_with_backlog"], extra.get("enqueue_1_rate_empty")),
                 _slowest(extra.get("slowest_push_s")),
                 f"{extra['rss_empty_kb'] / 1024:.0f}",
                 f"{extra['rss_backlog_kb'] / 1024:.0f}",
@@ -403,18 +306,10 @@ def extras_table(results: dict[str, Any]) -> Table | None:
     return (head, rows) if rows else None
 
 
-def _share(part: float, whole: float | None) -> str:
-    return "" if not whole else f"{part / whole:.0%}"
-
-
 def _slowest(seconds: dict[str, float] | None) -> str:
     if not seconds:
         return ""
     return f"{seconds['backlog'] * 1e3:.1f} / {seconds['empty'] * 1e3:.1f}"
-
-
-def _rate(value: float | None) -> str:
-    return "" if value is None else f"{value:,.0f}"
 
 
 def problems(results: dict[str, Any]) -> list[str]:
@@ -488,9 +383,19 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "",
             fmt(cpu),
         ]
-    targets = targets_table(results)
+    targets = pool_table(results)
     if targets:
         out += ["", "leek's processes pool against its targets, in this run:", "", fmt(targets)]
+    pushes = push_table(results)
+    if pushes:
+        out += [
+            "",
+            "leek's push path against its targets, in this run: met; bounded, where a "
+            "floor of the same run, the same path with nothing of leek's own, falls "
+            "short of the target itself (the tables below); or not met:",
+            "",
+            fmt(pushes),
+        ]
     floor = floor_table(results)
     if floor:
         out += [
@@ -547,14 +452,14 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             f"The same write on SQLite NORMAL takes {nap:g} µs when it comes right after "
             f"a 0.3 ms sleep, as a broker's does between one client's pushes, against "
             f"{normal['commit_us']:g} µs one after another: with that, one client could "
-            f"push at most {_rate(1e6 / (trip + nap))} tasks a second here.",
+            f"push at most {rate(1e6 / (trip + nap))} tasks a second here.",
         ]
     batch = normal.get("batch_row_us")
     if batch:
         out += [
             "",
             f"leek's write of 1,000 tasks in one transaction (SQLite NORMAL, alone) takes "
-            f"{batch:g} µs a task: at most {_rate(1e6 / batch)} tasks a second for "
+            f"{batch:g} µs a task: at most {rate(1e6 / batch)} tasks a second for "
             "enqueue_many, before any decoding, checking or queueing.",
         ]
     extras = extras_table(results)

@@ -1,0 +1,64 @@
+"""The push path's targets, as every run judges them (bench/targets.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.targets import push_table
+
+
+def run(one: float, four: float, group: dict[str, float]) -> dict[str, Any]:
+    """The results of a run of leek-pg alone: its pushes from one client and
+    from four, and its database's floors."""
+    figures = {"enqueue_1": {"median": one}, "enqueue_4": {"median": four}}
+    extra = {"floor": {"threads": 4, "push_processes_rate": four, "ping_1_rate": 20_000}}
+    floors = {"round_trip_us": 50.0, "pg": {"commit_us": 250.0, "group": group}}
+    return {
+        "machine": {"floors": floors},
+        "systems": [{"system": "leek-pg", "figures": figures, "extra": extra}],
+    }
+
+
+def group(one: float, four: float, unbounded: float = 0.0) -> dict[str, float]:
+    """The group floor's ways: sleeping and with SPIN at `one` and `four`,
+    polling without bound at `unbounded`."""
+    return {
+        "one_per_s": one,
+        "one_spin_per_s": one,
+        "one_polling_per_s": unbounded,
+        "four_per_s": four,
+        "four_spin_per_s": four,
+        "four_polling_per_s": unbounded,
+    }
+
+
+def cells(results: dict[str, Any]) -> dict[str, str]:
+    table = push_table(results)
+    assert table is not None
+    return {row[0].split(" ≥")[0]: row[1] for row in table[1]}
+
+
+def test_a_target_below_what_its_floor_reaches_is_not_met() -> None:
+    # the most a push can reach: 1e6 / (50 + 250) = 3,333 a second
+    found = cells(run(one=2_000, four=3_000, group=group(one=3_200, four=6_400)))
+    assert found["one client"] == "60%, not met"
+    assert found["4 client threads"] == "1.50x, not met"
+    assert found["ping"] == "100%, met"
+
+
+def test_a_target_past_what_its_floor_reaches_is_bounded() -> None:
+    found = cells(run(one=2_000, four=3_000, group=group(one=2_400, four=3_600)))
+    assert found["one client"] == "60%, bounded (the floor: 72%)"
+    assert found["4 client processes"] == "1.50x, bounded (the floor: 1.50x)"
+
+
+def test_the_floor_is_the_way_leek_may_poll_not_the_poll_without_bound() -> None:
+    found = cells(run(one=2_000, four=3_000, group=group(2_400, 3_600, unbounded=9_000)))
+    assert found["one client"] == "60%, bounded (the floor: 72%)"
+
+
+def test_a_target_met_is_met_whatever_its_floor() -> None:
+    found = cells(run(one=3_100, four=6_000, group=group(one=2_400, four=3_600)))
+    assert found["one client"] == "93%, met"
+    assert found["4 client threads"] == "1.94x, met"
+    assert found["enqueue_many"] == "-"
