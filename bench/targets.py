@@ -88,8 +88,8 @@ def _busy_floor_rows(results: dict[str, Any], leeks: list[str]) -> list[list[str
     ]
 
 
-def met(met: bool) -> str:
-    return "met" if met else "not met"
+def met(ok: bool) -> str:
+    return "met" if ok else "not met"
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,10 @@ def _four(way: str) -> Judge:
     def judge(results: dict[str, Any], doc: dict[str, Any], name: str) -> Judged | None:
         floor = doc.get("extra", {}).get("floor") or {}
         one = median(doc, "enqueue_1")
-        count = floor.get("threads", 4)
-        four = median(doc, f"enqueue_{count}") if way == "threads" else None
         if way == "processes":
             four = floor.get("push_processes_rate")
+        else:
+            four = median(doc, f"enqueue_{floor.get('threads', 4)}")
         if not one or not four:
             return None
         group = floors_of(results, name).get("group")
