@@ -2,8 +2,10 @@
 
 A target of the push path is met, or bounded, or not met. Bounded: a floor
 measured in the same run (bench/floors.py), the same path with nothing of
-leek's own around it, falls short of the target itself, so no work of
-leek's could meet it on that machine.
+leek's own around it, falls short of the target itself, so leek's own work
+is not what stands between it and the target on that machine. For four
+clients against one that is not strict: leek's ratio can pass the group
+floor's, its one client being slower.
 """
 
 from __future__ import annotations
