@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,10 +43,37 @@ BROKER_TMP = tempfile.mkdtemp(prefix="leek-brokers-")
 atexit.register(shutil.rmtree, BROKER_TMP, True)
 
 
+#: The lowest port the tests' brokers listen on (`free_port`).
+LISTEN_LOW = 20000
+_ports = random.SystemRandom()  # apart from `random`, which a test may seed
+
+
 def free_port() -> int:
+    """A port nothing listens on, below the kernel's range of ephemeral ports
+    where there is room: an outgoing connection of any process may take a
+    port of that range the moment its broker dies, and a test that restarts
+    a broker on its port (after a SIGKILL, say) would find it taken."""
+    low = ephemeral_low()
+    while low - LISTEN_LOW >= 1000:
+        port = _ports.randrange(LISTEN_LOW, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # another test's broker holds it
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def ephemeral_low() -> int:
+    """The first port of the kernel's range of ephemeral ports (Linux's
+    default where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class BrokerProcess:

@@ -31,6 +31,15 @@ def test_a_port_another_broker_took_first_is_left_for_another(
     assert leek.stats()[1]["pid"] == second.proc.pid
 
 
+def test_a_free_port_lies_below_the_ports_outgoing_connections_take() -> None:
+    # A connection's own port comes from the ephemeral range: one there could
+    # be taken between a broker's SIGKILL and its restart on the same port.
+    low = conftest.ephemeral_low()
+    ports = {_free() for _ in range(20)}
+    assert all(conftest.LISTEN_LOW <= port < low for port in ports)
+    assert len(ports) > 1
+
+
 def test_a_port_given_that_another_broker_holds_fails_the_start(
     broker_factory: BrokerFactory,
 ) -> None:
