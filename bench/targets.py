@@ -2,10 +2,12 @@
 
 A target of the push path is met, or bounded, or not met. Bounded: a floor
 measured in the same run (bench/floors.py), the same path with nothing of
-leek's own around it, falls short of the target itself, so leek's own work
-is not what stands between it and the target on that machine. For four
-clients against one that is not strict: leek's ratio can pass the group
-floor's, its one client being slower.
+leek's own around it, falls short of the target itself, and leek reaches
+AT_FLOOR of that floor at least, so leek's own work is not what stands
+between it and the target on that machine. For four clients against one
+that is not strict: leek's ratio can pass the group floor's, its one client
+being slower. Below AT_FLOOR of a floor that falls short, the target is not
+met, and the cell says both.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from bench.figures import Table, floors_of, group_floor, measured, median
 PROCESSES = "-processes"
 #: The peer the mixed workload's target names.
 MIXED_PEER = "huey-redis"
+#: The part of a floor leek reaches at least for a target the floor falls
+#: short of to count as bounded: the "at the floor" of the one-client targets.
+AT_FLOOR = 0.9
 
 
 @dataclass(frozen=True)
@@ -108,9 +113,12 @@ class Judged:
         text = self._show(self.figure)
         if self.figure >= self.needed:
             return f"{text}, met"
-        if self.floor is not None and self.floor < self.needed:
-            return f"{text}, bounded (the floor: {self._show(self.floor)})"
-        return f"{text}, not met"
+        if self.floor is None or self.floor >= self.needed:
+            return f"{text}, not met"
+        floor = self._show(self.floor)
+        if self.figure >= AT_FLOOR * self.floor:
+            return f"{text}, bounded (the floor: {floor})"
+        return f"{text}, not met (the floor: {floor}; {self.figure / self.floor:.0%} of it)"
 
     def _show(self, value: float) -> str:
         return f"{value:.0%}" if self.percent else f"{value:.2f}x"
