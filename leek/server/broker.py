@@ -99,8 +99,8 @@ class Broker:
             spin=float(settings["SPIN"]),
             # On PostgreSQL the loop polls for the next push as its wait for
             # the database's answer does, only while none of the broker's tasks
-            # runs: one client's pushes went 11-18% faster, for some 90 µs of
-            # the broker's CPU a push (docs/benchmarks.md).
+            # runs: one client's pushes went faster, for more of the broker's
+            # CPU a push (docs/benchmarks.md).
             spin_after_writes=connection.vendor == "sqlite",
             tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
