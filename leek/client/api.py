@@ -239,7 +239,7 @@ def enqueue_many(
     than one frame (``LEEK["MAX_FRAME"]``) goes in parts, in order, each one
     frame and one commit of its own (sizes.py); should a part fail, the parts
     before it are committed, and the error's note says how many tasks they hold."""
-    ids, data = batch(
+    ids, data, bound = _batch(
         calls,
         queue=queue,
         priority=priority,
@@ -248,16 +248,19 @@ def enqueue_many(
         rate_limit=rate_limit,
     )
     if ids:
-        _send_parts(data)
+        _send_parts(data, bound)
     return [TaskHandle(task_id) for task_id in ids]
 
 
-def _send_parts(data: dict[str, Any]) -> None:
+def _send_parts(data: dict[str, Any], bound: int) -> None:
     """Send the ``enqueue_batch`` `data` in one frame, or in parts when it is
     larger than one (sizes.cut), one after another. Raises PayloadError, before
-    anything is sent, for a task too large for a frame."""
+    anything is sent, for a task too large for a frame. `bound`: the most
+    bytes its tasks can take in a frame (sizes.bound), which spares the
+    count of each task's size when the whole batch fits."""
     tasks = data["tasks"]
-    parts = list(sizes.cut(tasks, sizes.limit()))
+    room = sizes.limit()
+    parts = [tasks] if bound <= room else list(sizes.cut(tasks, room))
     if len(parts) == 1:
         send("enqueue_batch", data)
         return
@@ -290,29 +293,51 @@ def batch(
 
     Raises as :func:`message` does, but for a task too large for a frame,
     which :func:`enqueue_many` refuses before it sends the batch."""
-    options = _options(
+    ids, data, _ = _batch(
+        calls,
         queue=queue,
         priority=priority,
-        run_after=None,
         max_retries=max_retries,
         timeout=timeout,
         rate_limit=rate_limit,
     )
+    return ids, data
+
+
+def _batch(
+    calls: Iterable[TaskCall | tuple[Callable[..., Any], tuple[Any, ...]]],
+    **options: Any,
+) -> tuple[list[uuid.UUID], dict[str, Any], int]:
+    """`batch`, and the most bytes its tasks can take in a frame (sizes.bound)."""
+    checked = _options(run_after=None, **options)
     calls = list(calls)
     ids = new_task_ids(len(calls))
-    tasks = []
+    tasks: list[tuple[bytes, str, bytes, str]] = []
+    append = tasks.append
     # A batch mostly calls one function: its name is made once, and the frame
     # pickles the one string once, the rest as references to it.
     last: object = _NONE
     name = ""
+    named = 0  # the most bytes `name` takes
+    taken = 0
     dump = task_dumper()
     for task_id, call in zip(ids, calls, strict=True):
-        fn, args, kwargs = (*call, {})[:3] if len(call) == 2 else call
+        if len(call) == 2:
+            fn, args = call
+            kwargs: dict[str, Any] = {}
+        else:
+            fn, args, kwargs = call
+            kwargs = dict(kwargs)
         if fn is not last:
             name, last = _name(fn), fn
-        args, kwargs = tuple(args), dict(kwargs)
-        tasks.append((task_id.bytes, name, dump(fn, args, kwargs), _describe(args, kwargs)))
-    return ids, {"options": options, "tasks": tasks}
+            named = sizes.bound(name)
+        if type(args) is not tuple:
+            args = tuple(args)
+        payload = dump(fn, args, kwargs)
+        text = _describe(args, kwargs) if args or kwargs else ""
+        taken += len(payload) + named + sizes.bound(text)
+        append((task_id.bytes, name, payload, text))
+    return ids, {"options": checked, "tasks": tasks}, taken + len(tasks) * sizes.TASK
 
 
 def cancel(task_id: uuid.UUID | str, running: bool = False) -> bool:

@@ -13,7 +13,8 @@ would never be committed. The client settles it before it sends anything:
 A part's size is counted from its tasks' fields as they will be pickled, with
 room left for what the pickle adds around them, so a part is never over the
 limit (tests/client/test_sizes.py encodes parts of random, non-ASCII tasks
-against it).
+against it). A batch whose `bound` (a text counted at 4 bytes a character
+unless it is ASCII) fits one frame is sent whole without counting each task.
 """
 
 from __future__ import annotations
@@ -38,9 +39,20 @@ def limit() -> int:
     return int(conf.get("MAX_FRAME")) - ROOM
 
 
+#: A task's bytes in a frame besides its payload, name and args_repr: its
+#: 16-byte id, and what the pickle adds.
+TASK = 16 + PER_TASK
+
+
 def size(name: str, payload: bytes, args_repr: str) -> int:
     """The bytes a task takes in a frame at most, its 16-byte id included."""
-    return 16 + len(payload) + _utf8(name) + _utf8(args_repr) + PER_TASK
+    return TASK + len(payload) + _utf8(name) + _utf8(args_repr)
+
+
+def bound(text: str) -> int:
+    """The most bytes `text` can take in UTF-8, without encoding it: its
+    length when it is ASCII, else 4 a character (the most any takes)."""
+    return len(text) if text.isascii() else 4 * len(text)
 
 
 def _utf8(text: str) -> int:

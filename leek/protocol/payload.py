@@ -155,7 +155,7 @@ def task_dumper() -> Callable[[Callable[..., Any], tuple[Any, ...], dict[str, An
     """`dump_task` for the tasks of one batch: the SECRET and cloudpickle's
     registry are read once, when it is made, not for each task."""
     by_value = bool(cloudpickle.list_registry_pickle_by_value())
-    mac = _mac()
+    tag = _mac().after(TASK_MAGIC)
     dumps = pickle.dumps
 
     def dump(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -174,7 +174,7 @@ def task_dumper() -> Callable[[Callable[..., Any], tuple[Any, ...], dict[str, An
                 body = cloudpickle.dumps(task, protocol=PICKLE_PROTOCOL)
             except Exception as exc:
                 raise PayloadError(f"cannot pickle task {task_name(fn)}: {exc}") from exc
-        return TASK_MAGIC + mac.tag(TASK_MAGIC, body) + body
+        return TASK_MAGIC + tag(body) + body
 
     return dump
 

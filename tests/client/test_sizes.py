@@ -71,6 +71,26 @@ def test_every_part_fits_whatever_its_tasks_hold() -> None:
     assert len(parts) > 10
 
 
+@pytest.mark.parametrize("text", ["", "plain", "é" * 50, "🥬" * 50, "\ud800" * 50, "a🥬\udfff"])
+def test_a_texts_bound_is_never_below_its_utf8_length(text: str) -> None:
+    assert sizes.bound(text) >= len(text.encode("utf-8", "surrogatepass"))
+
+
+def test_a_batch_of_wide_characters_is_cut_by_its_bytes_not_its_characters(
+    small_frames: BrokerProcess,
+) -> None:
+    # Counted in characters, nine of these fit one frame; in UTF-8 they are
+    # some 73 KB, more than the broker reads: they must go in parts.
+    calls = [(tasks.echo, (i, "🥬" * 1000)) for i in range(9)]
+    _, data = batch(calls)
+    assert sum(len(t[2]) + len(t[3]) for t in data["tasks"]) < sizes.limit() < LIMIT
+    assert len(list(sizes.cut(data["tasks"], sizes.limit()))) == 2
+    handles = leek.enqueue_many(calls)
+    assert Task.objects.count() == 9
+    assert rejected() == 0
+    assert handles[8].result(timeout=20) == {"args": [8, "🥬" * 1000], "kwargs": {}}
+
+
 def test_one_task_too_large_for_a_frame_is_refused_before_sending(
     small_frames: BrokerProcess,
 ) -> None:
