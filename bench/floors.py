@@ -16,7 +16,8 @@ Beside the systems, each run measures what no queue's own work is in:
                on SQLite NORMAL also each after a 0.3 ms sleep, as a broker's
                write comes after it waited for the push
   batch        the same write of 1,000 tasks in one transaction (SQLite NORMAL):
-               under each task of an enqueue_many
+               under each task of an enqueue_many; measured again in turns
+               with the enqueue_many it bounds (`serve_batches`)
   busy         while a process a core spins at the niceness of leek's worker
                processes (CHILD_NICE), in the session of the process that
                answers, one byte from a client in a session of its own, p50 and
@@ -38,6 +39,7 @@ A push from one client waits for a round trip and a commit one after the
 other, so it cannot beat 1 / (round trip + commit) a second on that machine.
 
     python -m bench.floors DATABASE_URL SYNCHRONOUS   # one database; prints JSON
+    python -m bench.floors DATABASE_URL NORMAL --batches   # batch floors on demand
 """
 
 from __future__ import annotations
@@ -436,50 +438,73 @@ def _check_committed(timed: int) -> None:
         raise RuntimeError(f"{timed:,} tasks written and timed, but {stored:,} committed")
 
 
-def _time_writes(sync: str) -> dict[str, float]:
-    """In a process set up for one database: leek's schema, then its writes."""
-    import django
+class _Writer:
+    """leek's store on this process's database (Django set up, leek's schema
+    made, every table empty), and its writes of noop tasks, each timed until
+    its commit."""
 
-    django.setup()
-    from django.core.management import call_command
+    def __init__(self) -> None:
+        import django
 
-    call_command("migrate", verbosity=0)
-    call_command("flush", interactive=False, verbosity=0)
-    from bench import tasks
-    from leek.ids import new_task_ids
-    from leek.protocol.payload import dump_task
-    from leek.server.store import Store
+        django.setup()
+        from django.core.management import call_command
 
-    payload = dump_task(tasks.noop, (), {})
-    store = Store("bench-floor", lambda ready: None)
-    store.start()  # the writer thread, which writes a batch of HEAVY_PUSH or more
+        call_command("migrate", verbosity=0)
+        call_command("flush", interactive=False, verbosity=0)
+        from bench import tasks
+        from leek.protocol.payload import dump_task
+        from leek.server.store import Store
 
-    errors: list[BaseException] = []
-    committed = threading.Event()
+        self.payload = dump_task(tasks.noop, (), {})
+        # The writer thread writes a batch of HEAVY_PUSH or more.
+        self.store = Store("bench-floor", lambda ready: None)
+        self.store.start()
+        self.written = 0  # tasks written so far, each committed once `write` returns
+        self._errors: list[BaseException] = []
+        self._committed = threading.Event()
 
-    def done(inserted: Any, error: BaseException | None) -> None:
+    def _done(self, inserted: Any, error: BaseException | None) -> None:
         if error is not None:
-            errors.append(error)
-        committed.set()
+            self._errors.append(error)
+        self._committed.set()
 
-    written = 0  # tasks written so far, each committed once `write` returns
+    def write(self, count: int) -> None:
+        """`count` new tasks in one write."""
+        from leek.ids import new_task_ids
 
-    def write(count: int) -> None:
-        write_tasks([_new_task(i, "bench.tasks.noop", payload) for i in new_task_ids(count)])
+        self.write_tasks(
+            [_new_task(i, "bench.tasks.noop", self.payload) for i in new_task_ids(count)]
+        )
 
-    def write_tasks(new: list[Any]) -> None:
-        nonlocal written
-        written += len(new)
+    def write_tasks(self, new: list[Any]) -> None:
+        """`new` in one write, once it is committed."""
+        self.written += len(new)
         # With no other writer, the calling thread writes a few tasks itself
         # and commits them before insert returns, as a broker's event loop
         # does; a batch of HEAVY_PUSH tasks or more goes to the store's writer
         # thread, and is timed until its commit all the same.
-        committed.clear()
-        store.insert(new, done)
-        committed.wait()
-        if errors:
-            raise RuntimeError(f"the write failed: {errors[0]}") from errors[0]
+        self._committed.clear()
+        self.store.insert(new, self._done)
+        self._committed.wait()
+        if self._errors:
+            raise RuntimeError(f"the write failed: {self._errors[0]}") from self._errors[0]
 
+    def batches(self, count: int) -> float:
+        """Microseconds a task in `count` tasks written BATCH at a time."""
+        start = time.perf_counter()
+        for done in range(0, count, BATCH):
+            self.write(min(BATCH, count - done))
+        return (time.perf_counter() - start) / count * 1e6
+
+    def stop(self) -> None:
+        _check_committed(self.written)
+        self.store.stop()
+
+
+def _time_writes(sync: str) -> dict[str, float]:
+    """In a process set up for one database: leek's schema, then its writes."""
+    writer = _Writer()
+    write = writer.write
     write(1)  # the connection, and the statement's first compile
     n = COMMITS[sync]
     start = time.perf_counter()
@@ -498,23 +523,62 @@ def _time_writes(sync: str) -> dict[str, float]:
             spent += time.perf_counter() - start
         found["commit_after_nap_us"] = round(spent / (n // 3) * 1e6, 1)
         write(BATCH)
-        start = time.perf_counter()
-        for _ in range(BATCHES):
-            write(BATCH)
-        found["batch_row_us"] = round((time.perf_counter() - start) / BATCHES / BATCH * 1e6, 2)
-        _check_committed(written)
+        found["batch_row_us"] = round(writer.batches(BATCHES * BATCH), 2)
     if sync in ("NORMAL", "pg"):  # the databases of leek's processes variants
         found["busy_push"] = busy_round_trips(lambda: write(1))
-    group = functools.partial(group_pushes, write_tasks, payload)
+    group = functools.partial(group_pushes, writer.write_tasks, writer.payload)
     runs: dict[str, list[float]] = {name: [] for name in GROUP_WAYS}
     for _ in range(GROUP_RUNS):  # in turns, as the round trips: see echo_round_trips
         for name, way in GROUP_WAYS.items():
             runs[name].append(group(*way))
     found["group"] = {name: round(statistics.median(rates)) for name, rates in runs.items()}
-    _check_committed(written)
-    store.stop()
+    writer.stop()
     return found
 
 
+def serve_batches() -> None:
+    """The batch floor on demand, so that it can be measured in turns with
+    the enqueue_many it bounds, on a table that grows as the broker's does:
+    for each line N read, N tasks written BATCH at a time, then SQLite's
+    checkpoint of what they wrote, and a line with the microseconds a task
+    took in each. The checkpoint is the write's too: a broker's duties run
+    it every tick (Store.checkpoint), and a log never copied into the
+    database file would grow without end. Ends at the end of its input."""
+    from leek.server.store import raw_cursor
+
+    writer = _Writer()
+    writer.write(BATCH)  # the connection, and the statement's first compile
+    cursor = raw_cursor()
+    for line in sys.stdin:
+        count = int(line)
+        write = writer.batches(count)
+        start = time.perf_counter()
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        cursor.fetchall()
+        copy = (time.perf_counter() - start) / count * 1e6
+        print(round(write, 2), round(copy, 2), flush=True)
+    cursor.close()
+    writer.stop()
+
+
+def batch_floor(url: str) -> subprocess.Popen[str]:
+    """`serve_batches` in a process of its own, on the SQLite file of `url`
+    with synchronous=NORMAL: write N to its stdin, read the µs a task of the
+    write and of the checkpoint."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "DATABASE_URL": url}
+    env["LEEK_SQLITE_SYNCHRONOUS"] = "NORMAL"
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.floors", url, "NORMAL", "--batches"],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 if __name__ == "__main__":
-    print(json.dumps(_time_writes(sys.argv[2])))
+    if sys.argv[3:] == ["--batches"]:
+        serve_batches()
+    else:
+        print(json.dumps(_time_writes(sys.argv[2])))

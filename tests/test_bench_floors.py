@@ -53,3 +53,26 @@ def test_the_write_floors_time_committed_writes(tmp_path: Path) -> None:
         "four_per_s",
     }
     assert all(rate > 0 for rate in found["group"].values())
+
+
+def test_the_batch_floor_served_in_turns_writes_and_times_what_it_is_asked(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from bench.floors import BATCH, batch_floor
+
+    path = tmp_path / "batches.sqlite3"
+    floor = batch_floor(f"sqlite:///{path}")
+    try:
+        # 2,500 tasks: two whole batches and a part, each committed when timed
+        # (it checks that itself when its input ends, and exits 1 if not).
+        reply, _ = floor.communicate("2500\n1\n", timeout=120)
+    finally:
+        floor.kill()
+    assert floor.returncode == 0
+    first, second = ([float(us) for us in line.split()] for line in reply.splitlines())
+    assert first[0] > 0 and second[0] > 0  # the write
+    assert first[1] > 0  # the checkpoint of what it wrote
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM leek_task").fetchone() == (BATCH + 2501,)

@@ -30,7 +30,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import tasks
+from bench import floors, tasks
 from bench.common import (
     REPO,
     Proc,
@@ -50,6 +50,9 @@ TWIN_PORT = str(int(PORT) + 1)  # the empty-queue broker the backlog is compared
 VARIANTS = ["sqlite-normal", "sqlite-full", "pg", "sqlite-normal-processes", "pg-processes"]
 #: The suffix of a variant whose tasks run in worker processes.
 PROCESSES = "-processes"
+#: Parts of the backlog's fill, each followed by as many tasks of the batch
+#: floor (bench/floors.py), so that the two are measured in turns.
+FILL_TURNS = 10
 _LEEK = Path(sys.executable).with_name("leek")
 LEEK_START = (
     [str(_LEEK), "start"] if _LEEK.exists() else [sys.executable, "-m", "leek.cli", "start"]
@@ -240,6 +243,40 @@ class LeekRunner(Runner):
             enqueue_many([(tasks.noop, ())] * min(batch, count - done))
         return count / max(time.perf_counter() - start, 1e-9)
 
+    def _fill_in_turns(self, count: int) -> dict[str, Any]:
+        """`_fill`'s rate, and on SQLite NORMAL the batch floor's µs a task
+        measured in turns with it: FILL_TURNS parts, each followed by as many
+        tasks of the floor, on a file of its own that grows as the broker's
+        does, with the checkpoint of each part (floors.serve_batches). The
+        floor measured at the start of the run comes minutes before, on an
+        empty table, and moved the ratio by half between runs."""
+        if self.storage != "sqlite-normal":
+            return {"enqueue_many_rate": self._fill(count)}
+        path = self.workdir / "leek-bench-batch-floor.sqlite3"
+        _remove_sqlite(path)
+        floor = floors.batch_floor(f"sqlite:///{path}")
+        assert floor.stdin is not None and floor.stdout is not None
+        spent = written = copied = 0.0
+        try:
+            for turn in range(FILL_TURNS):
+                part = count // FILL_TURNS + (turn < count % FILL_TURNS)
+                spent += part / self._fill(part)
+                floor.stdin.write(f"{part}\n")
+                floor.stdin.flush()
+                write, copy = map(float, floor.stdout.readline().split())
+                written += part * write
+                copied += part * copy
+        finally:
+            floor.stdin.close()
+            floor.wait(60)
+        if floor.returncode != 0:
+            raise RuntimeError(f"the batch floor exited with {floor.returncode}")
+        return {
+            "enqueue_many_rate": count / spent,
+            "enqueue_many_floor_row_us": round((written + copied) / count, 2),
+            "enqueue_many_floor_checkpoint_us": round(copied / count, 2),
+        }
+
     def _manage(self, *command: str, **env: str) -> None:
         """`manage.py` of the bundled project, on this variant's database unless `env` says."""
         subprocess.run(
@@ -301,7 +338,7 @@ class LeekRunner(Runner):
         self.reset()
         broker = self.start_broker(0)
         out: dict[str, Any] = {"backlog": size, "rss_empty_kb": _tree_rss(broker.pid)}
-        out["enqueue_many_rate"] = self._fill(size - waiting()[1])
+        out.update(self._fill_in_turns(size - waiting()[1]))
         out["waiting"] = waiting()[1]
         out["rss_backlog_kb"] = _tree_rss(broker.pid)
         # Single pushes on the backlog against pushes on an empty queue: a
