@@ -172,8 +172,8 @@ def echo_round_trip_us(framed: bool, spin: float, n: int = 5000) -> float:
                 while data := _receive(peer, framed, spin):
                     if framed:  # check the request, sign the reply
                         request = frame.open_frame(keys.receive, data)
-                        reply = (request.message[0], True, "I'm OK")
-                        data = frame.encode(keys.send, reply, request.nonce)
+                        answer = (request.message[0], True, "I'm OK")
+                        data = frame.encode(keys.send, answer, request.nonce)
                     peer.sendall(data)
             finally:
                 os._exit(0)
@@ -252,8 +252,8 @@ def busy_round_trips(answer: Callable[[], None]) -> dict[str, float]:
         if client == 0:
             try:
                 os.setsid()
-                found = _p50_p99(_timed_trips(server.getsockname()))
-                os.write(writer, json.dumps(found).encode())
+                trips = _p50_p99(_timed_trips(server.getsockname()))
+                os.write(writer, json.dumps(trips).encode())
             finally:
                 os._exit(0)
         os.close(writer)
@@ -395,7 +395,7 @@ def _group_client(address: tuple[str, int], go: int, payload: bytes, n: int, spi
 
 def _new_task(task_id: uuid.UUID, name: str, payload: bytes) -> Any:
     """A task as the floors write it: on the default queue, with no options."""
-    from leek.server.store import NewTask
+    from leek.server.rows import NewTask
 
     return NewTask(task_id, name, payload, "", "default", 0, 0, None, None, "")
 
@@ -510,7 +510,7 @@ def _time_writes(sync: str) -> dict[str, float]:
     start = time.perf_counter()
     for _ in range(n):
         write(1)
-    found = {"commit_us": round((time.perf_counter() - start) / n * 1e6, 1)}
+    found: dict[str, Any] = {"commit_us": round((time.perf_counter() - start) / n * 1e6, 1)}
     if sync == "NORMAL":
         # The same write right after the thread slept, as a broker's does
         # between one client's pushes: on a machine whose idle cores sleep
