@@ -121,7 +121,13 @@ class Judged:
         return f"{text}, not met (the floor: {floor}; {self.figure / self.floor:.0%} of it)"
 
     def _show(self, value: float) -> str:
-        return f"{value:.0%}" if self.percent else f"{value:.2f}x"
+        """`value` as a share or a ratio, with a digit more where rounding
+        would show a figure short of what it needs as reaching it (79.9%)."""
+        if self.percent:
+            text = f"{value:.0%}"
+            return f"{value:.1%}" if value < self.needed <= float(text[:-1]) / 100 else text
+        text = f"{value:.2f}"
+        return f"{value:.3f}x" if value < self.needed <= float(text) else f"{text}x"
 
 
 #: A push path target's judge: the run's results, one leek variant's, and
