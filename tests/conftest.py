@@ -229,7 +229,8 @@ def task_batch(*calls: tuple[Callable[..., Any], tuple[Any, ...]], **options: An
     """The ids and the enqueue_batch data a client would send for `calls`."""
     from leek.client.api import batch
 
-    return batch(calls, **options)
+    ids, data, _ = batch(calls, **options)
+    return ids, data
 
 
 @pytest.fixture

@@ -263,7 +263,10 @@ class LeekRunner(Runner):
                 spent += part / self._fill(part)
                 floor.stdin.write(f"{part}\n")
                 floor.stdin.flush()
-                write, copy = map(float, floor.stdout.readline().split())
+                line = floor.stdout.readline()
+                if not line:
+                    raise RuntimeError("the batch floor ended early (its error is above)")
+                write, copy = map(float, line.split())
                 written += part * write
                 copied += part * copy
         finally:

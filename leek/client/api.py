@@ -239,7 +239,7 @@ def enqueue_many(
     than one frame (``LEEK["MAX_FRAME"]``) goes in parts, in order, each one
     frame and one commit of its own (sizes.py); should a part fail, the parts
     before it are committed, and the error's note says how many tasks they hold."""
-    ids, data, bound = _batch(
+    ids, data, bound = batch(
         calls,
         queue=queue,
         priority=priority,
@@ -286,30 +286,22 @@ def batch(
     max_retries: int | None = None,
     timeout: float | None = None,
     rate_limit: str | None = None,
-) -> tuple[list[uuid.UUID], dict[str, Any]]:
-    """New ids for `calls`, each (fn, args) or (fn, args, kwargs), and the data
-    of the `enqueue_batch` verb that pushes them: what :func:`enqueue_many`
+) -> tuple[list[uuid.UUID], dict[str, Any], int]:
+    """New ids for `calls`, each (fn, args) or (fn, args, kwargs), the data
+    of the `enqueue_batch` verb that pushes them, and the most bytes its
+    tasks can take in a frame (sizes.bound): what :func:`enqueue_many`
     sends, in one frame or in parts.
 
     Raises as :func:`message` does, but for a task too large for a frame,
     which :func:`enqueue_many` refuses before it sends the batch."""
-    ids, data, _ = _batch(
-        calls,
+    options = _options(
         queue=queue,
         priority=priority,
+        run_after=None,
         max_retries=max_retries,
         timeout=timeout,
         rate_limit=rate_limit,
     )
-    return ids, data
-
-
-def _batch(
-    calls: Iterable[TaskCall | tuple[Callable[..., Any], tuple[Any, ...]]],
-    **options: Any,
-) -> tuple[list[uuid.UUID], dict[str, Any], int]:
-    """`batch`, and the most bytes its tasks can take in a frame (sizes.bound)."""
-    checked = _options(run_after=None, **options)
     calls = list(calls)
     ids = new_task_ids(len(calls))
     tasks: list[tuple[bytes, str, bytes, str]] = []
@@ -337,7 +329,7 @@ def _batch(
         text = _describe(args, kwargs) if args or kwargs else ""
         taken += len(payload) + named + sizes.bound(text)
         append((task_id.bytes, name, payload, text))
-    return ids, {"options": checked, "tasks": tasks}, taken + len(tasks) * sizes.TASK
+    return ids, {"options": options, "tasks": tasks}, taken + len(tasks) * sizes.TASK
 
 
 def cancel(task_id: uuid.UUID | str, running: bool = False) -> bool:

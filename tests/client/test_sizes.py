@@ -61,7 +61,7 @@ def test_every_part_fits_whatever_its_tasks_hold() -> None:
         (tasks.echo, ("🥬" * rng.randrange(0, 600), bytes(rng.randrange(0, 3000))))
         for _ in range(3000)
     ]
-    _, data = batch(calls, queue="q" * 64, rate_limit="1000/s")
+    _, data, _ = batch(calls, queue="q" * 64, rate_limit="1000/s")
     room = LIMIT - sizes.ROOM
     parts = list(sizes.cut(data["tasks"], room))
     assert [t for part in parts for t in part] == data["tasks"]  # all, once, in order
@@ -82,8 +82,9 @@ def test_a_batch_of_wide_characters_is_cut_by_its_bytes_not_its_characters(
     # Counted in characters, nine of these fit one frame; in UTF-8 they are
     # some 73 KB, more than the broker reads: they must go in parts.
     calls = [(tasks.echo, (i, "🥬" * 1000)) for i in range(9)]
-    _, data = batch(calls)
+    _, data, bound = batch(calls)
     assert sum(len(t[2]) + len(t[3]) for t in data["tasks"]) < sizes.limit() < LIMIT
+    assert bound > sizes.limit()  # so it is counted, task by task
     assert len(list(sizes.cut(data["tasks"], sizes.limit()))) == 2
     handles = leek.enqueue_many(calls)
     assert Task.objects.count() == 9

@@ -218,7 +218,7 @@ def push_delayed(
     """Push `calls` with a delay, PAGE to a frame, as enqueue_batch takes them."""
     ids: list[uuid.UUID] = []
     for start in range(0, len(calls), PAGE):
-        page_ids, data = batch(calls[start : start + PAGE], **options)
+        page_ids, data, _ = batch(calls[start : start + PAGE], **options)
         data["options"]["run_after"] = time.time() + delay
         client.call("enqueue_batch", data)
         ids += page_ids
