@@ -59,6 +59,7 @@ def test_the_batch_floor_served_in_turns_writes_and_times_what_it_is_asked(
     tmp_path: Path,
 ) -> None:
     import sqlite3
+    from contextlib import closing
 
     from bench.floors import BATCH, batch_floor
 
@@ -74,5 +75,5 @@ def test_the_batch_floor_served_in_turns_writes_and_times_what_it_is_asked(
     first, second = ([float(us) for us in line.split()] for line in reply.splitlines())
     assert first[0] > 0 and second[0] > 0  # the write
     assert first[1] > 0  # the checkpoint of what it wrote
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT count(*) FROM leek_task").fetchone() == (BATCH + 2501,)
