@@ -33,6 +33,14 @@ def test_a_message_in_parts_or_running_has_the_tag_of_the_whole() -> None:
     assert mac(key) is signer
 
 
+def test_tags_after_one_prefix_are_the_hmac_of_prefix_and_message_each_afresh() -> None:
+    key = os.urandom(32)
+    tag = mac(key).after(b"LKT1")
+    for message in (b"", b"x", os.urandom(BLOCK), os.urandom(5000), b"x"):
+        assert tag(message) == hmac.digest(key, b"LKT1" + message, "sha256")
+    assert tag(memoryview(b"abc")) == hmac.digest(key, b"LKT1abc", "sha256")
+
+
 def test_a_frame_s_tag_is_hmac_sha256_of_its_bytes_under_the_direction_s_key() -> None:
     keys = Keys.client(b"s" * 32)
     frame = encode(keys.send, (1, "ping", None))
