@@ -409,11 +409,9 @@ def _p50_p99(samples: list[float]) -> dict[str, float]:
 def _writes(url: str, sync: str) -> dict[str, float] | None:
     """The write floors of one database, measured in a process of their own
     (Django's settings name one database per process)."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "DATABASE_URL": url}
-    env["LEEK_SQLITE_SYNCHRONOUS"] = "NORMAL" if sync == "pg" else sync
     done = subprocess.run(
         [sys.executable, "-m", "bench.floors", url, sync],
-        env=env,
+        env=_env(url, sync),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -425,6 +423,14 @@ def _writes(url: str, sync: str) -> dict[str, float] | None:
         return None
     found: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
+
+
+def _env(url: str, sync: str) -> dict[str, str]:
+    """The environment of a process that measures the floors of `url`, on
+    SQLite with synchronous=`sync` ("pg": PostgreSQL's)."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "DATABASE_URL": url}
+    env["LEEK_SQLITE_SYNCHRONOUS"] = "NORMAL" if sync == "pg" else sync
+    return env
 
 
 def _check_committed(timed: int) -> None:
@@ -539,25 +545,20 @@ def _time_writes(sync: str) -> dict[str, float]:
 def serve_batches() -> None:
     """The batch floor on demand, so that it can be measured in turns with
     the enqueue_many it bounds, on a table that grows as the broker's does:
-    for each line N read, N tasks written BATCH at a time, then SQLite's
-    checkpoint of what they wrote, and a line with the microseconds a task
-    took in each. The checkpoint is the write's too: a broker's duties run
-    it every tick (Store.checkpoint), and a log never copied into the
-    database file would grow without end. Ends at the end of its input."""
-    from leek.server.store import raw_cursor
-
+    for each line N read, N tasks written BATCH at a time, then the store's
+    checkpoint of what they wrote (Store.checkpoint, which a broker's duties
+    run every tick), and a line with the microseconds a task took in each.
+    The checkpoint is the write's too: a log never copied into the database
+    file would grow without end. Ends at the end of its input."""
     writer = _Writer()
     writer.write(BATCH)  # the connection, and the statement's first compile
-    cursor = raw_cursor()
     for line in sys.stdin:
         count = int(line)
         write = writer.batches(count)
         start = time.perf_counter()
-        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        cursor.fetchall()
+        writer.store.checkpoint()
         copy = (time.perf_counter() - start) / count * 1e6
         print(round(write, 2), round(copy, 2), flush=True)
-    cursor.close()
     writer.stop()
 
 
@@ -565,11 +566,9 @@ def batch_floor(url: str) -> subprocess.Popen[str]:
     """`serve_batches` in a process of its own, on the SQLite file of `url`
     with synchronous=NORMAL: write N to its stdin, read the µs a task of the
     write and of the checkpoint."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "DATABASE_URL": url}
-    env["LEEK_SQLITE_SYNCHRONOUS"] = "NORMAL"
     return subprocess.Popen(
         [sys.executable, "-m", "bench.floors", url, "NORMAL", "--batches"],
-        env=env,
+        env=_env(url, "NORMAL"),
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -123,11 +123,10 @@ class Judged:
     def _show(self, value: float) -> str:
         """`value` as a share or a ratio, with a digit more where rounding
         would show a figure short of what it needs as reaching it (79.9%)."""
+        close = value < self.needed <= round(value, 2)  # both show two digits
         if self.percent:
-            text = f"{value:.0%}"
-            return f"{value:.1%}" if value < self.needed <= float(text[:-1]) / 100 else text
-        text = f"{value:.2f}"
-        return f"{value:.3f}x" if value < self.needed <= float(text) else f"{text}x"
+            return f"{value:.1%}" if close else f"{value:.0%}"
+        return f"{value:.3f}x" if close else f"{value:.2f}x"
 
 
 #: A push path target's judge: the run's results, one leek variant's, and
