@@ -63,6 +63,9 @@ HEARTBEAT_TIMEOUT = 30.0
 HEARTBEAT_AT_STOP = 5.0
 #: Seconds between the periodic tasks' ticks.
 PERIODIC_TICK = 0.2
+#: Seconds between looks for the tasks of failed inserts that did commit
+#: (store/doubt.py); a look costs nothing while no insert failed.
+RECHECK_INTERVAL = 0.5
 #: Seconds the accept loop waits before it looks for a stop (socketserver's poll_interval).
 POLL_INTERVAL = 0.2
 
@@ -247,6 +250,7 @@ class Broker:
         recovered += self.sweep()
         self.duties.every(self.sweep_interval, self.sweep)
         self.duties.every(self.sweep_interval, self.store.settle_steps)
+        self.duties.every(RECHECK_INTERVAL, self.store.recheck)
         logger.info(
             "tasks recovered node=%s count=%s", self.node, recovered, extra={"action": "recovered"}
         )

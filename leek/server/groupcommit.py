@@ -106,6 +106,10 @@ class Batches(Protocol):
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         """Called after each commit, on the thread that wrote it."""
 
+    def failed(self, ops: list[Op]) -> None:
+        """Called, on the thread that wrote them, when the database failed the
+        write of `ops` for a reason not theirs: it may have committed them."""
+
 
 class GroupCommit:
     """One writing connection, the queue of ops in front of it and its writer thread."""
@@ -444,6 +448,10 @@ class GroupCommit:
                 extra={"action": "db_write_failed"},
             )
         self.healthy, self.last_error = False, message
+        try:
+            self.batches.failed(ops)
+        except Exception:
+            logger.exception("handling a failed write failed", extra={"action": "failed_failed"})
         try:
             self._close()
         except Exception:

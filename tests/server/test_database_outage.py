@@ -7,16 +7,26 @@ import os
 import signal
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
 
 import leek
+from leek.client import TaskHandle
+from leek.client.delivery import send
+from leek.client.spool import spool
+from leek.models import SuccessTask, Task
 from tests import tasks
-from tests.conftest import BrokerProcess, leek_cli, wait_for
+from tests.conftest import BOTH_POOLS, BrokerProcess, leek_cli, task_message, wait_for
+from tests.server import fence_tasks
+from tests.server.dbcut import CommitCutter
+from tests.server.fence_tasks import runs_of
+from tests.server.test_lease import node
 
 
 @contextmanager
@@ -181,3 +191,87 @@ def test_a_push_after_the_database_cut_the_brokers_connections_is_accepted(
     assert leek.ping() == (True, "I'm OK")
     assert "database write failed" not in broker.output()
     assert "writing connection closed by the database, reconnecting" in broker.output()
+
+
+@pytest.fixture
+def cutter() -> Iterator[CommitCutter]:
+    """A proxy in front of the test's PostgreSQL that can lose an insert's answer."""
+    params = connection.settings_dict
+    proxy = CommitCutter((params["HOST"] or "127.0.0.1", int(params["PORT"] or 5432)))
+    yield proxy
+    proxy.close()
+
+
+def _through(proxy: CommitCutter) -> str:
+    """DATABASE_URL for a broker whose connections go through `proxy`."""
+    user = connection.settings_dict["USER"] or "postgres"
+    return f"postgres://{user}@127.0.0.1:{proxy.port}/{connection.settings_dict['NAME']}"
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs a database reached over a socket"
+)
+@pytest.mark.parametrize("fallback", ["database", "raise"])
+@BOTH_POOLS
+def test_a_push_committed_whose_answer_was_lost_runs_without_a_restart(
+    broker_factory: Any, leek_settings: Any, cutter: CommitCutter, fallback: str, pool: str
+) -> None:
+    """The database commits a push's insert and the connection breaks before
+    the broker reads the answer: the broker cannot tell whether the task is
+    there, and the client's retry (the database fallback, or the caller's own
+    push of the same id) finds the row and is ignored. The broker looks
+    again once the database answers, and runs the task it did commit."""
+    leek_settings(FALLBACK=fallback)
+    broker: BrokerProcess = broker_factory(DATABASE_URL=_through(cutter), LEEK_POOL=pool)
+    cutter.arm()  # before the first push: its statement's text is sent then, and seen
+    pushed = task_message(tasks.add, 20, 22)
+    if fallback == "database":
+        send("enqueue", pushed)  # the client writes the row itself: there already
+    else:
+        with pytest.raises(leek.CommitFailed, match="could not commit enqueue"):
+            send("enqueue", pushed)
+        send("enqueue", pushed)  # the caller pushes it again: ignored, as a replay
+    assert cutter.cut.is_set()
+    task_id = uuid.UUID(pushed["id"])
+    assert Task.objects.get(pk=task_id).broker == node(broker.port)  # the broker's commit
+    assert TaskHandle(task_id).result(timeout=15) == 42
+    assert leek.push_task_to_queue(tasks.add, 2, 2).result(timeout=10) == 4
+    assert "database write failed" in broker.output()
+    assert SuccessTask.objects.filter(task_id=task_id).count() == 1
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs a database reached over a socket"
+)
+def test_a_batch_committed_whose_answer_was_lost_runs_without_a_restart(
+    broker_factory: Any, cutter: CommitCutter
+) -> None:
+    broker_factory(DATABASE_URL=_through(cutter))
+    cutter.arm()
+    handles = leek.enqueue_many([(tasks.add, (n, n)) for n in range(50)])
+    assert cutter.cut.is_set()
+    assert [h.result(timeout=15) for h in handles] == [2 * n for n in range(50)]
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs a database reached over a socket"
+)
+def test_a_push_the_database_never_saw_runs_once(
+    broker_factory: Any, cutter: CommitCutter, tmp_path: Path
+) -> None:
+    """The connection breaks before the insert reaches the database: the
+    client writes the task itself, spooled, and the broker claims it. The
+    look for failed inserts that did commit must not queue it a second time:
+    it runs once. (It waits behind two tasks that keep both workers busy,
+    so that a second copy would be taken beside the first.)"""
+    broker: BrokerProcess = broker_factory(DATABASE_URL=_through(cutter))
+    cutter.arm(before=True)
+    runs, busy = tmp_path / "runs", tmp_path / "busy"
+    spool([task_message(fence_tasks.run_for, str(busy), 3.0) for _ in range(2)])
+    wait_for(lambda: len(runs_of(busy)) == 2, timeout=10)
+    handle = leek.enqueue(fence_tasks.run_for, (str(runs), 0.5))
+    assert cutter.cut.is_set()
+    wait_for(lambda: Task.objects.get(pk=handle.id).broker == node(broker.port), timeout=10)
+    assert handle.result(timeout=15) == node(broker.port)
+    time.sleep(1.0)  # a second run would have begun beside the first
+    assert [task for task, _, _ in runs_of(runs)] == [str(handle.id)]

@@ -30,6 +30,9 @@ class Nothing:
     def committed(self, ops: list[Op], results: list[Any]) -> None:
         pass
 
+    def failed(self, ops: list[Op]) -> None:
+        pass
+
 
 @pytest.mark.django_db(transaction=True)
 def test_a_thread_that_leads_while_others_queue_outcomes_never_fails() -> None:

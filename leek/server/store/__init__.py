@@ -32,6 +32,7 @@ from django.db import connection
 
 from ... import conf
 from ..groupcommit import DATABASE_ERRORS, Gathering, GroupCommit
+from ..lifecycle import received
 from ..ops import Call, Done, Insert, Mark, Record, Waiter
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from ..starts import Starts, path_for
@@ -256,6 +257,28 @@ class Store:
         self.marks.drop(outcome.task_id)
         row = storable.outcome(outcome, self.text_limit)
         self.outcomes.later(Record(row, committed=committed))
+
+    def recheck(self) -> None:
+        """Queue, once the tasks lane writes again, a look for the tasks of
+        failed inserts that the database did commit; those found go to this
+        broker's queues (doubt.py). A duty."""
+        doubts = self.writes.doubts
+        if not doubts or doubts.checking or not self.tasks.healthy:
+            return
+        doubts.checking = True
+
+        def check(cursor: Any, d: Dialect) -> list[Ready]:
+            return doubts.check(cursor, d, self.epoch)
+
+        def done(found: Any, error: BaseException | None) -> None:
+            doubts.checking = False
+            if error is None:
+                doubts.settle(found)
+                if found:
+                    received(found)
+                    self.route(found)
+
+        self.tasks.later(Call(check, done))
 
     def route(self, ready: list[Ready]) -> None:
         """Hand tasks this broker took to its queues (as after an insert):

@@ -26,6 +26,7 @@ from ..lifecycle import received
 from ..ops import Call, Insert, Mark, Op, Record
 from ..rows import Dialect, Job, NewTask, Outcome, Ready
 from . import keys, storable
+from .doubt import Doubts
 from .outcomes import at_once, tell_refused, write_rows
 from .sql import PG_ARRAY_COLUMNS, PG_INSERT_MANY, Statements, stamp
 
@@ -82,6 +83,8 @@ class Writes:
         #: Called after a commit with the ids of the tasks whose outcomes it
         #: refused: the broker drops what it still holds of them.
         self.on_lost: Callable[[list[uuid.UUID]], None] = lambda ids: None
+        #: The inserts a failed write may have committed all the same.
+        self.doubts = Doubts(sql, node)
 
     def open(self, cursor: Any, db: Any) -> Any:
         """Set up a new writing connection; the cursor that binds parameters."""
@@ -121,6 +124,7 @@ class Writes:
         """Tell of the tasks just inserted (lifecycle.received), then send
         them to the broker's queues; tell the outcomes just written
         (Record.committed), those refused first (outcomes.refuse)."""
+        self.doubts.begin()
         refused: list[Outcome] = self._released.__dict__.pop("refused", [])
         if refused:
             self._tell_refused(refused)
@@ -138,9 +142,15 @@ class Writes:
             received(ready)
             self.on_ready(ready)
 
+    def failed(self, ops: list[Op]) -> None:
+        """The database failed the write of `ops` for a reason not theirs: the
+        inserts in it may have committed all the same (doubt.py)."""
+        self.doubts.failed()
+
     def write(self, cursor: Any, bound: Any, ops: list[Op]) -> list[Any]:
         """Write `ops` in one transaction; one result per op."""
         d = self.dialect
+        self.doubts.begin()
         self._take_released()
         inserts = [op for op in ops if isinstance(op, Insert)]
         tasks = [t for op in inserts for t in op.tasks]
@@ -218,6 +228,7 @@ class Writes:
         d = self.dialect
         finished = {op.outcome.task_id for op in ops if isinstance(op, Record)}
         written: list[tuple[Any, BaseException | None]] = [(None, None)] * len(ops)
+        self.doubts.begin()
         self._take_released()
         cursor.execute("BEGIN IMMEDIATE" if d.sqlite else "BEGIN")
         try:
@@ -309,6 +320,7 @@ class Writes:
             return []
         d = self.dialect
         now = d.time(time.time())
+        self.doubts.tried(now, tasks)
         epoch = self.epoch()
         node = self.node
         kept = None if self.admit is None else self.admit(tasks)

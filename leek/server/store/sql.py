@@ -420,6 +420,17 @@ class Statements:
             f"{_of_queues(queues)} AND {still_gone} {CLAIMED}"
         )
 
+    def committed_of(self, count: int) -> str:
+        """Of `count` task ids (bound after the broker, its epoch and a
+        queued_at), the id, priority, queue and run_after of those the
+        broker's own insert stamped with that time, still queued (doubt.py)."""
+        marks = ", ".join(["%s"] * count)
+        return self.dialect.sql(
+            "SELECT id, priority, queue, run_after FROM leek_task WHERE broker = %s "
+            "AND epoch = %s AND queued_at = %s AND status = 'queued' AND NOT spooled "
+            f"AND id IN ({marks})"
+        )
+
     def running_of(self, brokers: int) -> str:
         """The id and broker of the running tasks of `brokers` brokers."""
         marks = ", ".join(["%s"] * brokers)

@@ -1,0 +1,119 @@
+"""Inserts in doubt: pushes the database may have committed though the write failed.
+
+A connection that breaks while a push's insert commits (the network, a
+failover, an administrator ending the session) leaves the broker unable to
+tell whether the rows are there. It answers the client with the error; the
+client sends the push again, to this broker or another, or writes it to the
+database itself (client/delivery.py), and either way a row already there is
+ignored as a replay. Were the first insert committed, its tasks would then
+wait under this broker's name, in no broker's memory, until its next start.
+
+So the broker keeps the ids of an insert that failed so, with the time it
+stamped on their rows (`queued_at`), and once the database answers again
+(`Store.recheck`, a duty) reads which of them it did commit: rows under its
+name and epoch, queued, not spooled, stamped with that very time. No other
+write makes such a row: another broker's insert or the client's own stamp
+their own time, and a claim of a spooled or adopted row keeps the row's. A
+task found so is queued in memory here, once: nothing else routes it, as the
+replays were ignored and no claim takes a row this broker holds. Each id is
+looked at for DOUBT_WINDOW seconds after its insert failed, as a server may
+finish a commit after the client saw the connection break.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..rows import Dialect, NewTask, Ready
+from .sql import Statements
+
+logger = logging.getLogger(__name__)
+
+#: Seconds after an insert failed during which its tasks are looked for.
+DOUBT_WINDOW = 60.0
+#: Ids asked about per query.
+DOUBT_PAGE = 500
+
+
+@dataclass
+class Doubt:
+    """The tasks of one failed insert, and the time stamped on their rows."""
+
+    queued_at: Any  # as bound (Dialect.time)
+    ids: set[uuid.UUID]
+    until: float = field(default_factory=lambda: time.monotonic() + DOUBT_WINDOW)
+
+
+class Doubts:
+    """The inserts in doubt, and the inserts under way on each writing thread."""
+
+    def __init__(self, sql: Statements, node: str) -> None:
+        self.sql = sql
+        self.node = node
+        self._lock = threading.Lock()
+        self._doubts: list[Doubt] = []
+        self._tried = threading.local()  # (queued_at, tasks) of the write under way
+        self.checking = False  # a check is queued and not ended
+
+    def begin(self) -> None:
+        """A write begins on this thread: nothing of it tried yet."""
+        self._tried.inserts = []
+
+    def tried(self, queued_at: Any, tasks: Sequence[NewTask]) -> None:
+        """This thread's write binds `tasks` stamped `queued_at`."""
+        inserts = getattr(self._tried, "inserts", None)
+        if inserts is None:
+            inserts = self._tried.inserts = []
+        inserts.append((queued_at, tasks))
+
+    def failed(self) -> None:
+        """This thread's write failed for a reason not its own: its inserts are in doubt."""
+        inserts = getattr(self._tried, "inserts", None) or []
+        self._tried.inserts = []
+        added = [Doubt(at, {t.id for t in tasks}) for at, tasks in inserts if tasks]
+        if added:
+            with self._lock:
+                self._doubts += added
+
+    def __bool__(self) -> bool:
+        return bool(self._doubts)
+
+    def check(self, cursor: Any, d: Dialect, epoch: int) -> list[Ready]:
+        """The tasks in doubt this broker did commit (inside a batch's
+        transaction); those of them and the doubts past their window are
+        settled by `settle`, once it is committed."""
+        with self._lock:
+            doubts = [(doubt, sorted(doubt.ids)) for doubt in self._doubts]
+        found = []
+        for doubt, ids in doubts:
+            for at in range(0, len(ids), DOUBT_PAGE):
+                page = ids[at : at + DOUBT_PAGE]
+                cursor.execute(
+                    self.sql.committed_of(len(page)),
+                    [self.node, epoch, doubt.queued_at, *map(d.pk, page)],
+                )
+                found += [
+                    Ready(d.read_uuid(i), p, q, d.read_time(r)) for i, p, q, r in cursor.fetchall()
+                ]
+        return found
+
+    def settle(self, found: list[Ready]) -> None:
+        """Forget the tasks a committed check found, and the doubts past their window."""
+        ids = {ready.id for ready in found}
+        now = time.monotonic()
+        with self._lock:
+            for doubt in self._doubts:
+                doubt.ids -= ids
+            self._doubts = [d for d in self._doubts if d.ids and d.until > now]
+        if found:
+            logger.warning(
+                "tasks found committed whose insert had failed count=%s: they run",
+                len(found),
+                extra={"action": "inserts_found"},
+            )
