@@ -2,7 +2,8 @@
 
 Armed, it watches what its clients send for an insert into the task table.
 By default it then drops the server's answer to it ("INSERT 0 ...", sent
-once the statement has committed) and closes both ends instead: the client
+once the statement has committed), or inside a transaction the answer to
+its COMMIT, and closes both ends instead: the client
 gets a broken connection for a write the database did commit, the ambiguous
 failure of a network that goes away at the wrong moment. Armed `before`, it
 closes both ends instead of sending the insert on: the same broken
@@ -19,6 +20,18 @@ import threading
 #: answer to an insert starts.
 STATEMENT = b"INSERT INTO leek_task"
 ANSWER = b"INSERT 0 "
+#: What a client sends to begin a transaction, and the server's answer to its commit.
+BEGIN = b"BEGIN"
+COMMITTED = b"COMMIT"
+ROLLBACK = b"ROLLBACK"
+
+
+class Doomed:
+    """What one connection sent: a transaction begun, and the insert to cut."""
+
+    def __init__(self) -> None:
+        self.began = False  # inside a transaction: a BEGIN sent, no COMMIT or ROLLBACK yet
+        self.answer = b""  # the server's answer to drop: set once the insert was sent
 
 
 class CommitCutter:
@@ -44,6 +57,12 @@ class CommitCutter:
             self._armed, self._before = True, before
             self.cut.clear()
 
+    def _take(self) -> bool:
+        """Whether the proxy is armed; disarms it."""
+        with self._lock:
+            armed, self._armed = self._armed, False
+        return armed
+
     def _serve(self) -> None:
         while True:
             try:
@@ -56,27 +75,27 @@ class CommitCutter:
                 client.close()
                 continue
             upstream.settimeout(None)
-            doomed = threading.Event()  # this connection sent the insert to cut
+            doomed = Doomed()
             self._sockets += [client, upstream]
             for args in ((client, upstream, doomed, True), (upstream, client, doomed, False)):
                 thread = threading.Thread(target=self._pipe, args=args, daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
-    def _pipe(
-        self, source: socket.socket, sink: socket.socket, doomed: threading.Event, asks: bool
-    ) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, doomed: Doomed, asks: bool) -> None:
         try:
             while chunk := source.recv(65536):
-                if asks and STATEMENT in chunk:
-                    with self._lock:
-                        armed, self._armed = self._armed, False
-                    if armed and self._before:
-                        self.cut.set()
-                        return  # the insert is dropped, and both ends closed below
-                    if armed:
-                        doomed.set()
-                elif not asks and doomed.is_set() and ANSWER in chunk:
+                if asks:
+                    if BEGIN in chunk:
+                        doomed.began = True
+                    if STATEMENT in chunk and self._take():
+                        if self._before:
+                            self.cut.set()
+                            return  # the insert is dropped, and both ends closed below
+                        doomed.answer = COMMITTED if doomed.began else ANSWER
+                    if COMMITTED in chunk or ROLLBACK in chunk:
+                        doomed.began = False
+                elif doomed.answer and doomed.answer in chunk:
                     self.cut.set()
                     return  # the answer is dropped, and both ends closed below
                 sink.sendall(chunk)

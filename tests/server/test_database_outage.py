@@ -23,7 +23,7 @@ from leek.client.spool import spool
 from leek.models import SuccessTask, Task
 from tests import tasks
 from tests.conftest import BOTH_POOLS, BrokerProcess, leek_cli, task_message, wait_for
-from tests.server import fence_tasks
+from tests.server import chain_tasks, fence_tasks
 from tests.server.dbcut import CommitCutter
 from tests.server.fence_tasks import runs_of
 from tests.server.test_lease import node
@@ -243,14 +243,24 @@ def test_a_push_committed_whose_answer_was_lost_runs_without_a_restart(
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="needs a database reached over a socket"
 )
+@pytest.mark.parametrize("push", ["batch", "chain"])
 def test_a_batch_committed_whose_answer_was_lost_runs_without_a_restart(
-    broker_factory: Any, cutter: CommitCutter
+    broker_factory: Any, cutter: CommitCutter, push: str
 ) -> None:
+    """As a single push's: the tasks of a batch, and a chain's first step
+    (its later steps wait for it, and follow)."""
     broker_factory(DATABASE_URL=_through(cutter))
     cutter.arm()
-    handles = leek.enqueue_many([(tasks.add, (n, n)) for n in range(50)])
-    assert cutter.cut.is_set()
-    assert [h.result(timeout=15) for h in handles] == [2 * n for n in range(50)]
+    if push == "batch":
+        handles = leek.enqueue_many([(tasks.add, (n, n)) for n in range(50)])
+        assert cutter.cut.is_set()
+        assert [h.result(timeout=15) for h in handles] == [2 * n for n in range(50)]
+    else:
+        handle = leek.chain(
+            chain_tasks.add.s(1, 2), chain_tasks.mul.s(10), chain_tasks.add.s(5)
+        ).delay()
+        assert cutter.cut.is_set()
+        assert handle.result(timeout=15) == 35
 
 
 @pytest.mark.skipif(
