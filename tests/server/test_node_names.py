@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -93,16 +94,33 @@ def test_a_running_broker_whose_name_another_process_writes_turns_unhealthy(
         LEEK_NODE_NAME="shared", LEEK_HEARTBEAT_INTERVAL="0.2", LEEK_HEARTBEAT_TIMEOUT="2"
     )
     wait_for(lambda: BrokerNode.objects.filter(name="shared").exists())
-    # Another process, on another machine, writes the row as its own heartbeat.
+    # Another process, on another machine, writes the row as its own
+    # heartbeat, every HEARTBEAT_INTERVAL, until told to stop: the `leek`
+    # command below takes longer than HEARTBEAT_TIMEOUT to start on a busy host.
+    stop = threading.Event()
+
+    def other() -> None:
+        try:
+            while not stop.wait(0.2):
+                BrokerNode.objects.filter(name="shared").update(hostname="elsewhere", pid=4242)
+        finally:
+            db.close()
+
+    writer = threading.Thread(target=other)
     BrokerNode.objects.filter(name="shared").update(hostname="elsewhere", pid=4242)
+    writer.start()
 
     def unhealthy() -> str | None:
         ok, message = leek.ping()
         return None if ok else message
 
-    message = wait_for(unhealthy, timeout=10)
-    assert message.startswith("another broker also runs as node 'shared' (machine elsewhere")
-    ping = leek_cli(broker.port, "ping")
+    try:
+        message = wait_for(unhealthy, timeout=10)
+        assert message.startswith("another broker also runs as node 'shared' (machine elsewhere")
+        ping = leek_cli(broker.port, "ping")
+    finally:
+        stop.set()
+        writer.join(10)
     assert ping.returncode == 1 and "another broker also runs as node 'shared'" in ping.stdout
     assert "another broker also runs as node 'shared'" in broker.output()
     # Once no other process has written the row for HEARTBEAT_TIMEOUT, it is healthy again.
