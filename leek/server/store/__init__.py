@@ -263,17 +263,18 @@ class Store:
         failed inserts that the database did commit; those found go to this
         broker's queues (doubt.py). A duty."""
         doubts = self.writes.doubts
-        if not doubts or doubts.checking or not self.tasks.healthy:
+        if doubts.checking or not self.tasks.healthy or not doubts.due():
             return
         doubts.checking = True
 
-        def check(cursor: Any, d: Dialect) -> list[Ready]:
+        def check(cursor: Any, d: Dialect) -> Any:
             return doubts.check(cursor, d, self.epoch)
 
-        def done(found: Any, error: BaseException | None) -> None:
+        def done(value: Any, error: BaseException | None) -> None:
             doubts.checking = False
             if error is None:
-                doubts.settle(found)
+                found, looked = value
+                doubts.settle(found, looked)
                 if found:
                     received(found)
                     self.route(found)

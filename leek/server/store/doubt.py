@@ -15,9 +15,11 @@ name and epoch, queued, not spooled, stamped with that very time. No other
 write makes such a row: another broker's insert or the client's own stamp
 their own time, and a claim of a spooled or adopted row keeps the row's. A
 task found so is queued in memory here, once: nothing else routes it, as the
-replays were ignored and no claim takes a row this broker holds. Each id is
-looked at for DOUBT_WINDOW seconds after its insert failed, as a server may
-finish a commit after the client saw the connection break.
+replays were ignored and no claim takes a row this broker holds. A server
+may finish a commit after the client saw the connection break, so the ids
+not found are looked for again, after FIRST_WAIT seconds, then twice as long
+each time, until DOUBT_WINDOW seconds have passed since the insert failed
+(and at least once after the database answered again).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds after an insert failed during which its tasks are looked for.
 DOUBT_WINDOW = 60.0
+#: Seconds between the first look for a failed insert's tasks and the next.
+FIRST_WAIT = 1.0
 #: Ids asked about per query.
 DOUBT_PAGE = 500
 
@@ -48,6 +52,9 @@ class Doubt:
     queued_at: Any  # as bound (Dialect.time)
     ids: set[uuid.UUID]
     until: float = field(default_factory=lambda: time.monotonic() + DOUBT_WINDOW)
+    due: float = 0.0  # the next look (time.monotonic())
+    wait: float = field(default_factory=lambda: FIRST_WAIT)  # before the look after it
+    looks: int = 0  # looks committed
 
 
 class Doubts:
@@ -81,15 +88,18 @@ class Doubts:
             with self._lock:
                 self._doubts += added
 
-    def __bool__(self) -> bool:
-        return bool(self._doubts)
+    def due(self) -> bool:
+        """Whether a look is due."""
+        now = time.monotonic()
+        return any(doubt.due <= now for doubt in self._doubts)
 
-    def check(self, cursor: Any, d: Dialect, epoch: int) -> list[Ready]:
-        """The tasks in doubt this broker did commit (inside a batch's
-        transaction); those of them and the doubts past their window are
-        settled by `settle`, once it is committed."""
+    def check(self, cursor: Any, d: Dialect, epoch: int) -> tuple[list[Ready], list[Doubt]]:
+        """The tasks in doubt this broker did commit, of the doubts whose
+        look is due, and those doubts (read inside a batch's transaction,
+        and handed to `settle` once it is committed)."""
+        now = time.monotonic()
         with self._lock:
-            doubts = [(doubt, sorted(doubt.ids)) for doubt in self._doubts]
+            doubts = [(doubt, sorted(doubt.ids)) for doubt in self._doubts if doubt.due <= now]
         found = []
         for doubt, ids in doubts:
             for at in range(0, len(ids), DOUBT_PAGE):
@@ -101,16 +111,19 @@ class Doubts:
                 found += [
                     Ready(d.read_uuid(i), p, q, d.read_time(r)) for i, p, q, r in cursor.fetchall()
                 ]
-        return found
+        return found, [doubt for doubt, _ in doubts]
 
-    def settle(self, found: list[Ready]) -> None:
-        """Forget the tasks a committed check found, and the doubts past their window."""
+    def settle(self, found: list[Ready], looked: list[Doubt]) -> None:
+        """After a committed `check`: forget the tasks it found, and the
+        doubts past their window that it looked at; the next look at the others."""
         ids = {ready.id for ready in found}
         now = time.monotonic()
         with self._lock:
-            for doubt in self._doubts:
+            for doubt in looked:
                 doubt.ids -= ids
-            self._doubts = [d for d in self._doubts if d.ids and d.until > now]
+                doubt.looks += 1
+                doubt.due, doubt.wait = now + doubt.wait, doubt.wait * 2
+            self._doubts = [d for d in self._doubts if d.ids and not (d.looks and d.until <= now)]
         if found:
             logger.warning(
                 "tasks found committed whose insert had failed count=%s: they run",

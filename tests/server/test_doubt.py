@@ -1,0 +1,116 @@
+"""Inserts in doubt (store/doubt.py): which rows a look finds, and when it looks.
+
+The broker's side of a lost answer to a commit, through a connection that
+really breaks, is in test_database_outage.py (PostgreSQL); here the look runs
+on each database, against rows as others leave them, and its schedule."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from leek.models import Task
+from leek.server.rows import Dialect, Ready
+from leek.server.store import Store, doubt
+from leek.server.store.cursor import raw_cursor
+from leek.server.store.doubt import Doubt, Doubts
+from leek.server.store.sql import Statements
+from tests.conftest import wait_for
+from tests.server.test_store import Replies, new_task
+
+
+def test_a_look_finds_only_the_rows_the_failed_insert_wrote(transactional_db: Any) -> None:
+    routed: list[Ready] = []
+    store = Store("test-node", routed.extend)
+    store.start()
+    ours, spooled, claimed, never = new_task(), new_task(), new_task(), new_task()
+    replies = Replies()
+    try:
+        store.insert([ours, claimed], replies.to("insert", 1))
+        assert replies.all_in.wait(10)
+        at = Task.objects.get(pk=ours.id).queued_at
+        # Rows of the same ids that others wrote: the client's own, spooled;
+        # one this broker claimed from a client's spool (its time is the
+        # client's, the flag cleared by the claim).
+        Task.objects.create(
+            id=spooled.id, name="x", payload=b"x", queued_at=at, broker="", spooled=True
+        )
+        Task.objects.filter(pk=claimed.id).update(queued_at=at.replace(year=2001))
+        routed.clear()
+        doubts = store.writes.doubts
+        doubts.begin()
+        doubts.tried(store.dialect.time(at.timestamp()), [ours, spooled, claimed, never])
+        doubts.failed()
+        store.recheck()
+        wait_for(lambda: not doubts.checking, timeout=10)
+        assert [r.id for r in routed] == [ours.id]
+        assert not doubts.due()  # the next look waits
+    finally:
+        store.stop()
+
+
+@pytest.fixture
+def doubts(transactional_db: Any) -> Doubts:
+    """Doubts of the test database's dialect."""
+    return Doubts(Statements(Dialect(connection.vendor)), "test-node")
+
+
+def failed(doubts: Doubts, *ids: uuid.UUID) -> None:
+    """An insert of `ids` that failed."""
+    doubts.begin()
+    doubts.tried(Dialect(connection.vendor).time(time.time()), [new_task(id=i) for i in ids])
+    doubts.failed()
+
+
+def look(doubts: Doubts) -> list[Doubt]:
+    """A look that finds nothing, committed; the doubts it looked at."""
+    found, looked = doubts.check(raw_cursor(), Dialect(connection.vendor), 0)
+    assert found == []
+    doubts.settle(found, looked)
+    return looked
+
+
+def test_a_failed_write_without_inserts_leaves_no_doubt(doubts: Doubts) -> None:
+    doubts.begin()
+    doubts.failed()
+    assert not doubts.due()
+    failed(doubts)  # an insert of no task
+    assert not doubts.due()
+
+
+def test_the_looks_back_off_and_end_with_the_window(
+    doubts: Doubts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doubt, "FIRST_WAIT", 0.2)
+    monkeypatch.setattr(doubt, "DOUBT_WINDOW", 0.5)
+    failed(doubts, uuid.uuid4())
+    assert doubts.due()
+    assert len(look(doubts)) == 1
+    assert not doubts.due()  # the next look in 0.2 s
+    time.sleep(0.25)
+    assert doubts.due()
+    assert len(look(doubts)) == 1
+    time.sleep(0.3)
+    assert not doubts.due()  # the next in 0.4 s, past the window
+    time.sleep(0.15)
+    assert len(look(doubts)) == 1
+    assert look(doubts) == []  # ended
+
+
+def test_a_doubt_outlives_its_window_until_a_look_commits(
+    doubts: Doubts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database may be away longer than the window: the doubt waits for
+    one look that commits, then ends."""
+    monkeypatch.setattr(doubt, "DOUBT_WINDOW", 0.0)
+    failed(doubts, uuid.uuid4())
+    time.sleep(0.01)
+    doubts.settle([], [])  # a look that saw none of it
+    assert doubts.due()
+    assert len(look(doubts)) == 1
+    assert not doubts.due()
+    assert look(doubts) == []
