@@ -53,6 +53,30 @@ def test_a_look_finds_only_the_rows_the_failed_insert_wrote(transactional_db: An
         store.stop()
 
 
+def test_a_failed_insert_leaves_its_unowned_tasks_out_of_doubt(transactional_db: Any) -> None:
+    """With peers that have room, an insert leaves some tasks unowned (share.py),
+    for any broker to claim, this one too: once claimed here (routed by the
+    claim), a look must not find them as this broker's own insert."""
+    routed: list[Ready] = []
+    store = Store("test-node", routed.extend)
+    store.start()
+    kept, unowned = new_task(), new_task()
+    store.writes.admit = lambda tasks: [t.id == kept.id for t in tasks]
+    try:
+        doubts = store.writes.doubts
+        doubts.begin()
+        with connection.cursor() as cursor:  # the insert commits; say its answer was lost
+            store.writes.insert_tasks(cursor.cursor, [kept, unowned])
+        doubts.failed()
+        assert Task.objects.get(pk=unowned.id).broker == ""
+        Task.objects.filter(pk=unowned.id).update(broker="test-node", spooled=False)  # claimed
+        store.recheck()
+        wait_for(lambda: not doubts.checking, timeout=10)
+        assert [r.id for r in routed] == [kept.id]
+    finally:
+        store.stop()
+
+
 @pytest.fixture
 def doubts(transactional_db: Any) -> Doubts:
     """Doubts of the test database's dialect."""

@@ -320,13 +320,16 @@ class Writes:
             return []
         d = self.dialect
         now = d.time(time.time())
-        self.doubts.tried(now, tasks)
         epoch = self.epoch()
         node = self.node
         kept = None if self.admit is None else self.admit(tasks)
         owners = [node] * len(tasks) if kept is None else [node if k else "" for k in kept]
-        if kept is not None:
+        if kept is None:
+            self.doubts.tried(now, tasks)
+        else:
             self._unowned.ids.update(t.id for t, k in zip(tasks, kept, strict=True) if not k)
+            # An unowned task is any broker's to claim, this one's too: never in doubt here.
+            self.doubts.tried(now, [t for t, k in zip(tasks, kept, strict=True) if k])
         rows = [  # the bound values of TASK_ROW, in its order
             (
                 d.pk(t.id),

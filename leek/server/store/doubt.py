@@ -15,7 +15,9 @@ name and epoch, queued, not spooled, stamped with that very time. No other
 write makes such a row: another broker's insert or the client's own stamp
 their own time, and a claim of a spooled or adopted row keeps the row's. A
 task found so is queued in memory here, once: nothing else routes it, as the
-replays were ignored and no claim takes a row this broker holds. A server
+replays were ignored and no claim takes a row this broker holds. (A task
+the insert left unowned, for any broker to claim, share.py, is in no doubt:
+a claim of this broker's may take it, and a look would then queue it twice.) A server
 may finish a commit after the client saw the connection break, so the ids
 not found are looked for again, after FIRST_WAIT seconds, then twice as long
 each time, until DOUBT_WINDOW seconds have passed since the insert failed
