@@ -139,7 +139,7 @@ def test_a_broker_killed_while_threads_push_loses_nothing_and_is_skipped_after_i
     assert rests(caplog, victim.port) == 1
     assert connects(caplog, victim.port, after=killed) <= 2 * THREADS
     others = sum(connects(caplog, b.port, after=killed) for b in brokers if b is not victim)
-    assert others >= 10 * THREADS
+    assert others >= (len(ids) - before) // 4  # a connection every 2 pushes, at least half
     # The dead broker's tasks are adopted by the others; every task ends.
     wait_for(lambda: Task.objects.filter(status__in=FINISHED).count() == 400, timeout=90)
 
