@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import socket
-import threading
 from typing import Any
 
 from leek import conf
 from leek.protocol.frame import Frame, Keys, encode, read_frame
+from tests.proxy import Proxy
 
 
 def client_keys() -> Keys:
@@ -55,63 +55,14 @@ def refusal(data: bytes) -> str:
     return str(value["error"])
 
 
-class Recorder:
+class Recorder(Proxy):
     """A TCP proxy in front of `port` that keeps every byte its clients send."""
 
     def __init__(self, port: int) -> None:
-        self.target = port
         self.sent = bytearray()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self._threads: list[threading.Thread] = []
-        self._sockets: list[socket.socket] = []
-        self._accept = threading.Thread(target=self._serve, daemon=True)
-        self._accept.start()
+        super().__init__(("127.0.0.1", port))
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-            except OSError:
-                client.close()
-                continue
-            self._sockets += [client, upstream]
-            for source, sink, keep in ((client, upstream, True), (upstream, client, False)):
-                thread = threading.Thread(target=self._pipe, args=(source, sink, keep), daemon=True)
-                thread.start()
-                self._threads.append(thread)
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, keep: bool) -> None:
-        try:
-            while chunk := source.recv(65536):
-                if keep:
-                    self.sent += chunk
-                sink.sendall(chunk)
-        except OSError:
-            pass  # either side went away
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already shut by the other direction
-            source.close()
-
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
-        except OSError:
-            pass  # not connected: some systems refuse it on a listener
-        self.listener.close()
-        self._accept.join(10)
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes its pipes
-            except OSError:
-                pass  # closed already
-        for thread in self._threads:
-            thread.join(10)
+    def passes(self, chunk: bytes, state: Any, asks: bool) -> bool:
+        if asks:
+            self.sent += chunk
+        return True
