@@ -362,7 +362,16 @@ def test_payloads_loaded_ahead_are_not_kept_for_tasks_already_taken(
     first = broker_factory(LEEK_WORKERS="0")
     handles = leek.enqueue_many([(tasks.noop, ()) for _ in range(3000)])
     assert first.kill(signal.SIGTERM) == 0
-    broker_factory(port=first.port, LEEK_WORKERS="4")  # loads payloads ahead, in pages
-    wait_for(leek.handled, equals=(True, 3000), timeout=60)
+    second = broker_factory(port=first.port, LEEK_WORKERS="4")  # loads payloads ahead, in pages
+    try:
+        wait_for(leek.handled, equals=(True, 3000), timeout=60)
+    except AssertionError as exc:  # say where the tasks not run are
+        left = Task.objects.exclude(status="succeeded").values_list(
+            "id", "status", "broker", "epoch", "attempts", "spooled"
+        )
+        pytest.fail(
+            f"{exc}\nnot succeeded: {list(left)[:20]}\nstats: {leek.stats()[1]}\n"
+            f"log:\n{second.output()[-5000:]}"
+        )
     assert leek.stats()[1]["payloads_in_memory"] == 0
     assert handles[-1].result(timeout=10) is None
