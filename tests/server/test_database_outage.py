@@ -28,6 +28,11 @@ from tests.server.dbcut import CommitCutter
 from tests.server.fence_tasks import runs_of
 from tests.server.test_lease import node
 
+#: The tests of a database reached over a socket that can break: PostgreSQL.
+OVER_A_SOCKET = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs a database reached over a socket"
+)
+
 
 @contextmanager
 def outage() -> Iterator[None]:
@@ -162,9 +167,7 @@ def _idle_backends(wait: float = 1.0) -> list[int]:
         time.sleep(0.02)
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="needs a database reached over a socket"
-)
+@OVER_A_SOCKET
 def test_a_push_after_the_database_cut_the_brokers_connections_is_accepted(
     broker_factory: Any, leek_settings: Any
 ) -> None:
@@ -208,9 +211,7 @@ def _through(proxy: CommitCutter) -> str:
     return f"postgres://{user}@127.0.0.1:{proxy.port}/{connection.settings_dict['NAME']}"
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="needs a database reached over a socket"
-)
+@OVER_A_SOCKET
 @pytest.mark.parametrize("fallback", ["database", "raise"])
 @BOTH_POOLS
 def test_a_push_committed_whose_answer_was_lost_runs_without_a_restart(
@@ -240,9 +241,7 @@ def test_a_push_committed_whose_answer_was_lost_runs_without_a_restart(
     assert SuccessTask.objects.filter(task_id=task_id).count() == 1
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="needs a database reached over a socket"
-)
+@OVER_A_SOCKET
 @pytest.mark.parametrize("push", ["batch", "chain"])
 def test_a_batch_committed_whose_answer_was_lost_runs_without_a_restart(
     broker_factory: Any, cutter: CommitCutter, push: str
@@ -263,9 +262,7 @@ def test_a_batch_committed_whose_answer_was_lost_runs_without_a_restart(
         assert handle.result(timeout=15) == 35
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="needs a database reached over a socket"
-)
+@OVER_A_SOCKET
 def test_a_push_the_database_never_saw_runs_once(
     broker_factory: Any, cutter: CommitCutter, tmp_path: Path
 ) -> None:

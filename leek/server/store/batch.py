@@ -124,7 +124,7 @@ class Writes:
         """Tell of the tasks just inserted (lifecycle.received), then send
         them to the broker's queues; tell the outcomes just written
         (Record.committed), those refused first (outcomes.refuse)."""
-        self.doubts.begin()
+        self.doubts.begin()  # committed: nothing of it in doubt (and its tasks let go)
         refused: list[Outcome] = self._released.__dict__.pop("refused", [])
         if refused:
             self._tell_refused(refused)
