@@ -1,6 +1,7 @@
 """A TCP proxy in front of PostgreSQL that breaks a connection around an insert.
 
-Armed, it watches what its clients send for an insert into the task table.
+Armed, it watches what its clients send for an insert into the task table
+(or another table it is armed for: an outcome's attempt row, say).
 By default it then drops the server's answer to it ("INSERT 0 ...", sent
 once the statement has committed), or inside a transaction the answer to
 its COMMIT, and closes both ends instead: the client gets a broken
@@ -41,14 +42,15 @@ class CommitCutter(Proxy):
         self.cut = threading.Event()  # set once an insert or its answer was lost
         self._armed = False
         self._before = False
+        self._statement = STATEMENT
         self._lock = threading.Lock()
         super().__init__(target)
 
-    def arm(self, before: bool = False) -> None:
-        """Lose the answer to the next insert of tasks, or with `before` the
-        insert itself (once)."""
+    def arm(self, before: bool = False, statement: bytes = STATEMENT) -> None:
+        """Lose the answer to the next insert of tasks (or the next
+        `statement`), or with `before` the insert itself (once)."""
         with self._lock:
-            self._armed, self._before = True, before
+            self._armed, self._before, self._statement = True, before, statement
             self.cut.clear()
 
     def _take(self) -> bool:
@@ -64,7 +66,7 @@ class CommitCutter(Proxy):
         if asks:
             if BEGIN in chunk:
                 state.began = True
-            if STATEMENT in chunk and self._take():
+            if self._statement in chunk and self._take():
                 if self._before:
                     self.cut.set()
                     return False  # the insert is dropped

@@ -20,7 +20,7 @@ import leek
 from leek.client import TaskHandle
 from leek.client.delivery import send
 from leek.client.spool import spool
-from leek.models import SuccessTask, Task
+from leek.models import FailedTask, SuccessTask, Task
 from tests import tasks
 from tests.conftest import BOTH_POOLS, BrokerProcess, leek_cli, task_message, wait_for
 from tests.server import chain_tasks, fence_tasks
@@ -282,3 +282,32 @@ def test_a_push_the_database_never_saw_runs_once(
     assert handle.result(timeout=15) == node(broker.port)
     time.sleep(1.0)  # a second run would have begun beside the first
     assert [task for task, _, _ in runs_of(runs)] == [str(handle.id)]
+
+
+@OVER_A_SOCKET
+@pytest.mark.parametrize("ending", ["failure", "success"])
+@BOTH_POOLS
+def test_an_outcome_committed_whose_answer_was_lost_is_written_once(
+    broker_factory: Any, cutter: CommitCutter, tmp_path: Path, ending: str, pool: str
+) -> None:
+    """The database commits an attempt's outcome and the connection breaks
+    before the broker reads the answer; the broker writes it again. A
+    failure to retry keeps one row of its attempt and its retry (which runs),
+    and a success is neither written twice nor told as refused."""
+    broker: BrokerProcess = broker_factory(DATABASE_URL=_through(cutter), LEEK_POOL=pool)
+    table = b"leek_failedtask" if ending == "failure" else b"leek_successtask"
+    cutter.arm(statement=b"INSERT INTO " + table)
+    if ending == "failure":
+        handle = leek.enqueue(tasks.retry_later, (str(tmp_path / "runs"),), max_retries=1)
+    else:
+        handle = leek.enqueue(tasks.add, (20, 22))
+    handle.result(timeout=20)
+    assert cutter.cut.is_set()
+    # Written after the outcome's batch was written again (one writer, in order).
+    assert leek.push_task_to_queue(tasks.add, 2, 2).result(timeout=10) == 4
+    assert "database write failed" in broker.output()
+    assert SuccessTask.objects.filter(task_id=handle.id).count() == 1
+    failures = list(FailedTask.objects.filter(task_id=handle.id).values_list("attempt", flat=True))
+    assert failures == ([1] if ending == "failure" else [])
+    assert "outcome refused" not in broker.output()
+    assert leek.stats()[1]["outcomes_refused"] == 0

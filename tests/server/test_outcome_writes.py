@@ -326,3 +326,44 @@ def test_a_batch_of_successes_is_one_statement(store: Store, success_statements:
     assert set(Task.objects.values_list("status", flat=True)) == {"succeeded"}
     assert SuccessTask.objects.count() == 3
     assert success_statements() == 1
+
+
+@pytest.mark.parametrize("ending", ["success", "retry", "final", "cancelled"])
+def test_an_outcome_written_again_is_written_once(store: Store, ending: str) -> None:
+    """A batch whose commit's answer was lost is written again: its outcomes,
+    committed the first time, are each written once, and none is refused
+    (which would drop a retry waiting for its time, and log a lost claim)."""
+    (key,) = inserted(store, 1, max_retries=1)
+    if ending == "cancelled":
+        Task.objects.filter(pk=key).update(status="cancelled")
+    if ending in ("success", "cancelled"):
+        outcome = success(key)
+    else:
+        outcome = failure(key, final=ending == "final", retry_at=time.time() + 60)
+    alone(store, outcome)
+    first = Task.objects.get(pk=key)
+    alone(store, outcome)
+    again = Task.objects.get(pk=key)
+    assert (again.status, again.attempts, again.run_after) == (
+        first.status,
+        first.attempts,
+        first.run_after,
+    )
+    ended = {"success": "succeeded", "retry": "queued", "final": "failed"}
+    assert again.status == ended.get(ending, ending)
+    rows = SuccessTask if outcome.succeeded else FailedTask
+    assert rows.objects.filter(task_id=key, attempt=1).count() == 1
+    assert store.writes.refused == 0
+
+
+def test_the_next_attempt_s_outcome_is_written_after_a_retry(store: Store) -> None:
+    """What keeps an attempt's outcome from being written twice keeps none of
+    the next attempt's: the task queued again for its retry ends with it."""
+    (key,) = inserted(store, 1, max_retries=1)
+    alone(store, failure(key, final=False, retry_at=time.time()))
+    now = time.time()
+    alone(store, Outcome(key, "t", 2, now, now + 1, True, b"r", "'r'", "", epoch=EPOCH))
+    row = Task.objects.get(pk=key)
+    assert (row.status, row.attempts) == ("succeeded", 2)
+    assert FailedTask.objects.filter(task_id=key).count() == 1
+    assert SuccessTask.objects.filter(task_id=key, attempt=2).count() == 1

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 #: The savepoint of a batch's finishes on SQLite (`_finish`).
 FINISH_SAVEPOINT = "leek_finish"
+#: Seconds within which a stored end time is the outcome's own: the databases
+#: keep microseconds.
+ROUNDING = 2e-6
 
 
 def write_rows(
@@ -122,6 +125,7 @@ def finish_row(d: Dialect, o: Outcome, node: str) -> tuple[Any, ...]:
         status == "queued",
         d.pk(o.task_id),
         *stamp(node, o.epoch),
+        o.attempt,
     )
 
 
@@ -177,24 +181,53 @@ def refuse(
     """The outcomes to record and those refused. Of the outcomes whose finish
     wrote nothing (not in `written`), a cancelled task's, still under the
     attempt's claim, is recorded, and so is a deleted task's (its row is
-    refused at the commit: Writes.write_apart). The others are refused: their
-    task is another broker's claim now, or ended already. They are told and
-    counted once the batch commits."""
+    refused at the commit: Writes.write_apart). One whose attempt's row is
+    there already, under the same claim, is neither: a write of the batch
+    committed before its answer was lost, and the batch was written again.
+    The others are refused: their task is another broker's claim now, or
+    ended already. They are told and counted once the batch commits."""
     d = sql.dialect
     missed = [o for o in outcomes if d.pk(o.task_id) not in written]
     if not missed:  # a task with two outcomes in the batch, both written
         return outcomes, []
     by_list(d, cursor, sql.unwritten(len(missed)), [d.pk(o.task_id) for o in missed])
     now = {d.read_uuid(r[0]): (r[1], r[2], int(r[3])) for r in cursor.fetchall()}
-    refused = []
+    held = [o for o in missed if o.task_id in now and now[o.task_id][1:] == (node, o.epoch)]
+    before = _written_before(cursor, sql, held)
+    refused, dropped = [], set()
     for o in missed:
         row = now.get(o.task_id)
-        if row is not None and row != ("cancelled", node, o.epoch):
+        if id(o) in before:
+            dropped.add(id(o))
+        elif row is not None and row != ("cancelled", node, o.epoch):
             refused.append(o)
-    if not refused:
+            dropped.add(id(o))
+    if not dropped:
         return outcomes, []
-    gone = {id(o) for o in refused}
-    return [o for o in outcomes if id(o) not in gone], refused
+    return [o for o in outcomes if id(o) not in dropped], refused
+
+
+def _written_before(cursor: Any, sql: Statements, outcomes: list[Outcome]) -> set[int]:
+    """Of `outcomes`, the ids (id()) of those whose attempt's row is written
+    already: a SuccessTask of a success, a FailedTask of a failure, of the
+    same task, attempt and end."""
+    d = sql.dialect
+    before: set[int] = set()
+    for succeeded, table in ((True, "leek_successtask"), (False, "leek_failedtask")):
+        of = [o for o in outcomes if o.succeeded is succeeded]
+        if not of:
+            continue
+        keys = list({d.pk(o.task_id) for o in of})
+        by_list(d, cursor, sql.attempt_rows(table, len(keys)), keys)
+        ends: dict[tuple[Any, int], list[float]] = {}
+        for key, attempt, end in cursor.fetchall():
+            ends.setdefault((d.read_uuid(key), int(attempt)), []).append(d.read_time(end) or 0.0)
+        before.update(
+            id(o)
+            for o in of
+            if any(abs(e - o.finished) < ROUNDING for e in ends.get((o.task_id, o.attempt), ()))
+        )
+    return before
 
 
 def tell_refused(refused: list[Outcome]) -> list[Outcome]:

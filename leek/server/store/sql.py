@@ -223,11 +223,15 @@ class Statements:
         # Its key stops locking when it ends, unless it waits for a retry and is
         # key_running (bound: whether it waits for a retry). An ended task
         # (cancelled, succeeded, failed) keeps its end: an outcome never flips it.
+        # Nor is an attempt's outcome written twice (bound last: its number): a
+        # task queued again for its retry has its attempts at that number
+        # already, while before the outcome it has one less, or runs.
         finish = (
             "UPDATE leek_task SET status = %s, started_at = %s, finished_at = %s, attempts = %s, "
             "run_after = COALESCE(%s, run_after), "
             "lock_key = CASE WHEN %s AND key_running THEN lock_key ELSE NULL END "
-            f"WHERE id = %s AND status IN ('queued', 'running', 'expired') AND {OWNED}"
+            f"WHERE id = %s AND status IN ('queued', 'running', 'expired') AND {OWNED} "
+            "AND NOT (status = 'queued' AND attempts >= %s)"
         )
         self.finish = q(finish + ("" if d.sqlite else " RETURNING id"))
         success = (
@@ -392,6 +396,17 @@ class Statements:
         finish did not write, to tell a cancel from a claim lost."""
         return (
             f"SELECT id, status, {', '.join(STAMP_COLUMNS)} FROM leek_task WHERE id IN ("
+            + ", ".join([self.dialect.ph] * count)
+            + ")"
+        )
+
+    def attempt_rows(self, table: str, count: int) -> str:
+        """The task, attempt and end of the rows of `table` (leek_successtask
+        or leek_failedtask) of `count` tasks by id: the attempts written
+        already (outcomes.refuse)."""
+        end = "finished_at" if table == "leek_successtask" else "failed_at"
+        return (
+            f"SELECT task_id, attempt, {end} FROM {table} WHERE task_id IN ("
             + ", ".join([self.dialect.ph] * count)
             + ")"
         )
