@@ -175,7 +175,7 @@ class Lanes:
     def handled(self) -> Counter[str]:
         total: Counter[str] = Counter()
         for lane in self.all:
-            total.update(lane.pool.handled)
+            total.update(lane.pool.handled_by_queue())
         return total
 
     def counts(self) -> Counter[str]:

@@ -173,6 +173,18 @@ class Pool:
         with self._lock:
             return [r for r in self.running.values() if r is not None and not r.done]
 
+    def tally(self, queue: str) -> None:
+        """Count a task of `queue` handled. Under the lock: a queue's first
+        count runs Counter.__missing__, Python code the interpreter may
+        switch threads in, and two workers ending at once lost one."""
+        with self._lock:
+            self.handled[queue] += 1
+
+    def handled_by_queue(self) -> Counter[str]:
+        """Tasks handled since the start, per queue (a copy)."""
+        with self._lock:
+            return Counter(self.handled)
+
     # -- the watchdog ----------------------------------------------------------
 
     def watch(self) -> None:
@@ -346,7 +358,7 @@ class Pool:
         if retry is not None:
             self.retry_later([retry])
         self.store.record(outcome, lambda: self.dispatcher.done(ready.id))
-        self.handled[ready.queue] += 1
+        self.tally(ready.queue)
         self.metrics.finished(ready.queue, outcome)
         lifecycle.finished(ready.queue, outcome)
         if run.cancelled:

@@ -6,13 +6,18 @@ import contextlib
 import os
 import random
 import signal
+import threading
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
 
 import leek
 from leek.models import FailedTask, Task
+from leek.server.dispatch import Dispatcher
+from leek.server.store import Store
+from leek.server.workers import Pool
 from tests import tasks
 from tests.conftest import BOTH_POOLS, BrokerProcess, gone, leek_cli, proc_stat, wait_for
 
@@ -238,3 +243,23 @@ def test_a_process_killed_while_idle_costs_no_attempt(broker_factory: Any) -> No
     handle = leek.enqueue(tasks.pid, max_retries=0)
     assert handle.result(timeout=30) != idle
     assert not FailedTask.objects.filter(task_id=handle.id).exists()
+
+
+class _SlowToAdd(Counter):  # type: ignore[type-arg]
+    """A count whose first of a queue takes a while: the moment two workers
+    ending at once both meet, held open."""
+
+    def __missing__(self, key: str) -> int:
+        time.sleep(0.05)
+        return 0
+
+
+def test_workers_ending_at_once_each_count_their_task(db: Any) -> None:
+    pool = Pool(Store("count-a", lambda ready: None), Dispatcher(0), 0, lambda ready: None)
+    pool.handled = _SlowToAdd()
+    ending = [threading.Thread(target=pool.tally, args=("default",)) for _ in range(2)]
+    for thread in ending:
+        thread.start()
+    for thread in ending:
+        thread.join()
+    assert pool.handled_by_queue() == {"default": 2}
