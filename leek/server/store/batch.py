@@ -361,7 +361,11 @@ class Writes:
                 self._insert_sql(len(rows), returning=True),
                 [value for row in rows for value in row],
             )
-            fresh = _once(tasks, [t.id for t in tasks], {uuid.UUID(i.decode()) for i in returned})
+            fresh = (
+                list(tasks)  # each one inserted: no id to read back
+                if len(returned) == len(tasks)
+                else _once(tasks, [t.id for t in tasks], {uuid.UUID(i.decode()) for i in returned})
+            )
         elif not d.sqlite:
             # One array per column: psycopg parses a statement of thousands of
             # placeholders anew in Python on each call, but not ten of them.
@@ -459,6 +463,8 @@ def _per_op(ops: list[Op], inserted: list[Ready]) -> list[Any]:
 def _once(tasks: Sequence[NewTask], keys: list[Any], inserted: set[Any]) -> list[NewTask]:
     """The tasks whose key is among those inserted, each key once: a batch
     that names one id twice inserts it once, and it must run once."""
+    if len(inserted) == len(tasks):  # as many keys inserted as tasks: each task, once
+        return list(tasks)
     fresh = []
     for task, key in zip(tasks, keys, strict=True):
         if key in inserted:
