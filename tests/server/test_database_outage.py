@@ -311,3 +311,21 @@ def test_an_outcome_committed_whose_answer_was_lost_is_written_once(
     assert failures == ([1] if ending == "failure" else [])
     assert "outcome refused" not in broker.output()
     assert leek.stats()[1]["outcomes_refused"] == 0
+
+
+@OVER_A_SOCKET
+def test_a_step_whose_success_s_answer_was_lost_releases_the_next_one(
+    broker_factory: Any, cutter: CommitCutter
+) -> None:
+    """A chain's step succeeds, and its success commits with the release of
+    the next step; the connection breaks before the broker reads the answer.
+    The broker writes the batch again, finds the success there, and runs the
+    step it released (which would wait, queued, for the broker's restart)."""
+    broker: BrokerProcess = broker_factory(DATABASE_URL=_through(cutter))
+    cutter.arm(statement=b"stderr, broker) VALUES")  # a step's success, in a transaction
+    handle = leek.chain(chain_tasks.add.s(1, 2), chain_tasks.mul.s(10)).delay()
+    assert handle.result(timeout=15) == 30
+    assert cutter.cut.is_set()
+    assert "database write failed" in broker.output()
+    assert SuccessTask.objects.count() == 2
+    assert leek.stats()[1]["outcomes_refused"] == 0

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 from leek.models import FailedTask, SuccessTask, Task
 from leek.server.rows import Outcome
@@ -134,6 +134,25 @@ def test_the_success_of_a_chain_s_step_releases_the_next_one(store: Store) -> No
     assert Task.objects.get(pk=first).status == "succeeded"
     assert Task.objects.get(pk=then).status == "queued"
     assert then in [r.id for r in store.routed]  # type: ignore[attr-defined]
+
+
+def test_a_step_released_by_an_outcome_written_again_is_dispatched_once(store: Store) -> None:
+    """The first try of a batch committed a step's success, releasing the
+    next step, and its answer was lost: nothing dispatched the step. The
+    batch written again finds the success written, and dispatches it."""
+    first, then = inserted(store, 2)
+    Task.objects.filter(pk=then).update(status="waiting")
+    Task.objects.filter(pk=first).update(next_step=then)
+    outcome = success(first)
+    with transaction.atomic(), connection.cursor() as cursor:  # committed, its answer lost
+        store.writes.write_outcomes(cursor.cursor, [outcome])
+    assert Task.objects.get(pk=then).status == "queued"
+    routed: list[Any] = store.routed  # type: ignore[attr-defined]
+    routed.clear()
+    alone(store, outcome)
+    assert [r.id for r in routed] == [then]
+    assert SuccessTask.objects.filter(task_id=first).count() == 1
+    assert store.writes.refused == 0
 
 
 def test_a_batch_of_marks_and_outcomes_writes_each_task_as_one_by_one_would(

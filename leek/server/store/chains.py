@@ -103,6 +103,30 @@ def follow(
     return released
 
 
+def released_before(
+    cursor: Any, d: Dialect, outcomes: Sequence[Outcome], owner: tuple[str, int]
+) -> list[Ready]:
+    """The steps that `outcomes`, written by an earlier try of their batch
+    whose commit's answer was lost (outcomes.refuse), released then: queued
+    under `owner` and never dispatched, as that try's commit was never seen
+    (the writer writes in order, so no later batch has released them)."""
+    keys = [d.pk(o.task_id) for o in outcomes if o.succeeded]
+    if not keys:
+        return []
+    marks = ", ".join([d.ph] * len(keys))
+    by_list(
+        d,
+        cursor,
+        d.sql(
+            "SELECT s.id, s.priority, s.queue, s.run_after FROM leek_task t "
+            f"JOIN leek_task s ON s.id = t.next_step WHERE t.id IN ({marks}) "
+            "AND s.status = 'queued' AND s.broker = %s AND s.epoch = %s"
+        ),
+        (*keys, *owner),
+    )
+    return [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in cursor.fetchall()]
+
+
 def _release(
     cursor: Any, d: Dialect, steps: list[uuid.UUID], owner: tuple[str, int]
 ) -> list[Ready]:

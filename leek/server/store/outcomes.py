@@ -46,8 +46,9 @@ def write_rows(
     finishes = [finish_row(d, o, node) for o in outcomes]
     written = _finish(cursor, sql, finishes)
     refused: list[Outcome] = []
+    before: list[Outcome] = []
     if len(written) < len(outcomes):
-        outcomes, refused = refuse(cursor, sql, node, outcomes, written)
+        outcomes, refused, before = refuse(cursor, sql, node, outcomes, written)
     successes, failures = [], []
     for o in outcomes:
         if o.succeeded:
@@ -58,7 +59,11 @@ def write_rows(
         cursor.executemany(sql.success, successes)
     if failures:
         cursor.executemany(sql.failure, failures)
-    return chains.follow(cursor, d, outcomes, stamp(node, epoch())), refused
+    owner = stamp(node, epoch())
+    steps = chains.follow(cursor, d, outcomes, owner)
+    if before:
+        steps += chains.released_before(cursor, d, before, owner)
+    return steps, refused
 
 
 def at_once(cursor: Any, sql: Statements, node: str, outcomes: list[Outcome]) -> set[Any]:
@@ -177,34 +182,35 @@ def _finish(cursor: Any, sql: Statements, finishes: list[tuple[Any, ...]]) -> se
 
 def refuse(
     cursor: Any, sql: Statements, node: str, outcomes: list[Outcome], written: set[Any]
-) -> tuple[list[Outcome], list[Outcome]]:
-    """The outcomes to record and those refused. Of the outcomes whose finish
-    wrote nothing (not in `written`), a cancelled task's, still under the
-    attempt's claim, is recorded, and so is a deleted task's (its row is
-    refused at the commit: Writes.write_apart). One whose attempt's row is
-    there already, under the same claim, is neither: a write of the batch
-    committed before its answer was lost, and the batch was written again.
-    The others are refused: their task is another broker's claim now, or
-    ended already. They are told and counted once the batch commits."""
+) -> tuple[list[Outcome], list[Outcome], list[Outcome]]:
+    """The outcomes to record, those refused, and those written before. Of
+    the outcomes whose finish wrote nothing (not in `written`), a cancelled
+    task's, still under the attempt's claim, is recorded, and so is a deleted
+    task's (its row is refused at the commit: Writes.write_apart). One whose
+    attempt's row is there already, under the same claim, was written
+    before: a try of the batch committed and its answer was lost, and the
+    batch is written again. The others are refused: their task is another
+    broker's claim now, or ended already. They are told and counted once
+    the batch commits."""
     d = sql.dialect
     missed = [o for o in outcomes if d.pk(o.task_id) not in written]
     if not missed:  # a task with two outcomes in the batch, both written
-        return outcomes, []
+        return outcomes, [], []
     by_list(d, cursor, sql.unwritten(len(missed)), [d.pk(o.task_id) for o in missed])
     now = {d.read_uuid(r[0]): (r[1], r[2], int(r[3])) for r in cursor.fetchall()}
     held = [o for o in missed if o.task_id in now and now[o.task_id][1:] == (node, o.epoch)]
-    before = _written_before(cursor, sql, held)
-    refused, dropped = [], set()
+    earlier = _written_before(cursor, sql, held)
+    refused, before = [], []
     for o in missed:
         row = now.get(o.task_id)
-        if id(o) in before:
-            dropped.add(id(o))
+        if id(o) in earlier:
+            before.append(o)
         elif row is not None and row != ("cancelled", node, o.epoch):
             refused.append(o)
-            dropped.add(id(o))
-    if not dropped:
-        return outcomes, []
-    return [o for o in outcomes if id(o) not in dropped], refused
+    if not refused and not before:
+        return outcomes, [], []
+    dropped = {id(o) for o in (*refused, *before)}
+    return [o for o in outcomes if id(o) not in dropped], refused, before
 
 
 def _written_before(cursor: Any, sql: Statements, outcomes: list[Outcome]) -> set[int]:
