@@ -71,7 +71,7 @@ class Cancels:
             return self._stop_running(lane, task_id) if running else False
 
         def settle(found: Found, error: BaseException | None = None) -> None:
-            self._settle(task_id, held, None if error is not None else found)
+            self._settle(task_id, held, None if error is not None else found, error is not None)
 
         waiter = self.store.cancel(task_id, self.dead_after)
         try:
@@ -83,14 +83,19 @@ class Cancels:
                 extra={"action": "cancel_late"},
             )
             return False
-        except BaseException:
-            settle(None)
+        except BaseException as exc:
+            settle(None, exc)
             raise
         settle(found)
         return found is not None
 
-    def _settle(self, task_id: uuid.UUID, held: list[Lane], found: Found) -> None:
-        """End the holds of a cancel whose write found `found`."""
+    def _settle(
+        self, task_id: uuid.UUID, held: list[Lane], found: Found, doubt: bool = False
+    ) -> None:
+        """End the holds of a cancel whose write found `found`. `doubt`: the
+        write failed, and may have committed all the same (its answer lost
+        with the connection): the task's status is read again before it
+        starts (Dispatcher.settle)."""
         lane: Lane | None = None
         here = False
         if found is not None:
@@ -116,7 +121,7 @@ class Cancels:
             if each is lane and found is not None:
                 each.dispatcher.settle(task_id, found[0], here=here)
             else:
-                each.dispatcher.settle(task_id, None, here=False)
+                each.dispatcher.settle(task_id, None, here=False, doubt=doubt)
 
     def _stop_running(self, lane: Lane, task_id: uuid.UUID) -> bool:
         """Cancel a task a worker of `lane` has taken, and stop its attempt."""

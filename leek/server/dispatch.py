@@ -65,6 +65,9 @@ class Dispatcher:
         self._taken: dict[bytes, int] = {}  # attempts taken whose outcome is not committed
         self._holds: dict[bytes, int] = {}  # cancels whose database write is in flight
         self._aside: dict[bytes, tuple[int, Entry]] = {}  # met while held
+        # Tasks whose cancel failed and may have committed: a take reads
+        # their status, with their payload, from the database (`settle`).
+        self._doubted: set[bytes] = set()
         self.waiting: Counter[str] = Counter()
         self._closed = False
         # Paused queues, and the entries of theirs a take passed over, in the
@@ -141,6 +144,9 @@ class Dispatcher:
                     self.waiting[queue] -= 1
                     self._taken[key] = self._taken.get(key, 0) + 1
                     held = self._jobs.pop(key, None)
+                    if self._doubted and key in self._doubted:
+                        self._doubted.discard(key)
+                        held = None
                     if held is not None:
                         return Ready(held[0], priority, queue, None, held[1]), []
                     jobs, loading = self._jobs, self._loading
@@ -216,13 +222,21 @@ class Dispatcher:
             self._holds[key] = self._holds.get(key, 0) + 1
             return True
 
-    def settle(self, task_id: uuid.UUID, cancelled: str | None, here: bool) -> None:
+    def settle(
+        self, task_id: uuid.UUID, cancelled: str | None, here: bool, doubt: bool = False
+    ) -> None:
         """End a hold. `cancelled` is the queue of a task the database now
         shows cancelled, None for one it did not cancel. `here`: the task is in
         this lane or on its way to it, so it is skipped when it comes; else it
-        is dropped only if a worker set it aside meanwhile."""
+        is dropped only if a worker set it aside meanwhile. `doubt`: the
+        cancel's write failed, and the database may have cancelled the task
+        all the same: its payload held in memory, now or when it comes, is
+        not used, so the worker that takes it reads its status first."""
         key = task_id.bytes
         with self._lock:
+            if doubt:
+                self._doubted.add(key)
+                self._jobs.pop(key, None)
             left = self._holds.get(key, 0) - 1
             if left > 0:
                 self._holds[key] = left

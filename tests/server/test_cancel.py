@@ -23,7 +23,7 @@ import leek
 from leek.client import connection as client
 from leek.models import BrokerNode, FailedTask, SuccessTask, Task
 from leek.server.dispatch import Dispatcher
-from leek.server.rows import Ready
+from leek.server.rows import Job, Ready
 from tests import tasks
 from tests.conftest import BOTH_POOLS, BrokerFactory, BrokerProcess, free_port, wait_for
 
@@ -287,6 +287,24 @@ def test_a_held_task_a_worker_meets_is_set_aside_then_given_back_when_not_cancel
     dispatcher.settle(first.id, None, here=False)
     assert drain(dispatcher) == [first.id]
     assert dispatcher.waiting == {"default": 0, "mail": 0}
+
+
+def test_a_task_whose_cancel_may_have_committed_is_taken_without_its_payload() -> None:
+    """A cancel whose write failed may have committed: the task's payload
+    held in memory, or the one it comes with later (from the delayed heap),
+    is left out, so the worker that takes it reads its status with it."""
+    dispatcher = Dispatcher(memory_payloads=10)
+    job = Job(b"payload", "t", 0, 0, None)
+    held, coming, other = (Ready(uuid.uuid4(), 0, "default", None, job) for _ in range(3))
+    dispatcher.push([held, other])
+    assert dispatcher.hold(held.id) and dispatcher.hold(coming.id)
+    dispatcher.settle(held.id, None, here=False, doubt=True)
+    dispatcher.settle(coming.id, None, here=False, doubt=True)
+    dispatcher.push([coming])
+    taken = {}
+    while (item := dispatcher.take(timeout=0)) is not None:
+        taken[item[0].id] = item[0].job
+    assert taken == {held.id: None, other.id: job, coming.id: None}
 
 
 def test_a_taken_task_cannot_be_held_until_its_outcome_is_committed() -> None:

@@ -329,3 +329,30 @@ def test_a_step_whose_success_s_answer_was_lost_releases_the_next_one(
     assert "database write failed" in broker.output()
     assert SuccessTask.objects.count() == 2
     assert leek.stats()[1]["outcomes_refused"] == 0
+
+
+@OVER_A_SOCKET
+def test_a_task_whose_cancel_s_answer_was_lost_never_starts(
+    broker_factory: Any, cutter: CommitCutter, tmp_path: Path
+) -> None:
+    """The database commits a cancel and the connection breaks before the
+    broker reads the answer: the cancel fails, as its caller is told, and the
+    task, whose payload the broker holds in memory, does not start: the
+    worker that takes it reads its status first. (It waits behind two tasks
+    that keep both workers busy.)"""
+    broker_factory(DATABASE_URL=_through(cutter))
+    runs, busy = tmp_path / "runs", tmp_path / "busy"
+    for _ in range(2):
+        leek.enqueue(fence_tasks.run_for, (str(busy), 2.0))
+    wait_for(lambda: len(runs_of(busy)) == 2, timeout=10)
+    handle = leek.enqueue(fence_tasks.run_for, (str(runs), 0.1))
+    cutter.arm(statement=b"SET status = 'cancelled'")
+    with pytest.raises(leek.LeekError):
+        leek.cancel(handle.id)
+    assert cutter.cut.is_set()
+    assert Task.objects.get(pk=handle.id).status == "cancelled"  # committed all the same
+    # Both workers free again, and a task behind it run: it was taken by now.
+    assert leek.push_task_to_queue(tasks.add, 2, 2).result(timeout=15) == 4
+    time.sleep(0.5)  # a start would be recorded by now
+    assert runs_of(runs) == []
+    assert handle.status() == "cancelled"
