@@ -332,15 +332,16 @@ def test_a_step_whose_success_s_answer_was_lost_releases_the_next_one(
 
 
 @OVER_A_SOCKET
+@BOTH_POOLS
 def test_a_task_whose_cancel_s_answer_was_lost_never_starts(
-    broker_factory: Any, cutter: CommitCutter, tmp_path: Path
+    broker_factory: Any, cutter: CommitCutter, tmp_path: Path, pool: str
 ) -> None:
     """The database commits a cancel and the connection breaks before the
     broker reads the answer: the cancel fails, as its caller is told, and the
     task, whose payload the broker holds in memory, does not start: the
     worker that takes it reads its status first. (It waits behind two tasks
     that keep both workers busy.)"""
-    broker_factory(DATABASE_URL=_through(cutter))
+    broker_factory(DATABASE_URL=_through(cutter), LEEK_POOL=pool)
     runs, busy = tmp_path / "runs", tmp_path / "busy"
     for _ in range(2):
         leek.enqueue(fence_tasks.run_for, (str(busy), 2.0))
