@@ -138,7 +138,10 @@ class Cancels:
         except TimeoutError:
             return False
         except BaseException:
+            # The write may have committed all the same (its answer lost): the
+            # attempt goes on, but a retry of it reads the task's status first.
             lane.pool.unflag(run)
+            lane.dispatcher.doubt(task_id)
             raise
         return self._stop(lane, run, found)
 

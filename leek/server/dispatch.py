@@ -254,6 +254,16 @@ class Dispatcher:
             elif aside is not None:
                 self._put_back(*aside)
 
+    def doubt(self, task_id: uuid.UUID) -> None:
+        """The database may have cancelled this task, which a worker has
+        taken (a cancel of its running attempt failed, its answer lost): the
+        next time it comes (its retry), its payload is not used, so the
+        worker that takes it reads its status first (see `settle`)."""
+        key = task_id.bytes
+        with self._lock:
+            self._doubted.add(key)
+            self._jobs.pop(key, None)
+
     def _put_back(self, priority: int, entry: Entry) -> None:
         """An entry set aside, at the front of its lane again (under the lock)."""
         lane = self._lanes.get(priority)

@@ -52,3 +52,10 @@ def runs_of(path: Path) -> list[tuple[str, str, int]]:
         task, node, attempt = line.split()
         found.append((task, node, int(attempt)))
     return found
+
+
+def fail_after(runs: str, seconds: float) -> None:
+    """Record the run, work `seconds`, then fail (to be retried)."""
+    _record(runs)
+    time.sleep(seconds)
+    raise RuntimeError("failed after its work")

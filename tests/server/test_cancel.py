@@ -307,6 +307,21 @@ def test_a_task_whose_cancel_may_have_committed_is_taken_without_its_payload() -
     assert taken == {held.id: None, other.id: job, coming.id: None}
 
 
+def test_a_taken_task_whose_cancel_may_have_committed_comes_back_without_its_payload() -> None:
+    """A cancel of a running task whose write failed may have committed:
+    the task's retry, pushed with its payload, is taken without it."""
+    dispatcher = Dispatcher(memory_payloads=10)
+    job = Job(b"payload", "t", 0, 0, None)
+    running = Ready(uuid.uuid4(), 0, "default", None, job)
+    dispatcher.push([running])
+    assert dispatcher.take(timeout=0) == (running, [])
+    dispatcher.doubt(running.id)
+    dispatcher.done(running.id)
+    dispatcher.push([running])  # its retry
+    taken = dispatcher.take(timeout=0)
+    assert taken is not None and taken[0].id == running.id and taken[0].job is None
+
+
 def test_a_taken_task_cannot_be_held_until_its_outcome_is_committed() -> None:
     dispatcher = Dispatcher(memory_payloads=0)
     task = Ready(uuid.uuid4(), 0, "default", None)

@@ -357,3 +357,30 @@ def test_a_task_whose_cancel_s_answer_was_lost_never_starts(
     time.sleep(0.5)  # a start would be recorded by now
     assert runs_of(runs) == []
     assert handle.status() == "cancelled"
+
+
+@OVER_A_SOCKET
+@BOTH_POOLS
+def test_a_running_task_whose_cancel_s_answer_was_lost_runs_no_retry(
+    broker_factory: Any, cutter: CommitCutter, tmp_path: Path, pool: str
+) -> None:
+    """A cancel of a running task commits and the connection breaks before
+    the broker reads the answer: the cancel fails and the attempt goes on, as
+    one not cancelled. It fails; its failure is recorded, and the task,
+    cancelled in the database, runs no retry (whose payload the broker holds
+    in memory: the worker that takes it reads its status first)."""
+    broker_factory(DATABASE_URL=_through(cutter), LEEK_POOL=pool, LEEK_RETRY_BACKOFF="0.1")
+    runs = tmp_path / "runs"
+    handle = leek.enqueue(fence_tasks.fail_after, (str(runs), 1.0), max_retries=3)
+    wait_for(lambda: len(runs_of(runs)) == 1, timeout=10)
+    cutter.arm(statement=b"SET status = 'cancelled'")
+    with pytest.raises(leek.LeekError):
+        leek.cancel(handle.id, running=True)
+    assert cutter.cut.is_set()
+    assert Task.objects.get(pk=handle.id).status == "cancelled"  # committed all the same
+    wait_for(lambda: FailedTask.objects.filter(task_id=handle.id).exists(), timeout=15)
+    # Its retry would be due 0.1-0.125 s after the failure, and start at once.
+    assert leek.push_task_to_queue(tasks.add, 2, 2).result(timeout=15) == 4
+    time.sleep(1.0)
+    assert [attempt for _, _, attempt in runs_of(runs)] == [1]
+    assert handle.status() == "cancelled"
