@@ -60,7 +60,7 @@ def ping_table(results: dict[str, Any]) -> Table | None:
     found = [floors.get(key) for key in PING_FLOORS]
     if not all(found):
         return None
-    trip, spun, framed, framed_spun = found
+    trip, spun, framed, framed_spun = (float(value) for value in found if value)
     rows = []
     for doc in measured(results):
         floor = doc.get("extra", {}).get("floor")
@@ -172,4 +172,29 @@ def ceiling_table(results: dict[str, Any]) -> Table | None:
         "group floor, 1 client/s (of at most)",
         "enqueue of the group floor",
     ]
+    return (head, rows) if rows else None
+
+
+def mixed_table(results: dict[str, Any], peer: str) -> Table | None:
+    """Each leek processes variant's mixed workload against the mixed floor
+    on its database (bench/mixed_floor.py), and both against `peer`'s."""
+    docs = {d["system"]: d for d in measured(results)}
+    theirs = median(docs[peer], "mixed") if peer in docs else None
+    rows = []
+    for name, doc in docs.items():
+        floor = floors_of(results, name).get("mixed_per_s")
+        mine = median(doc, "mixed")
+        if not name.startswith("leek") or not name.endswith("-processes") or not floor:
+            continue
+        rows.append(
+            [
+                name,
+                rate(mine),
+                rate(floor),
+                share(mine or 0.0, floor),
+                rate(theirs),
+                f"{floor / theirs:.2f}x" if theirs else "-",
+            ]
+        )
+    head = ["leek", "mixed/s", "mixed floor/s", "of the floor", f"{peer} mixed/s", "floor/peer"]
     return (head, rows) if rows else None

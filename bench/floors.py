@@ -34,12 +34,19 @@ Beside the systems, each run measures what no queue's own work is in:
                side sleeps on its sockets, or polls them for up to leek's
                SPIN before it sleeps, as leek's client and loop may; and, for
                reference only, polls them without bound (`GROUP_WAYS`)
+  mixed        tasks a second from four client processes pushing as the group
+               floor's do while two worker processes run the tasks, each
+               handed over leek's pipe and its outcome written by leek's
+               store: the processes pool with nothing of leek's own around
+               its writes and its pipes (bench/mixed_floor.py), beside "mixed
+               ≥ huey with Redis" on SQLite NORMAL and PostgreSQL
 
 A push from one client waits for a round trip and a commit one after the
 other, so it cannot beat 1 / (round trip + commit) a second on that machine.
 
     python -m bench.floors DATABASE_URL SYNCHRONOUS   # one database; prints JSON
     python -m bench.floors DATABASE_URL NORMAL --batches   # batch floors on demand
+    python -m bench.floors DATABASE_URL pg --mixed         # the mixed floor alone
 """
 
 from __future__ import annotations
@@ -538,6 +545,8 @@ def _time_writes(sync: str) -> dict[str, float]:
         for name, way in GROUP_WAYS.items():
             runs[name].append(group(*way))
     found["group"] = {name: round(statistics.median(rates)) for name, rates in runs.items()}
+    if sync in ("NORMAL", "pg"):
+        found["mixed_per_s"] = _mixed(writer)
     writer.stop()
     return found
 
@@ -576,8 +585,26 @@ def batch_floor(url: str) -> subprocess.Popen[str]:
     )
 
 
+def _mixed(writer: _Writer) -> float:
+    """The mixed floor (bench/mixed_floor.py): the median of its runs."""
+    from bench.mixed_floor import MIXED_RUNS, mixed_pushes
+
+    return round(statistics.median(mixed_pushes(writer) for _ in range(MIXED_RUNS)))
+
+
+def _time_mixed() -> dict[str, float]:
+    """The mixed floor alone, on demand (`--mixed`)."""
+    writer = _Writer()
+    writer.write(1)
+    found = {"mixed_per_s": _mixed(writer)}
+    writer.stop()
+    return found
+
+
 if __name__ == "__main__":
     if sys.argv[3:] == ["--batches"]:
         serve_batches()
+    elif sys.argv[3:] == ["--mixed"]:
+        print(json.dumps(_time_mixed()))
     else:
         print(json.dumps(_time_writes(sys.argv[2])))

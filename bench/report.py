@@ -18,8 +18,14 @@ from bench.figures import (
     rate,
     share,
 )
-from bench.floor_tables import ceiling_table, clients_table, floor_table, ping_table
-from bench.targets import pool_table, push_table
+from bench.floor_tables import (
+    ceiling_table,
+    clients_table,
+    floor_table,
+    mixed_table,
+    ping_table,
+)
+from bench.targets import MIXED_PEER, pool_table, push_table
 
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
@@ -275,6 +281,18 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "sleeping or polling for up to leek's SPIN first (bench/floors.py):",
             "",
             fmt(ceiling),
+        ]
+    mixed = mixed_table(results, MIXED_PEER)
+    if mixed:
+        out += [
+            "",
+            "leek's mixed workload (processes pool) against the mixed floor: four client "
+            "threads pushing while two worker processes run the tasks, through one "
+            "Python thread that writes and answers each round's pushes with leek's "
+            "insert, hands each task to a process over leek's pipe and each outcome to "
+            "leek's store, with nothing of leek's own around them (bench/mixed_floor.py):",
+            "",
+            fmt(mixed),
         ]
     floors = results["machine"].get("floors") or {}
     normal = floors.get("sqlite_normal", {})

@@ -193,13 +193,15 @@ def _enqueue_many(results: dict[str, Any], doc: dict[str, Any], name: str) -> Ju
 
 def _mixed(results: dict[str, Any], doc: dict[str, Any], name: str) -> Judged | None:
     """Four clients pushing while the worker processes run the tasks, against
-    huey with Redis: at least as many a second."""
+    huey with Redis: at least as many a second; bounded by the mixed floor
+    (bench/mixed_floor.py) on the same database."""
     peer = next((d for d in measured(results) if d["system"] == MIXED_PEER), None)
     mine = median(doc, "mixed")
     theirs = median(peer, "mixed") if peer else None
     if not name.endswith(PROCESSES) or not mine or not theirs:
         return None
-    return Judged(mine / theirs, 1.0, percent=False)
+    floor = floors_of(results, name).get("mixed_per_s")
+    return Judged(mine / theirs, 1.0, floor / theirs if floor else None, percent=False)
 
 
 #: The push path's targets, in the order of its issue's list.

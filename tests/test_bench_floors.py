@@ -42,6 +42,7 @@ def test_the_write_floors_time_committed_writes(tmp_path: Path) -> None:
         "batch_row_us",
         "busy_push",
         "group",
+        "mixed_per_s",
     }
     assert all(found[key] > 0 for key in ("commit_us", "commit_after_nap_us", "batch_row_us"))
     assert set(found["group"]) == {
@@ -53,6 +54,7 @@ def test_the_write_floors_time_committed_writes(tmp_path: Path) -> None:
         "four_per_s",
     }
     assert all(rate > 0 for rate in found["group"].values())
+    assert found["mixed_per_s"] > 0  # it checks itself that every task ran once
 
 
 def test_the_batch_floor_served_in_turns_writes_and_times_what_it_is_asked(

@@ -93,3 +93,37 @@ def test_a_figure_just_short_of_its_target_is_not_shown_as_reaching_it() -> None
     assert cells(filled(extra))["enqueue_many"] == "79.9%, not met"
     extra["enqueue_many_rate"] = 60_000
     assert cells(filled(extra))["enqueue_many"] == "72%, not met"
+
+
+def mixed(leek: float, huey: float, floor: float | None) -> dict[str, Any]:
+    """The results of a run of leek-pg-processes and huey with Redis: their
+    mixed workloads, and the mixed floor on PostgreSQL (None: not measured)."""
+    floors: dict[str, Any] = {"round_trip_us": 50.0, "pg": {}}
+    if floor is not None:
+        floors["pg"]["mixed_per_s"] = floor
+    systems = [
+        {"system": "leek-pg-processes", "figures": {"mixed": {"median": leek}}},
+        {"system": "huey-redis", "figures": {"mixed": {"median": huey}}},
+    ]
+    return {"machine": {"floors": floors}, "systems": systems}
+
+
+def test_the_mixed_workload_is_bounded_by_the_mixed_floor_where_it_falls_short() -> None:
+    assert cells(mixed(2_000, 3_000, None))["mixed, processes pool,"] == "0.67x, not met"
+    assert cells(mixed(2_000, 3_000, 2_100))["mixed, processes pool,"] == (
+        "0.67x, bounded (the floor: 0.70x)"
+    )
+    assert cells(mixed(1_500, 3_000, 2_100))["mixed, processes pool,"] == (
+        "0.50x, not met (the floor: 0.70x; 71% of it)"
+    )
+    assert cells(mixed(2_000, 3_000, 3_600))["mixed, processes pool,"] == "0.67x, not met"
+    assert cells(mixed(3_100, 3_000, 2_100))["mixed, processes pool,"] == "1.03x, met"
+
+
+def test_the_mixed_table_sets_leek_beside_the_mixed_floor_and_the_peer() -> None:
+    from bench.floor_tables import mixed_table
+
+    table = mixed_table(mixed(2_000, 3_000, 2_100), "huey-redis")
+    assert table is not None
+    assert table[1] == [["leek-pg-processes", "2,000", "2,100", "95%", "3,000", "0.70x"]]
+    assert mixed_table(mixed(2_000, 3_000, None), "huey-redis") is None
