@@ -356,20 +356,8 @@ def group_pushes(
         os.write(go_write, b"x" * clients)
         start = time.perf_counter()
         while connected:
-            events = _select(selector, spin)
-            tasks, replies = [], []
-            for key, _ in events:
-                sock = key.fileobj
-                data = _receive(sock, framed=True, spin=0.0)
-                if not data:  # that client is done
-                    selector.unregister(sock)
-                    sock.close()
-                    connected -= 1
-                    continue
-                request = frame.open_frame(keys.receive, data)
-                request_id, _, item = request.message
-                tasks.append(_new_task(uuid.UUID(item["id"]), item["name"], item["payload"]))
-                replies.append((sock, request_id, request.nonce, item["id"]))
+            tasks, replies, closed = read_pushes(selector, _select(selector, spin), keys)
+            connected -= closed
             if tasks:
                 write(tasks)
             for sock, request_id, nonce, task_id in replies:
@@ -382,6 +370,29 @@ def group_pushes(
     if failed:
         raise RuntimeError(f"{failed} of the group floor's {clients} clients failed")
     return round(n * clients / elapsed)
+
+
+def read_pushes(
+    selector: selectors.BaseSelector, events: list[Any], keys: frame.Keys
+) -> tuple[list[Any], list[tuple[Any, ...]], int]:
+    """The pushes of the group clients whose sockets are in `events`, read
+    and checked: their tasks, what each reply needs (the socket, the
+    request's id and nonce, the task's id), and how many clients were done
+    (their sockets closed and out of `selector`)."""
+    tasks, replies, closed = [], [], 0
+    for key, _ in events:
+        sock = key.fileobj
+        data = _receive(sock, framed=True, spin=0.0)
+        if not data:  # that client is done
+            selector.unregister(sock)
+            sock.close()
+            closed += 1
+            continue
+        request = frame.open_frame(keys.receive, data)
+        request_id, _, item = request.message
+        tasks.append(_new_task(uuid.UUID(item["id"]), item["name"], item["payload"]))
+        replies.append((sock, request_id, request.nonce, item["id"]))
+    return tasks, replies, closed
 
 
 def _group_client(address: tuple[str, int], go: int, payload: bytes, n: int, spin: float) -> None:

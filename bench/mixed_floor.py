@@ -90,7 +90,7 @@ def mixed_pushes(writer: Any, clients: int = MIXED_CLIENTS, workers: int = MIXED
             selector.register(peer, selectors.EVENT_READ)
         os.write(go_write, b"x" * clients)
         start = time.perf_counter()
-        _serve(selector, pipes, writer, clients, total, ended)
+        _serve(selector, pipes, writer, total, ended)
         elapsed = time.perf_counter() - start  # the last task has run, as the workload counts
         if not ended.all.wait(SETTLE):
             raise RuntimeError(f"{ended.count} of {total} outcomes committed")
@@ -125,7 +125,6 @@ def _serve(
     selector: selectors.BaseSelector,
     pipes: list[Any],
     writer: Any,
-    clients: int,
     total: int,
     ended: _Ended,
 ) -> None:
@@ -139,32 +138,23 @@ def _serve(
     ready: deque[Any] = deque()
     idle = list(range(len(pipes)))
     running: dict[int, tuple[uuid.UUID, float]] = {}
-    connected, ran = clients, 0
+    ran = 0
     while ran < total:
-        tasks, replies = [], []
-        for key, _ in selector.select(None):
-            if key.data is not None:  # a worker process's value
-                task_id, started = running.pop(key.data)
-                value = pipes[key.data].receive()[1]
-                finished = time.time()
-                outcome = Outcome(
-                    task_id, NAME, 1, started, finished, True, result=value, epoch=store.epoch
-                )
-                store.record(outcome, ended.one)
-                idle.append(key.data)
-                ran += 1
-                continue
-            sock: socket.socket = key.fileobj  # type: ignore[assignment]
-            data = floors._receive(sock, framed=True, spin=0.0)
-            if not data:  # that client is done
-                selector.unregister(sock)
-                sock.close()
-                connected -= 1
-                continue
-            request = frame.open_frame(keys.receive, data)
-            request_id, _, item = request.message
-            tasks.append(floors._new_task(uuid.UUID(item["id"]), item["name"], item["payload"]))
-            replies.append((sock, request_id, request.nonce, item["id"]))
+        events = selector.select(None)
+        for key, _ in events:
+            if key.data is None:
+                continue  # a client's push: read below
+            task_id, started = running.pop(key.data)  # a worker process's value
+            value = pipes[key.data].receive()[1]
+            finished = time.time()
+            outcome = Outcome(
+                task_id, NAME, 1, started, finished, True, result=value, epoch=store.epoch
+            )
+            store.record(outcome, ended.one)
+            idle.append(key.data)
+            ran += 1
+        pushes = [event for event in events if event[0].data is None]
+        tasks, replies, _ = floors.read_pushes(selector, pushes, keys)
         if tasks:
             writer.write_tasks(tasks)
             ready.extend(tasks)
