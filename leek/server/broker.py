@@ -248,7 +248,9 @@ class Broker:
             recovered += len(page)
             self.route(page)
         recovered += self.sweep()
-        self.duties.every(self.sweep_interval, self.sweep)
+        # It has just swept: the next sweep is an interval from now, never
+        # one at the first tick that a client's `sweep` would find in flight.
+        self.duties.every(self.sweep_interval, self.sweep, first=self.sweep_interval)
         self.duties.every(self.sweep_interval, self.store.settle_steps)
         self.duties.every(RECHECK_INTERVAL, self.store.recheck)
         logger.info(

@@ -2,9 +2,9 @@
 
 Each duty is a callable and an interval in seconds; the thread wakes every
 TICK seconds and runs the duties whose interval has passed since their last
-run, one after another. A duty first runs one interval after it is
-registered (what must run at start, the broker runs itself), and an interval
-of 0 runs it at every tick. A duty
+run, one after another. A duty first runs at the first tick, unless it is
+registered with a wait before its first run (a duty the broker has just run
+itself, as its start's sweep), and an interval of 0 runs it at every tick. A duty
 that raises is logged and runs again at its next turn. The broker's duties
 (broker.py) are the workers' watchdog, SQLite's checkpoint, the writers'
 nudge, the heartbeat, the periodic tasks, the sweep and the trim of freed
@@ -33,10 +33,12 @@ class Duties:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="leek-duties", daemon=True)
 
-    def every(self, seconds: float, job: Callable[[], object]) -> None:
-        # Not [0.0]: the clock counts from boot, so a duty would run at the
-        # first tick on a host up longer than its interval and not on another.
-        self._jobs.append((seconds, job, [time.monotonic()]))
+    def every(self, seconds: float, job: Callable[[], object], first: float = 0.0) -> None:
+        """Run `job` every `seconds`, first at the tick `first` seconds from now."""
+        # Its last run counted from now, not from 0: the clock counts from the
+        # host's boot, and a duty would run at the first tick on a host up
+        # longer than its interval and not on another.
+        self._jobs.append((seconds, job, [time.monotonic() - seconds + first]))
 
     def start(self) -> None:
         self._thread.start()
