@@ -235,8 +235,7 @@ class Dispatcher:
         key = task_id.bytes
         with self._lock:
             if doubt:
-                self._doubted.add(key)
-                self._jobs.pop(key, None)
+                self._doubt(key)
             left = self._holds.get(key, 0) - 1
             if left > 0:
                 self._holds[key] = left
@@ -259,10 +258,14 @@ class Dispatcher:
         taken (a cancel of its running attempt failed, its answer lost): the
         next time it comes (its retry), its payload is not used, so the
         worker that takes it reads its status first (see `settle`)."""
-        key = task_id.bytes
         with self._lock:
-            self._doubted.add(key)
-            self._jobs.pop(key, None)
+            self._doubt(task_id.bytes)
+
+    def _doubt(self, key: bytes) -> None:
+        """Leave out the task's payload held now, and the one it comes with
+        next (under the lock)."""
+        self._doubted.add(key)
+        self._jobs.pop(key, None)
 
     def _put_back(self, priority: int, entry: Entry) -> None:
         """An entry set aside, at the front of its lane again (under the lock)."""
