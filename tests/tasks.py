@@ -132,6 +132,17 @@ def pid() -> int:
     return os.getpid()
 
 
+def connection_was_open() -> tuple[bool, int]:
+    """Whether the database connection was open when the task began (it
+    opens it, with a query), and the process it runs in."""
+    from django.db import connection
+
+    was_open = connection.connection is not None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return was_open, os.getpid()
+
+
 def tasks_running() -> tuple[int, float]:
     """The tasks running in the process it runs in, itself included, and
     the seconds since one started or ended, as the broker's waits for its

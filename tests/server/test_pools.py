@@ -119,6 +119,20 @@ def test_output_of_subprocesses_and_c_code_is_captured_in_a_process(broker_facto
     assert "from a subprocess\n" in stdout and "from C\n" in stdout
 
 
+def test_a_process_closes_what_a_task_opened_in_the_database_as_a_request_does(
+    broker_factory: Any,
+) -> None:
+    """CONN_MAX_AGE is 0 here: the connection a task opened is closed at its
+    end, so the next task in the same process opens its own; and a task that
+    opens none leaves the process as it was."""
+    processes(broker_factory, LEEK_WORKERS="1")
+    first = leek.push_task_to_queue(tasks.connection_was_open).result(timeout=30)
+    leek.push_task_to_queue(tasks.add, 1, 2).result(timeout=30)
+    second = leek.push_task_to_queue(tasks.connection_was_open).result(timeout=30)
+    assert first[1] == second[1]  # the same worker process
+    assert second[0] is False
+
+
 def test_a_process_is_replaced_after_its_tasks(broker_factory: Any) -> None:
     processes(broker_factory, LEEK_WORKERS="1", LEEK_MAX_TASKS_PER_CHILD="3")
     pids = [leek.push_task_to_queue(tasks.pid).result(timeout=30) for _ in range(7)]
