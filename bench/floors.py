@@ -437,7 +437,15 @@ def _writes(url: str, sync: str) -> dict[str, float] | None:
         timeout=600,
     )
     if done.returncode != 0:
-        print(f"!! floor of {url} not measured: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        with tempfile.NamedTemporaryFile(
+            "w", prefix=f"leek-floors-{sync.lower()}-", suffix=".log", delete=False
+        ) as log:
+            log.write(done.stderr)
+        print(
+            f"!! floor of {url} not measured ({log.name} has its output): "
+            f"{done.stderr.strip()[-300:]}",
+            file=sys.stderr,
+        )
         return None
     found: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
