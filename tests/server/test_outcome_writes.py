@@ -21,6 +21,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from leek.models import FailedTask, SuccessTask, Task
 from leek.server.rows import Outcome
 from leek.server.store import Store
+from leek.server.store.outcomes import MANY_SUCCESSES
 from tests.server.test_store import new_task
 
 EPOCH = 3
@@ -237,18 +238,21 @@ def successes_in_one_batch(store: Store, outcomes: list[Outcome]) -> None:
     assert ended.wait(10)
 
 
-def test_a_batch_of_successes_ends_each_task_as_one_by_one_would(store: Store) -> None:
-    """Successes alone in a batch (on PostgreSQL one statement, in autocommit,
-    and the whole way for the rest): plain ones, one another claim holds, one
-    cancelled, one gone and a chain's step."""
+@pytest.mark.parametrize("more", [0, MANY_SUCCESSES], ids=["few", "many"])
+def test_a_batch_of_successes_ends_each_task_as_one_by_one_would(store: Store, more: int) -> None:
+    """Successes alone in a batch (on PostgreSQL a statement each, or one
+    for all past MANY_SUCCESSES, in autocommit, and the whole way for the
+    rest): plain ones, one another claim holds, one cancelled, one gone and
+    a chain's step."""
     plain, empty, taken, cancelled, gone, first, then = inserted(store, 7)
+    others = inserted(store, more)
     Task.objects.filter(pk=taken).update(broker="write-b")
     Task.objects.filter(pk=cancelled).update(status="cancelled")
     Task.objects.filter(pk=then).update(status="waiting")
     Task.objects.filter(pk=first).update(next_step=then)
     Task.objects.filter(pk=gone).delete()
     now = time.time()
-    outcomes = [success(key) for key in (plain, taken, cancelled, gone, first)]
+    outcomes = [success(key) for key in (plain, taken, cancelled, gone, first, *others)]
     outcomes.insert(1, Outcome(empty, "e", 1, now, now + 2, True, None, "None", epoch=EPOCH))
     successes_in_one_batch(store, outcomes)
     status = dict(Task.objects.values_list("id", "status"))
@@ -260,8 +264,9 @@ def test_a_batch_of_successes_ends_each_task_as_one_by_one_would(store: Store) -
         "succeeded",
         "queued",  # released by its step
     ]
+    assert {status[k] for k in others} <= {"succeeded"}
     rows = {s.task_id: s for s in SuccessTask.objects.all()}
-    assert sorted(rows) == sorted([plain, empty, cancelled, first])
+    assert sorted(rows) == sorted([plain, empty, cancelled, first, *others])
     assert (rows[plain].result, rows[plain].stdout, rows[plain].broker) == (b"r", "out", "write-a")
     assert rows[empty].result is None and abs(rows[empty].duration - 2) < 0.001
     assert Task.objects.get(pk=plain).lock_key is None
@@ -309,8 +314,9 @@ def test_a_batch_held_back_after_its_successes_were_committed_writes_none_twice(
 
 @pytest.fixture
 def success_statements(store: Store) -> Iterator[Any]:
-    """How many statements have inserted SuccessTask rows (PostgreSQL: a
-    trigger for each statement logs it)."""
+    """How many statements have inserted SuccessTask rows, and in how many
+    transactions (PostgreSQL: a trigger for each statement logs it with its
+    transaction's id)."""
     if connection.vendor != "postgresql":
         pytest.skip("a statement trigger: PostgreSQL")
     with connection.cursor() as cursor:
@@ -324,10 +330,11 @@ def success_statements(store: Store) -> Iterator[Any]:
             "FOR EACH STATEMENT EXECUTE FUNCTION success_statements_log()"
         )
 
-    def count() -> int:
+    def count() -> tuple[int, int]:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM success_statements")
-            return int(cursor.fetchone()[0])
+            cursor.execute("SELECT count(*), count(DISTINCT xid) FROM success_statements")
+            statements, transactions = cursor.fetchone()
+            return int(statements), int(transactions)
 
     try:
         yield count
@@ -339,12 +346,25 @@ def success_statements(store: Store) -> Iterator[Any]:
 
 
 @pytest.mark.postgresql
-def test_a_batch_of_successes_is_one_statement(store: Store, success_statements: Any) -> None:
+def test_a_batch_of_many_successes_is_one_statement(store: Store, success_statements: Any) -> None:
+    keys = inserted(store, MANY_SUCCESSES + 1)
+    successes_in_one_batch(store, [success(key) for key in keys])
+    assert set(Task.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert SuccessTask.objects.count() == MANY_SUCCESSES + 1
+    assert success_statements() == (1, 1)
+
+
+@pytest.mark.postgresql
+def test_a_few_successes_are_a_statement_each_committed_together(
+    store: Store, success_statements: Any
+) -> None:
+    """Sent in one pipeline, in autocommit: one transaction, which commits
+    at the pipeline's Sync, all of them or none."""
     keys = inserted(store, 3)
     successes_in_one_batch(store, [success(key) for key in keys])
     assert set(Task.objects.values_list("status", flat=True)) == {"succeeded"}
     assert SuccessTask.objects.count() == 3
-    assert success_statements() == 1
+    assert success_statements() == (3, 1)
 
 
 @pytest.mark.parametrize("ending", ["success", "retry", "final", "cancelled"])

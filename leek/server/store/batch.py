@@ -168,10 +168,11 @@ class Writes:
             if isinstance(op, Mark) and op.task_id not in finished
         ]
         # On PostgreSQL, where each statement is a round trip, a batch's
-        # successes are one statement and each failure one (outcomes.at_once),
-        # and a batch of one running mark, of one outcome, or of successes
-        # alone is a transaction of its own, in autocommit, with no BEGIN and
-        # COMMIT.
+        # successes are one statement, or a few in one pipeline, and each
+        # failure one (outcomes.at_once); a batch of one running mark, of one
+        # outcome, or of successes alone is a transaction of its own, in
+        # autocommit (a pipeline's statements commit together at its Sync),
+        # with no BEGIN and COMMIT.
         quick = (
             not d.sqlite
             and not tasks

@@ -25,6 +25,13 @@ FINISH_SAVEPOINT = "leek_finish"
 #: Seconds within which a stored end time is the outcome's own: the databases
 #: keep microseconds.
 ROUNDING = 2e-6
+#: Successes in a batch past which they are written in one statement
+#: (PG_SUCCESS_MANY, `at_once`); as many or fewer go as one prepared statement
+#: each, in one pipeline. PostgreSQL plans PG_SUCCESS_MANY anew at each run
+#: (a plan kept would be the one made while the table was small), some 400
+#: µs of its CPU, where a prepared statement for one task costs it about 110:
+#: the two cross near eight (docs/benchmarks.md, the 06:30 measurements).
+MANY_SUCCESSES = 8
 
 
 def write_rows(
@@ -75,11 +82,14 @@ def at_once(cursor: Any, sql: Statements, node: str, outcomes: list[Outcome]) ->
     apart), or its task is a chain's step (whose next one `write_rows`
     releases). Where `write_rows` costs a statement for each kind of row and
     one to look for chains, this is one statement for all the successes
-    (PG_SUCCESS_MANY) and one for each failure."""
+    (PG_SUCCESS_MANY) past MANY_SUCCESSES of them, else one for each, and
+    one for each failure. Statements sent together go in one pipeline, with
+    one Sync after the last: outside a transaction they are one implicit
+    transaction, committed whole or not at all."""
     d = sql.dialect
     written: set[Any] = set()
     successes = [o for o in outcomes if o.succeeded]
-    if len(successes) > 1:
+    if len(successes) > MANY_SUCCESSES:
         by_list(d, cursor, PG_SUCCESS_MANY, (*success_columns(d, successes), node, node))
         written.update(key for (key,) in cursor.fetchall())
         outcomes = [o for o in outcomes if not o.succeeded]
