@@ -27,10 +27,11 @@ FINISH_SAVEPOINT = "leek_finish"
 ROUNDING = 2e-6
 #: Successes in a batch past which they are written in one statement
 #: (PG_SUCCESS_MANY, `at_once`); as many or fewer go as one prepared statement
-#: each, in one pipeline. PostgreSQL plans PG_SUCCESS_MANY anew at each run
-#: (a plan kept would be the one made while the table was small), some 400
-#: µs of its CPU, where a prepared statement for one task costs it about 110:
-#: the two cross near eight (docs/benchmarks.md, the 06:30 measurements).
+#: each, in one pipeline. PostgreSQL parses and plans PG_SUCCESS_MANY anew
+#: at each run (a plan kept would be the one made while the table was small):
+#: a run for two tasks took it some 480 µs, where the prepared statement for
+#: one task took 125-160; the two cross near eight (docs/benchmarks.md: "A
+#: few successes, a prepared statement each").
 MANY_SUCCESSES = 8
 
 
