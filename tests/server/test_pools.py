@@ -123,8 +123,8 @@ def test_a_process_closes_what_a_task_opened_in_the_database_as_a_request_does(
     broker_factory: Any,
 ) -> None:
     """CONN_MAX_AGE is 0 here: the connection a task opened is closed at its
-    end, so the next task in the same process opens its own; and a task that
-    opens none leaves the process as it was."""
+    end, so a later task in the same process, after one that used no
+    database, opens its own."""
     processes(broker_factory, LEEK_WORKERS="1")
     first = leek.push_task_to_queue(tasks.connection_was_open).result(timeout=30)
     leek.push_task_to_queue(tasks.add, 1, 2).result(timeout=30)
