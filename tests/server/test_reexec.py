@@ -157,12 +157,14 @@ def test_leek_reload_wait_fails_when_the_broker_is_not_back_in_time(
     broker_factory: Any,
 ) -> None:
     broker = broker_factory(LEEK_WORKERS="1")
-    handle = leek.push_task_to_queue(tasks.sleep, 3.0)
+    # Long enough that it still runs when the reload comes, however late its
+    # running mark shows on a busy host (a 3 s task had ended by then in CI).
+    handle = leek.push_task_to_queue(tasks.sleep, 8.0)
     wait_for(lambda: handle.status() == "running")
     done = leek_cli(broker.port, "reload", "--wait", "0.5")
     assert done.returncode == 1, done
     assert "the broker did not serve again within 0.5 s" in done.stdout + done.stderr
-    assert handle.result(timeout=30) == 3.0
+    assert handle.result(timeout=30) == 8.0
     wait_for(lambda: "broker reloaded" in broker.output())
 
 
