@@ -44,6 +44,12 @@ def from_int(value: int) -> uuid.UUID:
     return made
 
 
+def from_bytes(raw: bytes) -> uuid.UUID:
+    """``uuid.UUID(bytes=raw)`` for 16 bytes, at half its cost (`from_int`):
+    an id as a batch's frame and a worker process's message carry it."""
+    return from_int(int.from_bytes(raw, "big"))
+
+
 _UUID = uuid.UUID
 _new = object.__new__
 _set = object.__setattr__

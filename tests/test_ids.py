@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from leek.ids import from_int, new_task_id, new_task_ids
+from leek.ids import from_bytes, from_int, new_task_id, new_task_ids
 
 
 def test_task_ids_are_uuid7_and_sort_by_time() -> None:
@@ -36,6 +36,12 @@ def test_from_int_makes_the_uuid_the_constructor_makes() -> None:
         assert copy.deepcopy(made) == standard
     with pytest.raises(TypeError):
         made.int = 5  # type: ignore[misc] # immutable, as a UUID is
+
+
+def test_from_bytes_makes_the_uuid_the_constructor_makes() -> None:
+    for raw in [bytes(16), b"\xff" * 16, *(os.urandom(16) for _ in range(1000))]:
+        made, standard = from_bytes(raw), uuid.UUID(bytes=raw)
+        assert made == standard and made.bytes == raw and str(made) == str(standard)
 
 
 def test_a_batch_of_ids_is_uuid7_each_of_its_own() -> None:

@@ -35,7 +35,7 @@ import tempfile
 import traceback
 from typing import Any
 
-from ..ids import from_int
+from ..ids import from_bytes
 from .pipe import Pipe
 
 #: Linux prctl option: the signal a process gets when its parent thread ends.
@@ -99,9 +99,7 @@ def main(conn: Any, stopping: Any) -> None:
         if message[0] != "run":
             return
         _, key, name, number, payload, timeout, node, max_retries = message
-        attempt = Attempt(
-            from_int(int.from_bytes(key, "big")), name, number, payload, timeout, node, max_retries
-        )
+        attempt = Attempt(from_bytes(key), name, number, payload, timeout, node, max_retries)
         capture.start()
         try:
             result = perform(attempt, sink, None, no_retry)

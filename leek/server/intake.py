@@ -86,7 +86,7 @@ class Intake:
         for task_id, name, payload, args_repr in batch["tasks"]:
             if len(task_id) != 16:
                 raise ValueError(f"a task id in a batch is 16 bytes, got {len(task_id)}")
-            task_id = ids.from_int(int.from_bytes(task_id, "big"))
+            task_id = ids.from_bytes(task_id)
             tasks.append(_new(task_id, name, payload, args_repr, options))
         return tasks
 
