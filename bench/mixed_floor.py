@@ -26,9 +26,11 @@ for each task, and a commit of each outcome.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import selectors
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -93,6 +95,7 @@ def mixed_pushes(writer: Any, clients: int = MIXED_CLIENTS, workers: int = MIXED
         _serve(selector, pipes, writer, total, ended)
         elapsed = time.perf_counter() - start  # the last task has run, as the workload counts
         if not ended.all.wait(SETTLE):
+            _tell_stuck(writer.store)
             raise RuntimeError(f"{ended.count} of {total} outcomes committed")
         for pipe in pipes:
             pipe.close()  # the worker processes' end
@@ -105,6 +108,34 @@ def mixed_pushes(writer: Any, clients: int = MIXED_CLIENTS, workers: int = MIXED
     if failed or ran != total:
         raise RuntimeError(f"{failed} of the mixed floor's processes failed, {ran} tasks ran")
     return round(total / elapsed)
+
+
+def _tell_stuck(store: Any) -> None:
+    """What a floor whose outcomes did not all commit leaves on stderr, for
+    the report's file (floors._writes): each lane of the store, every
+    thread's stack, the tasks by status and what each of the database's
+    sessions waits for."""
+    print("-- the mixed floor's outcomes did not all commit", file=sys.stderr)
+    for lane in store.lanes:
+        print(
+            f"lane {lane.name}: backlog {lane.backlog}, commits {lane.commits}, "
+            f"healthy {lane.healthy} {lane.last_error!r}",
+            file=sys.stderr,
+        )
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT status, count(*) FROM leek_task GROUP BY status")
+        print("tasks by status:", cursor.fetchall(), file=sys.stderr)
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT pid, state, wait_event_type, wait_event, xact_start, left(query, 200) "
+                "FROM pg_stat_activity WHERE datname = current_database()"
+            )
+            for row in cursor.fetchall():
+                print("session:", row, file=sys.stderr)
+    sys.stderr.flush()
 
 
 class _Ended:
