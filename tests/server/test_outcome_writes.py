@@ -316,14 +316,16 @@ def test_a_batch_held_back_after_its_successes_were_committed_writes_none_twice(
 def success_statements(store: Store) -> Iterator[Any]:
     """How many statements have inserted SuccessTask rows, and in how many
     transactions (PostgreSQL: a trigger for each statement logs it with its
-    transaction's id)."""
+    transaction's id, and whether the planner could choose a nested loop
+    for it)."""
     if connection.vendor != "postgresql":
         pytest.skip("a statement trigger: PostgreSQL")
     with connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE success_statements (xid bigint)")
+        cursor.execute("CREATE TABLE success_statements (xid bigint, nestloop text)")
         cursor.execute(
             "CREATE FUNCTION success_statements_log() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN INSERT INTO success_statements VALUES (txid_current()); RETURN NULL; END $$"
+            "$$ BEGIN INSERT INTO success_statements "
+            "VALUES (txid_current(), current_setting('enable_nestloop')); RETURN NULL; END $$"
         )
         cursor.execute(
             "CREATE TRIGGER success_statements_log AFTER INSERT ON leek_successtask "
@@ -352,6 +354,87 @@ def test_a_batch_of_many_successes_is_one_statement(store: Store, success_statem
     assert set(Task.objects.values_list("status", flat=True)) == {"succeeded"}
     assert SuccessTask.objects.count() == MANY_SUCCESSES + 1
     assert success_statements() == (1, 1)
+
+
+def nested_loops() -> list[str]:
+    """The planner's enable_nestloop as each statement that inserted
+    SuccessTask rows ran (the `success_statements` trigger)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nestloop FROM success_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.postgresql
+def test_many_successes_are_planned_with_no_nested_loop(
+    store: Store, success_statements: Any
+) -> None:
+    """Planned with the statistics of a table never analysed, a nested loop
+    over the whole table read the batch's arrays once for each task it
+    found: minutes for a batch of thousands (outcomes.hashed). The
+    one-task statement keeps the planner's default."""
+    keys = inserted(store, MANY_SUCCESSES + 4)
+    successes_in_one_batch(store, [success(key) for key in keys[: MANY_SUCCESSES + 1]])
+    successes_in_one_batch(store, [success(key) for key in keys[MANY_SUCCESSES + 1 :]])
+    assert nested_loops() == ["off", "on", "on", "on"]
+    assert SuccessTask.objects.count() == MANY_SUCCESSES + 4
+
+
+@pytest.mark.postgresql
+def test_no_nested_loop_is_the_statement_s_own_in_an_open_transaction(
+    transactional_db: Any,
+) -> None:
+    """In a batch's transaction (marks and successes together), the
+    statements after it are planned as before."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a psycopg connection: PostgreSQL")
+    import psycopg
+
+    from leek.server.rows import Dialect
+    from leek.server.store.outcomes import hashed
+
+    settings = connection.get_connection_params()
+    with psycopg.connect(**settings, autocommit=True) as conn:
+        cursor = conn.cursor()
+        cursor.execute("BEGIN")
+        hashed(Dialect("postgresql"), cursor, "SELECT current_setting('enable_nestloop')", ())
+        assert cursor.fetchall() == [("off",)]
+        cursor.execute("SELECT current_setting('enable_nestloop')")
+        assert cursor.fetchall() == [("on",)]
+        cursor.execute("COMMIT")
+        hashed(Dialect("postgresql"), cursor, "SELECT current_setting('enable_nestloop')", ())
+        assert cursor.fetchall() == [("off",)]
+        cursor.execute("SELECT current_setting('enable_nestloop')")
+        assert cursor.fetchall() == [("on",)]
+
+
+@pytest.mark.postgresql
+def test_a_batch_statement_that_fails_leaves_its_connection_as_it_found_it(
+    transactional_db: Any,
+) -> None:
+    """Its own transaction rolled back; an open one left for the caller's rollback."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a psycopg connection: PostgreSQL")
+    import psycopg
+
+    from leek.server.rows import Dialect
+    from leek.server.store.outcomes import hashed
+
+    idle, failed = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INERROR
+    settings = connection.get_connection_params()
+    with psycopg.connect(**settings, autocommit=True) as conn:
+        cursor = conn.cursor()
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            hashed(Dialect("postgresql"), cursor, "SELECT 1 / 0", ())
+        assert conn.info.transaction_status == idle
+        cursor.execute("SELECT current_setting('enable_nestloop')")
+        assert cursor.fetchall() == [("on",)]
+        cursor.execute("BEGIN")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            hashed(Dialect("postgresql"), cursor, "SELECT 1 / 0", ())
+        assert conn.info.transaction_status == failed
+        cursor.execute("ROLLBACK")
+        cursor.execute("SELECT current_setting('enable_nestloop')")
+        assert cursor.fetchall() == [("on",)]
 
 
 @pytest.mark.postgresql

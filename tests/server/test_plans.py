@@ -57,14 +57,47 @@ def test_the_successes_statement_finds_each_task_by_its_id_when_the_statistics_a
             cursor.execute("SELECT id FROM leek_task WHERE status = 'queued' LIMIT 3")
             keys = [key for (key,) in cursor.fetchall()]
             plan = psycopg.Cursor(cursor.connection)
-            plan.execute(
-                "EXPLAIN " + PG_SUCCESS_MANY,
-                (*success_columns(Dialect("postgresql"), [success(k) for k in keys]), "b", "b"),
-            )
+            columns = success_columns(Dialect("postgresql"), [success(k) for k in keys])
+            plan.execute("EXPLAIN " + PG_SUCCESS_MANY, (*columns, columns[0], "b", "b"))
             text = "\n".join(line for (line,) in plan.fetchall())
         finally:
             cursor.execute("ALTER TABLE leek_task RESET (autovacuum_enabled)")
     assert "leek_task_pkey" in text and "leek_task_status_queued_at" not in text, text
+
+
+@pytest.mark.postgresql
+def test_a_batch_of_successes_has_no_nested_loop_on_a_table_never_analysed(
+    transactional_db: Any,
+) -> None:
+    """A backlog has just come into a task table that was never analysed:
+    the planner expects one of its rows to match a batch's, and a nested
+    loop would read the whole table once and the batch's arrays again for
+    each task it found (136 s for 2,300 tasks in a table of 120,000). As
+    the store plans the statement (outcomes.hashed), it has none."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's planner")
+    import psycopg
+
+    from leek.server.rows import Dialect
+    from leek.server.store.outcomes import hashed, success_columns
+    from leek.server.store.sql import PG_SUCCESS_MANY
+
+    d = Dialect("postgresql")
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE leek_task SET (autovacuum_enabled = false)")
+        try:
+            add_tasks(cursor, "queued", "b")
+            cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'leek_task'")
+            assert cursor.fetchone()[0] < 0  # never analysed
+            cursor.execute("SELECT id FROM leek_task LIMIT 2000")
+            keys = [key for (key,) in cursor.fetchall()]
+            plan = psycopg.Cursor(cursor.connection)
+            columns = success_columns(d, [success(k) for k in keys])
+            hashed(d, plan, "EXPLAIN " + PG_SUCCESS_MANY, (*columns, columns[0], "b", "b"))
+            text = "\n".join(line for (line,) in plan.fetchall())
+        finally:
+            cursor.execute("ALTER TABLE leek_task RESET (autovacuum_enabled)")
+    assert "Join" in text and "Nested Loop" not in text, text
 
 
 def seq_tuples_read() -> int:

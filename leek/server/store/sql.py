@@ -114,9 +114,12 @@ PG_INSERT_MANY = (
 #: found by its id: the status test is written so that no index serves it
 #: (IS TRUE), as the statistics may say few tasks are queued when a backlog
 #: has just come, and the planner would then read every queued task for each
-#: batch. Bound: the arrays in `outcomes.success_columns`' order, then the
-#: broker twice. Run through `by_list`: planned for each batch, never from a
-#: plan kept since the table was small.
+#: batch. The ids are also looked up by the primary key's index as a list
+#: (`t.id = ANY`), so that the plan, which has no nested loop
+#: (`outcomes.hashed`), never reads the whole table. Bound: the arrays in
+#: `outcomes.success_columns`' order, the ids again, then the broker twice. Run
+#: through `by_list`: planned for each batch, never from a plan kept since the
+#: table was small.
 PG_SUCCESS_MANY = (
     "WITH f AS (UPDATE leek_task t SET status = 'succeeded', started_at = u.started_at, "
     "finished_at = u.finished_at, attempts = u.attempt, lock_key = NULL FROM unnest("
@@ -124,7 +127,8 @@ PG_SUCCESS_MANY = (
     "%b::float8[], %b::bytea[], %b::text[], %b::text[], %b::text[], %b::bigint[]) "
     "AS u (id, name, attempt, started_at, finished_at, duration, result, result_repr, "
     "stdout, stderr, epoch) "
-    "WHERE t.id = u.id AND (t.status IN ('queued', 'running', 'expired')) IS TRUE "
+    "WHERE t.id = u.id AND t.id = ANY(%b::uuid[]) "
+    "AND (t.status IN ('queued', 'running', 'expired')) IS TRUE "
     "AND t.broker = %s AND t.epoch = u.epoch AND t.next_step IS NULL "
     "RETURNING t.id, u.name, u.attempt, u.started_at, u.finished_at, u.duration, u.result, "
     "u.result_repr, u.stdout, u.stderr) "
