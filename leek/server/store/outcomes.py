@@ -128,12 +128,14 @@ def hashed(d: Dialect, cursor: Any, statement: str, params: Any) -> None:
     With no nested loop the plan is a hash or a merge join, on the primary
     key's index or one reading of the table: 36-51 µs a task for batches of
     50 to 2,300, analysed or not, as fast as the nested loop over the index
-    where the planner chose that. The setting is the
-    transaction's own: the statement runs in a transaction of its own when
-    none is open, else the setting is put back after it. What it sends goes
-    in one pipeline, one round trip, where libpq has pipelines (14 and
-    later). A statement that fails in a transaction of its own rolls it
-    back; in one open, the caller's rollback ends it."""
+    where the planner chose that.
+
+    The setting is the transaction's own: the statement runs in a
+    transaction of its own when none is open, else the setting is put back
+    after it. What it sends goes in one pipeline, one round trip, where
+    libpq has pipelines (14 and later). A statement that fails in a
+    transaction of its own rolls it back; in one open, the caller's
+    rollback ends it."""
     import psycopg
 
     connection = cursor.connection
