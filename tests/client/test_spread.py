@@ -31,13 +31,24 @@ THREADS = 8
 class Pushers:
     """THREADS threads making `count` pushes in all, each push `push(n)`; a
     thread closes its connections after every `reconnect_every` pushes (0:
-    never), as threads that come and go would."""
+    never), as threads that come and go would. With `pause_at`, a thread
+    makes no new push once that many are made, until `resume` is set: what
+    the test does meanwhile (a kill) falls between known pushes, however
+    slow the host."""
 
     def __init__(
-        self, count: int, push: Callable[[int], leek.TaskHandle], reconnect_every: int = 0
+        self,
+        count: int,
+        push: Callable[[int], leek.TaskHandle],
+        reconnect_every: int = 0,
+        pause_at: int = 0,
     ) -> None:
         self.ids: list[str] = []
         self.errors: list[BaseException] = []
+        self.pause_at = pause_at
+        self.resume = threading.Event()
+        if not pause_at:
+            self.resume.set()
         self.threads = [
             threading.Thread(target=self._work, args=(i, count, push, reconnect_every))
             for i in range(THREADS)
@@ -50,6 +61,8 @@ class Pushers:
     ) -> None:
         try:
             for made, n in enumerate(range(first, count, THREADS), 1):
+                if len(self.ids) >= self.pause_at and not self.resume.wait(120):
+                    raise TimeoutError("the pushers were not resumed")
                 self.ids.append(str(push(n).id))
                 if every and made % every == 0:
                     connection.close()
@@ -119,12 +132,15 @@ def test_a_broker_killed_while_threads_push_loses_nothing_and_is_skipped_after_i
     brokers = three_brokers(broker_factory, leek_settings, LEEK_HEARTBEAT_TIMEOUT="3")
     leek_settings(BROKER_BACKOFF=60.0, BROKER_BACKOFF_MAX=60.0)
     victim = brokers[1]
-    pushers = Pushers(400, lambda n: leek.push_task_to_queue(tasks.add, n, 0), reconnect_every=2)
+    pushers = Pushers(
+        400, lambda n: leek.push_task_to_queue(tasks.add, n, 0), reconnect_every=2, pause_at=100
+    )
     wait_for(lambda: len(pushers.ids) >= 100 or pushers.errors, interval=0.001)
     assert Task.objects.filter(broker="two").exists()
     killed = time.time()
-    victim.kill()
+    victim.kill()  # while threads hold connections to it, and pushes may be in flight
     before = len(pushers.ids)
+    pushers.resume.set()
     ids = pushers.join()
 
     assert len(pushers.ids) - before >= 100  # most pushes came after the kill
