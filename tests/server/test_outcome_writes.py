@@ -379,62 +379,63 @@ def test_many_successes_are_planned_with_no_nested_loop(
     assert SuccessTask.objects.count() == MANY_SUCCESSES + 4
 
 
+@pytest.fixture
+def writing(transactional_db: Any) -> Iterator[Any]:
+    """A cursor of a psycopg connection of its own in autocommit, as a
+    writing connection's is (PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a psycopg connection: PostgreSQL")
+    import psycopg
+
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as conn:
+        yield conn.cursor()
+
+
+def hashed(cursor: Any, statement: str) -> None:
+    """`statement` run on `cursor` as the batch of successes is (outcomes.hashed)."""
+    from leek.server.rows import Dialect
+    from leek.server.store import outcomes
+
+    outcomes.hashed(Dialect("postgresql"), cursor, statement, ())
+
+
+NESTLOOP = "SELECT current_setting('enable_nestloop')"
+
+
 @pytest.mark.postgresql
-def test_no_nested_loop_is_the_statement_s_own_in_an_open_transaction(
-    transactional_db: Any,
-) -> None:
+def test_no_nested_loop_is_the_statement_s_own_in_an_open_transaction(writing: Any) -> None:
     """In a batch's transaction (marks and successes together), the
     statements after it are planned as before."""
-    if connection.vendor != "postgresql":
-        pytest.skip("a psycopg connection: PostgreSQL")
-    import psycopg
-
-    from leek.server.rows import Dialect
-    from leek.server.store.outcomes import hashed
-
-    settings = connection.get_connection_params()
-    with psycopg.connect(**settings, autocommit=True) as conn:
-        cursor = conn.cursor()
-        cursor.execute("BEGIN")
-        hashed(Dialect("postgresql"), cursor, "SELECT current_setting('enable_nestloop')", ())
-        assert cursor.fetchall() == [("off",)]
-        cursor.execute("SELECT current_setting('enable_nestloop')")
-        assert cursor.fetchall() == [("on",)]
-        cursor.execute("COMMIT")
-        hashed(Dialect("postgresql"), cursor, "SELECT current_setting('enable_nestloop')", ())
-        assert cursor.fetchall() == [("off",)]
-        cursor.execute("SELECT current_setting('enable_nestloop')")
-        assert cursor.fetchall() == [("on",)]
+    writing.execute("BEGIN")
+    hashed(writing, NESTLOOP)
+    assert writing.fetchall() == [("off",)]
+    writing.execute(NESTLOOP)
+    assert writing.fetchall() == [("on",)]
+    writing.execute("COMMIT")
+    hashed(writing, NESTLOOP)
+    assert writing.fetchall() == [("off",)]
+    writing.execute(NESTLOOP)
+    assert writing.fetchall() == [("on",)]
 
 
 @pytest.mark.postgresql
-def test_a_batch_statement_that_fails_leaves_its_connection_as_it_found_it(
-    transactional_db: Any,
-) -> None:
+def test_a_batch_statement_that_fails_leaves_its_connection_as_it_found_it(writing: Any) -> None:
     """Its own transaction rolled back; an open one left for the caller's rollback."""
-    if connection.vendor != "postgresql":
-        pytest.skip("a psycopg connection: PostgreSQL")
     import psycopg
 
-    from leek.server.rows import Dialect
-    from leek.server.store.outcomes import hashed
-
-    idle, failed = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INERROR
-    settings = connection.get_connection_params()
-    with psycopg.connect(**settings, autocommit=True) as conn:
-        cursor = conn.cursor()
-        with pytest.raises(psycopg.errors.DivisionByZero):
-            hashed(Dialect("postgresql"), cursor, "SELECT 1 / 0", ())
-        assert conn.info.transaction_status == idle
-        cursor.execute("SELECT current_setting('enable_nestloop')")
-        assert cursor.fetchall() == [("on",)]
-        cursor.execute("BEGIN")
-        with pytest.raises(psycopg.errors.DivisionByZero):
-            hashed(Dialect("postgresql"), cursor, "SELECT 1 / 0", ())
-        assert conn.info.transaction_status == failed
-        cursor.execute("ROLLBACK")
-        cursor.execute("SELECT current_setting('enable_nestloop')")
-        assert cursor.fetchall() == [("on",)]
+    status = writing.connection.info
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        hashed(writing, "SELECT 1 / 0")
+    assert status.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    writing.execute(NESTLOOP)
+    assert writing.fetchall() == [("on",)]
+    writing.execute("BEGIN")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        hashed(writing, "SELECT 1 / 0")
+    assert status.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    writing.execute("ROLLBACK")
+    writing.execute(NESTLOOP)
+    assert writing.fetchall() == [("on",)]
 
 
 @pytest.mark.postgresql

@@ -45,7 +45,7 @@ def test_the_successes_statement_finds_each_task_by_its_id_when_the_statistics_a
     import psycopg
 
     from leek.server.rows import Dialect
-    from leek.server.store.outcomes import success_columns
+    from leek.server.store.outcomes import many_params
     from leek.server.store.sql import PG_SUCCESS_MANY
 
     with connection.cursor() as cursor:
@@ -57,8 +57,8 @@ def test_the_successes_statement_finds_each_task_by_its_id_when_the_statistics_a
             cursor.execute("SELECT id FROM leek_task WHERE status = 'queued' LIMIT 3")
             keys = [key for (key,) in cursor.fetchall()]
             plan = psycopg.Cursor(cursor.connection)
-            columns = success_columns(Dialect("postgresql"), [success(k) for k in keys])
-            plan.execute("EXPLAIN " + PG_SUCCESS_MANY, (*columns, columns[0], "b", "b"))
+            params = many_params(Dialect("postgresql"), [success(k) for k in keys], "b")
+            plan.execute("EXPLAIN " + PG_SUCCESS_MANY, params)
             text = "\n".join(line for (line,) in plan.fetchall())
         finally:
             cursor.execute("ALTER TABLE leek_task RESET (autovacuum_enabled)")
@@ -79,7 +79,7 @@ def test_a_batch_of_successes_has_no_nested_loop_on_a_table_never_analysed(
     import psycopg
 
     from leek.server.rows import Dialect
-    from leek.server.store.outcomes import hashed, success_columns
+    from leek.server.store.outcomes import hashed, many_params
     from leek.server.store.sql import PG_SUCCESS_MANY
 
     d = Dialect("postgresql")
@@ -92,8 +92,8 @@ def test_a_batch_of_successes_has_no_nested_loop_on_a_table_never_analysed(
             cursor.execute("SELECT id FROM leek_task LIMIT 2000")
             keys = [key for (key,) in cursor.fetchall()]
             plan = psycopg.Cursor(cursor.connection)
-            columns = success_columns(d, [success(k) for k in keys])
-            hashed(d, plan, "EXPLAIN " + PG_SUCCESS_MANY, (*columns, columns[0], "b", "b"))
+            params = many_params(d, [success(k) for k in keys], "b")
+            hashed(d, plan, "EXPLAIN " + PG_SUCCESS_MANY, params)
             text = "\n".join(line for (line,) in plan.fetchall())
         finally:
             cursor.execute("ALTER TABLE leek_task RESET (autovacuum_enabled)")

@@ -92,8 +92,7 @@ def at_once(cursor: Any, sql: Statements, node: str, outcomes: list[Outcome]) ->
     written: set[Any] = set()
     successes = [o for o in outcomes if o.succeeded]
     if len(successes) > MANY_SUCCESSES:
-        columns = success_columns(d, successes)
-        hashed(d, cursor, PG_SUCCESS_MANY, (*columns, columns[0], node, node))
+        hashed(d, cursor, PG_SUCCESS_MANY, many_params(d, successes, node))
         written.update(key for (key,) in cursor.fetchall())
         outcomes = [o for o in outcomes if not o.succeeded]
     for statement, succeeded, row in (
@@ -153,6 +152,13 @@ def hashed(d: Dialect, cursor: Any, statement: str, params: Any) -> None:
             with suppress(psycopg.Error):
                 connection.execute("ROLLBACK")
         raise
+
+
+def many_params(d: Dialect, outcomes: list[Outcome], node: str) -> tuple[Any, ...]:
+    """What PG_SUCCESS_MANY binds for `outcomes`, all succeeded, written by
+    broker `node`: one array a column, the ids again, the broker twice."""
+    columns = success_columns(d, outcomes)
+    return (*columns, columns[0], node, node)
 
 
 def success_columns(d: Dialect, outcomes: list[Outcome]) -> list[list[Any]]:
