@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 #: nobody waits for: twice the recent commit time, within these bounds.
 LINGER_MIN = 0.002
 LINGER_MAX = 0.05
+#: Such ops queued past which the writer thread writes them at once.
+GATHER = 32
 #: Ops waiting to be written past which workers wait before their next task.
 BACKLOG_LIMIT = 10_000
 #: Batches a client's thread writes, its own and what queued meanwhile, before
@@ -279,12 +281,16 @@ class GroupCommit:
             rounds += 1
             # A copy, made whole while other threads queue: iterating the
             # deque itself raises when one appends meanwhile.
-            if not blocking and not any(op.done for op in list(self._pending)):
+            if not any(op.done for op in list(self._pending)):
                 # What came meanwhile waits for no client (running marks and
                 # outcomes): the writer thread or the next commit takes it,
                 # while this thread goes back to its client, and the task it
                 # just queued starts without a commit competing for the CPU.
-                return False
+                # The writer thread lets them gather first (`_linger`), where
+                # writing them at once would commit the two or three that
+                # came during its last commit, commit after commit.
+                if not blocking or len(self._pending) < GATHER:
+                    return False
             if not blocking and rounds >= LEAD_ROUNDS:
                 if self._pending:  # queued while we wrote, by threads that could not lead
                     with self._wake:
@@ -325,9 +331,7 @@ class GroupCommit:
                 # every one of their commits does, and this thread writes nothing.
                 # (Where no insert comes, as on PostgreSQL's lane of outcomes,
                 # more gather meanwhile, and one commit writes them all.)
-                before = self.commits
-                time.sleep(min(max(2 * self.commit_time, LINGER_MIN), LINGER_MAX))
-                if self.commits != before:
+                if self._linger():
                     continue
             if self._flush_all(blocking=True):
                 if stopping and self._pending and self._pending[0].tries > TRIES_AT_STOP:
@@ -342,6 +346,16 @@ class GroupCommit:
             else:
                 delay = RETRY_DELAY_FIRST
         self._close()
+
+    def _linger(self) -> bool:
+        """Let ops nobody waits for gather before the writer thread writes
+        them, for twice the recent commit time, unless GATHER are queued
+        already; True when a commit on another thread carried them meanwhile."""
+        if len(self._pending) >= GATHER:
+            return False
+        before = self.commits
+        time.sleep(min(max(2 * self.commit_time, LINGER_MIN), LINGER_MAX))
+        return self.commits != before
 
     def _close(self) -> None:
         """Close the writing connection; the next batch opens it again."""

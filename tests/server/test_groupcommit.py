@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
 import pytest
 from django.db import connection
 
-from leek.server.groupcommit import GroupCommit
-from leek.server.ops import Insert, Mark, Op
+from leek.server import groupcommit
+from leek.server.groupcommit import GATHER, GroupCommit
+from leek.server.ops import Call, Insert, Mark, Op
 
 
 class Nothing:
@@ -115,3 +117,94 @@ def test_a_push_is_answered_once_its_tasks_are_in_the_broker_s_queues() -> None:
     finally:
         store.stop()
     assert events == ["dispatched", "replied None"]
+
+
+class Timed(Nothing):
+    """Nothing, with each batch's size and when its write began and ended;
+    the first write waits for `gate`."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, float, float]] = []
+        self.writing = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def write(self, cursor: Any, bound: Any, ops: list[Op]) -> list[Any]:
+        began = time.monotonic()
+        self.writing.set()
+        self.gate.wait(10)
+        result = super().write(cursor, bound, ops)
+        self.batches.append((len(ops), began, time.monotonic()))
+        return result
+
+    def written(self, count: int) -> list[int]:
+        """The batches' sizes once `count` ops are written (10 s at most)."""
+        deadline = time.monotonic() + 10
+        while sum(n for n, _, _ in self.batches) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return [n for n, _, _ in self.batches]
+
+
+def _mark() -> Mark:
+    return Mark(uuid.uuid4(), 1, 0.0)
+
+
+@pytest.fixture
+def writer(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A started GroupCommit on Timed batches, whose writer lingers 0.2 s:
+    long enough to tell a linger from none on a busy host."""
+    monkeypatch.setattr(groupcommit, "LINGER_MIN", 0.2)
+    monkeypatch.setattr(groupcommit, "LINGER_MAX", 1.0)
+    timed = Timed()
+    commit = GroupCommit("test", timed)
+    commit.start()
+    yield commit, timed
+    timed.gate.set()
+    commit.stop()
+
+
+def _during_a_commit(commit: GroupCommit, timed: Timed, *ops: Op) -> float:
+    """Queue `ops` while the writer commits a first op, nobody waiting for
+    either; the seconds between the end of that commit and the next write."""
+    timed.gate.clear()
+    commit.later(_mark())
+    assert timed.writing.wait(10)
+    for op in ops:
+        commit.later(op)
+    timed.gate.set()
+    assert timed.written(1 + len(ops)) == [1, len(ops)]
+    (_, _, first_ended), (_, second_began, _) = timed.batches
+    return second_began - first_ended
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outcomes_that_came_during_a_commit_gather_before_the_next(writer: Any) -> None:
+    """Ops nobody waits for, queued while the writer commits, are not written
+    the moment that commit ends (the lane of outcomes committed the two or
+    three that came during each commit, commit after commit): the writer
+    lingers first, and more gather meanwhile."""
+    assert _during_a_commit(*writer, *[_mark() for _ in range(3)]) >= 0.2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enough_outcomes_are_written_at_once(writer: Any) -> None:
+    """GATHER of them queued are written as soon as the commit before ends."""
+    assert _during_a_commit(*writer, *[_mark() for _ in range(GATHER)]) < 0.1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_someone_waits_for_is_written_at_once(writer: Any) -> None:
+    """A call someone waits for (a heartbeat, a claim, a cancel) queued with
+    them is written, with them, as soon as the commit before ends."""
+    call = Call(lambda cursor, dialect: None, done=lambda value, error: None)
+    assert _during_a_commit(*writer, _mark(), _mark(), call) < 0.1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lone_outcome_waits_one_linger(writer: Any) -> None:
+    """An op nobody waits for is written after one linger of the writer."""
+    commit, timed = writer
+    queued = time.monotonic()
+    commit.later(_mark())
+    assert timed.written(1) == [1]
+    assert 0.2 <= timed.batches[0][1] - queued < 2.0
