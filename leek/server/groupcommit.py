@@ -281,16 +281,17 @@ class GroupCommit:
             rounds += 1
             # A copy, made whole while other threads queue: iterating the
             # deque itself raises when one appends meanwhile.
-            if not any(op.done for op in list(self._pending)):
-                # What came meanwhile waits for no client (running marks and
-                # outcomes): the writer thread or the next commit takes it,
-                # while this thread goes back to its client, and the task it
-                # just queued starts without a commit competing for the CPU.
-                # The writer thread lets them gather first (`_linger`), where
-                # writing them at once would commit the two or three that
-                # came during its last commit, commit after commit.
-                if not blocking or len(self._pending) < GATHER:
-                    return False
+            # What came meanwhile, if it waits for no client (running marks
+            # and outcomes), is left to the writer thread or the next commit:
+            # this thread goes back to its client, and the task it just
+            # queued starts without a commit competing for the CPU. The
+            # writer thread lets them gather first (`_linger`) unless GATHER
+            # are queued, where writing them at once would commit the two or
+            # three that came during its last commit, commit after commit.
+            if (not blocking or len(self._pending) < GATHER) and not any(
+                op.done for op in list(self._pending)
+            ):
+                return False
             if not blocking and rounds >= LEAD_ROUNDS:
                 if self._pending:  # queued while we wrote, by threads that could not lead
                     with self._wake:
