@@ -48,18 +48,23 @@ LISTEN_LOW = 20000
 _ports = random.SystemRandom()  # apart from `random`, which a test may seed
 
 
-def free_port() -> int:
+def free_port(besides: int = 0) -> int:
     """A port nothing listens on, below the kernel's range of ephemeral ports
     where there is room: an outgoing connection of any process may take a
     port of that range the moment its broker dies, and a test that restarts
-    a broker on its port (after a SIGKILL, say) would find it taken."""
+    a broker on its port (after a SIGKILL, say) would find it taken. Never
+    `besides`, a port chosen for another use."""
     low = ephemeral_low()
-    if low - LISTEN_LOW < 1000:  # no room below it: the kernel's pick
+    while low - LISTEN_LOW < 1000:  # no room below it: the kernel's pick
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+            port = int(sock.getsockname()[1])
+        if port != besides:
+            return port
     while True:
         port = _ports.randrange(LISTEN_LOW, low)
+        if port == besides:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -88,6 +93,11 @@ class BrokerProcess:
         self.log = log
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        """The port of its metrics page (LEEK_METRICS)."""
+        return int(self.env["LEEK_METRICS"].rsplit(":", 1)[1])
 
     def start(self, wait: bool = True) -> BrokerProcess:
         handle = self.log.open("ab")
@@ -256,16 +266,25 @@ class BrokerFactory:
         self.processes: list[BrokerProcess] = []
 
     def __call__(
-        self, wait: bool = True, port: int | None = None, args: tuple[str, ...] = (), **env: str
+        self,
+        wait: bool = True,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        metrics: bool = False,
+        **env: str,
     ) -> BrokerProcess:
         """A broker on `port`; `args` follow `leek start` on its command line.
-        Without a `port`, a free one, and another if a process takes it first."""
+        Without a `port`, a free one, and another if a process takes it first.
+        With `metrics`, its metrics page on a free port of its own, chosen
+        again with the broker's (BrokerProcess.metrics_port)."""
         from leek.client import connection as client
 
         env = {"LEEK_STATE_DIR": str(self.tmp_path / "state"), **env}
         tries = 0
         while True:
             chosen = port or free_port()
+            if metrics:
+                env["LEEK_METRICS"] = f"127.0.0.1:{free_port(besides=chosen)}"
             self.leek_settings(PORT=chosen)
             log = self.tmp_path / f"broker-{chosen}.log"
             process = BrokerProcess(chosen, broker_env(chosen, env), log, args)

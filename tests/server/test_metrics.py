@@ -63,8 +63,7 @@ def listening_ports(pid: int) -> set[int]:
 def test_the_page_counts_a_known_mix_of_outcomes_exactly(
     broker_factory: Any, tmp_path: Path, pool: str
 ) -> None:
-    port = free_port()
-    broker_factory(LEEK_POOL=pool, LEEK_METRICS=f"127.0.0.1:{port}", LEEK_RETRY_BACKOFF="0.05")
+    port = broker_factory(LEEK_POOL=pool, metrics=True, LEEK_RETRY_BACKOFF="0.05").metrics_port
     succeed = [leek.push_task_to_queue(tasks.add, i, 1) for i in range(5)]
     fail = [leek.enqueue(tasks.fail, ("no",), max_retries=0) for _ in range(3)]
     retried = [
@@ -121,8 +120,7 @@ def test_the_page_counts_a_known_mix_of_outcomes_exactly(
 
 
 def test_an_attempt_whose_worker_process_dies_counts_as_lost(broker_factory: Any) -> None:
-    port = free_port()
-    broker_factory(LEEK_POOL="processes", LEEK_METRICS=f"127.0.0.1:{port}")
+    port = broker_factory(LEEK_POOL="processes", metrics=True).metrics_port
     with pytest.raises(leek.TaskFailed, match="WorkerLost"):
         leek.enqueue(tasks.exit_now, (3,), max_retries=0).result(timeout=30)
     samples = wait_for(
@@ -139,8 +137,8 @@ def test_an_attempt_whose_worker_process_dies_counts_as_lost(broker_factory: Any
 def test_the_gauges_show_waiting_tasks_workers_connections_and_heartbeats(
     broker_factory: Any,
 ) -> None:
-    port = free_port()
-    broker = broker_factory(LEEK_WORKERS="0", LEEK_METRICS=f"127.0.0.1:{port}")
+    broker = broker_factory(LEEK_WORKERS="0", metrics=True)
+    port = broker.metrics_port
     for _ in range(3):
         leek.enqueue(tasks.add, (1, 2), queue="reports")
     leek.enqueue(tasks.add, (1, 2), queue="mail", delay=3600)
@@ -176,10 +174,9 @@ def test_a_broker_without_metrics_listens_on_its_port_only(broker_factory: Any) 
 
 
 def test_a_broker_with_metrics_listens_on_both_ports(broker_factory: Any) -> None:
-    port = free_port()
-    broker = broker_factory(LEEK_METRICS=f"127.0.0.1:{port}")
+    broker = broker_factory(metrics=True)
     assert broker.proc is not None
-    assert listening_ports(broker.proc.pid) == {broker.port, port}
+    assert listening_ports(broker.proc.pid) == {broker.port, broker.metrics_port}
 
 
 def test_a_metrics_address_in_use_stops_the_start_with_a_clear_error(
@@ -269,7 +266,8 @@ def test_two_brokers_in_one_process_keep_their_metrics_apart(
 ) -> None:
     from leek.server.broker import Broker
 
-    first_port, second_port = free_port(), free_port()
+    first_port = free_port()
+    second_port = free_port(besides=first_port)
     leek_settings(METRICS=f"127.0.0.1:{first_port}")
     first = Broker(port=0, workers=0)
     leek_settings(METRICS=f"127.0.0.1:{second_port}")
