@@ -30,6 +30,8 @@ from typing import Any
 from django.conf import settings
 from django.utils import autoreload
 
+from ..threads import Named
+
 logger = logging.getLogger(__name__)
 
 #: The exit status of a broker that stopped to be started again (Django's:
@@ -113,7 +115,7 @@ def serve(broker: Any) -> bool:
         type(reloader).__name__,
         extra={"action": "reload_watching"},
     )
-    thread = threading.Thread(target=watch, name="leek-reloader", daemon=True)
+    thread = Named(target=watch, name="leek-reloader", daemon=True)
     thread.start()
     try:
         broker.serve()

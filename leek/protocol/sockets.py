@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ProtocolError
+from ..threads import Named
 from .frame import (
     HEADER,
     NONCE_SIZE,
@@ -332,7 +333,7 @@ class FrameSocket:
                     return nonce
                 self._owed, self._owed_bytes = deque(), 0
                 self._paid.clear()
-                threading.Thread(target=self._send_owed, name="leek-send", daemon=True).start()
+                Named(target=self._send_owed, name="leek-send", daemon=True).start()
                 frame = frame[sent:]
             if self._owed_bytes + len(frame) > self.max_size:
                 self._owed.clear()

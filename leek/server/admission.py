@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..threads import Named
+
 security = logging.getLogger("leek.security")
 logger = logging.getLogger(__name__)
 
@@ -281,7 +283,7 @@ class Lobby:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="leek-lobby", daemon=True)
+        self._thread = Named(target=self._run, name="leek-lobby", daemon=True)
         self._thread.start()
 
     def add(self, conn: Conn) -> None:

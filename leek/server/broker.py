@@ -32,6 +32,7 @@ from ..logs import task_extra
 from ..protocol import tls
 from ..protocol.frame import Keys
 from ..runtime import install_capture
+from ..threads import Named
 from . import lifecycle, reexec, report
 from .cancel import Cancels
 from .controls import Controls
@@ -224,7 +225,7 @@ class Broker:
         self.controls.every(self.duties.every)
         self.duties.every(TRIM_INTERVAL, trim)
         self.duties.start()
-        thread = threading.Thread(
+        thread = Named(
             target=self.server.serve_forever,
             name="leek-server",
             kwargs={"poll_interval": POLL_INTERVAL},

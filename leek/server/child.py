@@ -27,7 +27,6 @@ broker in turn; so no task outlives the broker.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -36,13 +35,11 @@ import traceback
 from typing import Any
 
 from ..ids import from_bytes
+from ..threads import name_thread, prctl
 from .pipe import Pipe
 
 #: Linux prctl option: the signal a process gets when its parent thread ends.
 PR_SET_PDEATHSIG = 1
-#: Linux prctl option: the name of the calling thread, the process's for its
-#: main thread (`top`, `ps -o comm`; 15 bytes at most).
-PR_SET_NAME = 15
 #: The exit status of a worker process stopped at a task's time limit.
 TIME_LIMIT_EXIT = 124
 
@@ -52,7 +49,7 @@ def main(conn: Any, stopping: Any) -> None:
     multiprocessing Connection, which spawn knows how to hand over) and the
     flag its broker sets before it sends SIGTERM to stop a task at its limit."""
     die_with_parent()
-    name_process(b"leek-worker")
+    name_process("leek-worker")
     pipe = Pipe(conn)
     warm = sys.modules.get(f"{__package__}.preload")  # forked from the forkserver
     if warm is not None:
@@ -251,22 +248,16 @@ def _leave_forkserver() -> None:
         server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
-def _prctl(option: int, value: Any) -> None:
-    """Linux's prctl(option, value); nothing where there is none."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(option, value)
-
-
-def name_process(name: bytes) -> None:
+def name_process(name: str) -> None:
     """Name this process as `top` and `ps -o comm` show it (its command line
-    stays Python's)."""
-    _prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]))
+    stays Python's): its main thread's name (threads.py)."""
+    name_thread(name)
 
 
 def die_with_parent() -> None:
     """Ask Linux to kill this process when the thread that started it ends (a
     broker's, or the forkserver's); exit now if that is already gone."""
     parent = os.getppid()
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)

@@ -24,6 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 
+from ..threads import Named
 from .dispatch import DEFAULT_QUEUE
 from .rows import Job, Ready
 
@@ -68,7 +69,7 @@ class Delayed:
         self._wake = threading.Condition()
         self._stopped = False
         self.waiting: Counter[str] = Counter()
-        self._thread = threading.Thread(target=self._loop, name="leek-delayed", daemon=True)
+        self._thread = Named(target=self._loop, name="leek-delayed", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..threads import Named
+
 logger = logging.getLogger(__name__)
 
 #: Seconds between two ticks of the duties thread.
@@ -31,7 +33,7 @@ class Duties:
         self.interval = interval
         self._jobs: list[tuple[float, Callable[[], object], list[float]]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="leek-duties", daemon=True)
+        self._thread = Named(target=self._loop, name="leek-duties", daemon=True)
 
     def every(self, seconds: float, job: Callable[[], object], first: float = 0.0) -> None:
         """Run `job` every `seconds`, first at the tick `first` seconds from now."""

@@ -56,6 +56,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..threads import Named
 from .dberrors import DATABASE_ERRORS as DATABASE_ERRORS
 from .dberrors import locked, transient
 from .metrics import OFF, Metrics
@@ -138,7 +139,7 @@ class GroupCommit:
         self._locked_since: float | None = None  # while the write lock is another's
         self._heavy = False  # a heavy op was led: the writer thread writes the queue
         self._writing = WritingConnection(batches.open)
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread = Named(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()

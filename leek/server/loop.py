@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import ProtocolError
 from ..protocol.sockets import FrameSocket
 from ..protocol.spin import RUNS, WAIT_WEIGHT, until
+from ..threads import Named
 from .admission import Conn, Gate, Waking
 from .peer import Peer
 
@@ -86,7 +87,7 @@ class Aside:
     def start(self) -> None:
         for number in range(self.size):
             name = f"leek-verb-{number}"
-            threading.Thread(target=self._run, name=name, daemon=True).start()
+            Named(target=self._run, name=name, daemon=True).start()
 
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         self._calls.put((fn, args))
@@ -131,7 +132,7 @@ class Loop:
 
     def start(self) -> None:
         self._aside.start()
-        self._thread = threading.Thread(target=self._run, name="leek-loop", daemon=True)
+        self._thread = Named(target=self._run, name="leek-loop", daemon=True)
         self._thread.start()
 
     def add(self, conn: Conn) -> None:

@@ -22,6 +22,7 @@ from django.utils.module_loading import import_string
 
 from .. import conf
 from ..logs import task_extra
+from ..threads import Named
 
 if TYPE_CHECKING:
     from .rows import Outcome
@@ -72,7 +73,7 @@ def run_hooks_later(outcomes: list[Outcome]) -> threading.Thread | None:
         finally:
             connections.close_all()  # this thread's own, which ends here
 
-    thread = threading.Thread(target=run, name="leek-failure-hooks", daemon=True)
+    thread = Named(target=run, name="leek-failure-hooks", daemon=True)
     thread.start()
     return thread
 

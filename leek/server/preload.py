@@ -38,7 +38,7 @@ def _warm() -> None:
     try:
         from .child import die_with_parent, name_process
 
-        name_process(b"leek-forkserver")
+        name_process("leek-forkserver")
         die_with_parent()
         _broker_path()
         import django

@@ -34,6 +34,7 @@ from typing import Any
 
 from .. import conf
 from ..exceptions import WorkerLost, WorkerUnavailable
+from ..threads import Named, name_current
 from . import child
 from .attempt import Attempt, Result, failed, timed_out
 from .pipe import Pipe
@@ -83,7 +84,9 @@ def _run_forkserver() -> None:
         return
     with _starter_made:
         if _starter is None:
-            _starter = concurrent.futures.ThreadPoolExecutor(1, "leek-fork-starter")
+            _starter = concurrent.futures.ThreadPoolExecutor(
+                1, "leek-fork-starter", initializer=name_current
+            )
     _starter.submit(multiprocessing.forkserver.ensure_running).result()
     pid = _forkserver_pid()
     if before is None:
@@ -165,9 +168,7 @@ class _Watch:
         with self._changed:
             self._deadline, self._server, self.fired = deadline, server, False
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="leek-fork-watch", daemon=True
-                )
+                self._thread = Named(target=self._run, name="leek-fork-watch", daemon=True)
                 self._thread.start()
             self._changed.notify()
 

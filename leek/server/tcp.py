@@ -35,6 +35,7 @@ from ..protocol.frame import MAGIC, Check, Keys
 from ..protocol.sockets import FrameSocket
 from ..protocol.spin import Spins
 from ..protocol.tls import Channel
+from ..threads import name_thread
 from .admission import Conn, Every, Gate, Lobby
 from .loop import Loop
 from .peer import Peer
@@ -44,6 +45,8 @@ security = logging.getLogger("leek.security")
 #: Seconds a TLS connection's thread waits for its last enqueue to be committed
 #: before it reads on regardless (a write fails well before: see groupcommit.py).
 ENQUEUE_TIMEOUT = 60.0
+#: The name of the thread that serves one TLS connection (threads.py).
+TLS_THREAD = "leek-tls"
 
 #: Seconds the accept loop pauses when accepting fails for want of descriptors.
 ACCEPT_BACKOFF = 0.1
@@ -120,6 +123,8 @@ class Handler(socketserver.BaseRequestHandler):
     request: socket.socket
 
     def setup(self) -> None:
+        threading.current_thread().name = TLS_THREAD
+        name_thread(TLS_THREAD)
         self.conn = self.server.gate.held(self.request)
         self.settled = threading.Event()  # set once a request's owed reply is sent
 

@@ -32,6 +32,7 @@ from ..exceptions import TaskTimeout, WorkerUnavailable
 from ..logs import task_extra
 from ..protocol.spin import RUNS
 from ..runtime import CapturedOutput, Flag
+from ..threads import Named
 from . import lifecycle, stops
 from .attempt import Attempt, Result, cancelled, perform, timed_out
 from .dispatch import GATE_POLL, Dispatcher
@@ -139,7 +140,7 @@ class Pool:
             name = (
                 f"leek-worker-{self.lane}-{self._seq}" if self.lane else f"leek-worker-{self._seq}"
             )
-            thread = threading.Thread(target=self._loop, name=name, daemon=True)
+            thread = Named(target=self._loop, name=name, daemon=True)
             self.running[thread] = None
         thread.start()
 

@@ -27,6 +27,7 @@ from leek.protocol.sockets import FrameSocket
 from tests import tasks
 from tests.conftest import REPO, broker_env, free_port, task_message, wait_for
 from tests.server.test_stranded import writes_held
+from tests.server.test_thread_names import thread_names
 
 
 @dataclass
@@ -102,6 +103,21 @@ def test_a_standard_tls_client_speaks_to_the_broker(
         reply = read_frame(sock.makefile("rb"), keys.receive, 1 << 20)
     assert reply is not None
     assert reply.message == (7, True, {"ok": True, "message": "I'm OK"})
+
+
+def test_the_thread_of_a_tls_connection_is_named_in_the_kernel(
+    broker_factory: Any, leek_settings: Any, certs: Certs
+) -> None:
+    leek_settings(TLS=paths(ca=certs.ca))
+    broker = broker_factory(LEEK_TLS=json.dumps(paths(cert=certs.cert, key=certs.key)))
+    assert broker.proc is not None
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    keys = Keys.client(str(conf.get("SECRET")).encode())
+    raw = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(encode(keys.send, (7, "ping", {})))
+        assert read_frame(sock.makefile("rb"), keys.receive, 1 << 20) is not None
+        assert "leek-tls" in thread_names(broker.proc.pid)
 
 
 def test_a_stopping_broker_answers_the_push_it_read_over_tls(
