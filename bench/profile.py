@@ -21,6 +21,11 @@ left out; with `--gil`, only the thread holding the interpreter lock) and FILE
 gets its collapsed stacks; the top functions by samples, each with its own
 share and the share of the stacks it is in, are printed. py-spy is not a dependency of leek:
 `pip install py-spy` into the virtualenv first.
+
+With `--by-thread`, each of the broker's threads that ran meanwhile, by the
+name the kernel has for it (leek/threads.py), with its CPU a request and its
+context switches a request: voluntary (it slept: a wait for a socket, a
+lock or the interpreter lock) and involuntary (the kernel preempted it).
 """
 
 from __future__ import annotations
@@ -97,6 +102,48 @@ def host_busy() -> tuple[float, float]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle and iowait
     return (sum(fields) - idle) / TICKS, sum(fields) / TICKS
+
+
+def by_thread(pid: int) -> dict[int, tuple[str, float, int, int]]:
+    """Each thread of `pid`: its name as the kernel has it (leek/threads.py),
+    its CPU seconds, and its voluntary and involuntary context switches."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
+        except OSError:
+            continue  # ended meanwhile
+        found[int(task.name)] = (
+            name,
+            (int(fields[11]) + int(fields[12])) / TICKS,
+            int(status["voluntary_ctxt_switches"]),
+            int(status["nonvoluntary_ctxt_switches"]),
+        )
+    return found
+
+
+def print_by_thread(
+    before: dict[int, tuple[str, float, int, int]],
+    after: dict[int, tuple[str, float, int, int]],
+    requests: int,
+) -> None:
+    """The threads that spent CPU or switched between two `by_thread`s, the
+    busiest first: CPU µs, and voluntary (it slept) and involuntary (it was
+    preempted) context switches, each a request."""
+    rows = []
+    for tid, (name, cpu, voluntary, involuntary) in after.items():
+        _, cpu0, voluntary0, involuntary0 = before.get(tid, (name, 0.0, 0, 0))
+        spent, slept, preempted = cpu - cpu0, voluntary - voluntary0, involuntary - involuntary0
+        if spent or slept or preempted:
+            rows.append((spent, name, slept, preempted))
+    print("the broker's threads, a request: CPU µs, slept, preempted")
+    for spent, name, slept, preempted in sorted(rows, reverse=True):
+        print(
+            f"  {name:<16} {spent / requests * 1e6:8.1f} {slept / requests:7.2f} "
+            f"{preempted / requests:7.2f}"
+        )
 
 
 def client_cpu() -> float:
@@ -235,6 +282,11 @@ def main() -> None:
     parser.add_argument("--pool", choices=["threads", "processes"], default="threads")
     parser.add_argument("--syscalls", type=Path, help="count the broker's system calls (strace)")
     parser.add_argument("--gil", action="store_true", help="sample threads holding the GIL only")
+    parser.add_argument(
+        "--by-thread",
+        action="store_true",
+        help="the broker's CPU and context switches a request, by thread",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="leek-profile-"))
@@ -391,6 +443,7 @@ def requests(
     clients = args.processes or args.threads
     cpu0, client0, wall0 = broker_cpu(pid), client_cpu(), time.perf_counter()
     workers0, database0, host0 = children_cpu(pid), database_cpu(), host_busy()
+    threads0 = by_thread(pid) if args.by_thread else {}
     if args.processes:
         in_processes(work, args.processes)
     else:
@@ -400,6 +453,7 @@ def requests(
         for thread in threads:
             thread.join()
     wall = time.perf_counter() - wall0
+    threads1 = by_thread(pid) if args.by_thread else {}
     client = client_cpu() - client0
     user, system = (b - a for a, b in zip(cpu0, broker_cpu(pid), strict=True))
     workers = children_cpu(pid) - workers0
@@ -418,6 +472,8 @@ def requests(
         + (f", worker processes' CPU {workers * per:.1f} µs" if workers else "")
         + elsewhere(database, host0, host, requests)
     )
+    if args.by_thread:
+        print_by_thread(threads0, threads1, requests)
 
 
 if __name__ == "__main__":
