@@ -81,6 +81,17 @@ def paths(**options: Any) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
 
 
+def tls_broker(
+    broker_factory: Any, leek_settings: Any, certs: Certs
+) -> tuple[Any, ssl.SSLContext, Keys]:
+    """A broker on TLS, a client's context that trusts its CA, and the
+    client's keys, for a client made by hand."""
+    leek_settings(TLS=paths(ca=certs.ca))
+    broker = broker_factory(LEEK_TLS=json.dumps(paths(cert=certs.cert, key=certs.key)))
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    return broker, context, Keys.client(str(conf.get("SECRET")).encode())
+
+
 def test_a_task_round_trips_over_tls(broker_factory: Any, leek_settings: Any, certs: Certs) -> None:
     leek_settings(TLS=paths(ca=certs.ca))
     broker_factory(LEEK_TLS=json.dumps(paths(cert=certs.cert, key=certs.key)))
@@ -92,10 +103,7 @@ def test_a_task_round_trips_over_tls(broker_factory: Any, leek_settings: Any, ce
 def test_a_standard_tls_client_speaks_to_the_broker(
     broker_factory: Any, leek_settings: Any, certs: Certs
 ) -> None:
-    leek_settings(TLS=paths(ca=certs.ca))
-    broker = broker_factory(LEEK_TLS=json.dumps(paths(cert=certs.cert, key=certs.key)))
-    context = ssl.create_default_context(cafile=str(certs.ca))
-    keys = Keys.client(str(conf.get("SECRET")).encode())
+    broker, context, keys = tls_broker(broker_factory, leek_settings, certs)
     raw = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
     with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
         assert sock.version() == "TLSv1.3"
@@ -108,11 +116,8 @@ def test_a_standard_tls_client_speaks_to_the_broker(
 def test_the_thread_of_a_tls_connection_is_named_in_the_kernel(
     broker_factory: Any, leek_settings: Any, certs: Certs
 ) -> None:
-    leek_settings(TLS=paths(ca=certs.ca))
-    broker = broker_factory(LEEK_TLS=json.dumps(paths(cert=certs.cert, key=certs.key)))
+    broker, context, keys = tls_broker(broker_factory, leek_settings, certs)
     assert broker.proc is not None
-    context = ssl.create_default_context(cafile=str(certs.ca))
-    keys = Keys.client(str(conf.get("SECRET")).encode())
     raw = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
     with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
         sock.sendall(encode(keys.send, (7, "ping", {})))
@@ -123,11 +128,8 @@ def test_the_thread_of_a_tls_connection_is_named_in_the_kernel(
 def test_a_stopping_broker_answers_the_push_it_read_over_tls(
     broker_factory: Any, leek_settings: Any, certs: Certs
 ) -> None:
-    leek_settings(TLS=paths(ca=certs.ca))
-    broker = broker_factory(LEEK_TLS=json.dumps(paths(cert=certs.cert, key=certs.key)))
+    broker, context, keys = tls_broker(broker_factory, leek_settings, certs)
     assert broker.proc is not None
-    context = ssl.create_default_context(cafile=str(certs.ca))
-    keys = Keys.client(str(conf.get("SECRET")).encode())
     message = task_message(tasks.add, 2, 3)
     raw = socket.create_connection(("127.0.0.1", broker.port), timeout=20)
     with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
