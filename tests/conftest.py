@@ -55,21 +55,18 @@ def free_port(besides: int = 0) -> int:
     a broker on its port (after a SIGKILL, say) would find it taken. Never
     `besides`, a port chosen for another use."""
     low = ephemeral_low()
-    while low - LISTEN_LOW < 1000:  # no room below it: the kernel's pick
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != besides:
-            return port
     while True:
-        port = _ports.randrange(LISTEN_LOW, low)
-        if port == besides:
-            continue
         with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:  # another test's broker holds it
-                continue
+            if low - LISTEN_LOW < 1000:  # no room below it: the kernel's pick
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            else:
+                port = _ports.randrange(LISTEN_LOW, low)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:  # another test's broker holds it
+                    continue
+        if port != besides:
             return port
 
 

@@ -280,8 +280,6 @@ class GroupCommit:
                     self._wake.notify()
                 return True
             rounds += 1
-            # A copy, made whole while other threads queue: iterating the
-            # deque itself raises when one appends meanwhile.
             # What came meanwhile, if it waits for no client (running marks
             # and outcomes), is left to the writer thread or the next commit:
             # this thread goes back to its client, and the task it just
@@ -289,9 +287,7 @@ class GroupCommit:
             # writer thread lets them gather first (`_linger`) unless GATHER
             # are queued, where writing them at once would commit the two or
             # three that came during its last commit, commit after commit.
-            if (not blocking or len(self._pending) < GATHER) and not any(
-                op.done for op in list(self._pending)
-            ):
+            if (not blocking or len(self._pending) < GATHER) and not self._awaited():
                 return False
             if not blocking and rounds >= LEAD_ROUNDS:
                 if self._pending:  # queued while we wrote, by threads that could not lead
@@ -328,7 +324,7 @@ class GroupCommit:
             if retrying:
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_DELAY_MAX)
-            elif not stopping and not any(op.done for op in list(self._pending)):
+            elif not stopping and not self._awaited():
                 # Let the next insert carry these; while inserts keep coming,
                 # every one of their commits does, and this thread writes nothing.
                 # (Where no insert comes, as on PostgreSQL's lane of outcomes,
@@ -348,6 +344,12 @@ class GroupCommit:
             else:
                 delay = RETRY_DELAY_FIRST
         self._close()
+
+    def _awaited(self) -> bool:
+        """Whether someone waits for an op queued (it has a `done`). On a
+        copy, made whole while other threads queue: iterating the deque
+        itself raises when one appends meanwhile."""
+        return any(op.done for op in list(self._pending))
 
     def _linger(self) -> bool:
         """Let ops nobody waits for gather before the writer thread writes
