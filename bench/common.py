@@ -122,6 +122,17 @@ def deadline_for(n: int) -> float:
     return 60.0 + n / 25.0
 
 
+#: Clock ticks a second of /proc's CPU times.
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def host_busy() -> tuple[float, float]:
+    """Seconds this host's CPUs have been busy, and in all, since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields) - idle) / TICKS, sum(fields) / TICKS
+
+
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
     """Resident memory of one process (VmHWM: its peak), from /proc; 0 without /proc."""
     try:
@@ -275,8 +286,12 @@ class Runner:
         return _percentiles(samples)
 
     def mixed(self, n: int, threads: int = 4) -> dict[str, Any]:
-        """`threads` clients push n tasks while the workers run: end-to-end tasks/s."""
+        """`threads` clients push n tasks while the workers run: end-to-end
+        tasks/s, and the host's CPU a task meanwhile (`cpu_us`: every process
+        of the host, the system's server, database, workers and clients alike,
+        until the last task has started)."""
         base = self.stamps.count()
+        busy, _ = host_busy()
         start = time.time()
         _timed_pushes(self, n, threads)
         try:
@@ -284,8 +299,9 @@ class Runner:
         except TimeoutError:
             self.check_workers()
             raise
+        cpu = (host_busy()[0] - busy) / n * 1e6
         span = max(self.stamps.read()[base:]) - start
-        return {"rate": n / span, "n": n, "threads": threads, "seconds": span}
+        return {"rate": n / span, "n": n, "threads": threads, "seconds": span, "cpu_us": cpu}
 
     def cpu_drain(self, n: int, loops: int) -> dict[str, Any]:
         """n burn(loops) tasks queued first, then the workers start: tasks/s

@@ -177,12 +177,15 @@ def ceiling_table(results: dict[str, Any]) -> Table | None:
 
 def mixed_table(results: dict[str, Any], peer: str) -> Table | None:
     """Each leek processes variant's mixed workload against the mixed floor
-    on its database (bench/mixed_floor.py), and both against `peer`'s."""
+    on its database (bench/mixed_floor.py), and both against `peer`'s: the
+    rates, and the host's CPU a task in each (every process of the host)."""
     docs = {d["system"]: d for d in measured(results)}
     theirs = median(docs[peer], "mixed") if peer in docs else None
+    their_cpu = median(docs[peer], "mixed_cpu_us") if peer in docs else None
     rows = []
     for name, doc in docs.items():
-        floor = floors_of(results, name).get("mixed_per_s")
+        floors = floors_of(results, name)
+        floor = floors.get("mixed_per_s")
         mine = median(doc, "mixed")
         if not name.startswith("leek") or not name.endswith("-processes") or not floor:
             continue
@@ -194,7 +197,24 @@ def mixed_table(results: dict[str, Any], peer: str) -> Table | None:
                 share(mine or 0.0, floor),
                 rate(theirs),
                 f"{floor / theirs:.2f}x" if theirs else "-",
+                " / ".join(
+                    _cpu(cpu)
+                    for cpu in (median(doc, "mixed_cpu_us"), floors.get("mixed_cpu_us"), their_cpu)
+                ),
             ]
         )
-    head = ["leek", "mixed/s", "mixed floor/s", "of the floor", f"{peer} mixed/s", "floor/peer"]
+    head = [
+        "leek",
+        "mixed/s",
+        "mixed floor/s",
+        "of the floor",
+        f"{peer} mixed/s",
+        "floor/peer",
+        f"host CPU µs a task: leek / floor / {peer}",
+    ]
     return (head, rows) if rows else None
+
+
+def _cpu(us: float | None) -> str:
+    """Microseconds of CPU, or "-" where not measured (a run before they were)."""
+    return f"{us:,.0f}" if us else "-"

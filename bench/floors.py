@@ -565,7 +565,7 @@ def _time_writes(sync: str) -> dict[str, float]:
             runs[name].append(group(*way))
     found["group"] = {name: round(statistics.median(rates)) for name, rates in runs.items()}
     if sync in ("NORMAL", "pg"):
-        found["mixed_per_s"] = _mixed(writer)
+        found.update(_mixed(writer))
     writer.stop()
     return found
 
@@ -604,18 +604,23 @@ def batch_floor(url: str) -> subprocess.Popen[str]:
     )
 
 
-def _mixed(writer: _Writer) -> float:
-    """The mixed floor (bench/mixed_floor.py): the median of its runs."""
+def _mixed(writer: _Writer) -> dict[str, float]:
+    """The mixed floor (bench/mixed_floor.py): the medians of its runs' rates
+    and of the host's CPU a task in each."""
     from bench.mixed_floor import MIXED_RUNS, mixed_pushes
 
-    return round(statistics.median(mixed_pushes(writer) for _ in range(MIXED_RUNS)))
+    runs = [mixed_pushes(writer) for _ in range(MIXED_RUNS)]
+    return {
+        "mixed_per_s": round(statistics.median(rate for rate, _ in runs)),
+        "mixed_cpu_us": round(statistics.median(cpu for _, cpu in runs), 1),
+    }
 
 
 def _time_mixed() -> dict[str, float]:
     """The mixed floor alone, on demand (`--mixed`)."""
     writer = _Writer()
     writer.write(1)
-    found = {"mixed_per_s": _mixed(writer)}
+    found = _mixed(writer)
     writer.stop()
     return found
 

@@ -13,8 +13,8 @@ checks and unpickles the payload and runs it as leek's worker process does
 each outcome to leek's store (`Store.record`), whose writer thread commits
 them in groups, as a broker's does. The figure is tasks a second, from the
 first push to the end of the last task's run, as the mixed workload counts
-every system's (bench/common.py); the outcomes still to commit then are
-waited for before the next run.
+every system's (bench/common.py), with the host's CPU a task meanwhile; the
+outcomes still to commit then are waited for before the next run.
 
 What it leaves out is leek's own: the dispatcher and its lanes, a thread
 driving each worker process, the running marks and the file of starts, the
@@ -40,6 +40,7 @@ from collections import deque
 from typing import Any
 
 from bench import floors
+from bench.common import host_busy
 from bench.tasks import STAMP_LEN
 from leek.conf import DEFAULTS
 from leek.protocol import frame
@@ -57,10 +58,13 @@ NAME = "bench.tasks.noop"
 SETTLE = 60.0
 
 
-def mixed_pushes(writer: Any, clients: int = MIXED_CLIENTS, workers: int = MIXED_WORKERS) -> float:
+def mixed_pushes(
+    writer: Any, clients: int = MIXED_CLIENTS, workers: int = MIXED_WORKERS
+) -> tuple[float, float]:
     """Tasks a second from `clients` client processes pushing while
     `workers` worker processes run them, through `writer` (floors._Writer:
-    leek's store on this process's database)."""
+    leek's store on this process's database), and the host's CPU a task
+    meanwhile, in µs (bench/common.py's mixed workload counts it alike)."""
     from leek.server.pipe import Pipe
 
     n = MIXED_PUSHES // clients
@@ -90,10 +94,12 @@ def mixed_pushes(writer: Any, clients: int = MIXED_CLIENTS, workers: int = MIXED
             peer, _ = server.accept()
             peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             selector.register(peer, selectors.EVENT_READ)
+        busy, _ = host_busy()
         os.write(go_write, b"x" * clients)
         start = time.perf_counter()
         _serve(selector, pipes, writer, total, ended)
         elapsed = time.perf_counter() - start  # the last task has run, as the workload counts
+        cpu = (host_busy()[0] - busy) / total * 1e6
         if not ended.all.wait(SETTLE):
             _tell_stuck(writer.store)
             raise RuntimeError(f"{ended.count} of {total} outcomes committed")
@@ -107,7 +113,7 @@ def mixed_pushes(writer: Any, clients: int = MIXED_CLIENTS, workers: int = MIXED
     stamps.close()
     if failed or ran != total:
         raise RuntimeError(f"{failed} of the mixed floor's processes failed, {ran} tasks ran")
-    return round(total / elapsed)
+    return round(total / elapsed), round(cpu, 1)
 
 
 def _tell_stuck(store: Any) -> None:

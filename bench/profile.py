@@ -45,12 +45,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import Stamps, _percentiles
+from bench.common import TICKS, Stamps, _percentiles, host_busy
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = "8131"
 PG_DATABASE = "leek_profile"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def broker_cpu(pid: int) -> tuple[float, float]:
@@ -95,13 +94,6 @@ def database_cpu() -> float:
         except (OSError, ValueError):
             continue  # ended meanwhile
     return total
-
-
-def host_busy() -> tuple[float, float]:
-    """Seconds this host's CPUs have been busy, and in all, since boot (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle and iowait
-    return (sum(fields) - idle) / TICKS, sum(fields) / TICKS
 
 
 def by_thread(pid: int) -> dict[int, tuple[str, float, int, int]]:

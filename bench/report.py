@@ -290,7 +290,9 @@ def _render(results: dict[str, Any], fmt: Any, md: bool) -> str:
             "threads pushing while two worker processes run the tasks, through one "
             "Python thread that writes and answers each round's pushes with leek's "
             "insert, hands each task to a process over leek's pipe and each outcome to "
-            "leek's store, with nothing of leek's own around them (bench/mixed_floor.py):",
+            "leek's store, with nothing of leek's own around them (bench/mixed_floor.py); "
+            "and the host's CPU a task in each, every process of the host counted "
+            "(its server, database, workers and clients):",
             "",
             fmt(mixed),
         ]

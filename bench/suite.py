@@ -28,6 +28,7 @@ FIGURES = {  # name -> (workload, key in its result)
     "latency_p50": ("latency", "p50"),
     "latency_p99": ("latency", "p99"),
     "mixed": ("mixed", "rate"),
+    "mixed_cpu_us": ("mixed", "cpu_us"),
     "cpu_rate": ("cpu_drain", "rate"),
     "cpu_push_p50": ("cpu_push", "p50"),
     "cpu_push_p99": ("cpu_push", "p99"),
@@ -94,7 +95,7 @@ def _brief(exc: BaseException) -> str:
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for figure, (workload, key) in FIGURES.items():
-        values = [r[key] for r in runs.get(workload, [])]
+        values = [r[key] for r in runs.get(workload, []) if key in r]
         if values:
             figures[figure] = {"median": statistics.median(values), "runs": values}
     return figures

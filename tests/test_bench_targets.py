@@ -125,5 +125,21 @@ def test_the_mixed_table_sets_leek_beside_the_mixed_floor_and_the_peer() -> None
 
     table = mixed_table(mixed(2_000, 3_000, 2_100), "huey-redis")
     assert table is not None
-    assert table[1] == [["leek-pg-processes", "2,000", "2,100", "95%", "3,000", "0.70x"]]
+    assert table[1] == [
+        ["leek-pg-processes", "2,000", "2,100", "95%", "3,000", "0.70x", "- / - / -"]
+    ]
     assert mixed_table(mixed(2_000, 3_000, None), "huey-redis") is None
+
+
+def test_the_mixed_table_sets_the_host_cpu_a_task_beside_the_rates() -> None:
+    from bench.floor_tables import mixed_table
+
+    results = mixed(2_000, 3_000, 2_100)
+    results["machine"]["floors"]["pg"]["mixed_cpu_us"] = 450.0
+    leek, huey = results["systems"]
+    leek["figures"]["mixed_cpu_us"] = {"median": 1_234.4}
+    huey["figures"]["mixed_cpu_us"] = {"median": 610.0}
+    table = mixed_table(results, "huey-redis")
+    assert table is not None
+    assert table[0][-1] == "host CPU µs a task: leek / floor / huey-redis"
+    assert table[1][0][-1] == "1,234 / 450 / 610"
