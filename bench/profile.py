@@ -54,7 +54,13 @@ PG_DATABASE = "leek_profile"
 
 def broker_cpu(pid: int) -> tuple[float, float]:
     """Seconds of CPU the process has spent, in user space and in the kernel."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _cpu(Path(f"/proc/{pid}"))
+
+
+def _cpu(proc: Path) -> tuple[float, float]:
+    """Seconds of CPU a process or a thread (its /proc directory) has spent,
+    in user space and in the kernel."""
+    fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
@@ -103,13 +109,13 @@ def by_thread(pid: int) -> dict[int, tuple[str, float, int, int]]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu = sum(_cpu(task))
             status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
         except OSError:
             continue  # ended meanwhile
         found[int(task.name)] = (
             name,
-            (int(fields[11]) + int(fields[12])) / TICKS,
+            cpu,
             int(status["voluntary_ctxt_switches"]),
             int(status["nonvoluntary_ctxt_switches"]),
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import threading
 from typing import Any
 
@@ -48,4 +49,10 @@ def name_current() -> None:
 def prctl(option: int, value: Any) -> None:
     """Linux's prctl(option, value); nothing where there is none."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(option, value)
+        _libc().prctl(option, value)
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library, opened once: each thread leek starts names itself."""
+    return ctypes.CDLL(None, use_errno=True)
