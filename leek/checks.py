@@ -128,6 +128,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     errors += _check_heartbeat(settings["HEARTBEAT_INTERVAL"], settings["HEARTBEAT_TIMEOUT"])
     errors += _check_spin(settings["SPIN"])
     errors += _check_switch_interval(settings["SWITCH_INTERVAL"])
+    errors += _check_shutdown(settings["SHUTDOWN_GRACE"], settings["SHUTDOWN_TIMEOUT"])
     if not isinstance(settings["MAX_RETRIES"], int) or settings["MAX_RETRIES"] < 0:
         errors.append(
             checks.Error(
@@ -301,6 +302,30 @@ def _check_switch_interval(value: Any) -> list[checks.CheckMessage]:
                 hint="It is how long a broker's thread may keep the interpreter lock from "
                 "another that waits for it (the default is 0.0002; Python's own, 0.005).",
                 id="leek.E018",
+            )
+        ]
+    return []
+
+
+def _check_shutdown(grace: Any, timeout: Any) -> list[checks.CheckMessage]:
+    """leek.E020: SHUTDOWN_GRACE is seconds from 0, and SHUTDOWN_TIMEOUT more."""
+    for key, value in (("SHUTDOWN_GRACE", grace), ("SHUTDOWN_TIMEOUT", timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            return [
+                checks.Error(
+                    f"LEEK[{key!r}] must be a number of seconds, 0 or more, got {value!r}.",
+                    id="leek.E020",
+                )
+            ]
+    if timeout <= grace:
+        return [
+            checks.Error(
+                f"LEEK['SHUTDOWN_TIMEOUT'] ({timeout!r}) is not more than "
+                f"LEEK['SHUTDOWN_GRACE'] ({grace!r}).",
+                hint="A stop gives the running tasks the grace, then commits what waits; "
+                "past the timeout it gives up and exits. Leave the timeout some seconds "
+                "beyond the grace (the defaults are 30 and 40).",
+                id="leek.E020",
             )
         ]
     return []

@@ -125,6 +125,9 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_TIMEOUT": 30.0,
     # Seconds running tasks get to finish after SIGTERM, `leek stop` or a reload.
     "SHUTDOWN_GRACE": 30.0,
+    # Seconds a stop may take in all, its grace included: past them the broker
+    # logs each thread's stack and exits at once, status 1 (server/deadline.py).
+    "SHUTDOWN_TIMEOUT": 40.0,
     # Name of this broker in the database, unique among the brokers sharing it:
     # a broker recovers the unfinished tasks under its name when it starts.
     # Empty: "<this machine's hostname>:<PORT>".

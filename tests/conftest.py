@@ -153,7 +153,13 @@ class BrokerProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(30)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired as exc:
+            self.proc.kill()
+            self.proc.wait()
+            up = f"the broker was still up 30 s after {sig!r}:\n{self.output()}"
+            raise AssertionError(up) from exc
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -208,6 +214,7 @@ def broker_env(port: int, extra: dict[str, str] | None = None) -> dict[str, str]
         LEEK_HEARTBEAT_INTERVAL="0.5",
         LEEK_RETRY_BACKOFF="0.1",
         LEEK_SHUTDOWN_GRACE="5",
+        LEEK_SHUTDOWN_TIMEOUT="20",  # a stop that hangs logs its threads' stacks in time
     )
     env.update(extra or {})
     return env

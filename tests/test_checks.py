@@ -115,6 +115,30 @@ def test_a_switch_interval_that_is_not_seconds_above_zero_is_an_error(
         assert messages(settings, "leek.E018", SWITCH_INTERVAL=fine) == []
 
 
+@pytest.mark.parametrize("key", ["SHUTDOWN_GRACE", "SHUTDOWN_TIMEOUT"])
+@pytest.mark.parametrize("value", [-1, "30", None, True])
+def test_shutdown_seconds_that_are_not_a_number_are_an_error(
+    settings: Any, key: str, value: Any
+) -> None:
+    assert messages(settings, "leek.E020", **{key: value}) == [
+        f"LEEK[{key!r}] must be a number of seconds, 0 or more, got {value!r}."
+    ]
+
+
+def test_a_shutdown_timeout_within_the_grace_is_an_error(settings: Any) -> None:
+    for grace, timeout in ((30, 30), (30, 20), (0, 0)):
+        [message] = messages(settings, "leek.E020", SHUTDOWN_GRACE=grace, SHUTDOWN_TIMEOUT=timeout)
+        assert message == (
+            f"LEEK['SHUTDOWN_TIMEOUT'] ({timeout!r}) is not more than "
+            f"LEEK['SHUTDOWN_GRACE'] ({grace!r})."
+        )
+    for fine in ((30, 40), (0, 0.5), (5, 20)):
+        assert (
+            messages(settings, "leek.E020", SHUTDOWN_GRACE=fine[0], SHUTDOWN_TIMEOUT=fine[1]) == []
+        )
+    assert messages(settings, "leek.E020") == []  # the defaults
+
+
 def test_process_start_must_be_forkserver_or_spawn(settings: Any) -> None:
     assert messages(settings, "leek.E019", PROCESS_START="fork") == [
         "LEEK['PROCESS_START'] is 'fork'."

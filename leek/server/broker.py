@@ -36,6 +36,7 @@ from ..threads import Named
 from . import lifecycle, reexec, report
 from .cancel import Cancels
 from .controls import Controls
+from .deadline import Deadline, end
 from .delayed import Delayed
 from .duties import Duties
 from .groupcommit import DATABASE_ERRORS
@@ -109,6 +110,7 @@ class Broker:
             tls=tls.server_context(settings["TLS"]) if settings["TLS"] else None,
         )
         self.grace = float(settings["SHUTDOWN_GRACE"])
+        self.deadline = Deadline(float(settings["SHUTDOWN_TIMEOUT"]))
         self.switch_interval = float(settings["SWITCH_INTERVAL"])
         self.code_version = str(settings["CODE_VERSION"])
         self.intake = Intake(int(settings["MAX_RETRIES"]), self.code_version)
@@ -261,6 +263,7 @@ class Broker:
         # waiter, and its handler runs only once the main thread is back in Python.
         while not self.stopping.wait(POLL_INTERVAL):
             pass
+        self.deadline.start()
         lifecycle.broker_stopping(self.node)
         self._stop(thread)
         self.reloads.execute(self.server.socket)  # returns when no reload is asked, or it failed
@@ -281,12 +284,14 @@ class Broker:
             self.request_reload(f"code version {version} seen from a client", version)
 
     def install_signals(self) -> None:
+        signalled: list[int] = []
+
         def on_signal(signum: int, frame: Any) -> None:
-            logger.info(
-                "stopping on signal=%s",
-                signal.Signals(signum).name,
-                extra={"action": "broker_stopping"},
-            )
+            name = signal.Signals(signum).name
+            if signalled:
+                end("stop_cut_short", f"a second stop signal={name} during the stop: exiting now")
+            signalled.append(signum)
+            logger.info("stopping on signal=%s", name, extra={"action": "broker_stopping"})
             self.reloads.cancel()  # a stop during a reload's drain wins
             self.stopping.set()
 

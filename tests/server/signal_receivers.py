@@ -3,12 +3,14 @@ tests.server.observed_settings (signals_app.py).
 
 Each appends one JSON line per signal it gets to the file SIGNALS_FILE names:
 the signal, the process that sent it, its sender and its arguments. A signal
-named in SIGNALS_RAISE (comma-separated) also reaches a receiver that raises."""
+named in SIGNALS_RAISE (comma-separated) also reaches a receiver that raises,
+and one named in SIGNALS_HANG a receiver that never returns."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +42,18 @@ def _broken(sender: Any, signal: Signal, **arguments: Any) -> None:
         raise RuntimeError(f"a receiver of {signals.NAMES[signal]} is broken")
 
 
+def _hung(sender: Any, signal: Signal, **arguments: Any) -> None:
+    if signals.NAMES[signal] in os.environ.get("SIGNALS_HANG", "").split(","):
+        while True:  # a receiver waiting on a peer that never answers
+            time.sleep(60)
+
+
 def connect() -> None:
-    """Connect both receivers to every leek signal."""
+    """Connect the receivers to every leek signal."""
     for signal in signals.NAMES:
         signal.connect(_broken, dispatch_uid=f"broken-{signals.NAMES[signal]}")
         signal.connect(_log, dispatch_uid=f"log-{signals.NAMES[signal]}")
+        signal.connect(_hung, dispatch_uid=f"hung-{signals.NAMES[signal]}")
 
 
 def read(path: Path) -> list[dict[str, Any]]:
