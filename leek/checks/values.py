@@ -1,40 +1,22 @@
-"""System checks for the LEEK settings and the app (`manage.py check`).
-
-`import leek` registers them, so they run whether or not INSTALLED_APPS lists
-leek: a project that imports leek while Django sets up (from its models, an
-AppConfig.ready or its settings) is told when the app is missing. One that
-imports leek later, from a view, is told by its first push (AppNotInstalled).
-"""
+"""The checks of the LEEK settings' values: each setting a broker or a client
+reads is of its type and range, and those that go together agree."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.apps import apps
 from django.core import checks
 
-from . import conf, logs, ratelimit
+from .. import conf, logs, ratelimit
+from .exposure import check_exposure
 
 #: The most seconds SPIN may be: past it a thread burns a core on a reply
 #: that sleeping would catch as soon.
 MAX_SPIN = 0.01
 #: The most seconds SWITCH_INTERVAL may be.
 MAX_SWITCH_INTERVAL = 0.1
-
-
-@checks.register()
-def check_installed(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """leek.E008 when leek is imported and INSTALLED_APPS lacks it."""
-    if apps.is_installed("leek"):
-        return []
-    return [
-        checks.Error(
-            'INSTALLED_APPS lacks "leek", and this project imports leek.',
-            hint='Add "leek" to INSTALLED_APPS, then run `manage.py migrate`: pushes, '
-            "their results and the admin need leek's tables.",
-            id="leek.E008",
-        )
-    ]
+#: What a lane of LEEK["QUEUES"] may say.
+LANE_KEYS = frozenset({"workers", "pool", "rate_limit", "prefetch"})
 
 
 @checks.register()
@@ -123,7 +105,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         )
     errors += _check_reload(settings)
     errors += _check_queues(settings["QUEUES"])
-    errors += _check_exposure(settings)
+    errors += check_exposure(settings)
     errors += _check_push_settings(settings)
     errors += _check_heartbeat(settings["HEARTBEAT_INTERVAL"], settings["HEARTBEAT_TIMEOUT"])
     errors += _check_spin(settings["SPIN"])
@@ -137,83 +119,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     return errors
-
-
-@checks.register()
-def check_admin_trust(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """LEEK["ADMIN_COMMANDS"] and LEEK["PERIODIC_ALLOWED"]: leek.E010 when one
-    is not a list of names, leek.W010 for a name that is refused or unknown."""
-    from django.core.management import get_commands
-
-    from .allowlist import refused_command, unsafe_path
-
-    settings = conf.get_settings()
-    found: list[checks.CheckMessage] = []
-    for key, example in (
-        ("ADMIN_COMMANDS", '["check", "clearsessions"]'),
-        ("PERIODIC_ALLOWED", '["myapp.reports.send_daily"]'),
-    ):
-        value = settings[key]
-        if isinstance(value, str) or not isinstance(value, list | tuple):
-            found.append(
-                checks.Error(
-                    f"LEEK[{key!r}] must be a list of names, got {type(value).__name__}.",
-                    hint=f"For example {example}.",
-                    id="leek.E010",
-                )
-            )
-            continue
-        for item in value:
-            if not isinstance(item, str) or not item.strip():
-                found.append(
-                    checks.Error(
-                        f"LEEK[{key!r}] has {item!r}, not a name.",
-                        hint=f"For example {example}.",
-                        id="leek.E010",
-                    )
-                )
-            elif key == "PERIODIC_ALLOWED" and "." not in item:
-                found.append(
-                    checks.Error(
-                        f"LEEK['PERIODIC_ALLOWED'] has {item!r}, not the dotted path of a "
-                        "callable.",
-                        hint=f"For example {example}.",
-                        id="leek.E010",
-                    )
-                )
-    commands = settings["ADMIN_COMMANDS"]
-    for name in commands if isinstance(commands, list | tuple) else ():
-        if not isinstance(name, str):
-            continue
-        if refused_command(name):
-            found.append(
-                checks.Warning(
-                    f"LEEK['ADMIN_COMMANDS'] lists {name!r}, which the admin never runs: it "
-                    "executes its input, or discloses or changes what staff must not reach.",
-                    hint="Remove it; run it from a shell on the server.",
-                    id="leek.W010",
-                )
-            )
-        elif name not in get_commands():
-            found.append(
-                checks.Warning(
-                    f"LEEK['ADMIN_COMMANDS'] lists {name!r}, which is not a management "
-                    "command of this project; the admin does not offer it.",
-                    id="leek.W010",
-                )
-            )
-    paths = settings["PERIODIC_ALLOWED"]
-    for path in paths if isinstance(paths, list | tuple) else ():
-        if isinstance(path, str) and unsafe_path(path):
-            found.append(
-                checks.Warning(
-                    f"LEEK['PERIODIC_ALLOWED'] lists {path!r}, which runs its input as code "
-                    "or commands; periodic tasks never run it.",
-                    hint="Wrap what it should do in a @leek.task function of your own.",
-                    id="leek.W010",
-                )
-            )
-    return found
 
 
 def _check_push_settings(settings: dict[str, Any]) -> list[checks.CheckMessage]:
@@ -359,10 +264,6 @@ def _check_heartbeat(interval: Any, timeout: Any) -> list[checks.CheckMessage]:
     return errors
 
 
-#: What a lane of LEEK["QUEUES"] may say.
-LANE_KEYS = frozenset({"workers", "pool", "rate_limit", "prefetch"})
-
-
 def _check_reload(settings: dict[str, Any]) -> list[checks.CheckMessage]:
     """RELOAD_ON_NEW_CODE is a bool, and has a CODE_VERSION to compare."""
     value = settings["RELOAD_ON_NEW_CODE"]
@@ -423,69 +324,3 @@ def _check_queues(queues: Any) -> list[checks.CheckMessage]:
                 checks.Error(f"LEEK['QUEUES'][{name!r}] {problem}.", hint=hint, id="leek.E007")
             )
     return errors
-
-
-def _check_exposure(settings: dict[str, Any]) -> list[checks.CheckMessage]:
-    """leek.E009: a HOST beyond loopback without a strong explicit secret;
-    leek.E011: a TLS setting that is malformed or names files that do not load."""
-    from .protocol import tls
-
-    errors: list[checks.CheckMessage] = []
-    host = str(settings["HOST"])
-    problem = None if conf.is_loopback(host) else conf.public_secret_problem()
-    if problem:
-        errors.append(
-            checks.Error(
-                f"LEEK['HOST'] is {host!r}, beyond loopback, and {problem}: anyone who "
-                "can reach the port and knows that key runs code on the broker.",
-                hint=conf.SECRET_HINT,
-                id="leek.E009",
-            )
-        )
-    for problem in tls.problems(settings["TLS"]):
-        errors.append(
-            checks.Error(
-                f"LEEK['TLS'] {problem}.",
-                hint='For example {"cert": "/etc/leek/broker.pem", "key": '
-                '"/etc/leek/broker.key", "ca": "/etc/leek/ca.pem"}.',
-                id="leek.E011",
-            )
-        )
-    return errors
-
-
-@checks.register()
-def check_metrics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """LEEK["METRICS"]: leek.E013 when it is not "host:port" or prometheus_client
-    is missing; leek.W013 when the page would be served beyond loopback."""
-    value = conf.get_settings()["METRICS"]
-    if not value:
-        return []
-    try:
-        host, _ = conf.metrics_address(value)
-    except ValueError as exc:
-        return [checks.Error(f"{exc}.", hint='For example "127.0.0.1:9808".', id="leek.E013")]
-    found: list[checks.CheckMessage] = []
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        found.append(
-            checks.Error(
-                f"LEEK['METRICS'] is {value!r}, and the prometheus_client package is not "
-                "installed.",
-                hint="pip install 'leek[metrics]', or leave LEEK['METRICS'] empty.",
-                id="leek.E013",
-            )
-        )
-    if not conf.is_loopback(host):
-        found.append(
-            checks.Warning(
-                f"LEEK['METRICS'] is {value!r}, beyond loopback: the metrics page has no "
-                "authentication, and shows queue names, broker names and load to anyone "
-                "who reaches it.",
-                hint="Serve it on 127.0.0.1 and let Prometheus scrape it there, or restrict "
-                "the port with a firewall to the Prometheus server.",
-                id="leek.W013",
-            )
-        )
-    return found
