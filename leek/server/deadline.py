@@ -41,18 +41,12 @@ class Deadline:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._started = threading.Event()
         self._thread = Named(target=self._watch, name="leek-deadline", daemon=True)
 
     def start(self) -> None:
         """Count from now (once; a stop that becomes another keeps its start)."""
-        if not self._started.is_set():
-            self._started.set()
+        if self._thread.ident is None:
             self._thread.start()
-
-    @property
-    def started(self) -> bool:
-        return self._started.is_set()
 
     def _watch(self) -> None:
         time.sleep(self.seconds)
