@@ -54,7 +54,7 @@ from .rows import Ready
 from .share import Share
 from .store import Store
 from .tcp import Limits, Server
-from .verbs import Verbs
+from .verbs import REPLIES_AT_STOP, Verbs
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, TimeoutError)
@@ -63,6 +63,8 @@ RECOVERY_TIMEOUT = 60.0
 #: Seconds a heartbeat waits for its commit, and the last one at stop.
 HEARTBEAT_TIMEOUT = 30.0
 HEARTBEAT_AT_STOP = 5.0
+#: Seconds a stop waits for the database to take its last writes.
+STORE_AT_STOP = 10.0
 #: Seconds between the periodic tasks' ticks.
 PERIODIC_TICK = 0.2
 #: Seconds between looks for the tasks of failed inserts that did commit
@@ -305,11 +307,12 @@ class Broker:
     def _stop(self, thread: threading.Thread) -> None:
         """Stop gracefully; for a reload, keep the listening socket open and
         let the running tasks finish first, committing pushes meanwhile."""
+        within = self.deadline.left
         drained = bool(self.reloads.reason)
         if drained:
-            left = self.lanes.stop(self.grace)
+            left = self.lanes.stop(within(self.grace))
         self.server.shutdown()
-        owed = self.verbs.drain()
+        owed = self.verbs.drain(within(REPLIES_AT_STOP))
         if owed:
             logger.warning(
                 "pushes unanswered at the stop count=%s: their clients send them again",
@@ -326,7 +329,7 @@ class Broker:
         self.duties.stop()
         self.delayed.stop()
         if not drained:
-            left = self.lanes.stop(self.grace)
+            left = self.lanes.stop(within(self.grace))
         for run in left:
             logger.warning(
                 "task still running at the deadline task=%s name=%s; it will be "
@@ -337,8 +340,8 @@ class Broker:
             )
         # Best effort, within the grace; a broker about to reload stays alive
         # to the others, so that none adopts its tasks meanwhile.
-        self.heartbeat(stopped=not reloading, timeout=HEARTBEAT_AT_STOP)
-        self.store.stop()
+        self.heartbeat(stopped=not reloading, timeout=within(HEARTBEAT_AT_STOP))
+        self.store.stop(within(STORE_AT_STOP))
         self.metrics.stop()
         logger.info(
             "broker stopped node=%s handled=%s",

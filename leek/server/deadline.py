@@ -3,19 +3,21 @@
 Each wait of a graceful stop has its own bound (the grace of the running
 tasks, the replies owed, the last commits), but code outside them can still
 hold a stop for ever: a project's receiver of broker_stopping that waits on
-the network, a thread that never ends at the interpreter's exit, a task's C
-code that keeps the interpreter's lock. So the stop as a whole has a
-deadline, SHUTDOWN_TIMEOUT seconds from its start. Past it, the broker logs
-one ERROR record (action ``stop_overran``) with the stack of each of its
-threads, and exits at once with status 1.
+the network, a thread that never ends at the interpreter's exit. So the stop
+as a whole has a deadline, SHUTDOWN_TIMEOUT seconds from its start, and each
+of its own waits takes what the deadline leaves (`Deadline.left`): a database
+that hangs costs the stop its deadline, and it still ends as one. Past the
+deadline, the broker logs one ERROR record (action ``stop_overran``) with the
+stack of each of its threads, and exits at once with status 1.
 
 A second SIGTERM or SIGINT during a stop (Ctrl-C twice) ends it the same way
 at once (action ``stop_cut_short``), with the same status.
 
 Either is a kill as SIGKILL's, and loses what SIGKILL loses: nothing
-acknowledged. Every push answered is committed; a task still running is
-requeued at the next start as interrupted, and an outcome not yet written
-runs its task again (at least once). The worker processes go with the broker
+acknowledged. Every push answered is committed; a task still running runs
+again at the next start, its attempt counted as one a kill cut short
+(WorkerLost), and one whose outcome was not yet written runs again too (at
+least once). The worker processes go with the broker
 (PR_SET_PDEATHSIG, child.py).
 """
 
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: The status of `leek start` after a stop cut short.
 CUT_SHORT = 1
+#: Seconds of the deadline no wait of the stop takes: its last steps and exit.
+RESERVE = 1.0
 
 
 class Deadline:
@@ -41,12 +45,24 @@ class Deadline:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self._ends: float | None = None  # time.monotonic() at the deadline, once started
         self._thread = Named(target=self._watch, name="leek-deadline", daemon=True)
 
     def start(self) -> None:
         """Count from now (once; a stop that becomes another keeps its start)."""
         if self._thread.ident is None:
+            self._ends = time.monotonic() + self.seconds
             self._thread.start()
+
+    def left(self, most: float) -> float:
+        """Seconds a wait of the stop may take: `most`, or what the deadline
+        leaves but RESERVE once the stop began. A database that hangs (its
+        server stopped, a lock never granted) then costs the stop its
+        deadline at most, and the stop still ends as one: logged, its last
+        steps taken, status 0."""
+        if self._ends is None:
+            return most
+        return max(0.0, min(most, self._ends - RESERVE - time.monotonic()))
 
     def _watch(self) -> None:
         time.sleep(self.seconds)

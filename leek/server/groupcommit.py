@@ -144,12 +144,26 @@ class GroupCommit:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write what is waiting, then end the writer thread."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Write what is waiting, then end the writer thread, within `timeout`
+        seconds; whether it ended. One still waiting on the database (its
+        server stopped, a lock never granted) is left to the process's exit,
+        said in a warning: what it held is not acknowledged, and the tasks it
+        would have finished run again at the next start."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            return True
+        logger.warning(
+            "the database did not take the last writes within the stop writer=%s queued=%s: "
+            "the tasks they finish run again at the next start",
+            self._thread.name,
+            len(self._pending),
+            extra={"action": "writes_left_at_stop"},
+        )
+        return False
 
     @property
     def backlog(self) -> int:

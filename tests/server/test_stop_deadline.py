@@ -3,14 +3,22 @@ once, with each thread's stack in the log, and lose nothing acknowledged."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
+from django.db import connection
 
 import leek
 from leek.models import FailedTask, Task
 from tests import tasks
 from tests.conftest import BOTH_POOLS, BrokerProcess, gone, wait_for
+from tests.server.test_database_outage import _idle_backends
 
 SETTINGS = "tests.server.observed_settings"
 
@@ -80,3 +88,53 @@ def test_a_second_stop_signal_ends_the_stop_at_once(
     if pool == "processes":
         wait_for(lambda: gone(runner), timeout=10)
     runs_again(broker_factory, broker, pool, handle)
+
+
+@contextmanager
+def frozen_database() -> Iterator[None]:
+    """A database that takes no write: on SQLite, its file's write lock held
+    by another process's transaction (a shell left in BEGIN IMMEDIATE, say);
+    on PostgreSQL, every backend of the test database but this test's own
+    stopped (SIGSTOP), as a server that hangs holds its connections open and
+    answers nothing."""
+    if connection.vendor == "sqlite":
+        holder = sqlite3.connect(connection.settings_dict["NAME"], timeout=10)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            holder.rollback()
+            holder.close()
+        return
+    backends = _idle_backends()
+    assert backends
+    stopped = []
+    try:
+        for pid in backends:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except PermissionError:
+                pytest.skip("the PostgreSQL server's processes are another user's")
+            stopped.append(pid)
+        yield
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_stop_while_the_database_hangs_ends_within_its_timeout(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    broker = broker_factory(LEEK_SHUTDOWN_GRACE="3", LEEK_SHUTDOWN_TIMEOUT="8")
+    runs = tmp_path / "runs"
+    handle = leek.push_task_to_queue(tasks.note_run, str(runs), 1.5)
+    wait_for(lambda: Task.objects.get(pk=handle.id).status == "running")
+    with frozen_database():
+        assert broker.kill(signal.SIGTERM) == 0  # within 30 s: its waits end at its deadline
+        log = broker.output()
+        assert "the database did not take the last writes within the stop" in log
+        assert "broker stopped" in log and "overran" not in log
+        assert len(runs.read_text().splitlines()) == 1  # it ran; its outcome was never written
+    broker_factory(port=broker.port)
+    assert handle.result(timeout=30) == str(broker.port)
+    assert len(runs.read_text().splitlines()) == 2  # at least once: it ran again

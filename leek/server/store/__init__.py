@@ -108,11 +108,13 @@ class Store:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what waits (the workers have stopped: their last outcomes too),
-        the running marks held back included."""
+        the running marks held back included, within `timeout` seconds in all.
+        The file of starts stays unless every write was made."""
         self._hand_marks(every=True)
-        for lane in reversed(self.lanes):
-            lane.stop(timeout)
-        self.starts.close(remove=self.healthy and not any(lane.backlog for lane in self.lanes))
+        deadline = time.monotonic() + timeout
+        ended = [lane.stop(max(0.0, deadline - time.monotonic())) for lane in reversed(self.lanes)]
+        written = all(ended) and not any(lane.backlog for lane in self.lanes)
+        self.starts.close(remove=self.healthy and written)
 
     def health(self) -> tuple[bool, str]:
         """Whether the last writes of every lane reached the database, and
