@@ -13,6 +13,8 @@ exits with RELOAD, and the next child recovers them and runs the new code.
 It is for development: `refusal` says why not when DEBUG is off and the reload
 is not forced. SIGTERM and SIGINT to the supervisor are passed on to the
 child, and the supervisor exits with the child's status once it has stopped.
+The child runs in a process group of its own, so that a terminal's Ctrl-C
+reaches it once, through the supervisor (a second one cuts its stop short).
 The child dies with the supervisor (Linux's parent-death signal).
 """
 
@@ -74,8 +76,13 @@ def supervise() -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     while True:
-        # preexec_fn is safe here: the supervisor runs no other thread.
-        child = subprocess.Popen(args, env=env, close_fds=False, preexec_fn=_die_with_parent)
+        # preexec_fn is safe here: the supervisor runs no other thread. The
+        # child has a process group of its own: a Ctrl-C in the terminal
+        # reaches the supervisor alone, which passes it on once (a second
+        # stop signal would cut the child's stop short).
+        child = subprocess.Popen(
+            args, env=env, close_fds=False, preexec_fn=_die_with_parent, process_group=0
+        )
         if stopping.is_set():  # a signal came while no child ran
             child.send_signal(signal.SIGTERM)
         status = child.wait()

@@ -6,6 +6,8 @@ import importlib
 import itertools
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 import leek
 from leek.models import BrokerNode, FailedTask
 from tests import tasks
-from tests.conftest import REPO, free_port, leek_cli, wait_for
+from tests.conftest import REPO, broker_env, free_port, leek_cli, wait_for
 
 #: A task module as a developer writes it; {version} is what its tasks return.
 MODULE = """
@@ -86,3 +88,32 @@ def test_reload_is_refused_when_debug_is_off_unless_forced(broker_factory: Any) 
     assert leek.push_task_to_queue(tasks.add, 1, 2).result(timeout=20) == 3
     assert broker.kill(signal.SIGTERM) == 0  # passed on to the broker, which stops gracefully
     assert "broker stopped" in broker.output()
+
+
+def test_a_ctrl_c_in_the_terminal_stops_the_broker_gracefully(
+    transactional_db: Any, tmp_path: Path
+) -> None:
+    """A terminal sends Ctrl-C's SIGINT to every process of its foreground
+    job: the supervisor passes it on, and the broker gets it once."""
+    port = free_port()
+    log = tmp_path / "leek.log"
+    with log.open("wb") as output:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "leek.cli", "start", "--reload"],
+            cwd=REPO,
+            env={**broker_env(port), "DEBUG": "true"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a job of its own, as a shell makes one
+        )
+    try:
+        wait_for(lambda: leek_cli(port, "ping").returncode == 0, timeout=30)
+        os.killpg(job.pid, signal.SIGINT)
+        assert job.wait(30) == 0
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    text = log.read_text(errors="replace")
+    assert "stopping on signal=SIGINT" in text and "broker stopped" in text
+    assert "second stop signal" not in text
