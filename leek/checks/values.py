@@ -15,6 +15,14 @@ from .exposure import check_exposure
 MAX_SPIN = 0.01
 #: The most seconds SWITCH_INTERVAL may be.
 MAX_SWITCH_INTERVAL = 0.1
+#: The settings that take one of a few values: each key, its values, the
+#: hint and the check's id.
+CHOICES = (
+    ("FALLBACK", ("database", "raise"), 'Use "database" or "raise".', "leek.E004"),
+    ("POOL", ("threads", "processes"), 'Use "threads" or "processes".', "leek.E006"),
+    ("PROCESS_START", ("forkserver", "spawn"), 'Use "forkserver" or "spawn".', "leek.E019"),
+    ("LOG_FORMAT", logs.FORMATS, f"Use one of {', '.join(map(repr, logs.FORMATS))}.", "leek.E014"),
+)
 #: What a lane of LEEK["QUEUES"] may say.
 LANE_KEYS = frozenset({"workers", "pool", "rate_limit", "prefetch"})
 
@@ -60,30 +68,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="leek.E003",
             )
         )
-    if settings["FALLBACK"] not in ("database", "raise"):
-        errors.append(
-            checks.Error(
-                f"LEEK['FALLBACK'] is {settings['FALLBACK']!r}.",
-                hint='Use "database" or "raise".',
-                id="leek.E004",
-            )
-        )
-    if settings["POOL"] not in ("threads", "processes"):
-        errors.append(
-            checks.Error(
-                f"LEEK['POOL'] is {settings['POOL']!r}.",
-                hint='Use "threads" or "processes".',
-                id="leek.E006",
-            )
-        )
-    if settings["PROCESS_START"] not in ("forkserver", "spawn"):
-        errors.append(
-            checks.Error(
-                f"LEEK['PROCESS_START'] is {settings['PROCESS_START']!r}.",
-                hint='Use "forkserver" or "spawn".',
-                id="leek.E019",
-            )
-        )
+    for key, allowed, hint, code in CHOICES:
+        if settings[key] not in allowed:
+            errors.append(checks.Error(f"LEEK[{key!r}] is {settings[key]!r}.", hint=hint, id=code))
     start_timeout = settings["PROCESS_START_TIMEOUT"]
     if isinstance(start_timeout, bool) or not isinstance(start_timeout, int | float):
         start_timeout = -1
@@ -93,14 +80,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 "LEEK['PROCESS_START_TIMEOUT'] must be seconds above 0, "
                 f"got {settings['PROCESS_START_TIMEOUT']!r}.",
                 id="leek.E019",
-            )
-        )
-    if settings["LOG_FORMAT"] not in logs.FORMATS:
-        errors.append(
-            checks.Error(
-                f"LEEK['LOG_FORMAT'] is {settings['LOG_FORMAT']!r}.",
-                hint=f"Use one of {', '.join(map(repr, logs.FORMATS))}.",
-                id="leek.E014",
             )
         )
     errors += _check_reload(settings)
