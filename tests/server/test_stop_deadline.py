@@ -3,16 +3,19 @@ once, with each thread's stack in the log, and lose nothing acknowledged."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 import leek
 from leek.models import FailedTask, Task
@@ -138,3 +141,46 @@ def test_a_stop_while_the_database_hangs_ends_within_its_timeout(
     broker_factory(port=broker.port)
     assert handle.result(timeout=30) == str(broker.port)
     assert len(runs.read_text().splitlines()) == 2  # at least once: it ran again
+
+
+#: Stops of two brokers under load in the slow test.
+ROUNDS = 6
+
+
+def push_until(pushing: threading.Event, handles: list[Any]) -> None:
+    """Push one task after another while `pushing` is set; keep the handles.
+    The thread's own database connection (the spool's) is closed at its end."""
+    try:
+        while pushing.is_set():
+            handles.append(leek.push_task_to_queue(tasks.add, len(handles), 1))
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.slow
+def test_brokers_sharing_a_database_stop_in_time_under_load(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    """Two brokers on one database, a periodic task each second on both and
+    a client pushing throughout: each SIGTERM ends in a graceful stop, within
+    its timeout, ROUNDS times over, and every push acknowledged or spooled runs."""
+    tick = {"task": "tests.server.periodic_tasks.stamp", "every": 1}
+    schedule = json.dumps({"tick": {**tick, "args": [str(tmp_path / "ticks")]}})
+    handles: list[Any] = []
+    for _ in range(ROUNDS):
+        brokers = [broker_factory(LEEK_SCHEDULE=schedule) for _ in range(2)]
+        pushing = threading.Event()
+        pushing.set()
+        pusher = threading.Thread(target=push_until, args=(pushing, handles))
+        pusher.start()
+        try:
+            time.sleep(2.0)
+            for broker in brokers:
+                assert broker.kill(signal.SIGTERM) == 0, broker.output()
+                log = broker.output()
+                assert "overran" not in log and "did not take the last writes" not in log, log
+        finally:
+            pushing.clear()
+            pusher.join()
+    broker_factory()
+    assert [h.result(timeout=60) for h in handles] == [i + 1 for i in range(len(handles))]
