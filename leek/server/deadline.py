@@ -13,7 +13,7 @@ stack of each of its threads, and exits at once with status 1.
 A second SIGTERM or SIGINT during a stop (Ctrl-C twice) ends it the same way
 at once (action ``stop_cut_short``), with the same status.
 
-Either is a kill as SIGKILL's, and loses what SIGKILL loses: nothing
+Either ends the broker as SIGKILL would, and loses what SIGKILL loses: nothing
 acknowledged. Every push answered is committed; a task still running runs
 again at the next start, its attempt counted as one a kill cut short
 (WorkerLost), and one whose outcome was not yet written runs again too (at
@@ -78,7 +78,7 @@ def end(action: str, why: str) -> None:
     os._exit: no atexit handler and no thread is waited for, since one of
     them may be what holds the stop."""
     logger.error(
-        "%s; tasks still running are requeued at the next start. Threads:\n%s",
+        "%s; the tasks still running run again at the next start. Threads:\n%s",
         why,
         stacks(),
         extra={"action": action},

@@ -87,7 +87,7 @@ def test_a_second_stop_signal_ends_the_stop_at_once(
     assert broker.kill(signal.SIGINT) == 1
     log = broker.output()
     assert "a second stop signal=SIGINT during the stop: exiting now" in log
-    assert "tasks still running are requeued at the next start" in log
+    assert "the tasks still running run again at the next start" in log
     if pool == "processes":
         wait_for(lambda: gone(runner), timeout=10)
     runs_again(broker_factory, broker, pool, handle)
