@@ -263,21 +263,55 @@ ATOMIC_PUSHES = ("on_commit", "outbox")
 _ENV = environ.Env()
 
 
+#: What a LEEK_* variable must read as, by the type of its setting's default.
+_ENV_KINDS = {
+    int: "a whole number",
+    float: "a number",
+    list: "a comma-separated list",
+    dict: "JSON",
+}
+#: The words a LEEK_* variable of a True or False setting may say, either case.
+TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", ""})
+
+
 def _from_env(key: str, default: Any) -> Any:
+    """LEEK_<key> read as the type of its default; ValueError naming the
+    variable and what it should be when it does not read so."""
     name = f"LEEK_{key}"
     if name not in os.environ:
         return default
+    raw = os.environ[name]
     if isinstance(default, bool):
-        return _ENV.bool(name)
-    if isinstance(default, int):
-        return _ENV.int(name)
-    if isinstance(default, float) or key == "TIMEOUT":
-        return _ENV.float(name)
-    if isinstance(default, list):
-        return _ENV.list(name)
-    if isinstance(default, dict):
-        return _ENV.json(name)
+        word = raw.strip().lower()
+        if word not in TRUE_WORDS | FALSE_WORDS:
+            raise ValueError(f"{name}={raw!r} is not true or false (1/0, true/false, yes/no)")
+        return word in TRUE_WORDS
+    kind = _ENV_KINDS.get(type(default), "")
+    if key == "TIMEOUT":
+        kind = "a number"
+    try:
+        if kind == "a whole number":
+            return int(raw.strip())
+        if kind == "a number":
+            return float(raw.strip())
+        if kind == "a comma-separated list":
+            return _ENV.list(name)
+        if kind == "JSON":
+            return _ENV.json(name)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not {kind}") from None
     return _ENV.str(name)
+
+
+def unreadable() -> str | None:
+    """Why the settings cannot be read (a LEEK_* variable that does not read
+    as its setting's type), in one line; None when they can."""
+    try:
+        get_settings()
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 @cache

@@ -139,6 +139,15 @@ def test_a_shutdown_timeout_within_the_grace_is_an_error(settings: Any) -> None:
     assert messages(settings, "leek.E020") == []  # the defaults
 
 
+def test_a_leek_variable_that_does_not_read_is_an_error_and_the_only_one(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEEK_HEARTBEAT_INTERVAL", "5s")
+    settings.LEEK = {"SPIN": "not checked: the settings cannot be read"}
+    found = [(m.id, m.msg) for m in checks.run_checks() if (m.id or "").startswith("leek.")]
+    assert found == [("leek.E021", "LEEK_HEARTBEAT_INTERVAL='5s' is not a number.")]
+
+
 def test_process_start_must_be_forkserver_or_spawn(settings: Any) -> None:
     assert messages(settings, "leek.E019", PROCESS_START="fork") == [
         "LEEK['PROCESS_START'] is 'fork'."

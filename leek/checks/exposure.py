@@ -18,6 +18,8 @@ def check_admin_trust(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
 
     from ..allowlist import refused_command, unsafe_path
 
+    if conf.unreadable():  # check_settings says why
+        return []
     settings = conf.get_settings()
     found: list[checks.CheckMessage] = []
     for key, example in (
@@ -120,6 +122,8 @@ def check_exposure(settings: dict[str, Any]) -> list[checks.CheckMessage]:
 def check_metrics(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """LEEK["METRICS"]: leek.E013 when it is not "host:port" or prometheus_client
     is missing; leek.W013 when the page would be served beyond loopback."""
+    if conf.unreadable():  # check_settings says why
+        return []
     value = conf.get_settings()["METRICS"]
     if not value:
         return []

@@ -29,6 +29,15 @@ LANE_KEYS = frozenset({"workers", "pool", "rate_limit", "prefetch"})
 
 @checks.register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    problem = conf.unreadable()
+    if problem:  # the rest cannot be read
+        return [
+            checks.Error(
+                f"{problem}.",
+                hint="Give it a value of that kind, or unset it.",
+                id="leek.E021",
+            )
+        ]
     errors: list[checks.CheckMessage] = []
     for key in conf.unknown_keys():
         errors.append(

@@ -141,6 +141,12 @@ def run(options: argparse.Namespace) -> int:
     """Run the parsed verb and return its exit status; Django must be set up.
 
     `start` first logs to stderr when the project configured no handler."""
+    from .. import conf
+
+    problem = conf.unreadable()
+    if problem:  # a LEEK_* variable that does not read as its setting's type
+        sys.stderr.write(f"error: {problem}\n")
+        return UNHEALTHY
     verb: Verb = options.verb
     if verb.name == "start":
         problem = add_log_handler(getattr(options, "port", None))

@@ -110,3 +110,34 @@ def test_importing_leek_repair_warns_and_gives_the_functions_of_leek_cli_repair(
         repair.purge,
         repair.forget_brokers,
     )
+
+
+def leek_run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`leek ARGS` with LEEK_* `env` on top of a broker's, as a shell user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "leek.cli", *args],
+        cwd=REPO,
+        env={**broker_env(free_port()), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("LEEK_SHUTDOWN_TIMEOUT", "abc", "LEEK_SHUTDOWN_TIMEOUT='abc' is not a number"),
+        ("LEEK_WORKERS", "2.5", "LEEK_WORKERS='2.5' is not a whole number"),
+        ("LEEK_SPREAD", "maybe", "LEEK_SPREAD='maybe' is not true or false"),
+        ("LEEK_SCHEDULE", "{not json", "LEEK_SCHEDULE='{not json' is not JSON"),
+    ],
+)
+@pytest.mark.parametrize("verb", ["start", "ping"])
+def test_a_leek_variable_that_does_not_read_is_named_and_nothing_starts(
+    verb: str, variable: str, value: str, said: str
+) -> None:
+    done = leek_run(verb, **{variable: value})
+    assert done.returncode == 1, done.stderr
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
