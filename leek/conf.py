@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
 import socket
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -263,12 +265,13 @@ ATOMIC_PUSHES = ("on_commit", "outbox")
 _ENV = environ.Env()
 
 
-#: What a LEEK_* variable must read as, by the type of its setting's default.
-_ENV_KINDS = {
-    int: "a whole number",
-    float: "a number",
-    list: "a comma-separated list",
-    dict: "JSON",
+#: How a LEEK_* variable is read, and what it must be, by the type of its
+#: setting's default.
+_READERS: dict[type, tuple[Callable[[str], Any], str]] = {
+    int: (int, "a whole number"),
+    float: (float, "a number"),
+    list: (lambda raw: environ.Env.parse_value(raw, list), "a comma-separated list"),
+    dict: (json.loads, "JSON"),
 }
 #: The words a LEEK_* variable of a True or False setting may say, either case.
 TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y"})
@@ -287,21 +290,14 @@ def _from_env(key: str, default: Any) -> Any:
         if word not in TRUE_WORDS | FALSE_WORDS:
             raise ValueError(f"{name}={raw!r} is not true or false (1/0, true/false, yes/no)")
         return word in TRUE_WORDS
-    kind = _ENV_KINDS.get(type(default), "")
-    if key == "TIMEOUT":
-        kind = "a number"
+    reader = _READERS.get(float if key == "TIMEOUT" else type(default))
+    if reader is None:
+        return _ENV.str(name)
+    read, kind = reader
     try:
-        if kind == "a whole number":
-            return int(raw.strip())
-        if kind == "a number":
-            return float(raw.strip())
-        if kind == "a comma-separated list":
-            return _ENV.list(name)
-        if kind == "JSON":
-            return _ENV.json(name)
+        return read(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not {kind}") from None
-    return _ENV.str(name)
 
 
 def unreadable() -> str | None:
