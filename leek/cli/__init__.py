@@ -124,6 +124,12 @@ def add_verbs(parser: argparse.ArgumentParser, *, project_arguments: bool = Fals
         verb.add_arguments(child)
         if project_arguments:
             project.add_project_arguments(child, after_verb=True)
+            if verb.name == "start":  # manage.py has Django's own
+                child.add_argument(
+                    "--skip-checks",
+                    action="store_true",
+                    help="start without running Django's system checks first",
+                )
         child.set_defaults(verb=verb)
 
 
@@ -137,14 +143,20 @@ def build_parser(prog: str = "leek") -> argparse.ArgumentParser:
     return parser
 
 
-def run(options: argparse.Namespace) -> int:
+def run(options: argparse.Namespace, *, checks: bool = False) -> int:
     """Run the parsed verb and return its exit status; Django must be set up.
 
-    `start` first logs to stderr when the project configured no handler."""
+    With `checks`, Django's system checks run first, as manage.py runs them
+    before any command, and an error refuses the verb. `start` first logs to
+    stderr when the project configured no handler."""
     from .. import conf
 
     problem = conf.unreadable()
     if problem:  # a LEEK_* variable that does not read as its setting's type
+        sys.stderr.write(f"error: {problem}\n")
+        return UNHEALTHY
+    problem = system_check_errors() if checks else None
+    if problem:
         sys.stderr.write(f"error: {problem}\n")
         return UNHEALTHY
     verb: Verb = options.verb
@@ -170,7 +182,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     import django
 
     django.setup()
-    return run(options)
+    return run(options, checks=options.command == "start" and not options.skip_checks)
+
+
+def system_check_errors() -> str | None:
+    """Run Django's system checks as manage.py does: warnings go to stderr,
+    and errors come back as the report that refuses the verb (None when there
+    is none)."""
+    from django.core.management.base import BaseCommand, SystemCheckError
+
+    try:
+        BaseCommand(stderr=sys.stderr).check()
+    except SystemCheckError as exc:
+        return str(exc).removeprefix("SystemCheckError: ")
+    return None
 
 
 def add_log_handler(port: int | None = None) -> str | None:

@@ -216,7 +216,9 @@ def test_a_task_shows_running_while_nothing_else_is_written(broker_factory: Any)
     # Its running mark wakes no thread; with no heartbeat, sweep or push to
     # carry it (the task starts two seconds after the broker's start-up writes),
     # the duties' nudge writes it while the task runs.
-    broker_factory(LEEK_HEARTBEAT_INTERVAL="600", LEEK_SWEEP_INTERVAL="600")
+    broker_factory(
+        LEEK_HEARTBEAT_INTERVAL="600", LEEK_HEARTBEAT_TIMEOUT="1200", LEEK_SWEEP_INTERVAL="600"
+    )
     handle = leek.enqueue(tasks.sleep, (2.0,), delay=2.0)
     wait_for(lambda: handle.status() != "queued")
     assert handle.status() == "running"

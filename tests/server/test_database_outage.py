@@ -181,7 +181,9 @@ def test_a_push_after_the_database_cut_the_brokers_connections_is_accepted(
     # had passed its check of the connection when the broker was stopped would
     # fail on the cut one, and hide whether the check works (the tests' sweep,
     # every 0.2 s, writes on both lanes).
-    broker: BrokerProcess = broker_factory(LEEK_HEARTBEAT_INTERVAL="60", LEEK_SWEEP_INTERVAL="60")
+    broker: BrokerProcess = broker_factory(
+        LEEK_HEARTBEAT_INTERVAL="60", LEEK_HEARTBEAT_TIMEOUT="120", LEEK_SWEEP_INTERVAL="60"
+    )
     for n in range(20):  # batches of every kind, on connections nobody cut
         assert leek.push_task_to_queue(tasks.add, n, 1).result(timeout=10) == n + 1
     assert "reconnecting" not in broker.output()

@@ -114,9 +114,16 @@ def test_a_text_broker_writes_lines_as_before_and_tells_of_failures(
     assert "{" not in output
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ((), "(leek.E014) LEEK['LOG_FORMAT'] is 'xml'."),  # the system checks, first
+        (("--skip-checks",), "LEEK['LOG_FORMAT'] is 'xml': use one of text, json"),
+    ],
+)
 def test_a_log_format_that_is_neither_text_nor_json_stops_the_start(
-    broker_factory: Any,
+    broker_factory: Any, args: tuple[str, ...], says: str
 ) -> None:
-    broker = broker_factory(wait=False, LEEK_LOG_FORMAT="xml")
+    broker = broker_factory(wait=False, args=args, LEEK_LOG_FORMAT="xml")
     assert broker.proc is not None and broker.proc.wait(30) == 1
-    assert "LEEK['LOG_FORMAT'] is 'xml': use one of text, json" in broker.output()
+    assert says in broker.output()

@@ -229,9 +229,22 @@ def test_the_check_is_silent_without_prometheus_client_when_metrics_is_off() -> 
     assert "leek.E013" not in done.stdout.split()
 
 
-def test_leek_start_refuses_metrics_without_prometheus_client_in_one_line() -> None:
+def test_leek_start_refuses_metrics_without_prometheus_client() -> None:
     done = run_without_library(
         "from leek.cli import main; sys.exit(main(['start']))\n",
+        LEEK_METRICS="127.0.0.1:9808",
+        LEEK_PORT=str(free_port()),
+    )
+    assert done.returncode == 1
+    assert "(leek.E013) LEEK['METRICS']" in done.stderr  # the system checks, first
+    assert "prometheus_client package is not installed" in done.stderr
+
+
+def test_leek_start_skipping_the_checks_refuses_metrics_without_prometheus_client_in_one_line() -> (
+    None
+):
+    done = run_without_library(
+        "from leek.cli import main; sys.exit(main(['start', '--skip-checks']))\n",
         LEEK_METRICS="127.0.0.1:9808",
         LEEK_PORT=str(free_port()),
     )

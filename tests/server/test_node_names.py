@@ -48,13 +48,13 @@ def test_a_broker_killed_on_this_machine_restarts_under_its_name_at_once(
     # Its heartbeat is recent, but its process is gone: no heartbeat to wait
     # for (at this interval, watching it would outlast the start's timeout).
     port = free_port()
-    slow = {"LEEK_HEARTBEAT_INTERVAL": "60", "LEEK_WORKERS": "0"}
+    slow = {"LEEK_HEARTBEAT_INTERVAL": "60", "LEEK_HEARTBEAT_TIMEOUT": "120", "LEEK_WORKERS": "0"}
     first: BrokerProcess = broker_factory(port=port, **slow)
     handle = leek.push_task_to_queue(tasks.add, 2, 3)
     first.kill(signal.SIGKILL)
     row = BrokerNode.objects.get()
     assert not row.stopped and timezone.now() - row.heartbeat_at < timedelta(seconds=30)
-    broker_factory(port=port, LEEK_HEARTBEAT_INTERVAL="60")
+    broker_factory(port=port, LEEK_HEARTBEAT_INTERVAL="60", LEEK_HEARTBEAT_TIMEOUT="120")
     assert handle.result(timeout=20) == 5
 
 

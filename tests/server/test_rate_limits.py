@@ -80,13 +80,22 @@ def test_a_queue_rate_limit_that_does_not_read_fails_the_checks(settings: Any) -
     assert "got '30/d'" in found[0].msg
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ((), "(leek.E007) LEEK['QUEUES']['mail'] has rate_limit must be"),  # the system checks
+        (("--skip-checks",), "error: LEEK['QUEUES']['mail'] has rate_limit must be"),
+    ],
+)
 def test_a_broker_whose_queue_limit_does_not_read_says_so_and_does_not_start(
-    broker_factory: BrokerFactory,
+    broker_factory: BrokerFactory, args: tuple[str, ...], says: str
 ) -> None:
-    broker = broker_factory(wait=False, LEEK_QUEUES=json.dumps({"mail": {"rate_limit": "9"}}))
+    broker = broker_factory(
+        wait=False, args=args, LEEK_QUEUES=json.dumps({"mail": {"rate_limit": "9"}})
+    )
     assert broker.proc is not None
     assert broker.proc.wait(30) == 1
-    assert "error: LEEK['QUEUES']['mail'] has rate_limit must be" in broker.output()
+    assert says in broker.output()
     assert "Traceback" not in broker.output()
 
 

@@ -358,10 +358,18 @@ def test_the_check_reports_bad_tls_settings(
     assert found and error in " ".join(found), found
 
 
-def test_leek_start_refuses_tls_settings_that_do_not_load(tmp_path: Path, certs: Certs) -> None:
-    for options in ({"cert": str(tmp_path / "gone.pem")}, {"ca": str(certs.ca)}):
+@pytest.mark.parametrize("skip_checks", [False, True])
+def test_leek_start_refuses_tls_settings_that_do_not_load(
+    tmp_path: Path, certs: Certs, skip_checks: bool
+) -> None:
+    # A file that is gone is the system checks' (leek.E011); a client's
+    # settings, which the checks take, are refused by the broker's start.
+    for options, checked in (
+        ({"cert": str(tmp_path / "gone.pem")}, True),
+        ({"ca": str(certs.ca)}, False),
+    ):
         done = subprocess.run(
-            [sys.executable, "-m", "leek.cli", "start"],
+            [sys.executable, "-m", "leek.cli", "start", *(["--skip-checks"] * skip_checks)],
             cwd=REPO,
             env={**broker_env(free_port()), "LEEK_TLS": json.dumps(options)},
             capture_output=True,
@@ -369,4 +377,8 @@ def test_leek_start_refuses_tls_settings_that_do_not_load(tmp_path: Path, certs:
             timeout=60,
         )
         assert done.returncode == 1
-        assert done.stderr.startswith("error: LEEK['TLS'] ") and len(done.stderr.splitlines()) == 1
+        if skip_checks or not checked:  # the start's own refusal, in one line
+            assert done.stderr.startswith("error: LEEK['TLS'] ")
+            assert len(done.stderr.splitlines()) == 1
+        else:
+            assert "(leek.E011) LEEK['TLS']" in done.stderr
