@@ -122,14 +122,14 @@ def add_verbs(parser: argparse.ArgumentParser, *, project_arguments: bool = Fals
     for verb in VERBS:
         child = sub.add_parser(verb.name, help=verb.help, description=verb.help)
         verb.add_arguments(child)
+        if verb.name == "start":
+            child.add_argument(
+                "--skip-checks",
+                action="store_true",
+                help="start without running Django's system checks first",
+            )
         if project_arguments:
             project.add_project_arguments(child, after_verb=True)
-            if verb.name == "start":  # manage.py has Django's own
-                child.add_argument(
-                    "--skip-checks",
-                    action="store_true",
-                    help="start without running Django's system checks first",
-                )
         child.set_defaults(verb=verb)
 
 
@@ -143,24 +143,26 @@ def build_parser(prog: str = "leek") -> argparse.ArgumentParser:
     return parser
 
 
-def run(options: argparse.Namespace, *, checks: bool = False) -> int:
+def run(options: argparse.Namespace) -> int:
     """Run the parsed verb and return its exit status; Django must be set up.
 
-    With `checks`, Django's system checks run first, as manage.py runs them
-    before any command, and an error refuses the verb. `start` first logs to
-    stderr when the project configured no handler."""
+    `start` runs Django's system checks first, as manage.py runs them before
+    a command, unless --skip-checks: an error refuses the start. The other
+    verbs run none, so that a setting the checks refuse does not hide a
+    running broker's answer. `start` then logs to stderr when the project
+    configured no handler."""
     from .. import conf
 
     problem = conf.unreadable()
     if problem:  # a LEEK_* variable that does not read as its setting's type
         sys.stderr.write(f"error: {problem}\n")
         return UNHEALTHY
-    problem = system_check_errors() if checks else None
-    if problem:
-        sys.stderr.write(f"error: {problem}\n")
-        return UNHEALTHY
     verb: Verb = options.verb
     if verb.name == "start":
+        problem = None if options.skip_checks else system_check_errors()
+        if problem:
+            sys.stderr.write(f"error: {problem}\n")
+            return UNHEALTHY
         problem = add_log_handler(getattr(options, "port", None))
         if problem:
             sys.stderr.write(f"error: {problem}\n")
@@ -182,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import django
 
     django.setup()
-    return run(options, checks=options.command == "start" and not options.skip_checks)
+    return run(options)
 
 
 def system_check_errors() -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import leek
-from tests.conftest import REPO, BrokerProcess, broker_env, free_port
+from tests.conftest import REPO, BrokerProcess, broker_env, free_port, leek_cli, wait_for
 
 #: A stop's deadline inside its grace (leek.E020): every stop would be cut short.
 CUT_SHORT = {"LEEK_SHUTDOWN_GRACE": "30", "LEEK_SHUTDOWN_TIMEOUT": "10"}
@@ -44,7 +44,36 @@ def test_skip_checks_starts_the_broker_as_configured(broker_factory: Any) -> Non
     assert "System check" not in broker.output()
 
 
-def test_a_warning_is_printed_and_the_broker_starts(broker_factory: Any) -> None:
-    broker: BrokerProcess = broker_factory(LEEK_RELOAD_ON_NEW_CODE="1", LEEK_CODE_VERSION="")
-    assert leek.ping() == (True, "I'm OK")
-    assert "(leek.W016) LEEK['RELOAD_ON_NEW_CODE'] is on" in broker.output()
+@pytest.mark.parametrize("command", ["leek", "manage.py leek"])
+def test_the_other_verbs_answer_whatever_the_checks_say(broker_factory: Any, command: str) -> None:
+    # Django runs every check before any manage.py command by default: a
+    # health check from cron would have read a refused setting as a broker down.
+    broker: BrokerProcess = broker_factory(args=("--skip-checks",), **CUT_SHORT)
+    done = subprocess.run(
+        [*COMMANDS[command][:-1], "ping"],
+        cwd=REPO,
+        env={**broker_env(broker.port), **CUT_SHORT},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "I'm OK" in done.stdout and "System check" not in done.stderr
+
+
+def test_manage_py_leek_start_skips_them_as_asked() -> None:
+    port = free_port()
+    broker = subprocess.Popen(
+        [*COMMANDS["manage.py leek"], "--skip-checks"],
+        cwd=REPO,
+        env={**broker_env(port), **CUT_SHORT},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: leek_cli(port, "ping").returncode == 0 or broker.poll() is not None)
+    finally:
+        broker.terminate()
+        output = broker.communicate(timeout=60)[1]
+    assert broker.returncode == 0, output
+    assert "broker listening" in output and "System check" not in output
