@@ -159,7 +159,8 @@ def run(options: argparse.Namespace) -> int:
         return UNHEALTHY
     verb: Verb = options.verb
     if verb.name == "start":
-        problem = None if options.skip_checks else system_check_errors()
+        checks = not options.skip_checks and not _reload_supervisor(options)
+        problem = system_check_errors() if checks else None
         if problem:
             sys.stderr.write(f"error: {problem}\n")
             return UNHEALTHY
@@ -185,6 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     django.setup()
     return run(options)
+
+
+def _reload_supervisor(options: argparse.Namespace) -> bool:
+    """Whether this `start` is --reload's supervisor: its broker, a child
+    started again after each change, runs the checks each time, as
+    runserver's does."""
+    from . import reload
+
+    return bool(options.reload or options.force_reload) and reload.supervising()
 
 
 def system_check_errors() -> str | None:

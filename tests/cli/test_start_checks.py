@@ -18,15 +18,19 @@ COMMANDS = {
     "leek": [sys.executable, "-m", "leek.cli", "start"],
     "manage.py leek": [sys.executable, "manage.py", "leek", "start"],
 }
+#: The start under --reload: its broker, a child of the supervisor, checks.
+RELOADING = [*COMMANDS["leek"], "--reload"]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_a_setting_the_checks_refuse_stops_the_start_with_their_report(command: str) -> None:
+@pytest.mark.parametrize("command", [*COMMANDS.values(), RELOADING], ids=[*COMMANDS, "reload"])
+def test_a_setting_the_checks_refuse_stops_the_start_with_their_report(
+    command: list[str],
+) -> None:
     port = free_port()
     done = subprocess.run(
-        COMMANDS[command],
+        command,
         cwd=REPO,
-        env={**broker_env(port), **CUT_SHORT},
+        env={**broker_env(port), **CUT_SHORT, "DEBUG": "true"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -77,3 +81,11 @@ def test_manage_py_leek_start_skips_them_as_asked() -> None:
         output = broker.communicate(timeout=60)[1]
     assert broker.returncode == 0, output
     assert "broker listening" in output and "System check" not in output
+
+
+def test_under_reload_the_broker_runs_them_once_a_start(broker_factory: Any) -> None:
+    broker: BrokerProcess = broker_factory(
+        args=("--reload",), DEBUG="true", LEEK_RELOAD_ON_NEW_CODE="1", LEEK_CODE_VERSION=""
+    )
+    assert leek.ping() == (True, "I'm OK")
+    assert broker.output().count("(leek.W016)") == 1  # by the broker, not its supervisor too
