@@ -13,8 +13,9 @@ from leek.cli import add_verbs, run
 
 class Command(BaseCommand):
     help = "Start, stop and question the leek broker (see `leek --help`)."
-    # `start` runs them itself (leek.cli.run), the other verbs none: a broker
-    # that runs answers `ping` whatever the checks would say of the settings.
+    # Django's system checks: `start` runs them itself (leek.cli.run), the
+    # other verbs none, so that a running broker answers `ping` whatever the
+    # checks would say of the settings.
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
