@@ -1,4 +1,4 @@
-"""`leek start` runs Django's system checks before it serves, as `manage.py leek start` does."""
+"""`leek start` runs the system checks before it serves, under manage.py too; other verbs none."""
 
 from __future__ import annotations
 

@@ -240,9 +240,7 @@ def test_leek_start_refuses_metrics_without_prometheus_client() -> None:
     assert "prometheus_client package is not installed" in done.stderr
 
 
-def test_leek_start_skipping_the_checks_refuses_metrics_without_prometheus_client_in_one_line() -> (
-    None
-):
+def test_leek_start_without_checks_refuses_metrics_without_the_library_in_one_line() -> None:
     done = run_without_library(
         "from leek.cli import main; sys.exit(main(['start', '--skip-checks']))\n",
         LEEK_METRICS="127.0.0.1:9808",
