@@ -163,6 +163,11 @@ def run(options: argparse.Namespace) -> int:
         problem = system_check_errors() if checks else None
         if problem:
             sys.stderr.write(f"error: {problem}\n")
+            if _reloading(options):  # the broker of --reload: a file may fix it
+                from . import reload
+
+                sys.stderr.write("waiting for a file to change to start again\n")
+                return reload.wait_for_change()
             return UNHEALTHY
         problem = add_log_handler(getattr(options, "port", None))
         if problem:
@@ -188,13 +193,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(options)
 
 
+def _reloading(options: argparse.Namespace) -> bool:
+    """Whether this `start` runs under --reload (as its supervisor, or as the
+    broker the supervisor starts again after each change)."""
+    return bool(options.reload or options.force_reload)
+
+
 def _reload_supervisor(options: argparse.Namespace) -> bool:
-    """Whether this `start` is --reload's supervisor: its broker, a child
-    started again after each change, runs the checks each time, as
-    runserver's does."""
+    """Whether this `start` is --reload's supervisor: its broker runs the
+    checks each time it starts, as runserver's child does."""
     from . import reload
 
-    return bool(options.reload or options.force_reload) and reload.supervising()
+    return _reloading(options) and reload.supervising()
 
 
 def system_check_errors() -> str | None:

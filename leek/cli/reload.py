@@ -10,12 +10,15 @@ the child stops as on SIGTERM: it stops accepting pushes, its running tasks
 get SHUTDOWN_GRACE to finish, its queued tasks stay in the database; then it
 exits with RELOAD, and the next child recovers them and runs the new code.
 
-It is for development: `refusal` says why not when DEBUG is off and the reload
-is not forced. SIGTERM and SIGINT to the supervisor are passed on to the
-child, and the supervisor exits with the child's status once it has stopped.
-The child runs in a process group of its own, so that a terminal's Ctrl-C
-reaches it once, through the supervisor (a second one cuts its stop short).
-The child dies with the supervisor (Linux's parent-death signal).
+A child whose start the system checks refuse (a setting being edited) prints
+their report and waits for a file to change, then starts again
+(`wait_for_change`), as runserver's does. It is for development: `refusal`
+says why not when DEBUG is off and the reload is not forced. SIGTERM and
+SIGINT to the supervisor are passed on to the child, and the supervisor
+exits with the child's status once it has stopped. The child runs in a
+process group of its own, so that a terminal's Ctrl-C reaches it once,
+through the supervisor (a second one cuts its stop short). The child dies
+with the supervisor (Linux's parent-death signal).
 """
 
 from __future__ import annotations
@@ -130,6 +133,34 @@ def serve(broker: Any) -> bool:
         reloader.stop()
         autoreload.file_changed.disconnect(note)
     return reloading.is_set()
+
+
+def wait_for_change() -> int:
+    """For a broker whose start the system checks refused: wait until a
+    watched file changes (the settings module, say), as runserver's child
+    waits after a check error; then RELOAD, and the supervisor starts the
+    broker again. 1 when a stop signal comes first."""
+    reloader = autoreload.get_reloader()
+    ended = threading.Event()
+    changed: list[bool] = []
+
+    def watch() -> None:
+        autoreload.autoreload_started.send(sender=reloader)
+        try:
+            reloader.run_loop()
+        except SystemExit:  # autoreload.trigger_reload: a watched file changed
+            changed.append(True)
+        ended.set()
+
+    def stop(signum: int, frame: Any) -> None:
+        ended.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    Named(target=watch, name="leek-reloader", daemon=True).start()
+    ended.wait()
+    reloader.stop()
+    return RELOAD if changed else 1
 
 
 def _die_with_parent() -> None:

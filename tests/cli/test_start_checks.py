@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,19 +23,15 @@ COMMANDS = {
     "leek": [sys.executable, "-m", "leek.cli", "start"],
     "manage.py leek": [sys.executable, "manage.py", "leek", "start"],
 }
-#: The start under --reload: its broker, a child of the supervisor, checks.
-RELOADING = [*COMMANDS["leek"], "--reload"]
 
 
-@pytest.mark.parametrize("command", [*COMMANDS.values(), RELOADING], ids=[*COMMANDS, "reload"])
-def test_a_setting_the_checks_refuse_stops_the_start_with_their_report(
-    command: list[str],
-) -> None:
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_setting_the_checks_refuse_stops_the_start_with_their_report(command: str) -> None:
     port = free_port()
     done = subprocess.run(
-        command,
+        COMMANDS[command],
         cwd=REPO,
-        env={**broker_env(port), **CUT_SHORT, "DEBUG": "true"},
+        env={**broker_env(port), **CUT_SHORT},
         capture_output=True,
         text=True,
         timeout=60,
@@ -89,3 +90,52 @@ def test_under_reload_the_broker_runs_them_once_a_start(broker_factory: Any) -> 
     )
     assert leek.ping() == (True, "I'm OK")
     assert broker.output().count("(leek.W016)") == 1  # by the broker, not its supervisor too
+
+
+#: A settings module as a developer edits it: {extra} goes into LEEK.
+SETTINGS = """
+from tests.settings import *  # noqa: F403
+
+LEEK = {{**LEEK, {extra}}}  # noqa: F405
+"""
+
+
+def test_under_reload_a_refused_start_waits_for_the_fix_and_starts(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    # As runserver's child after a check error: it keeps watching the files.
+    source = tmp_path / "devsettings.py"
+    source.write_text(SETTINGS.format(extra='"QUEUES": {"mail": {"rate_limit": "9"}}'))
+    broker: BrokerProcess = broker_factory(
+        wait=False,
+        args=("--reload",),
+        DEBUG="true",
+        DJANGO_SETTINGS_MODULE="devsettings",
+        PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]),
+    )
+    wait_for(lambda: "waiting for a file to change" in broker.output(), timeout=30)
+    assert "(leek.E007) LEEK['QUEUES']['mail'] has rate_limit" in broker.output()
+    assert broker.proc is not None and broker.proc.poll() is None
+    source.write_text(SETTINGS.format(extra='"QUEUES": {}'))
+    later = itertools.count(1)
+
+    def started() -> bool:
+        # The reloader compares a file's time with the one it saw before:
+        # touch it again until it has seen one and then a newer one.
+        stamp = time.time() + next(later)
+        os.utime(source, (stamp, stamp))
+        return "broker listening" in broker.output()
+
+    wait_for(started, timeout=30, interval=0.3)
+    broker.wait_ready()
+    assert leek.ping() == (True, "I'm OK")
+
+
+def test_under_reload_a_stop_ends_the_wait_for_the_fix(broker_factory: Any) -> None:
+    broker: BrokerProcess = broker_factory(
+        wait=False, args=("--reload",), DEBUG="true", **CUT_SHORT
+    )
+    wait_for(lambda: "waiting for a file to change" in broker.output(), timeout=30)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGTERM)
+    assert broker.proc.wait(30) == 1
