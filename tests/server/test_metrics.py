@@ -229,26 +229,21 @@ def test_the_check_is_silent_without_prometheus_client_when_metrics_is_off() -> 
     assert "leek.E013" not in done.stdout.split()
 
 
-def test_leek_start_refuses_metrics_without_prometheus_client() -> None:
+@pytest.mark.parametrize("skip_checks", [False, True])
+def test_leek_start_refuses_metrics_without_prometheus_client(skip_checks: bool) -> None:
+    args = ["start", "--skip-checks"] if skip_checks else ["start"]
     done = run_without_library(
-        "from leek.cli import main; sys.exit(main(['start']))\n",
+        f"from leek.cli import main; sys.exit(main({args!r}))\n",
         LEEK_METRICS="127.0.0.1:9808",
         LEEK_PORT=str(free_port()),
     )
     assert done.returncode == 1
-    assert "(leek.E013) LEEK['METRICS']" in done.stderr  # the system checks, first
-    assert "prometheus_client package is not installed" in done.stderr
-
-
-def test_leek_start_without_checks_refuses_metrics_without_the_library_in_one_line() -> None:
-    done = run_without_library(
-        "from leek.cli import main; sys.exit(main(['start', '--skip-checks']))\n",
-        LEEK_METRICS="127.0.0.1:9808",
-        LEEK_PORT=str(free_port()),
-    )
-    assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "prometheus_client" in lines[0] and "leek[metrics]" in lines[0]
+    if skip_checks:  # the start's own refusal, in one line
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "prometheus_client" in lines[0] and "leek[metrics]" in lines[0]
+    else:  # the system checks, first
+        assert "(leek.E013) LEEK['METRICS']" in done.stderr
+        assert "prometheus_client package is not installed" in done.stderr
 
 
 @pytest.mark.parametrize(
