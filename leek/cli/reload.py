@@ -30,6 +30,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -104,20 +105,16 @@ def serve(broker: Any) -> bool:
     def note(sender: Any, file_path: Any, **kwargs: Any) -> None:
         changed.append(str(file_path))  # answers None: Django decides whether to reload
 
-    def watch() -> None:
-        autoreload.autoreload_started.send(sender=reloader)
-        try:
-            reloader.run_loop()
-        except SystemExit:  # autoreload.trigger_reload: a watched file changed
-            logger.info(
-                "file changed path=%s: the broker stops and starts again once its "
-                "running tasks end (within %gs)",
-                changed[-1] if changed else "?",
-                broker.grace,
-                extra={"action": "file_changed"},
-            )
-            reloading.set()
-            broker.request_stop()
+    def reload() -> None:
+        logger.info(
+            "file changed path=%s: the broker stops and starts again once its "
+            "running tasks end (within %gs)",
+            changed[-1] if changed else "?",
+            broker.grace,
+            extra={"action": "file_changed"},
+        )
+        reloading.set()
+        broker.request_stop()
 
     autoreload.file_changed.connect(note, weak=False)
     logger.info(
@@ -125,8 +122,7 @@ def serve(broker: Any) -> bool:
         type(reloader).__name__,
         extra={"action": "reload_watching"},
     )
-    thread = Named(target=watch, name="leek-reloader", daemon=True)
-    thread.start()
+    _watch(reloader, reload)
     try:
         broker.serve()
     finally:
@@ -142,25 +138,35 @@ def wait_for_change() -> int:
     broker again. 1 when a stop signal comes first."""
     reloader = autoreload.get_reloader()
     ended = threading.Event()
-    changed: list[bool] = []
+    changed = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        ended.set()
+
+    def reload() -> None:
+        changed.set()
+        ended.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _watch(reloader, reload)
+    ended.wait()
+    reloader.stop()
+    return RELOAD if changed.is_set() else 1
+
+
+def _watch(reloader: Any, changed: Callable[[], None]) -> None:
+    """Run Django's `reloader` on a thread of its own until it stops;
+    `changed` runs there when a watched file changes."""
 
     def watch() -> None:
         autoreload.autoreload_started.send(sender=reloader)
         try:
             reloader.run_loop()
         except SystemExit:  # autoreload.trigger_reload: a watched file changed
-            changed.append(True)
-        ended.set()
+            changed()
 
-    def stop(signum: int, frame: Any) -> None:
-        ended.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     Named(target=watch, name="leek-reloader", daemon=True).start()
-    ended.wait()
-    reloader.stop()
-    return RELOAD if changed else 1
 
 
 def _die_with_parent() -> None:
