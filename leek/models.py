@@ -76,6 +76,11 @@ class Task(models.Model):
     #: when it claimed it (BrokerNode.epoch). A broker writes the task's running
     #: mark, outcome, requeue and progress only while both still name its claim.
     epoch = models.BigIntegerField(default=0, db_default=0, editable=False)
+    #: Which of its broker's claims took the task (a number the broker counts
+    #: from its start, under its epoch); NULL for a task its broker inserted.
+    #: A claim whose commit's answer was lost is looked for by it
+    #: (server/store/doubt.py).
+    claim = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         permissions = [("run_task", "Can run tasks and listed commands from the admin")]

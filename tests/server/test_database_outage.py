@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 import leek
 from leek.client import TaskHandle
+from leek.client.api import message
 from leek.client.delivery import send
 from leek.client.spool import spool
-from leek.models import FailedTask, SuccessTask, Task
+from leek.models import BrokerNode, FailedTask, SuccessTask, Task
 from tests import tasks
 from tests.conftest import BOTH_POOLS, BrokerProcess, leek_cli, task_message, wait_for
 from tests.server import chain_tasks, fence_tasks
@@ -262,6 +264,58 @@ def test_a_batch_committed_whose_answer_was_lost_runs_without_a_restart(
         ).delay()
         assert cutter.cut.is_set()
         assert handle.result(timeout=15) == 35
+
+
+@OVER_A_SOCKET
+@BOTH_POOLS
+def test_a_claim_committed_whose_answer_was_lost_runs_without_a_restart(
+    broker_factory: Any, cutter: CommitCutter, pool: str
+) -> None:
+    """A claim of a task a client wrote itself (spooled, for any broker)
+    commits and the connection breaks before the broker reads the answer:
+    the task is the broker's in the table and in no broker's memory. The
+    broker looks for the claim's rows once the database answers, and runs
+    the task, once."""
+    pushed = task_message(tasks.add, 20, 22)
+    spool([pushed])
+    cutter.arm(statement=b"ORDER BY priority DESC, queued_at LIMIT")  # the start's first claim
+    broker: BrokerProcess = broker_factory(DATABASE_URL=_through(cutter), LEEK_POOL=pool)
+    task_id = uuid.UUID(pushed["id"])
+    assert TaskHandle(task_id).result(timeout=15) == 42
+    assert cutter.cut.is_set()
+    assert "tasks found committed whose claim had failed count=1" in broker.output()
+    assert SuccessTask.objects.filter(task_id=task_id).count() == 1
+
+
+@OVER_A_SOCKET
+def test_a_sweep_committed_whose_answer_was_lost_runs_its_tasks_without_a_restart(
+    broker_factory: Any, cutter: CommitCutter
+) -> None:
+    """The sweep's claim, of a task spooled for later and of a gone broker's
+    task, commits and its answer is lost: both run all the same."""
+    broker: BrokerProcess = broker_factory(DATABASE_URL=_through(cutter), LEEK_SWEEP_INTERVAL="0.5")
+    wait_for(lambda: "tasks recovered" in broker.output(), timeout=10)  # the start's sweep
+    later, gone = (
+        message(tasks.add, (1, 2), run_after=time.time() + 3),
+        task_message(tasks.add, 3, 4),
+    )
+    spool([later, gone])
+    BrokerNode.objects.create(
+        name="gone:1",
+        host="gone",
+        port=1,
+        pid=1,
+        version="1",
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+        stopped=True,
+    )
+    Task.objects.filter(pk=gone["id"]).update(broker="gone:1", spooled=False)
+    cutter.arm(statement=b"AND run_after > ")  # the sweep's claim of spooled tasks not due
+    wait_for(cutter.cut.is_set, timeout=10)
+    assert TaskHandle(uuid.UUID(gone["id"])).result(timeout=15) == 7
+    assert TaskHandle(uuid.UUID(later["id"])).result(timeout=15) == 3
+    assert "tasks found committed whose claim had failed count=2" in broker.output()
 
 
 @OVER_A_SOCKET

@@ -1,4 +1,4 @@
-"""Inserts in doubt (store/doubt.py): which rows a look finds, and when it looks.
+"""Inserts and claims in doubt (store/doubt.py): which rows a look finds, and when it looks.
 
 The broker's side of a lost answer to a commit, through a connection that
 really breaks, is in test_database_outage.py (PostgreSQL); here the look runs
@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from leek.models import Task
 from leek.server.rows import Dialect, Ready
@@ -77,6 +78,42 @@ def test_a_failed_insert_leaves_its_unowned_tasks_out_of_doubt(transactional_db:
         store.stop()
 
 
+def test_a_look_finds_only_the_rows_the_failed_claim_took(transactional_db: Any) -> None:
+    """A claim of unowned tasks commits and its answer is lost: a look finds
+    the rows it took, once, and none that another claim of this broker
+    took, nor another broker's."""
+    routed: list[Ready] = []
+    store = Store("test-node", routed.extend)
+    store.start()
+    d = store.dialect
+    now = timezone.now()
+    for _ in range(3):
+        Task.objects.create(name="x", payload=b"x", queued_at=now, spooled=True)
+    claim = store.sql.claim_unowned(1, True)
+    doubts = store.writes.doubts
+    try:
+        with connection.cursor() as cursor:
+            doubts.begin()  # a claim that commits, its answer lost
+            take = (store.node, store.epoch, doubts.claim(), False, d.time(time.time()))
+            cursor.cursor.execute(claim, (*take, "default", 1))
+            doubts.failed()
+            doubts.begin()  # another claim, answered: its task is in memory
+            take = (store.node, store.epoch, doubts.claim(), False, d.time(time.time()))
+            cursor.cursor.execute(claim, (*take, "default", 1))
+            doubts.begin()
+        # The third, another broker's claim numbered as the first.
+        Task.objects.filter(spooled=True).update(broker="another", spooled=False, claim=1)
+        first = Task.objects.get(broker="test-node", claim=1)
+        store.recheck()
+        wait_for(lambda: not doubts.checking, timeout=10)
+        assert [r.id for r in routed] == [first.id]
+        assert not doubts.due()
+        time.sleep(doubt.FIRST_WAIT + 0.1)
+        assert not doubts.due()  # a claim found is settled: no look finds it again
+    finally:
+        store.stop()
+
+
 @pytest.fixture
 def doubts(transactional_db: Any) -> Doubts:
     """Doubts of the test database's dialect."""
@@ -92,10 +129,10 @@ def failed(doubts: Doubts, *ids: uuid.UUID) -> None:
 
 def look(doubts: Doubts) -> list[Doubt]:
     """A look that finds nothing, committed; the doubts it looked at."""
-    found, looked = doubts.check(raw_cursor(), Dialect(connection.vendor), 0)
-    assert found == []
-    doubts.settle(found, looked)
-    return looked
+    looks = doubts.check(raw_cursor(), Dialect(connection.vendor), 0)
+    assert [found for _, found in looks] == [[]] * len(looks)
+    doubts.settle(looks)
+    return [doubt for doubt, _ in looks]
 
 
 def test_a_failed_write_without_inserts_leaves_no_doubt(doubts: Doubts) -> None:
@@ -133,7 +170,7 @@ def test_a_doubt_outlives_its_window_until_a_look_commits(
     monkeypatch.setattr(doubt, "DOUBT_WINDOW", 0.0)
     failed(doubts, uuid.uuid4())
     time.sleep(0.01)
-    doubts.settle([], [])  # a look that saw none of it
+    doubts.settle([])  # a look that saw none of it
     assert doubts.due()
     assert len(look(doubts)) == 1
     assert not doubts.due()

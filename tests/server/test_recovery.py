@@ -124,11 +124,11 @@ def test_a_sweep_reads_only_the_spooled_rows_however_many_wait(transactional_db:
     claim = claim_spooled(Dialect(db.vendor))
     with closing(raw_cursor()) as raw:  # the claim is in the driver's own placeholders
         if db.vendor == "sqlite":  # a broker's SQLite file has no statistics
-            raw.execute("EXPLAIN QUERY PLAN " + claim, ("me", 0, False))
+            raw.execute("EXPLAIN QUERY PLAN " + claim, ("me", 0, 1, False))
             plan = " ".join(str(row[-1]) for row in raw.fetchall())
         else:
             raw.execute("ANALYZE leek_task")
-            raw.execute("EXPLAIN " + claim, ("me", 0, False))
+            raw.execute("EXPLAIN " + claim, ("me", 0, 1, False))
             plan = " ".join(row[0] for row in raw.fetchall())
     assert "leek_task_spooled" in plan, plan
     assert "status_queued_at" not in plan and "Seq Scan" not in plan, plan

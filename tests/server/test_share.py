@@ -177,7 +177,7 @@ def test_a_claim_reads_the_unowned_rows_in_its_order_however_many_wait(
     claim = claim_unowned(d, " AND queue IN (%s)")
     raw = raw_cursor()
     try:
-        params = ("me", 1, False, d.time(time.time()), "default", 10)
+        params = ("me", 1, 1, False, d.time(time.time()), "default", 10)
         if d.sqlite:  # a broker's SQLite file has no statistics
             raw.execute("EXPLAIN QUERY PLAN " + claim, params)
             plan = " ".join(str(row[-1]) for row in raw.fetchall())

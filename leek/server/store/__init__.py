@@ -262,8 +262,8 @@ class Store:
 
     def recheck(self) -> None:
         """Queue, once the tasks lane writes again, a look for the tasks of
-        failed inserts that the database did commit; those found go to this
-        broker's queues (doubt.py). A duty."""
+        failed inserts and claims that the database did commit; those found
+        go to this broker's queues (doubt.py). A duty."""
         doubts = self.writes.doubts
         if doubts.checking or not self.tasks.healthy or not doubts.due():
             return
@@ -275,11 +275,13 @@ class Store:
         def done(value: Any, error: BaseException | None) -> None:
             doubts.checking = False
             if error is None:
-                found, looked = value
-                doubts.settle(found, looked)
-                if found:
-                    received(found)
-                    self.route(found)
+                doubts.settle(value)
+                inserted = [r for doubt, found in value if not doubt.claim for r in found]
+                if inserted:
+                    received(inserted)
+                claimed = [r for doubt, found in value if doubt.claim for r in found]
+                if inserted or claimed:
+                    self.route(inserted + claimed)
 
         self.tasks.later(Call(check, done))
 
@@ -342,13 +344,15 @@ class Store:
         the error, on the writer's thread: the caller (a worker, the duties)
         never waits on the database for it."""
         owner = stamp(self.node, self.epoch)
+        doubts = self.writes.doubts
 
         def claim(cursor: Any, d: Dialect) -> tuple[list[Ready], list[int]]:
             now = d.time(time.time())
+            number = doubts.claim()
             found: list[Ready] = []
             took: list[int] = []
             for ask in asks:
-                cursor.execute(ask.sql, (*owner, False, now, *ask.queues, ask.limit))
+                cursor.execute(ask.sql, (*owner, number, False, now, *ask.queues, ask.limit))
                 rows = cursor.fetchall()
                 took.append(len(rows))
                 found += [Ready(d.read_uuid(r[0]), r[1], r[2], d.read_time(r[3])) for r in rows]

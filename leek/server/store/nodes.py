@@ -173,7 +173,8 @@ class NodeRows:
             gone = {name: beat for name, beat, _ in found}
             stopped = {name for name, _, was in found if was}
             now = d.time(time.time())
-            cursor.execute(sql.claim_spooled_of(count), (*mine, False, now, *(of or ())))
+            claim = (*mine, self.store.writes.doubts.claim())  # sql.CLAIM
+            cursor.execute(sql.claim_spooled_of(count), (*claim, False, now, *(of or ())))
             rows = cursor.fetchall()
             names = walk(gone)
             ran_on: dict[Any, str] = {}  # the broker each running task was cut short on
@@ -181,7 +182,7 @@ class NodeRows:
                 cursor.execute(sql.running_of(len(names)), names)
                 ran_on = dict(cursor.fetchall())
                 cursor.execute(
-                    sql.adopt(len(names), count), (*mine, *names, *(of or ()), dead_after)
+                    sql.adopt(len(names), count), (*claim, *names, *(of or ()), dead_after)
                 )
                 rows += cursor.fetchall()
             running = []

@@ -23,6 +23,11 @@ from ..rows import Dialect
 STAMP_COLUMNS = ("broker", "epoch")
 #: The SET clause of a claim (two placeholders: `stamp`).
 STAMP = ", ".join(f"{column} = %s" for column in STAMP_COLUMNS)
+#: The SET clause of a claim of tasks already in the table (three
+#: placeholders: `stamp`, then the claim's number, Writes.claim_number): the
+#: number lets a broker find the tasks of a claim whose commit's answer it
+#: lost (doubt.py).
+CLAIM = f"{STAMP}, claim = %s"
 #: The condition of every write a broker makes to a task it holds (its running
 #: mark, outcome, requeue, release, progress): the task is still stamped as
 #: the claim it holds has it, so a write of a broker whose claim another took
@@ -335,6 +340,12 @@ class Statements:
             "SELECT id, priority, queue, run_after FROM leek_task "
             "WHERE broker = %s AND status IN ('queued', 'running') ORDER BY queued_at"
         )
+        # The tasks one claim of the broker took (bound: the broker, its
+        # epoch, the claim's number), still queued under it (doubt.py).
+        self.claimed_by = q(
+            "SELECT id, priority, queue, run_after FROM leek_task WHERE broker = %s "
+            "AND epoch = %s AND claim = %s AND status = 'queued'"
+        )
         self.gone = q(
             "SELECT name, heartbeat_at, stopped FROM leek_brokernode WHERE name <> %s "
             f"AND (stopped OR heartbeat_at < {db_since(d)})"
@@ -425,7 +436,7 @@ class Statements:
     def adopt(self, brokers: int, queues: int | None) -> str:
         """Claim the unfinished tasks of `brokers` gone brokers (of `queues`
         queues only, unless None), each while its broker is still gone (bound
-        last: the seconds of silence that make it so). Read again by the
+        first: the claim's CLAIM; last: the seconds of silence that make it so). Read again by the
         update itself: on PostgreSQL a broker's renewed heartbeat committed
         since the sweep read the brokers' rows keeps its tasks."""
         marks = ", ".join(["%s"] * brokers)
@@ -434,7 +445,7 @@ class Statements:
             f"AND (n.stopped OR n.heartbeat_at < {db_since(self.dialect)}))"
         )
         return self.dialect.sql(
-            f"UPDATE leek_task SET {STAMP} "
+            f"UPDATE leek_task SET {CLAIM} "
             f"WHERE broker IN ({marks}) AND status IN ('queued', 'running')"
             f"{_of_queues(queues)} AND {still_gone} {CLAIMED}"
         )
@@ -459,7 +470,7 @@ class Statements:
 
     def claim_spooled_of(self, queues: int | None) -> str:
         """The sweep's claim of spooled tasks not due yet (of `queues` queues
-        only, unless None; bound after the broker: the time now)."""
+        only, unless None; bound after the claim's CLAIM and False: the time now)."""
         if queues is None:
             return self.claim_spooled
         return claim_spooled(self.dialect, NOT_DUE + _of_queues(queues))
@@ -467,7 +478,7 @@ class Statements:
     def claim_unowned(self, queues: int, among: bool) -> str:
         """The claim of unowned tasks due now for one lane: of `queues` queues
         (`among`), or of every queue but those (not `among`). Bound: the
-        broker, False, the time now, the queues, the most rows to claim."""
+        claim's CLAIM, False, the time now, the queues, the most rows to claim."""
         if not queues:
             return claim_unowned(self.dialect)
         marks = ", ".join(["%s"] * queues)
@@ -508,7 +519,7 @@ def claim_spooled(d: Dialect, condition: str = "") -> str:
     task, at every sweep, inside a write."""
     spooled = "spooled AND spooled = 1" if d.sqlite else "spooled"
     return d.sql(
-        f"UPDATE leek_task SET {STAMP}, spooled = %s "
+        f"UPDATE leek_task SET {CLAIM}, spooled = %s "
         f"WHERE {spooled} AND status || '' = 'queued'{condition} {CLAIMED}"
     )
 
@@ -525,7 +536,7 @@ def claim_unowned(d: Dialect, condition: str = "") -> str:
     spooled = "spooled AND spooled = 1" if d.sqlite else "spooled"
     lock = "" if d.sqlite else " FOR UPDATE SKIP LOCKED"
     return d.sql(
-        f"UPDATE leek_task SET {STAMP}, spooled = %s WHERE id IN (SELECT id FROM leek_task "
+        f"UPDATE leek_task SET {CLAIM}, spooled = %s WHERE id IN (SELECT id FROM leek_task "
         f"WHERE {spooled} AND status || '' = 'queued' AND (run_after IS NULL OR run_after <= %s)"
         f"{condition} ORDER BY priority DESC, queued_at LIMIT %s{lock}) {CLAIMED}"
     )
