@@ -159,6 +159,10 @@ def run(options: argparse.Namespace) -> int:
         return UNHEALTHY
     verb: Verb = options.verb
     if verb.name == "start":
+        if _reloading(options) and not _reload_supervisor(options):
+            from . import reload
+
+            reload.set_up()  # its supervisor: a refusal from here on is not an import's
         checks = not options.skip_checks and not _reload_supervisor(options)
         problem = system_check_errors() if checks else None
         if problem:

@@ -12,7 +12,11 @@ exits with RELOAD, and the next child recovers them and runs the new code.
 
 A child whose start the system checks refuse (a setting being edited) prints
 their report and waits for a file to change, then starts again
-(`wait_for_change`), as runserver's does. It is for development: `refusal`
+(`wait_for_change`), as runserver's does. A child that ends before Django
+is set up (a settings module that does not import: a syntax error, a name
+misspelt) has said why: the supervisor then waits for one of
+the files it loaded itself to change (the settings module among them), and
+starts a child again. It is for development: `refusal`
 says why not when DEBUG is off and the reload is not forced. SIGTERM and
 SIGINT to the supervisor are passed on to the child, and the supervisor
 exits with the child's status once it has stopped. The child runs in a
@@ -29,6 +33,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +50,11 @@ logger = logging.getLogger(__name__)
 RELOAD = 3
 #: Linux prctl option: the signal a process gets when its parent ends.
 PR_SET_PDEATHSIG = 1
+#: The variable that names, to the broker the supervisor starts, the pipe it
+#: writes to once Django is set up (`set_up`).
+READY_FD = "LEEK_RELOAD_READY_FD"
+#: Seconds the supervisor waits for its watching thread to end.
+WATCH_JOIN = 5.0
 
 
 def refusal(forced: bool) -> str:
@@ -80,19 +90,74 @@ def supervise() -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     while True:
-        # preexec_fn is safe here: the supervisor runs no other thread. The
-        # child has a process group of its own: a Ctrl-C in the terminal
-        # reaches the supervisor alone, which passes it on once (a second
-        # stop signal would cut the child's stop short).
-        child = subprocess.Popen(
-            args, env=env, close_fds=False, preexec_fn=_die_with_parent, process_group=0
-        )
+        ready, env[READY_FD] = _ready_pipe()
+        # preexec_fn is safe here: the supervisor runs no other thread (its
+        # watch while no child runs has ended). The child has a process
+        # group of its own: a Ctrl-C in the terminal reaches the supervisor
+        # alone, which passes it on once (a second stop signal would cut the
+        # child's stop short).
+        try:
+            child = subprocess.Popen(
+                args, env=env, close_fds=False, preexec_fn=_die_with_parent, process_group=0
+            )
+        finally:
+            os.close(int(env[READY_FD]))
         if stopping.is_set():  # a signal came while no child ran
             child.send_signal(signal.SIGTERM)
         status = child.wait()
-        if status != RELOAD or stopping.is_set():
+        was_set_up = _was_set_up(ready)
+        if status > 0 and status != RELOAD and not was_set_up and not stopping.is_set():
+            # It said why; the files loaded here include the settings module.
+            sys.stderr.write("waiting for a file to change to start again\n")
+            if not _changed_before(stopping):
+                return status
+        elif status != RELOAD or stopping.is_set():
             return 128 - status if status < 0 else status
         logger.info("broker restarting with the new code", extra={"action": "broker_reloading"})
+
+
+def set_up() -> None:
+    """In the broker the supervisor started: tell it that Django is set up,
+    so that a start refused from here on ends the command as it would
+    without --reload (an address taken, a database away)."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):  # the supervisor's, whatever else it is
+        os.write(int(fd), b"1")
+        os.close(int(fd))
+
+
+def _ready_pipe() -> tuple[int, str]:
+    """A pipe for `set_up`: its read end, and its write end's number, open
+    in the child the supervisor starts next."""
+    read, write = os.pipe()
+    os.set_inheritable(write, True)
+    os.set_blocking(read, False)
+    return read, str(write)
+
+
+def _was_set_up(ready: int) -> bool:
+    """Whether the child that ended wrote to the pipe `ready` (which closes)."""
+    try:
+        return bool(os.read(ready, 1))
+    except BlockingIOError:  # a process of the child's still holds the write end
+        return False
+    finally:
+        os.close(ready)
+
+
+def _changed_before(stopping: threading.Event) -> bool:
+    """Watch the files the supervisor loaded until one changes (True) or a
+    stop signal comes (False); the watching thread has ended on return."""
+    reloader = autoreload.get_reloader()
+    changed = threading.Event()
+    thread = _watch(reloader, changed.set)
+    while not changed.wait(0.1) and not stopping.is_set():
+        pass
+    reloader.stop()
+    thread.join(WATCH_JOIN)
+    return changed.is_set() and not stopping.is_set()
 
 
 def serve(broker: Any) -> bool:
@@ -155,9 +220,9 @@ def wait_for_change() -> int:
     return RELOAD if changed.is_set() else 1
 
 
-def _watch(reloader: Any, changed: Callable[[], None]) -> None:
+def _watch(reloader: Any, changed: Callable[[], None]) -> threading.Thread:
     """Run Django's `reloader` on a thread of its own until it stops;
-    `changed` runs there when a watched file changes."""
+    `changed` runs there when a watched file changes. The thread."""
 
     def watch() -> None:
         autoreload.autoreload_started.send(sender=reloader)
@@ -166,7 +231,9 @@ def _watch(reloader: Any, changed: Callable[[], None]) -> None:
         except SystemExit:  # autoreload.trigger_reload: a watched file changed
             changed()
 
-    Named(target=watch, name="leek-reloader", daemon=True).start()
+    thread = Named(target=watch, name="leek-reloader", daemon=True)
+    thread.start()
+    return thread
 
 
 def _die_with_parent() -> None:

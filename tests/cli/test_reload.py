@@ -6,10 +6,12 @@ import importlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,74 @@ def test_a_ctrl_c_in_the_terminal_stops_the_broker_gracefully(
     text = log.read_text(errors="replace")
     assert "stopping on signal=SIGINT" in text and "broker stopped" in text
     assert "second stop signal" not in text
+
+
+#: A settings module as a developer edits it.
+SETTINGS = "from tests.settings import *  # noqa: F403\n"
+COMMANDS = {
+    "leek": [sys.executable, "-m", "leek.cli"],
+    "manage.py leek": [sys.executable, "manage.py", "leek"],
+}
+#: The exit status of each command whose settings do not import.
+FAILED_IMPORT = {"leek": 2, "manage.py leek": 1}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_settings_module_that_does_not_import_waits_for_the_fix(
+    transactional_db: Any, tmp_path: Path, command: str
+) -> None:
+    """As runserver: a syntax error saved in the settings ends the broker's
+    start, saying so, and the command waits for the fix; a stop signal
+    meanwhile ends it."""
+    source = tmp_path / "devsettings.py"
+    source.write_text(SETTINGS)
+    port = free_port()
+    log = tmp_path / "leek.log"
+    env = broker_env(port, {"DEBUG": "true", "DJANGO_SETTINGS_MODULE": "devsettings"})
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(tmp_path)])
+    with log.open("wb") as output:
+        job = subprocess.Popen(
+            [*COMMANDS[command], "start", "--reload"],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    later = itertools.count(1)
+
+    def saved(text: str, until: Callable[[str], bool]) -> None:
+        # The reloader compares a file's time with the one it saw before:
+        # touch it again until it has seen one and then a newer one.
+        source.write_text(text)
+
+        def seen() -> bool:
+            stamp = time.time() + next(later)
+            os.utime(source, (stamp, stamp))
+            return until(log.read_text(errors="replace")) or job.poll() is not None
+
+        wait_for(seen, timeout=30, interval=0.3)
+        assert job.poll() is None, log.read_text(errors="replace")
+
+    try:
+        wait_for(lambda: leek_cli(port, "ping").returncode == 0, timeout=30)
+        saved(SETTINGS + "LEEK = {\n", lambda text: "waiting for a file to change" in text)
+        text = log.read_text(errors="replace")
+        assert "SyntaxError" in text and "devsettings.py" in text
+        saved(SETTINGS, lambda text: text.count("broker listening") == 2)
+        wait_for(lambda: leek_cli(port, "ping").returncode == 0, timeout=30)
+        saved(SETTINGS + "LEEK = {\n", lambda text: text.count("waiting for a file") == 2)
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(30) == FAILED_IMPORT[command]  # as the start that failed
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+
+
+def test_a_start_refused_once_django_is_set_up_ends_the_command(transactional_db: Any) -> None:
+    """A refusal no file change mends (the address taken) ends it, as without --reload."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = leek_cli(port, "start", "--reload", DEBUG="true")
+    assert done.returncode == 1, done.stderr
+    assert "cannot listen on" in done.stderr and "waiting for a file" not in done.stderr
