@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
 import leek
 from leek.client import TaskHandle
 from leek.client.api import message
 from leek.client.delivery import send
 from leek.client.spool import spool
-from leek.models import BrokerNode, FailedTask, SuccessTask, Task
+from leek.models import FailedTask, SuccessTask, Task
 from tests import tasks
+from tests.admin.factories import make_node
 from tests.conftest import BOTH_POOLS, BrokerProcess, leek_cli, task_message, wait_for
 from tests.server import chain_tasks, fence_tasks
 from tests.server.dbcut import CommitCutter
@@ -300,16 +300,7 @@ def test_a_sweep_committed_whose_answer_was_lost_runs_its_tasks_without_a_restar
         task_message(tasks.add, 3, 4),
     )
     spool([later, gone])
-    BrokerNode.objects.create(
-        name="gone:1",
-        host="gone",
-        port=1,
-        pid=1,
-        version="1",
-        started_at=timezone.now(),
-        heartbeat_at=timezone.now(),
-        stopped=True,
-    )
+    make_node("gone:1", stopped=True)
     Task.objects.filter(pk=gone["id"]).update(broker="gone:1", spooled=False)
     cutter.arm(statement=b"AND run_after > ")  # the sweep's claim of spooled tasks not due
     wait_for(cutter.cut.is_set, timeout=10)

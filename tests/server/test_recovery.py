@@ -162,18 +162,10 @@ def test_a_gone_brokers_tasks_are_walked_for_again_only_when_its_row_changes(
     from leek.models import BrokerNode
     from leek.server import recovery
     from leek.server.store import Store
+    from tests.admin.factories import make_node
 
     now = timezone.now()
-    BrokerNode.objects.create(
-        name="gone:1",
-        host="gone",
-        port=1,
-        pid=1,
-        version="1",
-        started_at=now,
-        heartbeat_at=now,
-        stopped=True,
-    )
+    make_node("gone:1", now, stopped=True)
 
     def queued() -> Any:
         return Task.objects.create(name="t", payload=b"", queued_at=now, broker="gone:1").id
