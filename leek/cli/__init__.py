@@ -153,16 +153,16 @@ def run(options: argparse.Namespace) -> int:
     configured no handler."""
     from .. import conf
 
+    verb: Verb = options.verb
+    if verb.name == "start" and _reloading(options) and not _reload_supervisor(options):
+        from . import reload
+
+        reload.set_up()  # to its supervisor: a refusal from here on is not an import's
     problem = conf.unreadable()
     if problem:  # a LEEK_* variable that does not read as its setting's type
         sys.stderr.write(f"error: {problem}\n")
         return UNHEALTHY
-    verb: Verb = options.verb
     if verb.name == "start":
-        if _reloading(options) and not _reload_supervisor(options):
-            from . import reload
-
-            reload.set_up()  # its supervisor: a refusal from here on is not an import's
         checks = not options.skip_checks and not _reload_supervisor(options)
         problem = system_check_errors() if checks else None
         if problem:
