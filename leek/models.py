@@ -106,6 +106,14 @@ class Task(models.Model):
                 name="leek_task_expiring",
                 condition=models.Q(expires_at__isnull=False, status="queued"),
             ),
+            # Only the queued tasks a claim took: no push writes it (an insert
+            # leaves `claim` NULL). The look for a claim whose answer was lost
+            # (store/doubt.py), which must not walk every queued task.
+            models.Index(
+                fields=["claim"],
+                name="leek_task_claimed",
+                condition=models.Q(claim__isnull=False, status="queued"),
+            ),
             # Only steps are in these, so a lone task's insert writes neither.
             models.Index(
                 fields=["chain"], name="leek_task_chain", condition=models.Q(chain__isnull=False)

@@ -175,3 +175,30 @@ def test_a_doubt_outlives_its_window_until_a_look_commits(
     assert len(look(doubts)) == 1
     assert not doubts.due()
     assert look(doubts) == []
+
+
+def test_a_look_for_a_claim_reads_only_the_queued_rows_claims_took(transactional_db: Any) -> None:
+    # The look holds the tasks lane's transaction (on SQLite, the write
+    # lock): it must not walk the queued tasks, which a backlog makes many.
+    now = timezone.now()
+    rows = [
+        Task(name="t", payload=b"", queued_at=now, claim=i if i < 5 else None)
+        for i in range(20_000)
+    ]
+    Task.objects.bulk_create(rows, batch_size=2_000)
+    d = Dialect(connection.vendor)
+    look = Statements(d).claimed_by
+    raw = raw_cursor()
+    try:
+        params = ("me", 1, 3)
+        if d.sqlite:  # a broker's SQLite file has no statistics
+            raw.execute("EXPLAIN QUERY PLAN " + look, params)
+            plan = " ".join(str(row[-1]) for row in raw.fetchall())
+        else:
+            raw.execute("ANALYZE leek_task")
+            raw.execute("EXPLAIN " + look, params)
+            plan = " ".join(row[0] for row in raw.fetchall())
+    finally:
+        raw.close()
+    assert "leek_task_claimed" in plan, plan
+    assert "status_queued_at" not in plan and "Seq Scan" not in plan, plan

@@ -30,7 +30,9 @@ name, taken from the others, in no broker's memory. Each claim stamps its
 rows with a number of its own (`Doubts.claim`, the column `claim`), counted
 from the broker's start and unique under its epoch, and the look reads the
 rows still queued under that claim: the rows a claim took are known only
-by the answer that was lost. A look that finds any found them all (the
+by the answer that was lost. The look reads only a partial index of the
+queued rows claims took (leek_task_claimed, which no push writes), as it
+holds the tasks lane's transaction. A look that finds any found them all (the
 claim committed), and the claim is settled; a task found so is queued here
 once: no other claim takes a row this broker holds, and no other broker's
 claim stamps its number.
